@@ -1,0 +1,107 @@
+"""The torch reference: defines correctness for every kernel, and runs wherever Triton does not.
+
+Accumulation is fp32 (fp64 for the eval sums). Top-k ties are broken by lower index,
+like the Triton path, so both agree exactly on ties.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from saekit.kernels.sae import SAE, SparseCode
+
+
+def pre_activations(x: torch.Tensor, sae: SAE) -> torch.Tensor:
+    """(x - b_dec if configured) @ W_enc + b_enc, in fp32: [n, d_sae]."""
+    x = x.float()
+    if sae.cfg.apply_b_dec_to_input:
+        x = x - sae.b_dec.float()
+    return x @ sae.W_enc.float() + sae.b_enc.float()
+
+
+def encode_dense(x: torch.Tensor, sae: SAE) -> torch.Tensor:
+    """Dense latents [n, d_sae] in fp32, per the SAE's architecture."""
+    pre = pre_activations(x, sae)
+    arch = sae.cfg.architecture
+    if arch in ("topk", "batchtopk"):
+        code = _topk(torch.relu(pre), sae.cfg.k)
+        return torch.zeros_like(pre).scatter_(1, code.indices, code.values)
+    if arch == "jumprelu":
+        return pre * (pre > sae.threshold.float())
+    if arch == "relu":
+        return torch.relu(pre)
+    raise NotImplementedError(f"encode for {arch} SAEs")
+
+
+def _topk(acts: torch.Tensor, k: int) -> SparseCode:
+    """Top k per row, values descending, ties by lower index (stable sort)."""
+    values, indices = torch.sort(acts, dim=1, descending=True, stable=True)
+    return SparseCode(values[:, :k].contiguous(), indices[:, :k].contiguous())
+
+
+def encode(x: torch.Tensor, sae: SAE, *, max_k: int | None = None) -> SparseCode:
+    """Sparse code [n, k]. TopK: exactly k. ReLU/JumpReLU: k = the batch's largest L0
+    (at most ``max_k``), zero-padded; values beyond max_k are dropped."""
+    if sae.cfg.architecture in ("topk", "batchtopk"):
+        return _topk(torch.relu(pre_activations(x, sae)), sae.cfg.k)
+    dense = encode_dense(x, sae)
+    k = int((dense > 0).sum(1).max().item()) if dense.numel() else 0
+    k = max(1, min(k, max_k or sae.cfg.d_sae))
+    return _topk(dense, k)
+
+
+def decode(values: torch.Tensor, indices: torch.Tensor, sae: SAE) -> torch.Tensor:
+    """sum_j values[:, j] * W_dec[indices[:, j]] + b_dec, in fp32: [n, d_in]."""
+    W = sae.W_dec.float()
+    return torch.einsum("nk,nkd->nd", values.float(), W[indices]) + sae.b_dec.float()
+
+
+@dataclass
+class EvalStats:
+    """Sums over tokens, so batches and devices reduce by addition (act_max by maximum)."""
+
+    n_tokens: int
+    sse: torch.Tensor  # sum of squared error, scalar fp64
+    sum_x: torch.Tensor  # [d_in] fp64, for the mean
+    sum_x2: torch.Tensor  # [d_in] fp64, sum of squares of x per dim
+    cos_sum: torch.Tensor  # sum over tokens of cos(x, x_hat), fp64
+    l0_sum: torch.Tensor  # number of active latents, int64
+    l1_sum: torch.Tensor  # sum of activations, fp64
+    fire_count: torch.Tensor  # [d_sae] int64
+    act_sum: torch.Tensor  # [d_sae] fp64
+    act_max: torch.Tensor  # [d_sae] fp32
+
+    def __add__(self, other: EvalStats) -> EvalStats:
+        out = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            out[f.name] = torch.maximum(a, b) if f.name == "act_max" else a + b
+        return EvalStats(**out)
+
+    def total_variance_sum(self) -> torch.Tensor:
+        """sum over tokens and dims of (x - mean)^2."""
+        return (self.sum_x2 - self.sum_x**2 / max(self.n_tokens, 1)).sum()
+
+
+def eval_batch(x: torch.Tensor, sae: SAE) -> EvalStats:
+    """One pass over x [n, d_in]: reconstruction and per-latent statistics."""
+    code = encode(x, sae)
+    x_hat = decode(code.values, code.indices, sae)
+    xf = x.float()
+    dense = torch.zeros(x.shape[0], sae.cfg.d_sae, dtype=torch.float32, device=x.device)
+    dense.scatter_(1, code.indices, code.values.float())
+    fired = dense > 0
+    return EvalStats(
+        n_tokens=x.shape[0],
+        sse=((xf - x_hat) ** 2).sum().double(),
+        sum_x=xf.double().sum(0),
+        sum_x2=(xf.double() ** 2).sum(0),
+        cos_sum=torch.nn.functional.cosine_similarity(xf, x_hat, dim=1).double().sum(),
+        l0_sum=fired.sum(),
+        l1_sum=dense.double().sum(),
+        fire_count=fired.sum(0),
+        act_sum=dense.double().sum(0),
+        act_max=dense.max(0).values if x.shape[0] else torch.zeros(sae.cfg.d_sae, device=x.device),
+    )

@@ -1,0 +1,50 @@
+"""saekit: register, check, document and release sparse autoencoders.
+
+    sae = saekit.load("smollm2-res-l6@production")
+
+Stays light to import: mlflow, transformers and triton load only when used.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from saekit.kernels import SAE
+    from saekit.schemas import BenchmarkRecord
+
+
+def load(ref: str | os.PathLike, *, device: str | None = None) -> SAE:
+    """Load an SAE by reference (see saekit.registry.refs), verified against its sha256."""
+    from saekit.registry.refs import parse_ref
+
+    parsed = parse_ref(os.fspath(ref))
+    if parsed.kind == "hf":
+        from saekit.releases.hub import load_hf
+
+        sae = load_hf(parsed)
+    else:
+        from saekit.registry.store import load_ref
+
+        sae = load_ref(parsed)
+    return sae.to(device) if device else sae
+
+
+def register(name: str, artifact: Any, **kwargs: Any):
+    """Register an artifact folder or in-memory SAE as a new version of ``name``."""
+    from saekit.registry.store import register as _register
+
+    return _register(name, artifact, **kwargs)
+
+
+def check(ref: str | os.PathLike, **kwargs: Any) -> BenchmarkRecord:
+    """Check an SAE against a real model and record the result (see saekit.harness.check)."""
+    from saekit.harness.check import check as _check
+
+    return _check(os.fspath(ref), **kwargs)
+
+
+__all__ = ["load", "register", "check", "__version__"]

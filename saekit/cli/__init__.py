@@ -1,0 +1,31 @@
+"""The ``saekit`` command. Exit codes: 0 ok, 1 a check failed, 2 usage or input error.
+
+Commands signal a failed check with ``raise typer.Exit(1)``; user errors are SaekitError
+subclasses, printed as one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from saekit.schemas import SaekitError
+
+# Command modules register themselves on the apps in saekit.cli.app.
+_MODULES = ("schema_cmds", "cards_cmds", "registry_cmds", "check_cmds", "release_cmds", "diff_cmds")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI (typer's standalone mode handles usage errors with exit code 2)."""
+    from saekit.cli.app import app
+
+    for mod in _MODULES:
+        importlib.import_module(f"saekit.cli.{mod}")
+    try:
+        app(args=argv, prog_name="saekit")
+    except SaekitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

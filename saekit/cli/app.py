@@ -1,0 +1,56 @@
+"""The typer apps every command module attaches to, and the one output helper."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(
+    name="saekit",
+    help="Register, check, document and release sparse autoencoders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+cards_app = typer.Typer(help="Feature cards: validate, convert, build, verify, carry.", no_args_is_help=True)
+schema_app = typer.Typer(help="The JSON Schemas of saekit's formats.", no_args_is_help=True)
+alias_app = typer.Typer(help="Move registry aliases (production, candidate, ...).", no_args_is_help=True)
+release_app = typer.Typer(help="Build and publish releases to the Hugging Face Hub.", no_args_is_help=True)
+app.add_typer(cards_app, name="cards")
+app.add_typer(schema_app, name="schema")
+app.add_typer(alias_app, name="alias")
+app.add_typer(release_app, name="release")
+
+JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+
+
+@app.callback()
+def _root(
+    home: Optional[Path] = typer.Option(
+        None, "--home", envvar="SAEKIT_HOME", help="saekit home folder (registry, cache)."
+    ),
+    registry_uri: Optional[str] = typer.Option(
+        None, "--registry-uri", envvar="SAEKIT_REGISTRY_URI", help="MLflow tracking URI (default: embedded SQLite)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    # Settings travel as environment variables so library code reads one place.
+    if home is not None:
+        os.environ["SAEKIT_HOME"] = str(home)
+    if registry_uri:
+        os.environ["SAEKIT_REGISTRY_URI"] = registry_uri
+    if quiet:
+        os.environ["SAEKIT_QUIET"] = "1"
+
+
+def emit(data: Any, json_out: bool, text: str | None = None) -> None:
+    """Print ``data`` as JSON (``--json``) or ``text`` for people."""
+    if json_out:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    elif text is not None:
+        typer.echo(text)

@@ -1,0 +1,54 @@
+"""saekit.schemas: the contract. pydantic models, their JSON Schemas, and the error types.
+
+Imports nothing of the project and nothing heavier than pydantic.
+"""
+
+from saekit.schemas.benchmark import (
+    BenchmarkRecord,
+    DataInfo,
+    Hardware,
+    MetricDefinition,
+    ModelInfo,
+    Timings,
+)
+from saekit.schemas.card import (
+    ActivationExample,
+    ActivationStats,
+    Annotation,
+    CardProvenance,
+    CarriedFrom,
+    DownstreamEval,
+    ExampleSource,
+    FeatureCard,
+    Histogram,
+    LogitEffect,
+    LogitEffects,
+    SAERef,
+    SimilarLatent,
+    consistency_errors,
+)
+from saekit.schemas.common import SCHEMA_VERSION
+from saekit.schemas.config import Provenance, SAEConfig
+from saekit.schemas.errors import (
+    ArtifactFormatError,
+    CardValidationError,
+    GateFailedError,
+    InputError,
+    IntegrityError,
+    NotFoundError,
+    PublishError,
+    ReferenceSyntaxError,
+    RegistryError,
+    SaekitError,
+)
+from saekit.schemas.release import (
+    BaseModelRef,
+    GatePolicy,
+    GateRule,
+    GateVerdict,
+    ReleaseManifest,
+    ReleaseSAE,
+    RuleResult,
+)
+
+__all__ = [name for name in dir() if not name.startswith("_")]

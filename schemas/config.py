@@ -1,0 +1,163 @@
+"""SAEConfig: what an SAE is, and its round trips to SAELens v6 and sparsify cfg.json.
+
+The canonical artifact's cfg.json is SAELens v6's layout (top-level d_in, d_sae, dtype,
+architecture, k, apply_b_dec_to_input, normalize_activations, metadata{model_name,
+hook_name, ...}) plus a "saekit" block; SAELens' ``SAE.load_from_disk`` ignores the block.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from saekit.schemas.common import SCHEMA_VERSION, Strict
+
+Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gated"]
+DType = Literal["float32", "bfloat16", "float16", "float64"]
+
+# SAELens names relu SAEs "standard".
+_FROM_SAELENS_ARCH = {"standard": "relu"}
+_TO_SAELENS_ARCH = {"relu": "standard"}
+# metadata keys SAELens defines that map onto SAEConfig fields
+_META_FIELDS = ("model_name", "hook_name", "hook_head_index", "context_size", "prepend_bos")
+
+
+class Provenance(Strict):
+    """How the SAE was trained, as far as anyone recorded it."""
+
+    library: str | None = Field(None, description="e.g. 'sae_lens', 'sparsify', 'saekit'.")
+    library_version: str | None = None
+    dataset: str | None = None
+    tokens: int | None = Field(None, ge=0, description="Training tokens.")
+    seed: int | None = None
+    source: str | None = Field(None, description="Where the checkpoint was imported from.")
+
+
+class SAEConfig(Strict):
+    """Architecture, shapes and context of one SAE."""
+
+    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    architecture: Architecture
+    d_in: int = Field(gt=0)
+    d_sae: int = Field(gt=0)
+    k: int | None = Field(None, gt=0, description="Active latents per token (topk, batchtopk).")
+    dtype: DType = "float32"
+    apply_b_dec_to_input: bool = Field(True, description="Subtract b_dec from x before encoding.")
+    normalize_activations: str = Field("none", description="SAELens' input normalization name.")
+    rescale_acts_by_decoder_norm: bool = False
+    model_name: str | None = Field(None, description="Hub id of the language model.")
+    model_revision: str | None = Field(None, description="Commit or tag of the model weights.")
+    hook_name: str | None = Field(None, description="Module whose output the SAE reads.")
+    hook_head_index: int | None = None
+    context_size: int | None = Field(None, gt=0)
+    prepend_bos: bool | None = None
+    provenance: Provenance = Field(default_factory=Provenance)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Other SAELens metadata keys, kept for the round trip."
+    )
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> SAEConfig:
+        if self.architecture in ("topk", "batchtopk"):
+            if self.k is None:
+                raise ValueError(f"{self.architecture} SAE needs k")
+            if self.k > self.d_sae:
+                raise ValueError(f"k {self.k} > d_sae {self.d_sae}")
+        return self
+
+    # --- SAELens v6 ---------------------------------------------------------------------
+
+    def to_saelens_dict(self) -> dict[str, Any]:
+        """cfg.json as SAELens v6 writes it, plus the "saekit" block."""
+        meta = dict(self.metadata)
+        for key in _META_FIELDS:
+            value = getattr(self, key)
+            if value is not None:
+                meta[key] = value
+        d: dict[str, Any] = {
+            "architecture": _TO_SAELENS_ARCH.get(self.architecture, self.architecture),
+            "d_in": self.d_in,
+            "d_sae": self.d_sae,
+            "dtype": self.dtype,
+            "device": "cpu",
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+            "normalize_activations": self.normalize_activations,
+            "reshape_activations": "none",
+            "metadata": meta,
+        }
+        if self.k is not None:
+            d["k"] = self.k
+        if self.architecture == "topk":
+            d["rescale_acts_by_decoder_norm"] = self.rescale_acts_by_decoder_norm
+        d["saekit"] = {
+            "schema_version": self.schema_version,
+            "model_revision": self.model_revision,
+            "provenance": self.provenance.model_dump(exclude_none=True),
+        }
+        return d
+
+    @classmethod
+    def from_saelens_dict(cls, d: dict[str, Any]) -> SAEConfig:
+        """Reads a SAELens v6 cfg.json (with or without the saekit block)."""
+        meta = dict(d.get("metadata") or {})
+        block = d.get("saekit") or {}
+        arch = d.get("architecture", "standard")
+        fields: dict[str, Any] = {
+            "architecture": _FROM_SAELENS_ARCH.get(arch, arch),
+            "d_in": d["d_in"],
+            "d_sae": d["d_sae"],
+            "k": d.get("k"),
+            "dtype": d.get("dtype", "float32"),
+            "apply_b_dec_to_input": d.get("apply_b_dec_to_input", True),
+            "normalize_activations": d.get("normalize_activations", "none"),
+            "rescale_acts_by_decoder_norm": d.get("rescale_acts_by_decoder_norm", False),
+            "model_revision": block.get("model_revision"),
+            "provenance": block["provenance"]
+            if "provenance" in block
+            else {"library": "sae_lens", "library_version": meta.get("sae_lens_version")},
+        }
+        for key in _META_FIELDS:
+            fields[key] = meta.pop(key, None)
+        fields["metadata"] = meta
+        return cls.model_validate(fields, strict=False)
+
+    # --- sparsify -----------------------------------------------------------------------
+
+    def to_sparsify_dict(self) -> dict[str, Any]:
+        """cfg.json as sparsify's ``SparseCoder.save_to_disk`` writes it (TopK only)."""
+        if self.architecture != "topk":
+            raise ValueError(f"sparsify holds TopK SAEs only, not {self.architecture}")
+        return {
+            "activation": "topk",
+            "expansion_factor": max(1, self.d_sae // self.d_in),
+            "normalize_decoder": True,
+            "num_latents": self.d_sae,
+            "k": self.k,
+            "multi_topk": False,
+            "skip_connection": False,
+            "transcode": False,
+            "d_in": self.d_in,
+        }
+
+    @classmethod
+    def from_sparsify_dict(cls, d: dict[str, Any], **context: Any) -> SAEConfig:
+        """Reads sparsify's cfg.json; ``context`` adds what it lacks (model_name, hook_name).
+
+        sparsify encodes ``x - b_dec`` (apply_b_dec_to_input) and has no normalization.
+        """
+        if d.get("activation", "topk") != "topk" or d.get("skip_connection") or d.get("transcode"):
+            raise ValueError("only plain sparsify TopK SAEs (no skip connection, no transcoder)")
+        d_in = d["d_in"]
+        num_latents = d.get("num_latents") or d_in * d["expansion_factor"]
+        return cls.model_validate(
+            {
+                "architecture": "topk",
+                "d_in": d_in,
+                "d_sae": num_latents,
+                "k": d["k"],
+                "apply_b_dec_to_input": True,
+                **context,
+            },
+            strict=False,
+        )

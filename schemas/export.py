@@ -1,0 +1,53 @@
+"""Generate the committed JSON Schema files (draft 2020-12) from the pydantic models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from saekit.schemas.benchmark import BenchmarkRecord
+from saekit.schemas.card import FeatureCard
+from saekit.schemas.common import SCHEMA_VERSION
+from saekit.schemas.config import SAEConfig
+from saekit.schemas.release import ReleaseManifest
+
+JSON_DIR = Path(__file__).parent / "json"
+ID_BASE = "https://saekit.dev/schemas"
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+# file stem -> model; a new schema is one more line here
+MODELS: dict[str, type[BaseModel]] = {
+    "feature_card": FeatureCard,
+    "sae_config": SAEConfig,
+    "release_manifest": ReleaseManifest,
+    "benchmark_record": BenchmarkRecord,
+}
+
+
+def json_schema(stem: str) -> dict:
+    """The JSON Schema of one model, with ``$schema`` and a versioned ``$id``."""
+    schema = MODELS[stem].model_json_schema(mode="validation")
+    return {"$schema": DIALECT, "$id": f"{ID_BASE}/{SCHEMA_VERSION}/{stem}.json", **schema}
+
+
+def render(stem: str) -> str:
+    """The exact text committed under schemas/json/ (stable key order, trailing newline)."""
+    return json.dumps(json_schema(stem), indent=2, sort_keys=True) + "\n"
+
+
+def export(out_dir: Path = JSON_DIR) -> list[Path]:
+    """Write every schema file; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem in MODELS:
+        path = out_dir / f"{stem}.json"
+        path.write_text(render(stem))
+        paths.append(path)
+    return paths
+
+
+def load_committed(stem: str) -> dict:
+    """The committed schema, as shipped in the package."""
+    return json.loads((JSON_DIR / f"{stem}.json").read_text())

