@@ -1,6 +1,21 @@
 """The one place that chooses Triton (CUDA tensors, triton importable) or the torch reference.
 
-``SAEKIT_KERNELS=triton|torch`` forces either (tests use it).
+``SAEKIT_KERNELS=triton|torch`` forces either. Forcing triton on CPU runs the kernels in
+Triton's interpreter and needs ``TRITON_INTERPRET=1`` set before the kernels are first
+imported (the CPU tests do this).
+
+What the Triton path covers, and where it falls back to the reference:
+- TopK / BatchTopK (per-token top k at inference): fused encode for k <= 1024, which never
+  materialises the dense [n, d_sae] latents; larger k uses the reference.
+- ReLU / JumpReLU: the same fused kernel with the activation (threshold) in the epilogue,
+  kept to a bound of ``max_k`` latents per token (default 256). The kernel also counts each
+  token's active latents; the code returned has k = the batch's largest L0, zero-padded,
+  exactly as the reference. When a token has more active latents than the bound and the
+  caller gave no ``max_k``, the batch is encoded densely by the reference instead, so
+  nothing is silently dropped.
+- Gated: reference only (it needs a second GEMM for the magnitudes); fp64 weights: reference.
+The Triton path is for inference: its outputs carry no autograd graph.
+Triton is imported lazily, inside these functions, never at ``import saekit.kernels``.
 """
 
 from __future__ import annotations
@@ -11,11 +26,19 @@ import torch
 
 from saekit.kernels import reference
 from saekit.kernels.sae import SAE, SparseCode
+from saekit.schemas import InputError
+
+# Weight dtypes the fused GEMM takes (fp64 SAEs use the reference).
+_GEMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Sparse-code bound for ReLU/JumpReLU SAEs on the Triton path when no max_k is given.
+SPARSE_BOUND = 256
 
 
 def backend(x: torch.Tensor) -> str:
     """'triton' or 'torch' for this input."""
     forced = os.environ.get("SAEKIT_KERNELS")
+    if forced not in (None, "", "triton", "torch"):
+        raise InputError(f"SAEKIT_KERNELS must be 'triton' or 'torch', not {forced!r}", where="environment")
     if forced in ("triton", "torch"):
         return forced
     if x.is_cuda:
@@ -27,13 +50,91 @@ def backend(x: torch.Tensor) -> str:
     return "torch"
 
 
-def encode(x: torch.Tensor, sae: SAE) -> SparseCode:
-    return reference.encode(x, sae)
+def _kernels():
+    """The Triton kernel module (imports triton)."""
+    try:
+        from saekit.kernels import triton_kernels
+    except ImportError as err:
+        raise InputError(f"SAEKIT_KERNELS=triton but triton cannot be imported ({err})", where="environment") from err
+    return triton_kernels
+
+
+def _check_device(x: torch.Tensor, sae: SAE, tk) -> None:
+    if x.device != sae.device:
+        raise InputError(f"input on {x.device} but SAE weights on {sae.device}", where="kernels")
+    if not x.is_cuda and not tk._interpreting():
+        raise InputError(
+            "Triton on CPU needs TRITON_INTERPRET=1 set before saekit's kernels are imported",
+            where="SAEKIT_KERNELS",
+        )
+
+
+def _sae_in(x: torch.Tensor, sae: SAE) -> torch.Tensor:
+    """x - b_dec (when configured) in fp32, rounded to the weights' dtype for the GEMM."""
+    if sae.cfg.apply_b_dec_to_input:
+        return (x.float() - sae.b_dec.float()).to(sae.dtype)
+    return x.to(sae.dtype)
+
+
+def encode(x: torch.Tensor, sae: SAE, *, max_k: int | None = None) -> SparseCode:
+    """Sparse code (values fp32 [n, k] descending, indices int64 [n, k]); see the module doc."""
+    arch = sae.cfg.architecture
+    if backend(x) == "torch" or arch == "gated" or sae.dtype not in _GEMM_DTYPES:
+        return reference.encode(x, sae, max_k=max_k)
+    tk = _kernels()
+    _check_device(x, sae, tk)
+    n = x.shape[0]
+    if arch in ("topk", "batchtopk"):
+        k = sae.cfg.k
+        if k > tk.MAX_FUSED_K or n == 0:
+            return reference.encode(x, sae, max_k=max_k)
+        values, indices, _ = tk.encode_topk(_sae_in(x, sae), sae.W_enc, sae.b_enc.float().contiguous(), k)
+        return SparseCode(values, indices)
+    bound = min(max_k or SPARSE_BOUND, sae.cfg.d_sae, tk.MAX_FUSED_K)
+    if n == 0:
+        return reference.encode(x, sae, max_k=max_k)
+    jump = sae.threshold.float().contiguous() if arch == "jumprelu" else None
+    values, indices, nnz = tk.encode_topk(
+        _sae_in(x, sae), sae.W_enc, sae.b_enc.float().contiguous(), bound, jump=jump
+    )
+    widest = int(nnz.max().item())
+    if widest > bound and max_k is None:
+        return reference.encode(x, sae)  # documented dense fallback: nothing is dropped
+    k = max(1, min(widest, bound))
+    return SparseCode(values[:, :k].contiguous(), indices[:, :k].contiguous())
 
 
 def decode(values: torch.Tensor, indices: torch.Tensor, sae: SAE) -> torch.Tensor:
-    return reference.decode(values, indices, sae)
+    """x_hat fp32 [n, d_in]: the sum of the k gathered decoder rows, plus b_dec."""
+    if backend(values) == "torch" or values.numel() == 0:
+        return reference.decode(values, indices, sae)
+    tk = _kernels()
+    _check_device(values, sae, tk)
+    return tk.decode(values, indices, sae.W_dec, sae.b_dec)
 
 
 def eval_batch(x: torch.Tensor, sae: SAE) -> reference.EvalStats:
-    return reference.eval_batch(x, sae)
+    """One-pass statistics of x [n, d_in]: sums that reduce across batches by addition."""
+    if backend(x) == "torch" or x.shape[0] == 0:
+        return reference.eval_batch(x, sae)
+    tk = _kernels()
+    _check_device(x, sae, tk)
+    code = encode(x, sae)
+    s = tk.eval_sums(x, code.values, code.indices, sae.W_dec, sae.b_dec)
+    rows = s["rows"].double()
+    sse, xx, hh, xh = rows.unbind(1)
+    # torch.nn.functional.cosine_similarity: x.y / max(|x| |y|, eps), eps 1e-8
+    cos = xh / torch.clamp_min((xx * hh).sqrt(), 1e-8)
+    fire = s["fire"].long()
+    return reference.EvalStats(
+        n_tokens=x.shape[0],
+        sse=sse.sum(),
+        sum_x=s["sum_x"],
+        sum_x2=s["sum_x2"],
+        cos_sum=cos.sum(),
+        l0_sum=fire.sum(),
+        l1_sum=s["act_sum"].sum(),
+        fire_count=fire,
+        act_sum=s["act_sum"],
+        act_max=s["act_max"],
+    )

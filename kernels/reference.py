@@ -13,12 +13,19 @@ import torch
 from saekit.kernels.sae import SAE, SparseCode
 
 
-def pre_activations(x: torch.Tensor, sae: SAE) -> torch.Tensor:
-    """(x - b_dec if configured) @ W_enc + b_enc, in fp32: [n, d_sae]."""
+def _sae_in(x: torch.Tensor, sae: SAE) -> torch.Tensor:
     x = x.float()
     if sae.cfg.apply_b_dec_to_input:
         x = x - sae.b_dec.float()
-    return x @ sae.W_enc.float() + sae.b_enc.float()
+    return x
+
+
+def pre_activations(x: torch.Tensor, sae: SAE) -> torch.Tensor:
+    """(x - b_dec if configured) @ W_enc + b_enc, in fp32: [n, d_sae].
+
+    Gated SAEs: the gate's pre-activations (b_gate in place of b_enc)."""
+    bias = sae.tensors["b_gate"] if sae.cfg.architecture == "gated" else sae.b_enc
+    return _sae_in(x, sae) @ sae.W_enc.float() + bias.float()
 
 
 def encode_dense(x: torch.Tensor, sae: SAE) -> torch.Tensor:
@@ -29,9 +36,16 @@ def encode_dense(x: torch.Tensor, sae: SAE) -> torch.Tensor:
         code = _topk(torch.relu(pre), sae.cfg.k)
         return torch.zeros_like(pre).scatter_(1, code.indices, code.values)
     if arch == "jumprelu":
-        return pre * (pre > sae.threshold.float())
+        # SAELens jumprelu_sae.py: relu(pre) * (pre > threshold)
+        return torch.relu(pre) * (pre > sae.threshold.float())
     if arch == "relu":
         return torch.relu(pre)
+    if arch == "gated":
+        # SAELens gated_sae.py GatedSAE.encode: (gate pre > 0) * relu(magnitude pre), where
+        # magnitude pre = sae_in @ (W_enc * exp(r_mag)) + b_mag
+        W = sae.W_enc.float() * sae.tensors["r_mag"].float().exp()
+        mag = _sae_in(x, sae) @ W + sae.tensors["b_mag"].float()
+        return (pre > 0) * torch.relu(mag)
     raise NotImplementedError(f"encode for {arch} SAEs")
 
 
@@ -53,9 +67,16 @@ def encode(x: torch.Tensor, sae: SAE, *, max_k: int | None = None) -> SparseCode
 
 
 def decode(values: torch.Tensor, indices: torch.Tensor, sae: SAE) -> torch.Tensor:
-    """sum_j values[:, j] * W_dec[indices[:, j]] + b_dec, in fp32: [n, d_in]."""
+    """sum_j values[:, j] * W_dec[indices[:, j]] + b_dec, in fp32: [n, d_in].
+
+    embedding_bag sums the k gathered rows without an [n, k, d_in] intermediate."""
     W = sae.W_dec.float()
-    return torch.einsum("nk,nkd->nd", values.float(), W[indices]) + sae.b_dec.float()
+    if values.shape[1] == 0 or values.shape[0] == 0:
+        return sae.b_dec.float().expand(values.shape[0], -1).clone()
+    out = torch.nn.functional.embedding_bag(
+        indices, W, per_sample_weights=values.float(), mode="sum"
+    )
+    return out + sae.b_dec.float()
 
 
 @dataclass

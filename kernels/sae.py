@@ -15,7 +15,12 @@ _SHAPES = {
     "W_dec": ("d_sae", "d_in"),
     "b_dec": ("d_in",),
     "threshold": ("d_sae",),  # jumprelu
+    # gated (SAELens GatedSAE names): b_gate replaces b_enc
+    "b_gate": ("d_sae",),
+    "r_mag": ("d_sae",),
+    "b_mag": ("d_sae",),
 }
+_EXTRA = {"jumprelu": ["threshold"], "gated": ["b_gate", "r_mag", "b_mag"]}
 
 
 class SparseCode(NamedTuple):
@@ -40,9 +45,9 @@ class SAE:
         self.cfg = cfg
         self.ref = ref
         dims = {"d_in": cfg.d_in, "d_sae": cfg.d_sae}
-        needed = ["W_enc", "b_enc", "W_dec", "b_dec"] + (
-            ["threshold"] if cfg.architecture == "jumprelu" else []
-        )
+        needed = ["W_enc", "W_dec", "b_dec"] + _EXTRA.get(cfg.architecture, [])
+        if cfg.architecture != "gated":
+            needed.append("b_enc")
         for name in needed:
             if name not in tensors:
                 raise InputError(f"missing tensor {name!r}", where="sae_weights")
@@ -73,11 +78,12 @@ class SAE:
         return SAE(self.cfg, moved, ref=self.ref)
 
     # -- compute (one dispatch point: saekit.kernels.dispatch) -----------------------------
-    def encode(self, x: torch.Tensor) -> SparseCode:
-        """Sparse code of x [..., d_in] flattened to [n, d_in]."""
+    def encode(self, x: torch.Tensor, *, max_k: int | None = None) -> SparseCode:
+        """Sparse code of x [..., d_in] flattened to [n, d_in]. ``max_k`` bounds the code of
+        ReLU/JumpReLU/gated SAEs (see saekit.kernels.dispatch)."""
         from saekit.kernels.dispatch import encode
 
-        return encode(x.reshape(-1, self.cfg.d_in), self)
+        return encode(x.reshape(-1, self.cfg.d_in), self, max_k=max_k)
 
     def decode(self, code: SparseCode) -> torch.Tensor:
         """Reconstruction [n, d_in] from a sparse code."""

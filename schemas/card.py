@@ -6,11 +6,72 @@ so both convert in and out (see saekit.schemas.convert).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import operator
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, StringConstraints, WithJsonSchema
+from pydantic_core import core_schema
 
-from saekit.schemas.common import SCHEMA_VERSION, Hex64, Strict, Timestamp
+from saekit.schemas.common import SCHEMA_VERSION, Strict
+
+# --- field types that pydantic and JSON Schema validators read the same way ------------
+#
+# Found by tests/schemas/test_differential.py (pydantic vs jsonschema.Draft202012Validator):
+# - JSON Schema's "integer" is "a number with a zero fractional part" (draft 2020-12
+#   validation spec, 6.1.1), so validators accept 1.0 where strict pydantic rejects it;
+#   JavaScript cannot even tell 1 from 1.0. JsonInt accepts 1.0 as 1 and still rejects
+#   1.5, "1" and true.
+# - jsonschema matches "pattern" with Python's re.search, where "$" also matches before a
+#   final newline and "\d" matches any Unicode digit; pydantic's Rust regex and ECMA 262
+#   (what the spec names) do neither. Hex digests get exact lengths, timestamps [0-9] and
+#   a "no newline" clause that only Python's engine needs.
+
+
+class JsonInt:
+    """An integer as JSON Schema defines it (1.0 counts; 1.5, "1" and true do not).
+
+    Validation stays in pydantic-core (no Python call per value): a strict int, or a strict
+    float that converts exactly; bounds are checked after, so their errors read plainly.
+    """
+
+    def __init__(self, *, ge: int | None = None, gt: int | None = None):
+        self.ge, self.gt = ge, gt
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        exact = core_schema.union_schema(
+            [
+                core_schema.int_schema(strict=True),
+                core_schema.chain_schema(
+                    [core_schema.float_schema(strict=True, allow_inf_nan=False), core_schema.int_schema(strict=False)]
+                ),
+            ],
+            mode="left_to_right",
+            custom_error_type="int_type",
+        )
+        if self.ge is None and self.gt is None:
+            return exact
+        return core_schema.chain_schema([exact, core_schema.int_schema(strict=True, ge=self.ge, gt=self.gt)])
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict:
+        out: dict[str, Any] = {"type": "integer"}
+        if self.ge is not None:
+            out["minimum"] = self.ge
+        if self.gt is not None:
+            out["exclusiveMinimum"] = self.gt
+        return out
+
+
+Int = Annotated[int, JsonInt()]
+NonNegInt = Annotated[int, JsonInt(ge=0)]
+PosInt = Annotated[int, JsonInt(gt=0)]
+Hex64 = Annotated[str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
+# RFC 3339 date-time as a pattern (JSON Schema's "format" only annotates by default).
+_TIMESTAMP = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
+Timestamp = Annotated[
+    str,
+    StringConstraints(pattern=_TIMESTAMP),
+    WithJsonSchema({"type": "string", "pattern": _TIMESTAMP, "not": {"pattern": "\n"}}),
+]
 
 
 class SAERef(Strict):
@@ -19,14 +80,14 @@ class SAERef(Strict):
     name: str = Field(min_length=1, description="Registry name or release sae_id.")
     version: str | None = Field(None, description="Registry version or release revision.")
     sha256: Hex64 | None = Field(None, description="sha256 of the canonical artifact.")
-    d_sae: int | None = Field(None, gt=0, description="Width of the SAE, to bound latent indices.")
+    d_sae: PosInt | None = Field(None, description="Width of the SAE, to bound latent indices.")
 
 
 class CarriedFrom(Strict):
     """Where a carried-over annotation came from (saekit diff / cards carry)."""
 
     sae: SAERef
-    index: int = Field(ge=0)
+    index: NonNegInt
     similarity: float = Field(ge=-1.0, le=1.0)
 
 
@@ -58,7 +119,7 @@ class ActivationStats(Strict):
     density: float = Field(ge=0.0, le=1.0, description="Fraction of tokens where it fires.")
     mean: float | None = Field(None, description="Mean activation over tokens where it fires.")
     max: float | None = None
-    n_tokens: int | None = Field(None, ge=0, description="Tokens the stats were computed on.")
+    n_tokens: NonNegInt | None = Field(None, description="Tokens the stats were computed on.")
     histogram: Histogram | None = Field(None, description="Histogram of non-zero activations.")
     data_fingerprint: str | None = Field(None, description="sha256 of the token ids.")
 
@@ -68,7 +129,7 @@ class ExampleSource(Strict):
 
     dataset: str | None = None
     document: str | None = Field(None, description="Document id within the dataset.")
-    position: int | None = Field(None, ge=0, description="Token offset of tokens[0] in the document.")
+    position: NonNegInt | None = Field(None, description="Token offset of tokens[0] in the document.")
 
 
 class ActivationExample(Strict):
@@ -76,9 +137,9 @@ class ActivationExample(Strict):
 
     tokens: list[str] = Field(min_length=1)
     values: list[float] = Field(min_length=1)
-    token_ids: list[int] | None = None
+    token_ids: list[Int] | None = None
     max_value: float | None = None
-    max_position: int | None = Field(None, ge=0, description="Index in tokens of the maximum.")
+    max_position: NonNegInt | None = Field(None, description="Index in tokens of the maximum.")
     source: ExampleSource | None = None
     bin: str | None = Field(None, description="Sampling bin, e.g. 'top' or 'quantile_3'.")
 
@@ -88,7 +149,7 @@ class LogitEffect(Strict):
     """A token whose logit the latent's decoder direction raises or lowers."""
 
     token: str
-    token_id: int | None = Field(None, ge=0)
+    token_id: NonNegInt | None = None
     value: float
 
 
@@ -107,14 +168,14 @@ class DownstreamEval(Strict):
     metric: str = Field(min_length=1)
     value: float
     method: str = Field(min_length=1, description="How it was measured, e.g. 'zero-ablation'.")
-    n_tokens: int | None = Field(None, ge=0)
+    n_tokens: NonNegInt | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 
 
 class SimilarLatent(Strict):
     """Another latent (or neuron) and a similarity to it, e.g. decoder cosine."""
 
-    index: int = Field(ge=0)
+    index: NonNegInt
     value: float
     kind: str = Field("decoder_cosine", description="decoder_cosine, neuron_alignment, correlation...")
 
@@ -137,7 +198,7 @@ class FeatureCard(Strict):
 
     schema_version: Literal["1.0"] = SCHEMA_VERSION
     sae: SAERef
-    index: int = Field(ge=0, description="Latent index in the SAE.")
+    index: NonNegInt = Field(description="Latent index in the SAE.")
     annotations: list[Annotation] = Field(default_factory=list)
     stats: ActivationStats | None = None
     top_examples: list[ActivationExample] = Field(default_factory=list)
@@ -156,30 +217,30 @@ def consistency_errors(card: FeatureCard) -> list[tuple[str, str]]:
     """Checks across fields that JSON Schema cannot express, as ``(json_path, message)``.
 
     Kept out of the pydantic model on purpose, so pydantic and the exported JSON Schema
-    accept exactly the same documents; ``saekit cards validate`` runs both.
+    accept exactly the same documents; ``saekit cards validate`` runs both. Runs once per
+    card on the validation hot path, hence the plain loops.
     """
     errors: list[tuple[str, str]] = []
-
-    def hist(path: str, h: Histogram | None) -> None:
-        if h is None:
-            return
-        if len(h.bin_edges) != len(h.counts) + 1:
-            errors.append((path, "needs len(bin_edges) == len(counts) + 1"))
-        if any(b <= a for a, b in zip(h.bin_edges, h.bin_edges[1:])):
-            errors.append((f"{path}.bin_edges", "must be strictly increasing"))
-
     if card.sae.d_sae is not None and card.index >= card.sae.d_sae:
         errors.append(("index", f"{card.index} >= d_sae {card.sae.d_sae}"))
-    if card.stats is not None:
-        hist("stats.histogram", card.stats.histogram)
-    if card.logit_effects is not None:
-        hist("logit_effects.histogram", card.logit_effects.histogram)
+    if card.stats is not None and card.stats.histogram is not None:
+        _histogram_errors("stats.histogram", card.stats.histogram, errors)
+    if card.logit_effects is not None and card.logit_effects.histogram is not None:
+        _histogram_errors("logit_effects.histogram", card.logit_effects.histogram, errors)
     for i, ex in enumerate(card.top_examples):
-        p = f"top_examples[{i}]"
-        if len(ex.values) != len(ex.tokens):
-            errors.append((f"{p}.values", f"{len(ex.values)} values for {len(ex.tokens)} tokens"))
-        if ex.token_ids is not None and len(ex.token_ids) != len(ex.tokens):
-            errors.append((f"{p}.token_ids", f"{len(ex.token_ids)} ids for {len(ex.tokens)} tokens"))
-        if ex.max_position is not None and ex.max_position >= len(ex.tokens):
-            errors.append((f"{p}.max_position", f"{ex.max_position} outside {len(ex.tokens)} tokens"))
+        n = len(ex.tokens)
+        if len(ex.values) != n:
+            errors.append((f"top_examples[{i}].values", f"{len(ex.values)} values for {n} tokens"))
+        if ex.token_ids is not None and len(ex.token_ids) != n:
+            errors.append((f"top_examples[{i}].token_ids", f"{len(ex.token_ids)} ids for {n} tokens"))
+        if ex.max_position is not None and ex.max_position >= n:
+            errors.append((f"top_examples[{i}].max_position", f"{ex.max_position} outside {n} tokens"))
     return errors
+
+
+def _histogram_errors(path: str, h: Histogram, errors: list[tuple[str, str]]) -> None:
+    edges = h.bin_edges
+    if len(edges) != len(h.counts) + 1:
+        errors.append((path, "needs len(bin_edges) == len(counts) + 1"))
+    if not all(map(operator.lt, edges, edges[1:])):
+        errors.append((f"{path}.bin_edges", "must be strictly increasing"))

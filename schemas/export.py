@@ -11,6 +11,7 @@ from saekit.schemas.benchmark import BenchmarkRecord
 from saekit.schemas.card import FeatureCard
 from saekit.schemas.common import SCHEMA_VERSION
 from saekit.schemas.config import SAEConfig
+from saekit.schemas.matching import LatentMatch
 from saekit.schemas.release import ReleaseManifest
 
 JSON_DIR = Path(__file__).parent / "json"
@@ -23,6 +24,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "sae_config": SAEConfig,
     "release_manifest": ReleaseManifest,
     "benchmark_record": BenchmarkRecord,
+    "latent_match": LatentMatch,
 }
 
 

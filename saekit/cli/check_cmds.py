@@ -1,1 +1,113 @@
-"""Commands of this group are added by their owner module (see saekit.cli.app)."""
+"""``saekit check`` and ``saekit cards verify`` / ``saekit cards annotate`` (harness commands).
+
+Heavy imports (torch, transformers, mlflow) happen inside the commands, never at module import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from saekit.cli.app import JSON_OPTION, app, cards_app, emit
+
+
+@app.command("check")
+def check_cmd(
+    ref: Optional[str] = typer.Argument(None, help="SAE: registry reference, hf://..., or artifact folder."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Gate policy (YAML/JSON): rules like 'explained_variance >= 0.7'."),
+    tokens: int = typer.Option(8192, "--tokens", min=1, help="Tokens to evaluate on (held-out split)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json and feature_cards.jsonl."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the token-window sample."),
+    context: int = typer.Option(128, "--context", min=2, help="Context length (tokens per window, BOS included)."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Windows per forward pass."),
+    corpus: str = typer.Option("pydoc", "--corpus", help="'pydoc' (CPython's docs) or a text file / folder of .txt."),
+    cards: bool = typer.Option(True, "--cards/--no-cards", help="Build feature cards."),
+    cards_latents: str = typer.Option("32", "--cards-latents", help="Cards for the N most active latents, or 'all'."),
+    downstream_latents: str = typer.Option("16", "--downstream-latents", help="Per-latent ablation eval for N of them, or 'all'."),
+    annotations: Optional[Path] = typer.Option(None, "--annotations", help="Merge labels: JSONL {index,label,description}, cards or Neuronpedia."),
+    log: bool = typer.Option(True, "--log/--no-log", help="Log metrics, files and gate tags on the registry version."),
+    from_record: Optional[Path] = typer.Option(None, "--from-record", help="Re-run the config of an eval.json."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Check an SAE against a real language model: metrics, cards, record, gate (exit 1 if it fails)."""
+    from saekit.harness.check import check
+    from saekit.harness.gate import describe
+
+    res = check(
+        ref, policy=policy, n_tokens=tokens, device=device, seed=seed, out_dir=out, cards=cards, log=log,
+        context_size=context, batch_size=batch_size, corpus=corpus, cards_latents=cards_latents,
+        downstream_latents=downstream_latents, annotations=annotations, from_record=from_record,
+    )
+    rec = res.record
+    data = {
+        "ok": res.verdict is None or res.verdict.passed,
+        "sae": rec.sae.model_dump(exclude_none=True),
+        "metrics": res.metrics,
+        "gate": res.verdict.model_dump() if res.verdict else None,
+        "record": str(res.record_path),
+        "cards": str(res.cards_path) if res.cards_path else None,
+        "logged": res.logged,
+        "data_fingerprint": rec.data.fingerprint if rec.data else None,
+        "tokens_per_s": rec.timings.tokens_per_s if rec.timings else None,
+    }
+    lines = [f"{rec.sae.name}" + (f"/{rec.sae.version}" if rec.sae.version else "") + f"  sha256 {(rec.sae.sha256 or '?')[:12]}"]
+    for cat, ms in rec.eval_result_metrics.items():
+        lines.append(f"  {cat}")
+        lines += [f"    {k:<24} {v:.6g}" for k, v in ms.items()]
+    if res.verdict is not None:
+        lines.append(f"gate: {'PASS' if res.verdict.passed else 'FAIL'}")
+        lines += ["  " + s for s in describe(res.verdict)]
+    lines.append(f"record: {res.record_path}")
+    if res.cards_path:
+        lines.append(f"cards:  {res.cards_path}")
+    if res.logged:
+        lines.append(f"logged on {rec.sae.name}/{rec.sae.version}")
+    emit(data, json_out, "\n".join(lines))
+    if res.verdict is not None and not res.verdict.passed:
+        raise typer.Exit(1)
+
+
+@cards_app.command("verify")
+def verify_cmd(
+    cards_file: Path = typer.Argument(..., help="feature_cards.jsonl (or .json) to re-check."),
+    sae: str = typer.Option(..., "--sae", help="The SAE the cards claim to describe (reference or folder)."),
+    density_tol: float = typer.Option(2e-3, "--density-tol", help="Absolute density tolerance (or 5% relative)."),
+    value_tol: float = typer.Option(1e-3, "--value-tol", help="Activation tolerance (absolute + relative to the max)."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Re-check cards against the SAE and model: density and every top example (exit 1 if any lies)."""
+    import saekit
+    from saekit.harness.cards import read_cards, verify_cards
+    from saekit.harness.model import DEFAULT_MODEL_ID, load_lm
+
+    cards = read_cards(cards_file)
+    model_sae = saekit.load(sae)
+    mid = model_sae.cfg.model_name if model_sae.cfg.model_name not in (None, DEFAULT_MODEL_ID) else None
+    model, tok = load_lm(mid)
+    report = verify_cards(
+        cards, model_sae, model, tok, density_atol=density_tol, value_atol=value_tol, value_rtol=value_tol
+    )
+    lines = [f"card {r.index}: " + "; ".join(r.problems) for r in report.lying]
+    n = len(report.results)
+    lines.append(f"{'ok' if report.ok else 'FAIL'}: {n - len(report.lying)}/{n} cards hold")
+    emit(report.to_dict(), json_out, "\n".join(lines))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@cards_app.command("annotate")
+def annotate_cmd(
+    cards_file: Path = typer.Argument(..., help="feature_cards.jsonl to add annotations to."),
+    annotations: Path = typer.Option(..., "--annotations", help="JSONL {index,label,description}, cards or Neuronpedia features."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: rewrite CARDS_FILE)."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Merge a user's annotations into computed cards without touching their computed fields."""
+    from saekit.harness.cards import merge_annotations, read_annotations, read_cards, write_cards
+
+    cards, n = merge_annotations(read_cards(cards_file), read_annotations(annotations))
+    path = write_cards(cards, out or cards_file)
+    emit({"cards": len(cards), "annotated": n, "path": str(path)}, json_out, f"annotated {n} of {len(cards)} cards: {path}")

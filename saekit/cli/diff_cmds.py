@@ -1,1 +1,203 @@
-"""Commands of this group are added by their owner module (see saekit.cli.app)."""
+"""saekit diff REF_A REF_B | saekit cards carry: feature matching across SAE versions and widths.
+
+The algorithm lives in saekit.harness.matching; this module parses options, loads the
+SAEs and the cards, and prints. torch loads only inside the commands.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+
+from saekit.cli.app import JSON_OPTION, app, cards_app, emit
+from saekit.schemas import InputError, NotFoundError
+
+if TYPE_CHECKING:
+    from saekit.kernels import SAE
+    from saekit.schemas import SAERef
+
+CARDS_FILE = "feature_cards.jsonl"
+
+
+def _load_sae(text: str) -> tuple[SAE, SAERef]:
+    """An SAE by reference (saekit.load: registry, hf:// or folder) and the SAERef naming it."""
+    import saekit
+    from saekit.schemas import SAERef
+
+    sae = saekit.load(text)
+    return sae, sae.ref or SAERef(name=text, d_sae=sae.cfg.d_sae)
+
+
+def _read_acts(path: Path, n_tokens: int, d_in: int) -> Any:
+    """The shared token batch: a safetensors file whose ``activations`` tensor is [..., d_in]
+    (the harness' activation shards, or any [n, d_in] tensor; a file with one tensor works too)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise InputError("activations file not found", where=str(path))
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(f"not a safetensors file ({err})", where=str(path)) from None
+    if "activations" in tensors:
+        acts = tensors["activations"]
+    elif len(tensors) == 1:
+        acts = next(iter(tensors.values()))
+    else:
+        raise InputError(f"no 'activations' tensor among {sorted(tensors)}", where=str(path))
+    if acts.shape[-1] != d_in:
+        raise InputError(f"activations have width {acts.shape[-1]}, the SAEs read {d_in}", where=str(path))
+    return acts.reshape(-1, d_in)[:n_tokens].float()
+
+
+def _relation_bars(counts: dict[str, int], hist: Any) -> str:
+    lines = ["relation  count"]
+    lines += [f"{rel:<8}  {n}" for rel, n in counts.items()]
+    total = sum(hist.counts) or 1.0
+    lines.append("best similarity of each A latent:")
+    width = 40
+    last = len(hist.counts) - 1
+    for i, (lo, hi, c) in enumerate(zip(hist.bin_edges, hist.bin_edges[1:], hist.counts)):
+        if c:
+            close = "]" if i == last else ")"
+            lines.append(f"  [{lo:5.2f}, {hi:4.2f}{close}  {int(c):>7}  {'#' * max(1, round(width * c / total))}")
+    return "\n".join(lines)
+
+
+@app.command("diff")
+def diff(
+    ref_a: str = typer.Argument(..., help="SAE A (registry reference, hf://..., or artifact folder)."),
+    ref_b: str = typer.Argument(..., help="SAE B, read in the same activation space as A."),
+    by: str = typer.Option(
+        "decoder", "--by", help="Similarity: comma list of decoder, encoder, coact (mean of their cosines)."
+    ),
+    threshold: float = typer.Option(0.7, "--threshold", help="Minimum similarity of a link (same/split/merge)."),
+    assignment: str = typer.Option(
+        "mnn", "--assignment", help="One-to-one pairs: mnn (mutual nearest neighbours), exact, or auto."
+    ),
+    acts: Optional[Path] = typer.Option(
+        None, "--acts", help="Shared token batch for --by coact: safetensors with 'activations' [..., d_in]."
+    ),
+    n_tokens: int = typer.Option(4096, "--n-tokens", min=1, help="Tokens of --acts to use."),
+    block: int = typer.Option(4096, "--block", min=64, help="Tile size of the blocked similarity."),
+    precision: str = typer.Option(
+        "float32", "--precision", help="float32, or bfloat16 for faster ranking (similarities stay fp32)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Write the mapping (JSONL) here, and its summary beside it (.summary.json)."
+    ),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Match the latents of two SAEs: same / split / merge / new / gone, with similarities."""
+    from saekit.harness.matching import match, summary_path, write_mapping
+
+    views = [v.strip() for v in by.split(",") if v.strip()]
+    if "coact" in views and acts is None:
+        raise InputError("--by coact needs --acts FILE (a shared token batch)", where="--by")
+    sae_a, sae_ref_a = _load_sae(ref_a)
+    sae_b, sae_ref_b = _load_sae(ref_b)
+    batch = _read_acts(acts, n_tokens, sae_a.cfg.d_in) if acts is not None and "coact" in views else None
+    result = match(
+        sae_a, sae_b, by=views, acts=batch, threshold=threshold, assignment=assignment,  # type: ignore[arg-type]
+        block=block, precision=precision, ref_a=sae_ref_a, ref_b=sae_ref_b,  # type: ignore[arg-type]
+    )
+    data: dict[str, Any] = result.summary.model_dump(mode="json")
+    text = (
+        f"{sae_ref_a.name} ({sae_a.cfg.d_sae}) -> {sae_ref_b.name} ({sae_b.cfg.d_sae}), by {'+'.join(views)}, "
+        f"threshold {threshold:g}, {result.summary.assignment}, {result.summary.seconds:.1f}s\n"
+        + _relation_bars(result.summary.counts, result.summary.histogram)
+    )
+    if out is not None:
+        write_mapping(result, out)
+        data["mapping"] = str(out)
+        data["summary"] = str(summary_path(out))
+        text += f"\nwrote {out} ({len(result.rows)} lines) and {summary_path(out)}"
+    emit(data, json_out, text)
+
+
+def _cards_path(text: str) -> tuple[Path, str | None]:
+    """A cards file from a path, an artifact folder, or a registry reference (its last check's
+    feature_cards.jsonl); the second value is the reference when there is one."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path, None
+    if path.is_dir():
+        if (path / CARDS_FILE).is_file():
+            return path / CARDS_FILE, text
+        raise NotFoundError(f"no {CARDS_FILE} in the folder", where=text)
+    from saekit.registry.refs import parse_ref
+
+    ref = parse_ref(text)
+    if ref.kind == "hf":
+        raise InputError("cards of hf:// references: download the release's cards file and pass its path", where=text)
+    from saekit.registry.store import check_files, resolve
+
+    info = resolve(ref)
+    files = check_files(info.name, info.version)
+    if CARDS_FILE not in files:
+        raise NotFoundError(f"no {CARDS_FILE} logged for {info.name}/{info.version} (run saekit check)", where=text)
+    return Path(files[CARDS_FILE]), text
+
+
+@cards_app.command("carry")
+def carry_cmd(
+    from_: str = typer.Option(..., "--from", help="A's cards: a JSONL file, an artifact folder, or a reference."),
+    to: str = typer.Option(..., "--to", help="B's cards: a JSONL file, an artifact folder, or a reference."),
+    mapping: Optional[Path] = typer.Option(
+        None, "--mapping", help="Mapping from saekit diff A B --out (default: match the two SAEs now)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Where B's cards go (default: <B cards>.carried.jsonl, or feature_cards.carried.jsonl)."
+    ),
+    relations: str = typer.Option("same,split,merge", "--relations", help="Relations to carry along."),
+    min_similarity: Optional[float] = typer.Option(None, "--min-similarity", help="Skip links below this."),
+    create_missing: bool = typer.Option(
+        True, "--create-missing/--only-existing", help="Create a card for a matched B latent that has none."
+    ),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Carry annotations from A's cards onto B's matched latents (marked carried_from)."""
+    from saekit.harness.matching import carry, check_mapping_fits, match, read_cards, read_mapping, read_summary
+
+    path_a, ref_a = _cards_path(from_)
+    path_b, ref_b = _cards_path(to)
+    cards_a, cards_b = read_cards(path_a), read_cards(path_b)
+    sae_b_ref = None
+    if mapping is not None:
+        rows = read_mapping(mapping)
+        summary = read_summary(mapping)
+        check_mapping_fits(summary, cards_a, cards_b)
+        sae_b_ref = summary.sae_b if summary is not None else None
+    else:
+        if ref_a is None or ref_b is None:
+            raise InputError("without --mapping, --from and --to must be SAE references or artifact folders", where="--mapping")
+        sae_a, _ = _load_sae(ref_a)
+        sae_b, sae_b_ref = _load_sae(ref_b)
+        rows = match(sae_a, sae_b).rows
+    if cards_b:
+        sae_b_ref = cards_b[0].sae
+    result = carry(
+        cards_a, cards_b, rows, sae_b=sae_b_ref,
+        relations=[r.strip() for r in relations.split(",") if r.strip()],
+        min_similarity=min_similarity, create_missing=create_missing,
+    )
+    if out is None:
+        out = path_b.with_suffix(".carried.jsonl") if ref_b is None else Path("feature_cards.carried.jsonl")
+    if os.path.abspath(out) == os.path.abspath(path_a):
+        raise InputError("refusing to overwrite A's cards", where="--out")
+    from saekit.harness.matching import write_cards
+
+    write_cards(result.cards, out)
+    data = {
+        "out": str(out), "carried": result.carried, "latents": result.latents,
+        "created": result.created, "skipped_existing": result.skipped_existing, "cards": len(result.cards),
+    }
+    emit(
+        data, json_out,
+        f"carried {result.carried} annotation(s) onto {result.latents} latent(s) of B "
+        f"({result.created} new card(s), {result.skipped_existing} already present); wrote {out}",
+    )

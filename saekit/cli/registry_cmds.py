@@ -1,1 +1,169 @@
-"""Commands of this group are added by their owner module (see saekit.cli.app)."""
+"""Registry commands: register, import, export, ls, show, pull, alias set / alias rm.
+
+Heavy imports (mlflow, torch) happen inside the commands, never at module import.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from saekit.cli.app import JSON_OPTION, alias_app, app, emit
+from saekit.schemas import InputError
+
+FORMAT_HELP = "saekit | saelens | sparsify | gemmascope | openai"
+
+
+def _parse_tags(pairs: List[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError("expected --tag KEY=VALUE", where=repr(pair))
+        tags[key] = value
+    return tags
+
+
+def _version_text(info) -> str:
+    t = info.tags
+    shape = f"{t.get('saekit.architecture', '?')} {t.get('saekit.d_in', '?')}x{t.get('saekit.d_sae', '?')}"
+    if t.get("saekit.k"):
+        shape += f" k={t['saekit.k']}"
+    aliases = ",".join(info.aliases) or "-"
+    gate = t.get("saekit.gate", "-")
+    return f"{info.name}/{info.version}\t{info.sha256[:12]}\t{shape}\t@{aliases}\tgate={gate}"
+
+
+@app.command("register")
+def register_cmd(
+    path: Path = typer.Argument(..., help="Canonical artifact folder (or a checkpoint with --from)."),
+    name: str = typer.Option(..., "--name", "-n", help="Registered name (letters, digits, . _ -)."),
+    alias: Optional[str] = typer.Option(None, "--alias", "-a", help="Point this alias at the version."),
+    tag: List[str] = typer.Option([], "--tag", "-t", help="KEY=VALUE version tag (repeatable)."),
+    description: Optional[str] = typer.Option(None, "--description", "-d"),
+    from_format: Optional[str] = typer.Option(None, "--from", help=f"Import first from: {FORMAT_HELP}."),
+    model: Optional[str] = typer.Option(None, "--model", help="Language model id (importers that lack it)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Language model revision."),
+    hook: Optional[str] = typer.Option(None, "--hook", help="Hook name (importers that lack it)."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Register an artifact as a new version of NAME (identical content returns the existing one)."""
+    import tempfile
+
+    from saekit.registry import store
+
+    tags = _parse_tags(tag)
+    with tempfile.TemporaryDirectory(prefix="saekit-import-") as tmp:
+        folder = path
+        if from_format and from_format != "saekit":
+            from saekit.registry.formats import import_checkpoint
+
+            folder = Path(tmp) / "artifact"
+            import_checkpoint(from_format, path, folder, model_name=model, hook_name=hook, model_revision=revision)
+        info = store.register(name, folder, tags=tags, description=description, alias=alias)
+    emit(info.to_dict(), json_out, f"registered {info.ref} sha256:{info.sha256}" + (
+        f" @{','.join(info.aliases)}" if info.aliases else ""))
+
+
+@app.command("import")
+def import_cmd(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help=FORMAT_HELP),
+    src: Path = typer.Argument(..., help="Checkpoint folder or file."),
+    dest: Path = typer.Argument(..., help="Canonical artifact folder to write."),
+    model: Optional[str] = typer.Option(None, "--model"),
+    revision: Optional[str] = typer.Option(None, "--revision"),
+    hook: Optional[str] = typer.Option(None, "--hook"),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Convert a checkpoint of another library into a canonical saekit artifact."""
+    from saekit.registry.formats import import_checkpoint
+
+    sha = import_checkpoint(fmt, src, dest, model_name=model, hook_name=hook, model_revision=revision)
+    emit({"format": fmt, "src": str(src), "dest": str(dest), "sha256": sha}, json_out, f"{dest} sha256:{sha}")
+
+
+@app.command("export")
+def export_cmd(
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="saelens | sparsify"),
+    ref: str = typer.Argument(..., help="Reference (NAME, NAME@ALIAS, NAME/VERSION, ..., or a folder)."),
+    dest: Path = typer.Argument(..., help="Folder to write."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Write an SAE in another library's layout (SAELens, sparsify)."""
+    import saekit
+    from saekit.registry.formats import export
+
+    sae = saekit.load(ref)
+    files = export(sae, fmt, dest)
+    emit({"format": fmt, "ref": ref, "dest": str(dest), "files": [str(f) for f in files]}, json_out, str(dest))
+
+
+@app.command("ls")
+def ls_cmd(
+    name: Optional[str] = typer.Argument(None, help="Only this registered name."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """List ready versions (name/version, sha256, shape, aliases, gate)."""
+    from saekit.registry import store
+
+    infos = store.list_versions(name)
+    emit([i.to_dict() for i in infos], json_out, "\n".join(_version_text(i) for i in infos) or "(no versions)")
+
+
+@app.command("show")
+def show_cmd(ref: str = typer.Argument(...), json_out: bool = JSON_OPTION) -> None:
+    """Show the version a reference resolves to: sha256, aliases, tags, source."""
+    from saekit.registry import store
+
+    info = store.resolve(ref)
+    lines = [_version_text(info), f"sha256: {info.sha256}", f"run: {info.run_id}", f"source: {store.mask(info.source or '')}"]
+    if info.description:
+        lines.append(f"description: {info.description}")
+    lines += [f"  {k} = {v}" for k, v in sorted(info.tags.items()) if k != store.FILES]
+    emit(info.to_dict(), json_out, "\n".join(lines))
+
+
+@app.command("pull")
+def pull_cmd(
+    ref: str = typer.Argument(...),
+    dest: Path = typer.Argument(..., help="Folder to copy the verified artifact into."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Fetch an artifact (verified, through the cache) and copy it to DEST."""
+    from saekit.registry import artifact, store
+
+    folder = store.fetch(ref)
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            shutil.copyfile(f, dest / f.name)
+            copied.append(f.name)
+    sha = artifact.artifact_sha256(dest)
+    emit({"ref": ref, "dest": str(dest), "sha256": sha, "files": copied}, json_out, f"{dest} sha256:{sha}")
+
+
+@alias_app.command("set")
+def alias_set_cmd(
+    name: str = typer.Argument(...),
+    alias: str = typer.Argument(..., help="e.g. production, candidate"),
+    version: int = typer.Argument(...),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Point NAME@ALIAS at VERSION (moves the alias if it exists)."""
+    from saekit.registry import store
+
+    store.set_alias(name, alias, version)
+    emit({"name": name, "alias": alias, "version": version}, json_out, f"{name}@{alias} -> {name}/{version}")
+
+
+@alias_app.command("rm")
+def alias_rm_cmd(name: str = typer.Argument(...), alias: str = typer.Argument(...), json_out: bool = JSON_OPTION) -> None:
+    """Delete NAME@ALIAS."""
+    from saekit.registry import store
+
+    store.delete_alias(name, alias)
+    emit({"name": name, "alias": alias, "deleted": True}, json_out, f"removed {name}@{alias}")

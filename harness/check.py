@@ -1,0 +1,298 @@
+"""``saekit check``: an SAE against a real language model, recorded and gated.
+
+One pass over a held-out token set gives SAELens' metrics (saekit.harness.metrics), the
+feature cards (saekit.harness.cards) and a BenchmarkRecord that pins everything needed to
+re-run it: SAE sha256, model id/revision/weights sha256, the token set's config and
+fingerprint, seeds, package versions, hardware and torch threads. ``check(...,
+from_record=eval.json)`` re-runs a record's config; on CPU it reproduces the metrics exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saekit.harness.env import say
+from saekit.schemas import (
+    BenchmarkRecord,
+    DataInfo,
+    GatePolicy,
+    GateVerdict,
+    InputError,
+    IntegrityError,
+    NotFoundError,
+    Timings,
+)
+
+DEFAULT_TOKENS = 8192
+DEFAULT_CONTEXT = 128
+DEFAULT_CARDS = 32  # cards for the most active latents ('all' for every latent)
+DEFAULT_DOWNSTREAM = 16  # per-latent ablation for the most active of those ('all' on request)
+
+
+@dataclass
+class CheckResult:
+    """What a check produced."""
+
+    record: BenchmarkRecord
+    """The benchmark record (also written to ``record_path``)."""
+    verdict: GateVerdict | None
+    """The gate verdict when a policy was given."""
+    record_path: Path
+    """eval.json"""
+    cards_path: Path | None
+    """feature_cards.jsonl (None with cards=False)."""
+    logged: bool = False
+    """Whether the result was logged on a registry version."""
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {k: v for cat in self.record.eval_result_metrics.values() for k, v in cat.items()}
+
+
+def _home() -> Path:
+    return Path(os.environ.get("SAEKIT_HOME") or Path.home() / ".saekit").expanduser()
+
+
+def read_record(path: Path) -> BenchmarkRecord:
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError("no such benchmark record", where=str(path))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, list):  # eval.json may hold several records: take the last
+            data = data[-1]
+        return BenchmarkRecord.model_validate(data)
+    except (json.JSONDecodeError, ValueError) as err:
+        raise InputError(f"not a BenchmarkRecord: {str(err).splitlines()[0]}", where=str(path)) from None
+
+
+def _n_latents(value: int | str | None) -> int | str:
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        if value == "all":
+            return "all"
+        try:
+            return int(value)
+        except ValueError:
+            raise InputError(f"expected a number or 'all', got {value!r}", where="latents") from None
+    return int(value)
+
+
+def check(
+    ref: str | os.PathLike | None = None,
+    *,
+    policy: GatePolicy | Path | str | None = None,
+    n_tokens: int = DEFAULT_TOKENS,
+    device: str = "cpu",
+    seed: int = 0,
+    out_dir: Path | None = None,
+    cards: bool = True,
+    log: bool = True,
+    context_size: int = DEFAULT_CONTEXT,
+    batch_size: int = 4,
+    corpus: str = "pydoc",
+    split: str = "eval",
+    model_id: str | None = None,
+    hook_name: str | None = None,
+    downstream: bool = True,
+    cards_latents: int | str = DEFAULT_CARDS,
+    downstream_latents: int | str = DEFAULT_DOWNSTREAM,
+    n_examples: int = 5,
+    annotations: Path | None = None,
+    from_record: Path | None = None,
+) -> CheckResult:
+    """Check the SAE ``ref`` (registry reference, hf:// or artifact folder) on a real LM.
+
+    Writes eval.json (a BenchmarkRecord) and feature_cards.jsonl to ``out_dir`` (default
+    SAEKIT_HOME/checks/<eval_id>), applies ``policy`` when given, and with ``log`` and a
+    registry reference logs metrics, files and gate tags on the registry version.
+    ``from_record``: re-run the config of an existing eval.json (same tokens, seed, threads).
+    """
+    import torch
+
+    threads_before = None
+    expect_sha = None
+    if from_record is not None:
+        old = read_record(from_record)
+        cfg = old.eval_config
+        ref = ref or cfg.get("sae_ref")
+        expect_sha = old.sae.sha256
+        n_tokens = cfg.get("n_tokens", n_tokens)
+        context_size = cfg.get("context_size", context_size)
+        batch_size = cfg.get("batch_size", batch_size)
+        corpus = cfg.get("corpus", corpus)
+        split = cfg.get("split", split)
+        seed = cfg.get("seed", seed)
+        hook_name = cfg.get("hook_name", hook_name)
+        downstream = cfg.get("downstream", downstream)
+        model_id = cfg.get("model_id", model_id)
+        if cfg.get("torch_threads") and cfg["torch_threads"] != torch.get_num_threads():
+            threads_before = torch.get_num_threads()
+            torch.set_num_threads(int(cfg["torch_threads"]))
+    if ref is None:
+        raise InputError("no SAE reference given", where="check")
+    ref = os.fspath(ref)
+    try:
+        return _check(**{k: v for k, v in locals().items() if k in _CHECK_ARGS})
+    finally:
+        if threads_before is not None:
+            torch.set_num_threads(threads_before)
+
+
+def _check(
+    ref: str, policy: Any, n_tokens: int, device: str, seed: int, out_dir: Path | None, cards: bool, log: bool,
+    context_size: int, batch_size: int, corpus: str, split: str, model_id: str | None, hook_name: str | None,
+    downstream: bool, cards_latents: Any, downstream_latents: Any, n_examples: int, annotations: Path | None,
+    expect_sha: str | None,
+) -> CheckResult:
+    import torch
+
+    import saekit
+    from saekit.harness import gate as gate_mod
+    from saekit.harness.cards import build_cards, merge_annotations, read_annotations, select_latents, write_cards
+    from saekit.harness.metrics import CATEGORIES, DEFINITIONS, HEADLINE, evaluate
+    from saekit.harness.model import DEFAULT_MODEL_ID, load_lm
+    from saekit.harness.record import hardware, package_versions, torch_threads
+    from saekit.harness.text import token_set
+
+    t_start = time.perf_counter()
+    phases: dict[str, float] = {}
+    pol = gate_mod.load_policy(policy)
+    torch.manual_seed(seed)
+
+    t = time.perf_counter()
+    say(f"check {ref}: loading the SAE")
+    sae = saekit.load(ref)
+    if expect_sha and sae.ref and sae.ref.sha256 and sae.ref.sha256 != expect_sha:
+        raise IntegrityError(
+            f"SAE sha256 {sae.ref.sha256[:12]} differs from the record's {expect_sha[:12]}", where=ref
+        )
+    hook = hook_name or sae.cfg.hook_name
+    if not hook:
+        raise InputError("the SAE's config names no hook_name; pass hook_name", where=ref)
+    phases["load_sae"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    mid = model_id
+    if mid is None and sae.cfg.model_name not in (None, DEFAULT_MODEL_ID):
+        mid = sae.cfg.model_name
+    say(f"loading the language model {mid or DEFAULT_MODEL_ID}")
+    model, tok = load_lm(mid)
+    info = model.saekit_info
+    if device != "cpu":
+        model = model.to(device)
+    sae_dev = sae.to(device)
+    phases["load_model"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    prepend_bos = True if sae.cfg.prepend_bos is None else bool(sae.cfg.prepend_bos)
+    tokens = token_set(
+        tok, n_tokens=n_tokens, context_size=context_size, corpus=corpus, split=split, seed=seed, prepend_bos=prepend_bos
+    )
+    phases["tokenize"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(f"evaluating on {tokens.n_tokens} tokens ({tokens.source}, {split} split) at {hook}")
+    run = evaluate(sae_dev, model, tok, tokens, hook_name=hook, batch_size=batch_size, downstream=downstream)
+    phases["eval"] = time.perf_counter() - t
+
+    eval_id = uuid.uuid4().hex
+    out = Path(out_dir) if out_dir is not None else _home() / "checks" / eval_id
+    out.mkdir(parents=True, exist_ok=True)
+    sae_ref = sae.ref
+    if sae_ref is None:
+        from saekit.schemas import SAERef
+
+        sae_ref = SAERef(name=Path(ref).name or "sae", d_sae=sae.cfg.d_sae)
+
+    cards_path = None
+    n_cards = 0
+    if cards:
+        t = time.perf_counter()
+        latents = select_latents(run.stats.fire_count, _n_latents(cards_latents))
+        n_down = _n_latents(downstream_latents)
+        down = latents if n_down == "all" else latents[: int(n_down)] if downstream else []
+        card_list = build_cards(
+            sae_dev, model, tok, run, tokens, sae_ref=sae_ref, hook_name=hook,
+            latents=latents, downstream_latents=down, n_examples=n_examples,
+        )
+        if annotations is not None:
+            card_list, _ = merge_annotations(card_list, read_annotations(annotations))
+        cards_path = write_cards(card_list, out / "feature_cards.jsonl")
+        n_cards = len(card_list)
+        phases["cards"] = time.perf_counter() - t
+
+    metrics = {k: v for k, v in run.metrics.items() if v == v and abs(v) != float("inf")}
+    by_cat = {cat: {n: metrics[n] for n in names if n in metrics} for cat, names in CATEGORIES.items()}
+    by_cat = {c: m for c, m in by_cat.items() if m}
+    by_cat["token_stats"] = {
+        "total_tokens_eval": float(run.counts["tokens"]),
+        "total_positions_ce": float(run.counts.get("ce_positions", 0)),
+    }
+    total = time.perf_counter() - t_start
+    eval_cfg = {
+        "sae_ref": ref,
+        "model_id": info.id,
+        "hook_name": hook,
+        **tokens.config(),
+        "batch_size": batch_size,
+        "exclude_special_tokens": True,
+        "downstream": downstream,
+        "device": device,
+        "dtype": "float32",
+        "kernels": os.environ.get("SAEKIT_KERNELS") or "auto",
+        "torch_threads": torch_threads(),
+        "cards": {"enabled": cards, "latents": cards_latents, "downstream_latents": downstream_latents,
+                  "n_examples": n_examples, "n_cards": n_cards},
+    }
+    record = BenchmarkRecord(
+        eval_type_id="core",
+        eval_config=eval_cfg,
+        eval_id=eval_id,
+        datetime_epoch_millis=int(time.time() * 1000),
+        eval_result_metrics=by_cat,
+        eval_result_details=[],
+        sae_lens_id=None,
+        sae_cfg_dict=sae.cfg.to_saelens_dict(),
+        sae=sae_ref,
+        metric_definitions={k: DEFINITIONS[k] for k in metrics if k in DEFINITIONS},
+        seeds={"data": seed, "torch": seed},
+        model=info.model_info(hook),
+        data=DataInfo(source=tokens.source, fingerprint=tokens.fingerprint, n_tokens=tokens.n_tokens,
+                      context_size=tokens.context_size),
+        packages=package_versions(),
+        hardware=hardware(device),
+        timings=Timings(total_s=total, tokens_per_s=tokens.n_tokens / phases["eval"] if phases["eval"] else None,
+                        phases=phases),
+    )
+    verdict = None
+    if pol is not None:
+        verdict = gate_mod.apply(pol, record)
+        record = record.model_copy(update={"gate": verdict})
+    record_path = out / "eval.json"
+    record_path.write_text(record.model_dump_json(indent=2, exclude_none=True) + "\n", encoding="utf-8")
+
+    logged = False
+    if log and sae.ref is not None and sae.ref.version is not None:
+        from saekit.registry import store
+
+        tags = {"saekit.eval_id": eval_id}
+        tags.update({f"metric.{k}": f"{metrics[k]:.6g}" for k in HEADLINE if k in metrics})
+        if verdict is not None:
+            tags["saekit.gate"] = "pass" if verdict.passed else "fail"
+            tags["saekit.gate_failed"] = gate_mod.failing_text(verdict)
+        files = [record_path] + ([cards_path] if cards_path else [])
+        say(f"logging the check on {sae.ref.name}/{sae.ref.version}")
+        store.log_check(sae.ref.name, int(sae.ref.version), metrics=metrics, files=files, tags=tags)
+        logged = True
+    return CheckResult(record=record, verdict=verdict, record_path=record_path, cards_path=cards_path, logged=logged)
+
+
+_CHECK_ARGS = set(_check.__code__.co_varnames[: _check.__code__.co_argcount])

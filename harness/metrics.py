@@ -1,0 +1,271 @@
+"""SAELens' metrics of an SAE on a hooked language model, computed in one pass per batch.
+
+Definitions follow sae-lens 6.54.12 ``sae_lens/evals.py`` (cited per metric in DEFINITIONS):
+special tokens (BOS, EOS, PAD, ...) are left out of every metric, as ``run_evals`` does
+with ``exclude_special_tokens=True``; the reconstruction is spliced in only at the other
+positions (``get_recons_loss``' ``standard_replacement_hook``), zero ablation replaces every
+position (``standard_zero_ablate_hook``). Batch statistics are sums, reduced by addition.
+Encoding and per-latent statistics go through saekit.kernels.dispatch (SAE.encode/decode/
+eval_batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from saekit.harness.activations import captured, spliced
+from saekit.harness.env import Progress
+from saekit.harness.text import TokenSet, special_token_ids
+from saekit.schemas import MetricDefinition
+
+_EVALS = "sae_lens 6.54.12 sae_lens/evals.py"
+DENSE_THRESHOLD = 0.1
+
+DEFINITIONS: dict[str, MetricDefinition] = {
+    "explained_variance": MetricDefinition(
+        definition="1 - E[||x - x_hat||^2] / (E[||x||^2] - ||E[x]||^2), over all non-special tokens",
+        direction="higher",
+        source=f"{_EVALS} ExplainedVarianceCalculator",
+    ),
+    "mse": MetricDefinition(
+        definition="mean over tokens of sum over dims of (x - x_hat)^2",
+        direction="lower",
+        source=f"{_EVALS} get_sparsity_and_variance_metrics (metric_dict['mse'])",
+    ),
+    "cossim": MetricDefinition(
+        definition="mean over tokens of cos(x, x_hat)",
+        direction="higher",
+        source=f"{_EVALS} get_sparsity_and_variance_metrics (metric_dict['cossim'])",
+    ),
+    "l0": MetricDefinition(
+        definition="mean over tokens of the number of non-zero latents",
+        direction="none",
+        source=f"{_EVALS} get_sparsity_and_variance_metrics (metric_dict['l0'])",
+    ),
+    "l1": MetricDefinition(
+        definition="mean over tokens of sum of |latent activations|",
+        direction="none",
+        source=f"{_EVALS} get_sparsity_and_variance_metrics (metric_dict['l1'])",
+    ),
+    "dead_fraction": MetricDefinition(
+        definition="fraction of latents with feature_density == 0 on the evaluated tokens",
+        direction="lower",
+        source=f"saekit; feature_density as in {_EVALS} (total_feature_acts / total_tokens)",
+    ),
+    "dense_fraction": MetricDefinition(
+        definition=f"fraction of latents with feature_density > {DENSE_THRESHOLD} (fire on >10% of tokens)",
+        direction="lower",
+        source=f"saekit; feature_density as in {_EVALS}",
+    ),
+    "ce_loss_without_sae": MetricDefinition(
+        definition="mean next-token cross-entropy of the unmodified model, over positions whose input token is not special",
+        direction="none",
+        source=f"{_EVALS} get_recons_loss / get_downstream_reconstruction_metrics",
+    ),
+    "ce_loss_with_sae": MetricDefinition(
+        definition="mean next-token cross-entropy with the SAE reconstruction spliced in at the hook (non-special positions)",
+        direction="lower",
+        source=f"{_EVALS} get_recons_loss (standard_replacement_hook)",
+    ),
+    "ce_loss_with_ablation": MetricDefinition(
+        definition="mean next-token cross-entropy with the hook's output zeroed at every position",
+        direction="none",
+        source=f"{_EVALS} get_recons_loss (standard_zero_ablate_hook)",
+    ),
+    "ce_loss_score": MetricDefinition(
+        definition="(ce_loss_with_ablation - ce_loss_with_sae) / (ce_loss_with_ablation - ce_loss_without_sae)",
+        direction="higher",
+        source=f"{_EVALS} get_downstream_reconstruction_metrics",
+    ),
+    "kl_div_with_sae": MetricDefinition(
+        definition="mean over non-special positions of KL(p_model || p_with_sae) of the next-token distributions",
+        direction="lower",
+        source=f"{_EVALS} _kl",
+    ),
+    "kl_div_with_ablation": MetricDefinition(
+        definition="mean over non-special positions of KL(p_model || p_zero_ablation)",
+        direction="none",
+        source=f"{_EVALS} _kl",
+    ),
+    "kl_div_score": MetricDefinition(
+        definition="(kl_div_with_ablation - kl_div_with_sae) / kl_div_with_ablation",
+        direction="higher",
+        source=f"{_EVALS} get_downstream_reconstruction_metrics",
+    ),
+}
+
+CATEGORIES: dict[str, list[str]] = {
+    "model_behavior_preservation": ["kl_div_score", "kl_div_with_ablation", "kl_div_with_sae"],
+    "model_performance_preservation": ["ce_loss_score", "ce_loss_with_ablation", "ce_loss_with_sae", "ce_loss_without_sae"],
+    "reconstruction_quality": ["explained_variance", "mse", "cossim"],
+    "sparsity": ["l0", "l1", "dead_fraction", "dense_fraction"],
+}
+HEADLINE = ["explained_variance", "mse", "l0", "dead_fraction", "ce_loss_score", "kl_div_score"]
+
+
+@dataclass
+class EvalRun:
+    """Everything one pass over a token set produced (metrics and what the cards need)."""
+
+    metrics: dict[str, float]
+    stats: Any  # saekit.kernels.reference.EvalStats over non-special tokens
+    mask: Any  # [n_rows, ctx] bool, True where the token is not special
+    values: Any  # [n_rows * ctx, k] sparse code values (0 at special tokens)
+    indices: Any  # [n_rows * ctx, k] sparse code indices
+    ce_with_sae: Any | None = None  # [n_rows, ctx - 1] per-token loss with the SAE spliced in
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def by_category(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for cat, names in CATEGORIES.items():
+            got = {n: self.metrics[n] for n in names if n in self.metrics}
+            if got:
+                out[cat] = got
+        return out
+
+
+def per_token_ce(logits: Any, tokens: Any) -> Any:
+    """-log p(token[t+1] | ..t) per position [b, ctx-1] (transformer_lens lm_cross_entropy_loss)."""
+    import torch
+
+    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
+    return -logp.gather(-1, tokens[:, 1:, None])[..., 0]
+
+
+def per_token_kl(clean_logits: Any, new_logits: Any) -> Any:
+    """KL(p_clean || p_new) per position [b, ctx] (sae_lens evals._kl)."""
+    import torch
+
+    lp_clean = torch.log_softmax(clean_logits.double(), dim=-1)
+    lp_new = torch.log_softmax(new_logits.double(), dim=-1)
+    return (lp_clean.exp() * (lp_clean - lp_new)).sum(-1)
+
+
+def _to_cpu(stats: Any) -> Any:
+    from dataclasses import fields, replace
+
+    return replace(stats, **{f.name: getattr(stats, f.name).cpu() for f in fields(stats) if f.name != "n_tokens"})
+
+
+def metrics_from_stats(stats: Any) -> dict[str, float]:
+    """Reconstruction and sparsity metrics from summed EvalStats."""
+    n = max(stats.n_tokens, 1)
+    mse = float(stats.sse) / n
+    total_var = float(stats.sum_x2.sum()) / n - float(((stats.sum_x / n) ** 2).sum())
+    density = stats.fire_count.double() / n
+    return {
+        "explained_variance": (1.0 if mse < 1e-10 else 0.0) if total_var < 1e-10 else 1.0 - mse / total_var,
+        "mse": mse,
+        "cossim": float(stats.cos_sum) / n,
+        "l0": float(stats.l0_sum) / n,
+        "l1": float(stats.l1_sum) / n,
+        "dead_fraction": float((density == 0).double().mean()),
+        "dense_fraction": float((density > DENSE_THRESHOLD).double().mean()),
+    }
+
+
+def evaluate(
+    sae: Any,
+    model: Any,
+    tokenizer: Any,
+    tokens: TokenSet,
+    *,
+    hook_name: str,
+    batch_size: int = 4,
+    downstream: bool = True,
+) -> EvalRun:
+    """SAELens' metrics of ``sae`` at ``hook_name`` over ``tokens`` (see DEFINITIONS).
+
+    With ``downstream`` the model runs three times per batch (clean, reconstruction
+    spliced in, zero ablation) for the CE and KL metrics; without, it stops at the hook.
+    """
+    import torch
+
+    from saekit.harness.activations import run_to_hook
+
+    special = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
+    toks_all = tokens.tokens
+    mask_all = ~torch.isin(toks_all, special)
+    stats = None
+    values, indices, ce_sae_rows = [], [], []
+    sums = {"ce_without": 0.0, "ce_with": 0.0, "ce_abl": 0.0, "kl_with": 0.0, "kl_abl": 0.0}
+    n_ce = n_kl = 0
+    d_in = sae.cfg.d_in
+    dev = next(model.parameters()).device
+
+    with torch.inference_mode(), Progress("eval batches", total=-(-toks_all.shape[0] // batch_size)) as bar:
+        for i in range(0, toks_all.shape[0], batch_size):
+            toks = toks_all[i : i + batch_size].to(dev)
+            mask = mask_all[i : i + batch_size].to(dev)
+            if downstream:
+                with captured(model, hook_name) as box:
+                    clean_logits = model(toks).logits
+                acts = box["acts"]
+            else:
+                acts = run_to_hook(model, toks, hook_name)
+            flat = acts.reshape(-1, d_in)
+            fmask = mask.reshape(-1)
+            batch_stats = sae.eval_batch(flat[fmask])
+            stats = batch_stats if stats is None else stats + batch_stats
+            code = sae.encode(flat)
+            keep = fmask[:, None].to(code.values.dtype)
+            values.append((code.values * keep).cpu())
+            indices.append(code.indices.cpu())
+            if downstream:
+                x_hat = sae.decode(code).reshape(acts.shape).to(acts.dtype)
+                recon = torch.where(mask[..., None], x_hat, acts)
+                with spliced(model, hook_name, lambda a, r=recon: r):
+                    sae_logits = model(toks).logits
+                with spliced(model, hook_name, torch.zeros_like):
+                    abl_logits = model(toks).logits
+                m_ce = mask[:, :-1]  # CE at t predicts token t+1; masked by the input token t
+                ce_clean = per_token_ce(clean_logits, toks)
+                ce_sae = per_token_ce(sae_logits, toks)
+                ce_abl = per_token_ce(abl_logits, toks)
+                sums["ce_without"] += float(ce_clean[m_ce].sum())
+                sums["ce_with"] += float(ce_sae[m_ce].sum())
+                sums["ce_abl"] += float(ce_abl[m_ce].sum())
+                n_ce += int(m_ce.sum())
+                sums["kl_with"] += float(per_token_kl(clean_logits, sae_logits)[mask].sum())
+                sums["kl_abl"] += float(per_token_kl(clean_logits, abl_logits)[mask].sum())
+                n_kl += int(mask.sum())
+                ce_sae_rows.append(ce_sae.float().cpu())
+            bar.update()
+
+    stats = _to_cpu(stats)
+    metrics = metrics_from_stats(stats)
+    if downstream:
+        ce_without, ce_with, ce_abl = (sums[k] / max(n_ce, 1) for k in ("ce_without", "ce_with", "ce_abl"))
+        kl_with, kl_abl = sums["kl_with"] / max(n_kl, 1), sums["kl_abl"] / max(n_kl, 1)
+        metrics.update(
+            ce_loss_without_sae=ce_without,
+            ce_loss_with_sae=ce_with,
+            ce_loss_with_ablation=ce_abl,
+            ce_loss_score=(ce_abl - ce_with) / (ce_abl - ce_without) if ce_abl != ce_without else float("nan"),
+            kl_div_with_sae=kl_with,
+            kl_div_with_ablation=kl_abl,
+            kl_div_score=(kl_abl - kl_with) / kl_abl if kl_abl else float("nan"),
+        )
+    return EvalRun(
+        metrics=metrics,
+        stats=stats,
+        mask=mask_all,
+        values=torch.cat(values),
+        indices=torch.cat(indices),
+        ce_with_sae=torch.cat(ce_sae_rows) if downstream else None,
+        counts={"tokens": int(mask_all.sum()), "ce_positions": n_ce, "kl_positions": n_kl},
+    )
+
+
+def evaluate_activations(sae: Any, source: Any) -> dict[str, float]:
+    """Reconstruction and sparsity metrics over a stored activation source (no model: no CE/KL).
+
+    Shards carrying ``tokens`` leave out nothing here: the shard writer stored what the
+    model saw, special tokens included, and the caller decides (the tokens are there).
+    """
+    stats = None
+    for _toks, acts in source:
+        s = sae.eval_batch(acts.reshape(-1, sae.cfg.d_in).float())
+        stats = s if stats is None else stats + s
+    return metrics_from_stats(stats)

@@ -1,0 +1,305 @@
+"""The canonical SAE artifact on disk: write it, hash it, read it back verified.
+
+A canonical artifact is a folder SAELens loads as it is (``SAE.load_from_disk``):
+
+    cfg.json                  SAELens v6 keys + a "saekit" block (SAEConfig.to_saelens_dict)
+    sae_weights.safetensors   W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec, threshold
+
+Identity: the sha256 of a SHA256SUMS-style listing of the two files,
+``sha256("<sha256(cfg.json)>  cfg.json\\n<sha256(sae_weights.safetensors)>  sae_weights.safetensors\\n")``,
+so a mismatch can always be traced to the file that changed.
+
+Nothing here unpickles: weights are safetensors only, and the header is checked by hand
+before safetensors sees the bytes (a pickle, a truncated or oversized header is refused
+with one line naming the file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from saekit.schemas import ArtifactFormatError, InputError, IntegrityError, NotFoundError, SAEConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from saekit.kernels import SAE
+
+CFG = "cfg.json"
+WEIGHTS = "sae_weights.safetensors"
+IDENTITY_FILES = (CFG, WEIGHTS)
+# Optional files that travel with an artifact (SAELens convention), outside its identity.
+OPTIONAL_FILES = ("sparsity.safetensors",)
+
+# safetensors' own limit for the JSON header (safetensors/src/tensor.rs, MAX_HEADER_SIZE).
+MAX_HEADER = 100_000_000
+_DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
+}
+_TORCH_DTYPE_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16",
+                      "torch.float16": "float16", "torch.float64": "float64"}
+_SHAPES = {
+    "W_enc": ("d_in", "d_sae"),
+    "b_enc": ("d_sae",),
+    "W_dec": ("d_sae", "d_in"),
+    "b_dec": ("d_in",),
+    "threshold": ("d_sae",),
+}
+
+
+# --- hashing ---------------------------------------------------------------------------
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def combine(file_hashes: dict[str, str]) -> str:
+    """Artifact identity from the per-file sha256 of its identity files."""
+    listing = "".join(f"{file_hashes[name]}  {name}\n" for name in IDENTITY_FILES)
+    return sha256_bytes(listing.encode())
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of each identity file (and optional file present) of an artifact folder."""
+    folder = Path(folder)
+    out: dict[str, str] = {}
+    for name in IDENTITY_FILES:
+        path = folder / name
+        if not path.is_file():
+            raise NotFoundError(f"missing {name}", where=str(folder))
+        out[name] = sha256_file(path)
+    for name in OPTIONAL_FILES:
+        if (folder / name).is_file():
+            out[name] = sha256_file(folder / name)
+    return out
+
+
+def artifact_sha256(folder: Path) -> str:
+    """The artifact's identity: sha256 over its config and weights (see module docstring)."""
+    return combine(file_hashes(folder))
+
+
+def verify_files(folder: Path, expected: dict[str, str], *, where: str | None = None) -> None:
+    """Raise IntegrityError naming the first file whose sha256 differs from ``expected``."""
+    folder = Path(folder)
+    for name, want in expected.items():
+        path = folder / name
+        if not path.is_file():
+            raise IntegrityError(f"{name}: missing", where=where or str(folder))
+        got = sha256_file(path)
+        if got != want:
+            raise IntegrityError(
+                f"{name}: sha256 mismatch (expected {want[:12]}, got {got[:12]})", where=where or str(folder)
+            )
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def cfg_bytes(cfg: SAEConfig) -> bytes:
+    """cfg.json exactly as saekit writes it (sorted keys, so identical configs hash alike)."""
+    return (json.dumps(cfg.to_saelens_dict(), indent=2, sort_keys=True) + "\n").encode()
+
+
+def save_artifact(sae: SAE, folder: Path) -> str:
+    """Write ``sae`` as a canonical artifact folder; returns its sha256.
+
+    The folder is written next to its final place and renamed in, so a reader never sees
+    half an artifact.
+    """
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sae.tensors.items()}
+    dtype = _TORCH_DTYPE_NAMES.get(str(tensors["W_enc"].dtype))
+    if dtype is None:
+        raise InputError(f"unsupported weight dtype {tensors['W_enc'].dtype}", where="sae")
+    cfg = sae.cfg if sae.cfg.dtype == dtype else sae.cfg.model_copy(update={"dtype": dtype})
+    check_tensors(tensors, cfg, where="sae")
+    weights = save(tensors)
+    cfg_data = cfg_bytes(cfg)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and any(folder.iterdir()):
+        for name, data in ((CFG, cfg_data), (WEIGHTS, weights)):
+            _atomic_write(folder / name, data)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        (tmp / CFG).write_bytes(cfg_data)
+        (tmp / WEIGHTS).write_bytes(weights)
+        if folder.exists():
+            folder.rmdir()
+        os.replace(tmp, folder)
+    return combine({CFG: sha256_bytes(cfg_data), WEIGHTS: sha256_bytes(weights)})
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def check_safetensors_header(data: bytes, where: str) -> dict[str, Any]:
+    """Validate a safetensors file's framing before safetensors parses it; returns the header.
+
+    Format (huggingface/safetensors README, "Format"): 8 bytes little-endian u64 N, N bytes
+    of JSON {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}},
+    then the byte buffer the offsets index into.
+    """
+    if data[:1] == b"\x80" or data[:4] == b"PK\x03\x04":
+        kind = "a pickle" if data[:1] == b"\x80" else "a zip (torch.save) archive"
+        raise ArtifactFormatError(f"is {kind}, not safetensors; refusing to unpickle", where=where)
+    if len(data) < 8:
+        raise ArtifactFormatError(f"truncated: {len(data)} bytes, no header", where=where)
+    n = int.from_bytes(data[:8], "little")
+    if n > MAX_HEADER:
+        raise ArtifactFormatError(f"header size {n} is oversized (limit {MAX_HEADER})", where=where)
+    if 8 + n > len(data):
+        raise ArtifactFormatError(f"header truncated: declares {n} bytes, file has {len(data) - 8}", where=where)
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactFormatError(f"header is not JSON ({err.__class__.__name__})", where=where) from None
+    if not isinstance(header, dict):
+        raise ArtifactFormatError("header is not a JSON object", where=where)
+    buffer = len(data) - 8 - n
+    end_max = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        ok = (
+            isinstance(info, dict)
+            and info.get("dtype") in _DTYPE_BYTES
+            and isinstance(info.get("shape"), list)
+            and all(isinstance(d, int) and d >= 0 for d in info["shape"])
+            and isinstance(info.get("data_offsets"), list)
+            and len(info["data_offsets"]) == 2
+            and all(isinstance(o, int) for o in info["data_offsets"])
+        )
+        if not ok:
+            raise ArtifactFormatError(f"tensor {name!r}: malformed header entry", where=where)
+        begin, end = info["data_offsets"]
+        size = math.prod(info["shape"]) * _DTYPE_BYTES[info["dtype"]]
+        if not (0 <= begin <= end <= buffer) or end - begin != size:
+            raise ArtifactFormatError(
+                f"tensor {name!r}: data offsets {begin}..{end} do not fit shape {info['shape']} in a "
+                f"{buffer}-byte buffer (file truncated?)",
+                where=where,
+            )
+        end_max = max(end_max, end)
+    if end_max != buffer:
+        raise ArtifactFormatError(f"{buffer - end_max} trailing bytes after the tensors", where=where)
+    return header
+
+
+def read_safetensors(path: Path, *, data: bytes | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, after checking its header by hand."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    path = Path(path)
+    if data is None:
+        if not path.is_file():
+            raise NotFoundError("no such file", where=str(path))
+        data = path.read_bytes()
+    check_safetensors_header(data, str(path))
+    try:
+        return load(data)
+    except (SafetensorError, ValueError) as err:  # belt and braces: the header check passed
+        raise ArtifactFormatError(f"unreadable safetensors ({err})", where=str(path)) from None
+
+
+def read_cfg(path: Path, *, data: bytes | None = None) -> SAEConfig:
+    """SAEConfig from a SAELens v6 / saekit cfg.json; one-line error naming the file."""
+    from pydantic import ValidationError
+
+    path = Path(path)
+    if data is None:
+        if not path.is_file():
+            raise NotFoundError("no such file", where=str(path))
+        data = path.read_bytes()
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactFormatError(f"not JSON ({err})", where=str(path)) from None
+    if not isinstance(raw, dict):
+        raise ArtifactFormatError("not a JSON object", where=str(path))
+    try:
+        return SAEConfig.from_saelens_dict(raw)
+    except KeyError as err:
+        raise ArtifactFormatError(f"missing key {err}", where=str(path)) from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "cfg"
+        raise ArtifactFormatError(f"{loc}: {first['msg']}", where=str(path)) from None
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], cfg: SAEConfig, *, where: str) -> None:
+    """Names, shapes, dtype and finiteness of an SAE's tensors against its config."""
+    import torch
+
+    dims = {"d_in": cfg.d_in, "d_sae": cfg.d_sae}
+    needed = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if cfg.architecture == "jumprelu" else [])
+    for name in needed:
+        if name not in tensors:
+            raise ArtifactFormatError(f"missing tensor {name!r}", where=where)
+    for name, t in tensors.items():
+        if name in _SHAPES:
+            want = tuple(dims[d] for d in _SHAPES[name])
+            if tuple(t.shape) != want:
+                raise ArtifactFormatError(
+                    f"tensor {name!r} has shape {tuple(t.shape)}, expected {want} (d_in={cfg.d_in}, d_sae={cfg.d_sae})",
+                    where=where,
+                )
+        if not t.is_floating_point():
+            raise ArtifactFormatError(f"tensor {name!r} has dtype {t.dtype}, expected floating point", where=where)
+        if not bool(torch.isfinite(t).all()):
+            raise ArtifactFormatError(f"tensor {name!r} contains NaN or inf", where=where)
+
+
+def load_artifact(folder: Path, *, expected_sha256: str | None = None) -> SAE:
+    """Read and validate a canonical artifact folder; with ``expected_sha256``, verify it.
+
+    Each file is read once: the same bytes are hashed and parsed.
+    """
+    from saekit.kernels import SAE
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotFoundError("no such artifact folder", where=str(folder))
+    blobs: dict[str, bytes] = {}
+    for name in IDENTITY_FILES:
+        path = folder / name
+        if not path.is_file():
+            raise NotFoundError(f"missing {name}", where=str(folder))
+        blobs[name] = path.read_bytes()
+    if expected_sha256 is not None:
+        hashes = {name: sha256_bytes(data) for name, data in blobs.items()}
+        if combine(hashes) != expected_sha256:
+            raise IntegrityError(
+                f"sha256 mismatch (expected {expected_sha256[:12]}, got {combine(hashes)[:12]}; "
+                f"cfg.json {hashes[CFG][:12]}, {WEIGHTS} {hashes[WEIGHTS][:12]})",
+                where=str(folder),
+            )
+    cfg = read_cfg(folder / CFG, data=blobs[CFG])
+    tensors = read_safetensors(folder / WEIGHTS, data=blobs.pop(WEIGHTS))
+    check_tensors(tensors, cfg, where=str(folder / WEIGHTS))
+    return SAE(cfg, tensors)

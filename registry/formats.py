@@ -1,0 +1,279 @@
+"""Importers from other SAE libraries into the canonical artifact, and exporters back.
+
+Formats and where their layout is defined:
+
+- ``saelens``: a folder written by SAELens' ``SAE.save_model`` (sae_lens/saes/sae.py):
+  cfg.json (v6 keys) + sae_weights.safetensors with SAELens names; the canonical layout.
+- ``sparsify``: a folder written by EleutherAI sparsify's ``SparseCoder.save_to_disk``
+  (sparsify/sparse_coder.py): cfg.json (SparseCoderConfig + d_in) + sae.safetensors with
+  encoder.weight [d_sae, d_in], encoder.bias [d_sae], W_dec [d_sae, d_in], b_dec [d_in].
+  Encodes ``topk(relu(encoder(x - b_dec)))``.
+- ``gemmascope``: a Gemma Scope ``params.npz`` (google/gemma-scope on the Hub; the Gemma
+  Scope tutorial's JumpReLUSAE): W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec,
+  threshold; ``acts = (pre > threshold) * relu(pre)`` with ``pre = x @ W_enc + b_enc``
+  (no b_dec subtracted from the input).
+- ``openai``: an openai/sparse_autoencoder ``Autoencoder.state_dict()`` saved with
+  torch.save (sparse_autoencoder/model.py): encoder.weight [d_sae, d_in] (encoder.bias if
+  present), decoder.weight [d_in, d_sae], pre_bias [d_in], latent_bias [d_sae],
+  stats_last_nonzero, "activation" ("ReLU" | "TopK") and "activation_state_dict" {"k"}.
+  ``latents = activation(encoder(LN?(x) - pre_bias) + latent_bias)``; TopK checkpoints
+  normalise inputs with LN (``Autoencoder.from_state_dict``: "normalize = activation == TopK"),
+  recorded here as SAELens' ``normalize_activations = "layer_norm"`` (same LN, eps 1e-5).
+
+Nothing here unpickles: ``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from saekit.registry import artifact as art
+from saekit.schemas import ArtifactFormatError, InputError, NotFoundError, SAEConfig
+
+if TYPE_CHECKING:
+    from saekit.kernels import SAE
+
+IMPORT_FORMATS = ("saekit", "saelens", "sparsify", "gemmascope", "openai")
+EXPORT_FORMATS = ("saelens", "sparsify")
+
+
+def _context(cfg: dict[str, Any], model_name, hook_name, model_revision) -> dict[str, Any]:
+    for key, value in (("model_name", model_name), ("hook_name", hook_name), ("model_revision", model_revision)):
+        if value is not None:
+            cfg[key] = value
+    return cfg
+
+
+def _config(fields: dict[str, Any], where: str) -> SAEConfig:
+    from pydantic import ValidationError
+
+    try:
+        return SAEConfig.model_validate(fields, strict=False)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "cfg"
+        raise ArtifactFormatError(f"{loc}: {first['msg']}", where=where) from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise NotFoundError("no such file", where=str(path))
+    try:
+        d = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactFormatError(f"not JSON ({err})", where=str(path)) from None
+    if not isinstance(d, dict):
+        raise ArtifactFormatError("not a JSON object", where=str(path))
+    return d
+
+
+def _make(cfg: SAEConfig, tensors: dict[str, Any], where: str, source: str) -> SAE:
+    from saekit.kernels import SAE
+
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    dtype = art._TORCH_DTYPE_NAMES.get(str(tensors["W_enc"].dtype))
+    if dtype is None:
+        raise ArtifactFormatError(f"unsupported weight dtype {tensors['W_enc'].dtype}", where=where)
+    prov = cfg.provenance.model_copy(update={"source": source})
+    cfg = cfg.model_copy(update={"dtype": dtype, "provenance": prov})
+    art.check_tensors(tensors, cfg, where=where)
+    return SAE(cfg, tensors)
+
+
+# --- readers ---------------------------------------------------------------------------
+
+
+def read_saelens(src: Path, **context: Any) -> SAE:
+    """A folder written by SAELens' ``SAE.save_model``."""
+    src = Path(src)
+    cfg = art.read_cfg(src / art.CFG)
+    if cfg.rescale_acts_by_decoder_norm:
+        raise ArtifactFormatError("rescale_acts_by_decoder_norm SAEs are not supported", where=str(src / art.CFG))
+    update = {k: v for k, v in context.items() if v is not None and getattr(cfg, k) is None}
+    cfg = cfg.model_copy(update=update)
+    tensors = art.read_safetensors(src / art.WEIGHTS)
+    return _make(cfg, tensors, str(src / art.WEIGHTS), f"saelens:{src.name}")
+
+
+def read_sparsify(src: Path, **context: Any) -> SAE:
+    """A folder written by sparsify's ``SparseCoder.save_to_disk``."""
+    src = Path(src)
+    raw = _read_json(src / "cfg.json")
+    if "d_in" not in raw:
+        raise ArtifactFormatError("missing key 'd_in' (written by SparseCoder.save_to_disk)", where=str(src / "cfg.json"))
+    try:
+        cfg = SAEConfig.from_sparsify_dict(raw, **{k: v for k, v in context.items() if v is not None})
+    except (ValueError, KeyError) as err:
+        raise ArtifactFormatError(str(err).splitlines()[0], where=str(src / "cfg.json")) from None
+    cfg = cfg.model_copy(update={"provenance": cfg.provenance.model_copy(update={"library": "sparsify"})})
+    path = src / "sae.safetensors"
+    st = art.read_safetensors(path)
+    missing = [k for k in ("encoder.weight", "encoder.bias", "W_dec", "b_dec") if k not in st]
+    if missing:
+        raise ArtifactFormatError(f"missing tensor {missing[0]!r}", where=str(path))
+    if st["encoder.weight"].shape != (cfg.d_sae, cfg.d_in):
+        raise ArtifactFormatError(
+            f"tensor 'encoder.weight' has shape {tuple(st['encoder.weight'].shape)}, expected {(cfg.d_sae, cfg.d_in)}",
+            where=str(path),
+        )
+    tensors = {"W_enc": st["encoder.weight"].T, "b_enc": st["encoder.bias"], "W_dec": st["W_dec"], "b_dec": st["b_dec"]}
+    return _make(cfg, tensors, str(path), f"sparsify:{src.name}")
+
+
+def read_gemmascope(src: Path, **context: Any) -> SAE:
+    """A Gemma Scope ``params.npz`` (or the folder holding it)."""
+    import numpy as np
+    import torch
+
+    src = Path(src)
+    path = src / "params.npz" if src.is_dir() else src
+    if not path.is_file():
+        raise NotFoundError("no such file", where=str(path))
+    if not zipfile.is_zipfile(path):
+        raise ArtifactFormatError("not an .npz (zip) archive", where=str(path))
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as err:
+        raise ArtifactFormatError(f"unreadable npz ({str(err).splitlines()[0]})", where=str(path)) from None
+    need = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+    missing = [k for k in need if k not in arrays]
+    if missing:
+        raise ArtifactFormatError(f"missing array {missing[0]!r}", where=str(path))
+    if arrays["W_enc"].ndim != 2:
+        raise ArtifactFormatError(f"array 'W_enc' has shape {arrays['W_enc'].shape}, expected [d_in, d_sae]", where=str(path))
+    d_in, d_sae = arrays["W_enc"].shape
+    fields = _context({"architecture": "jumprelu", "d_in": int(d_in), "d_sae": int(d_sae),
+                       "apply_b_dec_to_input": False, "provenance": {"library": "gemma_scope"}}, **_ctx(context))
+    cfg = _config(fields, str(path))
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in need}
+    return _make(cfg, tensors, str(path), f"gemmascope:{path.name}")
+
+
+def read_openai(src: Path, **context: Any) -> SAE:
+    """An openai/sparse_autoencoder state dict saved with ``torch.save``."""
+    import pickle
+
+    import torch
+
+    src = Path(src)
+    if not src.is_file():
+        raise NotFoundError("no such file", where=str(src))
+    try:
+        sd = torch.load(src, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ArtifactFormatError(
+            f"refused: holds objects other than tensors and plain values ({str(err).splitlines()[0][:120]})",
+            where=str(src),
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise ArtifactFormatError(f"not a torch state dict ({str(err).splitlines()[0][:120]})", where=str(src)) from None
+    if not isinstance(sd, dict):
+        raise ArtifactFormatError("not a state dict", where=str(src))
+    missing = [k for k in ("encoder.weight", "decoder.weight", "pre_bias", "latent_bias") if k not in sd]
+    if missing:
+        raise ArtifactFormatError(f"missing tensor {missing[0]!r}", where=str(src))
+    enc = sd["encoder.weight"]
+    if not isinstance(enc, torch.Tensor) or enc.ndim != 2:
+        raise ArtifactFormatError("'encoder.weight' is not a 2-d tensor [n_latents, n_inputs]", where=str(src))
+    d_sae, d_in = enc.shape
+    activation = sd.get("activation", "ReLU")
+    if activation == "TopK":
+        k = (sd.get("activation_state_dict") or {}).get("k")
+        if not isinstance(k, int):
+            raise ArtifactFormatError("TopK checkpoint without activation_state_dict.k", where=str(src))
+        arch = {"architecture": "topk", "k": k, "normalize_activations": "layer_norm"}
+    elif activation == "ReLU":
+        arch = {"architecture": "relu"}
+    else:
+        raise ArtifactFormatError(f"activation {activation!r} is not supported (ReLU, TopK)", where=str(src))
+    fields = _context({**arch, "d_in": int(d_in), "d_sae": int(d_sae), "apply_b_dec_to_input": True,
+                       "provenance": {"library": "openai_sparse_autoencoder"}}, **_ctx(context))
+    cfg = _config(fields, str(src))
+    b_enc = sd["latent_bias"]
+    if "encoder.bias" in sd:  # nn.Linear bias, if a checkpoint has one: adds to latent_bias
+        b_enc = b_enc + sd["encoder.bias"]
+    dec = sd["decoder.weight"]
+    if not isinstance(dec, torch.Tensor) or tuple(dec.shape) != (d_in, d_sae):
+        raise ArtifactFormatError(
+            f"tensor 'decoder.weight' has shape {tuple(getattr(dec, 'shape', ()))}, expected {(d_in, d_sae)}",
+            where=str(src),
+        )
+    tensors = {"W_enc": enc.T, "b_enc": b_enc, "W_dec": dec.T, "b_dec": sd["pre_bias"]}
+    return _make(cfg, tensors, str(src), f"openai:{src.name}")
+
+
+def _ctx(context: dict[str, Any]) -> dict[str, Any]:
+    return {k: context.get(k) for k in ("model_name", "hook_name", "model_revision")}
+
+
+_READERS = {
+    "saekit": lambda src, **ctx: art.load_artifact(Path(src)),
+    "saelens": read_saelens,
+    "sparsify": read_sparsify,
+    "gemmascope": read_gemmascope,
+    "openai": read_openai,
+}
+
+
+def read_checkpoint(fmt: str, src: Path, **context: Any) -> SAE:
+    """An in-memory SAE from a checkpoint of format ``fmt`` (see IMPORT_FORMATS)."""
+    reader = _READERS.get(fmt)
+    if reader is None:
+        raise InputError(f"unknown format; expected one of {', '.join(IMPORT_FORMATS)}", where=repr(fmt))
+    if not Path(src).exists():
+        raise NotFoundError("no such file or folder", where=str(src))
+    return reader(Path(src), **context)
+
+
+def import_checkpoint(
+    fmt: str,
+    src: Path,
+    dest: Path,
+    *,
+    model_name: str | None = None,
+    hook_name: str | None = None,
+    model_revision: str | None = None,
+) -> str:
+    """Convert a checkpoint into a canonical artifact folder at ``dest``; returns its sha256."""
+    sae = read_checkpoint(fmt, src, model_name=model_name, hook_name=hook_name, model_revision=model_revision)
+    sha = art.save_artifact(sae, Path(dest))
+    if fmt == "saelens" and (Path(src) / "sparsity.safetensors").is_file():
+        shutil.copyfile(Path(src) / "sparsity.safetensors", Path(dest) / "sparsity.safetensors")
+    return sha
+
+
+# --- exporters -------------------------------------------------------------------------
+
+
+def export(sae: SAE, fmt: str, dest: Path) -> list[Path]:
+    """Write ``sae`` in another library's layout; returns the files written."""
+    from safetensors.torch import save_file
+
+    dest = Path(dest)
+    t = {k: v.detach().cpu().contiguous() for k, v in sae.tensors.items()}
+    if fmt == "saelens":
+        dest.mkdir(parents=True, exist_ok=True)
+        cfg = sae.cfg.to_saelens_dict()
+        cfg.pop("saekit", None)
+        save_file(t, str(dest / art.WEIGHTS))
+        (dest / art.CFG).write_text(json.dumps(cfg, indent=2))
+        return [dest / art.CFG, dest / art.WEIGHTS]
+    if fmt == "sparsify":
+        c = sae.cfg
+        if c.architecture != "topk" or not c.apply_b_dec_to_input or c.normalize_activations != "none":
+            raise InputError(
+                "sparsify holds plain TopK SAEs that subtract b_dec and do not normalise inputs",
+                where=f"{c.architecture} SAE",
+            )
+        dest.mkdir(parents=True, exist_ok=True)
+        tensors = {"encoder.weight": t["W_enc"].T.contiguous(), "encoder.bias": t["b_enc"],
+                   "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+        save_file(tensors, str(dest / "sae.safetensors"))
+        (dest / "cfg.json").write_text(json.dumps(c.to_sparsify_dict()))
+        return [dest / "cfg.json", dest / "sae.safetensors"]
+    raise InputError(f"unknown export format; expected one of {', '.join(EXPORT_FORMATS)}", where=repr(fmt))

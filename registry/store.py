@@ -1,0 +1,781 @@
+"""SAE artifacts by name, on MLflow's model registry (the system of record).
+
+One registered model per SAE lineage, one model version per artifact. A version's files
+are logged as artifacts of an MLflow run under ``sae/``; the version's source points at
+them. Version tags carry the identity (``saekit.sha256`` and the per-file hashes in
+``saekit.files``) and the shape (architecture, d_in, d_sae, k, model, revision, hook,
+schema version).
+
+Visibility: a version becomes visible to ``resolve``/``load``/``list_versions`` only when
+it carries ``saekit.ready = true``, which is set after its files were uploaded, downloaded
+back and verified against their sha256. A registration that dies half way leaves a run or
+an untagged version that no reader returns.
+
+Where the registry lives is only a URI (``SAEKIT_REGISTRY_URI``): by default MLflow on
+SQLite with a local artifact folder under SAEKIT_HOME; for a team, an MLflow tracking server
+(``http://...``) on PostgreSQL with proxied artifacts. No code below branches on which.
+
+Loading goes through a content-addressed cache under ``SAEKIT_HOME/cache``; a pinned
+reference (``NAME/VERSION``, ``NAME@sha256:...``) already cached loads without importing
+mlflow or contacting the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from saekit.registry import artifact as art
+from saekit.registry.refs import Ref, check_name, parse_ref
+from saekit.schemas import (
+    InputError,
+    IntegrityError,
+    NotFoundError,
+    ReferenceSyntaxError,
+    RegistryError,
+    SaekitError,
+    SAERef,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from saekit.kernels import SAE
+
+EXPERIMENT = "saekit-registry"
+ARTIFACT_PATH = "sae"
+CHECKS_PATH = "checks"
+READY = "saekit.ready"
+SHA = "saekit.sha256"
+FILES = "saekit.files"
+# Tags saekit writes at registration; users cannot override them with --tag.
+RESERVED_TAGS = frozenset(
+    {READY, SHA, FILES, "saekit.architecture", "saekit.d_in", "saekit.d_sae", "saekit.k", "saekit.model",
+     "saekit.model_revision", "saekit.hook", "saekit.schema_version", "saekit.dtype"}
+)
+ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+# MLflow reserves "latest" and "v<N>" as alias names (mlflow/utils/validation.py).
+_RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+
+
+@dataclass
+class VersionInfo:
+    """One ready model version, as saekit sees it."""
+
+    name: str
+    version: int
+    sha256: str
+    aliases: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    run_id: str | None = None
+    created_ms: int = 0
+    description: str | None = None
+    source: str | None = None
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Per-file sha256 recorded at registration."""
+        return json.loads(self.tags.get(FILES, "{}"))
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+def home() -> Path:
+    return Path(os.environ.get("SAEKIT_HOME") or "~/.saekit").expanduser()
+
+
+def registry_uri() -> str:
+    """The MLflow tracking (and registry) URI: SAEKIT_REGISTRY_URI or the embedded SQLite."""
+    uri = os.environ.get("SAEKIT_REGISTRY_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{home().resolve() / 'registry' / 'mlflow.db'}"
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<pw>[^/@\s]*)@")
+_SECRET_PARAM = re.compile(r"(?i)\b(password|passwd|pwd|token|secret)=([^&\s]+)")
+
+
+def mask(text: str) -> str:
+    """``text`` with URI passwords and secret query parameters replaced by ***."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+    return _SECRET_PARAM.sub(lambda m: f"{m[1]}=***", text)
+
+
+def _registry_key(uri: str) -> str:
+    """A stable folder name for one registry (password stripped before hashing)."""
+    return art.sha256_bytes(_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}@", uri).encode())[:16]
+
+
+def _cache_dir() -> Path:
+    return home() / "cache"
+
+
+# --- MLflow client -----------------------------------------------------------------------
+
+_CLIENTS: dict[str, Any] = {}
+
+
+def _quiet_mlflow() -> None:
+    """MLflow's info logs, warnings and telemetry have no place in saekit's output."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Fail in seconds, not minutes, when a server is down (MLflow's default retries ~2 min).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    if os.environ.get("SAEKIT_DEBUG"):
+        return
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    import mlflow  # noqa: F401 - configures its loggers on import; we lower them after
+
+    for name in ("mlflow", "alembic", "sqlalchemy", "urllib3.connectionpool"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
+    warnings.filterwarnings("ignore", message=r".*[Mm][Ll]flow.*")
+
+
+def _client() -> MlflowClient:
+    uri = registry_uri()
+    client = _CLIENTS.get(uri)
+    if client is None:
+        _quiet_mlflow()
+        if uri.startswith("sqlite:///"):
+            _seed_sqlite(Path(uri[len("sqlite:///"):]))
+        with _errors():
+            from mlflow import MlflowClient
+
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            if uri.startswith("sqlite:///") and not _sqlite_template().is_file():
+                client.search_experiments(max_results=1)  # creates and migrates the database
+                _save_sqlite_template(Path(uri[len("sqlite:///"):]))
+        _CLIENTS[uri] = client
+    return client
+
+
+def _sqlite_template() -> Path:
+    import mlflow
+
+    cache = Path(os.environ.get("SAEKIT_CACHE_DIR") or "~/.cache/saekit").expanduser()
+    return cache / f"mlflow-{mlflow.__version__}-empty.db"
+
+
+def _seed_sqlite(db: Path) -> None:
+    """A new embedded registry starts as a copy of an empty, migrated MLflow database:
+    MLflow's schema migrations take seconds, a copy takes milliseconds."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    template = _sqlite_template()
+    if not db.exists() and template.is_file():
+        tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+        shutil.copyfile(template, tmp)
+        try:
+            os.link(tmp, db)  # fails if another process created it meanwhile: keep theirs
+        except OSError:
+            pass
+        tmp.unlink()
+
+
+def _save_sqlite_template(db: Path) -> None:
+    template = _sqlite_template()
+    if template.is_file() or not db.is_file():
+        return
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        # MLflow creates its "Default" experiment (id 0) with the tables.
+        empty = all(con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] <= (t == "experiments")
+                    for t in ("experiments", "registered_models", "runs")
+                    if con.execute("SELECT 1 FROM sqlite_master WHERE name=?", (t,)).fetchone())
+        migrated = con.execute("SELECT 1 FROM sqlite_master WHERE name='alembic_version'").fetchone()
+    finally:
+        con.close()
+    if not (empty and migrated):
+        return
+    template.parent.mkdir(parents=True, exist_ok=True)
+    tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+    shutil.copyfile(db, tmp)
+    os.replace(tmp, template)
+
+
+def _where() -> str:
+    return f"registry at {mask(registry_uri())}"
+
+
+@contextlib.contextmanager
+def _errors(what: str | None = None) -> Iterator[None]:
+    """Turn MLflow and connection errors into one-line saekit errors with masked URIs."""
+    try:
+        yield
+    except SaekitError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every backend error becomes a RegistryError
+        code = getattr(err, "error_code", None)
+        msg = getattr(err, "message", None) or str(err) or err.__class__.__name__
+        msg = mask(msg.strip().splitlines()[0] if msg.strip() else err.__class__.__name__)
+        if code == "RESOURCE_DOES_NOT_EXIST":
+            raise NotFoundError(msg, where=what) from None
+        if code == "INVALID_PARAMETER_VALUE":
+            raise InputError(msg, where=what) from None
+        raise RegistryError(f"{err.__class__.__name__}: {msg}", where=_where()) from None
+
+
+def _transient(err: Exception) -> bool:
+    text = str(err).lower()
+    return any(
+        s in text
+        for s in ("database is locked", "model version creation error", "could not serialize", "deadlock",
+                  "unique constraint", "duplicate key", "integrityerror", "connection reset", "remotedisconnected",
+                  "503", "502", "504", "429")
+    )
+
+
+def _retry(fn, *args, attempts: int = 12, **kwargs):
+    """Call fn, retrying the transient errors concurrent writers cause (locks, version races)."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except SaekitError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            if attempt == attempts - 1 or not _transient(err):
+                raise
+            time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _experiment_id(client: MlflowClient) -> str:
+    exp = _retry(client.get_experiment_by_name, EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    uri = registry_uri()
+    # A server chooses its own (proxied) artifact root; a database URI gets a local folder.
+    location = None if uri.startswith(("http://", "https://", "databricks")) else (
+        (home().resolve() / "registry" / "artifacts").as_uri()
+    )
+    try:
+        return _retry(client.create_experiment, EXPERIMENT, artifact_location=location)
+    except Exception:  # noqa: BLE001 - another process created it first
+        exp = _retry(client.get_experiment_by_name, EXPERIMENT)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+# --- model versions <-> VersionInfo ------------------------------------------------------
+
+
+def _info(mv: Any, aliases: list[str] | None = None) -> VersionInfo:
+    tags = dict(mv.tags or {})
+    return VersionInfo(
+        name=mv.name,
+        version=int(mv.version),
+        sha256=tags.get(SHA, ""),
+        aliases=sorted(aliases if aliases is not None else (getattr(mv, "aliases", None) or [])),
+        tags=tags,
+        run_id=mv.run_id,
+        created_ms=int(mv.creation_timestamp or 0),
+        description=mv.description or None,
+        source=mv.source,
+    )
+
+
+def _is_ready(mv: Any) -> bool:
+    return (mv.tags or {}).get(READY) == "true" and bool((mv.tags or {}).get(SHA))
+
+
+def _search(client: MlflowClient, filter_string: str, *, newest_first: bool = True) -> list[Any]:
+    out: list[Any] = []
+    token = None
+    while True:
+        page = _retry(
+            client.search_model_versions,
+            filter_string,
+            max_results=1000,
+            order_by=["version_number DESC" if newest_first else "version_number ASC"],
+            page_token=token,
+        )
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _ready_filter(name: str | None = None, sha: str | None = None, sha_prefix: str | None = None) -> str:
+    parts = [f"tags.`{READY}` = 'true'"]
+    if name:
+        parts.insert(0, f"name = '{check_name(name)}'")
+    if sha:
+        parts.append(f"tags.`{SHA}` = '{sha}'")
+    if sha_prefix:
+        parts.append(f"tags.`{SHA}` LIKE '{sha_prefix}%'")
+    return " AND ".join(parts)
+
+
+def _aliases_of(client: MlflowClient, name: str) -> dict[int, list[str]]:
+    rm = _retry(client.get_registered_model, name)
+    out: dict[int, list[str]] = {}
+    for alias, version in (rm.aliases or {}).items():
+        out.setdefault(int(version), []).append(alias)
+    return out
+
+
+def _canonical(mvs: list[Any]) -> list[Any]:
+    """Drop duplicate ready versions of the same content (a concurrent-registration race):
+    the lowest version of each sha256 is the one that counts."""
+    first: dict[tuple[str, str], int] = {}
+    for mv in mvs:
+        key = (mv.name, mv.tags.get(SHA, ""))
+        first[key] = min(first.get(key, int(mv.version)), int(mv.version))
+    return [mv for mv in mvs if first[(mv.name, mv.tags.get(SHA, ""))] == int(mv.version)]
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def _as_ref(ref: str | Ref) -> Ref:
+    ref = parse_ref(ref) if isinstance(ref, str) else ref
+    if ref.kind in ("path", "hf"):
+        raise ReferenceSyntaxError("expected a registry reference, not a path or hf://", where=repr(ref.text))
+    return ref
+
+
+def resolve(ref: str | Ref) -> VersionInfo:
+    """The ready version a reference names (asks the registry; downloads nothing)."""
+    ref = _as_ref(ref)
+    client = _client()
+    name = ref.name
+    with _errors(repr(ref.text)):
+        try:
+            aliases = _aliases_of(client, name)
+        except Exception as err:  # noqa: BLE001
+            if getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                raise NotFoundError(f"no registered SAE named {name!r}", where=_where()) from None
+            raise
+        if ref.kind == "latest":
+            mvs = _search(client, _ready_filter(name))
+            if not mvs:
+                raise NotFoundError(f"{name!r} has no ready version", where=_where())
+            mv = mvs[0]
+        elif ref.kind == "alias":
+            version = next((v for v, names in aliases.items() if ref.alias in names), None)
+            if version is None:
+                raise NotFoundError(f"{name!r} has no alias {ref.alias!r}", where=_where())
+            mv = _retry(client.get_model_version, name, str(version))
+        elif ref.kind == "version":
+            try:
+                mv = _retry(client.get_model_version, name, str(ref.version))
+            except Exception as err:  # noqa: BLE001
+                if getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                    raise NotFoundError(f"no version {ref.version} of {name!r}", where=_where()) from None
+                raise
+        else:  # sha256
+            mvs = _canonical(_search(client, _ready_filter(name, sha_prefix=ref.sha256_prefix), newest_first=False))
+            shas = {mv.tags[SHA] for mv in mvs}
+            if not mvs:
+                raise NotFoundError(f"no version of {name!r} with sha256 {ref.sha256_prefix}...", where=_where())
+            if len(shas) > 1:
+                raise ReferenceSyntaxError(
+                    f"sha256 prefix {ref.sha256_prefix} is ambiguous ({len(shas)} artifacts); give more digits",
+                    where=repr(ref.text),
+                )
+            mv = mvs[0]
+        if not _is_ready(mv):
+            raise NotFoundError(f"version {mv.version} of {name!r} is not ready (registration incomplete)",
+                                where=_where())
+    info = _info(mv, aliases.get(int(mv.version), []))
+    _remember(info)
+    return info
+
+
+def list_versions(name: str | None = None) -> list[VersionInfo]:
+    """Every ready version (of ``name``, or of every SAE), oldest first per name."""
+    client = _client()
+    with _errors(repr(name) if name else None):
+        if name:
+            try:
+                aliases = {name: _aliases_of(client, name)}
+            except Exception as err:  # noqa: BLE001
+                if getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                    raise NotFoundError(f"no registered SAE named {name!r}", where=_where()) from None
+                raise
+        mvs = _canonical(_search(client, _ready_filter(name), newest_first=False))
+        if not name:
+            aliases = {n: _aliases_of(client, n) for n in sorted({mv.name for mv in mvs})}
+    infos = [_info(mv, aliases[mv.name].get(int(mv.version), [])) for mv in mvs]
+    return sorted(infos, key=lambda i: (i.name, i.version))
+
+
+# --- the local index of pinned references and the content-addressed cache ---------------
+
+
+def _index_dir(name: str) -> Path:
+    return _cache_dir() / "index" / _registry_key(registry_uri()) / name
+
+
+def _remember(info: VersionInfo) -> None:
+    """Record name/version -> sha256 so a pinned reference can later load offline."""
+    path = _index_dir(info.name) / f"{info.version}.json"
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"name": info.name, "version": info.version, "sha256": info.sha256,
+                               "files": info.files}))
+    os.replace(tmp, path)
+
+
+def _recall(ref: Ref) -> VersionInfo | None:
+    """A pinned reference's version from the local index, without asking the registry."""
+    if not ref.pinned or ref.kind not in ("version", "sha256"):
+        return None
+    folder = _index_dir(ref.name)
+    if ref.kind == "version":
+        paths = [folder / f"{ref.version}.json"]
+    else:
+        paths = sorted(folder.glob("*.json"), key=lambda p: int(p.stem)) if folder.is_dir() else []
+    hits = []
+    for path in paths:
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if ref.kind == "version" or d["sha256"].startswith(ref.sha256_prefix):
+            hits.append(d)
+    if not hits or len({d["sha256"] for d in hits}) > 1:
+        return None
+    d = hits[0]
+    return VersionInfo(d["name"], int(d["version"]), d["sha256"], tags={FILES: json.dumps(d["files"])})
+
+
+def cache_path(sha256: str) -> Path:
+    return _cache_dir() / "sha256" / sha256
+
+
+def _download(info: VersionInfo) -> Path:
+    """Download a version's files, verify each against its recorded sha256, move into the cache."""
+    target = cache_path(info.sha256)
+    expected = info.files
+    if not expected:
+        raise IntegrityError("version has no recorded file hashes", where=f"{info.name}/{info.version}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{info.sha256[:12]}.", dir=target.parent))
+    try:
+        client = _client()
+        with _errors(f"{info.name}/{info.version}"):
+            if info.run_id:
+                local = _retry(client.download_artifacts, info.run_id, ARTIFACT_PATH, str(staging))
+            else:
+                from mlflow.artifacts import download_artifacts
+
+                local = _retry(download_artifacts, artifact_uri=info.source, dst_path=str(staging),
+                               tracking_uri=registry_uri())
+        local = Path(local)
+        art.verify_files(local, expected, where=f"{info.name}/{info.version} in the registry store")
+        if art.combine(expected) != info.sha256:
+            raise IntegrityError("recorded file hashes do not add up to the version's sha256",
+                                 where=f"{info.name}/{info.version}")
+        for stray in set(p.name for p in local.iterdir()) - set(expected):
+            (local / stray).unlink()
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(local, target)
+        except OSError:  # another process filled it first; theirs is verified too
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _cached_ok(info: VersionInfo) -> Path | None:
+    folder = cache_path(info.sha256)
+    if folder.is_dir():
+        try:
+            art.verify_files(folder, {k: v for k, v in info.files.items()} or {}, where=str(folder))
+            if art.artifact_sha256(folder) == info.sha256:
+                return folder
+        except (IntegrityError, NotFoundError):
+            pass
+        _evict(info.sha256)
+    return None
+
+
+def _evict(sha256: str) -> None:
+    folder = cache_path(sha256)
+    if folder.exists():
+        trash = folder.with_name(f".evicted.{sha256[:12]}.{os.getpid()}.{random.randrange(1 << 30)}")
+        try:
+            os.replace(folder, trash)
+        except OSError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def fetch(ref: str | Ref) -> Path:
+    """A local, verified folder holding the artifact a reference names (content-addressed cache)."""
+    ref = parse_ref(ref) if isinstance(ref, str) else ref
+    if ref.kind == "path":
+        return ref.path
+    info = _recall(ref)
+    if info is not None:
+        folder = _cached_ok(info)
+        if folder is not None:
+            return folder
+    info = resolve(ref)
+    return _cached_ok(info) or _download(info)
+
+
+def load_ref(ref: Ref | str) -> SAE:
+    """Fetch (cache first) and load an SAE, verified against its sha256; sets ``sae.ref``."""
+    ref = parse_ref(ref) if isinstance(ref, str) else ref
+    if ref.kind == "path":
+        sae = art.load_artifact(ref.path)
+        sae.ref = SAERef(name=ref.path.resolve().name, sha256=art.artifact_sha256(ref.path), d_sae=sae.cfg.d_sae)
+        return sae
+    if ref.kind == "hf":
+        raise ReferenceSyntaxError("hf:// references load through saekit.load", where=repr(ref.text))
+    info = _recall(ref)  # pinned and indexed: no registry round trip, no mlflow import
+    sae = None
+    if info is not None and cache_path(info.sha256).is_dir():
+        try:
+            sae = art.load_artifact(cache_path(info.sha256), expected_sha256=info.sha256)
+        except (IntegrityError, NotFoundError):
+            _evict(info.sha256)  # corrupt cache entry: fetch it again below
+            sae = None
+    if sae is None:
+        info = resolve(ref)
+        folder = _cached_ok(info) or _download(info)
+        sae = art.load_artifact(folder, expected_sha256=info.sha256)
+    sae.ref = SAERef(name=info.name, version=str(info.version), sha256=info.sha256, d_sae=sae.cfg.d_sae)
+    return sae
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+def _meta_tags(cfg: Any, sha: str, hashes: dict[str, str]) -> dict[str, str]:
+    tags = {
+        SHA: sha,
+        FILES: json.dumps(hashes, sort_keys=True),
+        "saekit.architecture": cfg.architecture,
+        "saekit.d_in": str(cfg.d_in),
+        "saekit.d_sae": str(cfg.d_sae),
+        "saekit.k": "" if cfg.k is None else str(cfg.k),
+        "saekit.dtype": cfg.dtype,
+        "saekit.model": cfg.model_name or "",
+        "saekit.model_revision": cfg.model_revision or "",
+        "saekit.hook": cfg.hook_name or "",
+        "saekit.schema_version": cfg.schema_version,
+    }
+    return {k: v for k, v in tags.items() if v != ""}
+
+
+def _check_alias(alias: str) -> str:
+    if not ALIAS_RE.match(alias or "") or _RESERVED_ALIAS.match(alias):
+        raise ReferenceSyntaxError(
+            "alias must be 1-64 of letters, digits, '_', '-', start with a letter, and not be 'latest' or 'v<N>'",
+            where=repr(alias),
+        )
+    return alias
+
+
+def _check_tags(tags: dict[str, str] | None, *, allow_reserved: bool = False) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in (tags or {}).items():
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_.\-/ :]{1,250}", key):
+            raise InputError("tag keys are 1-250 of letters, digits, '_', '.', '-', '/', ' ', ':'", where=repr(key))
+        if not allow_reserved and key in RESERVED_TAGS:
+            raise InputError("tag is set by saekit and cannot be given", where=repr(key))
+        value = str(value)
+        if len(value) > 5000:
+            raise InputError("tag value longer than 5000 characters", where=repr(key))
+        out[key] = value
+    return out
+
+
+def register(
+    name: str,
+    artifact: Path | str | SAE,
+    *,
+    tags: dict[str, str] | None = None,
+    description: str | None = None,
+    alias: str | None = None,
+) -> VersionInfo:
+    """Register a canonical artifact folder (or an in-memory SAE) as a new version of ``name``.
+
+    Identical content already registered under ``name`` returns that version (its alias,
+    if given, is moved onto it). The new version is visible only once its files are
+    uploaded and verified.
+    """
+    check_name(name)
+    if alias is not None:
+        _check_alias(alias)
+    user_tags = _check_tags(tags)
+    with tempfile.TemporaryDirectory(prefix="saekit-register-") as tmp:
+        if isinstance(artifact, (str, os.PathLike)):
+            folder = Path(artifact).expanduser()
+            if not folder.is_dir():
+                raise NotFoundError("no such artifact folder", where=str(folder))
+            art.load_artifact(folder)  # full validation: header, cfg, shapes, NaN
+        else:
+            folder = Path(tmp) / "artifact"
+            art.save_artifact(artifact, folder)
+        hashes = art.file_hashes(folder)
+        sha = art.combine(hashes)
+        cfg = art.read_cfg(folder / art.CFG)
+        client = _client()
+        with _errors(repr(name)):
+            existing = _canonical(_search(client, _ready_filter(name, sha=sha), newest_first=False))
+            if existing:
+                info = _info(existing[0])
+            else:
+                info = _register_new(client, name, folder, hashes, sha, cfg, user_tags, description)
+            if alias:
+                _retry(client.set_registered_model_alias, name, alias, str(info.version))
+            info.aliases = sorted(_aliases_of(client, name).get(info.version, []))
+    _remember(info)
+    return info
+
+
+def _register_new(client, name, folder, hashes, sha, cfg, user_tags, description) -> VersionInfo:
+    from mlflow.entities import RunStatus
+
+    try:
+        _retry(client.create_registered_model, name)
+    except Exception as err:  # noqa: BLE001
+        if getattr(err, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+            raise
+    run = _retry(client.create_run, _experiment_id(client), run_name=name,
+                 tags={"saekit.name": name, SHA: sha})
+    run_id = run.info.run_id
+    status = RunStatus.to_string(RunStatus.FAILED)
+    try:
+        for fname in sorted(hashes):
+            _retry(client.log_artifact, run_id, str(folder / fname), ARTIFACT_PATH)
+        # Verify the upload by reading it back; the verified copy becomes the cache entry.
+        staged = VersionInfo(name, 0, sha, tags={FILES: json.dumps(hashes)}, run_id=run_id)
+        _evict(sha)
+        _download(staged)
+        mv = _retry(
+            client.create_model_version,
+            name,
+            f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}",
+            run_id=run_id,
+            tags={**user_tags, **_meta_tags(cfg, sha, hashes)},
+            description=description,
+            await_creation_for=0,
+        )
+        _retry(client.set_model_version_tag, name, mv.version, READY, "true")
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    finally:
+        # set_terminated prints "View run ... at: <url>" for server URIs; not our output.
+        with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+            client.set_terminated(run_id, status)
+    # Two writers racing with identical content both get here; the lowest version wins
+    # and the other withdraws its duplicate.
+    same = _search(client, _ready_filter(name, sha=sha), newest_first=False)
+    winner = min(same, key=lambda m: int(m.version)) if same else mv
+    if int(winner.version) != int(mv.version):
+        with contextlib.suppress(Exception):
+            client.delete_model_version(name, mv.version)
+        return _info(winner)
+    mv = _retry(client.get_model_version, name, mv.version)
+    return _info(mv)
+
+
+def set_alias(name: str, alias: str, version: int | str) -> None:
+    """Point ``name@alias`` at a ready version (moves it if it exists)."""
+    check_name(name)
+    _check_alias(alias)
+    resolve(f"{name}/{int(version)}")  # must exist and be ready
+    with _errors(f"{name}@{alias}"):
+        _retry(_client().set_registered_model_alias, name, alias, str(int(version)))
+
+
+def delete_alias(name: str, alias: str) -> None:
+    """Remove ``name@alias``; NotFoundError if it does not exist."""
+    check_name(name)
+    _check_alias(alias)
+    client = _client()
+    with _errors(f"{name}@{alias}"):
+        aliases = _aliases_of(client, name)
+        if not any(alias in names for names in aliases.values()):
+            raise NotFoundError(f"{name!r} has no alias {alias!r}", where=_where())
+        _retry(client.delete_registered_model_alias, name, alias)
+
+
+def set_tags(name: str, version: int | str, tags: dict[str, str]) -> None:
+    """Set tags on a ready version (the harness' gate verdict, a release's hub commit)."""
+    info = resolve(f"{name}/{int(version)}")
+    clean = _check_tags(tags)
+    client = _client()
+    with _errors(info.ref):
+        for key, value in clean.items():
+            _retry(client.set_model_version_tag, name, str(info.version), key, value)
+
+
+def log_check(
+    name: str,
+    version: int | str,
+    *,
+    metrics: dict[str, float],
+    files: list[Path],
+    tags: dict[str, str],
+) -> None:
+    """Record a check on a version: metrics on its MLflow run, files under ``checks/``, version tags."""
+    info = resolve(f"{name}/{int(version)}")
+    if not info.run_id:
+        raise RegistryError("version has no MLflow run to log to", where=info.ref)
+    for path in files:
+        if not Path(path).is_file():
+            raise NotFoundError("no such file", where=str(path))
+    client = _client()
+    with _errors(info.ref):
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key=str(k), value=float(v), timestamp=now, step=0) for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):
+            _retry(client.log_batch, info.run_id, metrics=batch[i : i + 1000])
+        for path in files:
+            _retry(client.log_artifact, info.run_id, str(path), CHECKS_PATH)
+    set_tags(name, info.version, tags)
+
+
+def check_files(name: str, version: int | str) -> dict[str, Path]:
+    """Filename -> local path of the files last logged by ``log_check`` ({} if none)."""
+    info = resolve(f"{name}/{int(version)}")
+    if not info.run_id:
+        return {}
+    client = _client()
+    with _errors(info.ref):
+        listed = _retry(client.list_artifacts, info.run_id, CHECKS_PATH)
+        if not listed:
+            return {}
+        dest = _cache_dir() / "checks" / info.name / str(info.version)
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True, exist_ok=True)
+        local = Path(_retry(client.download_artifacts, info.run_id, CHECKS_PATH, str(dest)))
+    return {p.name: p for p in sorted(local.iterdir()) if p.is_file()}

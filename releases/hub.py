@@ -1,0 +1,110 @@
+"""Load a published SAE by ``hf://ORG/REPO/SAE_ID@REV``: download that SAE's folder pinned
+to the revision, verify every file against the release's SHA256SUMS and the artifact
+against its sha256, then load it.
+
+The endpoint is read at call time (``HF_ENDPOINT``), not when huggingface_hub was imported,
+so a process can point at a loopback Hub after the fact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from saekit.schemas import IntegrityError, NotFoundError, PublishError, SAERef
+
+if TYPE_CHECKING:
+    from saekit.kernels import SAE
+    from saekit.registry.refs import Ref
+
+
+def cache_dir() -> str | None:
+    """HF_HUB_CACHE now (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_CACHE") or None
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """huggingface_hub's progress bars off while SAEKIT_QUIET=1."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    if os.environ.get("SAEKIT_QUIET") != "1" or are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()
+
+
+def endpoint() -> str | None:
+    """The Hub endpoint to talk to: HF_ENDPOINT now, or huggingface_hub's default."""
+    value = os.environ.get("HF_ENDPOINT")
+    return value.rstrip("/") if value else None
+
+
+def download_sae(ref: Ref) -> tuple[Path, dict, str]:
+    """(local folder of the SAE, release.json, commit sha) for an hf:// reference, verified."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from saekit.releases.bundle import RELEASE_JSON, SUMS, parse_sums, sha256_file
+
+    repo, sae_id, rev = ref.hf_repo, ref.sae_id, ref.revision or "main"
+    where = f"hf://{repo}/{sae_id}@{rev}"
+    try:
+        api = HfApi(endpoint=endpoint())
+        with quiet_progress():
+            commit = api.repo_info(repo, revision=rev).sha
+            local = snapshot_download(
+                repo,
+                revision=commit,  # pinned: the files all come from one commit
+                allow_patterns=[f"{sae_id}/*", SUMS, RELEASE_JSON],
+                endpoint=endpoint(),
+                cache_dir=cache_dir(),
+            )
+    except RepositoryNotFoundError:
+        raise NotFoundError(f"no repo {repo} on the Hub", where=where) from None
+    except RevisionNotFoundError:
+        raise NotFoundError(f"no revision {rev!r} in {repo}", where=where) from None
+    except EntryNotFoundError as err:
+        raise NotFoundError(f"missing file ({err.__class__.__name__})", where=where) from None
+    except HfHubHTTPError as err:
+        raise PublishError(f"Hub request failed ({str(err).splitlines()[0]})", where=where) from None
+    root = Path(local)
+    if not (root / SUMS).is_file():
+        raise IntegrityError(f"{SUMS} missing: not a saekit release", where=where)
+    sums = parse_sums((root / SUMS).read_text(), where=where)
+    folder = root / sae_id
+    if not (folder / "cfg.json").is_file():
+        raise NotFoundError(f"no SAE folder {sae_id!r} in {repo}@{rev}", where=where)
+    for path in [RELEASE_JSON] + sorted(p.relative_to(root).as_posix() for p in folder.rglob("*") if p.is_file()):
+        if path not in sums:
+            raise IntegrityError(f"{path}: not listed in {SUMS}", where=where)
+        if sha256_file(root / path) != sums[path]:
+            raise IntegrityError(f"{path}: sha256 mismatch against {SUMS}", where=where)
+    release = json.loads((root / RELEASE_JSON).read_text())
+    return folder, release, commit
+
+
+def load_hf(ref: Ref) -> SAE:
+    """Load ``hf://ORG/REPO/SAE_ID@REV`` verified (SHA256SUMS, then the artifact sha256)."""
+    from saekit.registry.artifact import load_artifact
+
+    folder, release, commit = download_sae(ref)
+    entry = next((s for s in release.get("saes", []) if s.get("sae_id") == ref.sae_id), None)
+    if entry is None:
+        raise NotFoundError(f"release.json lists no SAE {ref.sae_id!r}", where=ref.text)
+    sae = load_artifact(folder, expected_sha256=entry["sha256"])
+    sae.ref = SAERef(name=ref.sae_id, version=commit, sha256=entry["sha256"], d_sae=sae.cfg.d_sae)
+    return sae

@@ -1,0 +1,246 @@
+"""The main job: the whole saekit story on embedded defaults, end to end.
+
+    train (cached) -> register -> check (metrics, cards, record, gate) -> production alias
+    -> release bundle -> publish to a loopback Hub (in-process) -> load back by hf:// name
+
+Every step is idempotent, so a second run reuses what the first made: the trained SAE and
+converted LM come from SAEKIT_CACHE_DIR, registering identical content returns the
+existing version, a version with a recorded check is not checked again, the bundle
+rebuilds byte-identical, and re-publishing it changes nothing on the Hub.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from saekit.schemas import GatePolicy
+
+SIZES = ("demo", "test")
+RELEASE_VERSION = "0.1.0"
+# The bar the demo SAE must clear before it is aliased production and released. Kept
+# modest: the demo trains for minutes on a CPU; SAELens' metric names (harness.metrics).
+DEMO_RULES = {
+    "demo": ["explained_variance >= 0.5"],
+    "test": ["explained_variance >= 0.2"],
+}
+
+
+def _progress(msg: str) -> None:
+    from saekit.releases.bundle import progress
+
+    progress(f"demo: {msg}")
+
+
+@contextmanager
+def _env(**values: str | None) -> Iterator[None]:
+    """Set environment variables for a block (None: unset), restoring them after."""
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _home() -> Path:
+    return Path(os.environ.get("SAEKIT_HOME") or Path.home() / ".saekit").expanduser()
+
+
+def run_demo(
+    *,
+    size: str = "demo",
+    tokens: int | None = None,
+    out: Path | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Run the story; returns a summary (what was made, where, how long each step took)."""
+    from saekit.schemas import InputError
+
+    if size not in SIZES:
+        raise InputError(f"size must be one of {', '.join(SIZES)}", where=repr(size))
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    work = Path(out).expanduser().resolve() if out else _home() / "demo" / size
+    work.mkdir(parents=True, exist_ok=True)
+    name = "smollm2-135m-res-l6" if size == "demo" else "smollm2-135m-res-l6-test"
+    summary: dict[str, Any] = {"ok": False, "size": size, "work_dir": str(work), "timings_s": timings}
+
+    def step(label: str, t: float) -> None:
+        timings[label] = round(time.perf_counter() - t, 2)
+
+    # 1. train (or reuse) the SAE
+    t = time.perf_counter()
+    _progress(f"ensuring the {size} SAE (trained once on SmolLM2-135M layer-6 activations, then cached)")
+    from saekit.harness.train import ensure_demo_sae
+
+    artifact = Path(ensure_demo_sae(size))
+    step("train", t)
+
+    # 2. register (identical content returns the existing version)
+    t = time.perf_counter()
+    from saekit.registry import store
+
+    info = store.register(name, artifact, alias="candidate",
+                          description=f"saekit demo: TopK SAE on SmolLM2-135M layer 6 ({size})")
+    summary["sae"] = {"artifact": str(artifact), "name": name, "version": info.version, "sha256": info.sha256,
+                      "registry": store.mask(store.registry_uri())}
+    _progress(f"registered {name}/{info.version} sha256 {info.sha256[:12]}")
+    step("register", t)
+
+    # 3. check, unless this version already carries a recorded check
+    t = time.perf_counter()
+    policy = GatePolicy.model_validate({"rules": DEMO_RULES[size]})
+    pinned = f"{name}/{info.version}"
+    checked_now = False
+    if info.tags.get("saekit.gate") is None:
+        _progress(f"checking {pinned} (metrics, feature cards, benchmark record, gate)")
+        from saekit.harness.check import check
+
+        kwargs: dict[str, Any] = {"policy": policy}
+        if tokens:
+            kwargs["n_tokens"] = tokens
+        check(pinned, **kwargs)
+        checked_now = True
+        info = store.resolve(pinned)
+    else:
+        _progress(f"{pinned} already checked (gate {info.tags['saekit.gate']}); reusing its record")
+    metrics = {k[len("metric."):]: float(v) for k, v in sorted(info.tags.items()) if k.startswith("metric.")}
+    summary["check"] = {"gate": info.tags.get("saekit.gate"), "failed": info.tags.get("saekit.gate_failed"),
+                        "eval_id": info.tags.get("saekit.eval_id"), "metrics": metrics, "ran": checked_now,
+                        "policy": [str(r) for r in policy.rules]}
+    step("check", t)
+    if info.tags.get("saekit.gate") != "pass":
+        _progress(f"gate failed for {pinned}: {info.tags.get('saekit.gate_failed')}; not releasing")
+        summary["total_s"] = round(time.perf_counter() - t0, 2)
+        return summary
+
+    # 4. promote
+    t = time.perf_counter()
+    store.set_alias(name, "production", info.version)
+    summary["sae"]["aliases"] = sorted(set(store.resolve(pinned).aliases) | {"production"})
+    step("alias", t)
+
+    # 5. release bundle
+    t = time.perf_counter()
+    from saekit.kernels import SAE  # noqa: F401  (torch is loaded anyway by now)
+    from saekit.registry.artifact import read_cfg
+    from saekit.releases.bundle import build, verify
+    from saekit.releases.manifest import dump_manifest, parse_manifest
+
+    cfg = read_cfg(artifact / "cfg.json")
+    sae_id = f"res-l6-w{cfg.d_sae}-k{cfg.k}"
+    repo = f"saekit-demo/smollm2-135m-res-l6{'' if size == 'demo' else '-test'}"
+    manifest = parse_manifest({
+        "release_id": f"smollm2-135m-res-l6{'' if size == 'demo' else '-test'}",
+        "version": RELEASE_VERSION,
+        "license": "apache-2.0",
+        "base_model": {"id": cfg.model_name or "HuggingFaceTB/SmolLM2-135M-Instruct",
+                       **({"revision": cfg.model_revision} if cfg.model_revision else {})},
+        "saes": [{"ref": f"{name}@production", "sae_id": sae_id}],
+        "gate": {"rules": DEMO_RULES[size]},
+        "hub_repo": repo,
+        "description": "A TopK sparse autoencoder on the layer-6 residual stream of SmolLM2-135M-Instruct, "
+        "trained, checked and released by `saekit demo`.",
+        "tags": ["smollm2", "topk"],
+    })
+    manifest_path = work / "release.yaml"
+    manifest_path.write_text(dump_manifest(manifest))
+    bundle = build(manifest_path, work / "bundle")
+    release = verify(bundle)
+    summary["release"] = {"manifest": str(manifest_path), "bundle": str(bundle), "tag": release["tag"],
+                          "sae_id": sae_id, "files": len(release["files"]) + 2,
+                          "browser": str(bundle / "browser" / "index.html")}
+    step("build", t)
+
+    # 6. publish to a loopback Hub (in-process) and 7. load back by name
+    from saekit.releases.publish import publish
+
+    t = time.perf_counter()
+    ref = f"hf://{repo}/{sae_id}@{release['tag']}"
+    if dry_run:
+        result = publish(bundle, repo, dry_run=True)
+        summary["publish"] = result.to_dict() | {"endpoint": None}
+        step("publish", t)
+    else:
+        from saekit.releases.loopback_hub import serve
+
+        server = serve(work / "hub")
+        try:
+            # The HF cache for loopback content stays in the work folder, not the user's.
+            with _env(HF_ENDPOINT=server.url, HF_HUB_CACHE=str(work / "hf-cache"), HF_HUB_DISABLE_TELEMETRY="1"):
+                result = publish(bundle, repo, endpoint=server.url)
+                summary["publish"] = result.to_dict() | {"endpoint": f"{server.url} (loopback Hub, repos in {work / 'hub'})"}
+                step("publish", t)
+                t = time.perf_counter()
+                summary["load"] = _load_back(ref, pinned)
+                step("load", t)
+        finally:
+            server.stop()
+    summary["ok"] = bool(summary.get("load", {}).get("identical", dry_run))
+    summary["total_s"] = round(time.perf_counter() - t0, 2)
+    return summary
+
+
+def _load_back(ref: str, pinned: str) -> dict[str, Any]:
+    """Load the published SAE by hf:// name and compare it with the registry's copy."""
+    import torch
+
+    import saekit
+
+    _progress(f"loading {ref}")
+    hub_sae = saekit.load(ref)
+    reg_sae = saekit.load(pinned)
+    x = torch.randn(256, hub_sae.cfg.d_in, generator=torch.Generator().manual_seed(0))
+    a, b = hub_sae.encode(x), reg_sae.encode(x)
+    same = bool(torch.equal(a.values, b.values) and torch.equal(a.indices, b.indices))
+    return {"ref": ref, "sha256": hub_sae.ref.sha256 if hub_sae.ref else None, "commit": hub_sae.ref.version if hub_sae.ref else None,
+            "identical": same and hub_sae.ref is not None and reg_sae.ref is not None and hub_sae.ref.sha256 == reg_sae.ref.sha256}
+
+
+def summary_table(s: dict[str, Any]) -> str:
+    """The demo's result for people: what was made and where."""
+    rows: list[tuple[str, str, str]] = []
+    t = s.get("timings_s", {})
+
+    def sec(k: str) -> str:
+        return f"{t[k]:.1f}s" if k in t else ""
+
+    if "sae" in s:
+        sae = s["sae"]
+        rows.append(("train", f"{sae['name']} artifact", sae["artifact"]))
+        rows.append(("register", f"{sae['name']}/{sae['version']} sha256 {sae['sha256'][:12]}",
+                     f"aliases: {', '.join(sae.get('aliases', [])) or '-'}"))
+    if "check" in s:
+        c = s["check"]
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in list(c["metrics"].items())[:5])
+        rows.append(("check", f"gate {c['gate']}" + ("" if c["ran"] else " (recorded)"), shown or "-"))
+    if "release" in s:
+        r = s["release"]
+        rows.append(("build", f"bundle {r['tag']} ({r['files']} files)", r["bundle"]))
+        rows.append(("browser", "static feature browser", r["browser"]))
+    if "publish" in s:
+        p = s["publish"]
+        what = "dry run" if p["dry_run"] else (f"commit {p['commit'][:12]}" + (" (unchanged)" if not p["changed"] else ""))
+        rows.append(("publish", f"{p['repo_id']}@{p['tag']} {what}", p.get("endpoint") or "-"))
+    if "load" in s:
+        ld = s["load"]
+        rows.append(("load", ld["ref"], "identical to the registry copy" if ld["identical"] else "DIFFERS from the registry copy"))
+    w1 = max(len(r[0]) for r in rows) if rows else 5
+    w2 = max(len(r[1]) for r in rows) if rows else 5
+    lines = [f"{'step':<{w1}}  {'what':<{w2}}  {'time':>7}  where"]
+    lines += [f"{a:<{w1}}  {b:<{w2}}  {sec(a if a != 'browser' else '__'):>7}  {c}" for a, b, c in rows]
+    status = "ok" if s.get("ok") else "FAILED"
+    lines.append(f"demo {status} in {s.get('total_s', 0):.1f}s (work folder {s['work_dir']})")
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""Hand-made SAEs, benchmark records and feature cards, registered and checked through the
+real registry API, so release tests do not depend on training or the language model.
+(A uniquely named module: tests/*/conftest.py files all import as ``conftest``.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+RECORD_MS = 1_763_000_000_000  # fixed: bundles must not depend on the clock
+TOKENS = [" the", " dog", " poodle", " barked", " at", " a", " cat", "."]
+
+
+def make_sae(d_in: int = 16, d_sae: int = 64, k: int = 4, seed: int = 0):
+    import torch
+
+    from saekit.kernels import SAE
+    from saekit.schemas import SAEConfig
+
+    g = torch.Generator().manual_seed(seed)
+    cfg = SAEConfig(
+        architecture="topk", d_in=d_in, d_sae=d_sae, k=k,
+        model_name="HuggingFaceTB/SmolLM2-135M-Instruct", hook_name="model.layers.6", context_size=32,
+    )
+    w = torch.randn(d_in, d_sae, generator=g) / d_in**0.5
+    tensors = {"W_enc": w, "b_enc": torch.zeros(d_sae), "W_dec": w.T.contiguous(), "b_dec": torch.randn(d_in, generator=g) * 0.01}
+    return SAE(cfg, tensors)
+
+
+def make_record(name: str, version: int, sha: str, d_sae: int, *, ev: float = 0.9, l0: float = 4.0) -> dict:
+    return {
+        "eval_type_id": "core",
+        "eval_config": {"n_tokens": 1024, "context_size": 32, "seed": 0},
+        "eval_id": f"core-{sha[:12]}",
+        "datetime_epoch_millis": RECORD_MS,
+        "eval_result_metrics": {
+            "reconstruction_quality": {"explained_variance": ev, "mse": 0.01, "cossim": 0.95},
+            "sparsity": {"l0": l0, "l1": 12.5},
+            "misc": {"dead_fraction": 0.05},
+        },
+        "sae": {"name": name, "version": str(version), "sha256": sha, "d_sae": d_sae},
+        "data": {"source": "text:harness/data/sample.txt", "fingerprint": "ab" * 32, "n_tokens": 1024, "context_size": 32},
+    }
+
+
+def make_cards(name: str, version: int, sha: str, d_sae: int) -> list[dict]:
+    cards = []
+    for i in range(d_sae):
+        toks = TOKENS[i % 3 :] + TOKENS[: i % 3]
+        vals = [0.0] * len(toks)
+        vals[2] = 1.0 + i / 10
+        vals[3] = 0.4
+        card = {
+            "sae": {"name": name, "version": str(version), "sha256": sha, "d_sae": d_sae},
+            "index": i,
+            "stats": {"density": 0.0 if i % 16 == 15 else 10 ** (-1 - (i % 5)), "mean": 0.5, "max": vals[2], "n_tokens": 1024},
+            "top_examples": [{"tokens": toks, "values": vals, "max_position": 2}],
+            "logit_effects": {"positive": [{"token": " woof", "value": 1.5}], "negative": [{"token": " meow", "value": -1.2}]},
+        }
+        if i == 7:
+            card["annotations"] = [{"label": "dog breeds", "source": "human"}]
+            card["top_examples"] = [{"tokens": [" my", " labrador", " sat"], "values": [0.0, 3.5, 0.2], "max_position": 1}]
+        cards.append(card)
+    return cards
+
+
+def register_checked(name: str, seed: int, tmp: Path, *, gate: str = "pass", alias: str = "production", ev: float = 0.9):
+    """Register a hand-made SAE and log a hand-made check on it; returns its VersionInfo."""
+    from saekit.registry import store
+
+    info = store.register(name, make_sae(seed=seed), alias=alias)
+    d_sae = 64
+    folder = tmp / f"check-{name}-{info.version}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rec = make_record(name, info.version, info.sha256, d_sae, ev=ev, l0=4.0 + seed)
+    (folder / "eval.json").write_text(json.dumps(rec, indent=2, sort_keys=True))
+    (folder / "feature_cards.jsonl").write_text(
+        "".join(json.dumps(c, sort_keys=True) + "\n" for c in make_cards(name, info.version, info.sha256, d_sae))
+    )
+    tags = {"saekit.gate": gate, "saekit.eval_id": rec["eval_id"], "metric.explained_variance": str(ev)}
+    if gate != "pass":
+        tags["saekit.gate_failed"] = f"explained_variance {ev} < 0.7"
+    store.log_check(name, info.version, metrics={"explained_variance": ev},
+                    files=[folder / "eval.json", folder / "feature_cards.jsonl"], tags=tags)
+    return store.resolve(f"{name}/{info.version}")
+
+
+def write_manifest(path: Path, saes: list[tuple[str, str]], *, version: str = "1.0.0", repo: str = "saekit-test/smollm2-saes",
+                   rules: list[str] | None = None) -> Path:
+    import yaml
+
+    data = {
+        "release_id": "smollm2-saes",
+        "version": version,
+        "license": "apache-2.0",
+        "base_model": {"id": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "saes": [{"ref": ref, "sae_id": sid} for ref, sid in saes],
+        "gate": {"rules": rules or ["explained_variance >= 0.5"]},
+        "hub_repo": repo,
+        "description": "Test release.",
+        "tags": ["smollm2"],
+    }
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_py(code: str, env: dict[str, str] | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
+    """Python in a fresh process (huggingface_hub reads HF_ENDPOINT when it is imported)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
