@@ -3,8 +3,8 @@
     python3 benchmarks/cards_validate.py                  # 131,072 cards, the README numbers
     python3 benchmarks/cards_validate.py --cards 16384    # quicker
 
-Cards are realistic saekit cards: 20 top examples of 64 tokens each (tokens, token ids,
-activations that are mostly zero around a few peaks), an activation histogram of 50 bins,
+Cards are realistic saekit cards: 20 top examples of 64 tokens each (tokens, token ids
+unless --no-token-ids, activations that are mostly zero around a few peaks, source), an activation histogram of 50 bins,
 10 positive and 10 negative logit effects, an annotation with scores, provenance. 1 in 200
 cards is broken (wrong type, out of range, unknown key, missing key, 1.5 for an integer).
 They are written to a temporary .jsonl file and validated the way the CLI does it
@@ -15,7 +15,9 @@ jsonschema is too slow to run on all of them: it is timed on a subset (parse + v
 one process) and extrapolated linearly, which the output says. On the same subset the
 script checks that saekit's schema verdict (pydantic, without saekit's extra consistency
 and cross-card checks) equals jsonschema's, card by card, and over the whole file that
-saekit flags exactly the cards that were broken. Results: benchmarks/results/cards_validate.json.
+saekit flags exactly the cards that were broken. On a shared machine wall time depends on
+the other jobs: CPU seconds (user + system, all processes) and the load average are
+recorded beside it. Results: benchmarks/results/cards_validate.json.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def vocabulary(rng: random.Random, size: int = 4096) -> list[str]:
     return pieces
 
 
-def build_card(rng: random.Random, vocab: list[str], index: int) -> dict:
+def build_card(rng: random.Random, vocab: list[str], index: int, *, token_ids: bool = True) -> dict:
     examples = []
     for _ in range(N_EXAMPLES):
         ids = [rng.randrange(len(vocab)) for _ in range(N_TOKENS)]
@@ -64,7 +66,7 @@ def build_card(rng: random.Random, vocab: list[str], index: int) -> dict:
             {
                 "tokens": [vocab[i] for i in ids],
                 "values": values,
-                "token_ids": ids,
+                **({"token_ids": ids} if token_ids else {}),
                 "max_value": values[peak],
                 "max_position": peak,
                 "source": {"dataset": "HuggingFaceFW/fineweb-edu", "document": str(rng.randrange(10**7)), "position": rng.randrange(4096)},
@@ -108,11 +110,11 @@ BREAKS = [
 ]
 
 
-def write_file(path: Path, n: int, seed: int = 0) -> tuple[list[bool], int]:
+def write_file(path: Path, n: int, *, token_ids: bool = True, seed: int = 0) -> tuple[list[bool], int]:
     """Write n cards (1 in 200 broken); returns which lines are broken and the bytes written."""
     rng = random.Random(seed)
     vocab = vocabulary(rng)
-    templates = [json.dumps(build_card(rng, vocab, 0), separators=(",", ":")) for _ in range(DISTINCT)]
+    templates = [json.dumps(build_card(rng, vocab, 0, token_ids=token_ids), separators=(",", ":")) for _ in range(DISTINCT)]
     key = '"index":0,'
     broken = []
     size = 0
@@ -132,6 +134,14 @@ def write_file(path: Path, n: int, seed: int = 0) -> tuple[list[bool], int]:
     return broken, size
 
 
+def cpu_seconds() -> float:
+    """User + system time of this process and its reaped children (the worker pool)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -141,7 +151,6 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    import jsonschema
     import pydantic
     import pydantic_core
 
@@ -161,10 +170,13 @@ def main() -> None:
     ap.add_argument("--cards", type=int, default=131_072)
     ap.add_argument("--jsonschema-cards", type=int, default=512, help="subset timed with jsonschema")
     ap.add_argument("--single-core-cards", type=int, default=16_384, help="subset timed with one process (0: skip)")
+    ap.add_argument("--no-token-ids", action="store_true", help="examples without token ids (as Neuronpedia's)")
     ap.add_argument("--workers", type=int, default=None, help="saekit processes (default: CPUs usable)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cards_validate.json")
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/cards_validate[_no_token_ids].json")
     ap.add_argument("--tmp", type=Path, default=None, help="folder for the temporary card file")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / "results" / f"cards_validate{'_no_token_ids' if args.no_token_ids else ''}.json"
 
     import jsonschema
 
@@ -176,13 +188,15 @@ def main() -> None:
     try:
         path = tmp / "feature_cards.jsonl"
         t0 = time.perf_counter()
-        broken, size = write_file(path, args.cards)
+        broken, size = write_file(path, args.cards, token_ids=not args.no_token_ids)
         print(f"built {args.cards:,} cards, {size / 1e9:.2f} GB ({size / args.cards / 1e3:.1f} kB/card) in {time.perf_counter() - t0:.1f} s")
 
         workers = args.workers or v.default_workers()
+        cpu0 = cpu_seconds()
         t0 = time.perf_counter()
         report = v.validate_paths([path], workers=workers, max_errors=args.cards)
         t_saekit = time.perf_counter() - t0
+        cpu_saekit = cpu_seconds() - cpu0
         flagged = sorted({e.line for e in report.errors})
         expected = [i + 1 for i, b in enumerate(broken) if b]
         assert report.n_cards == args.cards, report.n_cards
@@ -190,6 +204,8 @@ def main() -> None:
         rate = args.cards / t_saekit
         print(f"saekit ({workers} processes): {args.cards:,} cards in {t_saekit:.2f} s = {rate:,.0f} cards/s, "
               f"{size / t_saekit / 1e6:.0f} MB/s; flagged exactly the {len(expected)} broken cards")
+        print(f"  CPU time {cpu_saekit:.1f} s (all processes) = {args.cards / cpu_saekit:,.0f} cards per CPU-second; "
+              f"load average now {os.getloadavg()[0]:.1f} on {env['cpus_usable']} CPUs")
 
         single = None
         if args.single_core_cards:
@@ -209,9 +225,11 @@ def main() -> None:
         with open(path, "rb") as f:
             for _, line in zip(range(args.jsonschema_cards), f):
                 lines.append(line)
+        cpu0 = cpu_seconds()
         t0 = time.perf_counter()
         js_verdicts = [validator.is_valid(json.loads(line)) for line in lines]
         t_js = time.perf_counter() - t0
+        cpu_js = cpu_seconds() - cpu0
         js_rate = len(lines) / t_js
         # saekit's schema verdict on the same cards (pydantic only)
         ours = [v.check_card_bytes(line)[0] is not None for line in lines]
@@ -230,14 +248,18 @@ def main() -> None:
             "cards": args.cards,
             "bytes": size,
             "card": {"top_examples": N_EXAMPLES, "tokens_per_example": N_TOKENS, "histogram_bins": N_BINS,
-                     "logit_effects": 2 * N_LOGITS, "token_ids": True, "broken_every": 200},
+                     "logit_effects": 2 * N_LOGITS, "token_ids": not args.no_token_ids, "broken_every": 200},
             "saekit": {"processes": workers, "seconds": round(t_saekit, 3), "cards_per_s": round(rate),
+                       "cpu_seconds": round(cpu_saekit, 2), "cards_per_cpu_s": round(args.cards / cpu_saekit),
                        "single_process_cards_per_s": round(single) if single else None,
                        "flagged_exactly_the_broken_cards": True},
             "jsonschema": {"processes": 1, "cards_timed": len(lines), "cards_per_s": round(js_rate, 2),
+                           "cards_per_cpu_s": round(len(lines) / cpu_js, 2),
                            "extrapolated_seconds": round(args.cards / js_rate, 1), "note": "timed on a subset, extrapolated linearly"},
             "same_verdicts_on_subset": same,
             "ratio_wall": round(ratio, 1),
+            "ratio_cpu": round((args.cards / cpu_saekit) / (len(lines) / cpu_js), 1),
+            "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
             "ratio_per_process": round(single / js_rate, 1) if single else None,
             "under_10_s": t_saekit < 10.0,
         }

@@ -31,7 +31,6 @@ nearest-neighbour pair is always a link both ways. From the links:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -45,7 +44,6 @@ from pydantic import ValidationError
 
 from saekit.schemas import (
     ArtifactFormatError,
-    CardValidationError,
     CarriedFrom,
     FeatureCard,
     Histogram,
@@ -86,6 +84,24 @@ def activation_profiles(sae: SAE, acts: torch.Tensor, *, chunk: int = 1024) -> t
         dense[i : i + chunk].scatter_(1, code.indices.cpu(), code.values.float().cpu())
     dense -= dense.mean(0, keepdim=True)
     return dense.T.contiguous()
+
+
+def lm_activations(sae: SAE, n_tokens: int, *, seed: int = 0, context_size: int = 128) -> torch.Tensor:
+    """A shared token batch [n, d_in] for the ``coact`` view: the SAE's language model and
+    hook (default SmolLM2-135M-Instruct) on the held-out ``eval`` split of the harness corpus,
+    special tokens (BOS) dropped as in the harness' evals."""
+    from saekit.harness.activations import LMActivationSource
+    from saekit.harness.model import load_lm
+    from saekit.harness.text import special_token_ids, token_set
+
+    if not sae.cfg.hook_name:
+        raise InputError("the SAE names no hook to read activations at; pass --acts", where="--by coact")
+    model, tok = load_lm(sae.cfg.model_name)
+    prepend_bos = True if sae.cfg.prepend_bos is None else bool(sae.cfg.prepend_bos)
+    ts = token_set(tok, n_tokens=n_tokens, context_size=context_size, split="eval", seed=seed, prepend_bos=prepend_bos)
+    special = torch.tensor(special_token_ids(tok))
+    chunks = [acts[~torch.isin(toks, special)].float() for toks, acts in LMActivationSource(model, ts, sae.cfg.hook_name)]
+    return torch.cat(chunks)[:n_tokens]
 
 
 def latent_vectors(sae: SAE, by: Sequence[View] = ("decoder",), acts: torch.Tensor | None = None) -> torch.Tensor:
@@ -250,7 +266,9 @@ def relate(
     if pairs is not None:
         pa, pb, ps = pairs
         keep = ps >= threshold
-        ea.append(pa[keep]), eb.append(pb[keep]), es.append(ps[keep])
+        ea.append(pa[keep])
+        eb.append(pb[keep])
+        es.append(ps[keep].astype(np.float32))
     ea, eb, es = (np.concatenate(x) for x in (ea, eb, es))
     # a mutual pair arrives from both sides: keep one link per (a, b)
     _, first = np.unique(ea.astype(np.int64) * n_b + eb, return_index=True)
@@ -436,35 +454,6 @@ def read_summary(mapping: Path) -> MatchSummary | None:
 
 
 # --- carrying annotations ----------------------------------------------------------------------
-
-
-def read_cards(path: Path) -> list[FeatureCard]:
-    """Feature cards from a JSONL file (one card per line), validated."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("feature cards file not found", where=str(path))
-    cards, errors = [], []
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                cards.append(FeatureCard.model_validate_json(line))
-            except ValidationError as err:
-                first = err.errors()[0]
-                errors.append(f"{path}:{n}: {'.'.join(map(str, first['loc']))}: {first['msg']}")
-    if errors:
-        raise CardValidationError(f"{len(errors)} invalid card(s); first: {errors[0]}", where=str(path), errors=errors)
-    return cards
-
-
-def write_cards(cards: Iterable[FeatureCard], path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for card in cards:
-            f.write(card.model_dump_json(exclude_none=True) + "\n")
-    return path
 
 
 def _by_index(cards: Iterable[FeatureCard], where: str) -> dict[int, FeatureCard]:

@@ -50,9 +50,26 @@ def encode_dense(x: torch.Tensor, sae: SAE) -> torch.Tensor:
 
 
 def _topk(acts: torch.Tensor, k: int) -> SparseCode:
-    """Top k per row, values descending, ties by lower index (stable sort)."""
-    values, indices = torch.sort(acts, dim=1, descending=True, stable=True)
-    return SparseCode(values[:, :k].contiguous(), indices[:, :k].contiguous())
+    """Top k per row, values descending, ties by lower index: the first k of a stable
+    descending sort of each row.
+
+    A full sort of [n, d_sae] is slow, so torch.topk picks the k values and they are put in
+    (value descending, index ascending) order; topk leaves the choice among equal values
+    unspecified, so rows where the k-th value is tied with a latent left out, or that hold
+    NaN, are redone with the full stable sort."""
+    values, indices = acts.topk(k, dim=1, sorted=False)
+    order = indices.argsort(dim=1)
+    values, indices = values.gather(1, order), indices.gather(1, order)
+    order = values.sort(dim=1, descending=True, stable=True).indices
+    values, indices = values.gather(1, order), indices.gather(1, order)
+    if values.shape[0] and k:
+        kth = values[:, -1:]
+        redo = ((acts == kth).sum(1) != (values == kth).sum(1)) | values.isnan().any(1)
+        rows = redo.nonzero().squeeze(1)
+        if rows.numel():
+            v, i = torch.sort(acts[rows], dim=1, descending=True, stable=True)
+            values[rows], indices[rows] = v[:, :k], i[:, :k]
+    return SparseCode(values.contiguous(), indices.contiguous())
 
 
 def encode(x: torch.Tensor, sae: SAE, *, max_k: int | None = None) -> SparseCode:
@@ -111,9 +128,12 @@ def eval_batch(x: torch.Tensor, sae: SAE) -> EvalStats:
     code = encode(x, sae)
     x_hat = decode(code.values, code.indices, sae)
     xf = x.float()
-    dense = torch.zeros(x.shape[0], sae.cfg.d_sae, dtype=torch.float32, device=x.device)
-    dense.scatter_(1, code.indices, code.values.float())
-    fired = dense > 0
+    # per-latent statistics straight from the sparse code (a latent fires when its value > 0)
+    idx = code.indices.flatten()
+    vals = code.values.float().flatten()
+    fired = vals > 0
+    vals = torch.where(fired, vals, 0.0)
+    d_sae, dev = sae.cfg.d_sae, x.device
     return EvalStats(
         n_tokens=x.shape[0],
         sse=((xf - x_hat) ** 2).sum().double(),
@@ -121,8 +141,8 @@ def eval_batch(x: torch.Tensor, sae: SAE) -> EvalStats:
         sum_x2=(xf.double() ** 2).sum(0),
         cos_sum=torch.nn.functional.cosine_similarity(xf, x_hat, dim=1).double().sum(),
         l0_sum=fired.sum(),
-        l1_sum=dense.double().sum(),
-        fire_count=fired.sum(0),
-        act_sum=dense.double().sum(0),
-        act_max=dense.max(0).values if x.shape[0] else torch.zeros(sae.cfg.d_sae, device=x.device),
+        l1_sum=vals.double().sum(),
+        fire_count=torch.zeros(d_sae, dtype=torch.int64, device=dev).index_add_(0, idx, fired.long()),
+        act_sum=torch.zeros(d_sae, dtype=torch.float64, device=dev).index_add_(0, idx, vals.double()),
+        act_max=torch.zeros(d_sae, dtype=torch.float32, device=dev).scatter_reduce_(0, idx, vals, "amax"),
     )

@@ -56,7 +56,8 @@ def _interpreting() -> bool:
 # --------------------------------------------------------------------------------------
 
 
-@triton.jit
+# noinline: a separate register budget for the sort (inlined, ptxas spilled the GEMM epilogue)
+@triton.jit(noinline=True)
 def _compact(buf_ptr, cnt_ptr, thr_ptr, row0, n, pid_s,
              SPLITS: tl.constexpr, K: tl.constexpr, CAP: tl.constexpr,
              BLOCK_M: tl.constexpr, ROWS: tl.constexpr, SORT: tl.constexpr):
@@ -67,7 +68,7 @@ def _compact(buf_ptr, cnt_ptr, thr_ptr, row0, n, pid_s,
     counted and the key is stored at that slot: same result, and fast in the interpreter,
     where tl.sort is very slow. Counts were stored to cnt_ptr by the caller (then a barrier)."""
     slots = tl.arange(0, CAP)
-    for r0 in tl.static_range(0, BLOCK_M, ROWS):
+    for r0 in range(0, BLOCK_M, ROWS):  # a runtime loop: one copy of the sort in the code
         rr = row0 + r0 + tl.arange(0, ROWS)
         ok = rr < n
         slot_row = rr.to(tl.int64) * SPLITS + pid_s
@@ -160,12 +161,18 @@ def _encode_kernel(
     tl.store(nnz_ptr + slot_row, nnz, mask=row_ok)
 
 
+# Encode tiles on CUDA: BLOCK_M, BLOCK_N, BLOCK_K, compaction rows, warps, stages. A first
+# guess checked only by compiling for sm_90 (wgmma, cp.async pipeline, 72 KiB shared, 255
+# registers with a small spill); not yet timed on hardware.
+GPU_TILES = (64, 128, 64, 4, 8, 3)
+
+
 def _encode_config(n: int, d_sae: int, k: int, device: torch.device) -> dict:
     """Tile sizes and split count. GPU values are a first guess, not yet tuned on hardware."""
     if _interpreting() or device.type != "cuda":
         bm, bn, bk, rows, warps, stages, programs = 16, 32, 16, 8, 4, 1, 4
     else:
-        bm, bn, bk, rows, warps, stages = 64, 128, 64, 4, 8, 3
+        bm, bn, bk, rows, warps, stages = GPU_TILES
         programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
     o = CONFIG_OVERRIDE
     bm, bn, bk, rows = o.get("BLOCK_M", bm), o.get("BLOCK_N", bn), o.get("BLOCK_K", bk), o.get("ROWS", rows)
@@ -336,3 +343,45 @@ def eval_sums(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
         n, d_in, k, x.stride(0), BLOCK_R=br, BLOCK_D=bd,
     )
     return dict(rows=rows, sum_x=sum_x, sum_x2=sum_x2, fire=fire, act_sum=act_sum, act_max=act_max)
+
+
+# --------------------------------------------------------------------------------------
+# ahead-of-time compile check (no GPU needed)
+# --------------------------------------------------------------------------------------
+
+
+def aot_compile(arch: int = 90, dtype: str = "bf16", k: int = 64) -> dict:
+    """Compile the three kernels for a CUDA target with the production tile sizes, on any
+    machine (triton's bundled ptxas). Returns {name: CompiledKernel}; ``.asm["ptx"]``,
+    ``.asm["cubin"]`` and ``.metadata.shared`` say what the GPU would run. Needs this module
+    imported without TRITON_INTERPRET."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    bm, bn, bk, rows, warps, stages = GPU_TILES
+    # the launcher specialises pointers and these sizes as multiples of 16 (true of real SAEs)
+    div16 = {"d_in", "d_sae", "chunk", "stride_xm", "stride_wk"}
+
+    def build(fn, sig: dict, consts: dict, num_warps: int, num_stages: int):
+        full = {a: sig.get(a, "constexpr") for a in fn.arg_names}
+        attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
+                 if a in sig and (a.endswith("_ptr") or a in div16)}
+        src = ASTSource(fn=fn, signature=full, constexprs=consts, attrs=attrs)
+        return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+
+    w = f"*{dtype}"
+    enc = dict(x_ptr=w, w_ptr=w, bias_ptr="*fp32", jump_ptr="*fp32", buf_ptr="*i64", cnt_ptr="*i32",
+               thr_ptr="*i64", nnz_ptr="*i32", n="i32", d_in="i32", d_sae="i32", chunk="i32",
+               stride_xm="i32", stride_wk="i32")
+    dec = dict(val_ptr="*fp32", idx_ptr="*i64", w_ptr=w, b_ptr=w, out_ptr="*fp32", n="i32", d_in="i32", K="i32")
+    ev = dict(x_ptr=w, val_ptr="*fp32", idx_ptr="*i64", w_ptr=w, b_ptr=w, row_ptr="*fp32", sum_x_ptr="*fp64",
+              sum_x2_ptr="*fp64", fire_ptr="*i32", act_sum_ptr="*fp64", act_max_ptr="*fp32",
+              n="i32", d_in="i32", K="i32", stride_xm="i32")
+    return {
+        "encode": build(_encode_kernel, enc, dict(
+            K=k, CAP=triton.next_power_of_2(k + bn), SPLITS=4, JUMP=False, IEEE=dtype == "fp32",
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ROWS=rows, SORT=True), warps, stages),
+        "decode": build(_decode_kernel, dec, dict(BLOCK_R=4, BLOCK_D=512), 4, 3),
+        "eval": build(_eval_kernel, ev, dict(BLOCK_R=8, BLOCK_D=256), 4, 3),
+    }

@@ -275,6 +275,61 @@ def check_tensors(tensors: dict[str, torch.Tensor], cfg: SAEConfig, *, where: st
             raise ArtifactFormatError(f"tensor {name!r} contains NaN or inf", where=where)
 
 
+# Bit masks of the exponent field: a float is NaN or inf exactly when all exponent bits are set.
+_EXPONENT = {"F64": ("<u8", 0x7FF0000000000000), "F32": ("<u4", 0x7F800000), "F16": ("<u2", 0x7C00),
+             "BF16": ("<u2", 0x7F80)}
+
+
+def validate_artifact(folder: Path) -> tuple[SAEConfig, dict[str, str]]:
+    """Check an artifact folder without building tensors (numpy only, no torch import):
+    cfg.json, safetensors framing, tensor names, shapes, dtypes and finiteness.
+    Returns the config and the per-file sha256."""
+    import numpy as np
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotFoundError("no such artifact folder", where=str(folder))
+    blobs: dict[str, bytes] = {}
+    for name in IDENTITY_FILES:
+        if not (folder / name).is_file():
+            raise NotFoundError(f"missing {name}", where=str(folder))
+        blobs[name] = (folder / name).read_bytes()
+    cfg = read_cfg(folder / CFG, data=blobs[CFG])
+    where = str(folder / WEIGHTS)
+    data = blobs[WEIGHTS]
+    header = check_safetensors_header(data, where)
+    start = 8 + int.from_bytes(data[:8], "little")
+    dims = {"d_in": cfg.d_in, "d_sae": cfg.d_sae}
+    needed = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if cfg.architecture == "jumprelu" else [])
+    for name in needed:
+        if name not in header:
+            raise ArtifactFormatError(f"missing tensor {name!r}", where=where)
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if name in _SHAPES:
+            want = tuple(dims[d] for d in _SHAPES[name])
+            if tuple(info["shape"]) != want:
+                raise ArtifactFormatError(
+                    f"tensor {name!r} has shape {tuple(info['shape'])}, expected {want} "
+                    f"(d_in={cfg.d_in}, d_sae={cfg.d_sae})",
+                    where=where,
+                )
+        if info["dtype"] not in _EXPONENT:
+            raise ArtifactFormatError(f"tensor {name!r} has dtype {info['dtype']}, expected floating point",
+                                      where=where)
+        kind, mask = _EXPONENT[info["dtype"]]
+        begin, end = info["data_offsets"]
+        bits = np.frombuffer(data, dtype=kind, count=(end - begin) // np.dtype(kind).itemsize, offset=start + begin)
+        if bool(((bits & np.array(mask, dtype=kind)) == np.array(mask, dtype=kind)).any()):
+            raise ArtifactFormatError(f"tensor {name!r} contains NaN or inf", where=where)
+    hashes = {name: sha256_bytes(b) for name, b in blobs.items()}
+    for name in OPTIONAL_FILES:
+        if (folder / name).is_file():
+            hashes[name] = sha256_file(folder / name)
+    return cfg, hashes
+
+
 def load_artifact(folder: Path, *, expected_sha256: str | None = None) -> SAE:
     """Read and validate a canonical artifact folder; with ``expected_sha256``, verify it.
 

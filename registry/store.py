@@ -23,7 +23,6 @@ mlflow or contacting the server.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
@@ -146,6 +145,7 @@ def _quiet_mlflow() -> None:
     if os.environ.get("SAEKIT_DEBUG"):
         return
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     import mlflow  # noqa: F401 - configures its loggers on import; we lower them after
 
@@ -264,7 +264,17 @@ def _retry(fn, *args, attempts: int = 12, **kwargs):
     raise AssertionError("unreachable")
 
 
+_EXPERIMENTS: dict[str, str] = {}
+
+
 def _experiment_id(client: MlflowClient) -> str:
+    uri = registry_uri()
+    if uri not in _EXPERIMENTS:
+        _EXPERIMENTS[uri] = _get_or_create_experiment(client)
+    return _EXPERIMENTS[uri]
+
+
+def _get_or_create_experiment(client: MlflowClient) -> str:
     exp = _retry(client.get_experiment_by_name, EXPERIMENT)
     if exp is not None:
         return exp.experiment_id
@@ -304,20 +314,20 @@ def _is_ready(mv: Any) -> bool:
     return (mv.tags or {}).get(READY) == "true" and bool((mv.tags or {}).get(SHA))
 
 
-def _search(client: MlflowClient, filter_string: str, *, newest_first: bool = True) -> list[Any]:
+def _search(client: MlflowClient, filter_string: str, *, newest_first: bool = True, page: int = 1000) -> list[Any]:
     out: list[Any] = []
     token = None
     while True:
-        page = _retry(
+        got = _retry(
             client.search_model_versions,
             filter_string,
-            max_results=1000,
+            max_results=page,
             order_by=["version_number DESC" if newest_first else "version_number ASC"],
             page_token=token,
         )
-        out.extend(page)
-        token = page.token
-        if not token:
+        out.extend(got)
+        token = got.token
+        if not token or len(out) >= page:
             return out
 
 
@@ -367,43 +377,41 @@ def resolve(ref: str | Ref) -> VersionInfo:
     name = ref.name
     with _errors(repr(ref.text)):
         try:
-            aliases = _aliases_of(client, name)
+            if ref.kind == "alias":
+                try:
+                    mv = _retry(client.get_model_version_by_alias, name, ref.alias)
+                except Exception as err:  # noqa: BLE001
+                    if getattr(err, "error_code", None) == "INVALID_PARAMETER_VALUE" and "alias" in str(err).lower():
+                        raise NotFoundError(f"{name!r} has no alias {ref.alias!r}", where=_where()) from None
+                    raise
+            elif ref.kind == "version":
+                mv = _retry(client.get_model_version, name, str(ref.version))
+            else:
+                if ref.kind == "latest":
+                    mvs = _search(client, _ready_filter(name), page=1)
+                    what = "has no ready version"
+                else:
+                    mvs = _canonical(_search(client, _ready_filter(name, sha_prefix=ref.sha256_prefix),
+                                             newest_first=False))
+                    what = f"has no version with sha256 {ref.sha256_prefix}..."
+                    if len({m.tags[SHA] for m in mvs}) > 1:
+                        raise ReferenceSyntaxError(
+                            f"sha256 prefix {ref.sha256_prefix} is ambiguous; give more digits", where=repr(ref.text)
+                        )
+                if not mvs:
+                    _retry(client.get_registered_model, name)  # NotFound if the name does not exist
+                    raise NotFoundError(f"{name!r} {what}", where=_where())
+                mv = _retry(client.get_model_version, name, mvs[0].version)  # with its aliases
         except Exception as err:  # noqa: BLE001
             if getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                if ref.kind == "version" and "version" in str(err).lower():
+                    raise NotFoundError(f"no version {ref.version} of {name!r}", where=_where()) from None
                 raise NotFoundError(f"no registered SAE named {name!r}", where=_where()) from None
             raise
-        if ref.kind == "latest":
-            mvs = _search(client, _ready_filter(name))
-            if not mvs:
-                raise NotFoundError(f"{name!r} has no ready version", where=_where())
-            mv = mvs[0]
-        elif ref.kind == "alias":
-            version = next((v for v, names in aliases.items() if ref.alias in names), None)
-            if version is None:
-                raise NotFoundError(f"{name!r} has no alias {ref.alias!r}", where=_where())
-            mv = _retry(client.get_model_version, name, str(version))
-        elif ref.kind == "version":
-            try:
-                mv = _retry(client.get_model_version, name, str(ref.version))
-            except Exception as err:  # noqa: BLE001
-                if getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
-                    raise NotFoundError(f"no version {ref.version} of {name!r}", where=_where()) from None
-                raise
-        else:  # sha256
-            mvs = _canonical(_search(client, _ready_filter(name, sha_prefix=ref.sha256_prefix), newest_first=False))
-            shas = {mv.tags[SHA] for mv in mvs}
-            if not mvs:
-                raise NotFoundError(f"no version of {name!r} with sha256 {ref.sha256_prefix}...", where=_where())
-            if len(shas) > 1:
-                raise ReferenceSyntaxError(
-                    f"sha256 prefix {ref.sha256_prefix} is ambiguous ({len(shas)} artifacts); give more digits",
-                    where=repr(ref.text),
-                )
-            mv = mvs[0]
         if not _is_ready(mv):
             raise NotFoundError(f"version {mv.version} of {name!r} is not ready (registration incomplete)",
                                 where=_where())
-    info = _info(mv, aliases.get(int(mv.version), []))
+    info = _info(mv)
     _remember(info)
     return info
 
@@ -483,13 +491,13 @@ def _download(info: VersionInfo) -> Path:
     try:
         client = _client()
         with _errors(f"{info.name}/{info.version}"):
-            if info.run_id:
-                local = _retry(client.download_artifacts, info.run_id, ARTIFACT_PATH, str(staging))
-            else:
+            if info.source:
                 from mlflow.artifacts import download_artifacts
 
                 local = _retry(download_artifacts, artifact_uri=info.source, dst_path=str(staging),
                                tracking_uri=registry_uri())
+            else:
+                local = _retry(client.download_artifacts, info.run_id, ARTIFACT_PATH, str(staging))
         local = Path(local)
         art.verify_files(local, expected, where=f"{info.name}/{info.version} in the registry store")
         if art.combine(expected) != info.sha256:
@@ -636,15 +644,11 @@ def register(
     with tempfile.TemporaryDirectory(prefix="saekit-register-") as tmp:
         if isinstance(artifact, (str, os.PathLike)):
             folder = Path(artifact).expanduser()
-            if not folder.is_dir():
-                raise NotFoundError("no such artifact folder", where=str(folder))
-            art.load_artifact(folder)  # full validation: header, cfg, shapes, NaN
         else:
             folder = Path(tmp) / "artifact"
             art.save_artifact(artifact, folder)
-        hashes = art.file_hashes(folder)
+        cfg, hashes = art.validate_artifact(folder)  # header, cfg, shapes, NaN; no torch needed
         sha = art.combine(hashes)
-        cfg = art.read_cfg(folder / art.CFG)
         client = _client()
         with _errors(repr(name)):
             existing = _canonical(_search(client, _ready_filter(name, sha=sha), newest_first=False))
@@ -654,44 +658,48 @@ def register(
                 info = _register_new(client, name, folder, hashes, sha, cfg, user_tags, description)
             if alias:
                 _retry(client.set_registered_model_alias, name, alias, str(info.version))
-            info.aliases = sorted(_aliases_of(client, name).get(info.version, []))
+            if alias or existing:
+                info.aliases = sorted(_aliases_of(client, name).get(info.version, []))
     _remember(info)
     return info
 
 
-def _register_new(client, name, folder, hashes, sha, cfg, user_tags, description) -> VersionInfo:
-    from mlflow.entities import RunStatus
+_KNOWN_MODELS: set[tuple[str, str]] = set()
 
+
+def _ensure_model(client: MlflowClient, name: str) -> None:
+    key = (registry_uri(), name)
+    if key in _KNOWN_MODELS:
+        return
     try:
         _retry(client.create_registered_model, name)
     except Exception as err:  # noqa: BLE001
         if getattr(err, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
             raise
-    run = _retry(client.create_run, _experiment_id(client), run_name=name,
-                 tags={"saekit.name": name, SHA: sha})
+    _KNOWN_MODELS.add(key)
+
+
+def _register_new(client, name, folder, hashes, sha, cfg, user_tags, description) -> VersionInfo:
+    from mlflow.entities import RunStatus
+
+    _ensure_model(client, name)
+    run = _retry(client.create_run, _experiment_id(client), run_name=name, tags={"saekit.name": name, SHA: sha})
     run_id = run.info.run_id
+    source = f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}"
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         for fname in sorted(hashes):
             _retry(client.log_artifact, run_id, str(folder / fname), ARTIFACT_PATH)
         # Verify the upload by reading it back; the verified copy becomes the cache entry.
-        staged = VersionInfo(name, 0, sha, tags={FILES: json.dumps(hashes)}, run_id=run_id)
         _evict(sha)
-        _download(staged)
-        mv = _retry(
-            client.create_model_version,
-            name,
-            f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}",
-            run_id=run_id,
-            tags={**user_tags, **_meta_tags(cfg, sha, hashes)},
-            description=description,
-            await_creation_for=0,
-        )
+        _download(VersionInfo(name, 0, sha, tags={FILES: json.dumps(hashes)}, run_id=run_id, source=source))
+        tags = {**user_tags, **_meta_tags(cfg, sha, hashes)}
+        mv = _retry(client.create_model_version, name, source, run_id=run_id, tags=tags,
+                    description=description, await_creation_for=0)
         _retry(client.set_model_version_tag, name, mv.version, READY, "true")
         status = RunStatus.to_string(RunStatus.FINISHED)
     finally:
-        # set_terminated prints "View run ... at: <url>" for server URIs; not our output.
-        with contextlib.suppress(Exception), contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.suppress(Exception):
             client.set_terminated(run_id, status)
     # Two writers racing with identical content both get here; the lowest version wins
     # and the other withdraws its duplicate.
@@ -701,8 +709,9 @@ def _register_new(client, name, folder, hashes, sha, cfg, user_tags, description
         with contextlib.suppress(Exception):
             client.delete_model_version(name, mv.version)
         return _info(winner)
-    mv = _retry(client.get_model_version, name, mv.version)
-    return _info(mv)
+    info = _info(mv, [])
+    info.tags = {**tags, READY: "true"}
+    return info
 
 
 def set_alias(name: str, alias: str, version: int | str) -> None:

@@ -269,7 +269,8 @@ def _write_plots(tmp: Path, entries: list[SAEEntry], cards_by_id) -> list[tuple[
             e.sae_id: (e.record.data.n_tokens if e.record is not None and e.record.data is not None else None)
             for e in entries
         }
-        (tmp / "plots" / "feature_density.png").write_bytes(plots.density_histogram(densities, n_tokens))
+        widths = {e.sae_id: e.cfg.get("d_sae") for e in entries}
+        (tmp / "plots" / "feature_density.png").write_bytes(plots.density_histogram(densities, n_tokens, widths))
         out.append(("Feature density (log10 fraction of tokens each latent fires on)", "plots/feature_density.png"))
     points = {e.sae_id: (metrics_of(e.record).get("l0"), metrics_of(e.record).get("explained_variance")) for e in entries}
     if any(l0 is not None and ev is not None for l0, ev in points.values()):

@@ -34,7 +34,9 @@ def _png(plt, fig) -> bytes:
     return buf.getvalue()
 
 
-def density_histogram(densities: dict[str, Sequence[float]], n_tokens: dict[str, int | None]) -> bytes:
+def density_histogram(
+    densities: dict[str, Sequence[float]], n_tokens: dict[str, int | None], d_sae: dict[str, int | None] | None = None
+) -> bytes:
     """Histogram of log10 feature density per SAE (dead latents counted at the left edge).
 
     Feature density = fraction of tokens on which a latent fires (SAELens' "feature
@@ -48,8 +50,10 @@ def density_histogram(densities: dict[str, Sequence[float]], n_tokens: dict[str,
         logs = [math.log10(d) if d > 0 else floor for d in vals]
         lo = min(lo, min(logs, default=lo))
         dead = sum(1 for d in vals if d <= 0)
+        width = (d_sae or {}).get(name)
+        of = f"{len(vals)} of {width}" if width and width != len(vals) else f"{len(vals)}"
         ax.hist(logs, bins=60, range=(-8.0, 0.0), histtype="step", linewidth=1.5,
-                label=f"{name} ({len(vals)} latents, {dead} dead)")
+                label=f"{name} ({of} latents with cards, {dead} dead)")
     ax.set_xlabel("log10 feature density (fraction of tokens where the latent fires)")
     ax.set_ylabel("latents")
     ax.set_title("Feature density")

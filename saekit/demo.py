@@ -27,6 +27,12 @@ DEMO_RULES = {
     "demo": ["explained_variance >= 0.5"],
     "test": ["explained_variance >= 0.2"],
 }
+# Check options per size (saekit.harness.check.check keywords): the reduced demo the test
+# suite runs skips the per-latent ablations and documents fewer latents.
+CHECK_OPTIONS: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "test": {"downstream": False, "cards_latents": 16},
+}
 
 
 def _progress(msg: str) -> None:
@@ -108,7 +114,7 @@ def run_demo(
         _progress(f"checking {pinned} (metrics, feature cards, benchmark record, gate)")
         from saekit.harness.check import check
 
-        kwargs: dict[str, Any] = {"policy": policy}
+        kwargs: dict[str, Any] = {"policy": policy, **CHECK_OPTIONS[size]}
         if tokens:
             kwargs["n_tokens"] = tokens
         check(pinned, **kwargs)

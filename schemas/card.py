@@ -10,7 +10,7 @@ import operator
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, StringConstraints, WithJsonSchema
-from pydantic_core import core_schema
+from pydantic_core import PydanticCustomError, core_schema
 
 from saekit.schemas.common import SCHEMA_VERSION, Strict
 
@@ -27,11 +27,17 @@ from saekit.schemas.common import SCHEMA_VERSION, Strict
 #   a "no newline" clause that only Python's engine needs.
 
 
+def _exact_int(value: float) -> int:
+    if not value.is_integer():
+        raise PydanticCustomError("int_from_float", "Input should be a valid integer, got a number with a fractional part")
+    return int(value)
+
+
 class JsonInt:
     """An integer as JSON Schema defines it (1.0 counts; 1.5, "1" and true do not).
 
-    Validation stays in pydantic-core (no Python call per value): a strict int, or a strict
-    float that converts exactly; bounds are checked after, so their errors read plainly.
+    Integers stay in pydantic-core (no Python call per value); a float must convert exactly.
+    Bounds are checked after, so their errors read plainly.
     """
 
     def __init__(self, *, ge: int | None = None, gt: int | None = None):
@@ -42,15 +48,23 @@ class JsonInt:
             [
                 core_schema.int_schema(strict=True),
                 core_schema.chain_schema(
-                    [core_schema.float_schema(strict=True, allow_inf_nan=False), core_schema.int_schema(strict=False)]
+                    [
+                        core_schema.float_schema(strict=True, allow_inf_nan=False),
+                        # a Python call, but only for floats: pydantic's own float -> int
+                        # conversion stops at 2**63, JSON Schema's integers do not
+                        core_schema.no_info_plain_validator_function(_exact_int),
+                    ]
                 ),
             ],
             mode="left_to_right",
             custom_error_type="int_type",
         )
+        # marked, so saekit.schemas.validate's fast path can use a plain strict int instead
+        marker = {"saekit_json_int": {"ge": self.ge, "gt": self.gt}}
         if self.ge is None and self.gt is None:
-            return exact
-        return core_schema.chain_schema([exact, core_schema.int_schema(strict=True, ge=self.ge, gt=self.gt)])
+            return {**exact, "metadata": marker}
+        bounds = core_schema.int_schema(strict=True, ge=self.ge, gt=self.gt)
+        return core_schema.chain_schema([exact, bounds], metadata=marker)
 
     def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict:
         out: dict[str, Any] = {"type": "integer"}

@@ -5,9 +5,10 @@
 
 Accepts ``.json`` (one card or a list of cards), ``.jsonl`` and ``.jsonl.gz`` (one card per
 line; blank lines are skipped). Each card goes through pydantic-core's JSON parser straight
-from its raw bytes (no Python dicts in between), then ``consistency_errors``; across cards
-it reports duplicate latent indices, indices outside the SAE's width and files whose cards
-point at different SAEs. Big files are validated by a pool of worker processes.
+from its raw bytes (no Python dicts in between; see "the fast path" below), then the checks
+of ``consistency_errors``; across cards it reports duplicate latent indices, indices
+outside the SAE's width and files whose cards point at different SAEs. Big files are
+validated by a pool of worker processes (fork; each reads its own byte range of a .jsonl).
 
 Errors a user caused in a card are collected (``ValidationReport``); a path that cannot be
 read as card input at all (missing, not JSON, broken gzip) raises ``InputError``.
@@ -144,10 +145,11 @@ def check_card_bytes(raw: bytes | str) -> tuple[FeatureCard | None, list[tuple[s
 # ~4,000 list items per realistic card, all dropped right after. The fast validator is the
 # same core schema with the model wrappers removed (fields come back as plain dicts, under
 # the same strict config) and the token/value/id lists of an example replaced by their
-# lengths once validated (all the cross-field checks need). It accepts exactly what
-# FeatureCard accepts (tests/schemas/test_differential.py checks both, and that
-# fast_consistency_errors equals consistency_errors); a card it rejects goes through
-# FeatureCard again, so users see FeatureCard's own messages.
+# lengths once validated (all the cross-field checks need), and integers are plain strict
+# ints (JsonInt also takes 1.0, at a cost per value). It accepts no card FeatureCard
+# rejects; a card it rejects goes through FeatureCard, which decides and words the errors
+# (tests/schemas/test_differential.py checks the verdicts and that fast_consistency_errors
+# equals consistency_errors).
 
 _LENGTH_FIELDS = ("tokens", "values", "token_ids")
 
@@ -165,6 +167,9 @@ def _fast_validator() -> SchemaValidator | None:
             return [walk(x) for x in node]
         if not isinstance(node, dict):
             return node
+        json_int = (node.get("metadata") or {}).get("saekit_json_int")
+        if json_int is not None:
+            return core_schema.int_schema(strict=True, **{k: b for k, b in json_int.items() if b is not None})
         if node.get("type") == "model":
             configs.append({k: v for k, v in (node.get("config") or {}).items() if k != "title"})
             inner = walk(node["schema"])
@@ -231,8 +236,9 @@ def _check_fast(raw: bytes) -> tuple[tuple | None, list[tuple[str, str]]]:
         return (None if card is None else (sae_key(card), card.index, card.sae.d_sae)), errors
     try:
         d = _FAST.validate_json(raw)[0]
-    except ValidationError:
-        return None, check_card_bytes(raw)[1]  # FeatureCard's messages
+    except ValidationError:  # invalid, or valid in a way the fast path does not take: FeatureCard decides
+        card, errors = check_card_bytes(raw)
+        return (None if card is None else (sae_key(card), card.index, card.sae.d_sae)), errors
     errors = fast_consistency_errors(d)
     if d["extra"] or d["downstream"]:
         errors += _free_form_errors(d["extra"], [x[0]["details"] for x in d["downstream"]])
@@ -258,7 +264,7 @@ def _validate_batch(args: tuple) -> tuple:
     file_idx, items, d_sae, cap = args
     errors: list[tuple] = []
     n_errors = 0
-    meta: list[tuple] = []  # (line, sae key, index, card's own d_sae)
+    meta: list[tuple] = []  # (line, sae key, index) of every card that passed the schema
     for line, raw in items:
         found, errs = _check_fast(raw)
         if found is not None:

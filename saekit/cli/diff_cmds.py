@@ -80,9 +80,10 @@ def diff(
         "mnn", "--assignment", help="One-to-one pairs: mnn (mutual nearest neighbours), exact, or auto."
     ),
     acts: Optional[Path] = typer.Option(
-        None, "--acts", help="Shared token batch for --by coact: safetensors with 'activations' [..., d_in]."
+        None, "--acts", help="Token batch for --by coact: safetensors with 'activations' [..., d_in] "
+        "(default: the SAEs' language model and hook on the harness' eval text)."
     ),
-    n_tokens: int = typer.Option(4096, "--n-tokens", min=1, help="Tokens of --acts to use."),
+    n_tokens: int = typer.Option(4096, "--n-tokens", min=1, help="Tokens of the coact batch."),
     block: int = typer.Option(4096, "--block", min=64, help="Tile size of the blocked similarity."),
     precision: str = typer.Option(
         "float32", "--precision", help="float32, or bfloat16 for faster ranking (similarities stay fp32)."
@@ -95,12 +96,20 @@ def diff(
     """Match the latents of two SAEs: same / split / merge / new / gone, with similarities."""
     from saekit.harness.matching import match, summary_path, write_mapping
 
+    from saekit.harness.matching import lm_activations
+
     views = [v.strip() for v in by.split(",") if v.strip()]
-    if "coact" in views and acts is None:
-        raise InputError("--by coact needs --acts FILE (a shared token batch)", where="--by")
     sae_a, sae_ref_a = _load_sae(ref_a)
     sae_b, sae_ref_b = _load_sae(ref_b)
-    batch = _read_acts(acts, n_tokens, sae_a.cfg.d_in) if acts is not None and "coact" in views else None
+    batch = None
+    if "coact" in views:
+        if acts is not None:
+            batch = _read_acts(acts, n_tokens, sae_a.cfg.d_in)
+        else:
+            hooks = {(s.cfg.model_name, s.cfg.hook_name) for s in (sae_a, sae_b)}
+            if len(hooks) > 1:
+                raise InputError(f"the SAEs read different models or hooks {sorted(map(str, hooks))}; pass --acts", where="--by coact")
+            batch = lm_activations(sae_a, n_tokens)
     result = match(
         sae_a, sae_b, by=views, acts=batch, threshold=threshold, assignment=assignment,  # type: ignore[arg-type]
         block=block, precision=precision, ref_a=sae_ref_a, ref_b=sae_ref_b,  # type: ignore[arg-type]
@@ -119,15 +128,18 @@ def diff(
     emit(data, json_out, text)
 
 
-def _cards_path(text: str) -> tuple[Path, str | None]:
+def _cards_path(text: str, *, missing_ok: bool = False) -> tuple[Path | None, str | None]:
     """A cards file from a path, an artifact folder, or a registry reference (its last check's
-    feature_cards.jsonl); the second value is the reference when there is one."""
+    feature_cards.jsonl); the second value is the reference when there is one. With
+    ``missing_ok``, an SAE without cards gives (None, reference)."""
     path = Path(text).expanduser()
     if path.is_file():
         return path, None
     if path.is_dir():
         if (path / CARDS_FILE).is_file():
             return path / CARDS_FILE, text
+        if missing_ok:
+            return None, text
         raise NotFoundError(f"no {CARDS_FILE} in the folder", where=text)
     from saekit.registry.refs import parse_ref
 
@@ -139,6 +151,8 @@ def _cards_path(text: str) -> tuple[Path, str | None]:
     info = resolve(ref)
     files = check_files(info.name, info.version)
     if CARDS_FILE not in files:
+        if missing_ok:
+            return None, text
         raise NotFoundError(f"no {CARDS_FILE} logged for {info.name}/{info.version} (run saekit check)", where=text)
     return Path(files[CARDS_FILE]), text
 
@@ -146,7 +160,9 @@ def _cards_path(text: str) -> tuple[Path, str | None]:
 @cards_app.command("carry")
 def carry_cmd(
     from_: str = typer.Option(..., "--from", help="A's cards: a JSONL file, an artifact folder, or a reference."),
-    to: str = typer.Option(..., "--to", help="B's cards: a JSONL file, an artifact folder, or a reference."),
+    to: str = typer.Option(
+        ..., "--to", help="B's cards: a JSONL file, or an artifact folder or reference (its cards, if any)."
+    ),
     mapping: Optional[Path] = typer.Option(
         None, "--mapping", help="Mapping from saekit diff A B --out (default: match the two SAEs now)."
     ),
@@ -161,11 +177,14 @@ def carry_cmd(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Carry annotations from A's cards onto B's matched latents (marked carried_from)."""
-    from saekit.harness.matching import carry, check_mapping_fits, match, read_cards, read_mapping, read_summary
+    from saekit.harness.cards import read_cards, write_cards
+    from saekit.harness.matching import carry, check_mapping_fits, match, read_mapping, read_summary
 
     path_a, ref_a = _cards_path(from_)
-    path_b, ref_b = _cards_path(to)
-    cards_a, cards_b = read_cards(path_a), read_cards(path_b)
+    path_b, ref_b = _cards_path(to, missing_ok=True)  # B may have no cards yet
+    assert path_a is not None
+    cards_a = read_cards(path_a)
+    cards_b = read_cards(path_b) if path_b is not None else []
     sae_b_ref = None
     if mapping is not None:
         rows = read_mapping(mapping)
@@ -186,11 +205,9 @@ def carry_cmd(
         min_similarity=min_similarity, create_missing=create_missing,
     )
     if out is None:
-        out = path_b.with_suffix(".carried.jsonl") if ref_b is None else Path("feature_cards.carried.jsonl")
+        out = path_b.with_suffix(".carried.jsonl") if ref_b is None and path_b else Path("feature_cards.carried.jsonl")
     if os.path.abspath(out) == os.path.abspath(path_a):
         raise InputError("refusing to overwrite A's cards", where="--out")
-    from saekit.harness.matching import write_cards
-
     write_cards(result.cards, out)
     data = {
         "out": str(out), "carried": result.carried, "latents": result.latents,

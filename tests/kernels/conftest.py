@@ -28,6 +28,7 @@ def device() -> str:
 def triton_path(monkeypatch: pytest.MonkeyPatch):
     """Force the Triton path and poison every buffer the kernels allocate, so an element a
     kernel forgot to write shows up as NaN (floats) or a huge/garbage value (integers)."""
+    pytest.importorskip("triton")
     from saekit.kernels import triton_kernels as tk
 
     if not CUDA:

@@ -52,3 +52,21 @@ def test_device_mismatch_is_an_input_error(monkeypatch, triton_path):
     x = torch.zeros(3, 4, device="meta")
     with pytest.raises(InputError, match="SAE weights"):
         dispatch.encode(x, sae)
+
+
+def test_kernels_compile_for_hopper(tmp_path):
+    """The compiled (not interpreted) kernels build for sm_90 with triton's bundled ptxas,
+    so a GPU-only compile error or a compile-time blow-up shows without a GPU."""
+    pytest.importorskip("triton")
+    code = (
+        "import os; os.environ.pop('TRITON_INTERPRET', None)\n"
+        "from saekit.kernels import triton_kernels as tk\n"
+        "ks = tk.aot_compile(90, 'bf16', 64)\n"
+        "ptx = ks['encode'].asm['ptx']\n"
+        "assert 'wgmma.mma_async' in ptx, 'encode GEMM does not use Hopper wgmma'\n"
+        "assert 'cp.async' in ptx, 'encode GEMM loads are not pipelined'\n"
+        "print({n: k.metadata.shared for n, k in ks.items()})\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # a cold compile every run
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600)

@@ -109,3 +109,19 @@ def test_gated_needs_its_tensors():
     del tensors["r_mag"]
     with pytest.raises(InputError, match="r_mag"):
         type(sae)(sae.cfg, tensors)
+
+
+@pytest.mark.parametrize("k", [1, 5, 33])
+def test_topk_equals_stable_sort(k, seed):
+    """The fast top-k (topk + fix-ups) is exactly the first k of a stable descending sort,
+    with heavy ties, zeros and NaN rows."""
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.randint(0, 4, (40, 33), generator=g).float()
+    acts[3] = 0.0
+    acts[5, 7] = float("nan")
+    acts[6] = float("nan")
+    acts[8:20] = torch.rand(12, 33, generator=g)
+    v, i = torch.sort(acts, dim=1, descending=True, stable=True)
+    code = reference._topk(acts, k)
+    assert torch.equal(code.indices, i[:, :k]), f"seed {seed}"
+    assert torch.equal(code.values.nan_to_num(-1), v[:, :k].nan_to_num(-1)), f"seed {seed}"

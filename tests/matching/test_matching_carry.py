@@ -10,6 +10,7 @@ import torch
 from matching_helpers import permuted, random_sae, split_copy
 
 from saekit.harness import matching as m
+from saekit.harness.cards import read_cards, write_cards
 from saekit.schemas import Annotation, FeatureCard, InputError, SAERef
 
 REF_A = SAERef(name="sae-a", version="1", sha256="a" * 64, d_sae=128)
@@ -120,8 +121,8 @@ def test_cli_diff_and_carry_on_artifact_folders(tmp_path, capsys):
 
     ref_a = SAERef(name="sae-a", sha256=sha_a, d_sae=96)
     ref_b = SAERef(name="sae-b", sha256=sha_b, d_sae=96)
-    m.write_cards(_cards(ref_a, {0: "alpha", 5: "beta"}), tmp_path / "a.jsonl")
-    m.write_cards(_cards(ref_b, {int(inv[0]): "own"}, source="human"), tmp_path / "b.jsonl")
+    write_cards(_cards(ref_a, {0: "alpha", 5: "beta"}), tmp_path / "a.jsonl")
+    write_cards(_cards(ref_b, {int(inv[0]): "own"}, source="human"), tmp_path / "b.jsonl")
     code, out, err = _cli(
         ["cards", "carry", "--from", str(tmp_path / "a.jsonl"), "--to", str(tmp_path / "b.jsonl"),
          "--mapping", str(tmp_path / "map.jsonl"), "--json"],
@@ -130,7 +131,7 @@ def test_cli_diff_and_carry_on_artifact_folders(tmp_path, capsys):
     assert code == 0, err
     report = json.loads(out)
     assert report["carried"] == 2 and report["created"] == 1
-    carried = {c.index: c for c in m.read_cards(tmp_path / "b.carried.jsonl")}
+    carried = {c.index: c for c in read_cards(tmp_path / "b.carried.jsonl")}
     assert [a.label for a in carried[int(inv[0])].annotations] == ["own", "alpha"]
     assert carried[int(inv[5])].annotations[0].carried_from.sae.sha256 == sha_a
 
@@ -142,10 +143,10 @@ def test_cli_diff_and_carry_on_artifact_folders(tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
-    assert m.read_cards(tmp_path / "c.jsonl") == m.read_cards(tmp_path / "b.carried.jsonl")
+    assert read_cards(tmp_path / "c.jsonl") == read_cards(tmp_path / "b.carried.jsonl")
 
     # a mapping made for other SAEs is refused with one line, exit 2
-    m.write_cards(_cards(SAERef(name="x", sha256="c" * 64, d_sae=96), {0: "z"}), tmp_path / "x.jsonl")
+    write_cards(_cards(SAERef(name="x", sha256="c" * 64, d_sae=96), {0: "z"}), tmp_path / "x.jsonl")
     code, out, err = _cli(
         ["cards", "carry", "--from", str(tmp_path / "x.jsonl"), "--to", str(tmp_path / "b.jsonl"),
          "--mapping", str(tmp_path / "map.jsonl")],
@@ -198,7 +199,7 @@ def test_cli_diff_and_carry_by_registry_reference(tmp_path, capsys):
     for ref, labels, name in ((ref_a, {int(perm[0]): "alpha"}, "a"), (ref_b, {7: "own"}, "b")):
         folder = tmp_path / name
         folder.mkdir()
-        m.write_cards(_cards(ref, labels), folder / "feature_cards.jsonl")
+        write_cards(_cards(ref, labels), folder / "feature_cards.jsonl")
         store.log_check(ref.name, int(ref.version), metrics={}, files=[folder / "feature_cards.jsonl"], tags={})
 
     code, out, err = _cli(["diff", "match-a/1", "match-b/1", "--json"], capsys)
@@ -211,9 +212,44 @@ def test_cli_diff_and_carry_by_registry_reference(tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
-    (card,) = [c for c in m.read_cards(tmp_path / "carried.jsonl") if c.index == 0]
+    (card,) = [c for c in read_cards(tmp_path / "carried.jsonl") if c.index == 0]
     assert card.annotations[0].label == "alpha" and card.annotations[0].carried_from.sae == ref_a
 
-    store.register("match-c", random_sae(d_in=32, d_sae=64, seed=7))
-    code, _, err = _cli(["cards", "carry", "--from", "match-c/1", "--to", "match-b/1"], capsys)
+    # a version without a logged check: nothing to carry from, but cards can be carried onto it
+    vc = store.register("match-b", permuted(sae, perm.flip(0)))
+    code, _, err = _cli(["cards", "carry", "--from", "match-b/2", "--to", "match-a/1"], capsys)
     assert code == 2 and "no feature_cards.jsonl logged" in err
+    code, out, err = _cli(
+        ["cards", "carry", "--from", "match-a/1", "--to", "match-b/2", "--out", str(tmp_path / "new.jsonl"), "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    (card,) = read_cards(tmp_path / "new.jsonl")
+    assert card.sae.sha256 == vc.sha256 and card.annotations[0].label == "alpha"
+
+
+def test_cli_diff_coact_defaults_to_the_language_model(tmp_path, capsys, monkeypatch):
+    """Without --acts the batch comes from the SAEs' own model and hook (lm_activations;
+    replaced here, the real one loads SmolLM2 and is exercised by the harness' tests)."""
+    from saekit.registry.artifact import save_artifact
+
+    calls = []
+
+    def fake_lm_activations(sae, n_tokens, **_):
+        calls.append((sae.cfg.hook_name, n_tokens))
+        return torch.randn(n_tokens, sae.cfg.d_in, generator=torch.Generator().manual_seed(0))
+
+    monkeypatch.setattr(m, "lm_activations", fake_lm_activations)
+    sae = random_sae(d_in=32, d_sae=64)
+    hooked = sae.cfg.model_copy(update={"hook_name": "model.layers.6", "model_name": "HuggingFaceTB/SmolLM2-135M-Instruct"})
+    a = type(sae)(hooked, sae.tensors)
+    save_artifact(a, tmp_path / "a")
+    save_artifact(permuted(a, torch.arange(63, -1, -1)), tmp_path / "b")
+    code, out, err = _cli(["diff", str(tmp_path / "a"), str(tmp_path / "b"), "--by", "coact,decoder", "--n-tokens", "300", "--json"], capsys)
+    assert code == 0, err
+    assert calls == [("model.layers.6", 300)] and json.loads(out)["counts"]["same"] == 64
+
+    other = type(sae)(hooked.model_copy(update={"hook_name": "model.layers.9"}), sae.tensors)
+    save_artifact(other, tmp_path / "c")
+    code, _, err = _cli(["diff", str(tmp_path / "a"), str(tmp_path / "c"), "--by", "coact"], capsys)
+    assert code == 2 and "different models or hooks" in err

@@ -17,6 +17,16 @@ from saekit.schemas import ArtifactFormatError, NotFoundError, ReferenceSyntaxEr
 from tests.registry.conftest import make_artifact, make_sae
 
 
+def test_nan_in_bfloat16_is_found_without_torch(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = make_artifact(tmp_path / "a")
+    t = {k: v.to(torch.bfloat16) for k, v in art.read_safetensors(folder / art.WEIGHTS).items()}
+    t["W_enc"][0, 0] = float("inf")
+    save_file(t, str(folder / art.WEIGHTS))
+    _refused(folder, ArtifactFormatError, "'W_enc' contains NaN or inf")
+
+
 def test_round_trip_and_identity(tmp_path):
     sae = make_sae(1)
     sha = art.save_artifact(sae, tmp_path / "a")
@@ -38,6 +48,15 @@ def test_sha_mismatch_is_integrity_error(artifact):
         art.load_artifact(artifact, expected_sha256="0" * 64)
 
 
+def _refused(folder, exc, match):
+    """Both readers (load_artifact: torch; validate_artifact: used by register) refuse it."""
+    for reader in (art.load_artifact, art.validate_artifact):
+        with pytest.raises(exc, match=match) as e:
+            reader(folder)
+        assert "\n" not in str(e.value)
+    return e
+
+
 def _write_weights(folder, data: bytes):
     (folder / art.WEIGHTS).write_bytes(data)
     return folder / art.WEIGHTS
@@ -46,36 +65,31 @@ def _write_weights(folder, data: bytes):
 def test_truncated_header(artifact):
     data = (artifact / art.WEIGHTS).read_bytes()
     path = _write_weights(artifact, data[:20])
-    with pytest.raises(ArtifactFormatError, match="header truncated") as e:
-        art.load_artifact(artifact)
-    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    e = _refused(artifact, ArtifactFormatError, "header truncated")
+    assert str(path) in str(e.value)
 
 
 def test_truncated_data(artifact):
     data = (artifact / art.WEIGHTS).read_bytes()
     _write_weights(artifact, data[:-16])
-    with pytest.raises(ArtifactFormatError, match="do not fit"):
-        art.load_artifact(artifact)
+    _refused(artifact, ArtifactFormatError, "do not fit")
 
 
 def test_oversized_header(artifact):
     _write_weights(artifact, struct.pack("<Q", 1 << 40) + b"{}")
-    with pytest.raises(ArtifactFormatError, match="oversized"):
-        art.load_artifact(artifact)
+    _refused(artifact, ArtifactFormatError, "oversized")
 
 
 def test_pickle_instead_of_safetensors(artifact):
     _write_weights(artifact, pickle.dumps({"W_enc": [1.0]}))
-    with pytest.raises(ArtifactFormatError, match="is a pickle, not safetensors") as e:
-        art.load_artifact(artifact)
+    e = _refused(artifact, ArtifactFormatError, "is a pickle, not safetensors")
     assert art.WEIGHTS in str(e.value)
 
 
 def test_torch_save_instead_of_safetensors(artifact, tmp_path):
     torch.save({"W_enc": torch.zeros(2)}, tmp_path / "x.pt")
     _write_weights(artifact, (tmp_path / "x.pt").read_bytes())
-    with pytest.raises(ArtifactFormatError, match="zip"):
-        art.load_artifact(artifact)
+    _refused(artifact, ArtifactFormatError, "zip")
 
 
 def test_wrong_shape(tmp_path):
@@ -85,8 +99,7 @@ def test_wrong_shape(tmp_path):
     t = art.read_safetensors(folder / art.WEIGHTS)
     t["W_dec"] = torch.zeros(31, 8)
     save_file(t, str(folder / art.WEIGHTS))
-    with pytest.raises(ArtifactFormatError, match=r"'W_dec' has shape \(31, 8\), expected \(32, 8\)"):
-        art.load_artifact(folder)
+    _refused(folder, ArtifactFormatError, r"'W_dec' has shape \(31, 8\), expected \(32, 8\)")
 
 
 def test_nan_weights(tmp_path):
@@ -96,21 +109,18 @@ def test_nan_weights(tmp_path):
     t = art.read_safetensors(folder / art.WEIGHTS)
     t["b_enc"][3] = float("nan")
     save_file(t, str(folder / art.WEIGHTS))
-    with pytest.raises(ArtifactFormatError, match="'b_enc' contains NaN"):
-        art.load_artifact(folder)
+    _refused(folder, ArtifactFormatError, "'b_enc' contains NaN")
 
 
 def test_missing_file_and_bad_cfg(tmp_path):
     folder = make_artifact(tmp_path / "a")
     (folder / art.WEIGHTS).unlink()
-    with pytest.raises(NotFoundError, match=f"missing {art.WEIGHTS}"):
-        art.load_artifact(folder)
+    _refused(folder, NotFoundError, f"missing {art.WEIGHTS}")
     folder = make_artifact(tmp_path / "b")
     cfg = json.loads((folder / art.CFG).read_text())
     cfg["d_sae"] = -1
     (folder / art.CFG).write_text(json.dumps(cfg))
-    with pytest.raises(ArtifactFormatError, match="d_sae"):
-        art.load_artifact(folder)
+    _refused(folder, ArtifactFormatError, "d_sae")
 
 
 def test_saelens_loads_canonical_artifact(artifact):

@@ -63,7 +63,8 @@ def server(tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "2"],
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "2",
+         "--uvicorn-opts", "--no-access-log"],
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -138,33 +139,39 @@ def test_killed_registration_leaves_nothing(on_server, tmp_path):
 WORKER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    sys.path.insert(0, {root!r})
-    from tests.registry.conftest import make_sae
     import saekit
-    proc, n, out = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+    folders, out = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
     t0 = time.time()
-    results = {{"common": saekit.register("load-common", make_sae(10_000)).version, "versions": []}}
-    for i in range(n):
-        info = saekit.register("load", make_sae(proc * 1000 + i))
+    results = {"common": saekit.register("load-common", folders["common"]).version, "versions": []}
+    for folder in folders["own"]:
+        info = saekit.register("load", folder)
         results["versions"].append([info.version, info.sha256])
     results["seconds"] = time.time() - t0
+    results["torch_imported"] = "torch" in sys.modules
     out.write_text(json.dumps(results))
 """)
 
 
 def run_load(tmp_path: Path, procs: int, per_proc: int) -> list[dict]:
+    """``procs`` processes each register ``per_proc`` distinct tiny artifacts under one name,
+    and all of them the same artifact under another."""
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(root=str(ROOT)))
-    outs = [tmp_path / f"out{p}.json" for p in range(procs)]
-    running = [subprocess.Popen([sys.executable, str(script), str(p), str(per_proc), str(outs[p])],
-                                env=os.environ.copy(), stderr=subprocess.PIPE) for p in range(procs)]
+    script.write_text(WORKER)
+    common = make_artifact(tmp_path / "common", seed=10_000)
+    jobs = []
+    for p in range(procs):
+        own = [str(make_artifact(tmp_path / f"p{p}" / str(i), seed=p * 1000 + i)) for i in range(per_proc)]
+        (tmp_path / f"in{p}.json").write_text(json.dumps({"common": str(common), "own": own}))
+        jobs.append((tmp_path / f"in{p}.json", tmp_path / f"out{p}.json"))
+    running = [subprocess.Popen([sys.executable, str(script), str(i), str(o)], env=os.environ.copy(),
+                                stderr=subprocess.PIPE) for i, o in jobs]
     errors = []
     for p in running:
         _, err = p.communicate(timeout=900)
         if p.returncode:
             errors.append(err.decode()[-1500:])
     assert not errors, errors[0]
-    return [json.loads(o.read_text()) for o in outs]
+    return [json.loads(o.read_text()) for _, o in jobs]
 
 
 def test_eight_processes_two_hundred_versions(on_server, tmp_path):
@@ -174,6 +181,7 @@ def test_eight_processes_two_hundred_versions(on_server, tmp_path):
     wall = time.time() - t0
     got = [tuple(v) for r in results for v in r["versions"]]
     assert len(got) == procs * per_proc
+    assert not any(r["torch_imported"] for r in results)  # registering a folder needs no torch
     assert len({v for v, _ in got}) == procs * per_proc, "two registrations share a version"
     assert len({s for _, s in got}) == procs * per_proc
     versions = store.list_versions("load")
@@ -181,8 +189,11 @@ def test_eight_processes_two_hundred_versions(on_server, tmp_path):
     # identical content from 8 racing processes: one version
     assert len({r["common"] for r in results}) == 1 and len(store.list_versions("load-common")) == 1
     shutil.rmtree(store._cache_dir(), ignore_errors=True)
-    for info in versions:
-        assert saekit.load(info.ref).ref.sha256 == info.sha256
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:  # every version downloads and verifies
+        loaded = list(pool.map(lambda info: saekit.load(info.ref).ref.sha256, versions))
+    assert loaded == [i.sha256 for i in versions]
     print(f"\n8x25 registrations on the server: {wall:.1f} s wall, "
           f"{procs * per_proc / wall:.1f} versions/s")
 

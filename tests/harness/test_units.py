@@ -1,0 +1,69 @@
+"""Fast harness tests: gate, policy files, text token sets, progress, annotations parsing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from saekit.harness.gate import apply, describe, failing_text, load_policy
+from saekit.schemas import BenchmarkRecord, GatePolicy, InputError, NotFoundError, SAERef
+
+
+def _record(**metrics: float) -> BenchmarkRecord:
+    return BenchmarkRecord(
+        eval_type_id="core", eval_config={}, eval_id="x", datetime_epoch_millis=0,
+        eval_result_metrics={"reconstruction_quality": metrics}, sae=SAERef(name="s"),
+    )
+
+
+def test_gate_lists_every_rule_with_its_measured_value():
+    policy = GatePolicy.model_validate({"rules": ["explained_variance >= 0.7", "mse <= 10", "l0 < 50"]})
+    v = apply(policy, _record(explained_variance=0.65, mse=3.0))
+    assert not v.passed
+    assert [r.passed for r in v.results] == [False, True, False]
+    assert [r.measured for r in v.results] == [0.65, 3.0, None]  # l0 not measured: fails
+    lines = describe(v)
+    assert lines[0] == "FAIL explained_variance >= 0.7 (measured 0.65)" and "not measured" in lines[2]
+    assert failing_text(v) == "explained_variance >= 0.7 (measured 0.65); l0 < 50 (measured none)"
+    assert apply(GatePolicy.model_validate({"rules": ["mse <= 10"]}), _record(mse=3.0)).passed
+
+
+def test_policy_files(tmp_path):
+    (tmp_path / "p.yaml").write_text("rules:\n  - explained_variance >= 0.7\n  - {metric: l0, op: '<=', value: 40}\n")
+    (tmp_path / "p.json").write_text(json.dumps(["kl_div_score > 0.9"]))
+    (tmp_path / "m.yaml").write_text("release_id: r\ngate:\n  rules: ['ce_loss_score >= 0.8']\n")
+    assert [str(r) for r in load_policy(tmp_path / "p.yaml").rules] == ["explained_variance >= 0.7", "l0 <= 40"]
+    assert str(load_policy(tmp_path / "p.json").rules[0]) == "kl_div_score > 0.9"
+    assert str(load_policy(tmp_path / "m.yaml").rules[0]) == "ce_loss_score >= 0.8"
+    (tmp_path / "bad.yaml").write_text("rules: ['explained variance is good']\n")
+    with pytest.raises(InputError, match="bad.yaml"):
+        load_policy(tmp_path / "bad.yaml")
+    with pytest.raises(NotFoundError):
+        load_policy(tmp_path / "missing.yaml")
+
+
+def test_progress_is_silenced_by_saekit_quiet(monkeypatch, capsys):
+    from saekit.harness.env import Progress
+
+    monkeypatch.setenv("SAEKIT_QUIET", "1")
+    with Progress("x", total=2) as bar:
+        bar.update(2)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("SAEKIT_QUIET", "0")
+    with Progress("work", total=2) as bar:
+        bar.update(2)
+    assert "work 2" in capsys.readouterr().err
+
+
+def test_annotation_file_forms(tmp_path):
+    from saekit.harness.cards import read_annotations
+
+    p = tmp_path / "a.jsonl"
+    p.write_text('{"index": 3, "label": "commas", "description": "fires on commas"}\n\n{"index": 5, "label": "x"}\n')
+    anns = read_annotations(p)
+    assert anns[3][0].label == "commas" and anns[3][0].source == "human" and anns[5][0].label == "x"
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"label": "no index"}\n')
+    with pytest.raises(InputError, match="b.jsonl:1"):
+        read_annotations(bad)

@@ -1,0 +1,45 @@
+"""The main job, reduced: `saekit demo --size test --tokens 2048`, run twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_and_rerun(tmp_path: Path, real_sae_dir: Path):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_ENDPOINT", None)
+    cmd = [sys.executable, "-m", "saekit", "demo", "--size", "test", "--tokens", "2048", "--json"]
+
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    a = json.loads(first.stdout)
+    assert a["ok"] and a["check"]["gate"] == "pass" and a["check"]["ran"]
+    assert "production" in a["sae"]["aliases"]
+    assert a["publish"]["changed"] and a["publish"]["tag"] == "v0.1.0"
+    assert a["load"]["identical"] and a["load"]["sha256"] == a["sae"]["sha256"]
+    assert a["load"]["ref"] == f"hf://saekit-demo/smollm2-135m-res-l6-test/{a['release']['sae_id']}@v0.1.0"
+    bundle = Path(a["release"]["bundle"])
+    assert (bundle / "browser" / "index.html").is_file() and (bundle / "SHA256SUMS").is_file()
+    before = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+
+    # Second run: everything is reused; the rebuilt bundle is byte-identical, publishing is a no-op.
+    second = subprocess.run(cmd[:-1], capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "(unchanged)" in second.stdout and "identical to the registry copy" in second.stdout
+    assert "demo ok" in second.stdout
+    after = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    assert after == before
+
+    from saekit.registry import store
+
+    info = store.resolve(f"{a['sae']['name']}@production")
+    assert info.version == a["sae"]["version"]
+    assert info.tags["saekit.hub_commit"] == a["publish"]["commit"]
+    assert info.tags["saekit.hub_tag"] == "v0.1.0"
