@@ -168,7 +168,7 @@ def machine() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cards", type=int, default=131_072)
-    ap.add_argument("--jsonschema-cards", type=int, default=512, help="subset timed with jsonschema")
+    ap.add_argument("--jsonschema-cards", type=int, default=256, help="subset timed with jsonschema")
     ap.add_argument("--single-core-cards", type=int, default=16_384, help="subset timed with one process (0: skip)")
     ap.add_argument("--no-token-ids", action="store_true", help="examples without token ids (as Neuronpedia's)")
     ap.add_argument("--workers", type=int, default=None, help="saekit processes (default: CPUs usable)")

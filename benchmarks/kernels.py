@@ -279,6 +279,15 @@ def bench_shape(n, d_in, d_sae, k, *, device, dtype, rounds, warmup) -> dict:
             }
             del out
     m = row["methods"]
+    if row["backend"] == "triton" and "ms" in m.get("saekit.encode", {}):
+        # how many keys per row the online filter let into the candidate buffers
+        from saekit.kernels import triton_kernels as tk
+
+        xin = (x.float() - sae.b_dec.float()).to(sae.dtype)
+        appended = tk.encode_topk(xin, sae.W_enc, sae.b_enc.float(), k, return_appended=True)[3]
+        m["saekit.encode"]["keys_appended_per_row_mean"] = float(appended.float().mean())
+        m["saekit.encode"]["keys_appended_per_row_max"] = int(appended.max())
+        del xin, appended
 
     def speedup(a, b):
         if "ms" in m.get(a, {}) and "ms" in m.get(b, {}):
@@ -297,6 +306,50 @@ def bench_shape(n, d_in, d_sae, k, *, device, dtype, rounds, warmup) -> dict:
     if device == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+# Encode tile configs tried by --sweep (BM, BN, BK, ROWS, WARPS, STAGES); see
+# saekit.kernels.triton_kernels.GPU_TILES.
+SWEEP_TILES = [
+    (64, 128, 64, 4, 8, 3), (64, 128, 64, 4, 8, 4), (64, 64, 64, 4, 4, 4), (128, 64, 64, 4, 8, 3),
+    (128, 128, 64, 4, 8, 3), (64, 256, 64, 4, 8, 3), (128, 128, 32, 4, 8, 4), (64, 128, 128, 4, 8, 2),
+]
+
+
+def sweep_tiles(n, d_in, d_sae, k, *, rounds: int, warmup: int) -> list[dict]:
+    """Times saekit.encode under each SWEEP_TILES config beside the GEMM (CUDA only)."""
+    from saekit.kernels import dispatch
+
+    sae = _make_sae(d_in, d_sae, k, "cuda", torch.bfloat16)
+    x = _make_x(sae, n, "cuda", torch.bfloat16)
+    w = sae.W_enc
+    out = []
+    saved = os.environ.get("SAEKIT_ENCODE_TILES")
+    try:
+        with torch.no_grad():
+            ref = dispatch.encode(x, sae).indices
+            for tiles in SWEEP_TILES:
+                os.environ["SAEKIT_ENCODE_TILES"] = ",".join(map(str, tiles))
+                try:
+                    same = bool(torch.equal(dispatch.encode(x, sae).indices, ref))
+                    t_enc, t_gemm = [], []
+                    for r in range(warmup + rounds):
+                        a, b = _time(lambda: dispatch.encode(x, sae), "cuda"), _time(lambda: x @ w, "cuda")
+                        if r >= warmup:
+                            t_enc.append(a)
+                            t_gemm.append(b)
+                    enc, gemm = statistics.median(t_enc), statistics.median(t_gemm)
+                    out.append({"tiles": tiles, "encode_ms": enc, "gemm_ms": gemm,
+                                "pct_of_gemm_rate": 100 * gemm / enc, "same_indices": same})
+                except Exception as err:  # noqa: BLE001 - a config that does not compile/fit
+                    out.append({"tiles": tiles, "error": f"{type(err).__name__}: {err}"[:200]})
+                print(f"n{n} {d_in}x{d_sae} k{k} tiles {tiles}: {out[-1]}")
+    finally:
+        if saved is None:
+            os.environ.pop("SAEKIT_ENCODE_TILES", None)
+        else:
+            os.environ["SAEKIT_ENCODE_TILES"] = saved
+    return out
 
 
 def _env(device: str) -> dict:
@@ -367,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, nargs="*", help="override token counts")
     ap.add_argument("--shapes", type=str, default=None, help="e.g. '576x4608k32,2304x131072k64'")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--sweep", action="store_true", help="CUDA: also time encode tile configs (SWEEP_TILES)")
     args = ap.parse_args(argv)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
     gpu = device == "cuda"
@@ -395,9 +449,15 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
     print("\nsummary")
     print_table(rows)
+    sweep = []
+    if args.sweep and gpu:
+        for d_in, d_sae, k in shapes:
+            sweep += [{"n": n, "d_in": d_in, "d_sae": d_sae, "k": k,
+                       "results": sweep_tiles(n, d_in, d_sae, k, rounds=rounds, warmup=args.warmup)}
+                      for n in tokens if n >= 4096]
     out = args.out or ROOT / "benchmarks" / "results" / f"kernels_{'gpu' if gpu else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"env": env, "cpu_note": note, "rounds": rounds, "warmup": args.warmup, "shapes": rows}, indent=1))
+    out.write_text(json.dumps({"env": env, "cpu_note": note, "rounds": rounds, "warmup": args.warmup, "shapes": rows, "tile_sweep": sweep}, indent=1))
     print(f"\nwrote {out}")
     return 0
 

@@ -32,20 +32,24 @@ RESULTS = ROOT / "benchmarks" / "results"
 SAEKIT_CHILD = """
 import time, json
 t0 = time.perf_counter()
-import saekit
+import torch
+tt = time.perf_counter()
+import saekit, saekit.registry.store, saekit.kernels
 t1 = time.perf_counter()
 sae = saekit.load({ref!r})
 t2 = time.perf_counter()
 import torch
 sae.encode(torch.zeros(1, sae.cfg.d_in))
 t3 = time.perf_counter()
-print(json.dumps({{"import": t1 - t0, "load": t2 - t1, "total": t2 - t0, "first_encode": t3 - t2}}))
+print(json.dumps({{"torch": tt - t0, "import": t1 - tt, "load": t2 - t1, "total": t2 - t0, "first_encode": t3 - t2}}))
 """
 
 SAELENS_CHILD = """
 import time, json, warnings
 warnings.filterwarnings("ignore")
 t0 = time.perf_counter()
+import torch
+tt = time.perf_counter()
 from sae_lens import SAE
 t1 = time.perf_counter()
 sae = SAE.load_from_disk({folder!r})
@@ -53,7 +57,7 @@ t2 = time.perf_counter()
 import torch
 sae.encode(torch.zeros(1, sae.cfg.d_in))
 t3 = time.perf_counter()
-print(json.dumps({{"import": t1 - t0, "load": t2 - t1, "total": t2 - t0, "first_encode": t3 - t2}}))
+print(json.dumps({{"torch": tt - t0, "import": t1 - tt, "load": t2 - t1, "total": t2 - t0, "first_encode": t3 - t2}}))
 """
 
 
@@ -142,9 +146,10 @@ def bench_load(repeats: int) -> dict:
         "environment": _environment(),
     }
     print(f"576x4608 TopK, pinned cached ref, new process each ({repeats} repeats, medians):")
-    print(f"  {'':26}{'import':>9}{'load':>9}{'total':>9}{'process':>9}")
+    print(f"  {'seconds':26}{'torch':>9}{'library':>9}{'load':>9}{'total':>9}{'process':>9}")
     for label, r in (("saekit.load", a), ("sae_lens load_from_disk", b)):
-        print(f"  {label:26}{r['import']:9.3f}{r['load']:9.3f}{r['total']:9.3f}{r['process_wall']:9.3f}")
+        print(f"  {label:26}{r['torch']:9.3f}{r['import']:9.3f}{r['load']:9.3f}{r['total']:9.3f}"
+              f"{r['process_wall']:9.3f}")
     print(f"  ratio sae-lens/saekit: total {result['ratio_total_sae_lens_over_saekit']}x, "
           f"load only {result['ratio_load_only_sae_lens_over_saekit']}x")
     print(f"  python -c 'import saekit': {result['python_c_import_saekit_s']:.3f} s (process wall)")

@@ -9,6 +9,7 @@ fingerprint: the sha256 of its token ids (see saekit.harness.text.fingerprint).
 from __future__ import annotations
 
 import hashlib
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -101,9 +102,13 @@ class LMActivationSource:
                 bar.update(batch.shape[0])
 
 
-def write_shards(source: LMActivationSource, folder: Path, *, rows_per_shard: int = 64) -> list[Path]:
+def write_shards(
+    source: LMActivationSource, folder: Path, *, rows_per_shard: int = 64, exclude_token_ids: list[int] | None = None
+) -> list[Path]:
     """Store a source's activations as safetensors shards (``activations`` [n, ctx, d],
-    ``tokens`` [n, ctx]) with the hook and fingerprint in each header's metadata."""
+    ``tokens`` [n, ctx]) with the hook, source, fingerprint of the whole token set and the
+    token ids metrics leave out (``exclude_token_ids``, e.g. special_token_ids) in each
+    header's metadata."""
     import torch
     from safetensors.torch import save_file
 
@@ -117,7 +122,12 @@ def write_shards(source: LMActivationSource, folder: Path, *, rows_per_shard: in
         if not toks_buf:
             return
         path = folder / f"shard_{len(paths):05d}.safetensors"
-        meta = {"hook_name": source.hook_name, "source": source.describe(), "fingerprint": source.fingerprint}
+        meta = {
+            "hook_name": source.hook_name,
+            "source": source.describe(),
+            "fingerprint": source.fingerprint,
+            "exclude_token_ids": json.dumps(sorted(exclude_token_ids or [])),
+        }
         save_file(
             {"activations": torch.cat(acts_buf).contiguous(), "tokens": torch.cat(toks_buf).contiguous()},
             str(path),
@@ -151,12 +161,18 @@ class ShardActivationSource:
         if not self.paths:
             raise NotFoundError("no *.safetensors activation shards", where=str(self.folder))
         self.hook_name = None
+        self.exclude_token_ids: list[int] = []
         for p in self.paths:
             with safe_open(str(p), framework="pt") as f:
                 keys = set(f.keys())
                 if "activations" not in keys:
                     raise ArtifactFormatError("shard has no 'activations' tensor", where=str(p))
-                self.hook_name = (f.metadata() or {}).get("hook_name", self.hook_name)
+                meta = f.metadata() or {}
+                self.hook_name = meta.get("hook_name", self.hook_name)
+                try:
+                    self.exclude_token_ids = json.loads(meta.get("exclude_token_ids", "[]"))
+                except json.JSONDecodeError:
+                    raise ArtifactFormatError("bad exclude_token_ids metadata", where=str(p)) from None
 
     def _load(self, path: Path) -> tuple[Any, Any]:
         from safetensors.torch import load_file

@@ -107,6 +107,7 @@ def check(
     n_examples: int = 5,
     annotations: Path | None = None,
     from_record: Path | None = None,
+    activations: Path | None = None,
 ) -> CheckResult:
     """Check the SAE ``ref`` (registry reference, hf:// or artifact folder) on a real LM.
 
@@ -114,6 +115,8 @@ def check(
     SAEKIT_HOME/checks/<eval_id>), applies ``policy`` when given, and with ``log`` and a
     registry reference logs metrics, files and gate tags on the registry version.
     ``from_record``: re-run the config of an existing eval.json (same tokens, seed, threads).
+    ``activations``: evaluate on stored activation shards instead of running the model
+    (reconstruction and sparsity metrics only: no CE/KL, no cards).
     """
     import torch
 
@@ -133,6 +136,8 @@ def check(
         hook_name = cfg.get("hook_name", hook_name)
         downstream = cfg.get("downstream", downstream)
         model_id = cfg.get("model_id", model_id)
+        if cfg.get("activations"):
+            activations = Path(cfg["activations"])
         if cfg.get("torch_threads") and cfg["torch_threads"] != torch.get_num_threads():
             threads_before = torch.get_num_threads()
             torch.set_num_threads(int(cfg["torch_threads"]))
@@ -150,14 +155,14 @@ def _check(
     ref: str, policy: Any, n_tokens: int, device: str, seed: int, out_dir: Path | None, cards: bool, log: bool,
     context_size: int, batch_size: int, corpus: str, split: str, model_id: str | None, hook_name: str | None,
     downstream: bool, cards_latents: Any, downstream_latents: Any, n_examples: int, annotations: Path | None,
-    expect_sha: str | None,
+    expect_sha: str | None, activations: Path | None,
 ) -> CheckResult:
     import torch
 
     import saekit
     from saekit.harness import gate as gate_mod
     from saekit.harness.cards import build_cards, merge_annotations, read_annotations, select_latents, write_cards
-    from saekit.harness.metrics import CATEGORIES, DEFINITIONS, HEADLINE, evaluate
+    from saekit.harness.metrics import CATEGORIES, DEFINITIONS, evaluate
     from saekit.harness.model import DEFAULT_MODEL_ID, load_lm
     from saekit.harness.record import hardware, package_versions, torch_threads
     from saekit.harness.text import token_set
@@ -178,6 +183,9 @@ def _check(
     if not hook:
         raise InputError("the SAE's config names no hook_name; pass hook_name", where=ref)
     phases["load_sae"] = time.perf_counter() - t
+
+    if activations is not None:
+        return _check_shards(sae, ref, Path(activations), pol, out_dir, log, seed, phases, t_start)
 
     t = time.perf_counter()
     mid = model_id
@@ -272,6 +280,59 @@ def _check(
         timings=Timings(total_s=total, tokens_per_s=tokens.n_tokens / phases["eval"] if phases["eval"] else None,
                         phases=phases),
     )
+    return _finish(record, pol, out, cards_path, log, sae, metrics, eval_id)
+
+
+def _check_shards(
+    sae: Any, ref: str, folder: Path, pol: GatePolicy | None, out_dir: Path | None, log: bool, seed: int,
+    phases: dict[str, float], t_start: float,
+) -> CheckResult:
+    """The check on stored activation shards: reconstruction and sparsity metrics only."""
+    from saekit.harness.activations import ShardActivationSource
+    from saekit.harness.metrics import CATEGORIES, DEFINITIONS, evaluate_activations
+    from saekit.harness.record import hardware, package_versions, torch_threads
+    from saekit.schemas import ModelInfo, SAERef
+
+    t = time.perf_counter()
+    source = ShardActivationSource(folder)
+    metrics, stats = evaluate_activations(sae, source)
+    phases["eval"] = time.perf_counter() - t
+    eval_id = uuid.uuid4().hex
+    out = Path(out_dir) if out_dir is not None else _home() / "checks" / eval_id
+    out.mkdir(parents=True, exist_ok=True)
+    by_cat = {cat: {n: metrics[n] for n in names if n in metrics} for cat, names in CATEGORIES.items()}
+    by_cat = {c: m for c, m in by_cat.items() if m}
+    by_cat["token_stats"] = {"total_tokens_eval": float(stats.n_tokens)}
+    record = BenchmarkRecord(
+        eval_type_id="core",
+        eval_config={"sae_ref": ref, "activations": str(folder), "hook_name": source.hook_name,
+                     "exclude_token_ids": source.exclude_token_ids, "downstream": False, "device": "cpu",
+                     "dtype": "float32", "torch_threads": torch_threads(), "seed": seed},
+        eval_id=eval_id,
+        datetime_epoch_millis=int(time.time() * 1000),
+        eval_result_metrics=by_cat,
+        sae_cfg_dict=sae.cfg.to_saelens_dict(),
+        sae=sae.ref or SAERef(name=folder.name, d_sae=sae.cfg.d_sae),
+        metric_definitions={k: DEFINITIONS[k] for k in metrics if k in DEFINITIONS},
+        seeds={"data": seed, "torch": seed},
+        model=ModelInfo(id=sae.cfg.model_name or "unknown", revision=sae.cfg.model_revision, hook_name=source.hook_name),
+        data=DataInfo(source=source.describe(), fingerprint=source.fingerprint, n_tokens=stats.n_tokens),
+        packages=package_versions(),
+        hardware=hardware("cpu"),
+        timings=Timings(total_s=time.perf_counter() - t_start,
+                        tokens_per_s=stats.n_tokens / phases["eval"] if phases["eval"] else None, phases=phases),
+    )
+    return _finish(record, pol, out, None, log, sae, metrics, eval_id)
+
+
+def _finish(
+    record: BenchmarkRecord, pol: GatePolicy | None, out: Path, cards_path: Path | None, log: bool, sae: Any,
+    metrics: dict[str, float], eval_id: str,
+) -> CheckResult:
+    """Gate, eval.json, and the registry log."""
+    from saekit.harness import gate as gate_mod
+    from saekit.harness.metrics import HEADLINE
+
     verdict = None
     if pol is not None:
         verdict = gate_mod.apply(pol, record)

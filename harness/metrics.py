@@ -258,14 +258,22 @@ def evaluate(
     )
 
 
-def evaluate_activations(sae: Any, source: Any) -> dict[str, float]:
-    """Reconstruction and sparsity metrics over a stored activation source (no model: no CE/KL).
+def evaluate_activations(sae: Any, source: Any, *, exclude_token_ids: list[int] | None = None) -> tuple[dict[str, float], Any]:
+    """Reconstruction and sparsity metrics over stored activations (no model: no CE/KL).
 
-    Shards carrying ``tokens`` leave out nothing here: the shard writer stored what the
-    model saw, special tokens included, and the caller decides (the tokens are there).
+    Tokens whose id is in ``exclude_token_ids`` (default: what the shards' metadata names)
+    are left out, as in ``evaluate``. Returns (metrics, summed EvalStats).
     """
+    import torch
+
+    exclude = exclude_token_ids if exclude_token_ids is not None else getattr(source, "exclude_token_ids", [])
+    ex = torch.tensor(exclude, dtype=torch.long)
     stats = None
-    for _toks, acts in source:
-        s = sae.eval_batch(acts.reshape(-1, sae.cfg.d_in).float())
+    for toks, acts in source:
+        flat = acts.reshape(-1, sae.cfg.d_in).float()
+        if toks is not None and len(exclude):
+            flat = flat[~torch.isin(toks.reshape(-1), ex)]
+        s = sae.eval_batch(flat)
         stats = s if stats is None else stats + s
-    return metrics_from_stats(stats)
+    stats = _to_cpu(stats)
+    return metrics_from_stats(stats), stats

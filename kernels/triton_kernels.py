@@ -28,6 +28,8 @@ keys per row. The dense [n, d_sae] pre-activations never exist in memory.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -47,8 +49,12 @@ def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tenso
     return torch.empty(*shape, dtype=dtype, device=device)
 
 
+# Whether the kernels below were defined for Triton's interpreter (decided at import).
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+
 def _interpreting() -> bool:
-    return bool(triton.knobs.runtime.interpret)
+    return INTERPRETED
 
 
 # --------------------------------------------------------------------------------------
@@ -115,6 +121,7 @@ def _encode_kernel(
     thr = tl.zeros([BLOCK_M], dtype=tl.int64)  # 0 is below every real key
     count = tl.zeros([BLOCK_M], dtype=tl.int32)
     nnz = tl.zeros([BLOCK_M], dtype=tl.int32)
+    emitted = tl.zeros([BLOCK_M], dtype=tl.int32)  # keys appended: how well the filter prunes
     xk = tl.arange(0, BLOCK_K)
     for n0 in range(col_lo, col_hi, BLOCK_N):
         if tl.max(count, axis=0) > CAP - BLOCK_N:  # the next tile could overflow: compact
@@ -153,12 +160,14 @@ def _encode_kernel(
         pos = count[:, None] + tl.cumsum(emit_i, axis=1) - 1
         tl.store(buf_row[:, None] + pos, key, mask=emit)
         count += tl.sum(emit_i, axis=1)
+        emitted += tl.sum(emit_i, axis=1)
     # keep each split's top K for the final merge
     tl.store(cnt_ptr + slot_row, count, mask=row_ok)
     tl.debug_barrier()
     _compact(buf_ptr, cnt_ptr, thr_ptr, row0, n, pid_s, SPLITS, K, CAP, BLOCK_M, ROWS, SORT)
     tl.store(cnt_ptr + slot_row, tl.minimum(count, K), mask=row_ok)
-    tl.store(nnz_ptr + slot_row, nnz, mask=row_ok)
+    tl.store(nnz_ptr + slot_row * 2, nnz, mask=row_ok)
+    tl.store(nnz_ptr + slot_row * 2 + 1, emitted, mask=row_ok)
 
 
 # Encode tiles on CUDA: BLOCK_M, BLOCK_N, BLOCK_K, compaction rows, warps, stages. A first
@@ -167,12 +176,23 @@ def _encode_kernel(
 GPU_TILES = (64, 128, 64, 4, 8, 3)
 
 
+def _gpu_tiles() -> tuple[int, ...]:
+    """GPU_TILES, or ``SAEKIT_ENCODE_TILES="BM,BN,BK,ROWS,WARPS,STAGES"`` for tuning runs."""
+    env = os.environ.get("SAEKIT_ENCODE_TILES")
+    if not env:
+        return GPU_TILES
+    tiles = tuple(int(v) for v in env.split(","))
+    if len(tiles) != 6:
+        raise ValueError(f"SAEKIT_ENCODE_TILES needs 6 integers, got {env!r}")
+    return tiles
+
+
 def _encode_config(n: int, d_sae: int, k: int, device: torch.device) -> dict:
     """Tile sizes and split count. GPU values are a first guess, not yet tuned on hardware."""
     if _interpreting() or device.type != "cuda":
         bm, bn, bk, rows, warps, stages, programs = 16, 32, 16, 8, 4, 1, 4
     else:
-        bm, bn, bk, rows, warps, stages = GPU_TILES
+        bm, bn, bk, rows, warps, stages = _gpu_tiles()
         programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
     o = CONFIG_OVERRIDE
     bm, bn, bk, rows = o.get("BLOCK_M", bm), o.get("BLOCK_N", bn), o.get("BLOCK_K", bk), o.get("ROWS", rows)
@@ -203,12 +223,15 @@ def encode_topk(
     k: int,
     *,
     jump: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return_appended: bool = False,
+):
     """Top k of act(x @ w_enc + bias) per row, act = ReLU or JumpReLU(jump).
 
     x [n, d_in] in w_enc's dtype (b_dec already subtracted), bias fp32 [d_sae].
     Returns (values fp32 [n, k] descending, indices int64 [n, k], nnz int64 [n]) where nnz
-    counts the latents whose activation is above zero (ReLU) or above threshold (JumpReLU).
+    counts the latents whose activation is above zero (ReLU) or above threshold (JumpReLU);
+    with ``return_appended`` also the number of keys each row appended to its candidate
+    buffers (int64 [n]): what the online filter let through, summed over splits.
     """
     n, d_in = x.shape
     d_sae = w_enc.shape[1]
@@ -221,7 +244,7 @@ def encode_topk(
     buf = _empty(n * splits * cap, dtype=torch.int64, device=x.device)
     cnt = _empty(n, splits, dtype=torch.int32, device=x.device)
     thr = _empty(n, splits, dtype=torch.int64, device=x.device)
-    nnz = _empty(n, splits, dtype=torch.int32, device=x.device)
+    nnz = _empty(n, splits, 2, dtype=torch.int32, device=x.device)  # (nnz, keys appended)
     grid = (triton.cdiv(n, cfg["BLOCK_M"]), splits)
     _encode_kernel[grid](
         x, w_enc, bias, jump if jump is not None else bias,
@@ -236,7 +259,10 @@ def encode_topk(
     cand = torch.where(slot[None, None, :] < cnt[:, :, None], cand, 0).reshape(n, splits * k)
     top = cand.topk(k, dim=1, sorted=True).values if splits > 1 else cand
     values, indices = unpack_keys(top)
-    return values, indices, nnz.sum(1, dtype=torch.int64)
+    counts = nnz.sum(1, dtype=torch.int64)
+    if return_appended:
+        return values, indices, counts[:, 0], counts[:, 1]
+    return values, indices, counts[:, 0]
 
 
 # --------------------------------------------------------------------------------------
@@ -350,7 +376,7 @@ def eval_sums(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
 # --------------------------------------------------------------------------------------
 
 
-def aot_compile(arch: int = 90, dtype: str = "bf16", k: int = 64) -> dict:
+def aot_compile(arch: int = 90, dtype: str = "bf16", k: int = 64, *, jump: bool = False) -> dict:
     """Compile the three kernels for a CUDA target with the production tile sizes, on any
     machine (triton's bundled ptxas). Returns {name: CompiledKernel}; ``.asm["ptx"]``,
     ``.asm["cubin"]`` and ``.metadata.shared`` say what the GPU would run. Needs this module
@@ -358,7 +384,7 @@ def aot_compile(arch: int = 90, dtype: str = "bf16", k: int = 64) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    bm, bn, bk, rows, warps, stages = GPU_TILES
+    bm, bn, bk, rows, warps, stages = _gpu_tiles()
     # the launcher specialises pointers and these sizes as multiples of 16 (true of real SAEs)
     div16 = {"d_in", "d_sae", "chunk", "stride_xm", "stride_wk"}
 
@@ -380,7 +406,7 @@ def aot_compile(arch: int = 90, dtype: str = "bf16", k: int = 64) -> dict:
               n="i32", d_in="i32", K="i32", stride_xm="i32")
     return {
         "encode": build(_encode_kernel, enc, dict(
-            K=k, CAP=triton.next_power_of_2(k + bn), SPLITS=4, JUMP=False, IEEE=dtype == "fp32",
+            K=k, CAP=triton.next_power_of_2(k + bn), SPLITS=4, JUMP=jump, IEEE=dtype == "fp32",
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ROWS=rows, SORT=True), warps, stages),
         "decode": build(_decode_kernel, dec, dict(BLOCK_R=4, BLOCK_D=512), 4, 3),
         "eval": build(_eval_kernel, ev, dict(BLOCK_R=8, BLOCK_D=256), 4, 3),

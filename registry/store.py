@@ -480,6 +480,18 @@ def cache_path(sha256: str) -> Path:
     return _cache_dir() / "sha256" / sha256
 
 
+def _artifact_repo(uri: str):
+    """MLflow's artifact repository for ``uri`` (file://, mlflow-artifacts:/ via the server, s3://...)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(uri, tracking_uri=registry_uri())
+
+
+def _upload_file(artifact_uri: str, local: Path, artifact_path: str) -> None:
+    """Upload one file under the run's artifact root (one PUT through the server's proxy)."""
+    _retry(_artifact_repo(artifact_uri).log_artifact, str(local), artifact_path)
+
+
 def _download(info: VersionInfo) -> Path:
     """Download a version's files, verify each against its recorded sha256, move into the cache."""
     target = cache_path(info.sha256)
@@ -491,14 +503,14 @@ def _download(info: VersionInfo) -> Path:
     try:
         client = _client()
         with _errors(f"{info.name}/{info.version}"):
+            local = staging / ARTIFACT_PATH
+            local.mkdir()
             if info.source:
-                from mlflow.artifacts import download_artifacts
-
-                local = _retry(download_artifacts, artifact_uri=info.source, dst_path=str(staging),
-                               tracking_uri=registry_uri())
+                repo = _artifact_repo(info.source)
+                for fname in expected:  # one GET per file, no directory listings
+                    _retry(repo._download_file, fname, str(local / fname))
             else:
-                local = _retry(client.download_artifacts, info.run_id, ARTIFACT_PATH, str(staging))
-        local = Path(local)
+                local = Path(_retry(client.download_artifacts, info.run_id, ARTIFACT_PATH, str(staging)))
         art.verify_files(local, expected, where=f"{info.name}/{info.version} in the registry store")
         if art.combine(expected) != info.sha256:
             raise IntegrityError("recorded file hashes do not add up to the version's sha256",
@@ -689,7 +701,7 @@ def _register_new(client, name, folder, hashes, sha, cfg, user_tags, description
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         for fname in sorted(hashes):
-            _retry(client.log_artifact, run_id, str(folder / fname), ARTIFACT_PATH)
+            _upload_file(run.info.artifact_uri, folder / fname, ARTIFACT_PATH)
         # Verify the upload by reading it back; the verified copy becomes the cache entry.
         _evict(sha)
         _download(VersionInfo(name, 0, sha, tags={FILES: json.dumps(hashes)}, run_id=run_id, source=source))

@@ -17,6 +17,7 @@ from typing import Any
 MAX_EXAMPLES = 5
 WINDOW = 24  # tokens of each example kept around its maximum
 MAX_LOGITS = 6
+MAX_FIRING = 12  # tokens a latent fires on, kept for search
 
 
 def _round(x: Any, digits: int = 5) -> float | None:
@@ -36,6 +37,17 @@ def _example(ex: dict[str, Any]) -> dict[str, Any]:
     return {"tokens": [str(t) for t in tokens], "values": [_round(v, 4) for v in values]}
 
 
+def firing_tokens(examples: list[dict[str, Any]], n: int = MAX_FIRING) -> list[str]:
+    """The distinct tokens the latent fires on in its examples, strongest first (what a
+    token search matches)."""
+    best: dict[str, float] = {}
+    for ex in examples:
+        for tok, v in zip(ex.get("tokens") or [], ex.get("values") or []):
+            if v is not None and v > 0 and v > best.get(str(tok), 0.0):
+                best[str(tok)] = float(v)
+    return [t for t, _ in sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+
 def latent_entry(card: dict[str, Any]) -> dict[str, Any]:
     """What the browser needs of one FeatureCard (a parsed JSON line)."""
     ann = (card.get("annotations") or [{}])[0] if card.get("annotations") else {}
@@ -49,6 +61,7 @@ def latent_entry(card: dict[str, Any]) -> dict[str, Any]:
         "max": _round(stats.get("max")),
         "mean": _round(stats.get("mean")),
         "examples": [_example(e) for e in (card.get("top_examples") or [])[:MAX_EXAMPLES]],
+        "fires_on": firing_tokens(card.get("top_examples") or []),
         "pos": [[e["token"], _round(e["value"], 3)] for e in (logits.get("positive") or [])[:MAX_LOGITS]],
         "neg": [[e["token"], _round(e["value"], 3)] for e in (logits.get("negative") or [])[:MAX_LOGITS]],
     }

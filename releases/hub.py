@@ -42,6 +42,31 @@ def quiet_progress() -> Iterator[None]:
         enable_progress_bars()
 
 
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@contextmanager
+def loopback_online(url: str | None) -> Iterator[None]:
+    """Let huggingface_hub reach a loopback endpoint even in offline mode.
+
+    Offline mode (HF_HUB_OFFLINE, which saekit's harness sets while it loads the LM) means
+    "no network"; a Hub on 127.0.0.1 is not the network. huggingface_hub reads the flag once
+    at import (constants.HF_HUB_OFFLINE), so it is lifted for the block, for loopback only.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if not url or urlsplit(url).hostname not in _LOOPBACK_HOSTS or not constants.HF_HUB_OFFLINE:
+        yield
+        return
+    constants.HF_HUB_OFFLINE = False
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = True
+
+
 def endpoint() -> str | None:
     """The Hub endpoint to talk to: HF_ENDPOINT now, or huggingface_hub's default."""
     value = os.environ.get("HF_ENDPOINT")
@@ -64,7 +89,7 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
     where = f"hf://{repo}/{sae_id}@{rev}"
     try:
         api = HfApi(endpoint=endpoint())
-        with quiet_progress():
+        with quiet_progress(), loopback_online(api.endpoint):
             commit = api.repo_info(repo, revision=rev).sha
             local = snapshot_download(
                 repo,

@@ -26,6 +26,10 @@ _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _TOKENISH = re.compile(r"hf_[A-Za-z0-9]{6,}")
 
 
+class TagConflictError(PublishError):
+    """The release's tag already exists on the Hub with different content: ``tag v1.0.0 already exists on org/x ...``."""
+
+
 @dataclass
 class PublishResult:
     """What a publish did (or, with dry_run, would do)."""
@@ -103,10 +107,10 @@ def publish(
     from huggingface_hub import HfApi
 
     from saekit.releases.hub import endpoint as env_endpoint
-    from saekit.releases.hub import quiet_progress
+    from saekit.releases.hub import loopback_online, quiet_progress
 
     api = HfApi(endpoint=(endpoint or env_endpoint()))
-    with quiet_progress():
+    with quiet_progress(), loopback_online(api.endpoint):
         result = _publish(api, root, release, repo_id, tag, sums, files, private)
     result.url = f"{api.endpoint}/{repo_id}/tree/{tag}"
     if record:
@@ -130,7 +134,7 @@ def _publish(api, root: Path, release: dict[str, Any], repo_id: str, tag: str, s
         if tag in tags:
             remote = _remote_sums(api, repo_id, tags[tag])
             if remote != sums:
-                raise PublishError(
+                raise TagConflictError(
                     f"tag {tag} already exists on {repo_id} with different content; bump the release version",
                     where=str(root),
                 )

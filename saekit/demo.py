@@ -180,13 +180,27 @@ def run_demo(
         summary["publish"] = result.to_dict() | {"endpoint": None}
         step("publish", t)
     else:
+        import shutil
+
         from saekit.releases.loopback_hub import serve
+        from saekit.releases.publish import TagConflictError
 
         server = serve(work / "hub")
         try:
             # The HF cache for loopback content stays in the work folder, not the user's.
             with _env(HF_ENDPOINT=server.url, HF_HUB_CACHE=str(work / "hf-cache"), HF_HUB_DISABLE_TELEMETRY="1"):
-                result = publish(bundle, repo, endpoint=server.url)
+                try:
+                    result = publish(bundle, repo, endpoint=server.url)
+                except TagConflictError:
+                    # The demo's own loopback Hub holds this tag from a different saekit
+                    # (the bundle layout changed): it is scratch space, so start it afresh.
+                    _progress(f"the loopback Hub holds an older {release['tag']} with other content; resetting it")
+                    server.stop()
+                    shutil.rmtree(work / "hub")
+                    shutil.rmtree(work / "hf-cache", ignore_errors=True)
+                    server = serve(work / "hub")
+                    os.environ["HF_ENDPOINT"] = server.url
+                    result = publish(bundle, repo, endpoint=server.url)
                 summary["publish"] = result.to_dict() | {"endpoint": f"{server.url} (loopback Hub, repos in {work / 'hub'})"}
                 step("publish", t)
                 t = time.perf_counter()

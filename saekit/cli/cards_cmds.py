@@ -73,7 +73,7 @@ def convert(
     from saekit.schemas import convert as cv
     from saekit.schemas.card import FeatureCard, SAERef, consistency_errors
     from saekit.schemas.errors import InputError
-    from saekit.schemas.validate import check_card_bytes, validate_paths  # noqa: F401
+    from saekit.schemas.validate import check_card_bytes
 
     if to not in ("saekit", "neuronpedia"):
         raise InputError(f"--to must be saekit or neuronpedia, not {to!r}")

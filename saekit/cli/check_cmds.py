@@ -30,6 +30,7 @@ def check_cmd(
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="Merge labels: JSONL {index,label,description}, cards or Neuronpedia."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log metrics, files and gate tags on the registry version."),
     from_record: Optional[Path] = typer.Option(None, "--from-record", help="Re-run the config of an eval.json."),
+    activations: Optional[Path] = typer.Option(None, "--activations", help="Stored activation shards instead of the model (no CE/KL, no cards)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Check an SAE against a real language model: metrics, cards, record, gate (exit 1 if it fails)."""
@@ -39,7 +40,7 @@ def check_cmd(
     res = check(
         ref, policy=policy, n_tokens=tokens, device=device, seed=seed, out_dir=out, cards=cards, log=log,
         context_size=context, batch_size=batch_size, corpus=corpus, cards_latents=cards_latents,
-        downstream_latents=downstream_latents, annotations=annotations, from_record=from_record,
+        downstream_latents=downstream_latents, annotations=annotations, from_record=from_record, activations=activations,
     )
     rec = res.record
     data = {

@@ -171,21 +171,26 @@ def test_stored_activation_shards_are_a_second_source(lm, real_sae_dir, tmp_path
     import torch
 
     from saekit.harness.activations import LMActivationSource, ShardActivationSource, run_to_hook, write_shards
-    from saekit.harness.metrics import evaluate_activations, metrics_from_stats
-    from saekit.harness.text import token_set
+    from saekit.harness.check import check
+    from saekit.harness.metrics import metrics_from_stats
+    from saekit.harness.text import special_token_ids, token_set
     from saekit.registry.artifact import load_artifact
 
     model, tok = lm
     sae = load_artifact(real_sae_dir)
     ts = token_set(tok, n_tokens=128, context_size=32, seed=3)
-    paths = write_shards(LMActivationSource(model, ts, "model.layers.6", batch_size=2), tmp_path, rows_per_shard=2)
+    shard_dir = tmp_path / "shards"
+    paths = write_shards(LMActivationSource(model, ts, "model.layers.6", batch_size=2), shard_dir,
+                         rows_per_shard=2, exclude_token_ids=special_token_ids(tok))
     assert len(paths) == 2
-    shards = ShardActivationSource(tmp_path)
+    shards = ShardActivationSource(shard_dir)
     assert shards.fingerprint == ts.fingerprint and shards.hook_name == "model.layers.6"
-    assert shards.n_tokens == 128
-    acts = run_to_hook(model, ts.tokens, "model.layers.6").reshape(-1, 576)
-    want = metrics_from_stats(sae.eval_batch(acts))
-    got = evaluate_activations(sae, shards)
-    for k in want:
-        assert got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-9), k
-    assert torch.equal(shards.tokens, ts.tokens)
+    assert shards.n_tokens == 128 and torch.equal(shards.tokens, ts.tokens)
+    acts = run_to_hook(model, ts.tokens, "model.layers.6")
+    keep = ~torch.isin(ts.tokens, torch.tensor(special_token_ids(tok)))
+    want = metrics_from_stats(sae.eval_batch(acts[keep]))
+    res = check(str(real_sae_dir), activations=shard_dir, out_dir=tmp_path / "out", log=False, cards=False)
+    assert res.record.data.fingerprint == ts.fingerprint and res.record.data.source.startswith("shards:")
+    assert res.record.metric("ce_loss_score") is None  # no model: no downstream metrics
+    for k, v in want.items():
+        assert res.record.metric(k) == pytest.approx(v, rel=1e-6, abs=1e-9), k

@@ -112,3 +112,18 @@ def test_nan_input_propagates_and_never_passes(triton_path, device, seed):
     )
     with pytest.raises(AssertionError):  # the comparison itself rejects NaN
         assert_codes_match(got, ref, dense)
+
+
+def test_online_filter_prunes(triton_path, device, seed):
+    """The running threshold keeps most latents out of the candidate buffer: with one split
+    over 320 latents in 16-wide tiles and k=5, a row appends far fewer than d_sae keys."""
+    triton_path.CONFIG_OVERRIDE.update({"BLOCK_N": 16, "programs": 1})
+    sae = make_sae("topk", 12, 320, 5, seed=seed, device=device)
+    x = make_x(16, 12, seed=seed, device=device)
+    xin = x - sae.b_dec
+    values, indices, nnz, appended = triton_path.encode_topk(xin, sae.W_enc, sae.b_enc, 5, return_appended=True)
+    ref = reference.encode(x, sae)
+    assert_codes_match(type(ref)(values, indices), ref, torch.relu(reference.pre_activations(x, sae)))
+    assert int(appended.min()) >= 5
+    assert float(appended.float().mean()) < 320 / 2, f"appended per row {appended.tolist()} (seed {seed})"
+    assert torch.equal(nnz.cpu(), (reference.pre_activations(x, sae) > 0).sum(1).cpu())

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from saekit.cli import main
 from saekit.registry import artifact as art
 from tests.registry.conftest import make_artifact
@@ -51,6 +49,9 @@ def test_cli_flow(tmp_path, capsys):
     assert code == 0 and json.loads(out)["sha256"] == v1["sha256"]
     assert art.artifact_sha256(tmp_path / "pulled") == v1["sha256"]
 
+    code, out, _ = run(capsys, "export", "sparsify", "res/1", str(tmp_path / "sp"), "--json")
+    assert code == 0 and (tmp_path / "sp" / "sae.safetensors").is_file()
+
     # usage / input errors exit 2 with one line; a failed integrity check exits 1
     assert run(capsys, "show", "res@@x")[0] == 2
     assert run(capsys, "alias", "set", "res", "production", "7")[0] == 2
@@ -59,19 +60,15 @@ def test_cli_flow(tmp_path, capsys):
 
 
 def test_cli_integrity_failure_exits_1(tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
     from saekit.registry import store
 
     a = make_artifact(tmp_path / "a")
     code, out, _ = run(capsys, "register", str(a), "--name", "res", "--json")
     info = json.loads(out)
-    stored = tmp_path / "x"
-    src = info["source"].removeprefix("file://")
-    (tmp_path / "x").write_text("")
-    from pathlib import Path
-
-    (Path(src) / "cfg.json").write_text("{}")
-    import shutil
-
+    (Path(info["source"].removeprefix("file://")) / "cfg.json").write_text("{}")  # tamper in the store
     shutil.rmtree(store.cache_path(info["sha256"]))
     code, _, err = run(capsys, "pull", "res/1", str(tmp_path / "p"))
     assert code == 1 and "cfg.json: sha256 mismatch" in err and err.count("\n") == 1

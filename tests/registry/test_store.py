@@ -156,13 +156,13 @@ def _kill_mid_upload(folder: Path, name: str, tmp_path: Path) -> None:
     marker = tmp_path / "uploading"
     code = textwrap.dedent(f"""
         import time, pathlib
-        from mlflow import MlflowClient
-        real = MlflowClient.log_artifact
-        def slow(self, *a, **k):
-            real(self, *a, **k)
+        from saekit.registry import store
+        real = store._upload_file
+        def slow(*a, **k):
+            real(*a, **k)
             pathlib.Path({str(marker)!r}).write_text("1")
             time.sleep(600)
-        MlflowClient.log_artifact = slow
+        store._upload_file = slow
         import saekit
         saekit.register({name!r}, {str(folder)!r})
     """)

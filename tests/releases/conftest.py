@@ -9,11 +9,28 @@ import pytest
 from release_helpers import register_checked, write_manifest
 
 
+@pytest.fixture(scope="session")
+def _shared_registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One registry home with two checked SAEs, made once (registering costs seconds)."""
+    root = tmp_path_factory.mktemp("releases-registry")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SAEKIT_HOME", str(root / "home"))
+    mp.setenv("SAEKIT_QUIET", "1")
+    try:
+        register_checked("res-l6-a", 0, root)
+        register_checked("res-l6-b", 1, root)
+    finally:
+        mp.undo()
+    manifest = write_manifest(root / "release.yaml", [("res-l6-a@production", "layer6/a"), ("res-l6-b@production", "layer6-b")])
+    return root / "home", manifest
+
+
 @pytest.fixture
-def two_sae_manifest(tmp_path: Path) -> Path:
-    register_checked("res-l6-a", 0, tmp_path)
-    register_checked("res-l6-b", 1, tmp_path)
-    return write_manifest(tmp_path / "release.yaml", [("res-l6-a@production", "layer6/a"), ("res-l6-b@production", "layer6-b")])
+def two_sae_manifest(_shared_registry: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A manifest of two checked SAEs; SAEKIT_HOME points at the shared registry holding them."""
+    home, manifest = _shared_registry
+    monkeypatch.setenv("SAEKIT_HOME", str(home))
+    return manifest
 
 
 @pytest.fixture

@@ -109,5 +109,6 @@ def write_manifest(path: Path, saes: list[tuple[str, str]], *, version: str = "1
 
 def run_py(code: str, env: dict[str, str] | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
     """Python in a fresh process (huggingface_hub reads HF_ENDPOINT when it is imported)."""
+    full = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**full, **(env or {})})

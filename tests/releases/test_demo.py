@@ -14,7 +14,8 @@ import pytest
 @pytest.mark.slow
 def test_demo_end_to_end_and_rerun(tmp_path: Path, real_sae_dir: Path):
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
-    env.pop("HF_ENDPOINT", None)
+    for var in ("HF_ENDPOINT", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.pop(var, None)
     cmd = [sys.executable, "-m", "saekit", "demo", "--size", "test", "--tokens", "2048", "--json"]
 
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -118,26 +118,31 @@ def test_dry_run_needs_no_hub(two_sae_manifest: Path, tmp_path: Path, monkeypatc
     assert "SHA256SUMS" in res.files and "layer6/a/sae_weights.safetensors" in res.files
 
 
-def test_load_hf_verifies(two_sae_manifest: Path, tmp_path: Path, hub):
+def test_load_hf_verifies(two_sae_manifest: Path, tmp_path: Path, hub, monkeypatch):
+    from huggingface_hub import constants
+
     import saekit
     from saekit.releases.bundle import build
     from saekit.releases.publish import publish
     from saekit.schemas import IntegrityError, NotFoundError
 
+    # Offline mode (the harness sets it while loading the LM) still lets a loopback Hub through.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     publish(build(two_sae_manifest, tmp_path / "bundle"), "org/v")
+    assert saekit.load("hf://org/v/layer6/a@v1.0.0").ref.name == "layer6/a"
     with pytest.raises(NotFoundError):
         saekit.load("hf://org/v/no-such-sae@v1.0.0")
     with pytest.raises(NotFoundError, match="no revision"):
         saekit.load("hf://org/v/layer6/a@v9.9.9")
     with pytest.raises(NotFoundError, match="no repo"):
         saekit.load("hf://org/missing/layer6/a")
-    # Corrupt the stored cfg.json blob on the Hub side: the download no longer matches SHA256SUMS.
-    cfg = (tmp_path / "bundle" / "layer6-b" / "cfg.json").read_bytes()
+    # Corrupt a stored blob on the Hub side: the download no longer matches SHA256SUMS.
+    record = (tmp_path / "bundle" / "layer6-b" / "eval.json").read_bytes()
     import hashlib
 
-    blob = hub.store._blob(hashlib.sha256(cfg).hexdigest())
-    blob.write_bytes(cfg.replace(b'"topk"', b'"relu"'))
-    with pytest.raises(IntegrityError, match="layer6-b/cfg.json: sha256 mismatch against SHA256SUMS"):
+    blob = hub.store._blob(hashlib.sha256(record).hexdigest())
+    blob.write_bytes(record.replace(b'"core"', b'"CORE"'))
+    with pytest.raises(IntegrityError, match="layer6-b/eval.json: sha256 mismatch against SHA256SUMS"):
         saekit.load("hf://org/v/layer6-b@v1.0.0")
 
 

@@ -108,8 +108,6 @@ def test_convert_openai_needs_index_and_sae(tmp_path, cli):
 def test_pre_commit_hook_definition():
     import yaml
 
-    from saekit.cli import main  # noqa: F401  (the entry point the hook runs)
-
     root = DATA.parents[2]
     (hook,) = yaml.safe_load((root / ".pre-commit-hooks.yaml").read_text())
     assert hook["id"] == "saekit-cards-validate" and hook["entry"] == "saekit cards validate"
