@@ -217,7 +217,7 @@ def build_cards(
     with Progress("feature cards", total=len(latents)) as bar:
         for start in range(0, len(latents), 256):
             chunk = latents[start : start + 256]
-            effects = (sae.W_dec[chunk].float() @ W_U).cpu()  # [chunk, vocab]: W_dec[i] . W_U
+            effects = (sae.W_dec[chunk].float() @ W_U).cpu()  # [chunk, vocab]: W_dec[i] . W_U (final norm gain folded)
             top = torch.topk(effects, n_logits, dim=1)
             bot = torch.topk(-effects, n_logits, dim=1)
             for j, latent in enumerate(chunk):

@@ -125,20 +125,21 @@ class EvalRun:
         return out
 
 
-def per_token_ce(logits: Any, tokens: Any) -> Any:
+def log_probs(logits: Any) -> Any:
+    """float32 log-softmax over the vocabulary (as sae-lens computes it)."""
+    import torch
+
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def per_token_ce(logits: Any, tokens: Any, *, logp: Any = None) -> Any:
     """-log p(token[t+1] | ..t) per position [b, ctx-1] (transformer_lens lm_cross_entropy_loss)."""
-    import torch
-
-    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)
-    return -logp.gather(-1, tokens[:, 1:, None])[..., 0]
+    logp = log_probs(logits) if logp is None else logp
+    return -logp[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
 
 
-def per_token_kl(clean_logits: Any, new_logits: Any) -> Any:
-    """KL(p_clean || p_new) per position [b, ctx] (sae_lens evals._kl)."""
-    import torch
-
-    lp_clean = torch.log_softmax(clean_logits.double(), dim=-1)
-    lp_new = torch.log_softmax(new_logits.double(), dim=-1)
+def per_token_kl(lp_clean: Any, lp_new: Any) -> Any:
+    """KL(p_clean || p_new) per position [b, ctx] from log-probs (sae_lens evals._kl)."""
     return (lp_clean.exp() * (lp_clean - lp_new)).sum(-1)
 
 
@@ -220,15 +221,18 @@ def evaluate(
                 with spliced(model, hook_name, torch.zeros_like):
                     abl_logits = model(toks).logits
                 m_ce = mask[:, :-1]  # CE at t predicts token t+1; masked by the input token t
-                ce_clean = per_token_ce(clean_logits, toks)
-                ce_sae = per_token_ce(sae_logits, toks)
-                ce_abl = per_token_ce(abl_logits, toks)
-                sums["ce_without"] += float(ce_clean[m_ce].sum())
-                sums["ce_with"] += float(ce_sae[m_ce].sum())
-                sums["ce_abl"] += float(ce_abl[m_ce].sum())
+                lp_clean, lp_sae, lp_abl = log_probs(clean_logits), log_probs(sae_logits), log_probs(abl_logits)
+                del clean_logits, sae_logits, abl_logits
+                ce_clean = per_token_ce(None, toks, logp=lp_clean)
+                ce_sae = per_token_ce(None, toks, logp=lp_sae)
+                ce_abl = per_token_ce(None, toks, logp=lp_abl)
+                # per-token values in float32 (as sae-lens), sums over tokens in float64
+                sums["ce_without"] += float(ce_clean[m_ce].double().sum())
+                sums["ce_with"] += float(ce_sae[m_ce].double().sum())
+                sums["ce_abl"] += float(ce_abl[m_ce].double().sum())
                 n_ce += int(m_ce.sum())
-                sums["kl_with"] += float(per_token_kl(clean_logits, sae_logits)[mask].sum())
-                sums["kl_abl"] += float(per_token_kl(clean_logits, abl_logits)[mask].sum())
+                sums["kl_with"] += float(per_token_kl(lp_clean, lp_sae)[mask].double().sum())
+                sums["kl_abl"] += float(per_token_kl(lp_clean, lp_abl)[mask].double().sum())
                 n_kl += int(mask.sum())
                 ce_sae_rows.append(ce_sae.float().cpu())
             bar.update()

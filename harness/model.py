@@ -180,5 +180,12 @@ def resolve_hook(model: Any, hook_name: str) -> Any:
 
 
 def unembedding(model: Any):
-    """W_U as [d_model, vocab] (the LM head; SmolLM2 ties it to the embedding)."""
-    return model.get_output_embeddings().weight.T
+    """W_U as [d_model, vocab]: the LM head (tied to the embedding in SmolLM2) with the final
+    norm's gain folded in, as TransformerLens' ``fold_ln`` does; the norm's scale itself is
+    per token and left out (logit effects are directions, compared within a latent)."""
+    W_U = model.get_output_embeddings().weight.T
+    norm = getattr(getattr(model, "model", None), "norm", None)
+    gain = getattr(norm, "weight", None)
+    if gain is not None and gain.shape[0] == W_U.shape[0]:
+        W_U = gain[:, None] * W_U
+    return W_U

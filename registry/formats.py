@@ -104,7 +104,8 @@ def read_sparsify(src: Path, **context: Any) -> SAE:
     src = Path(src)
     raw = _read_json(src / "cfg.json")
     if "d_in" not in raw:
-        raise ArtifactFormatError("missing key 'd_in' (written by SparseCoder.save_to_disk)", where=str(src / "cfg.json"))
+        raise ArtifactFormatError("missing key 'd_in' (written by SparseCoder.save_to_disk)",
+                                  where=str(src / "cfg.json"))
     try:
         cfg = SAEConfig.from_sparsify_dict(raw, **{k: v for k, v in context.items() if v is not None})
     except (ValueError, KeyError) as err:
@@ -145,7 +146,8 @@ def read_gemmascope(src: Path, **context: Any) -> SAE:
     if missing:
         raise ArtifactFormatError(f"missing array {missing[0]!r}", where=str(path))
     if arrays["W_enc"].ndim != 2:
-        raise ArtifactFormatError(f"array 'W_enc' has shape {arrays['W_enc'].shape}, expected [d_in, d_sae]", where=str(path))
+        raise ArtifactFormatError(f"array 'W_enc' has shape {arrays['W_enc'].shape}, expected [d_in, d_sae]",
+                                  where=str(path))
     d_in, d_sae = arrays["W_enc"].shape
     fields = _context({"architecture": "jumprelu", "d_in": int(d_in), "d_sae": int(d_sae),
                        "apply_b_dec_to_input": False, "provenance": {"library": "gemma_scope"}}, **_ctx(context))
@@ -171,7 +173,8 @@ def read_openai(src: Path, **context: Any) -> SAE:
             where=str(src),
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise ArtifactFormatError(f"not a torch state dict ({str(err).splitlines()[0][:120]})", where=str(src)) from None
+        msg = str(err).splitlines()[0][:120] if str(err) else err.__class__.__name__
+        raise ArtifactFormatError(f"not a torch state dict ({msg})", where=str(src)) from None
     if not isinstance(sd, dict):
         raise ArtifactFormatError("not a state dict", where=str(src))
     missing = [k for k in ("encoder.weight", "decoder.weight", "pre_bias", "latent_bias") if k not in sd]

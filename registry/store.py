@@ -517,24 +517,27 @@ def _download(info: VersionInfo) -> Path:
                                  where=f"{info.name}/{info.version}")
         for stray in set(p.name for p in local.iterdir()) - set(expected):
             (local / stray).unlink()
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(local, target)
-        except OSError:  # another process filled it first; theirs is verified too
-            if not target.is_dir():
-                raise
+        if _cached_ok(info) is None:  # a valid entry stays (readers may be using it)
+            try:
+                os.replace(local, target)
+            except OSError:  # another process filled it meanwhile; theirs is verified too
+                if _cached_ok(info) is None:
+                    raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
 def _cached_ok(info: VersionInfo) -> Path | None:
+    """The cache entry of ``info`` if every file matches its recorded sha256, else evict it."""
     folder = cache_path(info.sha256)
     if folder.is_dir():
+        files = info.files
         try:
-            art.verify_files(folder, {k: v for k, v in info.files.items()} or {}, where=str(folder))
-            if art.artifact_sha256(folder) == info.sha256:
+            if files and art.combine(files) == info.sha256:
+                art.verify_files(folder, files, where=str(folder))
+                return folder
+            if not files and art.artifact_sha256(folder) == info.sha256:
                 return folder
         except (IntegrityError, NotFoundError):
             pass
@@ -703,7 +706,6 @@ def _register_new(client, name, folder, hashes, sha, cfg, user_tags, description
         for fname in sorted(hashes):
             _upload_file(run.info.artifact_uri, folder / fname, ARTIFACT_PATH)
         # Verify the upload by reading it back; the verified copy becomes the cache entry.
-        _evict(sha)
         _download(VersionInfo(name, 0, sha, tags={FILES: json.dumps(hashes)}, run_id=run_id, source=source))
         tags = {**user_tags, **_meta_tags(cfg, sha, hashes)}
         mv = _retry(client.create_model_version, name, source, run_id=run_id, tags=tags,

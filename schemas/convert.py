@@ -195,6 +195,14 @@ def from_neuronpedia(feature: dict, *, sae: SAERef | None = None) -> FeatureCard
     logit_hist = _np_histogram(
         feature.get("logits_hist_data_bar_heights") or [], feature.get("logits_hist_data_bar_values") or [], keep, "logits_hist_data"
     )
+    raw = keep.setdefault("raw", {})  # mapped fields that did not convert cleanly, as they came
+    for a, b in [("pos_str", "pos_values"), ("neg_str", "neg_values"), *_NP_SIMILAR.values()]:
+        if len(feature.get(a) or []) != len(feature.get(b) or []):
+            raw[a], raw[b] = feature.get(a), feature.get(b)
+    if "frac_nonzero" in feature and not isinstance(feature["frac_nonzero"], (int, float)):
+        raw["frac_nonzero"] = feature["frac_nonzero"]
+    if not raw:
+        del keep["raw"]
     logits = LogitEffects(
         positive=[LogitEffect(token=t, value=v) for t, v in zip(feature.get("pos_str") or [], feature.get("pos_values") or [])],
         negative=[LogitEffect(token=t, value=v) for t, v in zip(feature.get("neg_str") or [], feature.get("neg_values") or [])],
@@ -289,6 +297,7 @@ def to_neuronpedia(card: FeatureCard, *, model_id: str | None = None, layer: str
         expls.append(_ordered(e, keys))
     out["explanations"] = expls
 
+    out.update(keep.get("raw") or {})
     out.update(keep.get("feature") or {})
     return _ordered(out, keep.get("keys"))
 

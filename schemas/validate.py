@@ -423,14 +423,10 @@ def validate_paths(
     ``d_sae`` bounds latent indices (on top of each card's own ``sae.d_sae``). ``workers``
     (default: the CPUs available) processes share files of more than a few thousand cards.
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
-        raise InputError("no card files given")
+    paths = _expand([Path(p) for p in paths])
     if d_sae is not None and d_sae <= 0:
         raise InputError(f"d_sae must be > 0, got {d_sae}")
     for p in paths:  # fail fast on usage errors, before any work
-        if p.is_dir():
-            raise InputError("is a directory, not a card file", where=str(p))
         if not p.exists():
             raise InputError("no such file", where=str(p))
         _kind(p)
@@ -495,6 +491,22 @@ def validate_paths(
     # stable sort: errors of one line keep the order they were found in
     report.errors = [CardError(str(paths[f]), line, p, m) for f, line, p, m in sorted(errors, key=_where)[:max_errors]]
     return report
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder stands for the card files under it (sorted)."""
+    if not paths:
+        raise InputError("no card files given")
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(SUFFIXES))
+            if not found:
+                raise InputError(f"no card files ({', '.join(SUFFIXES)}) in this folder", where=str(p))
+            out += found
+        else:
+            out.append(p)
+    return out
 
 
 def _where(err: tuple) -> tuple[int, int]:

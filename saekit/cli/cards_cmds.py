@@ -18,7 +18,9 @@ from saekit.cli.app import JSON_OPTION, cards_app, emit
 
 @cards_app.command("validate")
 def validate(
-    paths: List[Path] = typer.Argument(..., help="Card files: .json (a card or a list), .jsonl, .jsonl.gz."),
+    paths: List[Path] = typer.Argument(
+        ..., help="Card files: .json (a card or a list), .jsonl, .jsonl.gz; a folder means the card files under it."
+    ),
     d_sae: Optional[int] = typer.Option(None, "--d-sae", min=1, help="SAE width: every index must be below it."),
     max_errors: int = typer.Option(50, "--max-errors", min=1, help="Print at most this many errors."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes for big files (default: CPUs)."),
@@ -26,8 +28,9 @@ def validate(
 ) -> None:
     """Validate feature cards: schema, consistency, duplicate indices, one SAE per file.
 
-    Prints each problem as ``file:line: json.path: message``. Exit 0 all valid, 1 invalid
-    cards, 2 a path that is not card input (missing, not JSON, broken gzip).
+    Prints each problem as file:line: json.path: message.
+
+    Exit 0: all valid. 1: invalid cards. 2: a path that is not card input (missing, not JSON, broken gzip).
     """
     from saekit.schemas.errors import SaekitError
     from saekit.schemas.validate import validate_paths

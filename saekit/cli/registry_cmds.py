@@ -119,7 +119,8 @@ def show_cmd(ref: str = typer.Argument(...), json_out: bool = JSON_OPTION) -> No
     from saekit.registry import store
 
     info = store.resolve(ref)
-    lines = [_version_text(info), f"sha256: {info.sha256}", f"run: {info.run_id}", f"source: {store.mask(info.source or '')}"]
+    lines = [_version_text(info), f"sha256: {info.sha256}", f"run: {info.run_id}",
+             f"source: {store.mask(info.source or '')}"]
     if info.description:
         lines.append(f"description: {info.description}")
     lines += [f"  {k} = {v}" for k, v in sorted(info.tags.items()) if k != store.FILES]
@@ -161,7 +162,11 @@ def alias_set_cmd(
 
 
 @alias_app.command("rm")
-def alias_rm_cmd(name: str = typer.Argument(...), alias: str = typer.Argument(...), json_out: bool = JSON_OPTION) -> None:
+def alias_rm_cmd(
+    name: str = typer.Argument(...),
+    alias: str = typer.Argument(...),
+    json_out: bool = JSON_OPTION,
+) -> None:
     """Delete NAME@ALIAS."""
     from saekit.registry import store
 

@@ -49,7 +49,8 @@ def test_saelens(tmp_path, arch):
         with torch.no_grad():
             lens.threshold.copy_(torch.rand(D_SAE) * 0.3)
     lens.save_model(tmp_path / "lens")
-    import_checkpoint("saelens", tmp_path / "lens", tmp_path / "art", model_name="gpt2", hook_name="blocks.0.hook_resid_pre")
+    import_checkpoint("saelens", tmp_path / "lens", tmp_path / "art", model_name="gpt2",
+                      hook_name="blocks.0.hook_resid_pre")
     v = saekit.register(f"lens-{arch}", tmp_path / "art")
     sae = saekit.load(f"lens-{arch}")
     assert sae.ref.sha256 == v.sha256 and sae.cfg.hook_name == "blocks.0.hook_resid_pre"

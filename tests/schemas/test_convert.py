@@ -53,6 +53,18 @@ def test_neuronpedia_round_trip_minimal_feature():
     assert cv.to_neuronpedia(cv.from_neuronpedia(feature)) == feature
 
 
+def test_neuronpedia_round_trip_odd_feature():
+    feature = {
+        "modelId": "m", "layer": "0-res", "index": "3", "frac_nonzero": None,
+        "pos_str": ["a", "b"], "pos_values": [0.5],  # not parallel: kept as they came
+        "freq_hist_data_bar_heights": [1, 2, 3], "freq_hist_data_bar_values": [0.1, 0.2, 0.7],  # uneven bins
+        "activations": [{"tokens": ["x"], "values": [1], "maxValue": 1, "maxValueTokenIndex": 0, "dataIndex": 7}],
+    }
+    card = cv.from_neuronpedia(feature)
+    assert card.stats is None or card.stats.histogram is None
+    assert cv.to_neuronpedia(card) == feature
+
+
 def test_card_to_neuronpedia_from_a_native_card():
     card = FeatureCard.model_validate(make_card(12))
     doc = cv.to_neuronpedia(card, model_id="smollm2-135m")

@@ -47,3 +47,17 @@ def test_schema_check_exit_codes(tmp_path, monkeypatch, capsys):
     code, out, _ = _run(["schema", "check", "--json"], capsys)
     assert code == 1
     assert json.loads(out)["stale"] == ["feature_card"]
+
+
+def test_validation_modules_import_only_pydantic():
+    """saekit.schemas imports nothing else of the project, and no jsonschema at import time."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import saekit.schemas.validate, saekit.schemas.convert;"
+        "bad = [m for m in sys.modules if m.startswith('saekit.') and not m.startswith('saekit.schemas')"
+        " or m.split('.')[0] in ('jsonschema', 'torch', 'numpy', 'mlflow')];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -99,6 +99,19 @@ def test_json_list_reports_the_line_each_card_starts_on(tmp_path):
     assert (err.line, err.path) == (start, "index")
 
 
+def test_folder_stands_for_its_card_files(tmp_path):
+    folder = tmp_path / "a"
+    (folder / "b" / "empty").mkdir(parents=True)
+    write_jsonl(folder / "feature_cards.jsonl", [make_card(0)])
+    write_jsonl(folder / "b" / "more.jsonl", [make_card(0)])
+    (folder / "notes.txt").write_text("not a card file")
+    report = v.validate_paths([folder])
+    assert report.files == [str(folder / "b" / "more.jsonl"), str(folder / "feature_cards.jsonl")]
+    assert [e.path for e in report.errors] == ["index"]  # the duplicate across the two files
+    with pytest.raises(InputError, match="no card files"):
+        v.validate_paths([folder / "b" / "empty"])
+
+
 def test_error_cap_keeps_the_total(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", [make_card(i, index=-1) for i in range(30)])
     report = v.validate_paths([path], max_errors=5)
