@@ -263,6 +263,16 @@ def _write_plots(tmp: Path, entries: list[SAEEntry], cards_by_id) -> list[tuple[
         e.sae_id: [float((c.get("stats") or {}).get("density", 0.0)) for c in cards_by_id[e.sae_id] if c.get("stats")]
         for e in entries
     }
+    for e in entries:
+        # Every latent's density when the artifact carries SAELens' sparsity.safetensors
+        # (log10 feature density per latent), rather than the documented latents only.
+        sparsity = tmp / e.sae_id / "sparsity.safetensors"
+        if sparsity.is_file():
+            from safetensors.numpy import load_file
+
+            logs = load_file(str(sparsity)).get("sparsity")
+            if logs is not None:
+                densities[e.sae_id] = [float(10.0 ** v) if v > -30 else 0.0 for v in logs.reshape(-1).tolist()]
     densities = {k: v for k, v in densities.items() if v}
     if densities:
         n_tokens = {

@@ -53,7 +53,7 @@ def density_histogram(
         width = (d_sae or {}).get(name)
         of = f"{len(vals)} of {width}" if width and width != len(vals) else f"{len(vals)}"
         ax.hist(logs, bins=60, range=(-8.0, 0.0), histtype="step", linewidth=1.5,
-                label=f"{name} ({of} latents with cards, {dead} dead)")
+                label=f"{name} ({of} latents, {dead} dead)")
     ax.set_xlabel("log10 feature density (fraction of tokens where the latent fires)")
     ax.set_ylabel("latents")
     ax.set_title("Feature density")
