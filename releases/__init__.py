@@ -1,1 +1,9 @@
-"""saekit.releases"""
+"""saekit.releases: manifests -> bundles (Hub layout, model card, plots, feature browser,
+SHA256SUMS) -> Hub publish, and ``hf://`` loading.
+
+    bundle.build(manifest_path, out_dir) -> Path          bundle.verify(bundle_dir) -> release.json
+    publish.publish(bundle_dir, repo_id, *, dry_run=False) -> PublishResult
+    hub.load_hf(ref) -> SAE                               loopback_hub.serve(root) -> server (.url)
+
+Imports nothing heavy at package import.
+"""

@@ -11,7 +11,6 @@ from saekit.schemas import InputError, NotFoundError, ReleaseManifest
 def load_manifest(path: str | Path) -> ReleaseManifest:
     """Parse and validate a manifest file; one-line InputError naming the file and field."""
     import yaml
-    from pydantic import ValidationError
 
     path = Path(path)
     if not path.is_file():

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saekit.releases.bundle import RELEASE_JSON, SUMS, parse_sums, progress, verify
+from saekit.releases.bundle import SUMS, parse_sums, progress, verify
 from saekit.schemas import GateFailedError, InputError, PublishError
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")

@@ -140,7 +140,6 @@ def run_demo(
 
     # 5. release bundle
     t = time.perf_counter()
-    from saekit.kernels import SAE  # noqa: F401  (torch is loaded anyway by now)
     from saekit.registry.artifact import read_cfg
     from saekit.releases.bundle import build, verify
     from saekit.releases.manifest import dump_manifest, parse_manifest
