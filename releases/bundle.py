@@ -17,14 +17,14 @@ no clock, no random ids, sorted keys, deterministic plots.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
+from saekit.harness.env import say
+from saekit.registry.artifact import sha256_file
 from saekit.releases.manifest import load_manifest
 from saekit.releases.modelcard import SAEEntry, metrics_of
 from saekit.schemas import (
@@ -43,20 +43,6 @@ RELEASE_JSON = "release.json"
 # of wide SAEs are split into shards of this many cards (one JSON line each).
 CARDS_PER_SHARD = 2048
 ARTIFACT_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors")
-
-
-def progress(msg: str) -> None:
-    """A progress line on stderr, unless SAEKIT_QUIET=1."""
-    if os.environ.get("SAEKIT_QUIET") != "1":
-        print(msg, file=sys.stderr, flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _dumps(obj: Any) -> bytes:
@@ -122,7 +108,7 @@ def _gate(manifest: ReleaseManifest, ref: str, info: Any, *, run_checks: bool, w
     if gate is None and run_checks:
         from saekit.harness.check import check
 
-        progress(f"release: no check recorded for {info.name}/{info.version}; running saekit check")
+        say(f"release: no check recorded for {info.name}/{info.version}; running saekit check")
         check(f"{info.name}/{info.version}", policy=manifest.gate)
         info = store.resolve(f"{info.name}/{info.version}")
         gate = info.tags.get("saekit.gate")
@@ -190,7 +176,7 @@ def build_from_manifest(
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    progress(f"release: built {manifest.release_id} v{manifest.version} ({len(entries)} SAEs) at {out}")
+    say(f"release: built {manifest.release_id} v{manifest.version} ({len(entries)} SAEs) at {out}")
     return out
 
 
@@ -235,7 +221,7 @@ def _write_saes(manifest, tmp: Path, store, run_checks: bool, cards_per_shard: i
         cards_by_id[rs.sae_id] = cards
         entries.append(SAEEntry(rs.sae_id, rs.ref, info.name, int(info.version), info.sha256, cfg, record,
                                 "pass", len(cards), card_files))
-        progress(f"release: {rs.sae_id} <- {pinned} sha256 {info.sha256[:12]} ({len(cards)} cards)")
+        say(f"release: {rs.sae_id} <- {pinned} sha256 {info.sha256[:12]} ({len(cards)} cards)")
     return entries, cards_by_id, records
 
 

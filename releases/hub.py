@@ -42,31 +42,6 @@ def quiet_progress() -> Iterator[None]:
         enable_progress_bars()
 
 
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-@contextmanager
-def loopback_online(url: str | None) -> Iterator[None]:
-    """Let huggingface_hub reach a loopback endpoint even in offline mode.
-
-    Offline mode (HF_HUB_OFFLINE, which saekit's harness sets while it loads the LM) means
-    "no network"; a Hub on 127.0.0.1 is not the network. huggingface_hub reads the flag once
-    at import (constants.HF_HUB_OFFLINE), so it is lifted for the block, for loopback only.
-    """
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    if not url or urlsplit(url).hostname not in _LOOPBACK_HOSTS or not constants.HF_HUB_OFFLINE:
-        yield
-        return
-    constants.HF_HUB_OFFLINE = False
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = True
-
-
 def endpoint() -> str | None:
     """The Hub endpoint to talk to: HF_ENDPOINT now, or huggingface_hub's default."""
     value = os.environ.get("HF_ENDPOINT")
@@ -83,13 +58,14 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
         RevisionNotFoundError,
     )
 
-    from saekit.releases.bundle import RELEASE_JSON, SUMS, parse_sums, sha256_file
+    from saekit.registry.artifact import sha256_file
+    from saekit.releases.bundle import RELEASE_JSON, SUMS, parse_sums
 
     repo, sae_id, rev = ref.hf_repo, ref.sae_id, ref.revision or "main"
     where = f"hf://{repo}/{sae_id}@{rev}"
     try:
         api = HfApi(endpoint=endpoint())
-        with quiet_progress(), loopback_online(api.endpoint):
+        with quiet_progress():
             commit = api.repo_info(repo, revision=rev).sha
             local = snapshot_download(
                 repo,

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saekit.releases.bundle import SUMS, parse_sums, progress, verify
+from saekit.harness.env import say
+from saekit.releases.bundle import SUMS, parse_sums, verify
 from saekit.schemas import GateFailedError, InputError, PublishError
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -107,15 +108,15 @@ def publish(
     from huggingface_hub import HfApi
 
     from saekit.releases.hub import endpoint as env_endpoint
-    from saekit.releases.hub import loopback_online, quiet_progress
+    from saekit.releases.hub import quiet_progress
 
     api = HfApi(endpoint=(endpoint or env_endpoint()))
-    with quiet_progress(), loopback_online(api.endpoint):
+    with quiet_progress():
         result = _publish(api, root, release, repo_id, tag, sums, files, private)
     result.url = f"{api.endpoint}/{repo_id}/tree/{tag}"
     if record:
         result.registry_updated = _record(release, repo_id, tag, result.commit)
-    progress(f"publish: {result.message}")
+    say(f"publish: {result.message}")
     return result
 
 
@@ -160,7 +161,7 @@ def _publish(api, root: Path, release: dict[str, Any], repo_id: str, tag: str, s
                     verbosity = hf_logging.get_verbosity()
                     hf_logging.set_verbosity_error()  # the "falling back to HTTP upload" notice
                     try:
-                        progress(f"publish: committing {len(files)} files to {repo_id}")
+                        say(f"publish: committing {len(files)} files to {repo_id}")
                         info = api.create_commit(
                             repo_id,
                             ops,

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from saekit.harness.check import CheckResult
     from saekit.kernels import SAE
-    from saekit.schemas import BenchmarkRecord
 
 
 def load(ref: str | os.PathLike, *, device: str | None = None) -> SAE:
@@ -40,8 +40,9 @@ def register(name: str, artifact: Any, **kwargs: Any):
     return _register(name, artifact, **kwargs)
 
 
-def check(ref: str | os.PathLike, **kwargs: Any) -> BenchmarkRecord:
-    """Check an SAE against a real model and record the result (see saekit.harness.check)."""
+def check(ref: str | os.PathLike, **kwargs: Any) -> CheckResult:
+    """Check an SAE against a real model: metrics, cards, benchmark record and gate verdict
+    (see saekit.harness.check.check for the options)."""
     from saekit.harness.check import check as _check
 
     return _check(os.fspath(ref), **kwargs)

@@ -36,9 +36,9 @@ CHECK_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def _progress(msg: str) -> None:
-    from saekit.releases.bundle import progress
+    from saekit.harness.env import say
 
-    progress(f"demo: {msg}")
+    say(f"demo: {msg}")
 
 
 @contextmanager

@@ -71,6 +71,13 @@ class SAEConfig(Strict):
     def to_saelens_dict(self) -> dict[str, Any]:
         """cfg.json as SAELens v6 writes it, plus the "saekit" block."""
         meta = dict(self.metadata)
+        # SAELens reads a cfg.json without metadata.sae_lens_version as a pre-6.0 config and
+        # drops model_name/hook_name; this file follows the v6 layout, so say so.
+        # The marker is not kept in ``metadata``: it comes from provenance on the way out.
+        prov = self.provenance
+        meta["sae_lens_version"] = (
+            prov.library_version if prov.library == "sae_lens" and prov.library_version else "6.0.0"
+        )
         for key in _META_FIELDS:
             value = getattr(self, key)
             if value is not None:
@@ -119,6 +126,7 @@ class SAEConfig(Strict):
         }
         for key in _META_FIELDS:
             fields[key] = meta.pop(key, None)
+        meta.pop("sae_lens_version", None)  # the v6 format marker, rewritten by to_saelens_dict
         fields["metadata"] = meta
         return cls.model_validate(fields, strict=False)
 

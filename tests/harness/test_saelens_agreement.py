@@ -6,9 +6,7 @@ load_model.py), which wraps a Hugging Face AutoModelForCausalLM, so sae-lens'
 same token batches (a minimal stand-in for its ActivationsStore hands them out), with
 sae-lens' own SAE class (``SAE.load_from_disk``) for encode/decode. float32, CPU.
 
-Known difference, documented rather than hidden: saekit's cfg.json has no
-``metadata.sae_lens_version``, so sae-lens 6.54.12 reads it as a pre-6.0 config and drops
-its metadata (hook_name); the test sets ``hook_name`` on the loaded sae-lens SAE.
+sae-lens must read saekit's cfg.json metadata as it is (hook_name, model_name).
 """
 
 from __future__ import annotations
@@ -57,7 +55,7 @@ def test_metrics_agree_with_sae_lens_run_evals(checked, real_sae_dir, lm):
     n_batches = ts.tokens.shape[0] // batch
 
     sl_sae = SaeLensSAE.load_from_disk(str(real_sae_dir), device="cpu")
-    sl_sae.cfg.metadata.hook_name = hook  # see the module docstring
+    assert sl_sae.cfg.metadata.hook_name == hook  # sae-lens reads saekit's v6 metadata
     module = model.get_submodule(hook)
     hooks_before = dict(module._forward_hooks)
     try:

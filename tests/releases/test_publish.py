@@ -118,16 +118,12 @@ def test_dry_run_needs_no_hub(two_sae_manifest: Path, tmp_path: Path, monkeypatc
     assert "SHA256SUMS" in res.files and "layer6/a/sae_weights.safetensors" in res.files
 
 
-def test_load_hf_verifies(two_sae_manifest: Path, tmp_path: Path, hub, monkeypatch):
-    from huggingface_hub import constants
-
+def test_load_hf_verifies(two_sae_manifest: Path, tmp_path: Path, hub):
     import saekit
     from saekit.releases.bundle import build
     from saekit.releases.publish import publish
     from saekit.schemas import IntegrityError, NotFoundError
 
-    # Offline mode (the harness sets it while loading the LM) still lets a loopback Hub through.
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     publish(build(two_sae_manifest, tmp_path / "bundle"), "org/v")
     assert saekit.load("hf://org/v/layer6/a@v1.0.0").ref.name == "layer6/a"
     with pytest.raises(NotFoundError):
