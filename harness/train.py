@@ -151,7 +151,9 @@ def ensure_demo_sae(size: str = "demo", *, seed: int = 0) -> Path:
         return folder
     t0 = time.perf_counter()
     say(f"training the {size} SAE (576 -> {cfg.d_sae}, k {cfg.k}, seed {seed}) once; cached in {folder}")
-    acts = train_activations(cfg, seed=seed)
+    # Every seed trains on the same activations (data seed 0): seeds differ only in
+    # initialisation and batch order, so two seeds are comparable (saekit diff).
+    acts = train_activations(cfg)
     torch.manual_seed(seed)
     tensors = train_topk(acts, cfg, seed=seed)
     sae_cfg = SAEConfig(

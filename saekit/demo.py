@@ -60,10 +60,6 @@ def _env(**values: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _home() -> Path:
-    return Path(os.environ.get("SAEKIT_HOME") or Path.home() / ".saekit").expanduser()
-
-
 def run_demo(
     *,
     size: str = "demo",
@@ -78,7 +74,9 @@ def run_demo(
         raise InputError(f"size must be one of {', '.join(SIZES)}", where=repr(size))
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    work = Path(out).expanduser().resolve() if out else _home() / "demo" / size
+    from saekit.registry.store import home
+
+    work = Path(out).expanduser().resolve() if out else home() / "demo" / size
     work.mkdir(parents=True, exist_ok=True)
     name = "smollm2-135m-res-l6" if size == "demo" else "smollm2-135m-res-l6-test"
     summary: dict[str, Any] = {"ok": False, "size": size, "work_dir": str(work), "timings_s": timings}
