@@ -29,6 +29,12 @@ class GateRule(Strict):
             return {"metric": m[1], "op": m[2], "value": float(m[3])}
         return data
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        # The string form is accepted too, so the JSON Schema says so (pydantic == jsonschema).
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        return {"anyOf": [schema, {"type": "string", "pattern": _RULE.pattern}]}
+
     def holds(self, measured: float) -> bool:
         """Whether a measured value satisfies the rule (NaN never does)."""
         if measured != measured:
