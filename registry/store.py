@@ -649,7 +649,7 @@ def register(
     """Register a canonical artifact folder (or an in-memory SAE) as a new version of ``name``.
 
     Identical content already registered under ``name`` returns that version (its alias,
-    if given, is moved onto it). The new version is visible only once its files are
+    if given, is moved onto it, and ``tags`` are set on it). The new version is visible only once its files are
     uploaded and verified.
     """
     check_name(name)
@@ -669,6 +669,9 @@ def register(
             existing = _canonical(_search(client, _ready_filter(name, sha=sha), newest_first=False))
             if existing:
                 info = _info(existing[0])
+                for key, value in user_tags.items():  # the caller's tags land on it too
+                    _retry(client.set_model_version_tag, name, str(info.version), key, value)
+                info.tags.update(user_tags)
             else:
                 info = _register_new(client, name, folder, hashes, sha, cfg, user_tags, description)
             if alias:

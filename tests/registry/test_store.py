@@ -32,8 +32,9 @@ def test_register_load_alias_dedup(tmp_path, saekit_home):
     assert v1.description == "first"
 
     # identical content: the existing version, not a duplicate
-    again = saekit.register("res-l6", a1)
+    again = saekit.register("res-l6", a1, tags={"reviewed": "yes"})
     assert again.version == 1 and len(store.list_versions("res-l6")) == 1
+    assert store.resolve("res-l6/1").tags["reviewed"] == "yes"  # the caller's tags land on it
 
     v2 = saekit.register("res-l6", make_sae(2))  # in-memory SAE
     assert v2.version == 2 and v2.sha256 == art.artifact_sha256(a2)
