@@ -29,4 +29,4 @@ def test_import_saekit_is_light():
 def test_cli_usage_error_exits_2():
     r = subprocess.run([sys.executable, "-m", "saekit", "no-such-command"], capture_output=True, text=True)
     assert r.returncode == 2
-    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["error: No such command 'no-such-command'. (see 'saekit --help')"]

@@ -16,16 +16,30 @@ _MODULES = ("schema_cmds", "cards_cmds", "registry_cmds", "check_cmds", "release
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI (typer's standalone mode handles usage errors with exit code 2)."""
+    """Run the CLI: user and usage errors print one line on stderr (exit 1 or 2)."""
     from saekit.cli.app import app
 
     for mod in _MODULES:
         importlib.import_module(f"saekit.cli.{mod}")
     try:
-        app(args=argv, prog_name="saekit")
+        rv = app(args=argv, prog_name="saekit", standalone_mode=False)
     except SaekitError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        # click's usage errors (typer vendors click, so matched by shape): one line, exit 2.
+        if hasattr(err, "format_message") and hasattr(err, "exit_code"):
+            message = err.format_message()
+            if message:
+                print(f"error: {message} (see 'saekit --help')", file=sys.stderr)
+            else:  # a group called with no arguments: its help
+                err.show()
+            sys.exit(err.exit_code)
+        if type(err).__name__ == "Abort":
+            print("aborted", file=sys.stderr)
+            sys.exit(130)
+        raise
+    sys.exit(rv if isinstance(rv, int) else 0)
