@@ -89,7 +89,10 @@ def test_eval_batch_matches_reference(arch, triton_path, device, seed):
     assert got.n_tokens == want.n_tokens
     for name, rtol in [("sse", 1e-5), ("sum_x", 1e-9), ("sum_x2", 1e-9), ("cos_sum", 1e-5),
                        ("l1_sum", 1e-5), ("act_sum", 1e-5), ("act_max", 1e-5)]:
-        assert_close(getattr(got, name), getattr(want, name), rtol=rtol, what=f"{arch} {name} (seed {seed})")
+        # cos_sum adds n terms in [-1, 1] that may cancel to ~0: its error scales with n.
+        scale = float(want.n_tokens) if name == "cos_sum" else None
+        assert_close(getattr(got, name), getattr(want, name), rtol=rtol, scale=scale,
+                     what=f"{arch} {name} (seed {seed})")
     assert torch.equal(got.fire_count.cpu(), want.fire_count.cpu()), f"fire_count (seed {seed})"
     assert got.fire_count.dtype == torch.int64 and int(got.l0_sum) == int(want.l0_sum)
     # sums: two halves add up to the whole
