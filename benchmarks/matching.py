@@ -1,4 +1,4 @@
-"""Time ``saekit diff``'s matching (saekit.harness.matching.match) on this machine.
+"""Time ``saekit diff``'s matching (saekit.matching.match) on this machine.
 
     python3 benchmarks/matching.py                      # 2048 .. 16384 latents, d_in 576
     python3 benchmarks/matching.py --sizes 1024 2048    # quicker
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saekit.harness import matching as m
+from saekit.matching import latents as m
 from saekit.kernels import SAE
 from saekit.schemas import SAEConfig
 

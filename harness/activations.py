@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from saekit.harness.env import Progress
 from saekit.harness.model import resolve_hook
 from saekit.harness.text import TokenSet, fingerprint
 from saekit.schemas import ArtifactFormatError, InputError, NotFoundError
+from saekit.schemas.console import Progress
 
 
 class _Stop(Exception):

@@ -16,9 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-import saekit
 from saekit.harness.activations import spliced
-from saekit.harness.env import Progress
 from saekit.harness.text import TokenSet
 from saekit.schemas import (
     ActivationExample,
@@ -35,6 +33,8 @@ from saekit.schemas import (
     NotFoundError,
     SAERef,
 )
+from saekit.schemas.console import Progress
+from saekit.schemas.version import __version__
 
 ABLATION_METHOD = (
     "latent ablation in the spliced SAE reconstruction: x_hat - a_i * W_dec[i] at every position where "
@@ -201,7 +201,7 @@ def build_cards(
     info = getattr(model, "saekit_info", None)
     prov = CardProvenance(
         tool="saekit",
-        tool_version=saekit.__version__,
+        tool_version=__version__,
         created_at=now_iso(),
         model=info.id if info else None,
         model_revision=info.revision if info else None,

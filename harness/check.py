@@ -15,9 +15,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from saekit.harness.env import say
 from saekit.schemas import (
     BenchmarkRecord,
     DataInfo,
@@ -28,6 +27,8 @@ from saekit.schemas import (
     NotFoundError,
     Timings,
 )
+from saekit.schemas.console import say
+from saekit.schemas.settings import current
 
 DEFAULT_TOKENS = 8192
 DEFAULT_CONTEXT = 128
@@ -56,7 +57,14 @@ class CheckResult:
 
 
 def _home() -> Path:
-    return Path(os.environ.get("SAEKIT_HOME") or Path.home() / ".saekit").expanduser()
+    return current().home
+
+
+def _load(ref: str) -> Any:
+    """The registry's loader: registry references and artifact folders."""
+    from saekit.registry.store import load_ref
+
+    return load_ref(ref)
 
 
 def read_record(path: Path) -> BenchmarkRecord:
@@ -108,6 +116,7 @@ def check(
     annotations: Path | None = None,
     from_record: Path | None = None,
     activations: Path | None = None,
+    loader: Callable[[str], Any] | None = None,
 ) -> CheckResult:
     """Check the SAE ``ref`` (registry reference, hf:// or artifact folder) on a real LM.
 
@@ -117,6 +126,8 @@ def check(
     ``from_record``: re-run the config of an existing eval.json (same tokens, seed, threads).
     ``activations``: evaluate on stored activation shards instead of running the model
     (reconstruction and sparsity metrics only: no CE/KL, no cards).
+    ``loader``: turns ``ref`` into an SAE; default the registry's (registry references and
+    artifact folders); ``saekit.check`` passes ``saekit.load``, which takes hf:// too.
     """
     import torch
 
@@ -155,11 +166,10 @@ def _check(
     ref: str, policy: Any, n_tokens: int, device: str, seed: int, out_dir: Path | None, cards: bool, log: bool,
     context_size: int, batch_size: int, corpus: str, split: str, model_id: str | None, hook_name: str | None,
     downstream: bool, cards_latents: Any, downstream_latents: Any, n_examples: int, annotations: Path | None,
-    expect_sha: str | None, activations: Path | None,
+    expect_sha: str | None, activations: Path | None, loader: Callable[[str], Any] | None,
 ) -> CheckResult:
     import torch
 
-    import saekit
     from saekit.harness import gate as gate_mod
     from saekit.harness.cards import build_cards, merge_annotations, read_annotations, select_latents, write_cards
     from saekit.harness.metrics import CATEGORIES, DEFINITIONS, evaluate
@@ -174,7 +184,7 @@ def _check(
 
     t = time.perf_counter()
     say(f"check {ref}: loading the SAE")
-    sae = saekit.load(ref)
+    sae = (loader or _load)(ref)
     if expect_sha and sae.ref and sae.ref.sha256 and sae.ref.sha256 != expect_sha:
         raise IntegrityError(
             f"SAE sha256 {sae.ref.sha256[:12]} differs from the record's {expect_sha[:12]}", where=ref
@@ -255,7 +265,7 @@ def _check(
         "downstream": downstream,
         "device": device,
         "dtype": "float32",
-        "kernels": os.environ.get("SAEKIT_KERNELS") or "auto",
+        "kernels": current().kernels,
         "torch_threads": torch_threads(),
         "cards": {"enabled": cards, "latents": cards_latents, "downstream_latents": downstream_latents,
                   "n_examples": n_examples, "n_cards": n_cards},

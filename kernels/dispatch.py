@@ -20,13 +20,13 @@ Triton is imported lazily, inside these functions, never at ``import saekit.kern
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from saekit.kernels import reference
-from saekit.kernels.sae import SAE, SparseCode
+from saekit.kernels.data import SAEData as SAE  # the data; kernels.sae adds the methods that call here
+from saekit.kernels.data import SparseCode
 from saekit.schemas import InputError
+from saekit.schemas.settings import current
 
 # Weight dtypes the fused GEMM takes (fp64 SAEs use the reference).
 _GEMM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -36,9 +36,7 @@ SPARSE_BOUND = 256
 
 def backend(x: torch.Tensor) -> str:
     """'triton' or 'torch' for this input."""
-    forced = os.environ.get("SAEKIT_KERNELS")
-    if forced not in (None, "", "triton", "torch"):
-        raise InputError(f"SAEKIT_KERNELS must be 'triton' or 'torch', not {forced!r}", where="environment")
+    forced = current().kernels  # checked when the settings are read
     if forced in ("triton", "torch"):
         return forced
     if x.is_cuda:

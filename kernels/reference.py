@@ -10,7 +10,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from saekit.kernels.sae import SAE, SparseCode
+from saekit.kernels.data import SAEData as SAE  # the data; kernels.sae adds the methods that call here
+from saekit.kernels.data import SparseCode
 
 
 def _sae_in(x: torch.Tensor, sae: SAE) -> torch.Tensor:

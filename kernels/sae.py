@@ -1,95 +1,25 @@
-"""The SAE in memory: its tensors and SAEConfig; compute goes through saekit.kernels.dispatch."""
+"""The SAE in memory: its data (saekit.kernels.data) and its compute, which goes through one
+dispatch point (saekit.kernels.dispatch)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
-from saekit.schemas import InputError, SAEConfig, SAERef
-
-# Tensor names and shapes of the canonical artifact (SAELens layout).
-_SHAPES = {
-    "W_enc": ("d_in", "d_sae"),
-    "b_enc": ("d_sae",),
-    "W_dec": ("d_sae", "d_in"),
-    "b_dec": ("d_in",),
-    "threshold": ("d_sae",),  # jumprelu
-    # gated (SAELens GatedSAE names): b_gate replaces b_enc
-    "b_gate": ("d_sae",),
-    "r_mag": ("d_sae",),
-    "b_mag": ("d_sae",),
-}
-_EXTRA = {"jumprelu": ["threshold"], "gated": ["b_gate", "r_mag", "b_mag"]}
+from saekit.kernels import dispatch, reference
+from saekit.kernels.data import SAEData, SparseCode
 
 
-class SparseCode(NamedTuple):
-    """The active latents of each token."""
+class SAE(SAEData):
+    """An SAE's weights (SAELens names and shapes), config and identity, and its compute."""
 
-    values: torch.Tensor
-    """[n, k] activations of the kept latents (>= 0; 0 marks padding for non-TopK SAEs)."""
-    indices: torch.Tensor
-    """[n, k] int64 latent ids, ordered by value descending, ties by lower index."""
-
-
-class SAE:
-    """An SAE's weights (SAELens names and shapes) plus its config and identity."""
-
-    def __init__(
-        self,
-        cfg: SAEConfig,
-        tensors: dict[str, torch.Tensor],
-        *,
-        ref: SAERef | None = None,
-    ):
-        self.cfg = cfg
-        self.ref = ref
-        dims = {"d_in": cfg.d_in, "d_sae": cfg.d_sae}
-        needed = ["W_enc", "W_dec", "b_dec"] + _EXTRA.get(cfg.architecture, [])
-        if cfg.architecture != "gated":
-            needed.append("b_enc")
-        for name in needed:
-            if name not in tensors:
-                raise InputError(f"missing tensor {name!r}", where="sae_weights")
-        for name, t in tensors.items():
-            want = tuple(dims[d] for d in _SHAPES.get(name, ()))
-            if name in _SHAPES and tuple(t.shape) != want:
-                raise InputError(f"tensor {name!r} has shape {tuple(t.shape)}, expected {want}", where="sae_weights")
-        self.tensors = dict(tensors)
-
-    # -- weights ---------------------------------------------------------------------------
-    W_enc = property(lambda self: self.tensors["W_enc"])
-    b_enc = property(lambda self: self.tensors["b_enc"])
-    W_dec = property(lambda self: self.tensors["W_dec"])
-    b_dec = property(lambda self: self.tensors["b_dec"])
-    threshold = property(lambda self: self.tensors.get("threshold"))
-
-    @property
-    def device(self) -> torch.device:
-        return self.W_enc.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.W_enc.dtype
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SAE:
-        """A copy on another device or dtype (same config and identity)."""
-        moved = {k: v.to(device=device, dtype=dtype) for k, v in self.tensors.items()}
-        return SAE(self.cfg, moved, ref=self.ref)
-
-    # -- compute (one dispatch point: saekit.kernels.dispatch) -----------------------------
     def encode(self, x: torch.Tensor, *, max_k: int | None = None) -> SparseCode:
         """Sparse code of x [..., d_in] flattened to [n, d_in]. ``max_k`` bounds the code of
         ReLU/JumpReLU/gated SAEs (see saekit.kernels.dispatch)."""
-        from saekit.kernels.dispatch import encode
-
-        return encode(x.reshape(-1, self.cfg.d_in), self, max_k=max_k)
+        return dispatch.encode(x.reshape(-1, self.cfg.d_in), self, max_k=max_k)
 
     def decode(self, code: SparseCode) -> torch.Tensor:
         """Reconstruction [n, d_in] from a sparse code."""
-        from saekit.kernels.dispatch import decode
-
-        return decode(code.values, code.indices, self)
+        return dispatch.decode(code.values, code.indices, self)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction of x, same shape as x."""
@@ -97,17 +27,11 @@ class SAE:
 
     def encode_dense(self, x: torch.Tensor) -> torch.Tensor:
         """Dense latents [n, d_sae] (reference path; for comparisons with other libraries)."""
-        from saekit.kernels.reference import encode_dense
+        return reference.encode_dense(x.reshape(-1, self.cfg.d_in), self)
 
-        return encode_dense(x.reshape(-1, self.cfg.d_in), self)
-
-    def eval_batch(self, x: torch.Tensor):
+    def eval_batch(self, x: torch.Tensor) -> reference.EvalStats:
         """One-pass statistics of x [n, d_in] (see saekit.kernels.reference.EvalStats)."""
-        from saekit.kernels.dispatch import eval_batch
+        return dispatch.eval_batch(x.reshape(-1, self.cfg.d_in), self)
 
-        return eval_batch(x.reshape(-1, self.cfg.d_in), self)
 
-    def __repr__(self) -> str:
-        name = f"{self.ref.name}/{self.ref.version}" if self.ref else "unregistered"
-        c = self.cfg
-        return f"SAE({name}, {c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}, k={c.k}, {self.dtype})"
+__all__ = ["SAE", "SparseCode"]

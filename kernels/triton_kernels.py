@@ -28,11 +28,11 @@ keys per row. The dense [n, d_sae] pre-activations never exist in memory.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from saekit.schemas.settings import current
 
 # Largest k the fused encode keeps in registers; above it dispatch uses the reference.
 MAX_FUSED_K = 1024
@@ -178,7 +178,7 @@ GPU_TILES = (64, 128, 64, 4, 8, 3)
 
 def _gpu_tiles() -> tuple[int, ...]:
     """GPU_TILES, or ``SAEKIT_ENCODE_TILES="BM,BN,BK,ROWS,WARPS,STAGES"`` for tuning runs."""
-    env = os.environ.get("SAEKIT_ENCODE_TILES")
+    env = current().encode_tiles
     if not env:
         return GPU_TILES
     tiles = tuple(int(v) for v in env.split(","))

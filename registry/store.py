@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from saekit.registry import artifact as art
 from saekit.registry.refs import Ref, check_name, parse_ref
+from saekit.schemas.settings import Settings, current
 from saekit.schemas import (
     InputError,
     IntegrityError,
@@ -99,16 +100,16 @@ class VersionInfo:
 # --- settings ----------------------------------------------------------------------------
 
 
-def home() -> Path:
-    return Path(os.environ.get("SAEKIT_HOME") or "~/.saekit").expanduser()
+def home(settings: Settings | None = None) -> Path:
+    return (settings or current()).home
 
 
-def registry_uri() -> str:
+def registry_uri(settings: Settings | None = None) -> str:
     """The MLflow tracking (and registry) URI: SAEKIT_REGISTRY_URI or the embedded SQLite."""
-    uri = os.environ.get("SAEKIT_REGISTRY_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{home().resolve() / 'registry' / 'mlflow.db'}"
+    settings = settings or current()
+    if settings.registry_uri:
+        return settings.registry_uri
+    return f"sqlite:///{settings.home.resolve() / 'registry' / 'mlflow.db'}"
 
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<pw>[^/@\s]*)@")
@@ -142,7 +143,7 @@ def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
-    if os.environ.get("SAEKIT_DEBUG"):
+    if current().debug:
         return
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -176,8 +177,7 @@ def _client() -> MlflowClient:
 def _sqlite_template() -> Path:
     import mlflow
 
-    cache = Path(os.environ.get("SAEKIT_CACHE_DIR") or "~/.cache/saekit").expanduser()
-    return cache / f"mlflow-{mlflow.__version__}-empty.db"
+    return current().cache_dir / f"mlflow-{mlflow.__version__}-empty.db"
 
 
 def _seed_sqlite(db: Path) -> None:

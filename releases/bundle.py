@@ -23,7 +23,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from saekit.harness.env import say
 from saekit.registry.artifact import sha256_file
 from saekit.releases.manifest import load_manifest
 from saekit.releases.modelcard import SAEEntry, metrics_of
@@ -35,6 +34,8 @@ from saekit.schemas import (
     NotFoundError,
     ReleaseManifest,
 )
+from saekit.schemas.console import say
+from saekit.schemas.version import __version__
 
 BUNDLE_FORMAT = "saekit-release/1"
 SUMS = "SHA256SUMS"
@@ -289,8 +290,6 @@ def _write_browser(tmp: Path, manifest: ReleaseManifest, entries: list[SAEEntry]
 
 
 def _write_release_json(tmp: Path, manifest: ReleaseManifest, entries: list[SAEEntry], records: dict[str, Any]) -> None:
-    import saekit
-
     files = {p: sha256_file(tmp / p) for p in _listing(tmp)}
     stamps = [r.datetime_epoch_millis for r in (e.record for e in entries) if r is not None]
     data = {
@@ -301,7 +300,7 @@ def _write_release_json(tmp: Path, manifest: ReleaseManifest, entries: list[SAEE
         "hub_repo": manifest.hub_repo,
         # From the records, never the clock: rebuilding gives the same bytes.
         "built_from_epoch_millis": max(stamps) if stamps else None,
-        "saekit_version": saekit.__version__,
+        "saekit_version": __version__,
         "manifest": manifest.model_dump(mode="json"),
         "saes": [
             {

@@ -2,20 +2,21 @@
 to the revision, verify every file against the release's SHA256SUMS and the artifact
 against its sha256, then load it.
 
-The endpoint is read at call time (``HF_ENDPOINT``), not when huggingface_hub was imported,
-so a process can point at a loopback Hub after the fact.
+The endpoint and cache are the settings' (``HF_ENDPOINT``, ``HF_HUB_CACHE``, read by
+saekit.schemas.settings) at call time, not huggingface_hub's values from when it was
+imported, so a process can point at a loopback Hub after the fact.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saekit.schemas import IntegrityError, NotFoundError, PublishError, SAERef
+from saekit.schemas.settings import current
 
 if TYPE_CHECKING:
     from saekit.kernels import SAE
@@ -23,16 +24,16 @@ if TYPE_CHECKING:
 
 
 def cache_dir() -> str | None:
-    """HF_HUB_CACHE now (huggingface_hub reads it once, at import)."""
-    return os.environ.get("HF_HUB_CACHE") or None
+    """HF_HUB_CACHE of the settings in use (huggingface_hub reads it once, at import)."""
+    return current().hub_cache
 
 
 @contextmanager
 def quiet_progress() -> Iterator[None]:
-    """huggingface_hub's progress bars off while SAEKIT_QUIET=1."""
+    """huggingface_hub's progress bars off while saekit is quiet (SAEKIT_QUIET, --quiet)."""
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    if os.environ.get("SAEKIT_QUIET") != "1" or are_progress_bars_disabled():
+    if not current().quiet or are_progress_bars_disabled():
         yield
         return
     disable_progress_bars()
@@ -43,8 +44,8 @@ def quiet_progress() -> Iterator[None]:
 
 
 def endpoint() -> str | None:
-    """The Hub endpoint to talk to: HF_ENDPOINT now, or huggingface_hub's default."""
-    value = os.environ.get("HF_ENDPOINT")
+    """The Hub endpoint to talk to: the settings' HF_ENDPOINT, or huggingface_hub's default."""
+    value = current().hub_endpoint
     return value.rstrip("/") if value else None
 
 

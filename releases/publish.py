@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saekit.harness.env import say
 from saekit.releases.bundle import SUMS, parse_sums, verify
 from saekit.schemas import GateFailedError, InputError, PublishError
+from saekit.schemas.console import say
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _TOKENISH = re.compile(r"hf_[A-Za-z0-9]{6,}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from saekit.schemas.version import __version__
 
 if TYPE_CHECKING:
     from saekit.harness.check import CheckResult
@@ -45,7 +45,7 @@ def check(ref: str | os.PathLike, **kwargs: Any) -> CheckResult:
     (see saekit.harness.check.check for the options)."""
     from saekit.harness.check import check as _check
 
-    return _check(os.fspath(ref), **kwargs)
+    return _check(os.fspath(ref), loader=load, **kwargs)
 
 
 __all__ = ["load", "register", "check", "__version__"]

@@ -4,20 +4,20 @@
     -> release bundle -> publish to a loopback Hub (in-process) -> load back by hf:// name
 
 Every step is idempotent, so a second run reuses what the first made: the trained SAE and
-converted LM come from SAEKIT_CACHE_DIR, registering identical content returns the
+converted LM come from the cache folder (SAEKIT_CACHE_DIR), registering identical content returns the
 existing version, a version with a recorded check is not checked again, the bundle
 rebuilds byte-identical, and re-publishing it changes nothing on the Hub.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from saekit.schemas import GatePolicy
+from saekit.schemas.console import say
+from saekit.schemas.settings import Settings, current, use_settings
 
 SIZES = ("demo", "test")
 RELEASE_VERSION = "0.1.0"
@@ -36,27 +36,7 @@ CHECK_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def _progress(msg: str) -> None:
-    from saekit.harness.env import say
-
     say(f"demo: {msg}")
-
-
-@contextmanager
-def _env(**values: str | None) -> Iterator[None]:
-    """Set environment variables for a block (None: unset), restoring them after."""
-    def apply(pairs: dict[str, str | None]) -> None:
-        for k, v in pairs.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        apply(values)
-        yield
-    finally:
-        apply(old)
 
 
 def run_demo(
@@ -65,17 +45,22 @@ def run_demo(
     tokens: int | None = None,
     out: Path | None = None,
     dry_run: bool = False,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Run the story; returns a summary (what was made, where, how long each step took)."""
-    from saekit.schemas import InputError
+    """Run the story; returns a summary (what was made, where, how long each step took).
+    ``settings``: where and how (default: the settings in use, see saekit.schemas.settings)."""
+    settings = settings or current()
+    with use_settings(settings):
+        return _run(size=size, tokens=tokens, out=out, dry_run=dry_run, settings=settings)
+
+
+def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, settings: Settings) -> dict[str, Any]:
 
     if size not in SIZES:
         raise InputError(f"size must be one of {', '.join(SIZES)}", where=repr(size))
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    from saekit.registry.store import home
-
-    work = Path(out).expanduser().resolve() if out else home() / "demo" / size
+    work = Path(out).expanduser().resolve() if out else settings.home / "demo" / size
     work.mkdir(parents=True, exist_ok=True)
     name = "smollm2-135m-res-l6" if size == "demo" else "smollm2-135m-res-l6-test"
     summary: dict[str, Any] = {"ok": False, "size": size, "work_dir": str(work), "timings_s": timings}
@@ -184,24 +169,27 @@ def run_demo(
         server = serve(work / "hub")
         try:
             # The HF cache for loopback content stays in the work folder, not the user's.
-            with _env(HF_ENDPOINT=server.url, HF_HUB_CACHE=str(work / "hf-cache"), HF_HUB_DISABLE_TELEMETRY="1"):
-                try:
+            hub = settings.replace(hub_endpoint=server.url, hub_cache=str(work / "hf-cache"))
+            try:
+                with use_settings(hub):
                     result = publish(bundle, repo, endpoint=server.url)
-                except TagConflictError:
-                    # The demo's own loopback Hub holds this tag from a different saekit
-                    # (the bundle layout changed): it is scratch space, so start it afresh.
-                    _progress(f"the loopback Hub holds an older {release['tag']} with other content; resetting it")
-                    server.stop()
-                    shutil.rmtree(work / "hub")
-                    shutil.rmtree(work / "hf-cache", ignore_errors=True)
-                    server = serve(work / "hub")
-                    os.environ["HF_ENDPOINT"] = server.url
+            except TagConflictError:
+                # The demo's own loopback Hub holds this tag from a different saekit
+                # (the bundle layout changed): it is scratch space, so start it afresh.
+                _progress(f"the loopback Hub holds an older {release['tag']} with other content; resetting it")
+                server.stop()
+                shutil.rmtree(work / "hub")
+                shutil.rmtree(work / "hf-cache", ignore_errors=True)
+                server = serve(work / "hub")
+                hub = hub.replace(hub_endpoint=server.url)
+                with use_settings(hub):
                     result = publish(bundle, repo, endpoint=server.url)
-                summary["publish"] = result.to_dict() | {"endpoint": f"{server.url} (loopback Hub, repos in {work / 'hub'})"}
-                step("publish", t)
-                t = time.perf_counter()
+            summary["publish"] = result.to_dict() | {"endpoint": f"{server.url} (loopback Hub, repos in {work / 'hub'})"}
+            step("publish", t)
+            t = time.perf_counter()
+            with use_settings(hub):
                 summary["load"] = _load_back(ref, pinned)
-                step("load", t)
+            step("load", t)
         finally:
             server.stop()
     summary["ok"] = bool(summary.get("load", {}).get("identical", dry_run))

@@ -30,7 +30,7 @@ LatentIndex = NonNegInt
 class LatentMatch(Strict):
     """Where one latent went between SAE A and SAE B.
 
-    Relations (per latent, from the links above the threshold; see saekit.harness.matching):
+    Relations (per latent, from the links above the threshold; see saekit.matching):
     ``same`` one A latent <-> one B latent; ``split`` one A latent -> several B latents;
     ``merge`` several A latents -> this one B latent (one line per A latent);
     ``gone`` an A latent with no link; ``new`` a B latent with no link (``a`` is null).

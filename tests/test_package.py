@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ["saekit", "saekit.schemas", "saekit.kernels", "saekit.registry", "saekit.harness", "saekit.releases", "saekit.cli"]
+SUBPACKAGES = ["saekit", "saekit.schemas", "saekit.kernels", "saekit.registry", "saekit.harness", "saekit.matching", "saekit.releases", "saekit.cli"]
 
 
 @pytest.mark.parametrize("cwd", [ROOT, ROOT / "tests"])
@@ -30,3 +30,10 @@ def test_cli_usage_error_exits_2():
     r = subprocess.run([sys.executable, "-m", "saekit", "no-such-command"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["error: No such command 'no-such-command'. (see 'saekit --help')"]
+
+
+def test_import_layers_contract():
+    # The design's layer order (pyproject's [tool.importlinter]), as CI checks it.
+    pytest.importorskip("importlinter")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "lint_imports.py")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
+
+from saekit.schemas.settings import Settings, use_settings
 
 app = typer.Typer(
     name="saekit",
@@ -31,21 +32,24 @@ JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     home: Optional[Path] = typer.Option(
-        None, "--home", envvar="SAEKIT_HOME", help="saekit home folder (registry, cache)."
+        None, "--home", help="saekit home folder: registry, cache (default $SAEKIT_HOME or ~/.saekit)."
     ),
     registry_uri: Optional[str] = typer.Option(
-        None, "--registry-uri", envvar="SAEKIT_REGISTRY_URI", help="MLflow tracking URI (default: embedded SQLite)."
+        None, "--registry-uri", help="MLflow tracking URI (default $SAEKIT_REGISTRY_URI or the embedded SQLite)."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (or SAEKIT_QUIET=1)."),
 ) -> None:
-    # Settings travel as environment variables so library code reads one place.
-    if home is not None:
-        os.environ["SAEKIT_HOME"] = str(home)
-    if registry_uri:
-        os.environ["SAEKIT_REGISTRY_URI"] = registry_uri
-    if quiet:
-        os.environ["SAEKIT_QUIET"] = "1"
+    # One Settings for the whole command: the environment read once, then these options.
+    # The command runs under it (use_settings) and finds it as ctx.obj; os.environ is not touched.
+    settings = Settings.from_env(home=home, registry_uri=registry_uri or None, quiet=quiet or None)
+    ctx.obj = ctx.with_resource(use_settings(settings))
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    """The command's Settings (set by the root callback)."""
+    return ctx.find_root().obj
 
 
 def emit(data: Any, json_out: bool, text: str | None = None) -> None:

@@ -1,13 +1,11 @@
-"""saekit cards validate | convert.
+"""saekit cards validate | convert: options and printing; the work is saekit.schemas.validate
+and saekit.schemas.card_files.
 
 Other ``saekit cards`` commands (build, verify, carry) are added by their owners' modules.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -73,136 +71,22 @@ def convert(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Convert between saekit feature cards and Neuronpedia / OpenAI sae-viewer JSON."""
-    from saekit.schemas import convert as cv
-    from saekit.schemas.card import FeatureCard, SAERef, consistency_errors
+    from saekit.schemas.card import SAERef
+    from saekit.schemas.card_files import convert_files, first_error
     from saekit.schemas.errors import InputError
-    from saekit.schemas.validate import check_card_bytes
 
-    if to not in ("saekit", "neuronpedia"):
-        raise InputError(f"--to must be saekit or neuronpedia, not {to!r}")
-    if from_ not in ("auto", "saekit", "neuronpedia", "openai"):
-        raise InputError(f"--from must be auto, saekit, neuronpedia or openai, not {from_!r}")
     sae_ref = None
     if sae is not None:
         try:
             sae_ref = SAERef(name=sae, version=sae_version, sha256=sae_sha256, d_sae=d_sae)
         except ValueError as err:
-            raise InputError(f"bad --sae options: {_first_error(err)}") from None
-
-    cards: list[FeatureCard] = []
-    for path in inputs:
-        for n, doc in _documents(path):
-            where = f"{path}:{n}"
-            fmt = from_ if from_ != "auto" else _detect(doc, where)
-            try:
-                if fmt == "saekit":
-                    card, errs = check_card_bytes(json.dumps(doc))
-                    if card is None:
-                        raise InputError(f"invalid card: {errs[0][0]}: {errs[0][1]}", where=where)
-                elif fmt == "neuronpedia":
-                    card = cv.from_neuronpedia(doc, sae=sae_ref)
-                else:
-                    idx = index if index is not None else cv.index_from_filename(path.name)
-                    if idx is None:
-                        raise InputError("OpenAI FeatureInfo has no index: pass --index or name the file NNN.json", where=where)
-                    if sae_ref is None:
-                        raise InputError("OpenAI FeatureInfo does not name its SAE: pass --sae", where=where)
-                    card = cv.from_openai(doc, sae=sae_ref, index=idx)
-            except InputError as err:
-                if err.where is None:
-                    raise InputError(err.message, where=where) from None
-                raise
-            except ValueError as err:  # pydantic: the source document breaks the card schema
-                raise InputError(f"cannot convert: {_first_error(err)}", where=where) from None
-            cards.append(card)
-
-    warnings = [f"card {c.index}: {p}: {m}" for c in cards for p, m in consistency_errors(c)]
-    for w in warnings:
+            raise InputError(f"bad --sae options: {first_error(err)}") from None
+    result = convert_files(inputs, out, to=to, from_format=from_, sae=sae_ref, index=index)
+    for w in result.warnings:
         typer.echo(f"warning: {w}", err=True)
-    if to == "saekit":
-        lines = [c.model_dump_json(exclude_none=True) for c in cards]
-    else:
-        lines = [json.dumps(cv.to_neuronpedia(c), ensure_ascii=False) for c in cards]
-    _write(out, lines)
+    n = len(result.cards)
     emit(
-        {"cards": len(cards), "out": str(out), "to": to, "warnings": warnings},
+        {"cards": n, "out": str(out), "to": to, "warnings": result.warnings},
         json_out,
-        None if str(out) == "-" else f"wrote {len(cards)} {'card' if to == 'saekit' else 'feature'}"
-        f"{'s' * (len(cards) != 1)} to {out}",
+        None if str(out) == "-" else f"wrote {n} {'card' if to == 'saekit' else 'feature'}{'s' * (n != 1)} to {out}",
     )
-
-
-def _first_error(err: Exception) -> str:
-    errors = getattr(err, "errors", None)
-    if callable(errors):
-        from saekit.schemas.validate import json_path
-
-        e = errors()[0]
-        return f"{json_path(e['loc'])}: {e['msg']}"
-    return str(err).splitlines()[0]
-
-
-def _detect(doc: object, where: str) -> str:
-    from saekit.schemas.convert import detect_format
-    from saekit.schemas.errors import InputError
-
-    try:
-        return detect_format(doc)
-    except InputError as err:
-        raise InputError(err.message, where=where) from None
-
-
-def _documents(path: Path):
-    """``(line, parsed document)`` for every document of a .json (object or list) or .jsonl file."""
-    from saekit.schemas.errors import InputError
-
-    def reject(name: str):
-        raise InputError(f"{name} is not valid JSON", where=str(path))
-
-    try:
-        data = path.read_bytes()
-        if path.name.endswith(".gz"):
-            data = gzip.decompress(data)
-        text = data.decode("utf-8")
-    except FileNotFoundError:
-        raise InputError("no such file", where=str(path)) from None
-    except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read: {err}", where=str(path)) from None
-    if path.name.endswith((".jsonl", ".jsonl.gz")):
-        for n, line in enumerate(text.split("\n"), start=1):
-            if line.strip():
-                try:
-                    yield n, json.loads(line, parse_constant=reject)
-                except json.JSONDecodeError as err:
-                    raise InputError(f"not valid JSON: {err.msg}", where=f"{path}:{n}") from None
-        return
-    try:
-        doc = json.loads(text, parse_constant=reject)
-    except json.JSONDecodeError as err:
-        raise InputError(f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}", where=str(path)) from None
-    if isinstance(doc, list):
-        for i, d in enumerate(doc):
-            yield i + 1, d
-    else:
-        yield 1, doc
-
-
-def _write(out: Path, lines: list[str]) -> None:
-    from saekit.schemas.errors import InputError
-
-    if out.name.endswith(".json") and str(out) != "-":
-        docs = [json.loads(x) for x in lines]
-        text = json.dumps(docs[0] if len(docs) == 1 else docs, indent=2, ensure_ascii=False) + "\n"
-    else:
-        text = "".join(x + "\n" for x in lines)
-    if str(out) == "-":
-        sys.stdout.write(text)
-        return
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.name.endswith(".gz"):
-            out.write_bytes(gzip.compress(text.encode("utf-8"), mtime=0))
-        else:
-            out.write_text(text, encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"cannot write: {err.strerror or err}", where=str(out)) from None

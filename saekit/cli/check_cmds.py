@@ -34,6 +34,7 @@ def check_cmd(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Check an SAE against a real language model: metrics, cards, record, gate (exit 1 if it fails)."""
+    import saekit
     from saekit.harness.check import check
     from saekit.harness.gate import describe
 
@@ -41,6 +42,7 @@ def check_cmd(
         ref, policy=policy, n_tokens=tokens, device=device, seed=seed, out_dir=out, cards=cards, log=log,
         context_size=context, batch_size=batch_size, corpus=corpus, cards_latents=cards_latents,
         downstream_latents=downstream_latents, annotations=annotations, from_record=from_record, activations=activations,
+        loader=saekit.load,
     )
     rec = res.record
     data = {

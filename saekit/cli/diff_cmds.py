@@ -1,7 +1,8 @@
 """saekit diff REF_A REF_B | saekit cards carry: feature matching across SAE versions and widths.
 
-The algorithm lives in saekit.harness.matching; this module parses options, loads the
-SAEs and the cards, and prints. torch loads only inside the commands.
+The work lives in saekit.matching (the algorithm, mapping files, carrying) and
+saekit.matching.inputs (activation batches, cards by reference); this module parses options,
+loads the SAEs by reference (saekit.load) and prints. torch loads only inside the commands.
 """
 
 from __future__ import annotations
@@ -13,14 +14,11 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from saekit.cli.app import JSON_OPTION, app, cards_app, emit
-from saekit.schemas import InputError, NotFoundError
+from saekit.schemas import InputError
 
 if TYPE_CHECKING:
     from saekit.kernels import SAE
     from saekit.schemas import SAERef
-
-CARDS_FILE = "feature_cards.jsonl"
-
 
 def _load_sae(text: str) -> tuple[SAE, SAERef]:
     """An SAE by reference (saekit.load: registry, hf:// or folder) and the SAERef naming it."""
@@ -29,29 +27,6 @@ def _load_sae(text: str) -> tuple[SAE, SAERef]:
 
     sae = saekit.load(text)
     return sae, sae.ref or SAERef(name=text, d_sae=sae.cfg.d_sae)
-
-
-def _read_acts(path: Path, n_tokens: int, d_in: int) -> Any:
-    """The shared token batch: a safetensors file whose ``activations`` tensor is [..., d_in]
-    (the harness' activation shards, or any [n, d_in] tensor; a file with one tensor works too)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise InputError("activations file not found", where=str(path))
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise InputError(f"not a safetensors file ({err})", where=str(path)) from None
-    if "activations" in tensors:
-        acts = tensors["activations"]
-    elif len(tensors) == 1:
-        acts = next(iter(tensors.values()))
-    else:
-        raise InputError(f"no 'activations' tensor among {sorted(tensors)}", where=str(path))
-    if acts.shape[-1] != d_in:
-        raise InputError(f"activations have width {acts.shape[-1]}, the SAEs read {d_in}", where=str(path))
-    return acts.reshape(-1, d_in)[:n_tokens].float()
 
 
 def _relation_bars(counts: dict[str, int], hist: Any) -> str:
@@ -94,22 +69,13 @@ def diff(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Match the latents of two SAEs: same / split / merge / new / gone, with similarities."""
-    from saekit.harness.matching import match, summary_path, write_mapping
-
-    from saekit.harness.matching import lm_activations
+    from saekit.matching import match, summary_path, write_mapping
+    from saekit.matching.inputs import coact_batch
 
     views = [v.strip() for v in by.split(",") if v.strip()]
     sae_a, sae_ref_a = _load_sae(ref_a)
     sae_b, sae_ref_b = _load_sae(ref_b)
-    batch = None
-    if "coact" in views:
-        if acts is not None:
-            batch = _read_acts(acts, n_tokens, sae_a.cfg.d_in)
-        else:
-            hooks = {(s.cfg.model_name, s.cfg.hook_name) for s in (sae_a, sae_b)}
-            if len(hooks) > 1:
-                raise InputError(f"the SAEs read different models or hooks {sorted(map(str, hooks))}; pass --acts", where="--by coact")
-            batch = lm_activations(sae_a, n_tokens)
+    batch = coact_batch(sae_a, sae_b, n_tokens, acts) if "coact" in views else None
     result = match(
         sae_a, sae_b, by=views, acts=batch, threshold=threshold, assignment=assignment,  # type: ignore[arg-type]
         block=block, precision=precision, ref_a=sae_ref_a, ref_b=sae_ref_b,  # type: ignore[arg-type]
@@ -126,35 +92,6 @@ def diff(
         data["summary"] = str(summary_path(out))
         text += f"\nwrote {out} ({len(result.rows)} lines) and {summary_path(out)}"
     emit(data, json_out, text)
-
-
-def _cards_path(text: str, *, missing_ok: bool = False) -> tuple[Path | None, str | None]:
-    """A cards file from a path, an artifact folder, or a registry reference (its last check's
-    feature_cards.jsonl); the second value is the reference when there is one. With
-    ``missing_ok``, an SAE without cards gives (None, reference)."""
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path, None
-    if path.is_dir():
-        if (path / CARDS_FILE).is_file():
-            return path / CARDS_FILE, text
-        if missing_ok:
-            return None, text
-        raise NotFoundError(f"no {CARDS_FILE} in the folder", where=text)
-    from saekit.registry.refs import parse_ref
-
-    ref = parse_ref(text)
-    if ref.kind == "hf":
-        raise InputError("cards of hf:// references: download the release's cards file and pass its path", where=text)
-    from saekit.registry.store import check_files, resolve
-
-    info = resolve(ref)
-    files = check_files(info.name, info.version)
-    if CARDS_FILE not in files:
-        if missing_ok:
-            return None, text
-        raise NotFoundError(f"no {CARDS_FILE} logged for {info.name}/{info.version} (run saekit check)", where=text)
-    return Path(files[CARDS_FILE]), text
 
 
 @cards_app.command("carry")
@@ -178,10 +115,11 @@ def carry_cmd(
 ) -> None:
     """Carry annotations from A's cards onto B's matched latents (marked carried_from)."""
     from saekit.harness.cards import read_cards, write_cards
-    from saekit.harness.matching import carry, check_mapping_fits, match, read_mapping, read_summary
+    from saekit.matching import carry, check_mapping_fits, match, read_mapping, read_summary
+    from saekit.matching.inputs import cards_path
 
-    path_a, ref_a = _cards_path(from_)
-    path_b, ref_b = _cards_path(to, missing_ok=True)  # B may have no cards yet
+    path_a, ref_a = cards_path(from_)
+    path_b, ref_b = cards_path(to, missing_ok=True)  # B may have no cards yet
     assert path_a is not None
     cards_a = read_cards(path_a)
     cards_b = read_cards(path_b) if path_b is not None else []

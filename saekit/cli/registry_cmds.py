@@ -5,7 +5,6 @@ Heavy imports (mlflow, torch) happen inside the commands, never at module import
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import List, Optional
 
@@ -51,19 +50,12 @@ def register_cmd(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Register an artifact as a new version of NAME (identical content returns the existing one)."""
-    import tempfile
+    from saekit.registry.folders import register_checkpoint
 
-    from saekit.registry import store
-
-    tags = _parse_tags(tag)
-    with tempfile.TemporaryDirectory(prefix="saekit-import-") as tmp:
-        folder = path
-        if from_format and from_format != "saekit":
-            from saekit.registry.formats import import_checkpoint
-
-            folder = Path(tmp) / "artifact"
-            import_checkpoint(from_format, path, folder, model_name=model, hook_name=hook, model_revision=revision)
-        info = store.register(name, folder, tags=tags, description=description, alias=alias)
+    info = register_checkpoint(
+        name, path, from_format=from_format, tags=_parse_tags(tag), description=description, alias=alias,
+        model_name=model, hook_name=hook, model_revision=revision,
+    )
     emit(info.to_dict(), json_out, f"registered {info.ref} sha256:{info.sha256}" + (
         f" @{','.join(info.aliases)}" if info.aliases else ""))
 
@@ -134,16 +126,9 @@ def pull_cmd(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Fetch an artifact (verified, through the cache) and copy it to DEST."""
-    from saekit.registry import artifact, store
+    from saekit.registry.folders import pull
 
-    folder = store.fetch(ref)
-    dest.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for f in sorted(folder.iterdir()):
-        if f.is_file():
-            shutil.copyfile(f, dest / f.name)
-            copied.append(f.name)
-    sha = artifact.artifact_sha256(dest)
+    sha, copied = pull(ref, dest)
     emit({"ref": ref, "dest": str(dest), "sha256": sha, "files": copied}, json_out, f"{dest} sha256:{sha}")
 
 

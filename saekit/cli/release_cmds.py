@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from saekit.cli.app import JSON_OPTION, app, emit, release_app
+from saekit.cli.app import JSON_OPTION, app, emit, release_app, settings_of
 
 
 @release_app.command("build")
@@ -72,6 +72,7 @@ def hub_cmd(
 
 @app.command("demo")
 def demo_cmd(
+    ctx: typer.Context,
     size: str = typer.Option("demo", "--size", help="Demo SAE size: 'demo' (576 -> 4608, k 32) or 'test' (small, fast)."),
     tokens: Optional[int] = typer.Option(None, "--tokens", help="Tokens for the check (default: the harness default)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Work folder (default: $SAEKIT_HOME/demo)."),
@@ -82,7 +83,7 @@ def demo_cmd(
     release bundle -> publish to a loopback Hub -> load back by hf:// name."""
     from saekit.demo import run_demo, summary_table
 
-    result = run_demo(size=size, tokens=tokens, out=out, dry_run=dry_run)
+    result = run_demo(size=size, tokens=tokens, out=out, dry_run=dry_run, settings=settings_of(ctx))
     emit(result, json_out, summary_table(result))
     if not result.get("ok", False):
         raise typer.Exit(1)

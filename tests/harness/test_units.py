@@ -44,7 +44,7 @@ def test_policy_files(tmp_path):
 
 
 def test_progress_is_silenced_by_saekit_quiet(monkeypatch, capsys):
-    from saekit.harness.env import Progress
+    from saekit.schemas.console import Progress
 
     monkeypatch.setenv("SAEKIT_QUIET", "1")
     with Progress("x", total=2) as bar:

@@ -1,4 +1,4 @@
-"""saekit.harness.matching on random SAEs and edited copies of them."""
+"""saekit.matching on random SAEs and edited copies of them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from matching_helpers import permuted, random_sae, split_copy, with_latents
 
-from saekit.harness import matching as m
+from saekit.matching import latents as m
 from saekit.schemas import ArtifactFormatError, InputError
 from saekit.schemas.matching import LatentMatch, mapping_errors
 

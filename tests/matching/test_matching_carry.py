@@ -1,4 +1,4 @@
-"""Carrying annotations along a mapping (saekit.harness.matching.carry) and the CLI:
+"""Carrying annotations along a mapping (saekit.matching.carry) and the CLI:
 ``saekit diff`` and ``saekit cards carry`` on artifact folders."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 from matching_helpers import permuted, random_sae, split_copy
 
-from saekit.harness import matching as m
+from saekit.matching import latents as m
 from saekit.harness.cards import read_cards, write_cards
 from saekit.schemas import Annotation, FeatureCard, InputError, SAERef
 

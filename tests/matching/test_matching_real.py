@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saekit.harness import matching as m
+from saekit.matching import latents as m
 
 pytestmark = pytest.mark.slow
 

@@ -42,6 +42,9 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
+from saekit.harness.activations import LMActivationSource
+from saekit.harness.model import load_lm
+from saekit.harness.text import special_token_ids, token_set
 from saekit.schemas import (
     ArtifactFormatError,
     CarriedFrom,
@@ -90,10 +93,6 @@ def lm_activations(sae: SAE, n_tokens: int, *, seed: int = 0, context_size: int 
     """A shared token batch [n, d_in] for the ``coact`` view: the SAE's language model and
     hook (default SmolLM2-135M-Instruct) on the held-out ``eval`` split of the harness corpus,
     special tokens (BOS) dropped as in the harness' evals."""
-    from saekit.harness.activations import LMActivationSource
-    from saekit.harness.model import load_lm
-    from saekit.harness.text import special_token_ids, token_set
-
     if not sae.cfg.hook_name:
         raise InputError("the SAE names no hook to read activations at; pass --acts", where="--by coact")
     model, tok = load_lm(sae.cfg.model_name)

@@ -1,33 +1,26 @@
-"""Where the harness keeps its caches, and its progress output (silenced by SAEKIT_QUIET=1)."""
+"""Progress output on stderr, shared by every layer; silenced by the ``quiet`` setting."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
+
+from saekit.schemas.settings import Settings, current
 
 
-def cache_dir(*parts: str) -> Path:
-    """A folder under SAEKIT_CACHE_DIR (default ~/.cache/saekit), created on demand."""
-    root = Path(os.environ.get("SAEKIT_CACHE_DIR") or Path.home() / ".cache" / "saekit").expanduser()
-    path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def quiet() -> bool:
-    return os.environ.get("SAEKIT_QUIET", "") not in ("", "0", "false")
+def quiet(settings: Settings | None = None) -> bool:
+    """Whether progress output is off (SAEKIT_QUIET, ``saekit --quiet``)."""
+    return (settings or current()).quiet
 
 
 class Progress:
     """A one-line progress counter on stderr: ``activations 12/40 (3.1 s)``."""
 
-    def __init__(self, desc: str, total: int | None = None):
+    def __init__(self, desc: str, total: int | None = None, *, settings: Settings | None = None):
         self.desc, self.total, self.n = desc, total, 0
         self.t0 = time.perf_counter()
         self._last = 0.0
-        self.enabled = not quiet()
+        self.enabled = not quiet(settings)
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -50,8 +43,8 @@ class Progress:
         self.close()
 
 
-def say(msg: str) -> None:
+def say(msg: str, *, settings: Settings | None = None) -> None:
     """One line of progress on stderr unless quiet."""
-    if not quiet():
+    if not quiet(settings):
         sys.stderr.write(msg + "\n")
         sys.stderr.flush()

@@ -1,0 +1,50 @@
+"""Between folders and the registry: register a checkpoint of any supported format, and copy
+a registered version into a folder. What ``saekit register --from`` and ``saekit pull`` do."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from saekit.registry import artifact, store
+from saekit.registry.formats import import_checkpoint
+
+
+def register_checkpoint(
+    name: str,
+    path: Path | str,
+    *,
+    from_format: str | None = None,
+    tags: dict[str, str] | None = None,
+    description: str | None = None,
+    alias: str | None = None,
+    model_name: str | None = None,
+    hook_name: str | None = None,
+    model_revision: str | None = None,
+) -> store.VersionInfo:
+    """Register ``path`` as a new version of ``name``: a canonical artifact folder, or with
+    ``from_format`` (saelens, sparsify, gemmascope, openai) a checkpoint imported first into
+    a temporary canonical folder (see saekit.registry.formats)."""
+    with tempfile.TemporaryDirectory(prefix="saekit-import-") as tmp:
+        folder = Path(path)
+        if from_format and from_format != "saekit":
+            folder = Path(tmp) / "artifact"
+            import_checkpoint(
+                from_format, Path(path), folder, model_name=model_name, hook_name=hook_name, model_revision=model_revision
+            )
+        return store.register(name, folder, tags=tags, description=description, alias=alias)
+
+
+def pull(ref: str, dest: Path | str) -> tuple[str, list[str]]:
+    """Copy the artifact ``ref`` (fetched through the cache and verified) into ``dest``;
+    returns the copy's sha256 and the names of the files copied."""
+    folder = store.fetch(ref)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            shutil.copyfile(f, dest / f.name)
+            copied.append(f.name)
+    return artifact.artifact_sha256(dest), copied
