@@ -50,6 +50,12 @@ def export(out_dir: Path = JSON_DIR) -> list[Path]:
     return paths
 
 
+def stale(json_dir: Path | None = None) -> list[str]:
+    """The schema files under ``json_dir`` (default JSON_DIR) missing or differing from the models."""
+    json_dir = json_dir or JSON_DIR
+    return [s for s in MODELS if not (json_dir / f"{s}.json").is_file() or (json_dir / f"{s}.json").read_text() != render(s)]
+
+
 def load_committed(stem: str) -> dict:
     """The committed schema, as shipped in the package."""
     return json.loads((JSON_DIR / f"{stem}.json").read_text())

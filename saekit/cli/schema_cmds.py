@@ -27,8 +27,7 @@ def check(json_out: bool = JSON_OPTION) -> None:
     """Exit 1 if the committed JSON Schema files differ from the models."""
     from saekit.schemas import export as ex
 
-    stale = [s for s in ex.MODELS if not (ex.JSON_DIR / f"{s}.json").is_file()
-             or (ex.JSON_DIR / f"{s}.json").read_text() != ex.render(s)]
+    stale = ex.stale()
     emit({"stale": stale}, json_out, "\n".join(f"stale: {s}.json" for s in stale) or "schemas up to date")
     if stale:
         raise typer.Exit(1)
