@@ -106,7 +106,7 @@ def _encode_kernel(
     stride_xm, stride_wk,
     K: tl.constexpr, CAP: tl.constexpr, SPLITS: tl.constexpr, JUMP: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ROWS: tl.constexpr, SORT: tl.constexpr,
+    ROWS: tl.constexpr, SORT: tl.constexpr, UPCAST: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -140,7 +140,9 @@ def _encode_kernel(
                         mask=row_ok[:, None] & (kk[None, :] < d_in), other=0.0)
             b = tl.load(w_ptr + kk[:, None].to(tl.int64) * stride_wk + cols[None, :],
                         mask=(kk[:, None] < d_in) & col_ok[None, :], other=0.0)
-            if IEEE:
+            if UPCAST:  # interpreter: its bf16 tl.dot multiplies bit patterns (triton#11584)
+                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            elif IEEE:
                 acc = tl.dot(a, b, acc, input_precision="ieee")
             else:
                 acc = tl.dot(a, b, acc)
@@ -251,7 +253,8 @@ def encode_topk(
         buf, cnt, thr, nnz,
         n, d_in, d_sae, chunk,
         x.stride(0), w_enc.stride(0),
-        K=k, SPLITS=splits, JUMP=jump is not None, IEEE=x.dtype == torch.float32, **cfg,
+        K=k, SPLITS=splits, JUMP=jump is not None, IEEE=x.dtype == torch.float32,
+        UPCAST=_interpreting() and x.dtype != torch.float32, **cfg,
     )
     # final merge: SPLITS * k candidate keys per row, all distinct; empty slots hold key 0
     cand = buf.view(n, splits, cap)[:, :, :k]
@@ -402,6 +405,7 @@ def _latent_sum_kernel(val_ptr, idx_ptr, scale_ptr, act_q_ptr, total, BLOCK: tl.
     i = tl.load(idx_ptr + offs, mask=ok, other=0)
     fired = ok & (v > 0.0) & (v <= 3.4028234663852886e38)  # finite; +inf latents are set on the host
     scale = tl.load(scale_ptr + i, mask=fired, other=0.0)
+    v = tl.where(fired, v, 0.0)
     q = (v.to(tl.float64) * scale + 0.5).to(tl.int64)  # round half up (v >= 0)
     tl.atomic_add(act_q_ptr + i, q, mask=fired)
 
