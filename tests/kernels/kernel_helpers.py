@@ -99,24 +99,37 @@ EVAL_RTOL = {"sse": 1e-5, "sum_x": 1e-9, "sum_x2": 1e-9, "cos_sum": 1e-5, "l1_su
 
 
 def make_eval_case(kind: str, arch: str, n: int, d_in: int, d_sae: int, k: int | None, *, seed: int,
-                   device: str = "cpu", dtype: torch.dtype = torch.float32, nan_rows: tuple[int, ...] = ()):
+                   device: str = "cpu", dtype: torch.dtype = torch.float32, nan_rows: tuple[int, ...] = (),
+                   target_l0: int | None = None):
     """(sae, x) for an eval test.
 
     kind 'random': Gaussian weights and inputs. In bf16, x and b_dec are put on coarse grids
     (multiples of 1/4 and 1/8, |x| <= 4) so that x - b_dec is exact in bf16: whether a path
     rounds it to the weights' dtype or not, both encode the same numbers.
     kind 'ties': small integers everywhere (every sum exact in any order, many tied values;
-    JumpReLU thresholds are integers too, so pre-activations equal to the threshold occur).
-    ``nan_rows``: tokens that get a NaN in one input dimension."""
+    JumpReLU thresholds are integers too, so pre-activations equal to the threshold occur);
+    token 0 equals b_dec (the SAE sees zero), token 1 is 64 times larger than the rest.
+    ``nan_rows``: tokens that get a NaN in one input dimension. ``target_l0``: ReLU/JumpReLU
+    only, shift b_enc so that about this many latents fire per token (wide SAEs stay under the
+    Triton path's sparse-code bound)."""
+    from saekit.kernels import reference
+
     integer = kind == "ties"
     sae = make_sae(arch, d_in, d_sae, k, seed=seed, integer=integer)
     g = torch.Generator().manual_seed(seed + 7)
     if arch == "jumprelu" and integer:
         sae.tensors["threshold"] = torch.randint(0, 3, (d_sae,), generator=g).float()
     x = make_x(n, d_in, seed=seed, integer=integer)
+    if integer and n > 2:
+        x[0] = sae.tensors["b_dec"]
+        x[1] *= 64
     if dtype == torch.bfloat16 and not integer:
         x = ((x * 4).round() / 4).clamp(-4, 4)
         sae.tensors["b_dec"] = (sae.tensors["b_dec"] * 8).round() / 8
+    if target_l0 and arch in ("relu", "jumprelu"):
+        pre = reference.pre_activations(x[:64], sae).flatten()
+        q = torch.quantile(pre, 1 - target_l0 / d_sae)
+        sae.tensors["b_enc"] = sae.tensors["b_enc"] - (q.ceil() if integer else q)
     for r in nan_rows:
         x[r, int(torch.randint(0, d_in, (1,), generator=g))] = float("nan")
     return sae.to(device=device, dtype=dtype), x.to(device=device, dtype=dtype)
@@ -178,3 +191,23 @@ def assert_eval_identical(a, b, *, what: str, fields: tuple[str, ...] = EVAL_FIE
         ga, gb = getattr(a, name), getattr(b, name)
         assert ga.dtype == gb.dtype and ga.shape == gb.shape, f"{what} {name}: dtype/shape differ"
         assert torch.equal(_bits(ga), _bits(gb)), f"{what} {name}: not bitwise identical"
+
+
+def reference_eval_given_code(x: torch.Tensor, sae, code):
+    """reference.eval_batch with its encode replaced by ``code``: the eval pass's definition
+    applied to another path's code (so near-tied latents that two GEMMs order differently
+    do not mix encode differences into the eval comparison)."""
+    from unittest import mock
+
+    from saekit.kernels import reference
+
+    calls = []
+
+    def given(*args, **kwargs):
+        calls.append(1)
+        return code
+
+    with mock.patch.object(reference, "encode", given):
+        out = reference.eval_batch(x, sae)
+    assert calls, "reference.eval_batch no longer calls reference.encode; update this helper"
+    return out
