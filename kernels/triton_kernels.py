@@ -211,6 +211,15 @@ def _encode_config(n: int, d_sae: int, k: int, device: torch.device) -> dict:
     return cfg
 
 
+def candidate_buffer_bytes(n: int, d_sae: int, k: int, device: torch.device) -> int:
+    """Device memory of encode_topk's candidate buffer: n * splits * CAP int64 keys, CAP =
+    next_pow2(k + BLOCK_N). Splits shrink as n grows (about 2 programs per SM in all), so
+    the buffer is largest per token at small n; e.g. H100 tiles (BLOCK_N 128), k 64: CAP 256,
+    2 KiB per token per split; k 1024: CAP 2048, 16 KiB per token per split."""
+    cfg = _encode_config(n, d_sae, k, torch.device(device))
+    return n * cfg["splits"] * cfg["CAP"] * 8
+
+
 def unpack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """int64 keys -> (fp32 values, int64 indices)."""
     values = (keys >> 32).to(torch.int32).view(torch.float32)
@@ -298,6 +307,7 @@ def decode(values: torch.Tensor, indices: torch.Tensor, w_dec: torch.Tensor, b_d
     values, indices, w_dec = values.contiguous(), indices.contiguous(), w_dec.contiguous()
     out = _empty(n, d_in, dtype=torch.float32, device=values.device)
     br, bd = (4, 32) if _interpreting() else (4, min(512, triton.next_power_of_2(d_in)))
+    br, bd = CONFIG_OVERRIDE.get("dec_r", br), CONFIG_OVERRIDE.get("dec_d", bd)
     grid = (triton.cdiv(n, br), triton.cdiv(d_in, bd))
     _decode_kernel[grid](values, indices, w_dec, b_dec, out, n, d_in, k, BLOCK_R=br, BLOCK_D=bd)
     return out
