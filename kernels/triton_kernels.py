@@ -203,6 +203,11 @@ def _encode_config(n: int, d_sae: int, k: int, device: torch.device) -> dict:
     row_blocks = triton.cdiv(n, bm)
     tiles = triton.cdiv(d_sae, bn)
     splits = max(1, min(tiles, triton.cdiv(programs, row_blocks)))
+    if device.type == "cuda" and "programs" not in o:
+        # the candidate buffer (n * splits * CAP int64) stays within the dense fp32 latents'
+        # n * d_sae * 4 bytes: without this, small batches of wide-k SAEs (256 tokens, k 1024)
+        # would hold twice what the fused encode exists to avoid
+        splits = min(splits, max(1, d_sae // (2 * cap)))
     chunk = triton.cdiv(tiles, splits) * bn
     splits = triton.cdiv(d_sae, chunk)
     cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ROWS=min(rows, bm), CAP=cap,
@@ -215,7 +220,9 @@ def candidate_buffer_bytes(n: int, d_sae: int, k: int, device: torch.device) -> 
     """Device memory of encode_topk's candidate buffer: n * splits * CAP int64 keys, CAP =
     next_pow2(k + BLOCK_N). Splits shrink as n grows (about 2 programs per SM in all), so
     the buffer is largest per token at small n; e.g. H100 tiles (BLOCK_N 128), k 64: CAP 256,
-    2 KiB per token per split; k 1024: CAP 2048, 16 KiB per token per split."""
+    2 KiB per token per split; k 1024: CAP 2048, 16 KiB per token per split. On CUDA the
+    split count is capped so that the buffer never exceeds the dense fp32 latents (n * d_sae
+    * 4 bytes). docs/gpu.md tabulates it."""
     cfg = _encode_config(n, d_sae, k, torch.device(device))
     return n * cfg["splits"] * cfg["CAP"] * 8
 
