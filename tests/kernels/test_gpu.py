@@ -84,6 +84,8 @@ def test_eval_every_output_random(arch, k, d_in, d_sae, batches, dtype, triton_p
         start += size
         code = dispatch.encode(xb, sae)
         ref = reference.encode(xb, sae)
+        if arch != "topk":  # the fused path ran (no dense fallback past the sparse bound)
+            assert code.values.shape[1] <= dispatch.SPARSE_BOUND, f"L0 {code.values.shape[1]}"
         if code.values.shape == ref.values.shape:  # ReLU width = the batch's largest L0 (may differ by a near-tie)
             dense = reference.encode_dense(xb, sae) if arch != "topk" else torch.relu(reference.pre_activations(xb, sae))
             rtol = 1e-4 if dtype == torch.float32 else 1e-3
@@ -98,11 +100,14 @@ def test_eval_every_output_random(arch, k, d_in, d_sae, batches, dtype, triton_p
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_eval_every_output_adversarial(arch, k, d_in, d_sae, batches, dtype, triton_path, seed):
     """Integer weights and inputs (exact sums: both paths give the same code, ties to the
-    lower index), a token equal to b_dec, a 64x outlier token, NaN in two tokens (one in the
-    partial batch): every output equal to the reference's, NaN where it has NaN."""
+    lower index), a token equal to b_dec, a 64x outlier token (TopK), NaN in two tokens (one
+    in the partial batch): every output equal to the reference's, NaN where it has NaN."""
     n = sum(batches)
     sae, x = make_eval_case("ties", arch, n, d_in, d_sae, k, seed=seed, device="cuda", dtype=dtype,
                             nan_rows=(5, n - 2), target_l0=48)
+    if arch != "topk":  # the fused path ran (no dense fallback past the sparse bound)
+        widest = max(dispatch.encode(xb, sae).values.shape[1] for xb in x.split(batches))
+        assert widest <= dispatch.SPARSE_BOUND, f"L0 {widest}"
     got = eval_in_batches(dispatch.eval_batch, x, batches, sae)
     want = eval_in_batches(reference.eval_batch, x, batches, sae)
     assert_eval_matches(got, want, exact=True, what=f"{arch} {dtype} {d_in}x{d_sae} adversarial (seed {seed})")
