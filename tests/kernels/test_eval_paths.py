@@ -58,7 +58,8 @@ def test_eval_sort_compaction_multi_split(arch, k, triton_path, device, seed):
     TopK (k 3, CAP 16) compacts inside the tile loop as well as at the end; ReLU/JumpReLU codes
     are min(256, d_sae) wide, so their splits never overflow and sort once, at the end. Kept
     tiny: tl.sort is slow in the interpreter."""
-    triton_path.CONFIG_OVERRIDE.update({"SORT": True, "BLOCK_N": 8, "ROWS": 16, "programs": 2 if k else 3})
+    bn = 16 if torch.cuda.is_available() else 8  # compiled tl.dot needs tiles of at least 16
+    triton_path.CONFIG_OVERRIDE.update({"SORT": True, "BLOCK_N": bn, "ROWS": 16, "programs": 2 if k else 3})
     d_sae = 40 if arch == "topk" else 20
     sae, x = make_eval_case("ties", arch, 11, 7, d_sae, 3 if k else None, seed=seed, device=device,
                             nan_rows=(9,))
