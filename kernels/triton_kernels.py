@@ -106,7 +106,7 @@ def _encode_kernel(
     stride_xm, stride_wk,
     K: tl.constexpr, CAP: tl.constexpr, SPLITS: tl.constexpr, JUMP: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ROWS: tl.constexpr, SORT: tl.constexpr,
+    ROWS: tl.constexpr, SORT: tl.constexpr, UPCAST: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -140,7 +140,9 @@ def _encode_kernel(
                         mask=row_ok[:, None] & (kk[None, :] < d_in), other=0.0)
             b = tl.load(w_ptr + kk[:, None].to(tl.int64) * stride_wk + cols[None, :],
                         mask=(kk[:, None] < d_in) & col_ok[None, :], other=0.0)
-            if IEEE:
+            if UPCAST:  # interpreter: its bf16 tl.dot multiplies bit patterns (triton#11584)
+                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            elif IEEE:
                 acc = tl.dot(a, b, acc, input_precision="ieee")
             else:
                 acc = tl.dot(a, b, acc)
@@ -201,12 +203,28 @@ def _encode_config(n: int, d_sae: int, k: int, device: torch.device) -> dict:
     row_blocks = triton.cdiv(n, bm)
     tiles = triton.cdiv(d_sae, bn)
     splits = max(1, min(tiles, triton.cdiv(programs, row_blocks)))
+    if device.type == "cuda" and "programs" not in o:
+        # the candidate buffer (n * splits * CAP int64) stays within the dense fp32 latents'
+        # n * d_sae * 4 bytes: without this, small batches of wide-k SAEs (256 tokens, k 1024)
+        # would hold twice what the fused encode exists to avoid
+        splits = min(splits, max(1, d_sae // (2 * cap)))
     chunk = triton.cdiv(tiles, splits) * bn
     splits = triton.cdiv(d_sae, chunk)
     cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ROWS=min(rows, bm), CAP=cap,
                SORT=o.get("SORT", not _interpreting()),
                splits=splits, chunk=chunk, num_warps=warps, num_stages=stages)
     return cfg
+
+
+def candidate_buffer_bytes(n: int, d_sae: int, k: int, device: torch.device) -> int:
+    """Device memory of encode_topk's candidate buffer: n * splits * CAP int64 keys, CAP =
+    next_pow2(k + BLOCK_N). Splits shrink as n grows (about 2 programs per SM in all), so
+    the buffer is largest per token at small n; e.g. H100 tiles (BLOCK_N 128), k 64: CAP 256,
+    2 KiB per token per split; k 1024: CAP 2048, 16 KiB per token per split. On CUDA the
+    split count is capped so that the buffer never exceeds the dense fp32 latents (n * d_sae
+    * 4 bytes). docs/gpu.md tabulates it."""
+    cfg = _encode_config(n, d_sae, k, torch.device(device))
+    return n * cfg["splits"] * cfg["CAP"] * 8
 
 
 def unpack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +269,8 @@ def encode_topk(
         buf, cnt, thr, nnz,
         n, d_in, d_sae, chunk,
         x.stride(0), w_enc.stride(0),
-        K=k, SPLITS=splits, JUMP=jump is not None, IEEE=x.dtype == torch.float32, **cfg,
+        K=k, SPLITS=splits, JUMP=jump is not None, IEEE=x.dtype == torch.float32,
+        UPCAST=_interpreting() and x.dtype != torch.float32, **cfg,
     )
     # final merge: SPLITS * k candidate keys per row, all distinct; empty slots hold key 0
     cand = buf.view(n, splits, cap)[:, :, :k]
@@ -295,29 +314,21 @@ def decode(values: torch.Tensor, indices: torch.Tensor, w_dec: torch.Tensor, b_d
     values, indices, w_dec = values.contiguous(), indices.contiguous(), w_dec.contiguous()
     out = _empty(n, d_in, dtype=torch.float32, device=values.device)
     br, bd = (4, 32) if _interpreting() else (4, min(512, triton.next_power_of_2(d_in)))
+    br, bd = CONFIG_OVERRIDE.get("dec_r", br), CONFIG_OVERRIDE.get("dec_d", bd)
     grid = (triton.cdiv(n, br), triton.cdiv(d_in, bd))
     _decode_kernel[grid](values, indices, w_dec, b_dec, out, n, d_in, k, BLOCK_R=br, BLOCK_D=bd)
     return out
 
 
 @triton.jit
-def _eval_kernel(x_ptr, val_ptr, idx_ptr, w_ptr, b_ptr,
-                 row_ptr, sum_x_ptr, sum_x2_ptr, fire_ptr, act_sum_ptr, act_max_ptr,
-                 n, d_in, K, stride_xm,
-                 BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Per program: BLOCK_R tokens. Decodes them, and accumulates per-row sums (sse, x.x,
-    x_hat.x_hat, x.x_hat), per-dim sums of x and x^2, and per-latent statistics."""
+def _eval_rows_kernel(x_ptr, val_ptr, idx_ptr, w_ptr, b_ptr, row_ptr,
+                      n, d_in, K, stride_xm,
+                      BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Per program: BLOCK_R tokens. Decodes them and stores per-row sums (sse, x.x,
+    x_hat.x_hat, x.x_hat); x_hat never reaches memory. No atomics: every row is one program's."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n
     rows64 = rows.to(tl.int64)
-    # per-latent statistics: one pass over the codes
-    for j in range(K):
-        v = tl.load(val_ptr + rows64 * K + j, mask=row_ok, other=0.0)
-        i = tl.load(idx_ptr + rows64 * K + j, mask=row_ok, other=0)
-        fired = row_ok & (v > 0.0)
-        tl.atomic_add(fire_ptr + i, 1, mask=fired)
-        tl.atomic_add(act_sum_ptr + i, v.to(tl.float64), mask=fired)
-        tl.atomic_max(act_max_ptr + i, v, mask=fired)
     sse = tl.zeros([BLOCK_R], dtype=tl.float32)
     xx = tl.zeros([BLOCK_R], dtype=tl.float32)
     hh = tl.zeros([BLOCK_R], dtype=tl.float32)
@@ -340,35 +351,155 @@ def _eval_kernel(x_ptr, val_ptr, idx_ptr, w_ptr, b_ptr,
         xx += tl.sum(x * x, axis=1)
         hh += tl.sum(acc * acc, axis=1)
         xh += tl.sum(x * acc, axis=1)
-        x64 = x.to(tl.float64)
-        tl.atomic_add(sum_x_ptr + d, tl.sum(x64, axis=0), mask=d_ok)
-        tl.atomic_add(sum_x2_ptr + d, tl.sum(x64 * x64, axis=0), mask=d_ok)
     tl.store(row_ptr + rows64 * 4 + 0, sse, mask=row_ok)
     tl.store(row_ptr + rows64 * 4 + 1, xx, mask=row_ok)
     tl.store(row_ptr + rows64 * 4 + 2, hh, mask=row_ok)
     tl.store(row_ptr + rows64 * 4 + 3, xh, mask=row_ok)
 
 
+@triton.jit
+def _colsum_partial_kernel(x_ptr, part_ptr, n, d_in, stride_xm, rows_per,
+                           BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program (d block, row chunk): fp64 sums of x and x^2 over the chunk's rows, in row
+    order, stored to part[chunk, 0|1, d]. No atomics."""
+    pid_d = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = d < d_in
+    r_lo = pid_c * rows_per
+    r_hi = tl.minimum(r_lo + rows_per, n)
+    s1 = tl.zeros([BLOCK_D], dtype=tl.float64)
+    s2 = tl.zeros([BLOCK_D], dtype=tl.float64)
+    for r0 in range(r_lo, r_hi, BLOCK_R):
+        rr = r0 + tl.arange(0, BLOCK_R)
+        m2 = (rr < r_hi)[:, None] & d_ok[None, :]
+        x = tl.load(x_ptr + rr.to(tl.int64)[:, None] * stride_xm + d[None, :], mask=m2, other=0.0)
+        x = x.to(tl.float32).to(tl.float64)
+        s1 += tl.sum(x, axis=0)
+        s2 += tl.sum(x * x, axis=0)
+    base = part_ptr + pid_c.to(tl.int64) * 2 * d_in
+    tl.store(base + d, s1, mask=d_ok)
+    tl.store(base + d_in + d, s2, mask=d_ok)
+
+
+@triton.jit
+def _colsum_reduce_kernel(part_ptr, out_ptr, chunks, d_in, BLOCK_D: tl.constexpr):
+    """out[0|1, d] = sum over chunks of part[chunk, 0|1, d], chunk 0 first: a fixed order."""
+    d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = d < d_in
+    s1 = tl.zeros([BLOCK_D], dtype=tl.float64)
+    s2 = tl.zeros([BLOCK_D], dtype=tl.float64)
+    for c in range(0, chunks):
+        base = part_ptr + c * 2 * d_in
+        s1 += tl.load(base + d, mask=d_ok, other=0.0)
+        s2 += tl.load(base + d_in + d, mask=d_ok, other=0.0)
+    tl.store(out_ptr + d, s1, mask=d_ok)
+    tl.store(out_ptr + d_in + d, s2, mask=d_ok)
+
+
+@triton.jit
+def _latent_count_max_kernel(val_ptr, idx_ptr, fire_ptr, act_max_ptr, total, BLOCK: tl.constexpr):
+    """Per-latent fire counts (integer atomics) and maxima (atomic max): both exact and
+    independent of the order the code entries arrive in. A latent fires where its value > 0
+    (NaN never fires, as in the reference)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < total
+    v = tl.load(val_ptr + offs, mask=ok, other=0.0)
+    i = tl.load(idx_ptr + offs, mask=ok, other=0)
+    fired = ok & (v > 0.0)
+    tl.atomic_add(fire_ptr + i, 1, mask=fired)
+    tl.atomic_max(act_max_ptr + i, v, mask=fired)
+
+
+@triton.jit
+def _latent_sum_kernel(val_ptr, idx_ptr, scale_ptr, act_q_ptr, total, BLOCK: tl.constexpr):
+    """Per-latent activation sums as integers: each value is rounded to its latent's grid
+    (scale = 1 / unit, a power of two) and added with int64 atomics, which are associative,
+    so the sum does not depend on the order (see eval_sums)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < total
+    v = tl.load(val_ptr + offs, mask=ok, other=0.0)
+    i = tl.load(idx_ptr + offs, mask=ok, other=0)
+    fired = ok & (v > 0.0) & (v <= 3.4028234663852886e38)  # finite; +inf latents are set on the host
+    scale = tl.load(scale_ptr + i, mask=fired, other=0.0)
+    v = tl.where(fired, v, 0.0)
+    q = (v.to(tl.float64) * scale + 0.5).to(tl.int64)  # round half up (v >= 0)
+    tl.atomic_add(act_q_ptr + i, q, mask=fired)
+
+
+def _eval_config(n: int, d_in: int, device: torch.device) -> dict:
+    """Block sizes of the eval kernels (interpreter: small, so tiny tests cross every boundary)."""
+    if _interpreting() or device.type != "cuda":
+        cfg = dict(rows_r=4, rows_d=32, col_r=4, col_d=16, rows_per=8, lat_block=64)
+    else:
+        cfg = dict(rows_r=8, rows_d=min(256, triton.next_power_of_2(d_in)), col_r=32, col_d=128,
+                   rows_per=256, lat_block=1024)
+    cfg.update({k: v for k, v in CONFIG_OVERRIDE.items() if k in cfg})
+    return cfg
+
+
 def eval_sums(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
               w_dec: torch.Tensor, b_dec: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Decode + statistics without materialising x_hat. Returns raw sums (see _eval_kernel)."""
+    """Decode + statistics without materialising x_hat. Returns raw sums: rows [n, 4] fp32
+    (sse, x.x, x_hat.x_hat, x.x_hat per token), sum_x and sum_x2 [d_in] fp64, fire [d_sae]
+    int32, act_sum [d_sae] fp64, act_max [d_sae] fp32.
+
+    Deterministic: same inputs, same bits on the same device. No float atomics anywhere.
+    - per-token sums: one program per token block, stored per row;
+    - sum_x, sum_x2: per-(row chunk, dim block) partial sums in fp64 to a buffer, then summed
+      over chunks in chunk order (_colsum_reduce_kernel);
+    - fire counts (integer atomics) and act_max (atomic max of values > 0) are exact in any
+      order;
+    - act_sum: pre-rounding to a common grid. For latent l with count c and maximum m, take
+      E, C with m < 2^E and c < 2^C, and unit u = 2^(E + C - 62). Every value is rounded to a
+      multiple of u, so the c of them sum to less than 2^62 u: an int64 sum, exact, hence
+      independent of the order (Rump, Ogita & Oishi, "Accurate floating-point summation
+      part I", SIAM J. Sci. Comput. 31(1), 2008, ExtractVector; Demmel & Nguyen, "Parallel
+      reproducible summation", IEEE Trans. Computers 64(7), 2015). The only error is that
+      rounding, at most c u / 2 <= 2^(2C - 62) relative to the sum (<= 2^-34 for c < 2^14;
+      fp32 inputs carry 2^-24).
+    """
     n, k = values.shape
     d_in = w_dec.shape[1]
     d_sae = w_dec.shape[0]
     dev = x.device
     x, values, indices, w_dec = x.contiguous(), values.contiguous(), indices.contiguous(), w_dec.contiguous()
+    cfg = _eval_config(n, d_in, dev)
     rows = _empty(n, 4, dtype=torch.float32, device=dev)
-    sum_x = torch.zeros(d_in, dtype=torch.float64, device=dev)
-    sum_x2 = torch.zeros(d_in, dtype=torch.float64, device=dev)
-    fire = torch.zeros(d_sae, dtype=torch.int32, device=dev)
-    act_sum = torch.zeros(d_sae, dtype=torch.float64, device=dev)
-    act_max = torch.zeros(d_sae, dtype=torch.float32, device=dev)
-    br, bd = (4, 32) if _interpreting() else (8, min(256, triton.next_power_of_2(d_in)))
-    _eval_kernel[(triton.cdiv(n, br),)](
-        x, values, indices, w_dec, b_dec, rows, sum_x, sum_x2, fire, act_sum, act_max,
-        n, d_in, k, x.stride(0), BLOCK_R=br, BLOCK_D=bd,
+    _eval_rows_kernel[(triton.cdiv(n, cfg["rows_r"]),)](
+        x, values, indices, w_dec, b_dec, rows, n, d_in, k, x.stride(0),
+        BLOCK_R=cfg["rows_r"], BLOCK_D=cfg["rows_d"],
     )
-    return dict(rows=rows, sum_x=sum_x, sum_x2=sum_x2, fire=fire, act_sum=act_sum, act_max=act_max)
+    # per-dimension sums of x and x^2: chunk partials, reduced in chunk order
+    chunks = triton.cdiv(n, cfg["rows_per"])
+    part = _empty(chunks, 2, d_in, dtype=torch.float64, device=dev)
+    d_blocks = triton.cdiv(d_in, cfg["col_d"])
+    _colsum_partial_kernel[(d_blocks, chunks)](
+        x, part, n, d_in, x.stride(0), cfg["rows_per"], BLOCK_R=cfg["col_r"], BLOCK_D=cfg["col_d"],
+    )
+    cols = _empty(2, d_in, dtype=torch.float64, device=dev)
+    _colsum_reduce_kernel[(d_blocks,)](part, cols, chunks, d_in, BLOCK_D=cfg["col_d"])
+    # per-latent statistics
+    total = n * k
+    fire = torch.zeros(d_sae, dtype=torch.int32, device=dev)
+    act_max = torch.zeros(d_sae, dtype=torch.float32, device=dev)
+    grid = (max(1, triton.cdiv(total, cfg["lat_block"])),)
+    _latent_count_max_kernel[grid](values, indices, fire, act_max, total, BLOCK=cfg["lat_block"])
+    unit_exp = latent_sum_unit_exponent(fire, act_max)
+    scale = torch.ldexp(torch.ones(d_sae, dtype=torch.float64, device=dev), -unit_exp)
+    act_q = torch.zeros(d_sae, dtype=torch.int64, device=dev)
+    _latent_sum_kernel[grid](values, indices, scale, act_q, total, BLOCK=cfg["lat_block"])
+    act_sum = torch.ldexp(act_q.double(), unit_exp)
+    act_sum = torch.where(act_max == float("inf"), float("inf"), act_sum)
+    return dict(rows=rows, sum_x=cols[0], sum_x2=cols[1], fire=fire, act_sum=act_sum, act_max=act_max)
+
+
+def latent_sum_unit_exponent(fire: torch.Tensor, act_max: torch.Tensor) -> torch.Tensor:
+    """Per latent, the exponent U of the grid unit 2^U that act_sum's values are rounded to
+    (see eval_sums): U = E + C - 62 with act_max < 2^E and count < 2^C (frexp exponents)."""
+    e_max = torch.frexp(act_max.float()).exponent
+    e_cnt = torch.frexp(fire.double()).exponent
+    return (e_max + e_cnt - 62).to(torch.int32)
 
 
 # --------------------------------------------------------------------------------------
@@ -401,13 +532,20 @@ def aot_compile(arch: int = 90, dtype: str = "bf16", k: int = 64, *, jump: bool 
                thr_ptr="*i64", nnz_ptr="*i32", n="i32", d_in="i32", d_sae="i32", chunk="i32",
                stride_xm="i32", stride_wk="i32")
     dec = dict(val_ptr="*fp32", idx_ptr="*i64", w_ptr=w, b_ptr=w, out_ptr="*fp32", n="i32", d_in="i32", K="i32")
-    ev = dict(x_ptr=w, val_ptr="*fp32", idx_ptr="*i64", w_ptr=w, b_ptr=w, row_ptr="*fp32", sum_x_ptr="*fp64",
-              sum_x2_ptr="*fp64", fire_ptr="*i32", act_sum_ptr="*fp64", act_max_ptr="*fp32",
+    ev = dict(x_ptr=w, val_ptr="*fp32", idx_ptr="*i64", w_ptr=w, b_ptr=w, row_ptr="*fp32",
               n="i32", d_in="i32", K="i32", stride_xm="i32")
+    col = dict(x_ptr=w, part_ptr="*fp64", n="i32", d_in="i32", stride_xm="i32", rows_per="i32")
+    red = dict(part_ptr="*fp64", out_ptr="*fp64", chunks="i32", d_in="i32")
+    cnt = dict(val_ptr="*fp32", idx_ptr="*i64", fire_ptr="*i32", act_max_ptr="*fp32", total="i32")
+    lsum = dict(val_ptr="*fp32", idx_ptr="*i64", scale_ptr="*fp64", act_q_ptr="*i64", total="i32")
     return {
         "encode": build(_encode_kernel, enc, dict(
             K=k, CAP=triton.next_power_of_2(k + bn), SPLITS=4, JUMP=jump, IEEE=dtype == "fp32",
             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ROWS=rows, SORT=True), warps, stages),
         "decode": build(_decode_kernel, dec, dict(BLOCK_R=4, BLOCK_D=512), 4, 3),
-        "eval": build(_eval_kernel, ev, dict(BLOCK_R=8, BLOCK_D=256), 4, 3),
+        "eval": build(_eval_rows_kernel, ev, dict(BLOCK_R=8, BLOCK_D=256), 4, 3),
+        "eval_colsum": build(_colsum_partial_kernel, col, dict(BLOCK_R=32, BLOCK_D=128), 4, 3),
+        "eval_colsum_reduce": build(_colsum_reduce_kernel, red, dict(BLOCK_D=128), 4, 3),
+        "eval_latent_count_max": build(_latent_count_max_kernel, cnt, dict(BLOCK=1024), 4, 3),
+        "eval_latent_sum": build(_latent_sum_kernel, lsum, dict(BLOCK=1024), 4, 3),
     }
