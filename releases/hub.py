@@ -1,6 +1,8 @@
-"""Load a published SAE by ``hf://ORG/REPO/SAE_ID@REV``: download that SAE's folder pinned
-to the revision, verify every file against the release's SHA256SUMS and the artifact
-against its sha256, then load it.
+"""Load a published SAE by ``hf://ORG/REPO@REV/SAE_ID`` (huggingface_hub's URI form):
+download that SAE's folder pinned to the revision, verify every file against the release's
+SHA256SUMS and the artifact against its sha256, then load it. A repo that is not a saekit
+release (no SHA256SUMS) is read as a checkpoint of another library
+(saekit.registry.hub_source: SAELens, sparsify, Gemma Scope, OpenAI), converted in memory.
 
 The endpoint is read at call time (``HF_ENDPOINT``), not when huggingface_hub was imported,
 so a process can point at a loopback Hub after the fact.
@@ -62,7 +64,7 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
     from saekit.releases.bundle import RELEASE_JSON, SUMS, parse_sums
 
     repo, sae_id, rev = ref.hf_repo, ref.sae_id, ref.revision or "main"
-    where = f"hf://{repo}/{sae_id}@{rev}"
+    where = f"hf://{repo}@{rev}/{sae_id}"
     try:
         api = HfApi(endpoint=endpoint())
         with quiet_progress():
@@ -98,9 +100,27 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
     return folder, release, commit
 
 
+def is_release(ref: Ref) -> bool:
+    """Whether the repo at the reference's revision is a saekit release (has SHA256SUMS)."""
+    from huggingface_hub import HfApi
+
+    from saekit.registry.hub_source import _hub_errors
+    from saekit.releases.bundle import SUMS
+
+    with _hub_errors(ref.text):
+        return HfApi(endpoint=endpoint()).file_exists(ref.hf_repo, SUMS, repo_type=ref.hf_type,
+                                                      revision=ref.revision or "main")
+
+
 def load_hf(ref: Ref) -> SAE:
-    """Load ``hf://ORG/REPO/SAE_ID@REV`` verified (SHA256SUMS, then the artifact sha256)."""
+    """Load ``hf://ORG/REPO@REV/SAE_ID`` verified (SHA256SUMS, then the artifact sha256);
+    a repo of another library's checkpoints loads through saekit.registry.hub_source."""
     from saekit.registry.artifact import load_artifact
+
+    if not is_release(ref):
+        from saekit.registry.hub_source import load
+
+        return load(ref)
 
     folder, release, commit = download_sae(ref)
     entry = next((s for s in release.get("saes", []) if s.get("sae_id") == ref.sae_id), None)

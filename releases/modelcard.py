@@ -155,7 +155,7 @@ def render(manifest: ReleaseManifest, saes: list[SAEEntry], *, plots: list[tuple
         "import saekit",
         "",
     ]
-    lines += [f'sae = saekit.load("hf://{repo}/{s.sae_id}@{tag}")' for s in saes]
+    lines += [f'sae = saekit.load("hf://{repo}@{tag}/{s.sae_id}")' for s in saes]
     lines += [
         "codes = sae.encode(activations)  # activations: [n, d_in] at the hook named in cfg.json",
         "```",

@@ -170,7 +170,7 @@ def run_demo(
     from saekit.releases.publish import publish
 
     t = time.perf_counter()
-    ref = f"hf://{repo}/{sae_id}@{release['tag']}"
+    ref = f"hf://{repo}@{release['tag']}/{sae_id}"
     if dry_run:
         result = publish(bundle, repo, dry_run=True)
         summary["publish"] = result.to_dict() | {"endpoint": None}
