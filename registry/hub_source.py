@@ -188,7 +188,7 @@ def _hub_errors(where: str):
             raise HubSourceError(f"Hub unreachable at {endpoint() or 'huggingface.co'} ({err.__class__.__name__})",
                                  where=where) from None
         except Exception as err:  # noqa: BLE001 - httpx transport errors and the like
-            if type(err).__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3"):
+            if type(err).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
                 raise HubSourceError(f"Hub unreachable at {endpoint() or 'huggingface.co'} ({err.__class__.__name__})",
                                      where=where) from None
             raise
@@ -259,8 +259,6 @@ def _select(units: list[Unit], files: list[str], path: str, *, where: str) -> li
         if not units:
             raise NotFoundError("no SAE in this repo (no cfg.json + weights, params.npz or state dict)", where=where)
         raise NotFoundError(f"no file or folder {path!r} at this revision", where=where)
-    if not units:
-        raise NotFoundError("no SAE in this repo (no cfg.json + weights, params.npz or state dict)", where=where)
     shown = ", ".join(PurePosixPath(f).name for f in inside[:5])
     raise ArtifactFormatError(
         f"unknown layout ({shown}); expected SAELens cfg.json + {art.WEIGHTS}, sparsify cfg.json + "
@@ -305,7 +303,7 @@ def _download(res: Resolved, unit: Unit, dest: Path) -> dict[str, str]:
     hashes: dict[str, str] = {}
     where = res.uri(unit)
     for name in unit.files:
-        with _hub_errors(where):
+        with _hub_errors(where), _quiet_downloads():
             got = hf_hub_download(res.repo, name, repo_type=res.repo_type, revision=res.commit,
                                   endpoint=endpoint(), cache_dir=os.environ.get("HF_HUB_CACHE") or None)
         target = dest / name
@@ -318,6 +316,30 @@ def _download(res: Resolved, unit: Unit, dest: Path) -> dict[str, str]:
 
             raise IntegrityError(f"{name}: sha256 {hashes[name][:12]} differs from the Hub's {want[:12]}", where=where)
     return hashes
+
+
+def _quiet() -> bool:
+    return os.environ.get("SAEKIT_QUIET", "") not in ("", "0", "false")
+
+
+def _quiet_downloads():
+    """huggingface_hub's per-file progress bars off while SAEKIT_QUIET=1."""
+    from contextlib import contextmanager
+
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    @contextmanager
+    def ctx():
+        if not _quiet() or are_progress_bars_disabled():
+            yield
+            return
+        disable_progress_bars()
+        try:
+            yield
+        finally:
+            enable_progress_bars()
+
+    return ctx()
 
 
 def upgrade_saelens_cfg(raw: dict[str, Any]) -> dict[str, Any] | None:
@@ -477,8 +499,7 @@ def _progress(total: int, desc: str):
     """One progress bar (huggingface_hub's tqdm; silent with SAEKIT_QUIET=1)."""
     from huggingface_hub.utils import tqdm
 
-    quiet = os.environ.get("SAEKIT_QUIET", "") not in ("", "0", "false")
-    return tqdm(total=total, desc=desc, unit="sae", disable=quiet or total <= 1)
+    return tqdm(total=total, desc=desc, unit="sae", disable=_quiet() or total <= 1)
 
 
 def load(text: str | Ref, *, catalogue: str | os.PathLike | None = None, **context: Any) -> SAE:

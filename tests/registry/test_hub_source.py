@@ -160,7 +160,7 @@ def test_sparsify_folders(tmp_path, hub):
         coder.save_to_disk(tmp_path / "sp" / f"layers.{layer}")
         coders[layer] = coder
     _push(hub, "eleuther/sae-tiny", tmp_path / "sp")
-    v = saekit.register("sp1", "hf://eleuther/sae-tiny/layers.1", model="EleutherAI/pythia-70m")
+    v = saekit.register("sp1", "hf://eleuther/sae-tiny/layers.1", model_name="EleutherAI/pythia-70m")
     sae = saekit.load("sp1")
     assert sae.cfg.hook_name == "model.layers.1" and sae.cfg.model_name == "EleutherAI/pythia-70m"
     assert v.tags["saekit.source.layout"] == "sparsify"
@@ -236,14 +236,14 @@ def test_openai_state_dicts(tmp_path, hub):
     save_file(sd, str(tmp_path / "oa" / "v5" / "layer_8_topk.safetensors"), metadata={"activation": "TopK", "k": str(K)})
     _push(hub, "openai/sae-tiny", tmp_path / "oa")
 
-    saekit.register("oa", "hf://openai/sae-tiny/v5/layer_8.pt", hook="h.8")
+    saekit.register("oa", "hf://openai/sae-tiny/v5/layer_8.pt", hook_name="h.8")
     sae = saekit.load("oa")
     x = torch.randn(64, D_IN)
     want = torch.relu((x - sd["pre_bias"]) @ sd["encoder.weight"].T + sd["latent_bias"])
     assert (dense(sae, x) - want).abs().max().item() < 1e-5
 
     # TopK in safetensors: the same artifact the local importer makes from the same state dict
-    v = saekit.register("oa-topk", "hf://openai/sae-tiny/v5/layer_8_topk.safetensors", hook="h.8")
+    v = saekit.register("oa-topk", "hf://openai/sae-tiny/v5/layer_8_topk.safetensors", hook_name="h.8")
     torch.save({**sd, "activation": "TopK", "activation_state_dict": {"k": K}}, tmp_path / "local.pt")
     from saekit.registry.formats import read_openai
 
@@ -281,6 +281,7 @@ def test_bad_input_one_line_exit_2_no_version(tmp_path, hub, capsys, monkeypatch
         "hf://lens/saes/blocks.0.hook_resid_pre@v1": "hf://lens/saes@v1/blocks.0.hook_resid_pre",
         "saelens:no-such-release/x": "no release",
     }
+    capsys.readouterr()  # the seeding's upload bars
     for ref, says in cases.items():
         code, out, err = _cli(["register", ref, "--name", "bad"], capsys)
         assert code == 2 and says in err and err.count("\n") == 1 and "Traceback" not in err, (ref, err)
