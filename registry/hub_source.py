@@ -175,9 +175,9 @@ def _hub_errors(where: str):
         except SaekitError:
             raise
         except RepositoryNotFoundError:
-            raise NotFoundError("no such repo on the Hub (or it is private)", where=where) from None
+            raise NotFoundError("no repo by that name on the Hub (or it is private)", where=where) from None
         except RevisionNotFoundError:
-            raise NotFoundError("no such revision", where=where) from None
+            raise NotFoundError("no revision by that name in the repo", where=where) from None
         except EntryNotFoundError:
             raise NotFoundError("no such file at this revision", where=where) from None
         except LocalEntryNotFoundError:

@@ -7,6 +7,7 @@
     <sae_id>/feature_cards.jsonl    FeatureCards (or feature_cards/part-NNNNN-of-MMMMM.jsonl shards)
     plots/*.png                     feature density, L0 vs explained variance
     browser/index.html              static feature browser (data inlined)
+    pretrained_saes.yaml            the release as a SAELens registry entry (releases.ecosystem)
     release.json                    manifest, pinned versions, benchmark records, file hashes
     SHA256SUMS                      sha256 of every other file (``sha256sum -c`` format)
 
@@ -154,7 +155,7 @@ def build_from_manifest(
     ids = [s.sae_id for s in manifest.saes]
     if len(set(ids)) != len(ids):
         raise InputError("sae_id values must be unique", where=where)
-    reserved = {"browser", "plots", RELEASE_JSON, SUMS, "README.md"}
+    reserved = {"browser", "plots", RELEASE_JSON, SUMS, "README.md", "pretrained_saes.yaml"}
     for sid in ids:
         if sid.split("/")[0] in reserved:
             raise InputError(f"sae_id {sid!r} collides with a bundle file or folder", where=where)
@@ -169,6 +170,9 @@ def build_from_manifest(
         from saekit.releases.modelcard import render
 
         (tmp / "README.md").write_text(render(manifest, entries, plots=plots), encoding="utf-8")
+        from saekit.releases.ecosystem import write_saelens_registry
+
+        write_saelens_registry(tmp, manifest, entries)
         _write_release_json(tmp, manifest, entries, records)
         write_sums(tmp)
         if out.exists():

@@ -275,8 +275,8 @@ def test_bad_input_one_line_exit_2_no_version(tmp_path, hub, capsys, monkeypatch
     cases = {
         "hf://org/empty/sae": "no SAE in this repo",
         "hf://org/weird/sae": "unknown layout",
-        "hf://org/missing/sae": "no such repo",
-        "hf://lens/saes@v9/blocks.0.hook_resid_pre": "no such revision",
+        "hf://org/missing/sae": "no repo",
+        "hf://lens/saes@v9/blocks.0.hook_resid_pre": "no revision",
         "hf://lens/saes/layer_*/width_16k/*": "matches no SAE",
         "hf://lens/saes/blocks.0.hook_resid_pre@v1": "hf://lens/saes@v1/blocks.0.hook_resid_pre",
         "saelens:no-such-release/x": "no release",
