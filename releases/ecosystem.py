@@ -350,7 +350,7 @@ def annotate_from_neuronpedia(
         else:
             raise InputError("cannot tell which Neuronpedia SAE the cards are: pass --source MODEL/SOURCE_ID",
                              where=where)
-    by_index = {c.index: c for c in cards}
+    by_index = {c.index: c.model_copy(deep=True) for c in cards}  # the caller's cards stay as they were
     added = 0
     for n, row in enumerate(rows, 1):
         got = (str(row.get("modelId")), str(row.get("layer")))
