@@ -46,10 +46,20 @@ def _carried(card) -> dict:
     """What Neuronpedia's layout carries of a card (label, mean, n_tokens, token ids, example
     positions, downstream evals and tags have no column there)."""
     d = card.model_dump(mode="json", exclude_none=True)
-    for a in d.get("annotations", []):
-        a.pop("label", None)
+    for a in d.get("annotations", []):  # one text column: the description, else the label
+        label = a.pop("label", None)
+        if a.get("description") is None and label is not None:
+            a["description"] = label
     for k in ("mean", "n_tokens", "data_fingerprint"):
         d.get("stats", {}).pop(k, None)
+    for ex in d.get("top_examples", []):  # what the layout derives when a card leaves it out
+        ex.setdefault("max_value", max(ex["values"]))
+        ex.setdefault("max_position", ex["values"].index(max(ex["values"])))
+        ex.setdefault("bin", "top")  # Neuronpedia: an activation without a quantile bin is a top example
+        ex.pop("token_ids", None)
+        (ex.get("source") or {}).pop("position", None)
+    for le in (d.get("logit_effects") or {}).get("positive", []) + (d.get("logit_effects") or {}).get("negative", []):
+        le.pop("token_id", None)
     keep = ("sae", "index", "annotations", "stats", "top_examples", "logit_effects", "similar")
     return {k: d[k] for k in keep if k in d}
 
