@@ -57,6 +57,9 @@ LAYOUTS = ("saelens", "sparsify", "gemmascope", "openai")
 SOURCE = "saekit.source"
 SOURCE_TAGS = tuple(f"{SOURCE}{s}" for s in ("", ".repo", ".commit", ".path", ".layout", ".files", ".saelens"))
 _GLOB = re.compile(r"[*?\[]")
+# SAELens catalogue entries whose files are a layout read here: its own folders (no
+# conversion) and Gemma Scope's params.npz ("gemma_2", sae_lens/loading/pretrained_sae_loaders.py).
+_CONVERSIONS_READ = (None, "gemma_2")
 _OPENAI_SUFFIXES = (".pt", ".pth", ".bin")
 # Gemma Scope folder names (google/gemma-scope-*): layer_N/width_W/average_l0_L.
 _GEMMASCOPE_DIR = re.compile(r"(?:^|/)layer_(?P<layer>\d+)/width_(?P<width>\d+)(?P<unit>[km]?)/average_l0_(?P<l0>\d+)$")
@@ -273,6 +276,10 @@ def resolve(text: str | Ref, *, catalogue: str | os.PathLike | None = None) -> R
     cat = None
     if ref.kind == "saelens":
         cat = lookup_saelens(ref.saelens_release, ref.sae_id, catalogue=catalogue)
+        if cat.get("conversion_func") not in _CONVERSIONS_READ:
+            raise ArtifactFormatError(
+                f"SAELens converts this release with its own {cat['conversion_func']!r} loader; saekit reads the "
+                "SAELens, sparsify, Gemma Scope and OpenAI layouts only", where=ref.text)
         repo, repo_type, rev, path = cat["repo_id"], "model", "main", cat["path"].strip("/")
     elif ref.kind == "hf":
         repo, repo_type, rev, path = ref.hf_repo, ref.hf_type, ref.revision or "main", ref.sae_id or ""
