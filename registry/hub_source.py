@@ -60,6 +60,9 @@ _GLOB = re.compile(r"[*?\[]")
 # SAELens catalogue entries whose files are a layout read here: its own folders (no
 # conversion) and Gemma Scope's params.npz ("gemma_2", sae_lens/loading/pretrained_sae_loaders.py).
 _CONVERSIONS_READ = (None, "gemma_2")
+# SAELens v6 cfg.json keys outside ``metadata`` (sae_lens/saes/sae.py SAEConfig fields).
+_V6_TOP_LEVEL = ("architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
+                 "reshape_activations", "k", "rescale_acts_by_decoder_norm")
 _OPENAI_SUFFIXES = (".pt", ".pth", ".bin")
 # Gemma Scope folder names (google/gemma-scope-*): layer_N/width_W/average_l0_L.
 _GEMMASCOPE_DIR = re.compile(r"(?:^|/)layer_(?P<layer>\d+)/width_(?P<width>\d+)(?P<unit>[km]?)/average_l0_(?P<l0>\d+)$")
@@ -148,7 +151,8 @@ def lookup_saelens(release: str, sae_id: str, *, catalogue: str | os.PathLike | 
     for sae in entry.get("saes") or []:
         if isinstance(sae, dict) and str(sae.get("id")) == sae_id:
             out = {"release": release, "sae_id": sae_id, "repo_id": entry["repo_id"], "model": entry.get("model"),
-                   "path": str(sae.get("path", sae_id)), "conversion_func": entry.get("conversion_func")}
+                   "path": str(sae.get("path", sae_id)), "conversion_func": entry.get("conversion_func"),
+                   "config_overrides": dict(entry.get("config_overrides") or {})}
             for key in ("l0", "variance_explained", "neuronpedia"):
                 if sae.get(key) is not None:
                     out[key] = sae[key]
@@ -310,7 +314,7 @@ def _download(res: Resolved, unit: Unit, dest: Path) -> dict[str, str]:
     hashes: dict[str, str] = {}
     where = res.uri(unit)
     for name in unit.files:
-        with _hub_errors(where), _quiet_downloads():
+        with _hub_errors(where), _quiet_downloads(force=len(res.units) > 1):
             got = hf_hub_download(res.repo, name, repo_type=res.repo_type, revision=res.commit,
                                   endpoint=endpoint(), cache_dir=os.environ.get("HF_HUB_CACHE") or None)
         target = dest / name
@@ -329,15 +333,16 @@ def _quiet() -> bool:
     return os.environ.get("SAEKIT_QUIET", "") not in ("", "0", "false")
 
 
-def _quiet_downloads():
-    """huggingface_hub's per-file progress bars off while SAEKIT_QUIET=1."""
+def _quiet_downloads(force: bool = False):
+    """huggingface_hub's per-file progress bars off while SAEKIT_QUIET=1 (or ``force``:
+    a glob shows one bar for all its SAEs)."""
     from contextlib import contextmanager
 
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     @contextmanager
     def ctx():
-        if not _quiet() or are_progress_bars_disabled():
+        if not (force or _quiet()) or are_progress_bars_disabled():
             yield
             return
         disable_progress_bars()
@@ -449,8 +454,21 @@ def convert(res: Resolved, unit: Unit, staging: Path, *, model_name: str | None 
                 raise ArtifactFormatError("cfg.json is not a JSON object", where=where)
             upgraded = upgrade_saelens_cfg(raw)
             if upgraded is not None:
-                (local / "cfg.json").write_text(json.dumps(upgraded))
                 extra[f"{SOURCE}.saelens_cfg"] = "pre-6.0 (upgraded)"
+            overrides = (res.saelens or {}).get("config_overrides") or {}
+            if overrides:  # as SAELens applies its catalogue's config_overrides to the cfg
+                cfg = dict(upgraded or raw)
+                meta = dict(cfg.get("metadata") or {})
+                for key, value in overrides.items():
+                    if key in _V6_TOP_LEVEL:
+                        cfg[key] = value
+                    else:
+                        meta[key] = value
+                cfg["metadata"] = meta
+                upgraded = cfg
+                extra[f"{SOURCE}.saelens_overrides"] = json.dumps(overrides, sort_keys=True)
+            if upgraded is not None:
+                (local / "cfg.json").write_text(json.dumps(upgraded))
             sae = formats.read_saelens(local, model_name=model_name, hook_name=hook_name, model_revision=model_revision)
         elif unit.layout == "sparsify":
             hook = hook_name
@@ -503,8 +521,9 @@ def source_tags(res: Resolved, unit: Unit, hashes: dict[str, str], extra: dict[s
 
 
 def _progress(total: int, desc: str):
-    """One progress bar (huggingface_hub's tqdm; silent with SAEKIT_QUIET=1)."""
-    from huggingface_hub.utils import tqdm
+    """One progress bar over the SAEs of a glob (silent with SAEKIT_QUIET=1; tqdm itself, so
+    that switching off huggingface_hub's per-file bars leaves it on)."""
+    from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="sae", disable=_quiet() or total <= 1)
 

@@ -127,7 +127,8 @@ def test_saelens_catalogue_and_pre6_cfg(tmp_path, hub):
         "test-lens:\n  model: gpt2\n  repo_id: lens/saes\n  saes:\n"
         "  - id: blocks.0.hook_resid_pre\n    path: blocks.0.hook_resid_pre\n    l0: 4\n"
         "    neuronpedia: gpt2-small/0-res-test\n"
-        "old-lens:\n  model: gpt2\n  repo_id: jb/old-saes\n  saes:\n"
+        "old-lens:\n  model: gpt2\n  repo_id: jb/old-saes\n  config_overrides:\n    dataset_path: apollo/pile\n"
+        "  saes:\n"
         "  - id: blocks.3\n    path: blocks.3.hook_resid_pre\n")
     by_hf = saekit.register("cat", "hf://lens/saes/blocks.0.hook_resid_pre")
     by_name = saekit.register("cat", "saelens:test-lens/blocks.0.hook_resid_pre", catalogue=catalogue)
@@ -143,6 +144,7 @@ def test_saelens_catalogue_and_pre6_cfg(tmp_path, hub):
     want = torch.zeros_like(pre).scatter_(-1, top.indices, top.values)
     assert (dense(sae, x) - want).abs().max().item() < 1e-5
     assert v.tags["saekit.source.saelens_cfg"].startswith("pre-6.0")
+    assert sae.cfg.metadata["dataset_path"] == "apollo/pile"  # the catalogue's config_overrides, as SAELens applies them
 
     # the installed sae-lens package's own catalogue, read from disk
     entry = hub_source.lookup_saelens("gemma-scope-2b-pt-res", "layer_0/width_16k/average_l0_105")
