@@ -301,3 +301,22 @@ def test_bad_input_one_line_exit_2_no_version(tmp_path, hub, capsys, monkeypatch
     assert code == 0 and json.loads(out)["version"] == 1
     code, out, err = _cli(["import", "hf://lens/saes/blocks.0.hook_resid_pre", str(tmp_path / "art"), "--json"], capsys)
     assert code == 0 and json.loads(out)["sha256"] == store.resolve("good/1").sha256
+
+
+def test_hf_reference_form():
+    from saekit.registry.refs import parse_ref
+    from saekit.schemas import ReferenceSyntaxError
+
+    r = parse_ref("hf://google/gemma-scope-2b-pt-res@v1/layer_20/width_16k/average_l0_71")
+    assert (r.kind, r.hf_repo, r.revision, r.sae_id, r.hf_type) == (
+        "hf", "google/gemma-scope-2b-pt-res", "v1", "layer_20/width_16k/average_l0_71", "model")
+    r = parse_ref("hf://datasets/org/acts@refs/pr/3/sae")  # huggingface_hub's special refs
+    assert (r.hf_type, r.revision, r.sae_id) == ("dataset", "refs/pr/3", "sae")
+    assert parse_ref("hf://org/repo/layer_*/width_16k/*").revision == "main"
+    r = parse_ref("saelens:gemma-scope-2b-pt-res/layer_0/width_16k/average_l0_105")
+    assert (r.kind, r.saelens_release, r.sae_id) == ("saelens", "gemma-scope-2b-pt-res", "layer_0/width_16k/average_l0_105")
+    with pytest.raises(ReferenceSyntaxError, match=r"write hf://org/saes@v1.0.0/layer6/a"):
+        parse_ref("hf://org/saes/layer6/a@v1.0.0")  # saekit's earlier form
+    for bad in ("hf://org", "hf://org/repo@v1/../x", "hf://buckets/org/b/x", "saelens:onlyrelease"):
+        with pytest.raises(ReferenceSyntaxError):
+            parse_ref(bad)

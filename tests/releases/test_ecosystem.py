@@ -208,3 +208,26 @@ print(bool(torch.equal(theirs.encode(x), saekit.load("res-l6-a/1").encode_dense(
         assert [_carried(b) for b in back] == [_carried(o) for o in orig]
     r = _cli(["cards", "export", "neuronpedia", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "x")])
     assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+def test_saelens_entry_from_manifest_and_records():
+    from release_helpers import make_record
+
+    from saekit.releases.ecosystem import saelens_registry
+    from saekit.releases.manifest import parse_manifest
+    from saekit.releases.modelcard import SAEEntry
+    from saekit.schemas import BenchmarkRecord
+
+    manifest = parse_manifest({
+        "release_id": "smollm2-saes", "version": "1.0.0", "license": "apache-2.0", "hub_repo": "org/smollm2-saes",
+        "base_model": {"id": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "saes": [{"ref": "a@production", "sae_id": "layer6/a", "neuronpedia": "smollm2-135m/6-res-mine"},
+                 {"ref": "b@production", "sae_id": "layer6-b"}]})
+    entries = [SAEEntry("layer6/a", "a@production", "a", 1, "ab" * 32, {},
+                        BenchmarkRecord.model_validate(make_record("a", 1, "ab" * 32, 64, ev=0.8125, l0=12.5)), "pass"),
+               SAEEntry("layer6-b", "b@production", "b", 1, "cd" * 32, {}, None, "pass")]
+    assert saelens_registry(manifest, entries) == {"smollm2-saes": {
+        "repo_id": "org/smollm2-saes", "model": "HuggingFaceTB/SmolLM2-135M-Instruct", "conversion_func": None,
+        "saes": [{"id": "layer6/a", "path": "layer6/a", "l0": 12.5, "variance_explained": 0.8125,
+                  "neuronpedia": "smollm2-135m/6-res-mine"},
+                 {"id": "layer6-b", "path": "layer6-b"}]}}
