@@ -494,7 +494,8 @@ def convert(res: Resolved, unit: Unit, staging: Path, *, model_name: str | None 
         raise ArtifactFormatError(f"missing key {err}", where=where) from None
     except SaekitError as err:
         if err.where and str(staging) in err.where:  # name the Hub file, not the temp copy
-            err.where = where + err.where.split(str(staging), 1)[1].replace(unit.path, "", 1)
+            rel = err.where.split(str(staging), 1)[1].lstrip("/")
+            err.where = hf_uri(res.repo, res.commit, rel, res.repo_type)
             err.args = (f"{err.where}: {err.message}",)
         raise
     prov = sae.cfg.provenance.model_copy(update={"source": where})

@@ -273,6 +273,10 @@ def test_bad_input_one_line_exit_2_no_version(tmp_path, hub, capsys, monkeypatch
     (tmp_path / "weird" / "sae" / "model.ckpt").write_bytes(b"\x00" * 64)
     (tmp_path / "weird" / "sae" / "config.yaml").write_text("d: 1\n")
     _push(hub, "org/weird", tmp_path / "weird")
+    (tmp_path / "broken" / "sae").mkdir(parents=True)
+    (tmp_path / "broken" / "sae" / "cfg.json").write_text("{not json")
+    (tmp_path / "broken" / "sae" / "sae_weights.safetensors").write_bytes(b"\x80\x04 a pickle, not tensors")
+    broken = _push(hub, "org/broken", tmp_path / "broken")
     _saelens_repo(tmp_path, hub, seed=5)
     cases = {
         "hf://org/empty/sae": "no SAE in this repo",
@@ -282,6 +286,7 @@ def test_bad_input_one_line_exit_2_no_version(tmp_path, hub, capsys, monkeypatch
         "hf://lens/saes/layer_*/width_16k/*": "matches no SAE",
         "hf://lens/saes/blocks.0.hook_resid_pre@v1": "hf://lens/saes@v1/blocks.0.hook_resid_pre",
         "saelens:no-such-release/x": "no release",
+        "hf://org/broken/sae": f"hf://org/broken@{broken}/sae: cfg.json is not JSON",
     }
     capsys.readouterr()  # the seeding's upload bars
     for ref, says in cases.items():
