@@ -101,15 +101,17 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
 
 
 def is_release(ref: Ref) -> bool:
-    """Whether the repo at the reference's revision is a saekit release (has SHA256SUMS)."""
+    """Whether the repo at the reference's revision is a saekit release (SHA256SUMS or
+    release.json at its root). A release missing its SHA256SUMS still loads as a release,
+    and so is refused, never read unverified as another library's checkpoint."""
     from huggingface_hub import HfApi
 
     from saekit.registry.hub_source import _hub_errors
-    from saekit.releases.bundle import SUMS
+    from saekit.releases.bundle import RELEASE_JSON, SUMS
 
     with _hub_errors(ref.text):
-        return HfApi(endpoint=endpoint()).file_exists(ref.hf_repo, SUMS, repo_type=ref.hf_type,
-                                                      revision=ref.revision or "main")
+        info = HfApi(endpoint=endpoint()).repo_info(ref.hf_repo, repo_type=ref.hf_type, revision=ref.revision or "main")
+    return any(s.rfilename in (SUMS, RELEASE_JSON) for s in info.siblings or [])
 
 
 def load_hf(ref: Ref) -> SAE:

@@ -325,3 +325,16 @@ def test_hf_reference_form():
     for bad in ("hf://org", "hf://org/repo@v1/../x", "hf://buckets/org/b/x", "saelens:onlyrelease"):
         with pytest.raises(ReferenceSyntaxError):
             parse_ref(bad)
+
+
+def test_release_without_sums_is_not_read_as_a_checkpoint(tmp_path, hub):
+    from saekit.schemas import IntegrityError
+
+    lens, root, _ = _saelens_repo(tmp_path, hub, seed=6)
+    x = torch.randn(8, D_IN)
+    with torch.no_grad():  # a plain SAELens repo loads straight from the Hub, converted
+        assert (dense(saekit.load("hf://lens/saes/blocks.0.hook_resid_pre"), x) - lens.encode(x)).abs().max() < 1e-5
+    (root / "release.json").write_text(json.dumps({"format": "saekit-release/1", "saes": []}))
+    _push(hub, "lens/release", root, "looks like a release, lost its SHA256SUMS")
+    with pytest.raises(IntegrityError, match="SHA256SUMS missing"):
+        saekit.load("hf://lens/release/blocks.0.hook_resid_pre")
