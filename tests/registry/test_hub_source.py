@@ -190,6 +190,9 @@ def test_gemmascope_glob_one_bar_resumable(tmp_path, hub, monkeypatch):
         params[layer] = _gemmascope_params(layer)
         np.savez(d / "params.npz", **params[layer])
     (tmp_path / "gs" / "README.md").write_text("Gemma Scope (test double)\n")
+    wrong = tmp_path / "gs" / "layer_2" / "width_2k" / "average_l0_5"  # folder and weights disagree
+    wrong.mkdir(parents=True)
+    np.savez(wrong / "params.npz", **_gemmascope_params(2))
     _push(hub, "google/gemma-scope-2b-pt-res", tmp_path / "gs")
     ref = "hf://google/gemma-scope-2b-pt-res/layer_*/width_1k/*"
 
@@ -210,6 +213,8 @@ def test_gemmascope_glob_one_bar_resumable(tmp_path, hub, monkeypatch):
     monkeypatch.setattr(hub_source, "convert", real)
     versions = saekit.register("gs", ref)  # resumes: no duplicate of the first
     assert [v.version for v in versions] == [1, 2] and len(store.list_versions("gs")) == 2
+    assert [v.tags["saekit.source.path"] for v in versions] == ["layer_0/width_1k/average_l0_12",
+                                                                "layer_1/width_1k/average_l0_30"]
 
     x = torch.randn(64, D_IN)
     for v, layer, l0 in zip(versions, (0, 1), (12, 30)):
@@ -220,6 +225,17 @@ def test_gemmascope_glob_one_bar_resumable(tmp_path, hub, monkeypatch):
         pre = x @ p["W_enc"] + p["b_enc"]  # Gemma Scope: JumpReLU, no b_dec subtracted
         want = (pre > p["threshold"]) * torch.relu(pre)
         assert (dense(sae, x) - want).abs().max().item() < 1e-5
+
+    from saekit.schemas import ArtifactFormatError
+
+    with pytest.raises(ArtifactFormatError, match="folder says width 2048, params.npz has d_sae 1024"):
+        saekit.register("gs", "hf://google/gemma-scope-2b-pt-res/layer_2/width_2k/average_l0_5")
+    assert len(store.list_versions("gs")) == 2
+
+    # conversion only: one canonical artifact per match, the same bytes as registered
+    done = hub_source.import_to(ref, tmp_path / "imported")
+    assert [d["dest"] for d in done] == [str(tmp_path / "imported" / v.tags["saekit.source.path"]) for v in versions]
+    assert [d["sha256"] for d in done] == [v.sha256 for v in versions]
 
     # loading straight from the Hub, no registry
     direct = saekit.load("hf://google/gemma-scope-2b-pt-res/layer_1/width_1k/average_l0_30")
