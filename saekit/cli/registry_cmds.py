@@ -47,7 +47,7 @@ CATALOGUE_HELP = "A catalogue in SAELens' pretrained_saes.yaml format (default: 
 @app.command("register")
 def register_cmd(
     source: str = typer.Argument(..., metavar="SOURCE", help="Canonical artifact folder, a checkpoint with --from, "
-                                 "hf://ORG/REPO[@REV]/PATH (PATH may be a glob) or saelens:RELEASE/SAE_ID."),
+                                 "hf://ORG/REPO@REV/PATH (@REV optional, default main; PATH may be a glob) or saelens:RELEASE/SAE_ID."),
     name: str = typer.Option(..., "--name", "-n", help="Registered name (letters, digits, . _ -)."),
     alias: Optional[str] = typer.Option(None, "--alias", "-a", help="Point this alias at the version."),
     tag: List[str] = typer.Option([], "--tag", "-t", help="KEY=VALUE version tag (repeatable)."),
@@ -109,7 +109,7 @@ def import_cmd(
     """Convert a checkpoint of another library (local, or on the Hub) into a canonical saekit artifact."""
     if _is_remote(fmt):
         if dest is not None:
-            raise InputError("usage: saekit import hf://ORG/REPO[@REV]/PATH DEST", where=str(dest))
+            raise InputError("usage: saekit import hf://ORG/REPO@REV/PATH DEST", where=str(dest))
         from saekit.registry import hub_source
 
         done = hub_source.import_to(fmt, src, catalogue=catalogue, model_name=model, hook_name=hook,
