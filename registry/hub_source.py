@@ -598,6 +598,9 @@ def register(
                     extra = {f"{SOURCE}.saelens": f"{res.saelens['release']}/{res.saelens['sae_id']}"}
                     _set_source_tags(info, extra)
                     info.tags.update(extra)
+                if tags:  # the caller's tags land on it, as on any identical registration
+                    store.set_tags(name, info.version, tags)
+                    info.tags.update(tags)
                 out.append(info)
                 bar.update(1)
                 continue

@@ -131,9 +131,11 @@ def test_saelens_catalogue_and_pre6_cfg(tmp_path, hub):
         "  saes:\n"
         "  - id: blocks.3\n    path: blocks.3.hook_resid_pre\n")
     by_hf = saekit.register("cat", "hf://lens/saes/blocks.0.hook_resid_pre")
-    by_name = saekit.register("cat", "saelens:test-lens/blocks.0.hook_resid_pre", catalogue=catalogue)
+    by_name = saekit.register("cat", "saelens:test-lens/blocks.0.hook_resid_pre", catalogue=catalogue,
+                              tags={"team": "interp"})
     assert by_name.version == by_hf.version and by_name.sha256 == by_hf.sha256  # same commit, same artifact
     assert store.resolve("cat/1").tags["saekit.source.saelens"] == "test-lens/blocks.0.hook_resid_pre"
+    assert store.resolve("cat/1").tags["team"] == "interp"
 
     v = saekit.register("old", "saelens:old-lens/blocks.3", catalogue=catalogue)
     sae = saekit.load("old")
