@@ -4,7 +4,12 @@
     NAME@ALIAS                e.g. smollm2-res-l6@production
     NAME/VERSION              e.g. smollm2-res-l6/3
     NAME@sha256:PREFIX        at least 8 hex digits of the artifact sha256
-    hf://ORG/REPO/SAE_ID@REV  a published release (REV: tag, branch or commit; default main)
+    hf://[TYPE/]ORG/REPO[@REV]/PATH
+                              a file or folder on the Hub, in huggingface_hub's URI form
+                              (huggingface_hub.utils.parse_hf_uri; REV: tag, branch or
+                              commit, default main): a saekit release's SAE, or a
+                              checkpoint of another library (registry.hub_source)
+    saelens:RELEASE/SAE_ID    an SAE of SAELens' pretrained_saes.yaml catalogue
     PATH                      a canonical artifact folder (absolute, ./, ../, ~, or existing)
 """
 
@@ -23,11 +28,11 @@ _REGISTRY = re.compile(
     rf"^(?P<name>{NAME_RE})"
     r"(?:@sha256:(?P<sha>[0-9a-f]{8,64})|@(?P<alias>[A-Za-z][A-Za-z0-9_-]{0,63})|/(?P<version>[1-9][0-9]*))?$"
 )
-_HF = re.compile(
-    r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)/(?P<sae_id>[^@]+?)(?:@(?P<rev>[\w./-]+))?$"
-)
+_SAELENS = re.compile(r"^saelens:(?P<release>[A-Za-z0-9][\w.-]*)/(?P<sae_id>\S+)$")
+# The form saekit used before following huggingface_hub's: hf://ORG/REPO/SAE_ID@REV.
+_OLD_HF = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)/(?P<path>[^@]+)@(?P<rev>[^/@]+)$")
 
-Kind = Literal["latest", "alias", "version", "sha256", "path", "hf"]
+Kind = Literal["latest", "alias", "version", "sha256", "path", "hf", "saelens"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class Ref:
     hf_repo: str | None = None
     sae_id: str | None = None
     revision: str | None = None
+    hf_type: str = "model"
+    saelens_release: str | None = None
 
     @property
     def pinned(self) -> bool:
@@ -72,10 +79,12 @@ def parse_ref(text: str) -> Ref:
     if not text:
         raise ReferenceSyntaxError("empty reference")
     if text.startswith("hf://"):
-        m = _HF.match(text)
+        return parse_hf(text)
+    if text.startswith("saelens:"):
+        m = _SAELENS.match(text)
         if not m or ".." in m["sae_id"].split("/"):
-            raise ReferenceSyntaxError("expected hf://ORG/REPO/SAE_ID[@REVISION]", where=repr(text))
-        return Ref("hf", text, hf_repo=m["repo"], sae_id=m["sae_id"].strip("/"), revision=m["rev"] or "main")
+            raise ReferenceSyntaxError("expected saelens:RELEASE/SAE_ID", where=repr(text))
+        return Ref("saelens", text, saelens_release=m["release"], sae_id=m["sae_id"])
     if text.startswith(("/", "./", "../", "~")) or Path(text).is_dir():
         return Ref("path", text, path=Path(text).expanduser())
     m = _REGISTRY.match(text)
@@ -91,3 +100,36 @@ def parse_ref(text: str) -> Ref:
     if m["version"]:
         return Ref("version", text, name=m["name"], version=int(m["version"]))
     return Ref("latest", text, name=m["name"])
+
+
+def parse_hf(text: str) -> Ref:
+    """``hf://[TYPE/]ORG/REPO[@REV]/PATH`` parsed by huggingface_hub's own URI parser.
+
+    The earlier saekit form ``hf://ORG/REPO/PATH@REV`` is refused with the new spelling.
+    """
+    from huggingface_hub.errors import HfUriError
+    from huggingface_hub.utils import parse_hf_uri
+
+    try:
+        uri = parse_hf_uri(text)
+    except HfUriError as err:
+        msg = getattr(err, "msg", None) or str(err).splitlines()[0]
+        raise ReferenceSyntaxError(f"expected hf://[TYPE/]ORG/REPO[@REV]/PATH ({msg})", where=repr(text)) from None
+    path = uri.path_in_repo.strip("/")
+    old = _OLD_HF.match(text)
+    if uri.revision is None and old and "@" in path:
+        raise ReferenceSyntaxError(
+            f"hf:// references follow huggingface_hub's form: write hf://{old['repo']}@{old['rev']}/{old['path']}",
+            where=repr(text),
+        )
+    if uri.type == "bucket":
+        raise ReferenceSyntaxError("buckets hold no versioned SAEs; name a model or dataset repo", where=repr(text))
+    if ".." in path.split("/"):
+        raise ReferenceSyntaxError("'..' is not allowed in an hf:// path", where=repr(text))
+    return Ref("hf", text, hf_repo=uri.id, sae_id=path, revision=uri.revision or "main", hf_type=uri.type)
+
+
+def hf_uri(repo: str, revision: str, path: str, repo_type: str = "model") -> str:
+    """The canonical ``hf://`` text of a repo, revision and path (huggingface_hub's form)."""
+    prefix = "" if repo_type == "model" else f"{repo_type}s/"
+    return f"hf://{prefix}{repo}@{revision}" + (f"/{path}" if path else "")

@@ -365,8 +365,8 @@ def _canonical(mvs: list[Any]) -> list[Any]:
 
 def _as_ref(ref: str | Ref) -> Ref:
     ref = parse_ref(ref) if isinstance(ref, str) else ref
-    if ref.kind in ("path", "hf"):
-        raise ReferenceSyntaxError("expected a registry reference, not a path or hf://", where=repr(ref.text))
+    if ref.kind in ("path", "hf", "saelens"):
+        raise ReferenceSyntaxError("expected a registry reference, not a path, hf:// or saelens:", where=repr(ref.text))
     return ref
 
 

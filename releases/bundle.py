@@ -7,6 +7,7 @@
     <sae_id>/feature_cards.jsonl    FeatureCards (or feature_cards/part-NNNNN-of-MMMMM.jsonl shards)
     plots/*.png                     feature density, L0 vs explained variance
     browser/index.html              static feature browser (data inlined)
+    pretrained_saes.yaml            the release as a SAELens registry entry (releases.ecosystem)
     release.json                    manifest, pinned versions, benchmark records, file hashes
     SHA256SUMS                      sha256 of every other file (``sha256sum -c`` format)
 
@@ -25,9 +26,11 @@ from typing import Any
 
 from saekit.registry.artifact import sha256_file
 from saekit.releases.manifest import load_manifest
+from saekit.releases.ecosystem import write_saelens_registry
 from saekit.releases.modelcard import SAEEntry, metrics_of
 from saekit.schemas import (
     BenchmarkRecord,
+    FeatureCard,
     GateFailedError,
     InputError,
     IntegrityError,
@@ -155,7 +158,7 @@ def build_from_manifest(
     ids = [s.sae_id for s in manifest.saes]
     if len(set(ids)) != len(ids):
         raise InputError("sae_id values must be unique", where=where)
-    reserved = {"browser", "plots", RELEASE_JSON, SUMS, "README.md"}
+    reserved = {"browser", "plots", RELEASE_JSON, SUMS, "README.md", "pretrained_saes.yaml"}
     for sid in ids:
         if sid.split("/")[0] in reserved:
             raise InputError(f"sae_id {sid!r} collides with a bundle file or folder", where=where)
@@ -170,6 +173,7 @@ def build_from_manifest(
         from saekit.releases.modelcard import render
 
         (tmp / "README.md").write_text(render(manifest, entries, plots=plots), encoding="utf-8")
+        write_saelens_registry(tmp, manifest, entries)
         _write_release_json(tmp, manifest, entries, records)
         write_sums(tmp)
         if out.exists():
@@ -375,3 +379,14 @@ def verify(bundle_dir: str | os.PathLike) -> dict[str, Any]:
     if RELEASE_JSON not in sums:
         raise IntegrityError(f"{RELEASE_JSON} missing", where=str(root))
     return json.loads((root / RELEASE_JSON).read_text())
+
+
+def release_cards(bundle: Path) -> list[tuple[dict[str, Any], dict[str, Any], list[FeatureCard]]]:
+    """(release.json, its SAE entry, cards) for every SAE of a built bundle, verified first."""
+    release = verify(bundle)
+    out = []
+    for entry in release["saes"]:
+        cards = [FeatureCard.model_validate(c) for f in entry.get("card_files") or []
+                 for c in read_cards(Path(bundle) / f)]
+        out.append((release, entry, cards))
+    return out

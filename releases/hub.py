@@ -1,6 +1,8 @@
-"""Load a published SAE by ``hf://ORG/REPO/SAE_ID@REV``: download that SAE's folder pinned
-to the revision, verify every file against the release's SHA256SUMS and the artifact
-against its sha256, then load it.
+"""Load a published SAE by ``hf://ORG/REPO@REV/SAE_ID`` (huggingface_hub's URI form):
+download that SAE's folder pinned to the revision, verify every file against the release's
+SHA256SUMS and the artifact against its sha256, then load it. A repo that is not a saekit
+release (no SHA256SUMS) is read as a checkpoint of another library
+(saekit.registry.hub_source: SAELens, sparsify, Gemma Scope, OpenAI), converted in memory.
 
 The endpoint and cache are the settings' (``HF_ENDPOINT``, ``HF_HUB_CACHE``, read by
 saekit.schemas.settings) at call time, not huggingface_hub's values from when it was
@@ -63,7 +65,7 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
     from saekit.releases.bundle import RELEASE_JSON, SUMS, parse_sums
 
     repo, sae_id, rev = ref.hf_repo, ref.sae_id, ref.revision or "main"
-    where = f"hf://{repo}/{sae_id}@{rev}"
+    where = f"hf://{repo}@{rev}/{sae_id}"
     try:
         api = HfApi(endpoint=endpoint())
         with quiet_progress():
@@ -99,9 +101,29 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
     return folder, release, commit
 
 
+def is_release(ref: Ref) -> bool:
+    """Whether the repo at the reference's revision is a saekit release (SHA256SUMS or
+    release.json at its root). A release missing its SHA256SUMS still loads as a release,
+    and so is refused, never read unverified as another library's checkpoint."""
+    from huggingface_hub import HfApi
+
+    from saekit.registry.hub_source import _hub_errors
+    from saekit.releases.bundle import RELEASE_JSON, SUMS
+
+    with _hub_errors(ref.text):
+        info = HfApi(endpoint=endpoint()).repo_info(ref.hf_repo, repo_type=ref.hf_type, revision=ref.revision or "main")
+    return any(s.rfilename in (SUMS, RELEASE_JSON) for s in info.siblings or [])
+
+
 def load_hf(ref: Ref) -> SAE:
-    """Load ``hf://ORG/REPO/SAE_ID@REV`` verified (SHA256SUMS, then the artifact sha256)."""
+    """Load ``hf://ORG/REPO@REV/SAE_ID`` verified (SHA256SUMS, then the artifact sha256);
+    a repo of another library's checkpoints loads through saekit.registry.hub_source."""
     from saekit.registry.artifact import load_artifact
+
+    if not is_release(ref):
+        from saekit.registry.hub_source import load
+
+        return load(ref)
 
     folder, release, commit = download_sae(ref)
     entry = next((s for s in release.get("saes", []) if s.get("sae_id") == ref.sae_id), None)

@@ -81,9 +81,12 @@ def front_matter(manifest: ReleaseManifest, saes: list[SAEEntry]) -> dict[str, A
                 "source": {"name": "saekit check", "url": f"https://huggingface.co/{manifest.hub_repo}/blob/main/{s.sae_id}/eval.json"},
             }
         )
+    # library_name: the Hub's library registry (huggingface.js model-libraries.ts) has
+    # "saelens", which gives the repo SAELens' "Use this model" snippet and its filter;
+    # "saekit" is not a registered library, so it stays a tag.
     fm: dict[str, Any] = {
         "license": manifest.license,
-        "library_name": "saekit",
+        "library_name": "saelens",
         "tags": tags,
         "base_model": manifest.base_model.id,
     }
@@ -155,7 +158,7 @@ def render(manifest: ReleaseManifest, saes: list[SAEEntry], *, plots: list[tuple
         "import saekit",
         "",
     ]
-    lines += [f'sae = saekit.load("hf://{repo}/{s.sae_id}@{tag}")' for s in saes]
+    lines += [f'sae = saekit.load("hf://{repo}@{tag}/{s.sae_id}")' for s in saes]
     lines += [
         "codes = sae.encode(activations)  # activations: [n, d_in] at the hook named in cfg.json",
         "```",
@@ -169,6 +172,11 @@ def render(manifest: ReleaseManifest, saes: list[SAEEntry], *, plots: list[tuple
         f'sae = SAE.from_pretrained(release="{repo}", sae_id="{first}")',
         "```",
         "",
+        "`pretrained_saes.yaml` in this repo is the release as a SAELens registry entry; added to SAELens' "
+        f"`pretrained_saes.yaml` it loads as `SAE.from_pretrained(release=\"{manifest.release_id}\", "
+        f"sae_id=\"{first}\")`. SAELens downloads from the repo's default branch: that load is not pinned "
+        f"to `{tag}` (saekit's `hf://` reference above is).",
+        "",
         "## Files",
         "",
         "| path | what |",
@@ -177,6 +185,7 @@ def render(manifest: ReleaseManifest, saes: list[SAEEntry], *, plots: list[tuple
         "| `<sae_id>/feature_cards.jsonl` (or `feature_cards/*.jsonl` shards) | one saekit FeatureCard per latent |",
         "| `<sae_id>/eval.json` | the BenchmarkRecord (SAEBench `BaseEvalOutput` fields) the numbers above come from |",
         "| `release.json` | manifest, pinned registry versions, benchmark records, file hashes |",
+        "| `pretrained_saes.yaml` | this release as a SAELens registry entry (repo_id, path, l0, variance_explained) |",
         "| `SHA256SUMS` | sha256 of every file in this repo (`sha256sum -c SHA256SUMS`) |",
         "| `browser/index.html` | a static feature browser: download and open it, no server needed |",
         "",

@@ -26,6 +26,10 @@ def load(ref: str | os.PathLike, *, device: str | None = None) -> SAE:
         from saekit.releases.hub import load_hf
 
         sae = load_hf(parsed)
+    elif parsed.kind == "saelens":
+        from saekit.registry.hub_source import load as load_hub
+
+        sae = load_hub(parsed)
     else:
         from saekit.registry.store import load_ref
 
@@ -34,7 +38,17 @@ def load(ref: str | os.PathLike, *, device: str | None = None) -> SAE:
 
 
 def register(name: str, artifact: Any, **kwargs: Any):
-    """Register an artifact folder or in-memory SAE as a new version of ``name``."""
+    """Register an artifact folder or in-memory SAE as a new version of ``name``.
+
+    ``artifact`` may also be ``hf://ORG/REPO[@REV]/PATH`` or ``saelens:RELEASE/SAE_ID``: the
+    checkpoint is fetched, converted and registered with its source pinned (a glob in PATH
+    returns the list of versions, one per match).
+    """
+    if isinstance(artifact, str) and artifact.startswith(("hf://", "saelens:")):
+        from saekit.registry import hub_source
+
+        infos = hub_source.register(artifact, name, **kwargs)
+        return infos if hub_source.is_glob(artifact) else infos[0]
     from saekit.registry.store import register as _register
 
     return _register(name, artifact, **kwargs)

@@ -155,7 +155,7 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
     from saekit.releases.publish import publish
 
     t = time.perf_counter()
-    ref = f"hf://{repo}/{sae_id}@{release['tag']}"
+    ref = f"hf://{repo}@{release['tag']}/{sae_id}"
     if dry_run:
         result = publish(bundle, repo, dry_run=True)
         summary["publish"] = result.to_dict() | {"endpoint": None}

@@ -84,6 +84,11 @@ class ReleaseSAE(Strict):
 
     ref: str = Field(min_length=1, description="Registry reference, e.g. 'smollm2-res-l6@production'.")
     sae_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+    neuronpedia: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$",
+        description="Neuronpedia id (MODEL/SOURCE, e.g. 'gemma-2-2b/12-gemmascope-res-16k') when the SAE is on "
+                    "Neuronpedia; carried into the release's SAELens registry entry.",
+    )
 
 
 class ReleaseManifest(Strict):

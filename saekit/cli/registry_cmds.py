@@ -36,9 +36,17 @@ def _version_text(info) -> str:
     return f"{info.name}/{info.version}\t{info.sha256[:12]}\t{shape}\t@{aliases}\tgate={gate}"
 
 
+def _is_remote(text: str) -> bool:
+    return text.startswith(("hf://", "saelens:"))
+
+
+CATALOGUE_HELP = "A catalogue in SAELens' pretrained_saes.yaml format (default: the installed sae-lens package's)."
+
+
 @app.command("register")
 def register_cmd(
-    path: Path = typer.Argument(..., help="Canonical artifact folder (or a checkpoint with --from)."),
+    source: str = typer.Argument(..., metavar="SOURCE", help="Canonical artifact folder, a checkpoint with --from, "
+                                 "hf://ORG/REPO@REV/PATH (@REV optional, default main; PATH may be a glob) or saelens:RELEASE/SAE_ID."),
     name: str = typer.Option(..., "--name", "-n", help="Registered name (letters, digits, . _ -)."),
     alias: Optional[str] = typer.Option(None, "--alias", "-a", help="Point this alias at the version."),
     tag: List[str] = typer.Option([], "--tag", "-t", help="KEY=VALUE version tag (repeatable)."),
@@ -47,13 +55,31 @@ def register_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="Language model id (importers that lack it)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Language model revision."),
     hook: Optional[str] = typer.Option(None, "--hook", help="Hook name (importers that lack it)."),
+    catalogue: Optional[Path] = typer.Option(None, "--saelens-catalogue", help=CATALOGUE_HELP),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Register an artifact as a new version of NAME (identical content returns the existing one)."""
+    """Register an artifact as a new version of NAME (identical content returns the existing one).
+
+    From the Hub (hf://, saelens:) the layout is detected, the revision pinned to its
+    commit, and the source recorded on the version; a glob registers each match.
+    """
+    tags = _parse_tags(tag)
+    if _is_remote(source):
+        if from_format:
+            raise InputError("--from is for local checkpoints; the Hub layout is detected", where=source)
+        from saekit.registry import hub_source
+
+        infos = hub_source.register(source, name, alias=alias, tags=tags, description=description,
+                                    catalogue=catalogue, model_name=model, hook_name=hook, model_revision=revision)
+        data = [i.to_dict() for i in infos]
+        emit(data if len(data) != 1 else data[0], json_out, "\n".join(
+            f"registered {i.ref} sha256:{i.sha256} <- {i.tags.get(hub_source.SOURCE, '')}"
+            + (f" @{','.join(i.aliases)}" if i.aliases else "") for i in infos))
+        return
     from saekit.registry.folders import register_checkpoint
 
     info = register_checkpoint(
-        name, path, from_format=from_format, tags=_parse_tags(tag), description=description, alias=alias,
+        name, source, from_format=from_format, tags=tags, description=description, alias=alias,
         model_name=model, hook_name=hook, model_revision=revision,
     )
     emit(info.to_dict(), json_out, f"registered {info.ref} sha256:{info.sha256}" + (
@@ -62,15 +88,29 @@ def register_cmd(
 
 @app.command("import")
 def import_cmd(
-    fmt: str = typer.Argument(..., metavar="FORMAT", help=FORMAT_HELP),
-    src: Path = typer.Argument(..., help="Checkpoint folder or file."),
-    dest: Path = typer.Argument(..., help="Canonical artifact folder to write."),
+    fmt: str = typer.Argument(..., metavar="FORMAT|SOURCE", help=f"{FORMAT_HELP}; or hf://... / saelens:... "
+                              "(then the next argument is DEST)"),
+    src: Path = typer.Argument(..., help="Checkpoint folder or file (DEST for an hf:// or saelens: SOURCE)."),
+    dest: Optional[Path] = typer.Argument(None, help="Canonical artifact folder to write."),
     model: Optional[str] = typer.Option(None, "--model"),
     revision: Optional[str] = typer.Option(None, "--revision"),
     hook: Optional[str] = typer.Option(None, "--hook"),
+    catalogue: Optional[Path] = typer.Option(None, "--saelens-catalogue", help=CATALOGUE_HELP),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Convert a checkpoint of another library into a canonical saekit artifact."""
+    """Convert a checkpoint of another library (local, or on the Hub) into a canonical saekit artifact."""
+    if _is_remote(fmt):
+        if dest is not None:
+            raise InputError("usage: saekit import hf://ORG/REPO@REV/PATH DEST", where=str(dest))
+        from saekit.registry import hub_source
+
+        done = hub_source.import_to(fmt, src, catalogue=catalogue, model_name=model, hook_name=hook,
+                                    model_revision=revision)
+        emit(done if len(done) != 1 else done[0], json_out,
+             "\n".join(f"{d['dest']} sha256:{d['sha256']} <- {d['source']}" for d in done))
+        return
+    if dest is None:
+        raise InputError("usage: saekit import FORMAT SRC DEST")
     from saekit.registry.formats import import_checkpoint
 
     sha = import_checkpoint(fmt, src, dest, model_name=model, hook_name=hook, model_revision=revision)

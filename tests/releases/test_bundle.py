@@ -49,14 +49,14 @@ def test_bundle_layout_card_and_byte_identical_rebuild(two_sae_manifest: Path, t
     assert len(sums) == len(ta) - 1 and all(len(line.split("  ")[0]) == 64 for line in sums)
 
     card = ModelCard.load(a / "README.md")
-    assert card.data.library_name == "saekit"
+    assert card.data.library_name == "saelens"  # the Hub's registered library: its loading snippet
     assert {"saekit", "saelens", "smollm2"} <= set(card.data.tags)
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert card.data.license == "apache-2.0"
     evs = {(r.metric_name, r.metric_value) for r in card.data.eval_results}
     assert ("explained_variance (layer6/a)", 0.9) in evs and ("l0 (layer6-b)", 5.0) in evs
     text = card.text
-    assert 'saekit.load("hf://saekit-test/smollm2-saes/layer6/a@v1.0.0")' in text
+    assert 'saekit.load("hf://saekit-test/smollm2-saes@v1.0.0/layer6/a")' in text
     assert 'SAE.from_pretrained(release="saekit-test/smollm2-saes", sae_id="layer6/a")' in text
     assert "(plots/feature_density.png)" in text and "(plots/l0_vs_explained_variance.png)" in text
     assert ta["plots/feature_density.png"].startswith(b"\x89PNG")

@@ -25,7 +25,7 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, real_sae_dir: Path):
     assert "production" in a["sae"]["aliases"]
     assert a["publish"]["changed"] and a["publish"]["tag"] == "v0.1.0"
     assert a["load"]["identical"] and a["load"]["sha256"] == a["sae"]["sha256"]
-    assert a["load"]["ref"] == f"hf://saekit-demo/smollm2-135m-res-l6-test/{a['release']['sae_id']}@v0.1.0"
+    assert a["load"]["ref"] == f"hf://saekit-demo/smollm2-135m-res-l6-test@v0.1.0/{a['release']['sae_id']}"
     bundle = Path(a["release"]["bundle"])
     assert (bundle / "browser" / "index.html").is_file() and (bundle / "SHA256SUMS").is_file()
     before = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}

@@ -51,13 +51,13 @@ def test_publish_tag_record_republish_and_load(two_sae_manifest: Path, tmp_path:
     assert api.repo_info("org/smollm2-saes").sha == first.commit
 
     # Load back by name: verified against SHA256SUMS and the artifact sha256.
-    sae = saekit.load("hf://org/smollm2-saes/layer6/a@v1.0.0")
+    sae = saekit.load("hf://org/smollm2-saes@v1.0.0/layer6/a")
     reg = saekit.load("res-l6-a/1")
     assert sae.ref.sha256 == reg.ref.sha256 and sae.ref.version == first.commit
     x = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))
     assert torch.equal(sae.encode(x).indices, reg.encode(x).indices)
     assert torch.equal(sae.encode(x).values, reg.encode(x).values)
-    assert saekit.load(f"hf://org/smollm2-saes/layer6-b@{first.commit}").ref.sha256 == store.resolve("res-l6-b/1").sha256
+    assert saekit.load(f"hf://org/smollm2-saes@{first.commit}/layer6-b").ref.sha256 == store.resolve("res-l6-b/1").sha256
 
     # The token never reaches an output, the bundle, the registry or the Hub's storage.
     out, err = capfd.readouterr()
@@ -125,11 +125,11 @@ def test_load_hf_verifies(two_sae_manifest: Path, tmp_path: Path, hub):
     from saekit.schemas import IntegrityError, NotFoundError
 
     publish(build(two_sae_manifest, tmp_path / "bundle"), "org/v")
-    assert saekit.load("hf://org/v/layer6/a@v1.0.0").ref.name == "layer6/a"
+    assert saekit.load("hf://org/v@v1.0.0/layer6/a").ref.name == "layer6/a"
     with pytest.raises(NotFoundError):
-        saekit.load("hf://org/v/no-such-sae@v1.0.0")
+        saekit.load("hf://org/v@v1.0.0/no-such-sae")
     with pytest.raises(NotFoundError, match="no revision"):
-        saekit.load("hf://org/v/layer6/a@v9.9.9")
+        saekit.load("hf://org/v@v9.9.9/layer6/a")
     with pytest.raises(NotFoundError, match="no repo"):
         saekit.load("hf://org/missing/layer6/a")
     # Corrupt a stored blob on the Hub side: the download no longer matches SHA256SUMS.
@@ -139,7 +139,7 @@ def test_load_hf_verifies(two_sae_manifest: Path, tmp_path: Path, hub):
     blob = hub.store._blob(hashlib.sha256(record).hexdigest())
     blob.write_bytes(record.replace(b'"core"', b'"CORE"'))
     with pytest.raises(IntegrityError, match="layer6-b/eval.json: sha256 mismatch against SHA256SUMS"):
-        saekit.load("hf://org/v/layer6-b@v1.0.0")
+        saekit.load("hf://org/v@v1.0.0/layer6-b")
 
 
 def test_sae_lens_loads_the_published_sae(two_sae_manifest: Path, tmp_path: Path, hub):
@@ -152,7 +152,7 @@ def test_sae_lens_loads_the_published_sae(two_sae_manifest: Path, tmp_path: Path
 import json, torch, saekit
 from sae_lens import SAE
 theirs = SAE.from_pretrained(release="org/lens", sae_id="layer6/a")
-mine = saekit.load("hf://org/lens/layer6/a@v1.0.0")
+mine = saekit.load("hf://org/lens@v1.0.0/layer6/a")
 x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
 dense = theirs.encode(x)
 ours = mine.encode_dense(x)
