@@ -26,13 +26,12 @@ Nothing here unpickles: ``np.load(allow_pickle=False)``, ``torch.load(weights_on
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saekit.registry import artifact as art
-from saekit.schemas import ArtifactFormatError, InputError, NotFoundError, SAEConfig
+from saekit.schemas import ArtifactFormatError, InputError, NotFoundError, SAEConfig, safeio
 
 if TYPE_CHECKING:
     from saekit.kernels import SAE
@@ -63,9 +62,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise NotFoundError("no such file", where=str(path))
     try:
-        d = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ArtifactFormatError(f"not JSON ({err})", where=str(path)) from None
+        d = safeio.load_json(safeio.read_bytes(path.parent, path.name), where=str(path))
+    except InputError as err:
+        raise ArtifactFormatError(err.message, where=err.where) from None
     if not isinstance(d, dict):
         raise ArtifactFormatError("not a JSON object", where=str(path))
     return d
@@ -228,8 +227,7 @@ def read_checkpoint(fmt: str, src: Path, **context: Any) -> SAE:
     reader = _READERS.get(fmt)
     if reader is None:
         raise InputError(f"unknown format; expected one of {', '.join(IMPORT_FORMATS)}", where=repr(fmt))
-    if not Path(src).exists():
-        raise NotFoundError("no such file or folder", where=str(src))
+    safeio.check_tree(src)  # regular files only, no links anywhere inside (one rule, schemas.safeio)
     return reader(Path(src), **context)
 
 
@@ -245,8 +243,10 @@ def import_checkpoint(
     """Convert a checkpoint into a canonical artifact folder at ``dest``; returns its sha256."""
     sae = read_checkpoint(fmt, src, model_name=model_name, hook_name=hook_name, model_revision=model_revision)
     sha = art.save_artifact(sae, Path(dest))
-    if fmt == "saelens" and (Path(src) / "sparsity.safetensors").is_file():
-        shutil.copyfile(Path(src) / "sparsity.safetensors", Path(dest) / "sparsity.safetensors")
+    if fmt == "saelens" and safeio.exists(src, "sparsity.safetensors"):
+        data = safeio.read_bytes(src, "sparsity.safetensors")
+        art.check_safetensors_header(data, str(Path(src) / "sparsity.safetensors"))
+        safeio.write_bytes(Path(dest) / "sparsity.safetensors", data)
     return sha
 
 

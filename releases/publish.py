@@ -199,7 +199,7 @@ def _record(release: dict[str, Any], repo_id: str, tag: str, commit: str | None)
                 continue
             want = {"saekit.hub_commit": commit or "", "saekit.hub_repo": repo_id, "saekit.hub_tag": tag}
             if any(info.tags.get(k) != v for k, v in want.items()):
-                store.set_tags(reg["name"], int(reg["version"]), want)
+                store.record_tags(reg["name"], int(reg["version"]), want)
             done.append(f"{reg['name']}/{reg['version']}")
         except (SaekitError, KeyError):
             # Published from a machine whose registry does not hold the version: nothing to record.

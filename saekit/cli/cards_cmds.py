@@ -14,6 +14,7 @@ from typing import List, Optional
 import typer
 
 from saekit.cli.app import JSON_OPTION, cards_app, emit
+from saekit.schemas.safeio import DEFAULT_LIMITS
 
 
 @cards_app.command("validate")
@@ -24,19 +25,30 @@ def validate(
     d_sae: Optional[int] = typer.Option(None, "--d-sae", min=1, help="SAE width: every index must be below it."),
     max_errors: int = typer.Option(50, "--max-errors", min=1, help="Print at most this many errors."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes for big files (default: CPUs)."),
+    max_file_bytes: int = typer.Option(
+        DEFAULT_LIMITS.max_file_bytes, "--max-file-bytes", min=1, help="Bytes per file, after decompression."
+    ),
+    max_line_bytes: int = typer.Option(
+        DEFAULT_LIMITS.max_line_bytes, "--max-line-bytes", min=1, help="Bytes per line (per card of a .json list)."
+    ),
+    max_depth: int = typer.Option(DEFAULT_LIMITS.max_depth, "--max-depth", min=1, help="JSON nesting per card."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Validate feature cards: schema, consistency, duplicate indices, one SAE per file.
 
     Prints each problem as file:line: json.path: message.
 
-    Exit 0: all valid. 1: invalid cards. 2: a path that is not card input (missing, not JSON, broken gzip).
+    Exit 0: all valid. 1: invalid cards (a card nested deeper than --max-depth included).
+    2: a path that is not card input (missing, not JSON, broken or fake gzip, a line or
+    file over --max-line-bytes / --max-file-bytes).
     """
     from saekit.schemas.errors import SaekitError
+    from saekit.schemas.safeio import Limits
     from saekit.schemas.validate import validate_paths
 
+    limits = Limits(max_file_bytes=max_file_bytes, max_line_bytes=max_line_bytes, max_depth=max_depth)
     try:
-        report = validate_paths(paths, d_sae=d_sae, max_errors=max_errors, workers=workers)
+        report = validate_paths(paths, d_sae=d_sae, max_errors=max_errors, workers=workers, limits=limits)
     except SaekitError as err:
         if json_out:
             emit({"ok": False, "error": str(err), "exit_code": err.exit_code}, True)
@@ -154,32 +166,14 @@ def _detect(doc: object, where: str) -> str:
 
 def _documents(path: Path):
     """``(line, parsed document)`` for every document of a .json (object or list) or .jsonl file."""
-    from saekit.schemas.errors import InputError
+    from saekit.schemas.safeio import load_json
+    from saekit.schemas.validate import _read, jsonl_lines
 
-    def reject(name: str):
-        raise InputError(f"{name} is not valid JSON", where=str(path))
-
-    try:
-        data = path.read_bytes()
-        if path.name.endswith(".gz"):
-            data = gzip.decompress(data)
-        text = data.decode("utf-8")
-    except FileNotFoundError:
-        raise InputError("no such file", where=str(path)) from None
-    except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read: {err}", where=str(path)) from None
     if path.name.endswith((".jsonl", ".jsonl.gz")):
-        for n, line in enumerate(text.split("\n"), start=1):
-            if line.strip():
-                try:
-                    yield n, json.loads(line, parse_constant=reject)
-                except json.JSONDecodeError as err:
-                    raise InputError(f"not valid JSON: {err.msg}", where=f"{path}:{n}") from None
+        for n, line in jsonl_lines(path, DEFAULT_LIMITS):
+            yield n, load_json(line, where=f"{path}:{n}", limits=DEFAULT_LIMITS, allow_nan=False)
         return
-    try:
-        doc = json.loads(text, parse_constant=reject)
-    except json.JSONDecodeError as err:
-        raise InputError(f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}", where=str(path)) from None
+    doc = load_json(_read(path, DEFAULT_LIMITS), where=str(path), limits=DEFAULT_LIMITS, allow_nan=False)
     if isinstance(doc, list):
         for i, d in enumerate(doc):
             yield i + 1, d
