@@ -143,7 +143,9 @@ def check(
             torch.set_num_threads(int(cfg["torch_threads"]))
     if ref is None:
         raise InputError("no SAE reference given", where="check")
-    ref = os.fspath(ref)
+    if isinstance(ref, os.PathLike):  # a Path is a folder: keep it one once it is a string
+        ref = os.fspath(ref)
+        ref = ref if ref.startswith(("/", "./", "../", "~")) else f"./{ref}"
     try:
         return _check(**{k: v for k, v in locals().items() if k in _CHECK_ARGS})
     finally:

@@ -5,11 +5,18 @@
     NAME/VERSION              e.g. smollm2-res-l6/3
     NAME@sha256:PREFIX        at least 8 hex digits of the artifact sha256
     hf://ORG/REPO/SAE_ID@REV  a published release (REV: tag, branch or commit; default main)
-    PATH                      a canonical artifact folder (absolute, ./, ../, ~, or existing)
+    PATH                      a canonical artifact folder, written as a path: /abs, ./rel, ../rel, ~/rel
+                              (or passed as a pathlib.Path / os.PathLike)
+
+A registry name never resolves to a local folder: ``prod-sae`` is the registry's
+``prod-sae`` even when the working directory holds a ``prod-sae/`` folder; that folder
+is ``./prod-sae``. Every pattern is matched whole (``re.fullmatch``): a trailing newline
+or any other character outside the grammar is refused.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +25,17 @@ from typing import Literal
 from saekit.schemas import ReferenceSyntaxError
 
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
-_NAME = re.compile(rf"^{NAME_RE}$")
+_NAME = re.compile(NAME_RE)
 _REGISTRY = re.compile(
-    rf"^(?P<name>{NAME_RE})"
-    r"(?:@sha256:(?P<sha>[0-9a-f]{8,64})|@(?P<alias>[A-Za-z][A-Za-z0-9_-]{0,63})|/(?P<version>[1-9][0-9]*))?$"
+    rf"(?P<name>{NAME_RE})"
+    r"(?:@sha256:(?P<sha>[0-9a-f]{8,64})|@(?P<alias>[A-Za-z][A-Za-z0-9_-]{0,63})|/(?P<version>[1-9][0-9]{0,17}))?"
 )
+# ORG/REPO as the Hub spells them; SAE_ID a relative path of the same characters.
 _HF = re.compile(
-    r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)/(?P<sae_id>[^@]+?)(?:@(?P<rev>[\w./-]+))?$"
+    r"hf://(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95})"
+    r"/(?P<sae_id>[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*)(?:@(?P<rev>[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*))?"
 )
+_PATH_PREFIXES = ("/", "./", "../", "~")
 
 Kind = Literal["latest", "alias", "version", "sha256", "path", "hf"]
 
@@ -58,7 +68,7 @@ class Ref:
 
 def check_name(name: str) -> str:
     """A registered-model name: letters, digits, '.', '_', '-' (MLflow- and URI-safe)."""
-    if not _NAME.match(name or ""):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ReferenceSyntaxError(
             "name must be 1-128 of letters, digits, '.', '_', '-' and start with a letter or digit",
             where=repr(name),
@@ -66,22 +76,37 @@ def check_name(name: str) -> str:
     return name
 
 
-def parse_ref(text: str) -> Ref:
-    """Parse a reference string; raises ReferenceSyntaxError with the reason."""
-    text = str(text).strip()
+def parse_ref(text: str | os.PathLike) -> Ref:
+    """Parse a reference; raises ReferenceSyntaxError with the reason.
+
+    A ``pathlib.Path`` (any os.PathLike) is a local folder; a string is a local folder
+    only when written as a path (``/``, ``./``, ``../``, ``~``): never by a folder of that
+    name existing in the working directory.
+    """
+    if isinstance(text, os.PathLike):
+        path = Path(text).expanduser()
+        return Ref("path", os.fspath(text), path=path)
+    if not isinstance(text, str):
+        raise ReferenceSyntaxError(f"a reference is a string, not {type(text).__name__}")
+    if text != text.strip():
+        raise ReferenceSyntaxError("reference has leading or trailing whitespace", where=repr(text))
     if not text:
         raise ReferenceSyntaxError("empty reference")
+    if "\x00" in text:
+        raise ReferenceSyntaxError("reference contains a NUL character", where=repr(text))
     if text.startswith("hf://"):
-        m = _HF.match(text)
-        if not m or ".." in m["sae_id"].split("/"):
+        m = _HF.fullmatch(text)
+        if not m or any(p in (".", "..") for p in m["sae_id"].split("/") + (m["rev"] or "main").split("/")):
             raise ReferenceSyntaxError("expected hf://ORG/REPO/SAE_ID[@REVISION]", where=repr(text))
-        return Ref("hf", text, hf_repo=m["repo"], sae_id=m["sae_id"].strip("/"), revision=m["rev"] or "main")
-    if text.startswith(("/", "./", "../", "~")) or Path(text).is_dir():
+        return Ref("hf", text, hf_repo=m["repo"], sae_id=m["sae_id"], revision=m["rev"] or "main")
+    if text.startswith(_PATH_PREFIXES):
         return Ref("path", text, path=Path(text).expanduser())
-    m = _REGISTRY.match(text)
+    m = _REGISTRY.fullmatch(text)
     if not m:
+        hint = f" (a local folder is written as a path: ./{text})" if "/" in text or Path(text).exists() else ""
         raise ReferenceSyntaxError(
-            "expected NAME, NAME@ALIAS, NAME/VERSION, NAME@sha256:PREFIX, hf://... or a folder path",
+            "expected NAME, NAME@ALIAS, NAME/VERSION, NAME@sha256:PREFIX, hf://ORG/REPO/SAE_ID[@REV] "
+            "or a folder path (/abs, ./rel)" + hint,
             where=repr(text),
         )
     if m["sha"]:

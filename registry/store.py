@@ -127,11 +127,15 @@ def registry_uri() -> str:
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<pw>[^/@\s]*)@")
 _SECRET_PARAM = re.compile(r"(?i)\b(password|passwd|pwd|token|secret)=([^&\s]+)")
+_HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{6,}")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 
 
 def mask(text: str) -> str:
-    """``text`` with URI passwords and secret query parameters replaced by ***."""
+    """``text`` with URI passwords, secret query parameters, Hub tokens and
+    Authorization credentials replaced by ***."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+    text = _HF_TOKEN.sub("hf_***", _BEARER.sub(lambda m: f"{m[1]} ***", text))
     return _SECRET_PARAM.sub(lambda m: f"{m[1]}=***", text)
 
 
@@ -378,7 +382,7 @@ def _canonical(mvs: list[Any]) -> list[Any]:
 
 
 def _as_ref(ref: str | Ref) -> Ref:
-    ref = parse_ref(ref) if isinstance(ref, str) else ref
+    ref = ref if isinstance(ref, Ref) else parse_ref(ref)
     if ref.kind in ("path", "hf"):
         raise ReferenceSyntaxError("expected a registry reference, not a path or hf://", where=repr(ref.text))
     return ref
@@ -572,7 +576,7 @@ def _evict(sha256: str) -> None:
 
 def fetch(ref: str | Ref) -> Path:
     """A local, verified folder holding the artifact a reference names (content-addressed cache)."""
-    ref = parse_ref(ref) if isinstance(ref, str) else ref
+    ref = ref if isinstance(ref, Ref) else parse_ref(ref)
     if ref.kind == "path":
         return ref.path
     info = _recall(ref)
@@ -586,7 +590,7 @@ def fetch(ref: str | Ref) -> Path:
 
 def load_ref(ref: Ref | str) -> SAE:
     """Fetch (cache first) and load an SAE, verified against its sha256; sets ``sae.ref``."""
-    ref = parse_ref(ref) if isinstance(ref, str) else ref
+    ref = ref if isinstance(ref, Ref) else parse_ref(ref)
     if ref.kind == "path":
         sae = art.load_artifact(ref.path)
         sae.ref = SAERef(name=ref.path.resolve().name, sha256=art.artifact_sha256(ref.path), d_sae=sae.cfg.d_sae)
@@ -630,7 +634,7 @@ def _meta_tags(cfg: Any, sha: str, hashes: dict[str, str]) -> dict[str, str]:
 
 
 def _check_alias(alias: str) -> str:
-    if not ALIAS_RE.match(alias or "") or _RESERVED_ALIAS.match(alias):
+    if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias) or _RESERVED_ALIAS.fullmatch(alias):
         raise ReferenceSyntaxError(
             "alias must be 1-64 of letters, digits, '_', '-', start with a letter, and not be 'latest' or 'v<N>'",
             where=repr(alias),

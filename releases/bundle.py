@@ -420,8 +420,11 @@ def verify(bundle_dir: str | os.PathLike) -> dict[str, Any]:
         release = safeio.load_json(safeio.read_bytes(root, RELEASE_JSON), where=str(root / RELEASE_JSON))
     except InputError as err:
         raise IntegrityError(err.message, where=err.where) from None
-    if not isinstance(release, dict) or not isinstance(release.get("saes"), list) or not isinstance(
-        release.get("tag"), str
+    if (
+        not isinstance(release, dict)
+        or not isinstance(release.get("saes"), list)
+        or not all(isinstance(x, dict) for x in release["saes"])
+        or not isinstance(release.get("tag"), str)
     ):
         raise IntegrityError("not a saekit release.json (no saes list or tag)", where=str(root / RELEASE_JSON))
     return release

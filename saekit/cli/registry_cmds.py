@@ -5,7 +5,6 @@ Heavy imports (mlflow, torch) happen inside the commands, never at module import
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import List, Optional
 
@@ -136,13 +135,15 @@ def pull_cmd(
     """Fetch an artifact (verified, through the cache) and copy it to DEST."""
     from saekit.registry import artifact, store
 
+    from saekit.schemas import safeio
+
     folder = store.fetch(ref)
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
-    for f in sorted(folder.iterdir()):
-        if f.is_file():
-            shutil.copyfile(f, dest / f.name)
-            copied.append(f.name)
+    for name in safeio.list_files(folder):  # the verified cache entry: regular files only
+        if "/" not in name:
+            safeio.copy_file(folder, name, dest / name)  # a link at dest is replaced, never written through
+            copied.append(name)
     sha = artifact.artifact_sha256(dest)
     emit({"ref": ref, "dest": str(dest), "sha256": sha, "files": copied}, json_out, f"{dest} sha256:{sha}")
 
