@@ -139,6 +139,32 @@ def load_json(data: bytes | str, *, where: str, limits: Limits = JSON_LIMITS, al
                          where=where) from None
 
 
+YAML_MAX_BYTES = 1 << 20  # a manifest or a gate policy
+
+
+def load_yaml(data: bytes, *, where: str) -> Any:
+    """YAML (safe subset) within bounds: no aliases (``*name`` multiplies work downstream:
+    "billion laughs"), nesting bounded by the parser's recursion; one-line errors."""
+    import yaml  # a base dependency of saekit; imported where used
+
+    class _Loader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("YAML aliases (*name) are not accepted")
+            return super().compose_node(parent, index)
+
+    if len(data) > YAML_MAX_BYTES:
+        raise InputError(f"{len(data)} bytes of YAML, over the limit of {YAML_MAX_BYTES}", where=where)
+    try:
+        return yaml.load(data.decode("utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except UnicodeDecodeError as err:
+        raise InputError(f"not UTF-8 text (byte {err.start})", where=where) from None
+    except RecursionError:
+        raise InputError("YAML nested too deep", where=where) from None
+    except yaml.YAMLError as err:
+        raise InputError(f"not valid YAML ({(str(err).splitlines() or ['?'])[0]})", where=where) from None
+
+
 # --- names inside a folder ----------------------------------------------------------------
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

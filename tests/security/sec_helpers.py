@@ -48,7 +48,7 @@ class Result:
 
 
 def env(home: Path, **extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SAEKIT_", "HF_", "MLFLOW_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SAEKIT_", "HF_", "MLFLOW_", "PYTEST_"))}
     base.update({"SAEKIT_HOME": str(home), "SAEKIT_QUIET": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
                  "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(home / "hf"), "HF_TOKEN": TOKEN})
     if os.environ.get("SAEKIT_CACHE_DIR"):
