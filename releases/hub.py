@@ -50,11 +50,11 @@ def endpoint() -> str | None:
     return value.rstrip("/") if value else None
 
 
-def unreachable(err: Exception, where: str) -> PublishError:
+def unreachable(err: Exception, where: str, url: str | None = None) -> PublishError:
     """A network failure talking to the Hub as one line naming the endpoint (never a token)."""
     from huggingface_hub import constants
 
-    url = endpoint() or constants.ENDPOINT
+    url = url or endpoint() or constants.ENDPOINT
     detail = (str(err).splitlines() or [""])[0][:200]
     detail = re.sub(r"hf_[A-Za-z0-9]{6,}", "hf_***", detail)
     detail = re.sub(r"(?i)(authorization|token|bearer)([\s:=]+)\S+", r"\1\2***", detail)

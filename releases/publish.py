@@ -120,7 +120,7 @@ def publish(
             from saekit.releases.hub import is_network_error, unreachable
 
             if is_network_error(err):
-                raise unreachable(err, repo_id) from None
+                raise unreachable(err, repo_id, api.endpoint) from None
             raise
     result.url = f"{api.endpoint}/{repo_id}/tree/{tag}"
     if record:
