@@ -9,7 +9,6 @@ from_record=eval.json)`` re-runs a record's config; on CPU it reproduces the met
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
@@ -63,12 +62,15 @@ def read_record(path: Path) -> BenchmarkRecord:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError("no such benchmark record", where=str(path))
+    from saekit.schemas import safeio
+
+    data = safeio.load_json(safeio.read_bytes(path.parent, path.name, max_bytes=safeio.JSON_LIMITS.max_file_bytes),
+                            where=str(path))
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, list):  # eval.json may hold several records: take the last
+        if isinstance(data, list) and data:  # eval.json may hold several records: take the last
             data = data[-1]
         return BenchmarkRecord.model_validate(data)
-    except (json.JSONDecodeError, ValueError) as err:
+    except ValueError as err:
         raise InputError(f"not a BenchmarkRecord: {str(err).splitlines()[0]}", where=str(path)) from None
 
 

@@ -135,6 +135,7 @@ def read_gemmascope(src: Path, **context: Any) -> SAE:
         raise NotFoundError("no such file", where=str(path))
     if not zipfile.is_zipfile(path):
         raise ArtifactFormatError("not an .npz (zip) archive", where=str(path))
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -153,6 +154,26 @@ def read_gemmascope(src: Path, **context: Any) -> SAE:
     cfg = _config(fields, str(path))
     tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in need}
     return _make(cfg, tensors, str(path), f"gemmascope:{path.name}")
+
+
+# A zip member is read up to its declared size (zipfile stops there and checks the CRC), so
+# the declared sizes bound memory; weights barely compress, a bomb compresses ~1000:1.
+NPZ_MAX_BYTES = 64 << 30
+NPZ_MAX_RATIO = 100
+
+
+def _check_npz_sizes(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ArtifactFormatError(f"unreadable npz ({err})", where=str(path)) from None
+    if sum(i.file_size for i in infos) > NPZ_MAX_BYTES:
+        raise ArtifactFormatError(f"expands to more than {NPZ_MAX_BYTES} bytes", where=str(path))
+    for i in infos:
+        if i.file_size > (64 << 20) and i.file_size > NPZ_MAX_RATIO * max(i.compress_size, 1):
+            raise ArtifactFormatError(f"member {i.filename!r} expands {i.file_size // max(i.compress_size, 1)}:1 "
+                                      f"(a zip bomb; weights do not compress like that)", where=str(path))
 
 
 def read_openai(src: Path, **context: Any) -> SAE:

@@ -202,9 +202,10 @@ def _write_saes(manifest, tmp: Path, store, run_checks: bool, cards_per_shard: i
                                   f"run `saekit check {pinned}`", where=where)
         recs = read_records(checks["eval.json"])
         record = recs[-1]
-        if record.sae.sha256 and record.sae.sha256 != info.sha256:
+        if record.sae.sha256 != info.sha256:
             raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): the check record is for sha256 "
-                                  f"{record.sae.sha256[:12]}, not this version's {info.sha256[:12]}", where=where)
+                                  f"{(record.sae.sha256 or 'none')[:12]}, not this version's {info.sha256[:12]}",
+                                  where=where)
         safeio.copy_file(checks["eval.json"].parent, checks["eval.json"].name, dest / "eval.json")
         records[rs.sae_id] = json.loads((dest / "eval.json").read_text())
         if manifest.gate.rules:
