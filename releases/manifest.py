@@ -14,5 +14,27 @@ def load_manifest(path: str | Path) -> ReleaseManifest:
     if not path.is_file():
         raise NotFoundError("no such manifest file", where=str(path))
     raw = safeio.read_bytes(path.parent, path.name, max_bytes=safeio.YAML_MAX_BYTES)
-    data: Any = safeio.load_yaml(raw, where=str(path))
+    data: Any = safeio.load_yaml(raw, where=str(path))  # bounded, no aliases
     return parse_manifest(data, where=str(path))
+
+
+def parse_manifest(data: Any, *, where: str = "manifest") -> ReleaseManifest:
+    """Validate a manifest given as a mapping (YAML scalars such as ``version: 1.0`` are refused)."""
+    from pydantic import ValidationError
+
+    if not isinstance(data, dict):
+        raise InputError("a manifest is a mapping (release_id, version, license, base_model, saes, ...)", where=where)
+    try:
+        return ReleaseManifest.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "manifest"
+        more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise InputError(f"{loc}: {first['msg']}{more}", where=where) from None
+
+
+def dump_manifest(manifest: ReleaseManifest) -> str:
+    """The manifest as YAML (stable key order), e.g. for the demo's generated manifest."""
+    import yaml
+
+    return yaml.safe_dump(manifest.model_dump(mode="json", exclude_none=True), sort_keys=False)

@@ -4,13 +4,11 @@ password. The Hub double is exercised with the real huggingface_hub client too."
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import socket
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -131,7 +129,7 @@ def test_malformed_requests_get_400_and_the_server_keeps_serving(hub):
 def test_real_client_round_trip(tmp_path, hub):
     """huggingface_hub itself (HF_ENDPOINT, HF_HUB_DISABLE_XET=1): create, LFS and regular
     upload, download back, in a fresh process so the environment is read at import."""
-    code = f"""
+    code = """
 import hashlib
 from huggingface_hub import HfApi, hf_hub_download
 api = HfApi()
