@@ -247,3 +247,16 @@ def test_missing_is_not_found_not_unsafe(tmp_path):
         safeio.read_bytes(tmp_path, "nope")
     with pytest.raises(InputError):
         safeio.read_bytes(tmp_path, "../nope")
+
+
+@pytest.mark.parametrize("sae_id", ["../x", "/x", "a//b", "a/../b", "a\n", ".hidden", "a/./b", "a\\b", "SHA256SUMS"])
+def test_manifest_sae_ids_stay_inside_the_bundle(tmp_path, sae_id):
+    from saekit.releases.bundle import build_from_manifest
+    from saekit.releases.manifest import parse_manifest
+
+    data = {"release_id": "r", "version": "1.0.0", "license": "apache-2.0",
+            "base_model": {"id": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+            "saes": [{"ref": "x/1", "sae_id": sae_id}], "hub_repo": "org/r"}
+    with pytest.raises(InputError):
+        build_from_manifest(parse_manifest(data), tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
