@@ -210,3 +210,23 @@ def test_manifest_yaml_bombs(tmp_path):
             load_manifest(tmp_path / "m.yaml")
     r = saekit("release", "build", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "b"), home=tmp_path / "home")
     r.one_line_error(2)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+def test_chunked_line_reader_matches_a_plain_split(tmp_path, monkeypatch, chunk):
+    """Line numbers and contents of the bounded reader equal str.split's, whatever the chunk."""
+    import random
+
+    from saekit.schemas import validate as v
+
+    monkeypatch.setattr(v, "CHUNK", chunk)
+    rng = random.Random(chunk)
+    for trial in range(30):
+        text = "".join(rng.choice(["a", "bc", " ", "\n", "\n\n", "\r\n", "{}", "x" * 9]) for _ in range(rng.randint(0, 60)))
+        path = tmp_path / f"t{trial}.jsonl.gz" if trial % 2 else tmp_path / f"t{trial}.jsonl"
+        data = text.encode()
+        path.write_bytes(gzip.compress(data) if trial % 2 else data)
+        if not trial % 2 and data[:2] == b"\x1f\x8b":
+            continue
+        want = [(n, line.encode()) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+        assert list(v.jsonl_lines(path)) == want, text
