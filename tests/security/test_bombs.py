@@ -230,3 +230,22 @@ def test_chunked_line_reader_matches_a_plain_split(tmp_path, monkeypatch, chunk)
             continue
         want = [(n, line.encode()) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
         assert list(v.jsonl_lines(path)) == want, text
+
+
+def test_over_long_line_in_byte_range_workers_names_its_line(tmp_path, monkeypatch):
+    """Big plain .jsonl files are split into byte ranges read by worker processes; an
+    over-long line there is reported with the file's own line number."""
+    from saekit.schemas import InputError, safeio
+    from saekit.schemas import validate as v
+
+    monkeypatch.setattr(v, "RANGE_BYTES", 4096)
+    monkeypatch.setattr(v, "PARALLEL_MIN_BYTES", 8192)
+    card = json.dumps(make_card(0))
+    lines = [json.dumps(make_card(i)) for i in range(40)]
+    lines[23] = card[:-1] + ', "extra": {"pad": "' + "x" * 9000 + '"}}'
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf"big.jsonl:24: line longer than 5000 bytes"):
+        v.validate_paths([path], workers=2, limits=safeio.Limits(max_line_bytes=5000))
+    report = v.validate_paths([path], workers=2)
+    assert report.n_cards == 40
