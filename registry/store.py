@@ -78,6 +78,8 @@ RESERVED_PREFIXES = ("saekit.", "metric.")
 def is_reserved(key: str) -> bool:
     """Whether a tag key is saekit's to write (see RESERVED_PREFIXES)."""
     return key.strip().lower().startswith(RESERVED_PREFIXES)
+
+
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # MLflow reserves "latest" and "v<N>" as alias names (mlflow/utils/validation.py).
 _RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
