@@ -28,6 +28,7 @@ import json
 import operator
 import os
 import re
+import stat
 import sys
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -321,6 +322,8 @@ def _chunks(path: Path, limits: Limits) -> Iterator[bytes]:
     ``limits.max_file_bytes``; a .gz that is not gzip, or a plain file that is, is refused."""
     gz = path.name.lower().endswith(".gz")
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open, a device never ends
+            raise InputError("not a regular file", where=str(path))
         raw = open(path, "rb")
     except OSError as err:
         raise _open_error(path, err) from None
@@ -527,6 +530,10 @@ def validate_paths(
         if not p.exists():
             raise InputError("no such file", where=str(p))
         _kind(p)
+        mode = p.stat().st_mode
+        if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
+            what = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise InputError(f"is {what}, not a card file", where=str(p))
     workers = default_workers() if workers is None else max(1, workers)
     report = ValidationReport(files=[str(p) for p in paths], max_errors=max_errors)
     errors: list[tuple] = []

@@ -249,3 +249,12 @@ def test_over_long_line_in_byte_range_workers_names_its_line(tmp_path, monkeypat
         v.validate_paths([path], workers=2, limits=safeio.Limits(max_line_bytes=5000))
     report = v.validate_paths([path], workers=2)
     assert report.n_cards == 40
+
+
+def test_a_fifo_named_like_a_card_file_does_not_hang(tmp_path):
+    import os
+
+    fifo = tmp_path / "cards.jsonl"
+    os.mkfifo(fifo)
+    r = saekit("cards", "validate", str(fifo), home=tmp_path / "home", timeout=60)
+    assert "is a FIFO" in r.one_line_error(2)
