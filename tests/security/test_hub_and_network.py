@@ -175,3 +175,28 @@ def test_dead_registry_masks_the_password(tmp_path):
     r = saekit("ls", home=tmp_path / "home", SAEKIT_REGISTRY_URI=uri)
     line = r.one_line_error(2)
     assert "postgres:***@" in line
+
+
+def test_a_hostile_release_on_the_hub_is_refused_in_one_line(tmp_path, hub):
+    """SHA256SUMS served by a Hub is input too: a path leaving the snapshot, or a file that
+    does not match, ends in one line (exit 1), and nothing is written outside the cache."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo("org/hostile")
+    digest = "ab" * 32
+    api.upload_file(path_or_fileobj=f"{digest}  ../../../outside.txt\n".encode(), path_in_repo="SHA256SUMS",
+                    repo_id="org/hostile")
+    api.create_tag("org/hostile", tag="v1")
+    r = saekit("export", "sparsify", "hf://org/hostile/sae@v1", str(tmp_path / "out"), home=tmp_path / "home",
+               HF_ENDPOINT=hub.url)
+    assert "leaves the bundle" in r.one_line_error(1)
+    api.upload_file(path_or_fileobj=f"{digest}  sae/cfg.json\n{digest}  release.json\n".encode(),
+                    path_in_repo="SHA256SUMS", repo_id="org/hostile")
+    api.upload_file(path_or_fileobj=b"{}", path_in_repo="sae/cfg.json", repo_id="org/hostile")
+    api.upload_file(path_or_fileobj=b"{}", path_in_repo="release.json", repo_id="org/hostile")
+    api.create_tag("org/hostile", tag="v2")
+    r = saekit("export", "sparsify", "hf://org/hostile/sae@v2", str(tmp_path / "out"), home=tmp_path / "home",
+               HF_ENDPOINT=hub.url)
+    assert "sha256 mismatch" in r.one_line_error(1)
+    assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "out").exists()
