@@ -258,3 +258,24 @@ def test_a_fifo_named_like_a_card_file_does_not_hang(tmp_path):
     os.mkfifo(fifo)
     r = saekit("cards", "validate", str(fifo), home=tmp_path / "home", timeout=60)
     assert "is a FIFO" in r.one_line_error(2)
+
+
+def test_npz_bomb_is_refused_before_it_expands(tmp_path):
+    """A Gemma Scope params.npz whose member inflates 1000:1 (256 MiB of zeros in ~256 KB)."""
+    import zipfile
+
+    path = tmp_path / "params.npz"
+    header = b"\x93NUMPY\x01\x00" + b"v\x00" + b"{'descr': '<f4', 'fortran_order': False, 'shape': (8192, 8192), }"
+    header = header[:8] + len(header[10:].ljust(118, b" ") + b"\n").to_bytes(2, "little") + \
+        header[10:].ljust(118, b" ") + b"\n"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("W_enc.npy", "w", force_zip64=True) as f:
+            f.write(header)
+            block = b"\0" * (1 << 20)
+            for _ in range(256):
+                f.write(block)
+    assert path.stat().st_size < 2 << 20
+    r = saekit("import", "gemmascope", str(path), str(tmp_path / "out"), home=tmp_path / "home")
+    line = r.one_line_error(2)
+    log_measure("import gemmascope, 256 MiB npz member in ~256 KB", r)
+    assert "zip bomb" in line and r.peak_mib < RSS_BOUND_MIB
