@@ -322,6 +322,8 @@ def read_cards(path: Path) -> list[FeatureCard]:
             docs = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     except json.JSONDecodeError as err:
         raise InputError(f"not JSON: {err.msg}", where=f"{path}:{err.lineno}") from None
+    except RecursionError:  # nesting is bounded by the parser's recursion limit
+        raise InputError("JSON nested too deep", where=str(path)) from None
     out = []
     for n, doc in docs:
         try:
@@ -347,6 +349,8 @@ def read_annotations(path: Path) -> dict[int, list[Annotation]]:
             rows = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     except json.JSONDecodeError as err:
         raise InputError(f"not JSON: {err.msg}", where=f"{path}:{err.lineno}") from None
+    except RecursionError:  # nesting is bounded by the parser's recursion limit
+        raise InputError("JSON nested too deep", where=str(path)) from None
     out: dict[int, list[Annotation]] = {}
     for n, doc in rows:
         where = f"{path}:{n}"

@@ -9,7 +9,6 @@ from_record=eval.json)`` re-runs a record's config; on CPU it reproduces the met
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
@@ -71,12 +70,15 @@ def read_record(path: Path) -> BenchmarkRecord:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError("no such benchmark record", where=str(path))
+    from saekit.schemas import safeio
+
+    data = safeio.load_json(safeio.read_bytes(path.parent, path.name, max_bytes=safeio.JSON_LIMITS.max_file_bytes),
+                            where=str(path))
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, list):  # eval.json may hold several records: take the last
+        if isinstance(data, list) and data:  # eval.json may hold several records: take the last
             data = data[-1]
         return BenchmarkRecord.model_validate(data)
-    except (json.JSONDecodeError, ValueError) as err:
+    except ValueError as err:
         raise InputError(f"not a BenchmarkRecord: {str(err).splitlines()[0]}", where=str(path)) from None
 
 
@@ -154,7 +156,9 @@ def check(
             torch.set_num_threads(int(cfg["torch_threads"]))
     if ref is None:
         raise InputError("no SAE reference given", where="check")
-    ref = os.fspath(ref)
+    if isinstance(ref, os.PathLike):  # a Path is a folder: keep it one once it is a string
+        ref = os.fspath(ref)
+        ref = ref if ref.startswith(("/", "./", "../", "~")) else f"./{ref}"
     try:
         return _check(**{k: v for k, v in locals().items() if k in _CHECK_ARGS})
     finally:

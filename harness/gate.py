@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,13 @@ def load_policy(source: GatePolicy | Path | str | dict | list | None) -> GatePol
         where = str(path)
         if not path.is_file():
             raise NotFoundError("no such policy file", where=where)
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix == ".json":
-                data: Any = json.loads(text)
-            else:
-                import yaml
+        from saekit.schemas import safeio
 
-                data = yaml.safe_load(text)
-        except Exception as err:
-            raise InputError(f"not YAML/JSON: {str(err).splitlines()[0]}", where=where) from None
+        raw = safeio.read_bytes(path.parent, path.name, max_bytes=safeio.YAML_MAX_BYTES)
+        if path.suffix == ".json":
+            data: Any = safeio.load_json(raw, where=where)
+        else:
+            data = safeio.load_yaml(raw, where=where)
     else:
         data = source
     if isinstance(data, dict) and "gate" in data and "rules" not in data:

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from saekit.schemas import ArtifactFormatError, InputError, IntegrityError, NotFoundError, SAEConfig
+from saekit.schemas import ArtifactFormatError, InputError, IntegrityError, NotFoundError, SAEConfig, safeio
 
 if TYPE_CHECKING:
     import torch
@@ -80,13 +80,10 @@ def file_hashes(folder: Path) -> dict[str, str]:
     folder = Path(folder)
     out: dict[str, str] = {}
     for name in IDENTITY_FILES:
-        path = folder / name
-        if not path.is_file():
-            raise NotFoundError(f"missing {name}", where=str(folder))
-        out[name] = sha256_file(path)
+        out[name] = safeio.sha256(folder, name)
     for name in OPTIONAL_FILES:
-        if (folder / name).is_file():
-            out[name] = sha256_file(folder / name)
+        if safeio.exists(folder, name):
+            out[name] = safeio.sha256(folder, name)
     return out
 
 
@@ -99,10 +96,9 @@ def verify_files(folder: Path, expected: dict[str, str], *, where: str | None = 
     """Raise IntegrityError naming the first file whose sha256 differs from ``expected``."""
     folder = Path(folder)
     for name, want in expected.items():
-        path = folder / name
-        if not path.is_file():
+        if not safeio.exists(folder, name):
             raise IntegrityError(f"{name}: missing", where=where or str(folder))
-        got = sha256_file(path)
+        got = safeio.sha256(folder, name)
         if got != want:
             raise IntegrityError(
                 f"{name}: sha256 mismatch (expected {want[:12]}, got {got[:12]})", where=where or str(folder)
@@ -174,14 +170,21 @@ def check_safetensors_header(data: bytes, where: str) -> dict[str, Any]:
         raise ArtifactFormatError(f"header size {n} is oversized (limit {MAX_HEADER})", where=where)
     if 8 + n > len(data):
         raise ArtifactFormatError(f"header truncated: declares {n} bytes, file has {len(data) - 8}", where=where)
+    raw_header = bytes(data[8 : 8 + n])
+    if safeio.exceeds_depth(raw_header, _HEADER_DEPTH):
+        raise ArtifactFormatError(f"header nested deeper than {_HEADER_DEPTH} levels", where=where)
     try:
-        header = json.loads(data[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        header = json.loads(raw_header, object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise ArtifactFormatError(f"header is not JSON ({err.__class__.__name__})", where=where) from None
     if not isinstance(header, dict):
         raise ArtifactFormatError("header is not a JSON object", where=where)
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ArtifactFormatError("__metadata__ must map strings to strings", where=where)
     buffer = len(data) - 8 - n
     end_max = 0
+    spans = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -205,9 +208,29 @@ def check_safetensors_header(data: bytes, where: str) -> dict[str, Any]:
                 where=where,
             )
         end_max = max(end_max, end)
+        spans.append((begin, end, name))
+    # Like safetensors' own check (tensor.rs, validate): sorted by offset, the tensors tile
+    # the buffer exactly, with no overlap and no gap.
+    pos = 0
+    for begin, end, name in sorted(spans):
+        if begin != pos:
+            what = "overlaps the tensor before it" if begin < pos else f"leaves a {begin - pos}-byte gap before it"
+            raise ArtifactFormatError(f"tensor {name!r}: data offsets {begin}..{end} {what}", where=where)
+        pos = end
     if end_max != buffer:
         raise ArtifactFormatError(f"{buffer - end_max} trailing bytes after the tensors", where=where)
     return header
+
+
+# A safetensors header is {name: {dtype, shape: [...], data_offsets: [...]}}: depth 3.
+_HEADER_DEPTH = 4
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate key")
+    return out
 
 
 def read_safetensors(path: Path, *, data: bytes | None = None) -> dict[str, torch.Tensor]:
@@ -217,9 +240,7 @@ def read_safetensors(path: Path, *, data: bytes | None = None) -> dict[str, torc
 
     path = Path(path)
     if data is None:
-        if not path.is_file():
-            raise NotFoundError("no such file", where=str(path))
-        data = path.read_bytes()
+        data = safeio.read_bytes(path.parent, path.name)
     check_safetensors_header(data, str(path))
     try:
         return load(data)
@@ -233,13 +254,11 @@ def read_cfg(path: Path, *, data: bytes | None = None) -> SAEConfig:
 
     path = Path(path)
     if data is None:
-        if not path.is_file():
-            raise NotFoundError("no such file", where=str(path))
-        data = path.read_bytes()
+        data = safeio.read_bytes(path.parent, path.name)
     try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ArtifactFormatError(f"not JSON ({err})", where=str(path)) from None
+        raw = safeio.load_json(data, where=str(path))
+    except InputError as err:
+        raise ArtifactFormatError(err.message, where=str(path)) from None
     if not isinstance(raw, dict):
         raise ArtifactFormatError("not a JSON object", where=str(path))
     try:
@@ -289,11 +308,7 @@ def validate_artifact(folder: Path) -> tuple[SAEConfig, dict[str, str]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise NotFoundError("no such artifact folder", where=str(folder))
-    blobs: dict[str, bytes] = {}
-    for name in IDENTITY_FILES:
-        if not (folder / name).is_file():
-            raise NotFoundError(f"missing {name}", where=str(folder))
-        blobs[name] = (folder / name).read_bytes()
+    blobs = {name: safeio.read_bytes(folder, name) for name in IDENTITY_FILES}
     cfg = read_cfg(folder / CFG, data=blobs[CFG])
     where = str(folder / WEIGHTS)
     data = blobs[WEIGHTS]
@@ -325,8 +340,10 @@ def validate_artifact(folder: Path) -> tuple[SAEConfig, dict[str, str]]:
             raise ArtifactFormatError(f"tensor {name!r} contains NaN or inf", where=where)
     hashes = {name: sha256_bytes(b) for name, b in blobs.items()}
     for name in OPTIONAL_FILES:
-        if (folder / name).is_file():
-            hashes[name] = sha256_file(folder / name)
+        if safeio.exists(folder, name):
+            data = safeio.read_bytes(folder, name)
+            check_safetensors_header(data, str(folder / name))  # loadable as it travels with the SAE
+            hashes[name] = sha256_bytes(data)
     return cfg, hashes
 
 
@@ -340,12 +357,7 @@ def load_artifact(folder: Path, *, expected_sha256: str | None = None) -> SAE:
     folder = Path(folder)
     if not folder.is_dir():
         raise NotFoundError("no such artifact folder", where=str(folder))
-    blobs: dict[str, bytes] = {}
-    for name in IDENTITY_FILES:
-        path = folder / name
-        if not path.is_file():
-            raise NotFoundError(f"missing {name}", where=str(folder))
-        blobs[name] = path.read_bytes()
+    blobs = {name: safeio.read_bytes(folder, name) for name in IDENTITY_FILES}
     if expected_sha256 is not None:
         hashes = {name: sha256_bytes(data) for name, data in blobs.items()}
         if combine(hashes) != expected_sha256:

@@ -3,12 +3,12 @@ a registered version into a folder. What ``saekit register --from`` and ``saekit
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
 from saekit.registry import artifact, store
 from saekit.registry.formats import import_checkpoint
+from saekit.schemas import safeio
 
 
 def register_checkpoint(
@@ -43,8 +43,8 @@ def pull(ref: str, dest: Path | str) -> tuple[str, list[str]]:
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
-    for f in sorted(folder.iterdir()):
-        if f.is_file():
-            shutil.copyfile(f, dest / f.name)
-            copied.append(f.name)
+    for name in safeio.list_files(folder):  # the verified cache entry: regular files only
+        if "/" not in name:
+            safeio.copy_file(folder, name, dest / name)  # a link at dest is replaced, never written through
+            copied.append(name)
     return artifact.artifact_sha256(dest), copied

@@ -26,13 +26,12 @@ Nothing here unpickles: ``np.load(allow_pickle=False)``, ``torch.load(weights_on
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saekit.registry import artifact as art
-from saekit.schemas import ArtifactFormatError, InputError, NotFoundError, SAEConfig
+from saekit.schemas import ArtifactFormatError, InputError, NotFoundError, SAEConfig, safeio
 
 if TYPE_CHECKING:
     from saekit.kernels import SAE
@@ -63,9 +62,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise NotFoundError("no such file", where=str(path))
     try:
-        d = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ArtifactFormatError(f"not JSON ({err})", where=str(path)) from None
+        d = safeio.load_json(safeio.read_bytes(path.parent, path.name), where=str(path))
+    except InputError as err:
+        raise ArtifactFormatError(err.message, where=err.where) from None
     if not isinstance(d, dict):
         raise ArtifactFormatError("not a JSON object", where=str(path))
     return d
@@ -136,6 +135,7 @@ def read_gemmascope(src: Path, **context: Any) -> SAE:
         raise NotFoundError("no such file", where=str(path))
     if not zipfile.is_zipfile(path):
         raise ArtifactFormatError("not an .npz (zip) archive", where=str(path))
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -154,6 +154,26 @@ def read_gemmascope(src: Path, **context: Any) -> SAE:
     cfg = _config(fields, str(path))
     tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in need}
     return _make(cfg, tensors, str(path), f"gemmascope:{path.name}")
+
+
+# A zip member is read up to its declared size (zipfile stops there and checks the CRC), so
+# the declared sizes bound memory; weights barely compress, a bomb compresses ~1000:1.
+NPZ_MAX_BYTES = 64 << 30
+NPZ_MAX_RATIO = 100
+
+
+def _check_npz_sizes(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ArtifactFormatError(f"unreadable npz ({err})", where=str(path)) from None
+    if sum(i.file_size for i in infos) > NPZ_MAX_BYTES:
+        raise ArtifactFormatError(f"expands to more than {NPZ_MAX_BYTES} bytes", where=str(path))
+    for i in infos:
+        if i.file_size > (64 << 20) and i.file_size > NPZ_MAX_RATIO * max(i.compress_size, 1):
+            raise ArtifactFormatError(f"member {i.filename!r} expands {i.file_size // max(i.compress_size, 1)}:1 "
+                                      f"(a zip bomb; weights do not compress like that)", where=str(path))
 
 
 def read_openai(src: Path, **context: Any) -> SAE:
@@ -228,8 +248,7 @@ def read_checkpoint(fmt: str, src: Path, **context: Any) -> SAE:
     reader = _READERS.get(fmt)
     if reader is None:
         raise InputError(f"unknown format; expected one of {', '.join(IMPORT_FORMATS)}", where=repr(fmt))
-    if not Path(src).exists():
-        raise NotFoundError("no such file or folder", where=str(src))
+    safeio.check_tree(src)  # regular files only, no links anywhere inside (one rule, schemas.safeio)
     return reader(Path(src), **context)
 
 
@@ -245,8 +264,10 @@ def import_checkpoint(
     """Convert a checkpoint into a canonical artifact folder at ``dest``; returns its sha256."""
     sae = read_checkpoint(fmt, src, model_name=model_name, hook_name=hook_name, model_revision=model_revision)
     sha = art.save_artifact(sae, Path(dest))
-    if fmt == "saelens" and (Path(src) / "sparsity.safetensors").is_file():
-        shutil.copyfile(Path(src) / "sparsity.safetensors", Path(dest) / "sparsity.safetensors")
+    if fmt == "saelens" and safeio.exists(src, "sparsity.safetensors"):
+        data = safeio.read_bytes(src, "sparsity.safetensors")
+        art.check_safetensors_header(data, str(Path(src) / "sparsity.safetensors"))
+        safeio.write_bytes(Path(dest) / "sparsity.safetensors", data)
     return sha
 
 

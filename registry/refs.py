@@ -10,11 +10,18 @@
                               commit, default main): a saekit release's SAE, or a
                               checkpoint of another library (registry.hub_source)
     saelens:RELEASE/SAE_ID    an SAE of SAELens' pretrained_saes.yaml catalogue
-    PATH                      a canonical artifact folder (absolute, ./, ../, ~, or existing)
+    PATH                      a canonical artifact folder, written as a path: /abs, ./rel, ../rel, ~/rel
+                              (or passed as a pathlib.Path / os.PathLike)
+
+A registry name never resolves to a local folder: ``prod-sae`` is the registry's
+``prod-sae`` even when the working directory holds a ``prod-sae/`` folder; that folder
+is ``./prod-sae``. Every pattern is matched whole (``re.fullmatch``): a trailing newline
+or any other character outside the grammar is refused.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +30,15 @@ from typing import Literal
 from saekit.schemas import ReferenceSyntaxError
 
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
-_NAME = re.compile(rf"^{NAME_RE}$")
+_NAME = re.compile(NAME_RE)
 _REGISTRY = re.compile(
-    rf"^(?P<name>{NAME_RE})"
-    r"(?:@sha256:(?P<sha>[0-9a-f]{8,64})|@(?P<alias>[A-Za-z][A-Za-z0-9_-]{0,63})|/(?P<version>[1-9][0-9]*))?$"
+    rf"(?P<name>{NAME_RE})"
+    r"(?:@sha256:(?P<sha>[0-9a-f]{8,64})|@(?P<alias>[A-Za-z][A-Za-z0-9_-]{0,63})|/(?P<version>[1-9][0-9]{0,17}))?"
 )
-_SAELENS = re.compile(r"^saelens:(?P<release>[A-Za-z0-9][\w.-]*)/(?P<sae_id>\S+)$")
+_SAELENS = re.compile(r"saelens:(?P<release>[A-Za-z0-9][\w.-]*)/(?P<sae_id>\S+)")
 # The form saekit used before following huggingface_hub's: hf://ORG/REPO/SAE_ID@REV.
-_OLD_HF = re.compile(r"^hf://(?P<repo>[^/@]+/[^/@]+)/(?P<path>[^@]+)@(?P<rev>[^/@]+)$")
+_OLD_HF = re.compile(r"hf://(?P<repo>[^/@]+/[^/@]+)/(?P<path>[^@]+)@(?P<rev>[^/@]+)")
+_PATH_PREFIXES = ("/", "./", "../", "~")
 
 Kind = Literal["latest", "alias", "version", "sha256", "path", "hf", "saelens"]
 
@@ -65,7 +73,7 @@ class Ref:
 
 def check_name(name: str) -> str:
     """A registered-model name: letters, digits, '.', '_', '-' (MLflow- and URI-safe)."""
-    if not _NAME.match(name or ""):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ReferenceSyntaxError(
             "name must be 1-128 of letters, digits, '.', '_', '-' and start with a letter or digit",
             where=repr(name),
@@ -73,24 +81,39 @@ def check_name(name: str) -> str:
     return name
 
 
-def parse_ref(text: str) -> Ref:
-    """Parse a reference string; raises ReferenceSyntaxError with the reason."""
-    text = str(text).strip()
+def parse_ref(text: str | os.PathLike) -> Ref:
+    """Parse a reference; raises ReferenceSyntaxError with the reason.
+
+    A ``pathlib.Path`` (any os.PathLike) is a local folder; a string is a local folder
+    only when written as a path (``/``, ``./``, ``../``, ``~``): never by a folder of that
+    name existing in the working directory.
+    """
+    if isinstance(text, os.PathLike):
+        path = Path(text).expanduser()
+        return Ref("path", os.fspath(text), path=path)
+    if not isinstance(text, str):
+        raise ReferenceSyntaxError(f"a reference is a string, not {type(text).__name__}")
+    if text != text.strip():
+        raise ReferenceSyntaxError("reference has leading or trailing whitespace", where=repr(text))
     if not text:
         raise ReferenceSyntaxError("empty reference")
+    if "\x00" in text:
+        raise ReferenceSyntaxError("reference contains a NUL character", where=repr(text))
     if text.startswith("hf://"):
         return parse_hf(text)
     if text.startswith("saelens:"):
-        m = _SAELENS.match(text)
+        m = _SAELENS.fullmatch(text)
         if not m or ".." in m["sae_id"].split("/"):
             raise ReferenceSyntaxError("expected saelens:RELEASE/SAE_ID", where=repr(text))
         return Ref("saelens", text, saelens_release=m["release"], sae_id=m["sae_id"])
-    if text.startswith(("/", "./", "../", "~")) or Path(text).is_dir():
+    if text.startswith(_PATH_PREFIXES):
         return Ref("path", text, path=Path(text).expanduser())
-    m = _REGISTRY.match(text)
+    m = _REGISTRY.fullmatch(text)
     if not m:
+        hint = f" (a local folder is written as a path: ./{text})" if "/" in text or Path(text).exists() else ""
         raise ReferenceSyntaxError(
-            "expected NAME, NAME@ALIAS, NAME/VERSION, NAME@sha256:PREFIX, hf://... or a folder path",
+            "expected NAME, NAME@ALIAS, NAME/VERSION, NAME@sha256:PREFIX, hf://ORG/REPO[@REV]/PATH, saelens:RELEASE/SAE_ID "
+            "or a folder path (/abs, ./rel)" + hint,
             where=repr(text),
         )
     if m["sha"]:
@@ -116,7 +139,7 @@ def parse_hf(text: str) -> Ref:
         msg = getattr(err, "msg", None) or str(err).splitlines()[0]
         raise ReferenceSyntaxError(f"expected hf://[TYPE/]ORG/REPO[@REV]/PATH ({msg})", where=repr(text)) from None
     path = uri.path_in_repo.strip("/")
-    old = _OLD_HF.match(text)
+    old = _OLD_HF.fullmatch(text)
     if uri.revision is None and old and "@" in path:
         raise ReferenceSyntaxError(
             f"hf:// references follow huggingface_hub's form: write hf://{old['repo']}@{old['rev']}/{old['path']}",
@@ -124,8 +147,8 @@ def parse_hf(text: str) -> Ref:
         )
     if uri.type == "bucket":
         raise ReferenceSyntaxError("buckets hold no versioned SAEs; name a model or dataset repo", where=repr(text))
-    if ".." in path.split("/"):
-        raise ReferenceSyntaxError("'..' is not allowed in an hf:// path", where=repr(text))
+    if any(part in (".", "..") for part in path.split("/")):
+        raise ReferenceSyntaxError("'.' and '..' are not allowed in an hf:// path", where=repr(text))
     return Ref("hf", text, hf_repo=uri.id, sae_id=path, revision=uri.revision or "main", hf_type=uri.type)
 
 

@@ -47,6 +47,7 @@ from saekit.schemas import (
     RegistryError,
     SaekitError,
     SAERef,
+    safeio,
 )
 
 if TYPE_CHECKING:
@@ -60,11 +61,26 @@ CHECKS_PATH = "checks"
 READY = "saekit.ready"
 SHA = "saekit.sha256"
 FILES = "saekit.files"
+GATE = "saekit.gate"
+GATE_FAILED = "saekit.gate_failed"
 # Tags saekit writes at registration; users cannot override them with --tag.
 RESERVED_TAGS = frozenset(
     {READY, SHA, FILES, "saekit.architecture", "saekit.d_in", "saekit.d_sae", "saekit.k", "saekit.model",
      "saekit.model_revision", "saekit.hook", "saekit.schema_version", "saekit.dtype"}
 )
+# Every tag under these prefixes means something to saekit (identity, readiness, gate
+# verdict, headline metrics, where a release was published) and is written only by the
+# code that earns it: registration, ``saekit check`` (log_check) and ``release publish``
+# (record_tags). No user-facing entry point (CLI --tag, saekit.register, set_tags,
+# identical re-registration) accepts them.
+RESERVED_PREFIXES = ("saekit.", "metric.")
+
+
+def is_reserved(key: str) -> bool:
+    """Whether a tag key is saekit's to write (see RESERVED_PREFIXES)."""
+    return key.strip().lower().startswith(RESERVED_PREFIXES)
+
+
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # MLflow reserves "latest" and "v<N>" as alias names (mlflow/utils/validation.py).
 _RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
@@ -114,11 +130,15 @@ def registry_uri(settings: Settings | None = None) -> str:
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<pw>[^/@\s]*)@")
 _SECRET_PARAM = re.compile(r"(?i)\b(password|passwd|pwd|token|secret)=([^&\s]+)")
+_HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{6,}")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 
 
 def mask(text: str) -> str:
-    """``text`` with URI passwords and secret query parameters replaced by ***."""
+    """``text`` with URI passwords, secret query parameters, Hub tokens and
+    Authorization credentials replaced by ***."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+    text = _HF_TOKEN.sub("hf_***", _BEARER.sub(lambda m: f"{m[1]} ***", text))
     return _SECRET_PARAM.sub(lambda m: f"{m[1]}=***", text)
 
 
@@ -364,7 +384,7 @@ def _canonical(mvs: list[Any]) -> list[Any]:
 
 
 def _as_ref(ref: str | Ref) -> Ref:
-    ref = parse_ref(ref) if isinstance(ref, str) else ref
+    ref = ref if isinstance(ref, Ref) else parse_ref(ref)
     if ref.kind in ("path", "hf", "saelens"):
         raise ReferenceSyntaxError("expected a registry reference, not a path, hf:// or saelens:", where=repr(ref.text))
     return ref
@@ -558,7 +578,7 @@ def _evict(sha256: str) -> None:
 
 def fetch(ref: str | Ref) -> Path:
     """A local, verified folder holding the artifact a reference names (content-addressed cache)."""
-    ref = parse_ref(ref) if isinstance(ref, str) else ref
+    ref = ref if isinstance(ref, Ref) else parse_ref(ref)
     if ref.kind == "path":
         return ref.path
     info = _recall(ref)
@@ -572,7 +592,7 @@ def fetch(ref: str | Ref) -> Path:
 
 def load_ref(ref: Ref | str) -> SAE:
     """Fetch (cache first) and load an SAE, verified against its sha256; sets ``sae.ref``."""
-    ref = parse_ref(ref) if isinstance(ref, str) else ref
+    ref = ref if isinstance(ref, Ref) else parse_ref(ref)
     if ref.kind == "path":
         sae = art.load_artifact(ref.path)
         sae.ref = SAERef(name=ref.path.resolve().name, sha256=art.artifact_sha256(ref.path), d_sae=sae.cfg.d_sae)
@@ -616,7 +636,7 @@ def _meta_tags(cfg: Any, sha: str, hashes: dict[str, str]) -> dict[str, str]:
 
 
 def _check_alias(alias: str) -> str:
-    if not ALIAS_RE.match(alias or "") or _RESERVED_ALIAS.match(alias):
+    if not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias) or _RESERVED_ALIAS.fullmatch(alias):
         raise ReferenceSyntaxError(
             "alias must be 1-64 of letters, digits, '_', '-', start with a letter, and not be 'latest' or 'v<N>'",
             where=repr(alias),
@@ -629,8 +649,12 @@ def _check_tags(tags: dict[str, str] | None, *, allow_reserved: bool = False) ->
     for key, value in (tags or {}).items():
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_.\-/ :]{1,250}", key):
             raise InputError("tag keys are 1-250 of letters, digits, '_', '.', '-', '/', ' ', ':'", where=repr(key))
-        if not allow_reserved and key in RESERVED_TAGS:
-            raise InputError("tag is set by saekit and cannot be given", where=repr(key))
+        if not allow_reserved and (key in RESERVED_TAGS or is_reserved(key)):
+            raise InputError(
+                f"tags under {' and '.join(p + '*' for p in RESERVED_PREFIXES)} are set by saekit only "
+                "(registration, check, release)",
+                where=repr(key),
+            )
         value = str(value)
         if len(value) > 5000:
             raise InputError("tag value longer than 5000 characters", where=repr(key))
@@ -658,7 +682,7 @@ def register(
     user_tags = _check_tags(tags)
     with tempfile.TemporaryDirectory(prefix="saekit-register-") as tmp:
         if isinstance(artifact, (str, os.PathLike)):
-            folder = Path(artifact).expanduser()
+            folder = _stage(Path(artifact).expanduser(), Path(tmp) / "artifact")
         else:
             folder = Path(tmp) / "artifact"
             art.save_artifact(artifact, folder)
@@ -680,6 +704,18 @@ def register(
                 info.aliases = sorted(_aliases_of(client, name).get(info.version, []))
     _remember(info)
     return info
+
+
+def _stage(src: Path, dest: Path) -> Path:
+    """Copy an artifact folder's files under the file rule (regular files inside it, no
+    links), so what is validated is exactly what is uploaded."""
+    if not src.is_dir():
+        raise NotFoundError("no such artifact folder", where=str(src))
+    dest.mkdir()
+    for name in art.IDENTITY_FILES + art.OPTIONAL_FILES:
+        if name in art.IDENTITY_FILES or safeio.exists(src, name):
+            safeio.copy_file(src, name, dest / name)
+    return dest
 
 
 _KNOWN_MODELS: set[tuple[str, str]] = set()
@@ -753,9 +789,21 @@ def delete_alias(name: str, alias: str) -> None:
 
 
 def set_tags(name: str, version: int | str, tags: dict[str, str]) -> None:
-    """Set tags on a ready version (the harness' gate verdict, a release's hub commit)."""
+    """Set user tags on a ready version (saekit.* and metric.* are refused)."""
+    _set_tags(name, version, _check_tags(tags))
+
+
+def record_tags(name: str, version: int | str, tags: dict[str, str]) -> None:
+    """Write saekit's own tags (the check's verdict and metrics, a release's Hub commit).
+
+    Called only by the code that earns them (log_check, releases.publish); neither the CLI
+    nor saekit.register reaches it.
+    """
+    _set_tags(name, version, _check_tags(tags, allow_reserved=True))
+
+
+def _set_tags(name: str, version: int | str, clean: dict[str, str]) -> None:
     info = resolve(f"{name}/{int(version)}")
-    clean = _check_tags(tags)
     client = _client()
     with _errors(info.ref):
         for key, value in clean.items():
@@ -787,7 +835,7 @@ def log_check(
             _retry(client.log_batch, info.run_id, metrics=batch[i : i + 1000])
         for path in files:
             _retry(client.log_artifact, info.run_id, str(path), CHECKS_PATH)
-    set_tags(name, info.version, tags)
+    record_tags(name, info.version, tags)
 
 
 def check_files(name: str, version: int | str) -> dict[str, Path]:

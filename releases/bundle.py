@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from saekit.releases.manifest import load_manifest
 from saekit.releases.ecosystem import write_saelens_registry
 from saekit.releases.modelcard import SAEEntry, metrics_of
 from saekit.schemas import (
+    ArtifactFormatError,
     BenchmarkRecord,
     FeatureCard,
     GateFailedError,
@@ -36,6 +38,7 @@ from saekit.schemas import (
     IntegrityError,
     NotFoundError,
     ReleaseManifest,
+    safeio,
 )
 from saekit.schemas.console import say
 from saekit.schemas.version import __version__
@@ -57,25 +60,24 @@ def read_records(path: Path) -> list[BenchmarkRecord]:
     """BenchmarkRecord(s) of an eval.json (one object or a list)."""
     from pydantic import ValidationError
 
+    path = Path(path)
+    raw = safeio.load_json(safeio.read_bytes(path.parent, path.name, max_bytes=safeio.JSON_LIMITS.max_file_bytes),
+                           where=str(path))
     try:
-        raw = json.loads(Path(path).read_text())
         items = raw if isinstance(raw, list) else [raw]
         return [BenchmarkRecord.model_validate(r, strict=False) for r in items]
-    except (json.JSONDecodeError, ValidationError) as err:
+    except ValidationError as err:
         raise InputError(f"not a BenchmarkRecord ({str(err).splitlines()[0]})", where=str(path)) from None
 
 
 def read_cards(path: Path) -> list[dict[str, Any]]:
     """Feature cards of a JSONL file as parsed JSON objects (validation is saekit cards')."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise InputError(f"line {n}: not JSON ({err.msg})", where=str(path)) from None
-    return out
+    from saekit.schemas.validate import jsonl_lines
+
+    path = Path(path)
+    safeio.regular_file(path.parent, path.name)
+    return [safeio.load_json(raw, where=f"{path}:{n}", limits=safeio.DEFAULT_LIMITS)
+            for n, raw in jsonl_lines(path, safeio.DEFAULT_LIMITS)]
 
 
 # --- gate ------------------------------------------------------------------------------
@@ -108,16 +110,16 @@ def _gate(manifest: ReleaseManifest, ref: str, info: Any, *, run_checks: bool, w
     """The version's gate must pass: recorded, or checked now when none is recorded."""
     from saekit.registry import store
 
-    gate = info.tags.get("saekit.gate")
+    gate = info.tags.get(store.GATE)
     if gate is None and run_checks:
         from saekit.harness.check import check
 
         say(f"release: no check recorded for {info.name}/{info.version}; running saekit check")
         check(f"{info.name}/{info.version}", policy=manifest.gate)
         info = store.resolve(f"{info.name}/{info.version}")
-        gate = info.tags.get("saekit.gate")
+        gate = info.tags.get(store.GATE)
     if gate != "pass":
-        why = info.tags.get("saekit.gate_failed") or ("no check recorded" if gate is None else gate)
+        why = info.tags.get(store.GATE_FAILED) or ("no check recorded" if gate is None else gate)
         raise GateFailedError(f"gate failed for '{ref}' ({info.name}/{info.version}): {why}", where=where)
     return info
 
@@ -197,21 +199,33 @@ def _write_saes(manifest, tmp: Path, store, run_checks: bool, cards_per_shard: i
         record = None
         dest = tmp / rs.sae_id
         dest.mkdir(parents=True)
-        if "eval.json" in checks:
-            recs = read_records(checks["eval.json"])
-            record = recs[-1]
-            shutil.copyfile(checks["eval.json"], dest / "eval.json")
-            records[rs.sae_id] = json.loads(Path(checks["eval.json"]).read_text())
+        # A release needs the check's record for every SAE, whatever the manifest says and
+        # whatever the version's tags say: tags alone can be written by anyone with write
+        # access to the MLflow server, the record is what the gate is judged on.
+        if "eval.json" not in checks:
+            raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): no check record (eval.json); "
+                                  f"run `saekit check {pinned}`", where=where)
+        recs = read_records(checks["eval.json"])
+        record = recs[-1]
+        if record.sae.sha256 != info.sha256:
+            raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): the check record is for sha256 "
+                                  f"{(record.sae.sha256 or 'none')[:12]}, not this version's {info.sha256[:12]}",
+                                  where=where)
+        safeio.copy_file(checks["eval.json"].parent, checks["eval.json"].name, dest / "eval.json")
+        records[rs.sae_id] = json.loads((dest / "eval.json").read_text())
         if manifest.gate.rules:
-            if record is None:
-                raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): no benchmark record to apply the release gate to", where=where)
             verdict = _apply_gate(manifest.gate, record)
-            if not verdict.passed:
-                raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): {_failing(verdict)}", where=where)
+        else:
+            verdict = record.gate
+            if verdict is None:
+                raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): the check record has no gate verdict",
+                                      where=where)
+        if not verdict.passed:
+            raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): {_failing(verdict)}", where=where)
         src = Path(store.fetch(pinned))
         for name in ARTIFACT_FILES:
-            if (src / name).is_file():
-                shutil.copyfile(src / name, dest / name)
+            if safeio.exists(src, name):
+                safeio.copy_file(src, name, dest / name)
         from saekit.registry.artifact import artifact_sha256
 
         got = artifact_sha256(dest)
@@ -259,9 +273,17 @@ def _write_plots(tmp: Path, entries: list[SAEEntry], cards_by_id) -> list[tuple[
         # (log10 feature density per latent), rather than the documented latents only.
         sparsity = tmp / e.sae_id / "sparsity.safetensors"
         if sparsity.is_file():
-            from safetensors.numpy import load_file
+            from safetensors import SafetensorError
+            from safetensors.numpy import load
 
-            logs = load_file(str(sparsity)).get("sparsity")
+            from saekit.registry.artifact import check_safetensors_header
+
+            data = safeio.read_bytes(sparsity.parent, sparsity.name)
+            check_safetensors_header(data, f"{e.ref}: sparsity.safetensors")
+            try:
+                logs = load(data).get("sparsity")
+            except (SafetensorError, ValueError) as err:
+                raise ArtifactFormatError(f"unreadable safetensors ({err})", where=f"{e.ref}: sparsity.safetensors") from None
             if logs is not None:
                 densities[e.sae_id] = [float(10.0 ** v) if v > -30 else 0.0 for v in logs.reshape(-1).tolist()]
     densities = {k: v for k, v in densities.items() if v}
@@ -333,52 +355,83 @@ def _write_release_json(tmp: Path, manifest: ReleaseManifest, entries: list[SAEE
 
 
 def _listing(root: Path) -> list[str]:
-    """Every file under root (posix paths, sorted), except SHA256SUMS and release.json."""
-    return sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.relative_to(root).as_posix() not in (SUMS, RELEASE_JSON)
-    )
+    """Every file under root (posix paths, sorted), except SHA256SUMS and release.json;
+    a symlink, device, FIFO or hard link anywhere in the bundle is refused (safeio)."""
+    return [p for p in safeio.list_files(root) if p not in (SUMS, RELEASE_JSON)]
 
 
 def write_sums(root: Path) -> None:
     """SHA256SUMS over every file of the bundle (release.json included), sha256sum format."""
     paths = _listing(root) + ([RELEASE_JSON] if (root / RELEASE_JSON).is_file() else [])
-    lines = [f"{sha256_file(root / p)}  {p}\n" for p in sorted(paths)]
+    lines = [f"{safeio.sha256(root, p)}  {p}\n" for p in sorted(paths)]
     (root / SUMS).write_text("".join(lines), encoding="utf-8")
 
 
-def parse_sums(text: str, *, where: str) -> dict[str, str]:
+_SUMS_LINE = re.compile(r"(?P<digest>[0-9a-f]{64})  (?P<path>[^\n]+)")
+MAX_SUMS_BYTES = 64 << 20
+
+
+def parse_sums(text: str | bytes, *, where: str) -> dict[str, str]:
+    """``path -> sha256`` of a SHA256SUMS text; every path a plain relative path (safeio)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise IntegrityError(f"not UTF-8 text (byte {err.start})", where=where) from None
     out: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
-        digest, sep, path = line.partition("  ")
-        if not sep or len(digest) != 64 or not path or path.startswith("/") or ".." in path.split("/"):
+        m = _SUMS_LINE.fullmatch(line)
+        if not m:
             raise IntegrityError(f"line {n}: not '<sha256>  <path>'", where=where)
-        out[path] = digest
+        try:
+            safeio.check_relpath(m["path"])
+        except InputError:
+            raise IntegrityError(f"line {n}: path {m['path']!r} leaves the bundle", where=where) from None
+        if m["path"] in out:
+            raise IntegrityError(f"line {n}: {m['path']} listed twice", where=where)
+        out[m["path"]] = m["digest"]
     return out
+
+
+def read_sums(root: Path) -> dict[str, str]:
+    """The bundle's SHA256SUMS, read under the file rule and bounded."""
+    if not safeio.exists(root, SUMS):
+        raise NotFoundError(f"no {SUMS}: not a saekit bundle", where=str(root))
+    return parse_sums(safeio.read_bytes(root, SUMS, max_bytes=MAX_SUMS_BYTES), where=str(root / SUMS))
 
 
 def verify(bundle_dir: str | os.PathLike) -> dict[str, Any]:
     """Check a bundle against its SHA256SUMS (every file listed, every hash matching, no
     extra files); returns its release.json."""
     root = Path(bundle_dir)
-    if not (root / SUMS).is_file():
-        raise NotFoundError(f"no {SUMS}: not a saekit bundle", where=str(root))
-    sums = parse_sums((root / SUMS).read_text(), where=str(root / SUMS))
-    present = set(_listing(root)) | ({RELEASE_JSON} if (root / RELEASE_JSON).is_file() else set())
+    if not root.is_dir():
+        raise NotFoundError("no such bundle folder", where=str(root))
+    sums = read_sums(root)
+    present = set(safeio.list_files(root)) - {SUMS}  # refuses links and special files anywhere
     for path in sorted(present - set(sums)):
         raise IntegrityError(f"{path}: not listed in {SUMS}", where=str(root))
     for path, want in sums.items():
-        if not (root / path).is_file():
+        if path not in present:
             raise IntegrityError(f"{path}: listed in {SUMS} but missing", where=str(root))
-        got = sha256_file(root / path)
+        got = safeio.sha256(root, path)
         if got != want:
             raise IntegrityError(f"{path}: sha256 mismatch ({SUMS} {want[:12]}, file {got[:12]})", where=str(root))
     if RELEASE_JSON not in sums:
         raise IntegrityError(f"{RELEASE_JSON} missing", where=str(root))
-    return json.loads((root / RELEASE_JSON).read_text())
+    try:
+        release = safeio.load_json(safeio.read_bytes(root, RELEASE_JSON), where=str(root / RELEASE_JSON))
+    except InputError as err:
+        raise IntegrityError(err.message, where=err.where) from None
+    if (
+        not isinstance(release, dict)
+        or not isinstance(release.get("saes"), list)
+        or not all(isinstance(x, dict) for x in release["saes"])
+        or not isinstance(release.get("tag"), str)
+    ):
+        raise IntegrityError("not a saekit release.json (no saes list or tag)", where=str(root / RELEASE_JSON))
+    return release
 
 
 def release_cards(bundle: Path) -> list[tuple[dict[str, Any], dict[str, Any], list[FeatureCard]]]:

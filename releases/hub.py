@@ -11,7 +11,9 @@ imported, so a process can point at a loopback Hub after the fact.
 
 from __future__ import annotations
 
-import json
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,8 +53,47 @@ def endpoint() -> str | None:
     return value.rstrip("/") if value else None
 
 
+def unreachable(err: Exception, where: str, url: str | None = None) -> PublishError:
+    """A network failure talking to the Hub as one line naming the endpoint (never a token)."""
+    from huggingface_hub import constants
+
+    url = url or endpoint() or constants.ENDPOINT
+    detail = (str(err).splitlines() or [""])[0][:200]
+    detail = re.sub(r"hf_[A-Za-z0-9]{6,}", "hf_***", detail)
+    detail = re.sub(r"(?i)(authorization|token|bearer)([\s:=]+)\S+", r"\1\2***", detail)
+    return PublishError(f"cannot reach the Hub at {url}: {err.__class__.__name__}" + (f" ({detail})" if detail else ""),
+                        where=where)
+
+
+def is_network_error(err: Exception) -> bool:
+    """Connection, timeout and protocol errors of httpx/requests/urllib3 (not HTTP answers)."""
+    names = {c.__name__ for c in type(err).__mro__}
+    return bool(names & {"ConnectError", "ConnectionError", "TimeoutException", "Timeout", "TransportError",
+                         "NetworkError", "RemoteProtocolError", "ProtocolError", "OfflineModeIsEnabled",
+                         "LocalEntryNotFoundError", "ConnectTimeout", "ReadTimeout", "ReadError", "WriteError"})
+
+
+def _cached_blob(root: Path, rel: str, where: str) -> bytes:
+    """A file of an HF cache snapshot: huggingface_hub stores it as a symlink into the
+    repo's ``blobs/``; anything else (a link elsewhere, a device) is refused."""
+    from saekit.schemas import UnsafePathError, safeio
+
+    safeio.check_relpath(rel, where=where)
+    path = root / rel
+    blobs = (root.parent.parent / "blobs").resolve()
+    if path.is_symlink():
+        target = path.resolve()
+        if target.parent != blobs:
+            raise UnsafePathError(f"{rel}: links outside the Hub cache's blobs", where=where)
+        return safeio.read_bytes(blobs, target.name)
+    return safeio.read_bytes(root, rel)
+
+
 def download_sae(ref: Ref) -> tuple[Path, dict, str]:
-    """(local folder of the SAE, release.json, commit sha) for an hf:// reference, verified."""
+    """(local folder of the SAE, release.json, commit sha) for an hf:// reference, verified.
+
+    The folder is a fresh staging copy (under a temporary folder the caller removes with
+    ``shutil.rmtree(folder.parent)``) of exactly the verified bytes."""
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -61,7 +102,7 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
         RevisionNotFoundError,
     )
 
-    from saekit.registry.artifact import sha256_file
+    from saekit.registry.artifact import sha256_bytes
     from saekit.releases.bundle import RELEASE_JSON, SUMS, parse_sums
 
     repo, sae_id, rev = ref.hf_repo, ref.sae_id, ref.revision or "main"
@@ -84,20 +125,45 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
     except EntryNotFoundError as err:
         raise NotFoundError(f"missing file ({err.__class__.__name__})", where=where) from None
     except HfHubHTTPError as err:
-        raise PublishError(f"Hub request failed ({str(err).splitlines()[0]})", where=where) from None
+        line = re.sub(r"hf_[A-Za-z0-9]{6,}", "hf_***", (str(err).splitlines() or [""])[0])
+        raise PublishError(f"Hub request failed ({line})", where=where) from None
+    except Exception as err:  # noqa: BLE001 - a dead endpoint, a timeout, a reset connection
+        if is_network_error(err):
+            raise unreachable(err, where) from None
+        raise
+    from saekit.schemas import InputError, safeio
+
     root = Path(local)
-    if not (root / SUMS).is_file():
+    if not (root / SUMS).exists():
         raise IntegrityError(f"{SUMS} missing: not a saekit release", where=where)
-    sums = parse_sums((root / SUMS).read_text(), where=where)
-    folder = root / sae_id
-    if not (folder / "cfg.json").is_file():
+    sums = parse_sums(_cached_blob(root, SUMS, where), where=where)
+    wanted = [RELEASE_JSON] + sorted(p for p in sums if p.startswith(f"{sae_id}/"))
+    if f"{sae_id}/cfg.json" not in sums:
         raise NotFoundError(f"no SAE folder {sae_id!r} in {repo}@{rev}", where=where)
-    for path in [RELEASE_JSON] + sorted(p.relative_to(root).as_posix() for p in folder.rglob("*") if p.is_file()):
-        if path not in sums:
-            raise IntegrityError(f"{path}: not listed in {SUMS}", where=where)
-        if sha256_file(root / path) != sums[path]:
-            raise IntegrityError(f"{path}: sha256 mismatch against {SUMS}", where=where)
-    release = json.loads((root / RELEASE_JSON).read_text())
+    stage = Path(tempfile.mkdtemp(prefix="saekit-hf-"))
+    try:
+        blobs = {}
+        for path in wanted:
+            if not (root / path).exists() and not (root / path).is_symlink():
+                raise IntegrityError(f"{path}: listed in {SUMS} but missing", where=where)
+            data = _cached_blob(root, path, where)
+            if sha256_bytes(data) != sums[path]:
+                raise IntegrityError(f"{path}: sha256 mismatch against {SUMS}", where=where)
+            blobs[path] = data
+        try:
+            release = safeio.load_json(blobs.pop(RELEASE_JSON), where=f"{where}: {RELEASE_JSON}")
+        except InputError as err:
+            raise IntegrityError(err.message, where=err.where) from None
+        if not isinstance(release, dict):
+            raise IntegrityError(f"{RELEASE_JSON} is not an object", where=where)
+        folder = stage / "sae"
+        for path, data in blobs.items():
+            dest = folder / path[len(sae_id) + 1:]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            safeio.write_bytes(dest, data)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     return folder, release, commit
 
 
@@ -126,9 +192,14 @@ def load_hf(ref: Ref) -> SAE:
         return load(ref)
 
     folder, release, commit = download_sae(ref)
-    entry = next((s for s in release.get("saes", []) if s.get("sae_id") == ref.sae_id), None)
-    if entry is None:
-        raise NotFoundError(f"release.json lists no SAE {ref.sae_id!r}", where=ref.text)
-    sae = load_artifact(folder, expected_sha256=entry["sha256"])
+    try:
+        saes = release.get("saes")
+        entry = next((s for s in saes if isinstance(s, dict) and s.get("sae_id") == ref.sae_id), None) \
+            if isinstance(saes, list) else None
+        if entry is None or not isinstance(entry.get("sha256"), str):
+            raise NotFoundError(f"release.json lists no SAE {ref.sae_id!r}", where=ref.text)
+        sae = load_artifact(folder, expected_sha256=entry["sha256"])
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
     sae.ref = SAERef(name=ref.sae_id, version=commit, sha256=entry["sha256"], d_sae=sae.cfg.d_sae)
     return sae

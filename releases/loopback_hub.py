@@ -14,8 +14,16 @@ response shapes follow huggingface_hub 2.4's callers: ``hf_api.create_repo`` (PO
 
 Storage: one folder per repo with content-addressed blobs (``objects/<sha256>``), one JSON
 file per commit (parent, message, path -> blob) whose id is the sha1 of that JSON, and
-``refs.json`` (branches and tags). Not a security boundary: it binds to 127.0.0.1 and
-accepts any token (it never stores or logs one).
+``refs.json`` (branches and tags).
+
+This is a TEST DOUBLE, not a Hub: it binds to 127.0.0.1 only, has no users, accepts any
+token (it never stores or logs one) and lets any local process write any repo. What it
+does guarantee is that nothing a client sends reaches outside its root folder: repo ids
+are validated as the Hub validates them (``ORG/NAME``, letters, digits, ``. _ -``, no
+``..`` or ``--``, at most 96 characters each), file paths in commits are plain relative
+paths, LFS oids are 64 hex digits and must be the sha256 of the bytes uploaded, a file
+is answered with the size of the bytes stored (never a size a client declared), and
+request bodies are bounded (``MAX_BODY``).
 """
 
 from __future__ import annotations
@@ -36,7 +44,47 @@ from urllib.parse import parse_qs, unquote, urlsplit
 _LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".npz", ".png")
 _LFS_MIN_SIZE = 10 * 1024 * 1024
 _GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.png filter=lfs diff=lfs merge=lfs -text\n"
-_REPO = r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)"
+_REPO = r"(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95})"
+_REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
+_OID = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_BODY = 2 << 30  # bytes of one request body (an LFS upload included)
+
+
+def check_repo_id(repo: str) -> str:
+    """``ORG/NAME`` as the Hub accepts it (huggingface_hub.utils.validate_repo_id)."""
+    parts = repo.split("/") if isinstance(repo, str) else []
+    if (
+        len(parts) != 2
+        or not all(_REPO_PART.fullmatch(p) for p in parts)
+        or ".." in repo
+        or "--" in repo
+        or repo.endswith(".git")
+    ):
+        raise HubRequestError(400, f"invalid repo id {repo!r}: expected ORG/NAME of letters, digits, '.', '_', '-'")
+    return repo
+
+
+def check_path(path: str) -> str:
+    """A file path inside a repo: relative, no '.', '..' or empty segment, no backslash."""
+    if (
+        not isinstance(path, str)
+        or not path
+        or len(path) > 1000
+        or path.startswith("/")
+        or "\\" in path
+        or _CONTROL.search(path)
+        or any(p in ("", ".", "..") for p in path.split("/"))
+    ):
+        raise HubRequestError(400, f"invalid path in repo: {path!r}")
+    return path
+
+
+def check_oid(oid: str) -> str:
+    """An LFS oid: the sha256 of the object, 64 lowercase hex digits."""
+    if not isinstance(oid, str) or not _OID.fullmatch(oid):
+        raise HubRequestError(400, f"invalid LFS oid {str(oid)[:80]!r}: expected 64 hex digits (sha256)")
+    return oid
 
 
 def git_blob_oid(data: bytes) -> str:
@@ -74,9 +122,10 @@ class RepoStore:
 
     # -- layout ------------------------------------------------------------------------
     def _dir(self, repo: str) -> Path:
-        return self.root / "repos" / repo
+        return self.root / "repos" / check_repo_id(repo)
 
     def _blob(self, sha256: str) -> Path:
+        check_oid(sha256)
         return self.root / "objects" / sha256[:2] / sha256
 
     def exists(self, repo: str) -> bool:
@@ -109,6 +158,9 @@ class RepoStore:
 
     def read_blob(self, sha256: str) -> bytes:
         return self._blob(sha256).read_bytes()
+
+    def blob_size(self, sha256: str) -> int:
+        return self._blob(sha256).stat().st_size
 
     # -- commits -----------------------------------------------------------------------
     def commit(self, repo: str, sha: str) -> dict[str, Any]:
@@ -182,19 +234,22 @@ class RepoStore:
                 if key == "file":
                     if value.get("encoding") != "base64":
                         raise HubRequestError(400, "only base64 file content is supported")
-                    files[value["path"]] = self._entry(base64.b64decode(value["content"]), lfs=False)
+                    files[check_path(value["path"])] = self._entry(base64.b64decode(value["content"]), lfs=False)
                 elif key == "lfsFile":
-                    oid, size = value["oid"], int(value["size"])
+                    path, oid, size = check_path(value["path"]), check_oid(value["oid"]), int(value["size"])
                     if not self.has_blob(oid):
-                        raise HubRequestError(422, f"LFS object {oid} of {value['path']} was not uploaded")
-                    files[value["path"]] = _Entry(
+                        raise HubRequestError(422, f"LFS object {oid} of {path} was not uploaded")
+                    if self.blob_size(oid) != size:
+                        raise HubRequestError(422, f"LFS object {oid} of {path} has {self.blob_size(oid)} bytes, "
+                                              f"not the {size} declared")
+                    files[path] = _Entry(
                         sha256=oid, size=size, lfs=True, oid=hashlib.sha1(_lfs_pointer(oid, size)).hexdigest()
                     )
                 elif key == "deletedFile":
-                    if files.pop(value["path"], None) is None:
+                    if files.pop(check_path(value["path"]), None) is None:
                         raise HubRequestError(404, "A file with this name doesn't exist", "EntryNotFound")
                 elif key == "deletedFolder":
-                    prefix = value["path"].rstrip("/") + "/"
+                    prefix = check_path(value["path"].rstrip("/")) + "/"
                     for p in [p for p in files if p.startswith(prefix)]:
                         del files[p]
                 elif key != "header":
@@ -233,7 +288,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             out = bytearray()
             while True:
-                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                size = int(self.rfile.readline(100).strip().split(b";")[0], 16)
+                if size < 0 or len(out) + size > MAX_BODY:
+                    raise HubRequestError(413, f"request body over the limit of {MAX_BODY} bytes")
                 if size == 0:
                     while self.rfile.readline().strip():
                         pass
@@ -241,6 +298,8 @@ class _Handler(BaseHTTPRequestHandler):
                 out += self.rfile.read(size)
                 self.rfile.readline()
         n = int(self.headers.get("Content-Length") or 0)
+        if n < 0 or n > MAX_BODY:
+            raise HubRequestError(413, f"request body of {n} bytes is over the limit of {MAX_BODY}")
         return self.rfile.read(n) if n else b""
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False) -> None:
@@ -257,10 +316,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode())
 
     def _dispatch(self, method: str) -> None:
+        try:
+            self._route(method)
+        except Exception as err:  # noqa: BLE001 - a malformed request gets 400, never a traceback
+            self.close_connection = True
+            try:
+                msg = f"bad request ({err.__class__.__name__})"
+                self._send(400, json.dumps({"error": msg}).encode(), {"X-Error-Message": msg}, head=method == "HEAD")
+            except OSError:
+                pass
+
+    def _route(self, method: str) -> None:
         url = urlsplit(self.path)
         path, query = url.path, parse_qs(url.query)
-        body = self._body() if method in ("POST", "PUT") else b""
         try:
+            body = self._body() if method in ("POST", "PUT") else b""
             for pattern, verb, fn in _ROUTES:
                 if verb != method and not (verb == "GET" and method == "HEAD"):
                     continue
@@ -270,6 +340,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return fn(self, body=body, query=query, head=method == "HEAD", **args)
             raise HubRequestError(404, f"no route for {method} {path}")
         except HubRequestError as err:
+            if err.status == 413:
+                self.close_connection = True  # the body was not read
             hdrs = {"X-Error-Message": err.message}
             if err.code:
                 hdrs["X-Error-Code"] = err.code
@@ -306,7 +378,7 @@ class _Handler(BaseHTTPRequestHandler):
         payload = json.loads(body or b"{}")
         if payload.get("type", "model") != "model":
             raise HubRequestError(400, "the loopback hub holds model repos only")
-        repo = f"{payload.get('organization') or 'user'}/{payload['name']}"
+        repo = check_repo_id(f"{payload.get('organization') or 'user'}/{payload['name']}")
         self.store.create_repo(repo)
         self._json(200, {"url": f"{self.base}/{repo}", "name": repo, "id": repo})
 
@@ -398,7 +470,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubRequestError(400, "only LFS uploads are supported")
         objects = []
         for o in req.get("objects", []):
-            item: dict[str, Any] = {"oid": o["oid"], "size": int(o["size"])}
+            item: dict[str, Any] = {"oid": check_oid(o["oid"]), "size": int(o["size"])}
             if not self.store.has_blob(o["oid"]):
                 href = f"{self.base}/lfs-upload/{repo}/{o['oid']}"
                 item["actions"] = {
@@ -415,7 +487,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def lfs_verify(self, *, repo: str, body: bytes, **_: Any) -> None:
         o = json.loads(body)
-        if not self.store.has_blob(o["oid"]):
+        if not self.store.has_blob(check_oid(o["oid"])):
             raise HubRequestError(404, f"LFS object {o['oid']} not found")
         self._json(200, {"success": True})
 
@@ -440,17 +512,18 @@ class _Handler(BaseHTTPRequestHandler):
         entry = self.store.files(repo, sha).get(path)
         if entry is None:
             raise HubRequestError(404, f"Entry not found: {path}", "EntryNotFound")
+        data = self.store.read_blob(entry.sha256)  # the stored bytes decide the size, not a declaration
         headers = {
             "Content-Type": "application/octet-stream",
-            "Content-Length": str(entry.size),
+            "Content-Length": str(len(data)),
             "X-Repo-Commit": sha,
             "ETag": f'"{entry.oid}"',
             "Accept-Ranges": "none",
         }
         if entry.lfs:
             headers["X-Linked-Etag"] = f'"{entry.sha256}"'
-            headers["X-Linked-Size"] = str(entry.size)
-        self._send(200, b"" if head else self.store.read_blob(entry.sha256), headers, head=head)
+            headers["X-Linked-Size"] = str(len(data))
+        self._send(200, b"" if head else data, headers, head=head)
 
 
 # (pattern, method, handler); revisions are URL-quoted single path segments.

@@ -5,20 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from saekit.schemas import InputError, NotFoundError, ReleaseManifest
+from saekit.schemas import InputError, NotFoundError, ReleaseManifest, safeio
 
 
 def load_manifest(path: str | Path) -> ReleaseManifest:
     """Parse and validate a manifest file; one-line InputError naming the file and field."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise NotFoundError("no such manifest file", where=str(path))
-    try:
-        data: Any = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(f"not valid YAML ({str(err).splitlines()[0]})", where=str(path)) from None
+    raw = safeio.read_bytes(path.parent, path.name, max_bytes=safeio.YAML_MAX_BYTES)
+    data: Any = safeio.load_yaml(raw, where=str(path))  # bounded, no aliases
     return parse_manifest(data, where=str(path))
 
 

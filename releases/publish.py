@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from saekit.releases.bundle import SUMS, parse_sums, verify
-from saekit.schemas import GateFailedError, InputError, PublishError
+from saekit.releases.bundle import SUMS, parse_sums, read_sums, verify
+from saekit.schemas import GateFailedError, InputError, PublishError, safeio
 from saekit.schemas.console import say
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -69,7 +69,7 @@ def _remote_sums(api, repo_id: str, revision: str) -> dict[str, str] | None:
         path = hf_hub_download(repo_id, SUMS, revision=revision, endpoint=api.endpoint, cache_dir=cache_dir())
     except EntryNotFoundError:
         return None
-    return parse_sums(Path(path).read_text(), where=f"{repo_id}@{revision}/{SUMS}")
+    return parse_sums(Path(path).read_bytes(), where=f"{repo_id}@{revision}/{SUMS}")
 
 
 def publish(
@@ -95,11 +95,13 @@ def publish(
             raise GateFailedError(f"gate did not pass for {s.get('sae_id')!r}; refusing to publish", where=str(root))
     if not release.get("saes"):
         raise InputError("release.json lists no SAEs", where=str(root))
-    repo_id = repo_id or release["hub_repo"]
-    if not _REPO_RE.match(repo_id):
+    repo_id = repo_id or release.get("hub_repo")
+    if not isinstance(repo_id, str) or not _REPO_RE.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
         raise InputError("expected ORG/NAME", where=repo_id)
     tag = release["tag"]
-    sums = parse_sums((root / SUMS).read_text(), where=str(root / SUMS))
+    if not re.fullmatch(r"v[0-9A-Za-z.+-]{1,100}", tag):
+        raise InputError(f"release.json tag {tag!r} is not v<version>", where=str(root))
+    sums = read_sums(root)
     files = sorted(sums) + [SUMS]
     if dry_run:
         return PublishResult(repo_id, tag, None, True, True, files,
@@ -112,7 +114,14 @@ def publish(
 
     api = HfApi(endpoint=(endpoint or env_endpoint()))
     with quiet_progress():
-        result = _publish(api, root, release, repo_id, tag, sums, files, private)
+        try:
+            result = _publish(api, root, release, repo_id, tag, sums, files, private)
+        except Exception as err:  # noqa: BLE001 - a dead endpoint, a timeout: one line naming it
+            from saekit.releases.hub import is_network_error, unreachable
+
+            if is_network_error(err):
+                raise unreachable(err, repo_id, api.endpoint) from None
+            raise
     result.url = f"{api.endpoint}/{repo_id}/tree/{tag}"
     if record:
         result.registry_updated = _record(release, repo_id, tag, result.commit)
@@ -153,7 +162,7 @@ def _publish(api, root: Path, release: dict[str, Any], repo_id: str, tag: str, s
                 with contextlib.ExitStack() as stack:
                     ops: list[Any] = [
                         # Open binary files: huggingface_hub uploads these with the LFS protocol.
-                        CommitOperationAdd(path_in_repo=p, path_or_fileobj=stack.enter_context(open(root / p, "rb")))
+                        CommitOperationAdd(path_in_repo=p, path_or_fileobj=stack.enter_context(safeio.open_regular(root, p)))
                         for p in files
                     ]
                     ops += [CommitOperationDelete(path_in_repo=p) for p in sorted(remote_files - set(files))
@@ -165,14 +174,14 @@ def _publish(api, root: Path, release: dict[str, Any], repo_id: str, tag: str, s
                         info = api.create_commit(
                             repo_id,
                             ops,
-                            commit_message=f"Release {release['release_id']} {tag}",
+                            commit_message=f"Release {release.get('release_id', '')} {tag}",
                             commit_description=f"saekit release bundle, {len(files)} files; see release.json and SHA256SUMS.",
                             parent_commit=head,
                         )
                     finally:
                         hf_logging.set_verbosity(verbosity)
                 commit, changed = info.oid, True
-            api.create_tag(repo_id, tag=tag, revision=commit, tag_message=f"saekit release {release['release_id']} {tag}")
+            api.create_tag(repo_id, tag=tag, revision=commit, tag_message=f"saekit release {release.get('release_id', '')} {tag}")
             result = PublishResult(repo_id, tag, commit, True, False, files,
                                    message=f"published {repo_id}@{tag} (commit {commit[:12]})"
                                    + ("" if changed else "; files were already on main, tagged only"))
@@ -199,7 +208,7 @@ def _record(release: dict[str, Any], repo_id: str, tag: str, commit: str | None)
                 continue
             want = {"saekit.hub_commit": commit or "", "saekit.hub_repo": repo_id, "saekit.hub_tag": tag}
             if any(info.tags.get(k) != v for k, v in want.items()):
-                store.set_tags(reg["name"], int(reg["version"]), want)
+                store.record_tags(reg["name"], int(reg["version"]), want)
             done.append(f"{reg['name']}/{reg['version']}")
         except (SaekitError, KeyError):
             # Published from a machine whose registry does not hold the version: nothing to record.

@@ -21,7 +21,7 @@ def load(ref: str | os.PathLike, *, device: str | None = None) -> SAE:
     """Load an SAE by reference (see saekit.registry.refs), verified against its sha256."""
     from saekit.registry.refs import parse_ref
 
-    parsed = parse_ref(os.fspath(ref))
+    parsed = parse_ref(ref)  # a Path is a local folder; a string names one only as ./x or /abs
     if parsed.kind == "hf":
         from saekit.releases.hub import load_hf
 
@@ -59,7 +59,7 @@ def check(ref: str | os.PathLike, **kwargs: Any) -> CheckResult:
     (see saekit.harness.check.check for the options)."""
     from saekit.harness.check import check as _check
 
-    return _check(os.fspath(ref), loader=load, **kwargs)
+    return _check(ref, loader=load, **kwargs)
 
 
 __all__ = ["load", "register", "check", "__version__"]

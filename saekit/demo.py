@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from saekit.schemas import GatePolicy
+from saekit.schemas import GatePolicy, InputError
 from saekit.schemas.console import say
 from saekit.schemas.settings import Settings, current, use_settings
 

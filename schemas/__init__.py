@@ -40,6 +40,7 @@ from saekit.schemas.errors import (
     ReferenceSyntaxError,
     RegistryError,
     SaekitError,
+    UnsafePathError,
 )
 from saekit.schemas.release import (
     BaseModelRef,

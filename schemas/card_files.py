@@ -21,7 +21,8 @@ from typing import Any
 from saekit.schemas import convert as cv
 from saekit.schemas.card import FeatureCard, SAERef, consistency_errors
 from saekit.schemas.errors import InputError
-from saekit.schemas.validate import check_card_bytes, json_path
+from saekit.schemas.safeio import DEFAULT_LIMITS, Limits, load_json
+from saekit.schemas.validate import check_card_bytes, json_path, jsonl_lines, read_bounded
 
 FROM_FORMATS = ("auto", "saekit", "neuronpedia", "openai")
 TO_FORMATS = ("saekit", "neuronpedia")
@@ -50,34 +51,15 @@ def first_error(err: Exception) -> str:
     return str(err).splitlines()[0]
 
 
-def read_documents(path: Path) -> Iterator[tuple[int, Any]]:
+def read_documents(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[int, Any]]:
     """``(line, parsed document)`` for every document of a .json (object or list) or .jsonl
-    (optionally gzipped) file; NaN and Infinity are refused."""
-
-    def reject(name: str):
-        raise InputError(f"{name} is not valid JSON", where=str(path))
-
-    try:
-        data = path.read_bytes()
-        if path.name.endswith(".gz"):
-            data = gzip.decompress(data)
-        text = data.decode("utf-8")
-    except FileNotFoundError:
-        raise InputError("no such file", where=str(path)) from None
-    except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read: {err}", where=str(path)) from None
+    (optionally gzipped) file, read within ``limits`` (saekit.schemas.safeio); NaN and
+    Infinity are refused."""
     if path.name.endswith((".jsonl", ".jsonl.gz")):
-        for n, line in enumerate(text.split("\n"), start=1):
-            if line.strip():
-                try:
-                    yield n, json.loads(line, parse_constant=reject)
-                except json.JSONDecodeError as err:
-                    raise InputError(f"not valid JSON: {err.msg}", where=f"{path}:{n}") from None
+        for n, line in jsonl_lines(path, limits):
+            yield n, load_json(line, where=f"{path}:{n}", limits=limits, allow_nan=False)
         return
-    try:
-        doc = json.loads(text, parse_constant=reject)
-    except json.JSONDecodeError as err:
-        raise InputError(f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}", where=str(path)) from None
+    doc = load_json(read_bounded(path, limits), where=str(path), limits=limits, allow_nan=False)
     if isinstance(doc, list):
         for i, d in enumerate(doc):
             yield i + 1, d

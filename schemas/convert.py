@@ -133,7 +133,7 @@ def from_neuronpedia(feature: dict, *, sae: SAERef | None = None) -> FeatureCard
         scores = {k: float(e[k]) for k in ("scoreV1", "scoreV2") if isinstance(e.get(k), (int, float))}
         created = e.get("createdAt")
         rest = {k: v for k, v in e.items() if k not in _NP_EXPLANATION_MAPPED}
-        if created is not None and not (isinstance(created, str) and _TIMESTAMP.match(created)):
+        if created is not None and not (isinstance(created, str) and _TIMESTAMP.fullmatch(created)):
             rest["createdAt"] = created
             created = None
         for k in ("scoreV1", "scoreV2"):  # null or odd scores travel as they came

@@ -35,6 +35,13 @@ class ArtifactFormatError(InputError):
     """A file that is not what it claims: ``sae_weights.safetensors: header truncated``."""
 
 
+class UnsafePathError(InputError):
+    """A path saekit refuses to read, copy or upload: ``x/sparsity.safetensors: is a symlink; ...``.
+
+    saekit reads only regular files inside the folder it was given (saekit.schemas.safeio).
+    """
+
+
 class NotFoundError(SaekitError, LookupError):
     """A name, version, alias or file that does not exist: ``no version 7 of 'my-sae'``."""
 

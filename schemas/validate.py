@@ -12,6 +12,12 @@ validated by a pool of worker processes (fork; each reads its own byte range of 
 
 Errors a user caused in a card are collected (``ValidationReport``); a path that cannot be
 read as card input at all (missing, not JSON, broken gzip) raises ``InputError``.
+
+Bounds (``saekit.schemas.safeio.Limits``, flags of ``saekit cards validate``): bytes per
+file after decompression, bytes per line (or per card of a .json list), JSON nesting.
+Files are read in chunks, so memory stays near one line plus one chunk whatever a .gz
+expands to; a line or file over its bound stops validation with an InputError naming the
+file and line; a card nested too deep is an invalid card (reported with its line).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import gzip
 import json
 import operator
 import os
+import re
+import stat
 import sys
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -32,6 +40,7 @@ from pydantic_core import SchemaValidator, core_schema
 
 from saekit.schemas.card import ActivationExample, FeatureCard, consistency_errors
 from saekit.schemas.errors import InputError
+from saekit.schemas.safeio import DEFAULT_LIMITS, Limits, exceeds_depth
 
 MAX_ERRORS = 50
 SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz")
@@ -261,12 +270,15 @@ def _describe(key: SAEKey) -> str:
 
 def _validate_batch(args: tuple) -> tuple:
     """Validate ``[(line, raw), ...]``: counts, the first ``cap`` errors, per-card metadata."""
-    file_idx, items, d_sae, cap = args
+    file_idx, items, d_sae, cap, max_depth = args
     errors: list[tuple] = []
     n_errors = 0
     meta: list[tuple] = []  # (line, sae key, index) of every card that passed the schema
     for line, raw in items:
-        found, errs = _check_fast(raw)
+        if exceeds_depth(raw, max_depth):
+            found, errs = None, [("$", f"nested deeper than {max_depth} levels (--max-depth)")]
+        else:
+            found, errs = _check_fast(raw)
         if found is not None:
             key, index, own_d_sae = found
             if d_sae is not None and index >= d_sae:
@@ -300,44 +312,131 @@ def _open_error(path: Path, err: OSError) -> InputError:
     return InputError(f"cannot read: {err.strerror or err}", where=str(path))
 
 
-def _read(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise _open_error(path, err) from None
-    if path.name.lower().endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as err:
-            raise InputError(f"not a valid gzip file ({err})", where=str(path)) from None
-    return data
+CHUNK = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_LINE = re.compile(rb"[^\n]+")
 
 
-def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """Non-blank lines with their numbers, streamed (files may be bigger than memory)."""
+def _chunks(path: Path, limits: Limits) -> Iterator[bytes]:
+    """The file's bytes (decompressed for .gz) in chunks of at most CHUNK, bounded by
+    ``limits.max_file_bytes``; a .gz that is not gzip, or a plain file that is, is refused."""
     gz = path.name.lower().endswith(".gz")
     try:
-        f = gzip.open(path, "rb") if gz else open(path, "rb", buffering=1 << 20)
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open, a device never ends
+            raise InputError("not a regular file", where=str(path))
+        raw = open(path, "rb")
     except OSError as err:
         raise _open_error(path, err) from None
-    with f:
-        n = 0
+    with raw:
         try:
-            for n, raw in enumerate(f, start=1):
-                if raw.strip():
-                    yield n, raw
-        except (OSError, EOFError, zlib.error) as err:
-            if gz:
-                raise InputError(f"not a valid gzip file ({err}) after line {n}", where=str(path)) from None
+            magic = raw.read(2)
+        except OSError as err:
             raise _open_error(path, err) from None
+        if gz and magic != _GZIP_MAGIC:
+            raise InputError("not a valid gzip file (no gzip header, though the name ends in .gz)", where=str(path))
+        if not gz and magic == _GZIP_MAGIC:
+            raise InputError("is gzip-compressed; name it .gz", where=str(path))
+        raw.seek(0)
+        f = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+        total = 0
+        while True:
+            try:
+                chunk = f.read(CHUNK)
+            except (OSError, EOFError, zlib.error) as err:
+                if gz:
+                    raise InputError(f"not a valid gzip file ({err})", where=str(path)) from None
+                raise _open_error(path, err) from None
+            if not chunk:
+                return
+            total += len(chunk)
+            if total > limits.max_file_bytes:
+                what = "decompressed bytes" if gz else "bytes"
+                raise InputError(f"more than {limits.max_file_bytes} {what} (--max-file-bytes)", where=str(path))
+            yield chunk
 
 
-def _json_cards(data: bytes, where: str) -> list[tuple[int, bytes]]:
+def read_bounded(path: Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """A whole card file (decompressed when .gz) within ``limits``."""
+    return b"".join(_chunks(path, limits))
+
+
+def _too_long(path: Path, line: int, limits: Limits) -> InputError:
+    return InputError(f"line longer than {limits.max_line_bytes} bytes (--max-line-bytes)", where=f"{path}:{line}")
+
+
+def jsonl_lines(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines of a .jsonl / .jsonl.gz with their numbers (no newline), streamed in
+    chunks within ``limits``: memory stays near one line plus one chunk, and runs of blank
+    lines cost no Python work per line."""
+    path = Path(path)
+    n = 0  # lines completed so far
+    partial: list[bytes] = []
+    partial_len = 0
+    for chunk in _chunks(path, limits):
+        start = 0
+        if partial:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                partial.append(chunk)
+                partial_len += len(chunk)
+                if partial_len > limits.max_line_bytes:
+                    raise _too_long(path, n + 1, limits)
+                continue
+            line = b"".join(partial) + chunk[:nl]
+            partial, partial_len = [], 0
+            n += 1
+            if len(line) > limits.max_line_bytes:
+                raise _too_long(path, n, limits)
+            if line.strip():
+                yield n, line
+            start = nl + 1
+        last = chunk.rfind(b"\n")
+        end = last + 1 if last >= start else start
+        body = chunk[start:end] if (start or end < len(chunk)) else chunk
+        if body and body.strip():
+            pos = 0
+            for m in _LINE.finditer(body):
+                n += body.count(b"\n", pos, m.start())
+                pos = m.start()
+                line = m.group()
+                if len(line) > limits.max_line_bytes:
+                    raise _too_long(path, n + 1, limits)
+                if line.strip():
+                    yield n + 1, line
+            n += body.count(b"\n", pos)
+        elif body:
+            n += body.count(b"\n")
+        if end < len(chunk):
+            partial.append(chunk[end:])
+            partial_len = len(chunk) - end
+            if partial_len > limits.max_line_bytes:
+                raise _too_long(path, n + 1, limits)
+    if partial:
+        line = b"".join(partial)
+        if line.strip():
+            yield n + 1, line
+
+
+def _json_cards(data: bytes, where: str, limits: Limits = DEFAULT_LIMITS) -> list[tuple[int, bytes]]:
     """The cards of a ``.json`` file with the line each starts on."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise InputError(f"not UTF-8 text (byte {err.start})", where=where) from None
+    if exceeds_depth(data, limits.max_depth + 1):  # +1: the list around the cards
+        raise InputError(f"JSON nested deeper than {limits.max_depth} levels (--max-depth)", where=where)
+    try:
+        cards = _split_json_cards(text, data, where)
+    except RecursionError:
+        raise InputError("JSON nested too deep to parse", where=where) from None
+    for line, raw in cards:
+        if len(raw) > limits.max_line_bytes:
+            raise InputError(f"card longer than {limits.max_line_bytes} bytes (--max-line-bytes)",
+                             where=f"{where}:{line}")
+    return cards
+
+
+def _split_json_cards(text: str, data: bytes, where: str) -> list[tuple[int, bytes]]:
     decoder = json.JSONDecoder()  # accepts NaN here; each card's check rejects it with a location
     ws = " \t\r\n"
 
@@ -417,11 +516,13 @@ def validate_paths(
     d_sae: int | None = None,
     max_errors: int = MAX_ERRORS,
     workers: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> ValidationReport:
     """Validate every card in ``paths``; raises InputError for a path that is not card input.
 
     ``d_sae`` bounds latent indices (on top of each card's own ``sae.d_sae``). ``workers``
     (default: the CPUs available) processes share files of more than a few thousand cards.
+    ``limits``: bytes per file and per line, nesting (see the module docstring).
     """
     paths = _expand([Path(p) for p in paths])
     if d_sae is not None and d_sae <= 0:
@@ -430,6 +531,10 @@ def validate_paths(
         if not p.exists():
             raise InputError("no such file", where=str(p))
         _kind(p)
+        mode = p.stat().st_mode
+        if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
+            what = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise InputError(f"is {what}, not a card file", where=str(p))
     workers = default_workers() if workers is None else max(1, workers)
     report = ValidationReport(files=[str(p) for p in paths], max_errors=max_errors)
     errors: list[tuple] = []
@@ -441,22 +546,24 @@ def validate_paths(
         for file_idx, path in enumerate(paths):
             parallel = workers > 1 and _can_fork()
             kind = _kind(path)
-            if parallel and kind == ".jsonl" and path.stat().st_size >= PARALLEL_MIN_BYTES:
+            if parallel and kind == ".jsonl" and path.stat().st_size >= PARALLEL_MIN_BYTES and _plain(path):
                 # workers read their own byte ranges: no card bytes pass through this process
+                if path.stat().st_size > limits.max_file_bytes:
+                    raise InputError(f"more than {limits.max_file_bytes} bytes (--max-file-bytes)", where=str(path))
                 pool = pool or _pool(workers)
-                results: Iterable[tuple] = _ranges(pool, file_idx, path, d_sae, max_errors)
+                results: Iterable[tuple] = _ranges(pool, file_idx, path, d_sae, max_errors, limits)
             else:
                 if kind in (".json", ".json.gz"):
-                    items: Iterable[tuple[int, bytes]] = _json_cards(_read(path), str(path))
+                    items: Iterable[tuple[int, bytes]] = _json_cards(read_bounded(path, limits), str(path), limits)
                 else:
-                    items = _jsonl_lines(path)
+                    items = jsonl_lines(path, limits)
                 batches = _batches(items, BATCH_LINES)
                 head = []
                 for b in batches:
                     head.append(b)
                     if len(head) * BATCH_LINES >= PARALLEL_MIN_LINES:
                         break
-                jobs = ((file_idx, b, d_sae, max_errors) for b in _chain(head, batches))
+                jobs = ((file_idx, b, d_sae, max_errors, limits.max_depth) for b in _chain(head, batches))
                 if parallel and len(head) * BATCH_LINES >= PARALLEL_MIN_LINES:
                     pool = pool or _pool(workers)
                     results = pool.imap(_validate_batch, jobs)
@@ -519,30 +626,48 @@ def _pool(workers: int):
     return multiprocessing.get_context("fork").Pool(workers)
 
 
+def _plain(path: Path) -> bool:
+    """Not gzip inside (a plain .jsonl that is gzip goes the streaming way, which refuses it)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) != _GZIP_MAGIC
+    except OSError:
+        return False
+
+
 def _validate_range(args: tuple) -> tuple:
-    """Validate the lines of ``path`` that start in bytes [start, end); line numbers local."""
-    file_idx, path, start, end, d_sae, cap = args
+    """Validate the lines of ``path`` that start in bytes [start, end); line numbers local.
+    The last element is the local number of the first line over max_line_bytes (0: none)."""
+    file_idx, path, start, end, d_sae, cap, max_line, max_depth = args
     with open(path, "rb") as f:
         if start:
             f.seek(start - 1)
-            f.readline()  # the line holding byte start-1 belongs to the range before
+            skipped = f.readline(max_line + 2)  # the line holding byte start-1 belongs to the range before
+            if not skipped.endswith(b"\n") and len(skipped) == max_line + 2:
+                return (0, 0, 0, [], [], 0)  # inside an over-long line: the range where it starts reports it
         pos = f.tell()
         data = f.read(max(0, end - pos)) if pos < end else b""
         if data and not data.endswith(b"\n"):
-            data += f.readline()
+            data += f.readline(max_line + 1)
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
+    for n, raw in enumerate(lines, start=1):
+        if len(raw) > max_line:
+            return (0, 0, 0, [], [], n)
     items = [(n, raw) for n, raw in enumerate(lines, start=1) if raw.strip()]
-    return (len(lines), *_validate_batch((file_idx, items, d_sae, cap)))
+    return (len(lines), *_validate_batch((file_idx, items, d_sae, cap, max_depth)), 0)
 
 
-def _ranges(pool, file_idx: int, path: Path, d_sae: int | None, cap: int) -> Iterator[tuple]:
+def _ranges(pool, file_idx: int, path: Path, d_sae: int | None, cap: int, limits: Limits) -> Iterator[tuple]:
     """Results of byte-range jobs over ``path``, renumbered to the file's line numbers."""
     size = path.stat().st_size
-    jobs = [(file_idx, str(path), a, min(a + RANGE_BYTES, size), d_sae, cap) for a in range(0, size, RANGE_BYTES)]
+    jobs = [(file_idx, str(path), a, min(a + RANGE_BYTES, size), d_sae, cap, limits.max_line_bytes, limits.max_depth)
+            for a in range(0, size, RANGE_BYTES)]
     offset = 0
-    for n_lines, n_cards, n_errors, errors, meta in pool.imap(_validate_range, jobs):
+    for n_lines, n_cards, n_errors, errors, meta, too_long in pool.imap(_validate_range, jobs):
+        if too_long:
+            raise _too_long(path, offset + too_long, limits)
         yield (
             n_cards,
             n_errors,

@@ -7,6 +7,7 @@ subclasses, printed as one line on stderr, never a traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from saekit.schemas import SaekitError
@@ -42,5 +43,18 @@ def main(argv: list[str] | None = None) -> None:
         if type(err).__name__ == "Abort":
             print("aborted", file=sys.stderr)
             sys.exit(130)
-        raise
+        if os.environ.get("SAEKIT_DEBUG"):
+            raise
+        # Last line of defence: one line, secrets masked, never a traceback. A file-system
+        # or resource error is the user's environment (exit 2); anything else is a saekit
+        # bug (exit 70, EX_SOFTWARE), which SAEKIT_DEBUG=1 shows with its traceback.
+        from saekit.registry.store import mask
+
+        line = mask((str(err).splitlines() or [""])[0])[:300]
+        if isinstance(err, (OSError, RecursionError, MemoryError, UnicodeError)):
+            print(f"error: {type(err).__name__}: {line}", file=sys.stderr)
+            sys.exit(2)
+        print(f"error: internal error ({type(err).__name__}: {line}); SAEKIT_DEBUG=1 shows the traceback",
+              file=sys.stderr)
+        sys.exit(70)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from saekit.cli.app import JSON_OPTION, cards_app, emit
+from saekit.schemas.safeio import DEFAULT_LIMITS
 
 
 @cards_app.command("validate")
@@ -22,19 +23,30 @@ def validate(
     d_sae: Optional[int] = typer.Option(None, "--d-sae", min=1, help="SAE width: every index must be below it."),
     max_errors: int = typer.Option(50, "--max-errors", min=1, help="Print at most this many errors."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes for big files (default: CPUs)."),
+    max_file_bytes: int = typer.Option(
+        DEFAULT_LIMITS.max_file_bytes, "--max-file-bytes", min=1, help="Bytes per file, after decompression."
+    ),
+    max_line_bytes: int = typer.Option(
+        DEFAULT_LIMITS.max_line_bytes, "--max-line-bytes", min=1, help="Bytes per line (per card of a .json list)."
+    ),
+    max_depth: int = typer.Option(DEFAULT_LIMITS.max_depth, "--max-depth", min=1, help="JSON nesting per card."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Validate feature cards: schema, consistency, duplicate indices, one SAE per file.
 
     Prints each problem as file:line: json.path: message.
 
-    Exit 0: all valid. 1: invalid cards. 2: a path that is not card input (missing, not JSON, broken gzip).
+    Exit 0: all valid. 1: invalid cards (a card nested deeper than --max-depth included).
+    2: a path that is not card input (missing, not JSON, broken or fake gzip, a line or
+    file over --max-line-bytes / --max-file-bytes).
     """
     from saekit.schemas.errors import SaekitError
+    from saekit.schemas.safeio import Limits
     from saekit.schemas.validate import validate_paths
 
+    limits = Limits(max_file_bytes=max_file_bytes, max_line_bytes=max_line_bytes, max_depth=max_depth)
     try:
-        report = validate_paths(paths, d_sae=d_sae, max_errors=max_errors, workers=workers)
+        report = validate_paths(paths, d_sae=d_sae, max_errors=max_errors, workers=workers, limits=limits)
     except SaekitError as err:
         if json_out:
             emit({"ok": False, "error": str(err), "exit_code": err.exit_code}, True)

@@ -106,7 +106,6 @@ def import_neuronpedia_cmd(
 ) -> None:
     """Read a Neuronpedia export into cards, or add its explanations to existing cards."""
     from saekit.releases import ecosystem as eco
-    from saekit.releases.bundle import release_cards
     from saekit.schemas import InputError
 
     if cards_path is not None:

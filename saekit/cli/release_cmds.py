@@ -17,7 +17,10 @@ from saekit.cli.app import JSON_OPTION, app, emit, release_app, settings_of
 def build_cmd(
     manifest: Path = typer.Argument(..., help="Release manifest (YAML, ReleaseManifest)."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (replaced if it is a bundle)."),
-    no_check: bool = typer.Option(False, "--no-check", help="Refuse versions without a recorded gate instead of checking them."),
+    no_check: bool = typer.Option(
+        False, "--no-check",
+        help="Refuse versions without a check record instead of checking them (a record is always required).",
+    ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Build a release bundle in Hugging Face repo layout from a manifest."""

@@ -1,0 +1,281 @@
+"""Bounded input handling: every compressed or nested input saekit reads ends in one line
+and exit 1 or 2, in bounded memory and time, measured on the real CLI in a child process
+(peak RSS from getrusage(RUSAGE_CHILDREN) of a wrapper that runs only that child)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from saekit.schemas import ArtifactFormatError
+from sec_helpers import log_measure, saekit
+from tests.registry.conftest import make_artifact
+from tests.schemas.card_helpers import make_card
+
+# Peak RSS allowed for a bomb: the interpreter with pydantic and saekit's schemas is ~100 MiB;
+# one bounded line (16 MiB) and one 1 MiB chunk on top. The unbounded reader peaked at 2.15 GB.
+RSS_BOUND_MIB = 400
+
+
+def _gzip_stream(path: Path, block: bytes, total: int) -> int:
+    """Write ``total`` bytes of ``block`` repeated, gzip-compressed, streaming; returns the size."""
+    co = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with open(path, "wb") as f:
+        left = total
+        while left:
+            n = min(left, len(block))
+            f.write(co.compress(block[:n]))
+            left -= n
+        f.write(co.flush())
+    return path.stat().st_size
+
+
+@pytest.fixture(scope="module")
+def zeros_bomb(tmp_path_factory) -> Path:
+    """~1 MB of gzip that expands to 1 GiB of zero bytes on one line (the reported bomb)."""
+    path = tmp_path_factory.mktemp("bombs") / "zeros.jsonl.gz"
+    size = _gzip_stream(path, b"\0" * (1 << 20), 1 << 30)
+    assert size < 2 << 20
+    return path
+
+
+@pytest.fixture(scope="module")
+def newline_bomb(tmp_path_factory) -> Path:
+    """gzip that expands to 1 GiB of newlines (the reported 5-minute hang)."""
+    path = tmp_path_factory.mktemp("bombs") / "newlines.jsonl.gz"
+    _gzip_stream(path, b"\n" * (1 << 20), 1 << 30)
+    return path
+
+
+def test_gzip_zeros_bomb_bounded(zeros_bomb, tmp_path):
+    r = saekit("cards", "validate", str(zeros_bomb), home=tmp_path / "home")
+    line = r.one_line_error(2)
+    log_measure("cards validate 1 GiB-of-zeros .jsonl.gz", r)
+    assert f"{zeros_bomb}:1: line longer than {16 << 20} bytes" in line
+    assert r.peak_mib < RSS_BOUND_MIB
+    # a smaller bound, given as a flag, stops sooner
+    r = saekit("cards", "validate", str(zeros_bomb), "--max-line-bytes", "1000", home=tmp_path / "home")
+    assert "line longer than 1000 bytes" in r.one_line_error(2)
+
+
+def test_gzip_newline_bomb_bounded(newline_bomb, tmp_path):
+    r = saekit("cards", "validate", str(newline_bomb), "--max-file-bytes", str(256 << 20), home=tmp_path / "home")
+    line = r.one_line_error(2)
+    log_measure("cards validate 1 GiB-of-newlines .jsonl.gz, --max-file-bytes 256 MiB", r)
+    assert f"more than {256 << 20} decompressed bytes" in line
+    assert r.peak_mib < RSS_BOUND_MIB
+    # the whole GiB under the default bound: blank lines cost no Python work each
+    r = saekit("cards", "validate", str(newline_bomb), home=tmp_path / "home")
+    log_measure("cards validate 1 GiB-of-newlines .jsonl.gz, default bounds", r)
+    assert r.rc == 0 and "ok: 0 cards" in r.out
+    assert r.peak_mib < RSS_BOUND_MIB and r.seconds < 120
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("empty.jsonl.gz", b"", "not a valid gzip file"),
+        ("text.jsonl.gz", b'{"index": 0}\n', "not a valid gzip file"),
+        ("zipped.jsonl", gzip.compress(b'{"index": 0}\n'), "is gzip-compressed"),
+        ("trunc.jsonl.gz", gzip.compress(json.dumps(make_card(0)).encode() * 50)[:-20], "not a valid gzip file"),
+        ("deep.json", b"[" * 100_000 + b"]" * 100_000, "nested deeper than 64"),
+        ("deep.json.gz", gzip.compress(b"[" * 100_000 + b"]" * 100_000), "nested deeper than 64"),
+        ("bad.json", b"\xff\xfe{}", "not UTF-8"),
+    ],
+    ids=["empty-gz", "text-as-gz", "gz-as-jsonl", "truncated-gz", "deep-json", "deep-json-gz", "not-utf8"],
+)
+def test_card_files_that_are_not_what_they_say(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    r = saekit("cards", "validate", str(path), home=tmp_path / "home")
+    assert message in r.one_line_error(2)
+
+
+def test_deep_card_line_is_an_invalid_card(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    card = make_card(0)
+    card["extra"] = {"x": json.loads("[" * 70 + "]" * 70)}
+    path.write_text(json.dumps(make_card(1)) + "\n" + json.dumps(card) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    r = saekit("cards", "validate", str(path), home=tmp_path / "home")
+    assert r.rc == 1 and "Traceback" not in r.err
+    assert f"{path}:2: $: nested deeper than 64 levels" in r.out
+    assert f"{path}:3: $: nested deeper than 64 levels" in r.out
+    assert r.err.strip().startswith("invalid: 2 errors") and r.err.count("\n") == 1
+    r = saekit("cards", "validate", str(path), "--max-depth", "100", home=tmp_path / "home")
+    assert r.rc == 1 and f"{path}:2:" not in r.out and f"{path}:3: $: nested deeper than 100" in r.out
+
+
+def test_cards_convert_is_bounded_too(zeros_bomb, tmp_path):
+    r = saekit("cards", "convert", str(zeros_bomb), "--out", str(tmp_path / "out.jsonl"), home=tmp_path / "home")
+    assert "line longer than" in r.one_line_error(2)
+    assert r.peak_mib < RSS_BOUND_MIB
+    deep = tmp_path / "deep.json"
+    deep.write_bytes(b"{\"a\":" * 100_000 + b"1" + b"}" * 100_000)
+    r = saekit("cards", "convert", str(deep), "--out", str(tmp_path / "out.jsonl"), home=tmp_path / "home")
+    assert "nested deeper" in r.one_line_error(2)
+
+
+# --- safetensors headers ------------------------------------------------------------------
+
+
+def _safetensors(header: dict | bytes, buffer: bytes) -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + buffer
+
+
+def _weights(art: Path) -> tuple[dict, bytes]:
+    data = (art / "sae_weights.safetensors").read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def _set(art: Path, header: dict | bytes, buffer: bytes, name: str = "sae_weights.safetensors") -> None:
+    (art / name).write_bytes(_safetensors(header, buffer))
+
+
+def test_overlapping_offsets_are_refused_at_registration(tmp_path):
+    from saekit.registry import store
+
+    art = make_artifact(tmp_path / "art")
+    header, buffer = _weights(art)
+    names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    a, b = names[0], names[1]
+    # b points into a's bytes; a trailing copy keeps the buffer length: sizes still fit
+    size_b = header[b]["data_offsets"][1] - header[b]["data_offsets"][0]
+    if size_b <= header[a]["data_offsets"][1] - header[a]["data_offsets"][0]:
+        header[b]["data_offsets"] = [0, size_b]
+    else:
+        header[a]["data_offsets"] = [header[b]["data_offsets"][0],
+                                     header[b]["data_offsets"][0] + header[a]["data_offsets"][1]]
+    _set(art, header, buffer)
+    with pytest.raises(ArtifactFormatError, match="overlaps|gap|do not fit"):
+        store.register("overlap", art)
+    assert store.list_versions() == []
+
+
+@pytest.mark.parametrize("meta", [["not", "an", "object"], {"a": 1}, {"a": {"b": "c"}}, "text"])
+def test_metadata_must_be_a_string_map(tmp_path, meta):
+    from saekit.registry.artifact import validate_artifact
+
+    art = make_artifact(tmp_path / "art")
+    header, buffer = _weights(art)
+    header["__metadata__"] = meta
+    _set(art, header, buffer)
+    with pytest.raises(ArtifactFormatError, match="__metadata__"):
+        validate_artifact(art)
+
+
+def test_header_nested_50000_deep_one_line(tmp_path):
+    art = make_artifact(tmp_path / "art")
+    _, buffer = _weights(art)
+    _set(art, b'{"__metadata__":' + b"[" * 50_000 + b"]" * 50_000 + b"}", buffer)
+    r = saekit("register", str(art), "--name", "deep", home=tmp_path / "home")
+    assert "header nested deeper than" in r.one_line_error(2)
+
+
+def test_duplicate_tensor_names_and_gaps_refused(tmp_path):
+    from saekit.registry.artifact import validate_artifact
+
+    art = make_artifact(tmp_path / "art")
+    header, buffer = _weights(art)
+    raw = json.dumps(header)
+    dup = raw[:-1] + ", " + json.dumps({"W_enc": header["W_enc"]})[1:]
+    _set(art, dup.encode(), buffer)
+    with pytest.raises(ArtifactFormatError, match="not JSON"):
+        validate_artifact(art)
+
+
+def test_garbage_sparsity_refused_at_registration(tmp_path):
+    art = make_artifact(tmp_path / "art")
+    (art / "sparsity.safetensors").write_bytes(b"garbage, not safetensors at all")
+    r = saekit("register", str(art), "--name", "sp", home=tmp_path / "home")
+    assert "sparsity.safetensors" in r.one_line_error(2)
+
+
+def test_manifest_yaml_bombs(tmp_path):
+    from saekit.releases.manifest import load_manifest
+    from saekit.schemas import InputError
+
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+    )
+    for text, message in ((laughs, "aliases"), ("[" * 100_000, "nested too deep"), ("x" * (2 << 20), "larger than the limit")):
+        (tmp_path / "m.yaml").write_text(text)
+        with pytest.raises(InputError, match=message):
+            load_manifest(tmp_path / "m.yaml")
+    r = saekit("release", "build", str(tmp_path / "m.yaml"), "--out", str(tmp_path / "b"), home=tmp_path / "home")
+    r.one_line_error(2)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+def test_chunked_line_reader_matches_a_plain_split(tmp_path, monkeypatch, chunk):
+    """Line numbers and contents of the bounded reader equal str.split's, whatever the chunk."""
+    import random
+
+    from saekit.schemas import validate as v
+
+    monkeypatch.setattr(v, "CHUNK", chunk)
+    rng = random.Random(chunk)
+    for trial in range(30):
+        text = "".join(rng.choice(["a", "bc", " ", "\n", "\n\n", "\r\n", "{}", "x" * 9]) for _ in range(rng.randint(0, 60)))
+        path = tmp_path / f"t{trial}.jsonl.gz" if trial % 2 else tmp_path / f"t{trial}.jsonl"
+        data = text.encode()
+        path.write_bytes(gzip.compress(data) if trial % 2 else data)
+        if not trial % 2 and data[:2] == b"\x1f\x8b":
+            continue
+        want = [(n, line.encode()) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+        assert list(v.jsonl_lines(path)) == want, text
+
+
+def test_over_long_line_in_byte_range_workers_names_its_line(tmp_path, monkeypatch):
+    """Big plain .jsonl files are split into byte ranges read by worker processes; an
+    over-long line there is reported with the file's own line number."""
+    from saekit.schemas import InputError, safeio
+    from saekit.schemas import validate as v
+
+    monkeypatch.setattr(v, "RANGE_BYTES", 4096)
+    monkeypatch.setattr(v, "PARALLEL_MIN_BYTES", 8192)
+    card = json.dumps(make_card(0))
+    lines = [json.dumps(make_card(i)) for i in range(40)]
+    lines[23] = card[:-1] + ', "extra": {"pad": "' + "x" * 9000 + '"}}'
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf"big.jsonl:24: line longer than 5000 bytes"):
+        v.validate_paths([path], workers=2, limits=safeio.Limits(max_line_bytes=5000))
+    report = v.validate_paths([path], workers=2)
+    assert report.n_cards == 40
+
+
+def test_a_fifo_named_like_a_card_file_does_not_hang(tmp_path):
+    import os
+
+    fifo = tmp_path / "cards.jsonl"
+    os.mkfifo(fifo)
+    r = saekit("cards", "validate", str(fifo), home=tmp_path / "home", timeout=60)
+    assert "is a FIFO" in r.one_line_error(2)
+
+
+def test_npz_bomb_is_refused_before_it_expands(tmp_path):
+    """A Gemma Scope params.npz whose member inflates 1000:1 (256 MiB of zeros in ~256 KB)."""
+    import zipfile
+
+    path = tmp_path / "params.npz"
+    header = b"\x93NUMPY\x01\x00" + b"v\x00" + b"{'descr': '<f4', 'fortran_order': False, 'shape': (8192, 8192), }"
+    header = header[:8] + len(header[10:].ljust(118, b" ") + b"\n").to_bytes(2, "little") + \
+        header[10:].ljust(118, b" ") + b"\n"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("W_enc.npy", "w", force_zip64=True) as f:
+            f.write(header)
+            block = b"\0" * (1 << 20)
+            for _ in range(256):
+                f.write(block)
+    assert path.stat().st_size < 2 << 20
+    r = saekit("import", "gemmascope", str(path), str(tmp_path / "out"), home=tmp_path / "home")
+    line = r.one_line_error(2)
+    log_measure("import gemmascope, 256 MiB npz member in ~256 KB", r)
+    assert "zip bomb" in line and r.peak_mib < RSS_BOUND_MIB
