@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,10 @@ def main() -> None:
                               capture_output=True, text=True, env=env)
         t_dead = time.perf_counter() - t
     result = {
+        "benchmark": "hub_source", "title": "Registering SAEs from the Hub (glob over a loopback Hub)",
+        "command": "python3 benchmarks/hub_source.py", "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, {platform.system()}", "date": time.strftime("%Y-%m-%d"),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
         "saes": args.layers, "d_in": args.d_in, "d_sae": width,
         "register_glob_s": round(t_register, 2), "per_sae_s": round(t_register / args.layers, 2),
         "rerun_glob_s": round(t_resume, 2), "rerun_versions": [v.version for v in again],

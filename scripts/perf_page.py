@@ -201,6 +201,30 @@ def registry_load(name: str, d: dict) -> str:
     return out
 
 
+def generic(name: str, d: dict) -> str:
+    """Any other result file that says what it is (``benchmark``, ``title``, ``command``,
+    ``machine``, ``date``, ``loadavg_1m``): its scalar results as one table, nested ones
+    flattened with dots."""
+    missing = [k for k in ("benchmark", "command", "machine", "date") if k not in d]
+    if missing:
+        raise SystemExit(f"{name}: no renderer, and it lacks {', '.join(missing)} (add them or a renderer)")
+    rows: list[list[Any]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif not isinstance(value, list) or len(value) <= 8:
+            rows.append([f"`{prefix}`", value if not isinstance(value, list) else ", ".join(map(_num, value))])
+
+    for key, value in d.items():
+        if key not in ("benchmark", "title", "command", "machine", "date", "loadavg_1m"):
+            walk(key, value)
+    out = f"## {d.get('title', d['benchmark'])}\n\n"
+    out += _where(name, d["command"], d["machine"], d["date"], _load(d["loadavg_1m"]) if isinstance(d.get("loadavg_1m"), (int, float, list)) else "not recorded")
+    return out + "\n" + _table(["result", "value"], rows)
+
+
 RENDERERS: dict[str, Callable[[str, dict], str]] = {"matching": matching, "load": load, "registry_load": registry_load}
 
 
@@ -215,10 +239,8 @@ def render(results: Path = RESULTS) -> str:
             sections.append(kernels(name, d))
         elif "jsonschema" in d and "saekit" in d:
             cards.append((name, d))
-        elif d.get("benchmark") in RENDERERS:
-            sections.append(RENDERERS[d["benchmark"]](name, d))
         else:
-            raise SystemExit(f"{name}: no renderer for this result file (add one to scripts/perf_page.py)")
+            sections.append(RENDERERS.get(d.get("benchmark"), generic)(name, d))
     if cards:
         sections.append(cards_validate(sorted(cards, key=lambda f: f[1]["date"])))
     return HEADER + "".join("\n" + s for s in sections)
