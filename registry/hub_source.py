@@ -189,15 +189,15 @@ def _hub_errors(where: str):
         except EntryNotFoundError:
             raise NotFoundError("no such file at this revision", where=where) from None
         except LocalEntryNotFoundError:
-            raise HubSourceError(f"Hub unreachable at {endpoint() or 'huggingface.co'}", where=where) from None
+            raise HubSourceError(f"cannot reach the Hub at {endpoint() or 'https://huggingface.co'}", where=where) from None
         except HfHubHTTPError as err:
             raise HubSourceError(f"Hub request failed ({str(err).splitlines()[0][:160]})", where=where) from None
         except (OSError, ConnectionError) as err:
-            raise HubSourceError(f"Hub unreachable at {endpoint() or 'huggingface.co'} ({err.__class__.__name__})",
+            raise HubSourceError(f"cannot reach the Hub at {endpoint() or 'https://huggingface.co'}: {err.__class__.__name__}",
                                  where=where) from None
         except Exception as err:  # noqa: BLE001 - httpx transport errors and the like
             if type(err).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
-                raise HubSourceError(f"Hub unreachable at {endpoint() or 'huggingface.co'} ({err.__class__.__name__})",
+                raise HubSourceError(f"cannot reach the Hub at {endpoint() or 'https://huggingface.co'}: {err.__class__.__name__}",
                                      where=where) from None
             raise
 

@@ -39,6 +39,7 @@ _SAELENS = re.compile(r"saelens:(?P<release>[A-Za-z0-9][\w.-]*)/(?P<sae_id>\S+)"
 # The form saekit used before following huggingface_hub's: hf://ORG/REPO/SAE_ID@REV.
 _OLD_HF = re.compile(r"hf://(?P<repo>[^/@]+/[^/@]+)/(?P<path>[^@]+)@(?P<rev>[^/@]+)")
 _PATH_PREFIXES = ("/", "./", "../", "~")
+_BAD_PATH_CHARS = re.compile(r"[\s\x00-\x1f\x7f\\]")
 
 Kind = Literal["latest", "alias", "version", "sha256", "path", "hf", "saelens"]
 
@@ -147,8 +148,14 @@ def parse_hf(text: str) -> Ref:
         )
     if uri.type == "bucket":
         raise ReferenceSyntaxError("buckets hold no versioned SAEs; name a model or dataset repo", where=repr(text))
-    if any(part in (".", "..") for part in path.split("/")):
-        raise ReferenceSyntaxError("'.' and '..' are not allowed in an hf:// path", where=repr(text))
+    if any(part in (".", "..") for part in path.split("/") + (uri.revision or "").split("/")):
+        raise ReferenceSyntaxError("'.' and '..' are not allowed in an hf:// path or revision", where=repr(text))
+    if uri.revision is None and "@" in path:
+        raise ReferenceSyntaxError("hf:// references put the revision after the repo: hf://ORG/REPO@REV/PATH",
+                                   where=repr(text))
+    if _BAD_PATH_CHARS.search(path):
+        raise ReferenceSyntaxError("an hf:// path holds no whitespace, control characters or backslashes",
+                                   where=repr(text))
     return Ref("hf", text, hf_repo=uri.id, sae_id=path, revision=uri.revision or "main", hf_type=uri.type)
 
 

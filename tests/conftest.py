@@ -37,3 +37,6 @@ def cuda_available() -> bool:
 
 requires_cuda = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The loopback Hub has no Xet endpoints, and huggingface_hub reads this once, at its import:
+# set it before any test module imports huggingface_hub.
+os.environ["HF_HUB_DISABLE_XET"] = "1"

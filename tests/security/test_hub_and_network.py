@@ -164,7 +164,7 @@ def test_publish_to_a_dead_hub_is_one_line(tmp_path):
 
 def test_hf_load_from_a_dead_hub_is_one_line(tmp_path):
     url = f"http://127.0.0.1:{_dead_port()}"
-    r = saekit("export", "sparsify", "hf://org/repo/sae@v1.0.0", str(tmp_path / "out"), home=tmp_path / "home",
+    r = saekit("export", "sparsify", "hf://org/repo@v1.0.0/sae", str(tmp_path / "out"), home=tmp_path / "home",
                HF_ENDPOINT=url)
     line = r.one_line_error(2)
     assert f"cannot reach the Hub at {url}" in line
@@ -188,7 +188,7 @@ def test_a_hostile_release_on_the_hub_is_refused_in_one_line(tmp_path, hub):
     api.upload_file(path_or_fileobj=f"{digest}  ../../../outside.txt\n".encode(), path_in_repo="SHA256SUMS",
                     repo_id="org/hostile")
     api.create_tag("org/hostile", tag="v1")
-    r = saekit("export", "sparsify", "hf://org/hostile/sae@v1", str(tmp_path / "out"), home=tmp_path / "home",
+    r = saekit("export", "sparsify", "hf://org/hostile@v1/sae", str(tmp_path / "out"), home=tmp_path / "home",
                HF_ENDPOINT=hub.url)
     assert "leaves the bundle" in r.one_line_error(1)
     api.upload_file(path_or_fileobj=f"{digest}  sae/cfg.json\n{digest}  release.json\n".encode(),
@@ -196,7 +196,7 @@ def test_a_hostile_release_on_the_hub_is_refused_in_one_line(tmp_path, hub):
     api.upload_file(path_or_fileobj=b"{}", path_in_repo="sae/cfg.json", repo_id="org/hostile")
     api.upload_file(path_or_fileobj=b"{}", path_in_repo="release.json", repo_id="org/hostile")
     api.create_tag("org/hostile", tag="v2")
-    r = saekit("export", "sparsify", "hf://org/hostile/sae@v2", str(tmp_path / "out"), home=tmp_path / "home",
+    r = saekit("export", "sparsify", "hf://org/hostile@v2/sae", str(tmp_path / "out"), home=tmp_path / "home",
                HF_ENDPOINT=hub.url)
     assert "sha256 mismatch" in r.one_line_error(1)
     assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "out").exists()

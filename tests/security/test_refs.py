@@ -45,7 +45,8 @@ def test_names_match_whole(name):
 @pytest.mark.parametrize(
     "ref",
     ["abc\n", "abc/1\n", "abc@prod\n", "abc@sha256:abcdef01\n", "hf://o/r/sae\n", "hf://o/r/sae@v1\n",
-     "hf://o/r/../x", "hf://o/r/x@../main", "hf://../r/x", "hf://o/r/a*b", "abc/0", "abc@latest@x"],
+     "hf://o/r/../x", "hf://o/r@../main/x", "hf://o/r/x@../main", "hf://../r/x", "hf://o/r/a b",
+     "hf://o/r/a\\b", "abc/0", "abc@latest@x"],
 )
 def test_references_match_whole(ref):
     with pytest.raises(ReferenceSyntaxError):
