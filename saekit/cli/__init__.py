@@ -7,7 +7,6 @@ subclasses, printed as one line on stderr, never a traceback.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 from saekit.schemas import SaekitError
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         if type(err).__name__ == "Abort":
             print("aborted", file=sys.stderr)
             sys.exit(130)
-        if os.environ.get("SAEKIT_DEBUG"):
+        if _debug():
             raise
         # Last line of defence: one line, secrets masked, never a traceback. A file-system
         # or resource error is the user's environment (exit 2); anything else is a saekit
@@ -58,3 +57,13 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(70)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _debug() -> bool:
+    """SAEKIT_DEBUG, read through the settings (an unreadable value counts as off)."""
+    from saekit.schemas.settings import Settings
+
+    try:
+        return Settings.from_env().debug
+    except SaekitError:
+        return False

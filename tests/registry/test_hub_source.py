@@ -312,7 +312,7 @@ def test_bad_input_one_line_exit_2_no_version(tmp_path, hub, capsys, monkeypatch
         assert code == 2 and says in err and err.count("\n") == 1 and "Traceback" not in err, (ref, err)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     code, out, err = _cli(["register", "hf://lens/saes/blocks.0.hook_resid_pre", "--name", "bad"], capsys)
-    assert code == 2 and "unreachable" in err and err.count("\n") == 1, err
+    assert code == 2 and "cannot reach the Hub at http://127.0.0.1:9" in err and err.count("\n") == 1, err
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     from saekit.schemas import NotFoundError
 
