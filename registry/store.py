@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from saekit.registry import artifact as art
+from saekit.registry import tags as T
 from saekit.registry.refs import Ref, check_name, parse_ref
 from saekit.schemas.settings import Settings, current
 from saekit.schemas import (
@@ -58,27 +59,9 @@ if TYPE_CHECKING:
 EXPERIMENT = "saekit-registry"
 ARTIFACT_PATH = "sae"
 CHECKS_PATH = "checks"
-READY = "saekit.ready"
-SHA = "saekit.sha256"
-FILES = "saekit.files"
-GATE = "saekit.gate"
-GATE_FAILED = "saekit.gate_failed"
-# Tags saekit writes at registration; users cannot override them with --tag.
-RESERVED_TAGS = frozenset(
-    {READY, SHA, FILES, "saekit.architecture", "saekit.d_in", "saekit.d_sae", "saekit.k", "saekit.model",
-     "saekit.model_revision", "saekit.hook", "saekit.schema_version", "saekit.dtype"}
-)
-# Every tag under these prefixes means something to saekit (identity, readiness, gate
-# verdict, headline metrics, where a release was published) and is written only by the
-# code that earns it: registration, ``saekit check`` (log_check) and ``release publish``
-# (record_tags). No user-facing entry point (CLI --tag, saekit.register, set_tags,
-# identical re-registration) accepts them.
-RESERVED_PREFIXES = ("saekit.", "metric.")
-
-
-def is_reserved(key: str) -> bool:
-    """Whether a tag key is saekit's to write (see RESERVED_PREFIXES)."""
-    return key.strip().lower().startswith(RESERVED_PREFIXES)
+# Tag names live in registry.tags; these names stay importable from here.
+READY, SHA, FILES, GATE, GATE_FAILED = T.READY, T.SHA, T.FILES, T.GATE, T.GATE_FAILED
+RESERVED_TAGS, RESERVED_PREFIXES, is_reserved = T.RESERVED_TAGS, T.RESERVED_PREFIXES, T.is_reserved
 
 
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -622,15 +605,15 @@ def _meta_tags(cfg: Any, sha: str, hashes: dict[str, str]) -> dict[str, str]:
     tags = {
         SHA: sha,
         FILES: json.dumps(hashes, sort_keys=True),
-        "saekit.architecture": cfg.architecture,
-        "saekit.d_in": str(cfg.d_in),
-        "saekit.d_sae": str(cfg.d_sae),
-        "saekit.k": "" if cfg.k is None else str(cfg.k),
-        "saekit.dtype": cfg.dtype,
-        "saekit.model": cfg.model_name or "",
-        "saekit.model_revision": cfg.model_revision or "",
-        "saekit.hook": cfg.hook_name or "",
-        "saekit.schema_version": cfg.schema_version,
+        T.ARCHITECTURE: cfg.architecture,
+        T.D_IN: str(cfg.d_in),
+        T.D_SAE: str(cfg.d_sae),
+        T.K: "" if cfg.k is None else str(cfg.k),
+        T.DTYPE: cfg.dtype,
+        T.MODEL: cfg.model_name or "",
+        T.MODEL_REVISION: cfg.model_revision or "",
+        T.HOOK: cfg.hook_name or "",
+        T.SCHEMA_VERSION: cfg.schema_version,
     }
     return {k: v for k, v in tags.items() if v != ""}
 
@@ -737,7 +720,7 @@ def _register_new(client, name, folder, hashes, sha, cfg, user_tags, description
     from mlflow.entities import RunStatus
 
     _ensure_model(client, name)
-    run = _retry(client.create_run, _experiment_id(client), run_name=name, tags={"saekit.name": name, SHA: sha})
+    run = _retry(client.create_run, _experiment_id(client), run_name=name, tags={T.NAME: name, SHA: sha})
     run_id = run.info.run_id
     source = f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}"
     status = RunStatus.to_string(RunStatus.FAILED)

@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from saekit.registry import tags as T
 from saekit.registry.artifact import sha256_file
 from saekit.releases.manifest import load_manifest
 from saekit.releases.ecosystem import write_saelens_registry
@@ -110,16 +111,16 @@ def _gate(manifest: ReleaseManifest, ref: str, info: Any, *, run_checks: bool, w
     """The version's gate must pass: recorded, or checked now when none is recorded."""
     from saekit.registry import store
 
-    gate = info.tags.get(store.GATE)
+    gate = info.tags.get(T.GATE)
     if gate is None and run_checks:
         from saekit.harness.check import check
 
         say(f"release: no check recorded for {info.name}/{info.version}; running saekit check")
         check(f"{info.name}/{info.version}", policy=manifest.gate)
         info = store.resolve(f"{info.name}/{info.version}")
-        gate = info.tags.get(store.GATE)
+        gate = info.tags.get(T.GATE)
     if gate != "pass":
-        why = info.tags.get(store.GATE_FAILED) or ("no check recorded" if gate is None else gate)
+        why = info.tags.get(T.GATE_FAILED) or ("no check recorded" if gate is None else gate)
         raise GateFailedError(f"gate failed for '{ref}' ({info.name}/{info.version}): {why}", where=where)
     return info
 
