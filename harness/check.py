@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from saekit.registry import tags as T
 from saekit.schemas import (
     BenchmarkRecord,
     DataInfo,
@@ -358,11 +359,11 @@ def _finish(
     if log and sae.ref is not None and sae.ref.version is not None:
         from saekit.registry import store
 
-        tags = {"saekit.eval_id": eval_id}
-        tags.update({f"metric.{k}": f"{metrics[k]:.6g}" for k in HEADLINE if k in metrics})
+        tags = {T.EVAL_ID: eval_id}
+        tags.update({T.metric(k): f"{metrics[k]:.6g}" for k in HEADLINE if k in metrics})
         if verdict is not None:
-            tags["saekit.gate"] = "pass" if verdict.passed else "fail"
-            tags["saekit.gate_failed"] = gate_mod.failing_text(verdict)
+            tags[T.GATE] = "pass" if verdict.passed else "fail"
+            tags[T.GATE_FAILED] = gate_mod.failing_text(verdict)
         files = [record_path] + ([cards_path] if cards_path else [])
         say(f"logging the check on {sae.ref.name}/{sae.ref.version}")
         store.log_check(sae.ref.name, int(sae.ref.version), metrics=metrics, files=files, tags=tags)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from saekit.registry import artifact as art
 from saekit.registry import formats
+from saekit.registry import tags as T
 from saekit.registry.refs import Ref, hf_uri, parse_ref
 from saekit.schemas import ArtifactFormatError, InputError, NotFoundError, ReferenceSyntaxError, SaekitError
 from saekit.schemas.settings import current
@@ -55,8 +56,9 @@ if TYPE_CHECKING:
     from saekit.registry.store import VersionInfo
 
 LAYOUTS = ("saelens", "sparsify", "gemmascope", "openai")
-SOURCE = "saekit.source"
-SOURCE_TAGS = tuple(f"{SOURCE}{s}" for s in ("", ".repo", ".commit", ".path", ".layout", ".files", ".saelens"))
+SOURCE = T.SOURCE
+SOURCE_TAGS = (T.SOURCE, T.SOURCE_REPO, T.SOURCE_COMMIT, T.SOURCE_PATH, T.SOURCE_LAYOUT, T.SOURCE_FILES,
+               T.SOURCE_SAELENS)
 _GLOB = re.compile(r"[*?\[]")
 # SAELens catalogue entries whose files are a layout read here: its own folders (no
 # conversion) and Gemma Scope's params.npz ("gemma_2", sae_lens/loading/pretrained_sae_loaders.py).
@@ -413,7 +415,7 @@ def _gemmascope_context(res: Resolved, unit: Unit) -> tuple[dict[str, Any], dict
         # Attention SAEs read hook_z (per-head outputs before o_proj), which is no module
         # output: give --hook for those.
         ctx["hook_name"] = {"res": f"model.layers.{layer}", "mlp": f"model.layers.{layer}.mlp"}.get(r["site"])
-    return ctx, {f"{SOURCE}.average_l0": m["l0"], f"{SOURCE}.width": str(width), f"{SOURCE}.layer": str(layer)}
+    return ctx, {T.SOURCE_AVERAGE_L0: m["l0"], T.SOURCE_WIDTH: str(width), T.SOURCE_LAYER: str(layer)}
 
 
 def _read_openai_safetensors(path: Path, where: str) -> Path:
@@ -455,7 +457,7 @@ def convert(res: Resolved, unit: Unit, staging: Path, *, model_name: str | None 
                 raise ArtifactFormatError("cfg.json is not a JSON object", where=where)
             upgraded = upgrade_saelens_cfg(raw)
             if upgraded is not None:
-                extra[f"{SOURCE}.saelens_cfg"] = "pre-6.0 (upgraded)"
+                extra[T.SOURCE_SAELENS_CFG] = "pre-6.0 (upgraded)"
             overrides = (res.saelens or {}).get("config_overrides") or {}
             if overrides:  # as SAELens applies its catalogue's config_overrides to the cfg
                 cfg = dict(upgraded or raw)
@@ -467,7 +469,7 @@ def convert(res: Resolved, unit: Unit, staging: Path, *, model_name: str | None 
                         meta[key] = value
                 cfg["metadata"] = meta
                 upgraded = cfg
-                extra[f"{SOURCE}.saelens_overrides"] = json.dumps(overrides, sort_keys=True)
+                extra[T.SOURCE_SAELENS_OVERRIDES] = json.dumps(overrides, sort_keys=True)
             if upgraded is not None:
                 (local / "cfg.json").write_text(json.dumps(upgraded))
             sae = formats.read_saelens(local, model_name=model_name, hook_name=hook_name, model_revision=model_revision)
@@ -507,15 +509,15 @@ def convert(res: Resolved, unit: Unit, staging: Path, *, model_name: str | None 
 def source_tags(res: Resolved, unit: Unit, hashes: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
     tags = {
         SOURCE: res.uri(unit),
-        f"{SOURCE}.repo": res.repo if res.repo_type == "model" else f"{res.repo_type}s/{res.repo}",
-        f"{SOURCE}.commit": res.commit,
-        f"{SOURCE}.path": unit.path,
-        f"{SOURCE}.layout": unit.layout,
-        f"{SOURCE}.files": json.dumps(hashes, sort_keys=True),
+        T.SOURCE_REPO: res.repo if res.repo_type == "model" else f"{res.repo_type}s/{res.repo}",
+        T.SOURCE_COMMIT: res.commit,
+        T.SOURCE_PATH: unit.path,
+        T.SOURCE_LAYOUT: unit.layout,
+        T.SOURCE_FILES: json.dumps(hashes, sort_keys=True),
         **extra,
     }
     if res.saelens:
-        tags[f"{SOURCE}.saelens"] = f"{res.saelens['release']}/{res.saelens['sae_id']}"
+        tags[T.SOURCE_SAELENS] = f"{res.saelens['release']}/{res.saelens['sae_id']}"
     return tags
 
 
@@ -595,8 +597,8 @@ def register(
             uri = res.uri(unit)
             if uri in done:  # registered from this very commit and path before: resume
                 info = done[uri]
-                if res.saelens and f"{SOURCE}.saelens" not in info.tags:
-                    extra = {f"{SOURCE}.saelens": f"{res.saelens['release']}/{res.saelens['sae_id']}"}
+                if res.saelens and T.SOURCE_SAELENS not in info.tags:
+                    extra = {T.SOURCE_SAELENS: f"{res.saelens['release']}/{res.saelens['sae_id']}"}
                     _set_source_tags(info, extra)
                     info.tags.update(extra)
                 if tags:  # the caller's tags land on it, as on any identical registration

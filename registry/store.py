@@ -18,25 +18,31 @@ SQLite with a local artifact folder under SAEKIT_HOME; for a team, an MLflow tra
 Loading goes through a content-addressed cache under ``SAEKIT_HOME/cache``; a pinned
 reference (``NAME/VERSION``, ``NAME@sha256:...``) already cached loads without importing
 mlflow or contacting the server.
+
+Parts: settings are ``schemas.settings`` (``current()``); the MLflow backend (client,
+retries, error translation with secret masking; public MLflow API only) is
+``registry.backend``; the content-addressed cache and the pinned-reference index are
+``registry.cache``; tag names are ``registry.tags``. This module is the registry API on
+top: resolve, list_versions, fetch, load_ref, register, set_alias, delete_alias, set_tags,
+record_tags, log_check, check_files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
-import random
 import re
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from saekit.registry import artifact as art
+from saekit.registry import backend, cache
+from saekit.registry import tags as T
 from saekit.registry.refs import Ref, check_name, parse_ref
 from saekit.schemas.settings import Settings, current
 from saekit.schemas import (
@@ -45,7 +51,6 @@ from saekit.schemas import (
     NotFoundError,
     ReferenceSyntaxError,
     RegistryError,
-    SaekitError,
     SAERef,
     safeio,
 )
@@ -55,30 +60,12 @@ if TYPE_CHECKING:
 
     from saekit.kernels import SAE
 
-EXPERIMENT = "saekit-registry"
+EXPERIMENT = backend.EXPERIMENT
 ARTIFACT_PATH = "sae"
 CHECKS_PATH = "checks"
-READY = "saekit.ready"
-SHA = "saekit.sha256"
-FILES = "saekit.files"
-GATE = "saekit.gate"
-GATE_FAILED = "saekit.gate_failed"
-# Tags saekit writes at registration; users cannot override them with --tag.
-RESERVED_TAGS = frozenset(
-    {READY, SHA, FILES, "saekit.architecture", "saekit.d_in", "saekit.d_sae", "saekit.k", "saekit.model",
-     "saekit.model_revision", "saekit.hook", "saekit.schema_version", "saekit.dtype"}
-)
-# Every tag under these prefixes means something to saekit (identity, readiness, gate
-# verdict, headline metrics, where a release was published) and is written only by the
-# code that earns it: registration, ``saekit check`` (log_check) and ``release publish``
-# (record_tags). No user-facing entry point (CLI --tag, saekit.register, set_tags,
-# identical re-registration) accepts them.
-RESERVED_PREFIXES = ("saekit.", "metric.")
-
-
-def is_reserved(key: str) -> bool:
-    """Whether a tag key is saekit's to write (see RESERVED_PREFIXES)."""
-    return key.strip().lower().startswith(RESERVED_PREFIXES)
+# Tag names live in registry.tags; these names stay importable from here.
+READY, SHA, FILES, GATE, GATE_FAILED = T.READY, T.SHA, T.FILES, T.GATE, T.GATE_FAILED
+RESERVED_TAGS, RESERVED_PREFIXES, is_reserved = T.RESERVED_TAGS, T.RESERVED_PREFIXES, T.is_reserved
 
 
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -113,7 +100,9 @@ class VersionInfo:
         return asdict(self)
 
 
-# --- settings ----------------------------------------------------------------------------
+# --- settings and the backend ------------------------------------------------------------
+# Settings are schemas.settings (``current()`` unless given); the MLflow client, retries and
+# error translation are registry.backend; the cache is registry.cache.
 
 
 def home(settings: Settings | None = None) -> Path:
@@ -122,194 +111,32 @@ def home(settings: Settings | None = None) -> Path:
 
 def registry_uri(settings: Settings | None = None) -> str:
     """The MLflow tracking (and registry) URI: SAEKIT_REGISTRY_URI or the embedded SQLite."""
-    settings = settings or current()
-    if settings.registry_uri:
-        return settings.registry_uri
-    return f"sqlite:///{settings.home.resolve() / 'registry' / 'mlflow.db'}"
+    return backend.tracking_uri(settings)
 
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<pw>[^/@\s]*)@")
-_SECRET_PARAM = re.compile(r"(?i)\b(password|passwd|pwd|token|secret)=([^&\s]+)")
-_HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{6,}")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
+mask = backend.mask
+_retry = backend.retry
 
 
-def mask(text: str) -> str:
-    """``text`` with URI passwords, secret query parameters, Hub tokens and
-    Authorization credentials replaced by ***."""
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
-    text = _HF_TOKEN.sub("hf_***", _BEARER.sub(lambda m: f"{m[1]} ***", text))
-    return _SECRET_PARAM.sub(lambda m: f"{m[1]}=***", text)
-
-
-def _registry_key(uri: str) -> str:
-    """A stable folder name for one registry (password stripped before hashing)."""
-    return art.sha256_bytes(_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}@", uri).encode())[:16]
-
-
-def _cache_dir() -> Path:
-    return home() / "cache"
-
-
-# --- MLflow client -----------------------------------------------------------------------
-
-_CLIENTS: dict[str, Any] = {}
-
-
-def _quiet_mlflow() -> None:
-    """MLflow's info logs, warnings and telemetry have no place in saekit's output."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    # Fail in seconds, not minutes, when a server is down (MLflow's default retries ~2 min).
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
-    if current().debug:
-        return
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
-    import mlflow  # noqa: F401 - configures its loggers on import; we lower them after
-
-    for name in ("mlflow", "alembic", "sqlalchemy", "urllib3.connectionpool"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"mlflow(\.|$)")
-    warnings.filterwarnings("ignore", message=r".*[Mm][Ll]flow.*")
+def _backend() -> backend.Backend:
+    return backend.connect(current())
 
 
 def _client() -> MlflowClient:
-    uri = registry_uri()
-    client = _CLIENTS.get(uri)
-    if client is None:
-        _quiet_mlflow()
-        if uri.startswith("sqlite:///"):
-            _seed_sqlite(Path(uri[len("sqlite:///"):]))
-        with _errors():
-            from mlflow import MlflowClient
-
-            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-            if uri.startswith("sqlite:///") and not _sqlite_template().is_file():
-                client.search_experiments(max_results=1)  # creates and migrates the database
-                _save_sqlite_template(Path(uri[len("sqlite:///"):]))
-        _CLIENTS[uri] = client
-    return client
-
-
-def _sqlite_template() -> Path:
-    import mlflow
-
-    return current().cache_dir / f"mlflow-{mlflow.__version__}-empty.db"
-
-
-def _seed_sqlite(db: Path) -> None:
-    """A new embedded registry starts as a copy of an empty, migrated MLflow database:
-    MLflow's schema migrations take seconds, a copy takes milliseconds."""
-    db.parent.mkdir(parents=True, exist_ok=True)
-    template = _sqlite_template()
-    if not db.exists() and template.is_file():
-        tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
-        shutil.copyfile(template, tmp)
-        try:
-            os.link(tmp, db)  # fails if another process created it meanwhile: keep theirs
-        except OSError:
-            pass
-        tmp.unlink()
-
-
-def _save_sqlite_template(db: Path) -> None:
-    template = _sqlite_template()
-    if template.is_file() or not db.is_file():
-        return
-    import sqlite3
-
-    con = sqlite3.connect(db)
-    try:
-        # MLflow creates its "Default" experiment (id 0) with the tables.
-        empty = all(con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] <= (t == "experiments")
-                    for t in ("experiments", "registered_models", "runs")
-                    if con.execute("SELECT 1 FROM sqlite_master WHERE name=?", (t,)).fetchone())
-        migrated = con.execute("SELECT 1 FROM sqlite_master WHERE name='alembic_version'").fetchone()
-    finally:
-        con.close()
-    if not (empty and migrated):
-        return
-    template.parent.mkdir(parents=True, exist_ok=True)
-    tmp = template.with_name(f".{template.name}.{os.getpid()}.tmp")
-    shutil.copyfile(db, tmp)
-    os.replace(tmp, template)
+    return _backend().client
 
 
 def _where() -> str:
-    return f"registry at {mask(registry_uri())}"
+    return backend.where(registry_uri())
 
 
-@contextlib.contextmanager
-def _errors(what: str | None = None) -> Iterator[None]:
+def _errors(what: str | None = None) -> contextlib.AbstractContextManager[None]:
     """Turn MLflow and connection errors into one-line saekit errors with masked URIs."""
-    try:
-        yield
-    except SaekitError:
-        raise
-    except Exception as err:  # noqa: BLE001 - every backend error becomes a RegistryError
-        code = getattr(err, "error_code", None)
-        msg = getattr(err, "message", None) or str(err) or err.__class__.__name__
-        msg = mask(msg.strip().splitlines()[0] if msg.strip() else err.__class__.__name__)
-        if code == "RESOURCE_DOES_NOT_EXIST":
-            raise NotFoundError(msg, where=what) from None
-        if code == "INVALID_PARAMETER_VALUE":
-            raise InputError(msg, where=what) from None
-        raise RegistryError(f"{err.__class__.__name__}: {msg}", where=_where()) from None
+    return backend.errors(what, uri=registry_uri())
 
 
-def _transient(err: Exception) -> bool:
-    text = str(err).lower()
-    return any(
-        s in text
-        for s in ("database is locked", "model version creation error", "could not serialize", "deadlock",
-                  "unique constraint", "duplicate key", "integrityerror", "connection reset", "remotedisconnected",
-                  "503", "502", "504", "429")
-    )
-
-
-def _retry(fn, *args, attempts: int = 12, **kwargs):
-    """Call fn, retrying the transient errors concurrent writers cause (locks, version races)."""
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except SaekitError:
-            raise
-        except Exception as err:  # noqa: BLE001
-            if attempt == attempts - 1 or not _transient(err):
-                raise
-            time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
-_EXPERIMENTS: dict[str, str] = {}
-
-
-def _experiment_id(client: MlflowClient) -> str:
-    uri = registry_uri()
-    if uri not in _EXPERIMENTS:
-        _EXPERIMENTS[uri] = _get_or_create_experiment(client)
-    return _EXPERIMENTS[uri]
-
-
-def _get_or_create_experiment(client: MlflowClient) -> str:
-    exp = _retry(client.get_experiment_by_name, EXPERIMENT)
-    if exp is not None:
-        return exp.experiment_id
-    uri = registry_uri()
-    # A server chooses its own (proxied) artifact root; a database URI gets a local folder.
-    location = None if uri.startswith(("http://", "https://", "databricks")) else (
-        (home().resolve() / "registry" / "artifacts").as_uri()
-    )
-    try:
-        return _retry(client.create_experiment, EXPERIMENT, artifact_location=location)
-    except Exception:  # noqa: BLE001 - another process created it first
-        exp = _retry(client.get_experiment_by_name, EXPERIMENT)
-        if exp is None:
-            raise
-        return exp.experiment_id
+def _cache_dir() -> Path:
+    return cache.root()
 
 
 # --- model versions <-> VersionInfo ------------------------------------------------------
@@ -457,123 +284,50 @@ def list_versions(name: str | None = None) -> list[VersionInfo]:
 # --- the local index of pinned references and the content-addressed cache ---------------
 
 
-def _index_dir(name: str) -> Path:
-    return _cache_dir() / "index" / _registry_key(registry_uri()) / name
-
-
 def _remember(info: VersionInfo) -> None:
     """Record name/version -> sha256 so a pinned reference can later load offline."""
-    path = _index_dir(info.name) / f"{info.version}.json"
-    if path.is_file():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"name": info.name, "version": info.version, "sha256": info.sha256,
-                               "files": info.files}))
-    os.replace(tmp, path)
+    cache.remember(registry_uri(), info.name, info.version, info.sha256, info.files)
 
 
 def _recall(ref: Ref) -> VersionInfo | None:
     """A pinned reference's version from the local index, without asking the registry."""
-    if not ref.pinned or ref.kind not in ("version", "sha256"):
+    d = cache.recall(registry_uri(), ref)
+    if d is None:
         return None
-    folder = _index_dir(ref.name)
-    if ref.kind == "version":
-        paths = [folder / f"{ref.version}.json"]
-    else:
-        paths = sorted(folder.glob("*.json"), key=lambda p: int(p.stem)) if folder.is_dir() else []
-    hits = []
-    for path in paths:
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if ref.kind == "version" or d["sha256"].startswith(ref.sha256_prefix):
-            hits.append(d)
-    if not hits or len({d["sha256"] for d in hits}) > 1:
-        return None
-    d = hits[0]
     return VersionInfo(d["name"], int(d["version"]), d["sha256"], tags={FILES: json.dumps(d["files"])})
 
 
 def cache_path(sha256: str) -> Path:
-    return _cache_dir() / "sha256" / sha256
-
-
-def _artifact_repo(uri: str):
-    """MLflow's artifact repository for ``uri`` (file://, mlflow-artifacts:/ via the server, s3://...)."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    return get_artifact_repository(uri, tracking_uri=registry_uri())
-
-
-def _upload_file(artifact_uri: str, local: Path, artifact_path: str) -> None:
-    """Upload one file under the run's artifact root (one PUT through the server's proxy)."""
-    _retry(_artifact_repo(artifact_uri).log_artifact, str(local), artifact_path)
-
-
-def _download(info: VersionInfo) -> Path:
-    """Download a version's files, verify each against its recorded sha256, move into the cache."""
-    target = cache_path(info.sha256)
-    expected = info.files
-    if not expected:
-        raise IntegrityError("version has no recorded file hashes", where=f"{info.name}/{info.version}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{info.sha256[:12]}.", dir=target.parent))
-    try:
-        client = _client()
-        with _errors(f"{info.name}/{info.version}"):
-            local = staging / ARTIFACT_PATH
-            local.mkdir()
-            if info.source:
-                repo = _artifact_repo(info.source)
-                for fname in expected:  # one GET per file, no directory listings
-                    _retry(repo._download_file, fname, str(local / fname))
-            else:
-                local = Path(_retry(client.download_artifacts, info.run_id, ARTIFACT_PATH, str(staging)))
-        art.verify_files(local, expected, where=f"{info.name}/{info.version} in the registry store")
-        if art.combine(expected) != info.sha256:
-            raise IntegrityError("recorded file hashes do not add up to the version's sha256",
-                                 where=f"{info.name}/{info.version}")
-        for stray in set(p.name for p in local.iterdir()) - set(expected):
-            (local / stray).unlink()
-        if _cached_ok(info) is None:  # a valid entry stays (readers may be using it)
-            try:
-                os.replace(local, target)
-            except OSError:  # another process filled it meanwhile; theirs is verified too
-                if _cached_ok(info) is None:
-                    raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return cache.path(sha256)
 
 
 def _cached_ok(info: VersionInfo) -> Path | None:
     """The cache entry of ``info`` if every file matches its recorded sha256, else evict it."""
-    folder = cache_path(info.sha256)
-    if folder.is_dir():
-        files = info.files
-        try:
-            if files and art.combine(files) == info.sha256:
-                art.verify_files(folder, files, where=str(folder))
-                return folder
-            if not files and art.artifact_sha256(folder) == info.sha256:
-                return folder
-        except (IntegrityError, NotFoundError):
-            pass
-        _evict(info.sha256)
-    return None
+    return cache.verified(info.sha256, info.files)
 
 
-def _evict(sha256: str) -> None:
-    folder = cache_path(sha256)
-    if folder.exists():
-        trash = folder.with_name(f".evicted.{sha256[:12]}.{os.getpid()}.{random.randrange(1 << 30)}")
-        try:
-            os.replace(folder, trash)
-        except OSError:
-            return
-        shutil.rmtree(trash, ignore_errors=True)
+def _upload_file(run_id: str, local: Path, artifact_path: str) -> None:
+    """Upload one file under the run's artifact root (one PUT through the server's proxy)."""
+    _backend().upload_file(run_id, local, artifact_path)
+
+
+def _download(info: VersionInfo) -> Path:
+    """Download a version's files, verify each against its recorded sha256, move into the cache."""
+    expected = info.files
+    where = f"{info.name}/{info.version}"
+    if not expected:
+        raise IntegrityError("version has no recorded file hashes", where=where)
+    with cache.staging(info.sha256) as staging:
+        b = _backend()
+        with _errors(where):
+            local = staging / ARTIFACT_PATH
+            local.mkdir()
+            if info.source:
+                for fname in expected:  # one file each, by name
+                    b.download_file(f"{info.source.rstrip('/')}/{fname}", local)
+            else:
+                local = b.download_run_folder(info.run_id, ARTIFACT_PATH, staging)
+        return cache.add(local, info.sha256, expected, where=where)
 
 
 def fetch(ref: str | Ref) -> Path:
@@ -605,7 +359,7 @@ def load_ref(ref: Ref | str) -> SAE:
         try:
             sae = art.load_artifact(cache_path(info.sha256), expected_sha256=info.sha256)
         except (IntegrityError, NotFoundError):
-            _evict(info.sha256)  # corrupt cache entry: fetch it again below
+            cache.evict(info.sha256)  # corrupt cache entry: fetch it again below
             sae = None
     if sae is None:
         info = resolve(ref)
@@ -622,15 +376,15 @@ def _meta_tags(cfg: Any, sha: str, hashes: dict[str, str]) -> dict[str, str]:
     tags = {
         SHA: sha,
         FILES: json.dumps(hashes, sort_keys=True),
-        "saekit.architecture": cfg.architecture,
-        "saekit.d_in": str(cfg.d_in),
-        "saekit.d_sae": str(cfg.d_sae),
-        "saekit.k": "" if cfg.k is None else str(cfg.k),
-        "saekit.dtype": cfg.dtype,
-        "saekit.model": cfg.model_name or "",
-        "saekit.model_revision": cfg.model_revision or "",
-        "saekit.hook": cfg.hook_name or "",
-        "saekit.schema_version": cfg.schema_version,
+        T.ARCHITECTURE: cfg.architecture,
+        T.D_IN: str(cfg.d_in),
+        T.D_SAE: str(cfg.d_sae),
+        T.K: "" if cfg.k is None else str(cfg.k),
+        T.DTYPE: cfg.dtype,
+        T.MODEL: cfg.model_name or "",
+        T.MODEL_REVISION: cfg.model_revision or "",
+        T.HOOK: cfg.hook_name or "",
+        T.SCHEMA_VERSION: cfg.schema_version,
     }
     return {k: v for k, v in tags.items() if v != ""}
 
@@ -718,32 +472,18 @@ def _stage(src: Path, dest: Path) -> Path:
     return dest
 
 
-_KNOWN_MODELS: set[tuple[str, str]] = set()
-
-
-def _ensure_model(client: MlflowClient, name: str) -> None:
-    key = (registry_uri(), name)
-    if key in _KNOWN_MODELS:
-        return
-    try:
-        _retry(client.create_registered_model, name)
-    except Exception as err:  # noqa: BLE001
-        if getattr(err, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
-            raise
-    _KNOWN_MODELS.add(key)
-
-
 def _register_new(client, name, folder, hashes, sha, cfg, user_tags, description) -> VersionInfo:
     from mlflow.entities import RunStatus
 
-    _ensure_model(client, name)
-    run = _retry(client.create_run, _experiment_id(client), run_name=name, tags={"saekit.name": name, SHA: sha})
+    b = _backend()
+    b.ensure_model(name)
+    run = _retry(client.create_run, b.experiment_id(), run_name=name, tags={T.NAME: name, SHA: sha})
     run_id = run.info.run_id
     source = f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}"
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         for fname in sorted(hashes):
-            _upload_file(run.info.artifact_uri, folder / fname, ARTIFACT_PATH)
+            _upload_file(run_id, folder / fname, ARTIFACT_PATH)
         # Verify the upload by reading it back; the verified copy becomes the cache entry.
         _download(VersionInfo(name, 0, sha, tags={FILES: json.dumps(hashes)}, run_id=run_id, source=source))
         tags = {**user_tags, **_meta_tags(cfg, sha, hashes)}

@@ -25,6 +25,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from saekit.harness.gate import apply as apply_gate, failing_text
+from saekit.registry import tags as T
 from saekit.registry.artifact import sha256_file
 from saekit.releases.manifest import load_manifest
 from saekit.releases.ecosystem import write_saelens_registry
@@ -83,43 +85,20 @@ def read_cards(path: Path) -> list[dict[str, Any]]:
 # --- gate ------------------------------------------------------------------------------
 
 
-def _failing(verdict: Any) -> str:
-    return "; ".join(
-        f"{r.rule.metric} {'unmeasured' if r.measured is None else f'{r.measured:.4g}'} fails {r.rule}"
-        for r in verdict.failing
-    )
-
-
-def _apply_gate(policy: Any, record: BenchmarkRecord) -> Any:
-    """The harness' gate (saekit.harness.gate.apply) applied to a record."""
-    try:
-        from saekit.harness.gate import apply
-    except ImportError:  # harness without a gate module: the same rule, applied here
-        from saekit.schemas import GateVerdict, RuleResult
-
-        results = [
-            RuleResult(rule=r, measured=record.metric(r.metric),
-                       passed=record.metric(r.metric) is not None and r.holds(record.metric(r.metric)))
-            for r in policy.rules
-        ]
-        return GateVerdict(passed=all(x.passed for x in results), results=results)
-    return apply(policy, record)
-
-
 def _gate(manifest: ReleaseManifest, ref: str, info: Any, *, run_checks: bool, where: str) -> Any:
     """The version's gate must pass: recorded, or checked now when none is recorded."""
     from saekit.registry import store
 
-    gate = info.tags.get(store.GATE)
+    gate = info.tags.get(T.GATE)
     if gate is None and run_checks:
         from saekit.harness.check import check
 
         say(f"release: no check recorded for {info.name}/{info.version}; running saekit check")
         check(f"{info.name}/{info.version}", policy=manifest.gate)
         info = store.resolve(f"{info.name}/{info.version}")
-        gate = info.tags.get(store.GATE)
+        gate = info.tags.get(T.GATE)
     if gate != "pass":
-        why = info.tags.get(store.GATE_FAILED) or ("no check recorded" if gate is None else gate)
+        why = info.tags.get(T.GATE_FAILED) or ("no check recorded" if gate is None else gate)
         raise GateFailedError(f"gate failed for '{ref}' ({info.name}/{info.version}): {why}", where=where)
     return info
 
@@ -214,14 +193,14 @@ def _write_saes(manifest, tmp: Path, store, run_checks: bool, cards_per_shard: i
         safeio.copy_file(checks["eval.json"].parent, checks["eval.json"].name, dest / "eval.json")
         records[rs.sae_id] = json.loads((dest / "eval.json").read_text())
         if manifest.gate.rules:
-            verdict = _apply_gate(manifest.gate, record)
+            verdict = apply_gate(manifest.gate, record)
         else:
             verdict = record.gate
             if verdict is None:
                 raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): the check record has no gate verdict",
                                       where=where)
         if not verdict.passed:
-            raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): {_failing(verdict)}", where=where)
+            raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): {failing_text(verdict)}", where=where)
         src = Path(store.fetch(pinned))
         for name in ARTIFACT_FILES:
             if safeio.exists(src, name):

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saekit.registry import tags as T
 from saekit.releases.bundle import SUMS, parse_sums, read_sums, verify
 from saekit.schemas import GateFailedError, InputError, PublishError, safeio
 from saekit.schemas.console import say
@@ -206,7 +207,7 @@ def _record(release: dict[str, Any], repo_id: str, tag: str, commit: str | None)
             info = store.resolve(f"{reg['name']}/{reg['version']}")
             if info.sha256 != s["sha256"]:
                 continue
-            want = {"saekit.hub_commit": commit or "", "saekit.hub_repo": repo_id, "saekit.hub_tag": tag}
+            want = {T.HUB_COMMIT: commit or "", T.HUB_REPO: repo_id, T.HUB_TAG: tag}
             if any(info.tags.get(k) != v for k, v in want.items()):
                 store.record_tags(reg["name"], int(reg["version"]), want)
             done.append(f"{reg['name']}/{reg['version']}")

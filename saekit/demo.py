@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from saekit.registry import tags as T
 from saekit.schemas import GatePolicy, InputError
 from saekit.schemas.console import say
 from saekit.schemas.settings import Settings, current, use_settings
@@ -92,7 +93,7 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
     policy = GatePolicy.model_validate({"rules": DEMO_RULES[size]})
     pinned = f"{name}/{info.version}"
     checked_now = False
-    if info.tags.get("saekit.gate") is None:
+    if info.tags.get(T.GATE) is None:
         _progress(f"checking {pinned} (metrics, feature cards, benchmark record, gate)")
         from saekit.harness.check import check
 
@@ -103,14 +104,14 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
         checked_now = True
         info = store.resolve(pinned)
     else:
-        _progress(f"{pinned} already checked (gate {info.tags['saekit.gate']}); reusing its record")
-    metrics = {k[len("metric."):]: float(v) for k, v in sorted(info.tags.items()) if k.startswith("metric.")}
-    summary["check"] = {"gate": info.tags.get("saekit.gate"), "failed": info.tags.get("saekit.gate_failed"),
-                        "eval_id": info.tags.get("saekit.eval_id"), "metrics": metrics, "ran": checked_now,
+        _progress(f"{pinned} already checked (gate {info.tags[T.GATE]}); reusing its record")
+    metrics = {k[len(T.METRIC_PREFIX):]: float(v) for k, v in sorted(info.tags.items()) if k.startswith(T.METRIC_PREFIX)}
+    summary["check"] = {"gate": info.tags.get(T.GATE), "failed": info.tags.get(T.GATE_FAILED),
+                        "eval_id": info.tags.get(T.EVAL_ID), "metrics": metrics, "ran": checked_now,
                         "policy": [str(r) for r in policy.rules]}
     step("check", t)
-    if info.tags.get("saekit.gate") != "pass":
-        _progress(f"gate failed for {pinned}: {info.tags.get('saekit.gate_failed')}; not releasing")
+    if info.tags.get(T.GATE) != "pass":
+        _progress(f"gate failed for {pinned}: {info.tags.get(T.GATE_FAILED)}; not releasing")
         summary["total_s"] = round(time.perf_counter() - t0, 2)
         return summary
 

@@ -11,6 +11,7 @@ from typing import List, Optional
 import typer
 
 from saekit.cli.app import JSON_OPTION, alias_app, app, emit
+from saekit.registry import tags as T
 from saekit.schemas import InputError
 
 FORMAT_HELP = "saekit | saelens | sparsify | gemmascope | openai"
@@ -28,11 +29,11 @@ def _parse_tags(pairs: List[str]) -> dict[str, str]:
 
 def _version_text(info) -> str:
     t = info.tags
-    shape = f"{t.get('saekit.architecture', '?')} {t.get('saekit.d_in', '?')}x{t.get('saekit.d_sae', '?')}"
-    if t.get("saekit.k"):
-        shape += f" k={t['saekit.k']}"
+    shape = f"{t.get(T.ARCHITECTURE, '?')} {t.get(T.D_IN, '?')}x{t.get(T.D_SAE, '?')}"
+    if t.get(T.K):
+        shape += f" k={t[T.K]}"
     aliases = ",".join(info.aliases) or "-"
-    gate = t.get("saekit.gate", "-")
+    gate = t.get(T.GATE, "-")
     return f"{info.name}/{info.version}\t{info.sha256[:12]}\t{shape}\t@{aliases}\tgate={gate}"
 
 
@@ -155,7 +156,7 @@ def show_cmd(ref: str = typer.Argument(...), json_out: bool = JSON_OPTION) -> No
              f"source: {store.mask(info.source or '')}"]
     if info.description:
         lines.append(f"description: {info.description}")
-    lines += [f"  {k} = {v}" for k, v in sorted(info.tags.items()) if k != store.FILES]
+    lines += [f"  {k} = {v}" for k, v in sorted(info.tags.items()) if k != T.FILES]
     emit(info.to_dict(), json_out, "\n".join(lines))
 
 

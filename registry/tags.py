@@ -1,0 +1,69 @@
+"""Every registry tag name saekit reads or writes, in one place (like mlflow's mlflow_tags).
+
+Tags under ``saekit.`` and ``metric.`` carry meaning and are written only by the code that
+earns them: registration (identity, shape, readiness, provenance), the check (verdict,
+headline metrics) and the release (where it was published). No user-facing entry point
+(CLI ``--tag``, ``saekit.register``, ``set_tags``) accepts them; see ``is_reserved``.
+"""
+
+from __future__ import annotations
+
+# Prefixes: every tag under these is saekit's to write.
+PREFIX = "saekit."
+METRIC_PREFIX = "metric."  # the check: one tag per headline metric, ``metric.<name>``
+RESERVED_PREFIXES = (PREFIX, METRIC_PREFIX)
+
+# --- registration (registry.store) -----------------------------------------------------
+READY = "saekit.ready"  # "true" once the files were uploaded, read back and verified
+SHA = "saekit.sha256"  # the artifact's sha256 (also a tag of its MLflow run)
+FILES = "saekit.files"  # JSON {filename: sha256} of the artifact's files
+NAME = "saekit.name"  # on the MLflow run: the registered model it belongs to
+ARCHITECTURE = "saekit.architecture"
+D_IN = "saekit.d_in"
+D_SAE = "saekit.d_sae"
+K = "saekit.k"
+DTYPE = "saekit.dtype"
+MODEL = "saekit.model"
+MODEL_REVISION = "saekit.model_revision"
+HOOK = "saekit.hook"
+SCHEMA_VERSION = "saekit.schema_version"
+
+# Tags registration writes; users cannot override them with --tag.
+RESERVED_TAGS = frozenset(
+    {READY, SHA, FILES, ARCHITECTURE, D_IN, D_SAE, K, MODEL, MODEL_REVISION, HOOK, SCHEMA_VERSION, DTYPE}
+)
+
+# --- registration from a source (registry.hub_source): provenance ----------------------
+SOURCE = "saekit.source"  # the pinned source URI (hf://ORG/REPO@COMMIT/PATH)
+SOURCE_REPO = "saekit.source.repo"
+SOURCE_COMMIT = "saekit.source.commit"
+SOURCE_PATH = "saekit.source.path"
+SOURCE_LAYOUT = "saekit.source.layout"
+SOURCE_FILES = "saekit.source.files"  # JSON {filename: sha256} of the source files
+SOURCE_SAELENS = "saekit.source.saelens"  # RELEASE/SAE_ID when named through SAELens
+SOURCE_SAELENS_CFG = "saekit.source.saelens_cfg"
+SOURCE_SAELENS_OVERRIDES = "saekit.source.saelens_overrides"
+SOURCE_AVERAGE_L0 = "saekit.source.average_l0"  # Gemma Scope
+SOURCE_WIDTH = "saekit.source.width"  # Gemma Scope
+SOURCE_LAYER = "saekit.source.layer"  # Gemma Scope
+
+# --- the check (harness.check, through registry.store.log_check) ------------------------
+EVAL_ID = "saekit.eval_id"  # the BenchmarkRecord's eval_id
+GATE = "saekit.gate"  # "pass" or "fail"
+GATE_FAILED = "saekit.gate_failed"  # the failing rules with their measured values
+
+
+def metric(name: str) -> str:
+    """The tag of a headline metric (written by the check)."""
+    return f"{METRIC_PREFIX}{name}"
+
+
+# --- the release (releases.publish, through registry.store.record_tags) -----------------
+HUB_COMMIT = "saekit.hub_commit"
+HUB_REPO = "saekit.hub_repo"
+HUB_TAG = "saekit.hub_tag"
+
+
+def is_reserved(key: str) -> bool:
+    """Whether a tag key is saekit's to write (see RESERVED_PREFIXES)."""
+    return key.strip().lower().startswith(RESERVED_PREFIXES)
