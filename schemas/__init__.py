@@ -40,6 +40,7 @@ from saekit.schemas.errors import (
     ReferenceSyntaxError,
     RegistryError,
     SaekitError,
+    UnsupportedSAEError,
 )
 from saekit.schemas.release import (
     BaseModelRef,

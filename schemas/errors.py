@@ -35,6 +35,12 @@ class ArtifactFormatError(InputError):
     """A file that is not what it claims: ``sae_weights.safetensors: header truncated``."""
 
 
+class UnsupportedSAEError(ArtifactFormatError):
+    """A saved SAE setting saekit does not compute exactly as sae-lens, refused rather than
+    loaded with different maths: ``cfg.json: normalize_activations 'covariance_whitening' is
+    not supported (...)``."""
+
+
 class NotFoundError(SaekitError, LookupError):
     """A name, version, alias or file that does not exist: ``no version 7 of 'my-sae'``."""
 
