@@ -312,6 +312,10 @@ def weight_metrics(sae: Any) -> dict[str, Any]:
     from saekit.kernels.architectures import architecture
 
     W_enc, W_dec = sae.W_enc.detach().float().cpu(), sae.W_dec.detach().float().cpu()
+    if sae.cfg.normalize_activations == "expected_average_only_in":
+        # the weights sae-lens holds for it: the scaling factor folded in
+        # (sae.py SAE.fold_activation_norm_scaling_factor: W_enc *= s, W_dec /= s)
+        W_enc, W_dec = W_enc * sae.cfg.norm_scaling_factor, W_dec / sae.cfg.norm_scaling_factor
     unit_enc = W_enc / W_enc.norm(dim=0, keepdim=True)
     unit_dec = W_dec.T / W_dec.T.norm(dim=0, keepdim=True)
     bias = sae.tensors[architecture(sae.cfg).encoder_bias].detach().float().cpu()
