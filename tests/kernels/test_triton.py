@@ -143,6 +143,8 @@ def test_normalised_and_low_precision_saes_follow_the_reference(arch, norm, fact
     reference's single definition: sae-lens' maths for an SAE of that dtype)."""
     from saekit.kernels import SAE
 
+    if dtype == torch.bfloat16 and device != "cuda":
+        pytest.skip("Triton's CPU interpreter computes bf16 loads wrongly (numpy has no bf16): bf16 runs on a GPU")
     base = make_sae(arch, 20, 48, 5 if arch == "topk" else None, seed=seed, device=device, dtype=dtype)
     sae = SAE(base.cfg.model_copy(update={"normalize_activations": norm, "norm_scaling_factor": factor}), base.tensors)
     x = make_x(13, 20, seed=seed, device=device) * 3 + 0.5
