@@ -29,6 +29,7 @@ from saekit.schemas import (
 )
 from saekit.schemas.console import say
 from saekit.schemas.settings import current
+from saekit.schemas.version import __version__
 
 DEFAULT_TOKENS = 8192
 DEFAULT_CONTEXT = 128
@@ -138,7 +139,7 @@ def check(
     expect_sha = None
     if from_record is not None:
         old = read_record(from_record)
-        cfg = old.eval_config
+        cfg = old.config()
         ref = ref or cfg.get("sae_ref")
         expect_sha = old.sae.sha256
         n_tokens = cfg.get("n_tokens", n_tokens)
@@ -177,9 +178,9 @@ def _check(
 
     from saekit.harness import gate as gate_mod
     from saekit.harness.cards import build_cards, merge_annotations, read_annotations, select_latents, write_cards
-    from saekit.harness.metrics import CATEGORIES, DEFINITIONS, evaluate
+    from saekit.harness.metrics import evaluate
     from saekit.harness.model import DEFAULT_MODEL_ID, load_lm
-    from saekit.harness.record import hardware, package_versions, torch_threads
+    from saekit.harness.record import torch_threads
     from saekit.harness.text import token_set
 
     t_start = time.perf_counter()
@@ -252,15 +253,8 @@ def _check(
         n_cards = len(card_list)
         phases["cards"] = time.perf_counter() - t
 
-    metrics = {k: v for k, v in run.metrics.items() if v == v and abs(v) != float("inf")}
-    by_cat = {cat: {n: metrics[n] for n in names if n in metrics} for cat, names in CATEGORIES.items()}
-    by_cat = {c: m for c, m in by_cat.items() if m}
-    by_cat["token_stats"] = {
-        "total_tokens_eval": float(run.counts["tokens"]),
-        "total_positions_ce": float(run.counts.get("ce_positions", 0)),
-    }
     total = time.perf_counter() - t_start
-    eval_cfg = {
+    check_cfg = {
         "sae_ref": ref,
         "model_id": info.id,
         "hook_name": hook,
@@ -269,32 +263,28 @@ def _check(
         "exclude_special_tokens": True,
         "downstream": downstream,
         "device": device,
-        "dtype": "float32",
+        "dtype": str(sae_dev.dtype).removeprefix("torch."),
         "kernels": current().kernels,
         "torch_threads": torch_threads(),
         "cards": {"enabled": cards, "latents": cards_latents, "downstream_latents": downstream_latents,
                   "n_examples": n_examples, "n_cards": n_cards},
     }
-    record = BenchmarkRecord(
-        eval_type_id="core",
-        eval_config=eval_cfg,
-        eval_id=eval_id,
-        datetime_epoch_millis=int(time.time() * 1000),
-        eval_result_metrics=by_cat,
-        eval_result_details=[],
-        sae_lens_id=None,
-        sae_cfg_dict=sae.cfg.to_saelens_dict(),
-        sae=sae_ref,
-        metric_definitions={k: DEFINITIONS[k] for k in metrics if k in DEFINITIONS},
-        seeds={"data": seed, "torch": seed},
-        model=info.model_info(hook),
+    n_batches = run.counts["batches"]
+    bench_cfg = saebench_config(
+        model_name=info.id, llm_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        batch_size=batch_size, n_batches=n_batches, dataset=tokens.source, context_size=tokens.context_size,
+        downstream=downstream,
+    )
+    record = _record(
+        sae, sae_ref, run.metrics, run.latents, downstream=downstream, check_cfg=check_cfg, bench_cfg=bench_cfg,
+        eval_id=eval_id, seed=seed, model=info.model_info(hook),
         data=DataInfo(source=tokens.source, fingerprint=tokens.fingerprint, n_tokens=tokens.n_tokens,
                       context_size=tokens.context_size),
-        packages=package_versions(),
-        hardware=hardware(device),
+        device=device,
         timings=Timings(total_s=total, tokens_per_s=tokens.n_tokens / phases["eval"] if phases["eval"] else None,
                         phases=phases),
     )
+    metrics = record_metrics(record)
     return _finish(record, pol, out, cards_path, log, sae, metrics, eval_id)
 
 
@@ -304,39 +294,30 @@ def _check_shards(
 ) -> CheckResult:
     """The check on stored activation shards: reconstruction and sparsity metrics only."""
     from saekit.harness.activations import ShardActivationSource
-    from saekit.harness.metrics import CATEGORIES, DEFINITIONS, evaluate_activations
-    from saekit.harness.record import hardware, package_versions, torch_threads
+    from saekit.harness.metrics import evaluate_activations
+    from saekit.harness.record import torch_threads
     from saekit.schemas import ModelInfo, SAERef
 
     t = time.perf_counter()
     source = ShardActivationSource(folder)
-    metrics, stats = evaluate_activations(sae, source)
+    metrics, stats, latents = evaluate_activations(sae, source)
     phases["eval"] = time.perf_counter() - t
     eval_id = uuid.uuid4().hex
     out = Path(out_dir) if out_dir is not None else _home() / "checks" / eval_id
     out.mkdir(parents=True, exist_ok=True)
-    by_cat = {cat: {n: metrics[n] for n in names if n in metrics} for cat, names in CATEGORIES.items()}
-    by_cat = {c: m for c, m in by_cat.items() if m}
-    by_cat["token_stats"] = {"total_tokens_eval": float(stats.n_tokens)}
-    record = BenchmarkRecord(
-        eval_type_id="core",
-        eval_config={"sae_ref": ref, "activations": str(folder), "hook_name": source.hook_name,
-                     "exclude_token_ids": source.exclude_token_ids, "downstream": False, "device": "cpu",
-                     "dtype": "float32", "torch_threads": torch_threads(), "seed": seed},
-        eval_id=eval_id,
-        datetime_epoch_millis=int(time.time() * 1000),
-        eval_result_metrics=by_cat,
-        sae_cfg_dict=sae.cfg.to_saelens_dict(),
-        sae=sae.ref or SAERef(name=folder.name, d_sae=sae.cfg.d_sae),
-        metric_definitions={k: DEFINITIONS[k] for k in metrics if k in DEFINITIONS},
-        seeds={"data": seed, "torch": seed},
+    check_cfg = {"sae_ref": ref, "activations": str(folder), "hook_name": source.hook_name,
+                 "exclude_token_ids": source.exclude_token_ids, "downstream": False, "device": "cpu",
+                 "dtype": str(sae.dtype).removeprefix("torch."), "torch_threads": torch_threads(), "seed": seed}
+    record = _record(
+        sae, sae.ref or SAERef(name=folder.name, d_sae=sae.cfg.d_sae), metrics, latents, downstream=False,
+        check_cfg=check_cfg, bench_cfg={}, eval_id=eval_id, seed=seed,
         model=ModelInfo(id=sae.cfg.model_name or "unknown", revision=sae.cfg.model_revision, hook_name=source.hook_name),
         data=DataInfo(source=source.describe(), fingerprint=source.fingerprint, n_tokens=stats.n_tokens),
-        packages=package_versions(),
-        hardware=hardware("cpu"),
+        device="cpu",
         timings=Timings(total_s=time.perf_counter() - t_start,
                         tokens_per_s=stats.n_tokens / phases["eval"] if phases["eval"] else None, phases=phases),
     )
+    metrics = record_metrics(record)
     return _finish(record, pol, out, None, log, sae, metrics, eval_id)
 
 
@@ -353,7 +334,12 @@ def _finish(
         verdict = gate_mod.apply(pol, record)
         record = record.model_copy(update={"gate": verdict})
     record_path = out / "eval.json"
-    record_path.write_text(record.model_dump_json(indent=2, exclude_none=True) + "\n", encoding="utf-8")
+    text = record.to_json(indent=2) + "\n"
+    record_path.write_text(text, encoding="utf-8")
+    if record.eval_type_id == "core":
+        # the name SAEBench's graphing utilities look for: {sae_release}_{sae_id}_eval_results.json
+        # (sae_bench/sae_bench_utils/graphing_utils.py, general_utils.py)
+        (out / saebench_filename(record)).write_text(text, encoding="utf-8")
 
     logged = False
     if log and sae.ref is not None and sae.ref.version is not None:
@@ -369,6 +355,112 @@ def _finish(
         store.log_check(sae.ref.name, int(sae.ref.version), metrics=metrics, files=files, tags=tags)
         logged = True
     return CheckResult(record=record, verdict=verdict, record_path=record_path, cards_path=cards_path, logged=logged)
+
+
+CORE = "core"  # SAEBench's EVAL_TYPE_ID_CORE
+CORE_NO_DOWNSTREAM = "saekit_core_no_downstream"  # no CE/KL: not a complete SAEBench core record
+
+
+def saebench_config(*, model_name: str, llm_dtype: str, batch_size: int, n_batches: int, dataset: str,
+                    context_size: int | None, downstream: bool) -> dict[str, Any]:
+    """SAEBench's CoreEvalConfig (sae_bench/evals/core/eval_config.py) describing this check:
+    every batch feeds both the reconstruction and the sparsity/variance metrics."""
+    return {
+        "model_name": model_name,
+        "llm_dtype": llm_dtype,
+        "batch_size_prompts": batch_size,
+        "n_eval_reconstruction_batches": n_batches if downstream else 0,
+        "n_eval_sparsity_variance_batches": n_batches,
+        "dataset": dataset,
+        "context_size": context_size or 0,
+        "compute_kl": downstream,
+        "compute_ce_loss": downstream,
+        "compute_l2_norms": True,
+        "compute_sparsity_metrics": True,
+        "compute_variance_metrics": True,
+        "compute_featurewise_density_statistics": True,
+        "compute_featurewise_weight_based_metrics": True,
+        "exclude_special_tokens_from_reconstruction": True,
+        "verbose": False,
+    }
+
+
+def saebench_filename(record: BenchmarkRecord) -> str:
+    release = record.sae_lens_release_id or record.sae.name
+    sae_id = record.sae_lens_id or (str(record.sae.version) if record.sae.version is not None else "local")
+    safe = lambda t: "".join(c if c.isalnum() or c in "-._" else "_" for c in t)  # noqa: E731
+    return f"{safe(release)}_{safe(sae_id)}_eval_results.json"
+
+
+def _finite(v: float) -> bool:
+    return v == v and abs(v) != float("inf")
+
+
+def record_metrics(record: BenchmarkRecord) -> dict[str, float]:
+    """Every finite metric of a record, flat."""
+    return {k: v for cat in record.eval_result_metrics.values() for k, v in cat.items() if _finite(v)}
+
+
+def _record(
+    sae: Any, sae_ref: Any, metrics: dict[str, float], latents: dict[str, list[float]], *, downstream: bool,
+    check_cfg: dict[str, Any], bench_cfg: dict[str, Any], eval_id: str, seed: int, model: Any, data: Any,
+    device: str, timings: Any,
+) -> BenchmarkRecord:
+    """The BenchmarkRecord of a check: SAEBench's categories and per-latent details, NaN
+    written as -1 under SAEBench's names (core/main.py replace_nans_with_negative_one)."""
+    from saekit.harness.metrics import CATEGORIES, DEFINITIONS, SAEBENCH_METRICS, SAELENS_VERSION, SAEBENCH_VERSION
+    from saekit.harness.record import hardware, package_versions
+
+    by_cat: dict[str, dict[str, float]] = {}
+    for cat, names in CATEGORIES.items():
+        got = {}
+        for n in names:
+            if n not in metrics:
+                continue
+            v = float(metrics[n])
+            if not _finite(v):
+                if n not in SAEBENCH_METRICS[cat]:
+                    continue
+                v = -1.0
+            got[n] = v
+        if got:
+            by_cat[cat] = got
+    for n in ("total_tokens_eval_reconstruction", "total_tokens_eval_sparsity_variance", "total_tokens_evaluated"):
+        if n in by_cat.get("token_stats", {}):
+            by_cat["token_stats"][n] = int(by_cat["token_stats"][n])
+    details = []
+    # SAEBench rounds every per-latent value to 10 decimals (core/main.py DEFAULT_FLOAT_PRECISION)
+    keys = ("feature_density", "consistent_activation_heuristic", "encoder_bias", "encoder_norm",
+            "encoder_decoder_cosine_sim", "max_decoder_cosine_sim", "max_encoder_cosine_sim")
+    for i in range(sae.cfg.d_sae):
+        row: dict[str, Any] = {"index": i}
+        for k in keys:
+            v = latents[k][i]
+            row[k] = round(v, 10) if _finite(v) else -1.0
+        details.append(row)
+    used = {n for cat in by_cat.values() for n in cat}
+    return BenchmarkRecord(
+        eval_type_id=CORE if downstream else CORE_NO_DOWNSTREAM,
+        eval_config=bench_cfg,
+        check_config=check_cfg,
+        eval_id=eval_id,
+        datetime_epoch_millis=int(time.time() * 1000),
+        eval_result_metrics=by_cat,
+        eval_result_details=details,
+        sae_bench_commit_hash=f"none: saekit {__version__}, sae-bench {SAEBENCH_VERSION} definitions",
+        sae_lens_id=None,
+        sae_lens_release_id=None,
+        sae_lens_version=SAELENS_VERSION,
+        sae_cfg_dict=sae.cfg.to_saelens_dict(),
+        sae=sae_ref,
+        metric_definitions={k: DEFINITIONS[k] for k in sorted(used) if k in DEFINITIONS},
+        seeds={"data": seed, "torch": seed},
+        model=model,
+        data=data,
+        packages=package_versions(),
+        hardware=hardware(device),
+        timings=timings,
+    )
 
 
 _CHECK_ARGS = set(_check.__code__.co_varnames[: _check.__code__.co_argcount])

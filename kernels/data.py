@@ -10,22 +10,8 @@ from typing import NamedTuple, TypeVar
 
 import torch
 
+from saekit.kernels import architectures as archs
 from saekit.schemas import InputError, SAEConfig, SAERef
-
-# Tensor names and shapes of the canonical artifact (SAELens layout).
-_SHAPES = {
-    "W_enc": ("d_in", "d_sae"),
-    "b_enc": ("d_sae",),
-    "W_dec": ("d_sae", "d_in"),
-    "b_dec": ("d_in",),
-    "threshold": ("d_sae",),  # jumprelu
-    # gated (SAELens GatedSAE names): b_gate replaces b_enc
-    "b_gate": ("d_sae",),
-    "r_mag": ("d_sae",),
-    "b_mag": ("d_sae",),
-}
-_EXTRA = {"jumprelu": ["threshold"], "gated": ["b_gate", "r_mag", "b_mag"]}
-
 
 class SparseCode(NamedTuple):
     """The active latents of each token."""
@@ -34,6 +20,16 @@ class SparseCode(NamedTuple):
     """[n, k] activations of the kept latents (>= 0; 0 marks padding for non-TopK SAEs)."""
     indices: torch.Tensor
     """[n, k] int64 latent ids, ordered by value descending, ties by lower index."""
+    out_scale: torch.Tensor | None = None
+    """[n, 1] input normalisation undone at decode: x_hat = y * out_scale + out_shift
+    (layer_norm: std; constant_norm_rescale: ||x|| / sqrt(d_in); None: no normalisation)."""
+    out_shift: torch.Tensor | None = None
+    """[n, 1] (layer_norm: the mean of x) or None."""
+
+    def rows(self, sel) -> SparseCode:
+        """The code of some tokens (a boolean mask or index over rows)."""
+        pick = lambda t: None if t is None else t[sel]  # noqa: E731
+        return SparseCode(self.values[sel], self.indices[sel], pick(self.out_scale), pick(self.out_shift))
 
 
 _S = TypeVar("_S", bound="SAEData")
@@ -51,17 +47,16 @@ class SAEData:
     ):
         self.cfg = cfg
         self.ref = ref
-        dims = {"d_in": cfg.d_in, "d_sae": cfg.d_sae}
-        needed = ["W_enc", "W_dec", "b_dec"] + _EXTRA.get(cfg.architecture, [])
-        if cfg.architecture != "gated":
-            needed.append("b_enc")
-        for name in needed:
+        archs.check_supported(cfg, where="cfg")
+        shapes = archs.shapes(cfg)
+        for name in archs.architecture(cfg).tensors:
             if name not in tensors:
                 raise InputError(f"missing tensor {name!r}", where="sae_weights")
         for name, t in tensors.items():
-            want = tuple(dims[d] for d in _SHAPES.get(name, ()))
-            if name in _SHAPES and tuple(t.shape) != want:
-                raise InputError(f"tensor {name!r} has shape {tuple(t.shape)}, expected {want}", where="sae_weights")
+            if name in shapes and tuple(t.shape) != shapes[name]:
+                raise InputError(
+                    f"tensor {name!r} has shape {tuple(t.shape)}, expected {shapes[name]}", where="sae_weights"
+                )
         self.tensors = dict(tensors)
 
     # -- weights ---------------------------------------------------------------------------

@@ -13,7 +13,15 @@ What the Triton path covers, and where it falls back to the reference:
   exactly as the reference. When a token has more active latents than the bound and the
   caller gave no ``max_k``, the batch is encoded densely by the reference instead, so
   nothing is silently dropped.
-- Gated: reference only (it needs a second GEMM for the magnitudes); fp64 weights: reference.
+- Gated: reference only (it needs a second GEMM for the magnitudes); fp64 weights: reference;
+  TopK with rescale_acts_by_decoder_norm: reference.
+- Input normalisation (layer_norm, constant_norm_rescale, expected_average_only_in) is
+  applied here before the kernel, exactly as the reference does (SAE dtype), and undone
+  after the decoder; the code carries the per-token state (SparseCode.out_scale/out_shift).
+- Dtypes follow the reference's single definition (sae-lens for an SAE of that dtype): the
+  input is cast to the SAE dtype before b_dec is subtracted, the kernel rounds the GEMM
+  result to the SAE dtype before and after adding b_enc (LOWP), and the decoder's fp32 sum
+  is rounded to the SAE dtype before b_dec is added.
 The Triton path is for inference: its outputs carry no autograd graph.
 Triton is imported lazily, inside these functions, never at ``import saekit.kernels``.
 """
@@ -67,48 +75,54 @@ def _check_device(x: torch.Tensor, sae: SAE, tk) -> None:
         )
 
 
-def _sae_in(x: torch.Tensor, sae: SAE) -> torch.Tensor:
-    """x - b_dec (when configured) in fp32, rounded to the weights' dtype for the GEMM."""
-    if sae.cfg.apply_b_dec_to_input:
-        return (x.float() - sae.b_dec.float()).to(sae.dtype)
-    return x.to(sae.dtype)
+def _plain(sae: SAE) -> bool:
+    """No normalisation, no decoder-norm rescaling: the fused eval kernel's maths."""
+    return sae.cfg.normalize_activations == "none" and not sae.cfg.rescale_acts_by_decoder_norm
 
 
 def encode(x: torch.Tensor, sae: SAE, *, max_k: int | None = None) -> SparseCode:
     """Sparse code (values fp32 [n, k] descending, indices int64 [n, k]); see the module doc."""
     arch = sae.cfg.architecture
-    if backend(x) == "torch" or arch == "gated" or sae.dtype not in _GEMM_DTYPES:
+    if (backend(x) == "torch" or arch == "gated" or sae.dtype not in _GEMM_DTYPES
+            or sae.cfg.rescale_acts_by_decoder_norm):
         return reference.encode(x, sae, max_k=max_k)
     tk = _kernels()
     _check_device(x, sae, tk)
     n = x.shape[0]
+    s_in, scale, shift = reference.sae_in(x, sae)
+    s_in = s_in.contiguous()
     if arch in ("topk", "batchtopk"):
         k = sae.cfg.k
         if k > tk.MAX_FUSED_K or n == 0:
             return reference.encode(x, sae, max_k=max_k)
-        values, indices, _ = tk.encode_topk(_sae_in(x, sae), sae.W_enc, sae.b_enc.float().contiguous(), k)
-        return SparseCode(values, indices)
+        values, indices, _ = tk.encode_topk(s_in, sae.W_enc, sae.b_enc.float().contiguous(), k)
+        return SparseCode(values, indices, scale, shift)
     bound = min(max_k or SPARSE_BOUND, sae.cfg.d_sae, tk.MAX_FUSED_K)
     if n == 0:
         return reference.encode(x, sae, max_k=max_k)
     jump = sae.threshold.float().contiguous() if arch == "jumprelu" else None
-    values, indices, nnz = tk.encode_topk(
-        _sae_in(x, sae), sae.W_enc, sae.b_enc.float().contiguous(), bound, jump=jump
-    )
+    values, indices, nnz = tk.encode_topk(s_in, sae.W_enc, sae.b_enc.float().contiguous(), bound, jump=jump)
     widest = int(nnz.max().item())
     if widest > bound and max_k is None:
         return reference.encode(x, sae)  # documented dense fallback: nothing is dropped
     k = max(1, min(widest, bound))
-    return SparseCode(values[:, :k].contiguous(), indices[:, :k].contiguous())
+    return SparseCode(values[:, :k].contiguous(), indices[:, :k].contiguous(), scale, shift)
 
 
-def decode(values: torch.Tensor, indices: torch.Tensor, sae: SAE) -> torch.Tensor:
-    """x_hat fp32 [n, d_in]: the sum of the k gathered decoder rows, plus b_dec."""
-    if backend(values) == "torch" or values.numel() == 0:
-        return reference.decode(values, indices, sae)
+def decode(
+    values: torch.Tensor, indices: torch.Tensor, sae: SAE, *, out_scale=None, out_shift=None
+) -> torch.Tensor:
+    """x_hat fp32 [n, d_in]: the sum of the k gathered decoder rows, plus b_dec, with the input
+    normalisation undone (out_scale/out_shift from the code)."""
+    if (backend(values) == "torch" or values.numel() == 0 or sae.dtype not in _GEMM_DTYPES
+            or sae.cfg.rescale_acts_by_decoder_norm):
+        return reference.decode(values, indices, sae, out_scale=out_scale, out_shift=out_shift)
     tk = _kernels()
     _check_device(values, sae, tk)
-    return tk.decode(values, indices, sae.W_dec, sae.b_dec)
+    if sae.dtype == torch.float32 and _plain(sae):
+        return tk.decode(values, indices, sae.W_dec, sae.b_dec)
+    zero = torch.zeros_like(sae.b_dec)
+    return reference.finish_decode(tk.decode(values, indices, sae.W_dec, zero), sae, out_scale, out_shift)
 
 
 def eval_batch(x: torch.Tensor, sae: SAE) -> reference.EvalStats:
@@ -118,6 +132,10 @@ def eval_batch(x: torch.Tensor, sae: SAE) -> reference.EvalStats:
     tk = _kernels()
     _check_device(x, sae, tk)
     code = encode(x, sae)
+    if sae.dtype != torch.float32 or not _plain(sae) or sae.cfg.architecture == "gated":
+        # the fused eval kernel adds b_dec in fp32 and knows no normalisation: decode, then sum
+        x_hat = decode(code.values, code.indices, sae, out_scale=code.out_scale, out_shift=code.out_shift)
+        return reference.stats_from_code(x, code, x_hat, sae)
     s = tk.eval_sums(x, code.values, code.indices, sae.W_dec, sae.b_dec)
     rows = s["rows"].double()
     sse, xx, hh, xh = rows.unbind(1)

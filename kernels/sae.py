@@ -19,7 +19,7 @@ class SAE(SAEData):
 
     def decode(self, code: SparseCode) -> torch.Tensor:
         """Reconstruction [n, d_in] from a sparse code."""
-        return dispatch.decode(code.values, code.indices, self)
+        return dispatch.decode(code.values, code.indices, self, out_scale=code.out_scale, out_shift=code.out_shift)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction of x, same shape as x."""

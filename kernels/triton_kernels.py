@@ -146,7 +146,11 @@ def _encode_kernel(
                 acc = tl.dot(a, b, acc, input_precision="ieee")
             else:
                 acc = tl.dot(a, b, acc)
+        if not IEEE:  # bf16/fp16 SAE: round as sae-lens' SAE-dtype GEMM and bias add do
+            acc = acc.to(x_ptr.dtype.element_ty).to(tl.float32)
         acc += tl.load(bias_ptr + cols, mask=col_ok, other=0.0)[None, :]
+        if not IEEE:
+            acc = acc.to(x_ptr.dtype.element_ty).to(tl.float32)
         keep = acc > 0.0
         if JUMP:  # SAELens JumpReLU: relu(pre) * (pre > threshold)
             keep = keep & (acc > tl.load(jump_ptr + cols, mask=col_ok, other=0.0)[None, :])

@@ -3,7 +3,7 @@
 A canonical artifact is a folder SAELens loads as it is (``SAE.load_from_disk``):
 
     cfg.json                  SAELens v6 keys + a "saekit" block (SAEConfig.to_saelens_dict)
-    sae_weights.safetensors   W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec, threshold
+    sae_weights.safetensors   the architecture's tensors (saekit.kernels.architectures)
 
 Identity: the sha256 of a SHA256SUMS-style listing of the two files,
 ``sha256("<sha256(cfg.json)>  cfg.json\\n<sha256(sae_weights.safetensors)>  sae_weights.safetensors\\n")``,
@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from saekit.kernels import architectures as archs
 from saekit.schemas import ArtifactFormatError, InputError, IntegrityError, NotFoundError, SAEConfig, safeio
 
 if TYPE_CHECKING:
@@ -45,13 +46,6 @@ _DTYPE_BYTES = {
 }
 _TORCH_DTYPE_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16",
                       "torch.float16": "float16", "torch.float64": "float64"}
-_SHAPES = {
-    "W_enc": ("d_in", "d_sae"),
-    "b_enc": ("d_sae",),
-    "W_dec": ("d_sae", "d_in"),
-    "b_dec": ("d_in",),
-    "threshold": ("d_sae",),
-}
 
 
 # --- hashing ---------------------------------------------------------------------------
@@ -261,28 +255,31 @@ def read_cfg(path: Path, *, data: bytes | None = None) -> SAEConfig:
         raise ArtifactFormatError(err.message, where=str(path)) from None
     if not isinstance(raw, dict):
         raise ArtifactFormatError("not a JSON object", where=str(path))
+    archs.check_raw_cfg(raw, where=str(path))
     try:
-        return SAEConfig.from_saelens_dict(raw)
+        cfg = SAEConfig.from_saelens_dict(raw)
     except KeyError as err:
         raise ArtifactFormatError(f"missing key {err}", where=str(path)) from None
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "cfg"
         raise ArtifactFormatError(f"{loc}: {first['msg']}", where=str(path)) from None
+    archs.check_supported(cfg, where=str(path))
+    return cfg
 
 
 def check_tensors(tensors: dict[str, torch.Tensor], cfg: SAEConfig, *, where: str) -> None:
     """Names, shapes, dtype and finiteness of an SAE's tensors against its config."""
     import torch
 
-    dims = {"d_in": cfg.d_in, "d_sae": cfg.d_sae}
-    needed = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if cfg.architecture == "jumprelu" else [])
-    for name in needed:
+    archs.check_supported(cfg, where=where)
+    shapes = archs.shapes(cfg)
+    for name in archs.architecture(cfg).tensors:
         if name not in tensors:
             raise ArtifactFormatError(f"missing tensor {name!r}", where=where)
     for name, t in tensors.items():
-        if name in _SHAPES:
-            want = tuple(dims[d] for d in _SHAPES[name])
+        if name in shapes:
+            want = shapes[name]
             if tuple(t.shape) != want:
                 raise ArtifactFormatError(
                     f"tensor {name!r} has shape {tuple(t.shape)}, expected {want} (d_in={cfg.d_in}, d_sae={cfg.d_sae})",
@@ -314,16 +311,15 @@ def validate_artifact(folder: Path) -> tuple[SAEConfig, dict[str, str]]:
     data = blobs[WEIGHTS]
     header = check_safetensors_header(data, where)
     start = 8 + int.from_bytes(data[:8], "little")
-    dims = {"d_in": cfg.d_in, "d_sae": cfg.d_sae}
-    needed = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if cfg.architecture == "jumprelu" else [])
-    for name in needed:
+    shapes = archs.shapes(cfg)
+    for name in archs.architecture(cfg).tensors:
         if name not in header:
             raise ArtifactFormatError(f"missing tensor {name!r}", where=where)
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if name in _SHAPES:
-            want = tuple(dims[d] for d in _SHAPES[name])
+        if name in shapes:
+            want = shapes[name]
             if tuple(info["shape"]) != want:
                 raise ArtifactFormatError(
                     f"tensor {name!r} has shape {tuple(info['shape'])}, expected {want} "

@@ -90,8 +90,6 @@ def read_saelens(src: Path, **context: Any) -> SAE:
     """A folder written by SAELens' ``SAE.save_model``."""
     src = Path(src)
     cfg = art.read_cfg(src / art.CFG)
-    if cfg.rescale_acts_by_decoder_norm:
-        raise ArtifactFormatError("rescale_acts_by_decoder_norm SAEs are not supported", where=str(src / art.CFG))
     update = {k: v for k, v in context.items() if v is not None and getattr(cfg, k) is None}
     cfg = cfg.model_copy(update=update)
     tensors = art.read_safetensors(src / art.WEIGHTS)

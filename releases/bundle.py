@@ -238,39 +238,51 @@ def _write_cards(src: Path, dest: Path, sae_id: str, n: int, per_shard: int) -> 
     return [f"{sae_id}/{name}" for name in names]
 
 
+def latent_densities(entry: SAEEntry, folder: Path, cards: list[dict]) -> tuple[list[float], int | None]:
+    """Feature density of every latent and the token count it is over, for the plots.
+
+    First choice: the check's per-latent details in the record (fire count / evaluated
+    tokens of every latent, the numbers behind the record's dead_fraction and frac_alive);
+    then SAELens' sparsity.safetensors (log10 density per latent); only then the carded
+    latents (the histogram's legend says "N of d_sae latents")."""
+    rec = entry.record
+    d_sae = entry.cfg.get("d_sae")
+    if rec is not None and rec.eval_result_details and len(rec.eval_result_details) == d_sae:
+        tokens = (rec.eval_result_metrics.get("token_stats") or {}).get("total_tokens_evaluated")
+        if tokens is None and rec.data is not None:
+            tokens = rec.data.n_tokens
+        by_index = sorted(rec.eval_result_details, key=lambda d: d.get("index", 0))
+        return [max(0.0, float(d.get("feature_density", 0.0))) for d in by_index], int(tokens) if tokens else None
+    n_tokens = rec.data.n_tokens if rec is not None and rec.data is not None else None
+    sparsity = folder / "sparsity.safetensors"
+    if sparsity.is_file():
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        from saekit.registry.artifact import check_safetensors_header
+
+        data = safeio.read_bytes(folder, sparsity.name)
+        check_safetensors_header(data, f"{entry.ref}: sparsity.safetensors")
+        try:
+            logs = load(data).get("sparsity")
+        except (SafetensorError, ValueError) as err:
+            raise ArtifactFormatError(f"unreadable safetensors ({err})", where=f"{entry.ref}: sparsity.safetensors") from None
+        if logs is not None:
+            return [float(10.0 ** v) if v > -30 else 0.0 for v in logs.reshape(-1).tolist()], n_tokens
+    return [float((c.get("stats") or {}).get("density", 0.0)) for c in cards if c.get("stats")], n_tokens
+
+
 def _write_plots(tmp: Path, entries: list[SAEEntry], cards_by_id) -> list[tuple[str, str]]:
     from saekit.releases import plots
 
     (tmp / "plots").mkdir()
     out: list[tuple[str, str]] = []
-    densities = {
-        e.sae_id: [float((c.get("stats") or {}).get("density", 0.0)) for c in cards_by_id[e.sae_id] if c.get("stats")]
-        for e in entries
-    }
+    densities: dict[str, list[float]] = {}
+    n_tokens: dict[str, int | None] = {}
     for e in entries:
-        # Every latent's density when the artifact carries SAELens' sparsity.safetensors
-        # (log10 feature density per latent), rather than the documented latents only.
-        sparsity = tmp / e.sae_id / "sparsity.safetensors"
-        if sparsity.is_file():
-            from safetensors import SafetensorError
-            from safetensors.numpy import load
-
-            from saekit.registry.artifact import check_safetensors_header
-
-            data = safeio.read_bytes(sparsity.parent, sparsity.name)
-            check_safetensors_header(data, f"{e.ref}: sparsity.safetensors")
-            try:
-                logs = load(data).get("sparsity")
-            except (SafetensorError, ValueError) as err:
-                raise ArtifactFormatError(f"unreadable safetensors ({err})", where=f"{e.ref}: sparsity.safetensors") from None
-            if logs is not None:
-                densities[e.sae_id] = [float(10.0 ** v) if v > -30 else 0.0 for v in logs.reshape(-1).tolist()]
+        densities[e.sae_id], n_tokens[e.sae_id] = latent_densities(e, tmp / e.sae_id, cards_by_id[e.sae_id])
     densities = {k: v for k, v in densities.items() if v}
     if densities:
-        n_tokens = {
-            e.sae_id: (e.record.data.n_tokens if e.record is not None and e.record.data is not None else None)
-            for e in entries
-        }
         widths = {e.sae_id: e.cfg.get("d_sae") for e in entries}
         (tmp / "plots" / "feature_density.png").write_bytes(plots.density_histogram(densities, n_tokens, widths))
         out.append(("Feature density (log10 fraction of tokens each latent fires on)", "plots/feature_density.png"))

@@ -34,6 +34,13 @@ def _png(plt, fig) -> bytes:
     return buf.getvalue()
 
 
+def density_label(name: str, vals: Sequence[float], width: int | None) -> str:
+    """The legend entry of one SAE: how many latents the histogram holds and how many are dead."""
+    dead = sum(1 for d in vals if d <= 0)
+    of = f"{len(vals)} of {width}" if width and width != len(vals) else f"{len(vals)}"
+    return f"{name} ({of} latents, {dead} dead)"
+
+
 def density_histogram(
     densities: dict[str, Sequence[float]], n_tokens: dict[str, int | None], d_sae: dict[str, int | None] | None = None
 ) -> bytes:
@@ -49,11 +56,8 @@ def density_histogram(
         floor = math.log10(1.0 / n_tokens[name]) - 0.5 if n_tokens.get(name) else lo
         logs = [math.log10(d) if d > 0 else floor for d in vals]
         lo = min(lo, min(logs, default=lo))
-        dead = sum(1 for d in vals if d <= 0)
-        width = (d_sae or {}).get(name)
-        of = f"{len(vals)} of {width}" if width and width != len(vals) else f"{len(vals)}"
         ax.hist(logs, bins=60, range=(-8.0, 0.0), histtype="step", linewidth=1.5,
-                label=f"{name} ({of} latents, {dead} dead)")
+                label=density_label(name, vals, (d_sae or {}).get(name)))
     ax.set_xlabel("log10 feature density (fraction of tokens where the latent fires)")
     ax.set_ylabel("latents")
     ax.set_title("Feature density")

@@ -41,6 +41,7 @@ from saekit.schemas.errors import (
     RegistryError,
     SaekitError,
     UnsafePathError,
+    UnsupportedSAEError,
 )
 from saekit.schemas.release import (
     BaseModelRef,

@@ -1,10 +1,13 @@
 """BenchmarkRecord: one evaluation of one SAE, reproducible from its own fields.
 
-Readable as SAEBench's ``BaseEvalOutput`` (eval_type_id, eval_config, eval_id,
-datetime_epoch_millis, eval_result_metrics by category, eval_result_details,
-eval_result_unstructured, sae_lens_* fields; see adamkarvonen/SAEBench
-sae_bench/evals/base_eval_output.py), plus saekit's hashes, seeds and environment.
-Metric names follow SAELens' evals (explained_variance, mse, l0, ce_loss_score, ...).
+A record of eval_type_id "core" (written as JSON by ``to_json``) validates as SAEBench's own
+``CoreEvalOutput`` (sae-bench 0.6.0 sae_bench/evals/core/eval_output.py, on
+``BaseEvalOutput`` in sae_bench/evals/base_eval_output.py): ``eval_config`` holds exactly
+SAEBench's ``CoreEvalConfig`` keys, ``eval_result_metrics`` every category SAEBench requires,
+each metric under SAEBench's name computed by SAEBench's definition (SAELens-defined ones
+beside them with a ``_saelens`` suffix), ``eval_result_details`` one ``CoreFeatureMetric`` per
+latent. saekit's own check configuration is ``check_config``; hashes, seeds and environment
+follow. SAEBench ignores the fields it does not know.
 """
 
 from __future__ import annotations
@@ -61,10 +64,12 @@ class BenchmarkRecord(Strict):
     schema_version: Literal["1.0"] = SCHEMA_VERSION
     # --- SAEBench BaseEvalOutput fields
     eval_type_id: str = Field(description="e.g. 'core' (SAEBench's reconstruction + sparsity eval).")
-    eval_config: dict[str, Any] = Field(description="Full config: tokens, batch, context, seeds, ...")
+    eval_config: dict[str, Any] = Field(
+        description="SAEBench's eval config (CoreEvalConfig keys for 'core'); saekit's own is check_config."
+    )
     eval_id: str
     datetime_epoch_millis: int = Field(ge=0)
-    eval_result_metrics: dict[str, dict[str, float]] = Field(
+    eval_result_metrics: dict[str, dict[str, int | float]] = Field(
         description="Metrics by category, e.g. {'reconstruction_quality': {'explained_variance': 0.8}}."
     )
     eval_result_details: list[dict[str, Any]] = Field(default_factory=list)
@@ -75,6 +80,9 @@ class BenchmarkRecord(Strict):
     sae_lens_version: str | None = None
     sae_cfg_dict: dict[str, Any] | None = None
     # --- saekit
+    check_config: dict[str, Any] = Field(
+        default_factory=dict, description="saekit's check configuration: tokens, batch, context, seeds, dtype, ..."
+    )
     sae: SAERef
     metric_definitions: dict[str, MetricDefinition] = Field(default_factory=dict)
     seeds: dict[str, int] = Field(default_factory=dict)
@@ -84,6 +92,20 @@ class BenchmarkRecord(Strict):
     hardware: Hardware | None = None
     timings: Timings | None = None
     gate: GateVerdict | None = None
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """JSON without unset optional fields, except the ones SAEBench's BaseEvalOutput
+        requires to be present (they may be null)."""
+        import json
+
+        data = self.model_dump(mode="json", exclude_none=True)
+        for key in ("sae_bench_commit_hash", "sae_lens_id", "sae_lens_release_id", "sae_lens_version", "sae_cfg_dict"):
+            data.setdefault(key, None)
+        return json.dumps(data, indent=indent)
+
+    def config(self) -> dict[str, Any]:
+        """saekit's check configuration (older records kept it in eval_config)."""
+        return self.check_config or self.eval_config
 
     def metric(self, name: str) -> float | None:
         """A metric by name from any category."""

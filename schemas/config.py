@@ -45,6 +45,9 @@ class SAEConfig(Strict):
     dtype: DType = "float32"
     apply_b_dec_to_input: bool = Field(True, description="Subtract b_dec from x before encoding.")
     normalize_activations: str = Field("none", description="SAELens' input normalization name.")
+    norm_scaling_factor: float | None = Field(
+        None, gt=0, description="expected_average_only_in: the factor inputs are multiplied by (SAELens)."
+    )
     rescale_acts_by_decoder_norm: bool = False
     model_name: str | None = Field(None, description="Hub id of the language model.")
     model_revision: str | None = Field(None, description="Commit or tag of the model weights.")
@@ -91,6 +94,7 @@ class SAEConfig(Strict):
             "apply_b_dec_to_input": self.apply_b_dec_to_input,
             "normalize_activations": self.normalize_activations,
             "reshape_activations": "none",
+            **({"norm_scaling_factor": self.norm_scaling_factor} if self.norm_scaling_factor is not None else {}),
             "metadata": meta,
         }
         if self.k is not None:
@@ -118,6 +122,7 @@ class SAEConfig(Strict):
             "dtype": d.get("dtype", "float32"),
             "apply_b_dec_to_input": d.get("apply_b_dec_to_input", True),
             "normalize_activations": d.get("normalize_activations", "none"),
+            "norm_scaling_factor": d.get("norm_scaling_factor", meta.pop("norm_scaling_factor", None)),
             "rescale_acts_by_decoder_norm": d.get("rescale_acts_by_decoder_norm", False),
             "model_revision": block.get("model_revision"),
             "provenance": block["provenance"]

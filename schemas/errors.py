@@ -42,6 +42,12 @@ class UnsafePathError(InputError):
     """
 
 
+class UnsupportedSAEError(ArtifactFormatError):
+    """A saved SAE setting saekit does not compute exactly as sae-lens, refused rather than
+    loaded with different maths: ``cfg.json: normalize_activations 'covariance_whitening' is
+    not supported (...)``."""
+
+
 class NotFoundError(SaekitError, LookupError):
     """A name, version, alias or file that does not exist: ``no version 7 of 'my-sae'``."""
 

@@ -71,7 +71,7 @@ def test_check_writes_a_full_record_and_fails_the_gate(checked, real_sae_dir):
         assert pkg in rec.packages
     assert rec.hardware.device == "cpu" and rec.timings.tokens_per_s > 0
     assert rec.seeds == {"data": 0, "torch": 0} and rec.gate is not None and not rec.gate.passed
-    cfg = rec.eval_config
+    cfg = rec.check_config
     assert cfg["n_tokens"] == N_TOKENS and cfg["exclude_special_tokens"] and cfg["torch_threads"] >= 1
     names = ["explained_variance", "mse", "cossim", "l0", "l1", "dead_fraction", "dense_fraction",
              "ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation", "ce_loss_score",

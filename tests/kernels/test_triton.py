@@ -130,3 +130,33 @@ def test_online_filter_prunes(triton_path, device, seed):
     assert int(appended.min()) >= 5
     assert float(appended.float().mean()) < 320 / 2, f"appended per row {appended.tolist()} (seed {seed})"
     assert torch.equal(nnz.cpu(), (reference.pre_activations(x, sae) > 0).sum(1).cpu())
+
+
+NORMS = [("none", None), ("layer_norm", None), ("constant_norm_rescale", None), ("expected_average_only_in", 0.5)]
+
+
+@pytest.mark.parametrize("norm,factor", NORMS, ids=[n for n, _ in NORMS])
+@pytest.mark.parametrize("arch", ["topk", "jumprelu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_normalised_and_low_precision_saes_follow_the_reference(arch, norm, factor, dtype, triton_path, device, seed):
+    """Input normalisation applied around the kernel and the SAE-dtype rounding (the
+    reference's single definition: sae-lens' maths for an SAE of that dtype)."""
+    from saekit.kernels import SAE
+
+    if dtype == torch.bfloat16 and device != "cuda":
+        pytest.skip("Triton's CPU interpreter computes bf16 loads wrongly (numpy has no bf16): bf16 runs on a GPU")
+    base = make_sae(arch, 20, 48, 5 if arch == "topk" else None, seed=seed, device=device, dtype=dtype)
+    sae = SAE(base.cfg.model_copy(update={"normalize_activations": norm, "norm_scaling_factor": factor}), base.tensors)
+    x = make_x(13, 20, seed=seed, device=device) * 3 + 0.5
+    rtol = 1e-5 if dtype == torch.float32 else 2**-7
+    ref = reference.encode(x, sae)
+    got = dispatch.encode(x, sae)
+    dense = reference.encode_dense(x, sae) if arch != "topk" else torch.relu(reference.pre_activations(x, sae))
+    assert_codes_match(got, ref, dense, rtol=rtol, what=f"{arch} {norm} {dtype} (seed {seed})")
+    if norm in ("layer_norm", "constant_norm_rescale"):
+        assert got.out_scale is not None
+    want = reference.decode(ref.values, ref.indices, sae, out_scale=ref.out_scale, out_shift=ref.out_shift)
+    hat = dispatch.decode(ref.values, ref.indices, sae, out_scale=ref.out_scale, out_shift=ref.out_shift)
+    assert_close(hat, want, rtol=rtol, what=f"decode {arch} {norm} {dtype}", scale=float(want.abs().max()))
+    a, b = dispatch.eval_batch(x, sae), reference.eval_batch(x, sae)
+    assert_close(a.sse, b.sse, rtol=10 * rtol, what=f"sse {arch} {norm} {dtype}")

@@ -154,8 +154,8 @@ def test_openai(tmp_path, activation):
         assert sae.cfg.normalize_activations == "layer_norm"
     else:
         want = torch.relu(pre)
-    # saekit's kernels take activations already normalised as cfg.normalize_activations says
-    assert torch.allclose(dense(sae, xin), want, atol=1e-5)
+    # saekit's kernels apply cfg.normalize_activations themselves (sae-lens' layer_norm = OpenAI's LN)
+    assert torch.allclose(dense(sae, x), want, atol=1e-5)
 
 
 def test_openai_pickle_is_refused(tmp_path):
