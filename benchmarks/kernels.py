@@ -200,7 +200,7 @@ def _agreement(name, out, x32, ref32, ref_code, ref_xhat, sae) -> dict:
         if code[0] == "dense":
             vals, idx = code[1].float().topk(sae.cfg.k, dim=1)
         else:
-            vals, idx = code
+            vals, idx = code[0], code[1]  # a SparseCode, or a peer's (values, indices)
         vals, idx = vals.float(), idx.long()
         hit = torch.zeros(x32.shape[0], sae.cfg.d_sae, dtype=torch.bool, device=idx.device)
         hit.scatter_(1, ref_code.indices.to(idx.device), True)
