@@ -175,11 +175,17 @@ def evaluate(
     hook_name: str,
     batch_size: int = 4,
     downstream: bool = True,
+    batches: list[int] | None = None,
+    keep_codes: bool = True,
 ) -> EvalRun:
     """SAELens' metrics of ``sae`` at ``hook_name`` over ``tokens`` (see DEFINITIONS).
 
     With ``downstream`` the model runs three times per batch (clean, reconstruction
     spliced in, zero ablation) for the CE and KL metrics; without, it stops at the hook.
+    ``batches``: the batch indices to run (a torch.distributed rank's share, see
+    saekit.harness.dist); the sums of all ranks are then added in batch order, so N ranks
+    give the same metrics as one. ``keep_codes`` False keeps memory flat in the token count
+    (EvalRun.values/indices/ce_with_sae are then None).
     """
     import torch
 
@@ -195,8 +201,17 @@ def evaluate(
     d_in = sae.cfg.d_in
     dev = next(model.parameters()).device
 
-    with torch.inference_mode(), Progress("eval batches", total=-(-toks_all.shape[0] // batch_size)) as bar:
-        for i in range(0, toks_all.shape[0], batch_size):
+    from saekit.harness.dist import rank_world
+
+    n_batches = -(-toks_all.shape[0] // batch_size)
+    todo = list(range(n_batches)) if batches is None else list(batches)
+    distributed = rank_world()[1] > 1
+    parts: list[tuple[int, Any, dict[str, float], int, int]] = []  # per batch, when distributed
+    with torch.inference_mode(), Progress("eval batches", total=len(todo)) as bar:
+        for b in todo:
+            i = b * batch_size
+            part: dict[str, float] = {}
+            before = (n_ce, n_kl)
             toks = toks_all[i : i + batch_size].to(dev)
             mask = mask_all[i : i + batch_size].to(dev)
             if downstream:
@@ -210,9 +225,10 @@ def evaluate(
             batch_stats = sae.eval_batch(flat[fmask])
             stats = batch_stats if stats is None else stats + batch_stats
             code = sae.encode(flat)
-            keep = fmask[:, None].to(code.values.dtype)
-            values.append((code.values * keep).cpu())
-            indices.append(code.indices.cpu())
+            if keep_codes:
+                keep = fmask[:, None].to(code.values.dtype)
+                values.append((code.values * keep).cpu())
+                indices.append(code.indices.cpu())
             if downstream:
                 x_hat = sae.decode(code).reshape(acts.shape).to(acts.dtype)
                 recon = torch.where(mask[..., None], x_hat, acts)
@@ -227,17 +243,26 @@ def evaluate(
                 ce_sae = per_token_ce(None, toks, logp=lp_sae)
                 ce_abl = per_token_ce(None, toks, logp=lp_abl)
                 # per-token values in float32 (as sae-lens), sums over tokens in float64
-                sums["ce_without"] += float(ce_clean[m_ce].double().sum())
-                sums["ce_with"] += float(ce_sae[m_ce].double().sum())
-                sums["ce_abl"] += float(ce_abl[m_ce].double().sum())
+                part = {
+                    "ce_without": float(ce_clean[m_ce].double().sum()),
+                    "ce_with": float(ce_sae[m_ce].double().sum()),
+                    "ce_abl": float(ce_abl[m_ce].double().sum()),
+                    "kl_with": float(per_token_kl(lp_clean, lp_sae)[mask].double().sum()),
+                    "kl_abl": float(per_token_kl(lp_clean, lp_abl)[mask].double().sum()),
+                }
+                for k, v in part.items():
+                    sums[k] += v
                 n_ce += int(m_ce.sum())
-                sums["kl_with"] += float(per_token_kl(lp_clean, lp_sae)[mask].double().sum())
-                sums["kl_abl"] += float(per_token_kl(lp_clean, lp_abl)[mask].double().sum())
                 n_kl += int(mask.sum())
-                ce_sae_rows.append(ce_sae.float().cpu())
+                if keep_codes:
+                    ce_sae_rows.append(ce_sae.float().cpu())
+            if distributed:
+                parts.append((b, _light(_to_cpu(batch_stats)), part, n_ce - before[0], n_kl - before[1]))
             bar.update()
 
     stats = _to_cpu(stats)
+    if distributed:
+        stats, sums, n_ce, n_kl = _reduce_in_batch_order(parts, stats, sums)
     metrics = metrics_from_stats(stats)
     if downstream:
         ce_without, ce_with, ce_abl = (sums[k] / max(n_ce, 1) for k in ("ce_without", "ce_with", "ce_abl"))
@@ -255,11 +280,45 @@ def evaluate(
         metrics=metrics,
         stats=stats,
         mask=mask_all,
-        values=torch.cat(values),
-        indices=torch.cat(indices),
-        ce_with_sae=torch.cat(ce_sae_rows) if downstream else None,
+        values=torch.cat(values) if keep_codes else None,
+        indices=torch.cat(indices) if keep_codes else None,
+        ce_with_sae=torch.cat(ce_sae_rows) if downstream and keep_codes else None,
         counts={"tokens": int(mask_all.sum()), "ce_positions": n_ce, "kl_positions": n_kl},
     )
+
+
+def _light(stats: Any) -> Any:
+    """A batch's EvalStats without the per-latent vectors (reduced separately, exactly)."""
+    from dataclasses import replace
+
+    import torch
+
+    return replace(stats, fire_count=torch.zeros(0, dtype=torch.int64), act_sum=torch.zeros(0, dtype=torch.float64),
+                   act_max=torch.zeros(0))
+
+
+def _reduce_in_batch_order(parts: list, local: Any, local_sums: dict[str, float]) -> tuple[Any, dict[str, float], int, int]:
+    """Every rank's per-batch sums added in batch order, as one process adds them; the
+    per-latent counts and maxima all-reduce (exact in any order)."""
+    from dataclasses import replace
+
+    import torch.distributed as dist
+
+    from saekit.harness.dist import all_gather_objects
+
+    got = sorted((p for ps in all_gather_objects(parts) for p in ps), key=lambda p: p[0])
+    stats, n_ce, n_kl = None, 0, 0
+    sums = dict.fromkeys(local_sums, 0.0)
+    for _, st, s, nc, nk in got:
+        stats = st if stats is None else stats + st
+        for k, v in s.items():
+            sums[k] += v
+        n_ce, n_kl = n_ce + nc, n_kl + nk
+    fire, act_sum, act_max = local.fire_count.clone(), local.act_sum.clone(), local.act_max.clone()
+    dist.all_reduce(fire)
+    dist.all_reduce(act_sum)  # float: order-dependent in the last bits; no metric reads it
+    dist.all_reduce(act_max, op=dist.ReduceOp.MAX)
+    return replace(stats, fire_count=fire, act_sum=act_sum, act_max=act_max), sums, n_ce, n_kl
 
 
 def evaluate_activations(sae: Any, source: Any, *, exclude_token_ids: list[int] | None = None) -> tuple[dict[str, float], Any]:
