@@ -90,8 +90,17 @@ def select_latents(fire_count: Any, n: int | str) -> list[int]:
 
 
 def _decoder(tokenizer: Any):
+    """Token id -> its text, decoded once per id (the whole vocabulary in one call when the
+    tokenizer is fast)."""
+    try:
+        table = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    except Exception:  # a tokenizer without batch_decode: one id at a time
+        table = None
+
     @lru_cache(maxsize=None)
     def tok_str(tid: int) -> str:
+        if table is not None and 0 <= tid < len(table):
+            return table[tid]
         return tokenizer.decode([tid])
 
     return tok_str
@@ -368,8 +377,8 @@ def build_cards(
                       [exact[L]["attr"] / max(exact[L]["n"], 1) for L in down]) if down else {}
 
     W_U = unembedding(model).float()
-    attr = stats.attribution()
-    mean = stats.mean()
+    attr, attr_n = stats.attribution().tolist(), stats.attr_count.tolist()
+    mean, mx, fire = stats.mean().tolist(), stats.act_max.tolist(), stats.fire_count.tolist()
     cards: list[FeatureCard] = []
     with Progress("feature cards", total=len(latents)) as bar:
         for start in range(0, len(latents), 512):
@@ -378,13 +387,14 @@ def build_cards(
                 effects = (sae.W_dec[chunk].float() @ W_U).cpu()  # [chunk, vocab], final norm gain folded
             top = torch.topk(effects, n_logits, dim=1)
             bot = torch.topk(-effects, n_logits, dim=1)
+            tv, ti, bv, bi = top.values.tolist(), top.indices.tolist(), bot.values.tolist(), bot.indices.tolist()
             for j, L in enumerate(chunk):
-                fires = int(stats.fire_count[L])
+                fires = fire[L]
                 hist = stats.histogram(L, n_bins) if fires else None
                 st = ActivationStats(
                     density=fires / max(n_tok, 1),
-                    mean=float(mean[L]) if fires else None,
-                    max=float(stats.act_max[L]) if fires else None,
+                    mean=mean[L] if fires else None,
+                    max=mx[L] if fires else None,
                     n_tokens=n_tok,
                     histogram=Histogram(bin_edges=hist[0], counts=hist[1]) if hist else None,
                     data_fingerprint=fp,
@@ -392,10 +402,10 @@ def build_cards(
                 exs = [_example(tokens, tok_str, r, values[(r, L)], right_context=right_context, bin=b)
                        for r, _, b in picks[L]]
                 downstream: list[DownstreamEval] = []
-                if attribution and fires and int(stats.attr_count[L]):
+                if attribution and fires and attr_n[L]:
                     downstream.append(DownstreamEval(
-                        task=task, metric=DOWNSTREAM_METRIC, value=float(attr[L]), method=ATTRIBUTION,
-                        n_tokens=int(stats.attr_count[L]),
+                        task=task, metric=DOWNSTREAM_METRIC, value=attr[L], method=ATTRIBUTION,
+                        n_tokens=attr_n[L],
                         details={"definition": ATTRIBUTION_DEFINITION, "hook_name": hook_name},
                     ))
                 if L in exact and exact[L]["n"]:
@@ -412,10 +422,8 @@ def build_cards(
                     top_examples=[x for x in exs if x.bin == "top"],
                     quantile_examples=[x for x in exs if x.bin != "top"],
                     logit_effects=LogitEffects(
-                        positive=[LogitEffect(token=tok_str(int(t)), token_id=int(t), value=float(v))
-                                  for v, t in zip(top.values[j], top.indices[j])],
-                        negative=[LogitEffect(token=tok_str(int(t)), token_id=int(t), value=-float(v))
-                                  for v, t in zip(bot.values[j], bot.indices[j])],
+                        positive=[LogitEffect(token=tok_str(t), token_id=t, value=v) for v, t in zip(tv[j], ti[j])],
+                        negative=[LogitEffect(token=tok_str(t), token_id=t, value=-v) for v, t in zip(bv[j], bi[j])],
                     ),
                     downstream=downstream, tags=["dead"] if not fires else [], provenance=prov, extra=extra,
                 ))

@@ -187,33 +187,44 @@ class LatentStats:
         """Mean over firing tokens of the estimated change in summed next-token loss."""
         return unfixed(self.attr_sum, ATTR_SCALE) / self.attr_count.clamp(min=1)
 
+    def _lists(self) -> dict[str, list]:
+        cache = self.__dict__.get("_cache")
+        if cache is None:
+            cache = {name: getattr(self, name).tolist() for name in ("top_val", "top_row", "smp_pri", "smp_row", "smp_val")}
+            self.__dict__["_cache"] = cache
+        return cache
+
     def top(self, latent: int) -> list[tuple[int, float]]:
         """(window, max activation) of the latent's top windows, strongest first."""
-        v, r = self.top_val[latent], self.top_row[latent]
-        return [(int(r[j]), float(v[j])) for j in range(v.numel()) if v[j] > 0]
+        c = self._lists()
+        return [(r, v) for r, v in zip(c["top_row"][latent], c["top_val"][latent]) if v > 0]
 
     def sample(self, latent: int) -> list[tuple[int, float]]:
         """(window, max activation) of the sampled windows, by activation ascending (ties
         by window)."""
-        got = [(float(v), int(r)) for p, r, v in zip(self.smp_pri[latent], self.smp_row[latent], self.smp_val[latent])
-               if p < _P]
+        c = self._lists()
+        got = [(v, r) for p, r, v in zip(c["smp_pri"][latent], c["smp_row"][latent], c["smp_val"][latent]) if p < _P]
         return [(r, v) for v, r in sorted(got)]
 
     def histogram(self, latent: int, n_bins: int = 16) -> tuple[list[float], list[float]] | None:
         """(bin_edges, counts): the latent's occupied grid range, in at most ``n_bins`` groups
         of whole grid bins (so the card's edges are grid edges)."""
-        return coarsen(self.hist[latent], n_bins)
+        return coarsen(self.hist[latent].tolist(), n_bins)
 
 
-def coarsen(counts: torch.Tensor, n_bins: int) -> tuple[list[float], list[float]] | None:
-    nz = torch.nonzero(counts).flatten()
-    if nz.numel() == 0:
+_GRID_LIST = GRID.tolist()
+
+
+def coarsen(counts: list[int], n_bins: int) -> tuple[list[float], list[float]] | None:
+    """Grid-bin counts grouped into at most ``n_bins`` bins over their occupied range."""
+    nz = [i for i, c in enumerate(counts) if c]
+    if not nz:
         return None
-    lo, hi = int(nz[0]), int(nz[-1]) + 1
+    lo, hi = nz[0], nz[-1] + 1
     width = -(-(hi - lo) // n_bins)
     starts = list(range(lo, hi, width))
-    edges = [float(GRID[s]) for s in starts] + [float(GRID[min(hi, starts[-1] + width)])]
-    cs = [float(counts[s : s + width].sum()) for s in starts]
+    edges = [_GRID_LIST[s] for s in starts] + [_GRID_LIST[min(hi, starts[-1] + width)]]
+    cs = [float(sum(counts[s : s + width])) for s in starts]
     return edges, cs
 
 
