@@ -81,13 +81,13 @@ def check_cmd(
 
 @cards_app.command("verify")
 def verify_cmd(
-    cards_file: Path = typer.Argument(..., help="feature_cards.jsonl (or .json) to re-check."),
+    cards_file: Path = typer.Argument(..., help="feature_cards.jsonl, .jsonl.gz, .json, or a folder of shards to re-check."),
     sae: str = typer.Option(..., "--sae", help="The SAE the cards claim to describe (reference or folder)."),
     density_tol: float = typer.Option(2e-3, "--density-tol", help="Absolute density tolerance (or 5% relative)."),
     value_tol: float = typer.Option(1e-3, "--value-tol", help="Activation tolerance (absolute + relative to the max)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Re-check cards against the SAE and model: density and every top example (exit 1 if any lies)."""
+    """Re-check every number the cards state (stats, histogram, examples, logit effects, downstream effects) and name the field that lies (exit 1 if any lies)."""
     import saekit
     from saekit.harness.cards import read_cards, verify_cards
     from saekit.harness.model import DEFAULT_MODEL_ID, load_lm
