@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 N_TOKENS = 512
-CONTEXT = 128
+CONTEXT = 32
 POLICY = ["explained_variance >= 0.5", "l0 <= 16", "ce_loss_score >= 0.999"]
 
 
