@@ -188,10 +188,10 @@ def ranks(args) -> dict:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
                     "-m", "saekit", "check"]
         l0 = load()
-        ph = _check_once(sae_dir, args.tokens, out / f"r{n}", [], launcher)
+        ph = _check_once(sae_dir, args.tokens, out / f"r{n}", ["--batch-size", "1"], launcher)
         rows[f"{n}_ranks"] = {**ph, "load_before": l0, "load_after": load()}
     speed = {k: round(rows["1_ranks"][k] / rows["2_ranks"][k], 2) for k in ("eval", "cards_pass")}
-    return {"what": "saekit check under torchrun, 1 vs 2 ranks (gloo, CPU); speedup = time(1) / time(2)",
+    return {"what": "saekit check under torchrun, 1 vs 2 ranks (gloo, CPU, batch size 1); speedup = time(1) / time(2)",
             "tokens": args.tokens, "phases_s": rows, "speedup": speed, "goal": "cards_pass speedup >= 1.6"}
 
 

@@ -260,6 +260,8 @@ def evaluate(
                 parts.append((b, _light(_to_cpu(batch_stats)), part, n_ce - before[0], n_kl - before[1]))
             bar.update()
 
+    if stats is None:  # a rank with no batches: zero sums of the right shapes
+        stats = sae.eval_batch(torch.zeros(0, d_in, device=dev))
     stats = _to_cpu(stats)
     if distributed:
         stats, sums, n_ce, n_kl = _reduce_in_batch_order(parts, stats, sums)
