@@ -10,6 +10,7 @@ came from, so the density can be recomputed on the same tokens.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -30,20 +31,50 @@ from saekit.schemas import (
     InputError,
     LogitEffect,
     LogitEffects,
+    MetricDefinition,
     NotFoundError,
     SAERef,
 )
 from saekit.schemas.console import Progress
 from saekit.schemas.version import __version__
 
-ABLATION_METHOD = (
-    "latent ablation in the spliced SAE reconstruction: x_hat - a_i * W_dec[i] at every position where "
-    "latent i fires; next-token loss compared with the unablated reconstruction on those positions"
+ATTRIBUTION = "attribution"
+ABLATION = "exact-ablation"
+DOWNSTREAM_METRIC = "delta_ce_loss_per_firing_token"
+ATTRIBUTION_DEFINITION = (
+    "first-order estimate of removing the latent from the spliced SAE reconstruction: "
+    "sum over the check tokens where it fires of -a_i(t) * W_dec[i] . dL/dx_hat(t), L the summed next-token "
+    "loss of each window (one backward per batch covers every latent), divided by the number of firing tokens"
 )
+ABLATION_DEFINITION = (
+    "exact: x_hat - a_i(t) * W_dec[i] at every position of the window where latent i fires, spliced in at the "
+    "hook; change in the window's summed next-token loss against the unablated reconstruction, summed over the "
+    "latent's strongest windows and divided by its firing tokens in them"
+)
+AGREEMENT_DEFINITIONS = {
+    "attribution_vs_ablation_spearman": MetricDefinition(
+        definition="Spearman rank correlation, over the exactly ablated latents, of the attribution estimate and "
+        "the exact ablation of delta_ce_loss_per_firing_token on the same windows",
+        direction="higher", source="saekit.harness.cards.agreement"),
+    "attribution_vs_ablation_mae": MetricDefinition(
+        definition="mean over the exactly ablated latents of |attribution - exact ablation| (nats per firing token)",
+        direction="lower", source="saekit.harness.cards.agreement"),
+    "attribution_vs_ablation_median_rel_error": MetricDefinition(
+        definition="median over the exactly ablated latents of |attribution - exact| / |exact|",
+        direction="lower", source="saekit.harness.cards.agreement"),
+    "attribution_vs_ablation_n_latents": MetricDefinition(
+        definition="number of latents ablated exactly", direction="none", source="saekit.harness.cards.agreement"),
+}
+QUANTILE_EXAMPLES = 4
+SAMPLES = 32  # windows sampled per latent (bottom-k sketch) for the quantile examples
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """UTC now, or SOURCE_DATE_EPOCH when set (the reproducible-builds convention), so
+    repeated checks can write byte-identical cards."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    t = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch and epoch.isdigit() else datetime.now(timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def select_latents(fire_count: Any, n: int | str) -> list[int]:
@@ -59,115 +90,230 @@ def select_latents(fire_count: Any, n: int | str) -> list[int]:
 
 
 def _decoder(tokenizer: Any):
+    """Token id -> its text, decoded once per id (the whole vocabulary in one call when the
+    tokenizer is fast)."""
+    try:
+        table = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    except Exception:  # a tokenizer without batch_decode: one id at a time
+        table = None
+
     @lru_cache(maxsize=None)
     def tok_str(tid: int) -> str:
+        if table is not None and 0 <= tid < len(table):
+            return table[tid]
         return tokenizer.decode([tid])
 
     return tok_str
 
 
-def _entries(values: Any, indices: Any, latents: list[int]) -> dict[int, tuple[Any, Any]]:
-    """Per latent: (flat token positions, values) where it fires, sorted by value descending."""
+# --- the pass ---------------------------------------------------------------------------
+
+
+def spliced_loss(
+    sae: Any, model: Any, toks: Any, mask: Any, hook_name: str, *, grad: bool, ablate: Any = None,
+) -> tuple[Any, Any, Any]:
+    """One forward with the SAE reconstruction spliced in at the non-special positions
+    (``ablate`` [b, ctx, d] subtracted from it), and with ``grad`` one backward of the summed
+    next-token loss. Returns (sparse code [b*ctx, k], summed loss per window [b] float64,
+    dL/dx_hat [b*ctx, d] or None)."""
+    import torch
+    import torch.nn.functional as F
+
+    box: dict[str, Any] = {}
+
+    def fn(a: Any) -> Any:
+        code = sae.encode(a.reshape(-1, a.shape[-1]))
+        x_hat = sae.decode(code).reshape(a.shape).to(a.dtype)
+        if ablate is not None:
+            x_hat = x_hat - ablate.to(x_hat.dtype)
+        r = torch.where(mask[..., None], x_hat, a).detach()
+        if grad:
+            r.requires_grad_(True)
+        box["code"], box["recon"] = code, r
+        return r
+
+    b, ctx = toks.shape
+    with torch.set_grad_enabled(grad), spliced(model, hook_name, fn):
+        logits = model(toks).logits
+        ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), toks[:, 1:].reshape(-1),
+                             reduction="none").view(b, ctx - 1)
+        ce = ce * mask[:, :-1]  # CE at t predicts t+1; counted where the input token t is not special
+        if grad:
+            ce.sum().backward()
+    g = box["recon"].grad.reshape(b * ctx, -1) if grad else None
+    return box["code"], ce.detach().double().sum(1), g
+
+
+def stream_latents(
+    sae: Any, model: Any, tokens: TokenSet, *, hook_name: str, batch_size: int, special: Any,
+    batches: Iterable[int] | None = None, grad: bool = True, k: int = 5, samples: int = SAMPLES,
+    desc: str = "feature stats",
+) -> Any:
+    """LatentStats of every latent over the token set's windows (``batches``: the batch
+    indices this rank runs; all by default), reduced across torch.distributed ranks. With
+    ``grad`` each batch also runs one backward for every latent's attribution."""
     import torch
 
-    k = values.shape[1]
-    pos = torch.arange(values.shape[0]).repeat_interleave(k)
-    lat, val = indices.reshape(-1), values.reshape(-1).float()
-    keep = (val > 0) & torch.isin(lat, torch.tensor(latents, dtype=lat.dtype))
-    pos, lat, val = pos[keep], lat[keep], val[keep]
-    # sort by latent, then value descending, then position (stable, deterministic)
-    order = torch.sort(pos, stable=True).indices
-    pos, lat, val = pos[order], lat[order], val[order]
-    order = torch.sort(-val, stable=True).indices
-    pos, lat, val = pos[order], lat[order], val[order]
-    order = torch.sort(lat, stable=True).indices
-    pos, lat, val = pos[order], lat[order], val[order]
-    out: dict[int, tuple[Any, Any]] = {}
-    uniq, counts = torch.unique_consecutive(lat, return_counts=True)
-    start = 0
-    for latent, c in zip(uniq.tolist(), counts.tolist()):
-        out[latent] = (pos[start : start + c], val[start : start + c])
-        start += c
-    return out
-
-
-def _row_values(pos: Any, val: Any, row: int, ctx: int, end: int) -> list[float]:
-    out = [0.0] * end
-    sel = (pos // ctx) == row
-    for p, v in zip(pos[sel].tolist(), val[sel].tolist()):
-        if p % ctx < end:
-            out[p % ctx] = float(v)
-    return out
-
-
-def _downstream(
-    sae: Any, model: Any, tokens: TokenSet, mask: Any, ce_with_sae: Any, latent: int,
-    pos: Any, val: Any, *, hook_name: str, max_rows: int, task: str,
-) -> DownstreamEval | None:
-    """Change in next-token loss when ``latent`` is removed from the spliced reconstruction."""
-    import torch
-
-    from saekit.harness.metrics import per_token_ce
+    from saekit.harness.activations import run_to_hook
+    from saekit.harness.latent_stats import LatentStats, attribution
 
     ctx = tokens.context_size
-    rows: list[int] = []
-    for p in pos.tolist():  # rows in order of their strongest activation
-        r = p // ctx
-        if r not in rows:
-            rows.append(r)
-        if len(rows) == max_rows:
-            break
-    if not rows:
-        return None
-    w = sae.W_dec[latent].float()
-    deltas, base_sum, abl_sum = [], 0.0, 0.0
-    for r in rows:
-        sel = (pos // ctx) == r
-        fire_pos = (pos[sel] % ctx).tolist()
-        fire_val = val[sel]
-        # positions where the next token exists and the input token is not special
-        scored = [p for p in fire_pos if p < ctx - 1 and bool(mask[r, p])]
-        if not scored:
-            continue
-        end = max(scored) + 2  # causal: later tokens do not change these logits
-        dev = w.device
-        toks = tokens.tokens[r : r + 1, :end].to(dev)
-        m = mask[r : r + 1, :end].to(dev)
-        a = torch.zeros(end, device=dev)
-        for p, v in zip(fire_pos, fire_val.tolist()):
-            if p < end:
-                a[p] = v
+    n_rows = tokens.tokens.shape[0]
+    todo = list(range(-(-n_rows // batch_size))) if batches is None else list(batches)
+    stats = LatentStats.empty(sae.cfg.d_sae, k=k, samples=samples)
+    dev = sae.W_dec.device
+    with Progress(desc, total=len(todo)) as bar:
+        for b in todo:
+            r0 = b * batch_size
+            toks = tokens.tokens[r0 : r0 + batch_size].to(dev)
+            mask = ~torch.isin(toks, special.to(dev))
+            contrib = None
+            if grad:
+                code, _, g = spliced_loss(sae, model, toks, mask, hook_name, grad=True)
+                contrib = attribution(code.values, code.indices, sae.W_dec, g)
+            else:
+                code = sae.encode(run_to_hook(model, toks, hook_name))
+            stats.update(code.values, code.indices, row0=r0, ctx=ctx, mask=mask.reshape(-1), contrib=contrib)
+            bar.update()
+    return stats.all_reduce()
 
-        def ablate(acts: Any, m=m, a=a) -> Any:
-            x_hat = sae(acts.reshape(-1, acts.shape[-1])).reshape(acts.shape).to(acts.dtype)
-            x_hat = x_hat - a[None, :, None] * w[None, None, :]
-            return torch.where(m[..., None], x_hat, acts)
 
-        with torch.inference_mode(), spliced(model, hook_name, ablate):
-            logits = model(toks).logits
-        ce_abl = per_token_ce(logits, toks)[0].cpu()
-        idx = torch.tensor(scored)
-        base = ce_with_sae[r, idx].double()
-        abl = ce_abl[idx].double()
-        deltas.append(abl - base)
-        base_sum += float(base.sum())
-        abl_sum += float(abl.sum())
-    if not deltas:
-        return None
-    d = torch.cat(deltas)
-    n = int(d.numel())
-    return DownstreamEval(
-        task=task,
-        metric="delta_ce_loss",
-        value=float(d.mean()),
-        method=ABLATION_METHOD,
-        n_tokens=n,
-        details={
-            "hook_name": hook_name,
-            "rows": len(rows),
-            "ce_loss_with_sae": base_sum / n,
-            "ce_loss_latent_ablated": abl_sum / n,
-        },
+def _window_values(sae: Any, model: Any, tokens: TokenSet, want: dict[int, set[int]], *, hook_name: str,
+                   batch_size: int, special: Any) -> dict[tuple[int, int], list[float]]:
+    """Per (window, latent) in ``want``: the latent's value at every token of the window,
+    re-run in the window's own batch of the pass (same shapes, so the same values)."""
+    import torch
+
+    from saekit.harness.activations import run_to_hook
+
+    out: dict[tuple[int, int], list[float]] = {}
+    by_batch: dict[int, list[int]] = {}
+    for r in sorted(want):
+        by_batch.setdefault(r // batch_size, []).append(r)
+    ctx = tokens.context_size
+    dev = sae.W_dec.device
+    with torch.inference_mode(), Progress("example windows", total=len(by_batch)) as bar:
+        for b, rows in sorted(by_batch.items()):
+            r0 = b * batch_size
+            toks = tokens.tokens[r0 : r0 + batch_size].to(dev)
+            keep = ~torch.isin(toks, special.to(dev)).reshape(-1, 1)
+            code = sae.encode(run_to_hook(model, toks, hook_name))
+            vals = (code.values.float() * keep).cpu().view(-1, ctx, code.values.shape[1])
+            idx = code.indices.cpu().view(-1, ctx, code.indices.shape[1])
+            for r in rows:
+                for latent in sorted(want[r]):
+                    v = (vals[r - r0] * (idx[r - r0] == latent)).sum(1).clamp(min=0)
+                    out[(r, latent)] = v.tolist()
+            bar.update()
+    return out
+
+
+def exact_ablations(
+    sae: Any, model: Any, tokens: TokenSet, stats: Any, latents: list[int], *, hook_name: str, batch_size: int,
+    special: Any, max_rows: int = 4,
+) -> dict[int, dict[str, Any]]:
+    """Per latent: exact change of summed next-token loss when it is removed from the spliced
+    reconstruction in its ``max_rows`` strongest windows, with the attribution estimate on
+    the same windows (for the agreement the check records)."""
+    import torch
+
+    from saekit.harness.latent_stats import attribution
+
+    ctx = tokens.context_size
+    rows_of = {L: [r for r, _ in stats.top(L)[:max_rows]] for L in latents}
+    rows = sorted({r for rs in rows_of.values() for r in rs})
+    base: dict[int, tuple[Any, Any, Any, float]] = {}  # row -> (values, indices, grad, loss)
+    W = sae.W_dec
+    dev = W.device
+    with Progress("exact ablations", total=-(-len(rows) // batch_size) + sum(map(len, rows_of.values()))) as bar:
+        for i in range(0, len(rows), batch_size):
+            group = rows[i : i + batch_size]
+            toks = tokens.tokens[group].to(dev)
+            mask = ~torch.isin(toks, special.to(dev))
+            code, loss, g = spliced_loss(sae, model, toks, mask, hook_name, grad=True)
+            kk = code.values.shape[1]
+            vals = (code.values.float() * mask.reshape(-1, 1)).view(len(group), ctx, kk)
+            idx = code.indices.view(len(group), ctx, kk)
+            gg = g.view(len(group), ctx, -1)
+            for j, r in enumerate(group):
+                base[r] = (vals[j].detach(), idx[j], gg[j], float(loss[j]))
+            bar.update()
+        jobs = [(L, r) for L in latents for r in rows_of[L]]
+        res: dict[int, dict[str, Any]] = {L: {"delta": 0.0, "attr": 0.0, "n": 0, "rows": len(rows_of[L]),
+                                              "base": 0.0, "ablated": 0.0} for L in latents}
+        for i in range(0, len(jobs), batch_size):
+            group = jobs[i : i + batch_size]
+            toks = tokens.tokens[[r for _, r in group]].to(dev)
+            mask = ~torch.isin(toks, special.to(dev))
+            abl = torch.zeros(len(group), ctx, W.shape[1], device=dev)
+            for j, (L, r) in enumerate(group):
+                v, ix, _, _ = base[r]
+                a = (v * (ix == L)).sum(1)  # [ctx]
+                abl[j] = a[:, None] * W[L].float()[None, :]
+            with torch.no_grad():
+                _, loss, _ = spliced_loss(sae, model, toks, mask, hook_name, grad=False, ablate=abl)
+            for j, (L, r) in enumerate(group):
+                v, ix, g, l0 = base[r]
+                sel = ix == L
+                contrib = attribution(v, ix, W, g)
+                e = res[L]
+                e["delta"] += float(loss[j]) - l0
+                e["attr"] += float((contrib * sel).double().sum())
+                e["n"] += int(((v > 0) & sel).sum())
+                e["base"] += l0
+                e["ablated"] += float(loss[j])
+                bar.update()
+    return res
+
+
+def agreement(exact: list[float], approx: list[float]) -> dict[str, float]:
+    """Spearman rank correlation, mean absolute error and median relative error of the
+    attribution estimates against exact ablation."""
+    import torch
+
+    if len(exact) < 2:
+        return {}
+    e, a = torch.tensor(exact, dtype=torch.float64), torch.tensor(approx, dtype=torch.float64)
+
+    def ranks(x: Any) -> Any:  # average ranks of ties
+        order = torch.argsort(x, stable=True)
+        r = torch.empty_like(x)
+        r[order] = torch.arange(len(x), dtype=torch.float64)
+        for v in torch.unique(x):
+            sel = x == v
+            if int(sel.sum()) > 1:
+                r[sel] = r[sel].mean()
+        return r
+
+    re, ra = ranks(e), ranks(a)
+    re, ra = re - re.mean(), ra - ra.mean()
+    den = float((re.norm() * ra.norm()))
+    rel = ((a - e).abs() / e.abs().clamp(min=1e-12)).median()
+    return {
+        "attribution_vs_ablation_spearman": float((re * ra).sum()) / den if den else float("nan"),
+        "attribution_vs_ablation_mae": float((a - e).abs().mean()),
+        "attribution_vs_ablation_median_rel_error": float(rel),
+        "attribution_vs_ablation_n_latents": float(len(exact)),
+    }
+
+
+def _example(tokens: TokenSet, tok_str: Any, r: int, values: list[float], *, right_context: int, bin: str) -> Any:
+    ctx = tokens.context_size
+    t = max(range(ctx), key=lambda i: (values[i], -i))  # first maximum
+    end = min(ctx, t + 1 + right_context)
+    ids = tokens.tokens[r, :end].tolist()
+    return ActivationExample(
+        tokens=[tok_str(i) for i in ids],
+        values=[float(v) for v in values[:end]],
+        token_ids=ids,
+        max_value=float(values[t]),
+        max_position=t,
+        source=ExampleSource(
+            dataset=tokens.source,
+            document=tokens.documents[r] if tokens.documents else None,
+            position=tokens.positions[r] if tokens.positions else None,
+        ),
+        bin=bin,
     )
 
 
@@ -175,121 +321,114 @@ def build_cards(
     sae: Any,
     model: Any,
     tokenizer: Any,
-    run: Any,
+    stats: Any,
     tokens: TokenSet,
     *,
     sae_ref: SAERef,
     hook_name: str,
     latents: list[int],
+    batch_size: int,
     downstream_latents: Iterable[int] = (),
+    attribution: bool = True,
     n_examples: int = 5,
+    n_quantile_examples: int = QUANTILE_EXAMPLES,
     right_context: int = 8,
     n_logits: int = 10,
     n_bins: int = 16,
     downstream_rows: int = 4,
-) -> list[FeatureCard]:
-    """One FeatureCard per latent in ``latents`` from an EvalRun (see saekit.harness.metrics)."""
+) -> tuple[list[FeatureCard], dict[str, float]]:
+    """One FeatureCard per latent in ``latents`` from the pass's LatentStats, and the
+    agreement of attribution with exact ablation on ``downstream_latents``."""
     import torch
 
+    from saekit.harness.latent_stats import quantile_picks
     from saekit.harness.model import unembedding
+    from saekit.harness.text import special_token_ids
 
-    ctx = tokens.context_size
+    special = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
     tok_str = _decoder(tokenizer)
-    ents = _entries(run.values, run.indices, latents)
-    n_tok = run.stats.n_tokens
+    n_tok = stats.n_tokens
     fp = tokens.fingerprint
     info = getattr(model, "saekit_info", None)
     prov = CardProvenance(
-        tool="saekit",
-        tool_version=__version__,
-        created_at=now_iso(),
-        model=info.id if info else None,
-        model_revision=info.revision if info else None,
-        hook_name=hook_name,
-        dataset=tokens.source,
+        tool="saekit", tool_version=__version__, created_at=now_iso(),
+        model=info.id if info else None, model_revision=info.revision if info else None,
+        hook_name=hook_name, dataset=tokens.source,
     )
-    extra = {"saekit": {"token_set": tokens.config(), "hook_name": hook_name}}
-    W_U = unembedding(model).float()
-    down = set(downstream_latents)
+    extra = {"saekit": {"token_set": tokens.config(), "hook_name": hook_name, "batch_size": batch_size,
+                        "histogram": "log grid: 16 bins per decade from 1e-4 (saekit.harness.latent_stats.GRID)"}}
     task = f"next-token prediction ({tokens.source}, {tokens.split} split)"
+
+    # the windows every example needs, then their values in one re-run of those batches
+    picks: dict[int, list[tuple[int, float, str]]] = {}
+    want: dict[int, set[int]] = {}
+    for L in latents:
+        top = [(r, v, "top") for r, v in stats.top(L)[:n_examples]]
+        qs = quantile_picks(stats.sample(L), {r for r, _, _ in top}, n_quantile_examples)
+        picks[L] = top + qs
+        for r, _, _ in picks[L]:
+            want.setdefault(r, set()).add(L)
+    values = _window_values(sae, model, tokens, want, hook_name=hook_name, batch_size=batch_size, special=special)
+
+    down = [L for L in downstream_latents if int(stats.fire_count[L]) > 0]
+    exact = exact_ablations(sae, model, tokens, stats, down, hook_name=hook_name, batch_size=batch_size,
+                            special=special, max_rows=downstream_rows) if down else {}
+    agree = agreement([exact[L]["delta"] / max(exact[L]["n"], 1) for L in down],
+                      [exact[L]["attr"] / max(exact[L]["n"], 1) for L in down]) if down else {}
+
+    W_U = unembedding(model).float()
+    attr, attr_n = stats.attribution().tolist(), stats.attr_count.tolist()
+    mean, mx, fire = stats.mean().tolist(), stats.act_max.tolist(), stats.fire_count.tolist()
     cards: list[FeatureCard] = []
-    empty = (torch.zeros(0, dtype=torch.long), torch.zeros(0))
     with Progress("feature cards", total=len(latents)) as bar:
-        for start in range(0, len(latents), 256):
-            chunk = latents[start : start + 256]
-            effects = (sae.W_dec[chunk].float() @ W_U).cpu()  # [chunk, vocab]: W_dec[i] . W_U (final norm gain folded)
+        for start in range(0, len(latents), 512):
+            chunk = latents[start : start + 512]
+            with torch.no_grad():
+                effects = (sae.W_dec[chunk].float() @ W_U).cpu()  # [chunk, vocab], final norm gain folded
             top = torch.topk(effects, n_logits, dim=1)
             bot = torch.topk(-effects, n_logits, dim=1)
-            for j, latent in enumerate(chunk):
-                pos, val = ents.get(latent, empty)
-                fires = int(run.stats.fire_count[latent])
-                mx = float(run.stats.act_max[latent]) if fires else None
-                hist = None
-                if fires and mx and mx > 0:
-                    counts = torch.histc(val, bins=n_bins, min=0.0, max=mx)
-                    edges = torch.linspace(0.0, mx, n_bins + 1)
-                    hist = Histogram(bin_edges=[float(e) for e in edges], counts=[float(c) for c in counts])
-                stats = ActivationStats(
+            tv, ti, bv, bi = top.values.tolist(), top.indices.tolist(), bot.values.tolist(), bot.indices.tolist()
+            for j, L in enumerate(chunk):
+                fires = fire[L]
+                hist = stats.histogram(L, n_bins) if fires else None
+                st = ActivationStats(
                     density=fires / max(n_tok, 1),
-                    mean=float(run.stats.act_sum[latent]) / fires if fires else None,
-                    max=mx,
+                    mean=mean[L] if fires else None,
+                    max=mx[L] if fires else None,
                     n_tokens=n_tok,
-                    histogram=hist,
+                    histogram=Histogram(bin_edges=hist[0], counts=hist[1]) if hist else None,
                     data_fingerprint=fp,
                 )
-                examples: list[ActivationExample] = []
-                seen: set[int] = set()
-                for p, v in zip(pos.tolist(), val.tolist()):
-                    r, t = divmod(p, ctx)
-                    if r in seen:
-                        continue
-                    seen.add(r)
-                    end = min(ctx, t + 1 + right_context)
-                    ids = tokens.tokens[r, :end].tolist()
-                    examples.append(
-                        ActivationExample(
-                            tokens=[tok_str(i) for i in ids],
-                            values=_row_values(pos, val, r, ctx, end),
-                            token_ids=ids,
-                            max_value=float(v),
-                            max_position=t,
-                            source=ExampleSource(
-                                dataset=tokens.source,
-                                document=tokens.documents[r] if tokens.documents else None,
-                                position=tokens.positions[r] if tokens.positions else None,
-                            ),
-                            bin="top",
-                        )
-                    )
-                    if len(examples) == n_examples:
-                        break
-                logit = LogitEffects(
-                    positive=[LogitEffect(token=tok_str(int(t)), token_id=int(t), value=float(v))
-                              for v, t in zip(top.values[j], top.indices[j])],
-                    negative=[LogitEffect(token=tok_str(int(t)), token_id=int(t), value=-float(v))
-                              for v, t in zip(bot.values[j], bot.indices[j])],
-                )
-                downstream = []
-                if latent in down and run.ce_with_sae is not None and fires:
-                    ev = _downstream(sae, model, tokens, run.mask, run.ce_with_sae, latent, pos, val,
-                                     hook_name=hook_name, max_rows=downstream_rows, task=task)
-                    if ev is not None:
-                        downstream.append(ev)
-                cards.append(
-                    FeatureCard(
-                        sae=sae_ref,
-                        index=latent,
-                        stats=stats,
-                        top_examples=examples,
-                        logit_effects=logit,
-                        downstream=downstream,
-                        tags=["dead"] if not fires else [],
-                        provenance=prov,
-                        extra=extra,
-                    )
-                )
+                exs = [_example(tokens, tok_str, r, values[(r, L)], right_context=right_context, bin=b)
+                       for r, _, b in picks[L]]
+                downstream: list[DownstreamEval] = []
+                if attribution and fires and attr_n[L]:
+                    downstream.append(DownstreamEval(
+                        task=task, metric=DOWNSTREAM_METRIC, value=attr[L], method=ATTRIBUTION,
+                        n_tokens=attr_n[L],
+                        details={"definition": ATTRIBUTION_DEFINITION, "hook_name": hook_name},
+                    ))
+                if L in exact and exact[L]["n"]:
+                    e = exact[L]
+                    downstream.append(DownstreamEval(
+                        task=task, metric=DOWNSTREAM_METRIC, value=e["delta"] / e["n"], method=ABLATION,
+                        n_tokens=e["n"],
+                        details={"definition": ABLATION_DEFINITION, "hook_name": hook_name, "windows": e["rows"],
+                                 "loss_sum_with_sae": e["base"], "loss_sum_latent_ablated": e["ablated"],
+                                 "attribution_same_windows": e["attr"] / e["n"]},
+                    ))
+                cards.append(FeatureCard(
+                    sae=sae_ref, index=L, stats=st,
+                    top_examples=[x for x in exs if x.bin == "top"],
+                    quantile_examples=[x for x in exs if x.bin != "top"],
+                    logit_effects=LogitEffects(
+                        positive=[LogitEffect(token=tok_str(t), token_id=t, value=v) for v, t in zip(tv[j], ti[j])],
+                        negative=[LogitEffect(token=tok_str(t), token_id=t, value=-v) for v, t in zip(bv[j], bi[j])],
+                    ),
+                    downstream=downstream, tags=["dead"] if not fires else [], provenance=prov, extra=extra,
+                ))
                 bar.update()
-    return cards
+    return cards, agree
 
 
 # --- files -----------------------------------------------------------------------------
@@ -308,11 +447,23 @@ def write_cards(cards: list[FeatureCard], path: Path) -> Path:
 
 
 def read_cards(path: Path) -> list[FeatureCard]:
-    """Cards of a .jsonl file (one per line) or a .json file (a card or a list)."""
+    """Cards of a .jsonl or .jsonl.gz file (one per line), a .json file (a card or a list), or
+    a folder of them (a release's feature_cards/ shards, read in name order)."""
+    import gzip
+
     path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz", ".json")))
+        if not files:
+            raise NotFoundError("no card files in the folder", where=str(path))
+        return [c for f in files for c in read_cards(f)]
     if not path.is_file():
         raise NotFoundError("no such card file", where=str(path))
-    text = path.read_text(encoding="utf-8")
+    try:
+        data = path.read_bytes()
+        text = (gzip.decompress(data) if path.name.endswith(".gz") else data).decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read: {err}", where=str(path)) from None
     docs: list[tuple[int, Any]] = []
     try:
         if path.suffix == ".json":
@@ -440,87 +591,150 @@ def verify_cards(
     density_rtol: float = 0.05,
     value_atol: float = 1e-3,
     value_rtol: float = 1e-3,
+    count_tol: float = 0.01,
+    attribution_tol: float = 0.05,
+    ablation_tol: float = 0.1,
     hook_name: str | None = None,
 ) -> VerifyReport:
-    """Re-check each card's claims against the SAE and model: its density (recomputed on the
-    token set the card names) and every top example's activations (re-run from token_ids).
-    Every card that disagrees is reported with all of its problems."""
+    """Re-check every number each card states against the SAE and model, and name the
+    field that disagrees: stats (density, mean, max, n_tokens, histogram) and the downstream
+    effects, recomputed in one streaming pass over the token set the card names; every top
+    and quantile example (re-run from its token_ids, and the best top example must reach the
+    recomputed max); logit effects (W_dec[i] @ W_U: each listed value, and that no unlisted
+    token beats the listed ones). Tolerances: values ``value_atol + value_rtol * |v|``,
+    histogram counts ``count_tol`` of the latent's firing tokens (at least 1), attribution
+    ``attribution_tol`` relative (it is recomputed by the same pass), exact ablation
+    ``ablation_tol`` relative (windows are re-run in other batches)."""
     import torch
 
     from saekit.harness.activations import run_to_hook
+    from saekit.harness.latent_stats import GRID, N_GRID
+    from saekit.harness.model import unembedding
     from saekit.harness.text import special_token_ids, token_set
 
     special = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
     sha = sae.ref.sha256 if sae.ref else None
     results = {c.index: CardCheck(c.index) for c in cards}
+    d_sae = sae.cfg.d_sae
 
-    def latent_values(ids: Any, hook: str, *, latent: int | None = None) -> Any:
-        """Dense latents [b, ctx, d_sae]; with ``latent``: (its values [ctx], its
-        pre-activation [ctx], the k-th largest value per token [ctx]) for the first row."""
+    def close(claimed: float, got: float, atol: float = value_atol, rtol: float = value_rtol) -> bool:
+        return abs(claimed - got) <= atol + rtol * max(abs(claimed), abs(got))
+
+    def latent_values(ids: Any, hook: str, latent: int) -> tuple[Any, Any, Any]:
+        """(its values [ctx], its pre-activation [ctx], the k-th largest value per token [ctx])."""
         acts = run_to_hook(model, ids, hook)
         flat = acts.reshape(-1, sae.cfg.d_in)
-        dense = torch.zeros(flat.shape[0], sae.cfg.d_sae)
         code = sae.encode(flat)
-        dense.scatter_(1, code.indices, code.values.float())
-        dense[torch.isin(ids.reshape(-1), special)] = 0.0
-        if latent is None:
-            return dense.reshape(ids.shape[0], ids.shape[1], -1)
+        vals = (code.values.float() * (code.indices == latent)).sum(1).clamp(min=0)
+        vals[torch.isin(ids.reshape(-1), special)] = 0.0
         from saekit.kernels.reference import pre_activations
 
         pre = torch.relu(pre_activations(flat, sae)[:, latent])
-        return dense[:, latent], pre, code.values[:, -1].float()
+        return vals, pre, code.values[:, -1].float()
 
     for c in cards:
         r = results[c.index]
-        if c.index >= sae.cfg.d_sae:
-            r.problems.append(f"index {c.index} >= d_sae {sae.cfg.d_sae}")
+        if c.index >= d_sae:
+            r.problems.append(f"index: {c.index} >= d_sae {d_sae}")
         if sha and c.sae.sha256 and c.sae.sha256 != sha:
-            r.problems.append(f"card is for SAE sha256 {c.sae.sha256[:12]}, checked against {sha[:12]}")
+            r.problems.append(f"sae.sha256: card is for {c.sae.sha256[:12]}, checked against {sha[:12]}")
+    valid = [c for c in cards if c.index < d_sae]
 
-    # density: grouped by the token set each card names
+    # stats and downstream effects: one pass per token set the cards name
     groups: dict[str, list[FeatureCard]] = {}
-    for c in cards:
+    for c in valid:
         cfg = (c.extra.get("saekit") or {}).get("token_set")
-        if c.stats is not None and cfg and c.index < sae.cfg.d_sae:
-            groups.setdefault(json.dumps(cfg, sort_keys=True), []).append(c)
+        if cfg and (c.stats is not None or c.downstream):
+            key = json.dumps({"ts": cfg, "hook": (c.extra.get("saekit") or {}).get("hook_name"),
+                              "bs": (c.extra.get("saekit") or {}).get("batch_size", 4)}, sort_keys=True)
+            groups.setdefault(key, []).append(c)
+        elif c.stats is not None or c.downstream:
+            r = results[c.index]
+            r.problems.append("extra.saekit.token_set: the card names no token set; its stats cannot be re-run")
     for key, group in groups.items():
-        cfg = json.loads(key)
-        hook = hook_name or (group[0].extra.get("saekit") or {}).get("hook_name") or sae.cfg.hook_name
-        ts = token_set(tokenizer, **cfg)
-        fires = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
-        n = 0
-        with Progress("verify: density", total=ts.tokens.shape[0]) as bar:
-            for i in range(0, ts.tokens.shape[0], 8):
-                ids = ts.tokens[i : i + 8]
-                fires += (latent_values(ids, hook) > 0).sum((0, 1))
-                n += int((~torch.isin(ids, special)).sum())
-                bar.update(ids.shape[0])
+        spec = json.loads(key)
+        hook = hook_name or spec["hook"] or sae.cfg.hook_name
+        ts = token_set(tokenizer, **spec["ts"])
+        bs = int(spec["bs"])
+        grad = any(d.method == ATTRIBUTION for c in group for d in c.downstream)
+        st = stream_latents(sae, model, ts, hook_name=hook, batch_size=bs, special=special, grad=grad,
+                            desc="verify: feature stats")
+        mean, attr = st.mean().tolist(), st.attribution().tolist()
+        ablate = sorted({c.index for c in group for d in c.downstream if d.method == ABLATION})
+        exact = exact_ablations(sae, model, ts, st, ablate, hook_name=hook, batch_size=bs, special=special,
+                                max_rows=max([int(d.details.get("windows", 4)) for c in group for d in c.downstream
+                                              if d.method == ABLATION] or [4])) if ablate else {}
         for c in group:
             r = results[c.index]
-            fp = c.stats.data_fingerprint
-            if fp and fp != ts.fingerprint:
-                r.problems.append(f"token set fingerprint {ts.fingerprint[:12]} differs from the card's {fp[:12]}")
-                continue
-            got = float(fires[c.index]) / max(n, 1)
-            tol = max(density_atol, density_rtol * c.stats.density)
-            r.checked.append("density")
-            if abs(got - c.stats.density) > tol:
-                r.problems.append(f"density {c.stats.density:.6g} claimed, {got:.6g} measured (tolerance {tol:.2g})")
+            L = c.index
+            fires = int(st.fire_count[L])
+            s = c.stats
+            if s is not None:
+                if s.data_fingerprint and s.data_fingerprint != ts.fingerprint:
+                    r.problems.append(f"stats.data_fingerprint: token set {ts.fingerprint[:12]} differs from the card's "
+                                      f"{s.data_fingerprint[:12]}")
+                    continue
+                r.checked.append("stats")
+                got = fires / max(st.n_tokens, 1)
+                tol = max(density_atol, density_rtol * s.density)
+                if abs(got - s.density) > tol:
+                    r.problems.append(f"stats.density: {s.density:.6g} claimed, {got:.6g} measured (tolerance {tol:.2g})")
+                if s.n_tokens is not None and s.n_tokens != st.n_tokens:
+                    r.problems.append(f"stats.n_tokens: {s.n_tokens} claimed, {st.n_tokens} counted")
+                for name, got_v in (("mean", mean[L] if fires else None), ("max", float(st.act_max[L]) if fires else None)):
+                    claimed = getattr(s, name)
+                    if claimed is None and got_v is None:
+                        continue
+                    if claimed is None or got_v is None or not close(claimed, got_v):
+                        r.problems.append(f"stats.{name}: {claimed} claimed, {got_v} measured")
+                h = s.histogram
+                if h is not None:
+                    grid = GRID.tolist()
+                    pos = [grid.index(e) if e in grid else None for e in h.bin_edges]
+                    if None in pos or len(h.bin_edges) != len(h.counts) + 1:
+                        r.problems.append("stats.histogram.bin_edges: not on saekit's histogram grid; cannot be verified")
+                    else:
+                        row = st.hist[L].tolist()
+                        tol_c = max(1.0, count_tol * fires)
+                        for j, (a, b) in enumerate(zip(pos, pos[1:])):
+                            got_c = float(sum(row[a:b]))
+                            if abs(got_c - h.counts[j]) > tol_c:
+                                r.problems.append(f"stats.histogram.counts[{j}]: {h.counts[j]:g} claimed, {got_c:g} measured")
+                                break
+                        outside = sum(row[: pos[0]]) + sum(row[pos[-1] : N_GRID])
+                        if outside > tol_c:
+                            r.problems.append(f"stats.histogram: {outside} activations fall outside its bins")
+            for j, d in enumerate(c.downstream):
+                where = f"downstream[{j}]"
+                if d.method == ATTRIBUTION:
+                    r.checked.append(where)
+                    if not close(d.value, attr[L], atol=1e-6, rtol=attribution_tol):
+                        r.problems.append(f"{where}.value ({ATTRIBUTION}): {d.value:.6g} claimed, {attr[L]:.6g} recomputed")
+                    if d.n_tokens is not None and d.n_tokens != int(st.attr_count[L]):
+                        r.problems.append(f"{where}.n_tokens: {d.n_tokens} claimed, {int(st.attr_count[L])} counted")
+                elif d.method == ABLATION and L in exact and exact[L]["n"]:
+                    r.checked.append(where)
+                    got = exact[L]["delta"] / exact[L]["n"]
+                    if not close(d.value, got, atol=1e-4, rtol=ablation_tol):
+                        r.problems.append(f"{where}.value ({ABLATION}): {d.value:.6g} claimed, {got:.6g} re-measured")
+                elif d.method in (ATTRIBUTION, ABLATION):
+                    r.problems.append(f"{where}: {d.method} claimed but the latent does not fire on the token set")
 
-    # top examples: re-run each example's token ids
-    todo = [(c, j, ex) for c in cards for j, ex in enumerate(c.top_examples) if c.index < sae.cfg.d_sae]
-    with Progress("verify: examples", total=len(todo)) as bar:
-        for c, j, ex in todo:
+    # examples: re-run each example's token ids
+    todo = [(c, f"{field}[{j}]", ex) for c in valid for field in ("top_examples", "quantile_examples")
+            for j, ex in enumerate(getattr(c, field))]
+    with torch.inference_mode(), Progress("verify: examples", total=len(todo)) as bar:
+        for c, where, ex in todo:
             r = results[c.index]
             bar.update()
             if not ex.token_ids:
-                r.problems.append(f"top_examples[{j}] has no token_ids: cannot be reproduced")
+                r.problems.append(f"{where}: no token_ids, cannot be reproduced")
                 continue
             hook = hook_name or (c.extra.get("saekit") or {}).get("hook_name") or sae.cfg.hook_name
-            vals, pre, kth = latent_values(torch.tensor([ex.token_ids]), hook, latent=c.index)
+            vals, pre, kth = latent_values(torch.tensor([ex.token_ids]), hook, c.index)
             claimed = torch.tensor(ex.values, dtype=torch.float32)
             if claimed.shape != vals.shape:
-                r.problems.append(f"top_examples[{j}]: {len(ex.values)} values for {len(ex.token_ids)} tokens")
+                r.problems.append(f"{where}.values: {len(ex.values)} values for {len(ex.token_ids)} tokens")
                 continue
             tol = value_atol + value_rtol * float(claimed.abs().max())
             diff = (vals - claimed).abs()
@@ -529,17 +743,52 @@ def verify_cards(
                 # the top k with float noise: either 0 or its pre-activation is then right
                 tie = ((pre - kth).abs() <= tol) & ((claimed == 0) | ((claimed - pre).abs() <= tol))
                 diff = torch.where(tie, torch.zeros_like(diff), diff)
-            r.checked.append(f"top_examples[{j}]")
+            r.checked.append(where)
             if float(diff.max()) > tol:
                 at = int(diff.argmax())
-                r.problems.append(
-                    f"top_examples[{j}]: value {float(claimed[at]):.5g} at token {at} claimed, "
-                    f"{float(vals[at]):.5g} reproduced"
-                )
+                r.problems.append(f"{where}.values: {float(claimed[at]):.5g} at token {at} claimed, "
+                                  f"{float(vals[at]):.5g} reproduced")
             elif ex.max_value is not None and ex.max_position is not None:
                 got = float(vals[ex.max_position])
                 if abs(got - ex.max_value) > tol:
-                    r.problems.append(
-                        f"top_examples[{j}]: max_value {ex.max_value:.5g} claimed, {got:.5g} reproduced"
-                    )
+                    r.problems.append(f"{where}.max_value: {ex.max_value:.5g} claimed, {got:.5g} reproduced")
+    for c in valid:  # the top example is the top: it reaches the measured max
+        r = results[c.index]
+        if c.top_examples and c.stats is not None and c.stats.max is not None and c.top_examples[0].max_value is not None:
+            if not close(c.top_examples[0].max_value, c.stats.max) and not any(p.startswith("stats.max") for p in r.problems):
+                r.problems.append(f"top_examples[0].max_value: {c.top_examples[0].max_value:.5g}, below the latent's "
+                                  f"max {c.stats.max:.5g}")
+
+    # logit effects: W_dec[i] @ W_U, the listed tokens and that none unlisted beats them
+    with_logits = [c for c in valid if c.logit_effects is not None]
+    if with_logits:
+        W_U = unembedding(model).float()
+        for i in range(0, len(with_logits), 512):
+            chunk = with_logits[i : i + 512]
+            with torch.no_grad():
+                eff = (sae.W_dec[[c.index for c in chunk]].float() @ W_U).cpu()
+            for row, c in zip(eff, chunk):
+                r = results[c.index]
+                r.checked.append("logit_effects")
+                for side, sign in (("positive", 1.0), ("negative", -1.0)):
+                    listed = getattr(c.logit_effects, side)
+                    for j, e in enumerate(listed):
+                        if e.token_id is None or not 0 <= e.token_id < row.numel():
+                            r.problems.append(f"logit_effects.{side}[{j}].token_id: missing or outside the vocabulary")
+                            break
+                        got = float(row[e.token_id])
+                        if not close(e.value, got):
+                            r.problems.append(f"logit_effects.{side}[{j}].value: {e.value:.5g} claimed for "
+                                              f"{e.token!r}, {got:.5g} computed")
+                            break
+                    else:
+                        if listed:
+                            ids = torch.tensor([e.token_id for e in listed])
+                            others = sign * row.clone()
+                            others[ids] = -float("inf")
+                            weakest = min(sign * e.value for e in listed)
+                            best = float(others.max())
+                            if best > weakest + value_atol + value_rtol * abs(weakest):
+                                r.problems.append(f"logit_effects.{side}: token id {int(others.argmax())} "
+                                                  f"({sign * best:.5g}) is missing from the listed top tokens")
     return VerifyReport([results[c.index] for c in cards])

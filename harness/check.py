@@ -33,8 +33,9 @@ from saekit.schemas.version import __version__
 
 DEFAULT_TOKENS = 8192
 DEFAULT_CONTEXT = 128
-DEFAULT_CARDS = 32  # cards for the most active latents ('all' for every latent)
-DEFAULT_DOWNSTREAM = 16  # per-latent ablation for the most active of those ('all' on request)
+DEFAULT_CARDS = "all"  # a card for every latent (or a number: the N most active)
+DEFAULT_DOWNSTREAM = 16  # exact ablation for the N most active latents ('all' on request);
+# every latent's card carries the attribution estimate of the same effect
 
 
 @dataclass
@@ -121,6 +122,7 @@ def check(
     from_record: Path | None = None,
     activations: Path | None = None,
     loader: Callable[[str], Any] | None = None,
+    threads: int | None = None,
 ) -> CheckResult:
     """Check the SAE ``ref`` (registry reference, hf:// or artifact folder) on a real LM.
 
@@ -132,11 +134,20 @@ def check(
     (reconstruction and sparsity metrics only: no CE/KL, no cards).
     ``loader``: turns ``ref`` into an SAE; default the registry's (registry references and
     artifact folders); ``saekit.check`` passes ``saekit.load``, which takes hf:// too.
+    ``threads``: torch threads (default: this process's share of the CPUs it may use).
+    Under ``torchrun --nproc-per-node N -m saekit check`` each rank runs every N-th batch and
+    rank 0 writes the same record metrics and cards as one process (saekit.harness.dist).
     """
     import torch
 
     threads_before = None
     expect_sha = None
+    from saekit.harness.dist import configure_threads, init
+
+    init()
+    if not (from_record is not None and threads is None):
+        threads_before = torch.get_num_threads()
+        configure_threads(threads)
     if from_record is not None:
         old = read_record(from_record)
         cfg = old.config()
@@ -153,7 +164,7 @@ def check(
         model_id = cfg.get("model_id", model_id)
         if cfg.get("activations"):
             activations = Path(cfg["activations"])
-        if cfg.get("torch_threads") and cfg["torch_threads"] != torch.get_num_threads():
+        if threads is None and cfg.get("torch_threads") and cfg["torch_threads"] != torch.get_num_threads():
             threads_before = torch.get_num_threads()
             torch.set_num_threads(int(cfg["torch_threads"]))
     if ref is None:
@@ -177,7 +188,17 @@ def _check(
     import torch
 
     from saekit.harness import gate as gate_mod
-    from saekit.harness.cards import build_cards, merge_annotations, read_annotations, select_latents, write_cards
+    from saekit.harness.cards import (
+        AGREEMENT_DEFINITIONS,
+        build_cards,
+        merge_annotations,
+        read_annotations,
+        select_latents,
+        stream_latents,
+        write_cards,
+    )
+    from saekit.harness.dist import broadcast_object, my_batches, rank_world
+    from saekit.harness.text import special_token_ids
     from saekit.harness.metrics import evaluate
     from saekit.harness.model import DEFAULT_MODEL_ID, load_lm
     from saekit.harness.record import torch_threads
@@ -224,12 +245,16 @@ def _check(
 
     t = time.perf_counter()
     say(f"evaluating on {tokens.n_tokens} tokens ({tokens.source}, {split} split) at {hook}")
-    run = evaluate(sae_dev, model, tok, tokens, hook_name=hook, batch_size=batch_size, downstream=downstream)
+    rank, world = rank_world()
+    mine = my_batches(-(-tokens.tokens.shape[0] // batch_size))
+    run = evaluate(sae_dev, model, tok, tokens, hook_name=hook, batch_size=batch_size, downstream=downstream,
+                   batches=mine, keep_codes=False)
     phases["eval"] = time.perf_counter() - t
 
-    eval_id = uuid.uuid4().hex
+    eval_id = broadcast_object(uuid.uuid4().hex)
     out = Path(out_dir) if out_dir is not None else _home() / "checks" / eval_id
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     sae_ref = sae.ref
     if sae_ref is None:
         from saekit.schemas import SAERef
@@ -238,19 +263,27 @@ def _check(
 
     cards_path = None
     n_cards = 0
+    agree: dict[str, float] = {}
     if cards:
         t = time.perf_counter()
-        latents = select_latents(run.stats.fire_count, _n_latents(cards_latents))
-        n_down = _n_latents(downstream_latents)
-        down = latents if n_down == "all" else latents[: int(n_down)] if downstream else []
-        card_list = build_cards(
-            sae_dev, model, tok, run, tokens, sae_ref=sae_ref, hook_name=hook,
-            latents=latents, downstream_latents=down, n_examples=n_examples,
-        )
-        if annotations is not None:
-            card_list, _ = merge_annotations(card_list, read_annotations(annotations))
-        cards_path = write_cards(card_list, out / "feature_cards.jsonl")
-        n_cards = len(card_list)
+        special = torch.tensor(special_token_ids(tok), dtype=torch.long)
+        stats = stream_latents(sae_dev, model, tokens, hook_name=hook, batch_size=batch_size, special=special,
+                               batches=mine, grad=downstream, k=n_examples)
+        phases["cards_pass"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if rank == 0:
+            latents = select_latents(stats.fire_count, _n_latents(cards_latents))
+            n_down = _n_latents(downstream_latents)
+            ranked = select_latents(stats.fire_count, n_down)
+            down = ranked if downstream else []
+            card_list, agree = build_cards(
+                sae_dev, model, tok, stats, tokens, sae_ref=sae_ref, hook_name=hook, latents=latents,
+                batch_size=batch_size, downstream_latents=down, attribution=downstream, n_examples=n_examples,
+            )
+            if annotations is not None:
+                card_list, _ = merge_annotations(card_list, read_annotations(annotations))
+            cards_path = write_cards(card_list, out / "feature_cards.jsonl")
+            n_cards = len(card_list)
         phases["cards"] = time.perf_counter() - t
 
     total = time.perf_counter() - t_start
@@ -266,8 +299,10 @@ def _check(
         "dtype": str(sae_dev.dtype).removeprefix("torch."),
         "kernels": current().kernels,
         "torch_threads": torch_threads(),
+        "world_size": world,
         "cards": {"enabled": cards, "latents": cards_latents, "downstream_latents": downstream_latents,
-                  "n_examples": n_examples, "n_cards": n_cards},
+                  "n_examples": n_examples, "n_cards": n_cards,
+                  "downstream_method": {"all": "attribution" if downstream else None, "chosen": "exact-ablation"}},
     }
     n_batches = run.counts["batches"]
     bench_cfg = saebench_config(
@@ -284,7 +319,12 @@ def _check(
         timings=Timings(total_s=total, tokens_per_s=tokens.n_tokens / phases["eval"] if phases["eval"] else None,
                         phases=phases),
     )
+    if agree:  # how well the attribution estimate matches exact ablation (saekit's, not SAEBench's)
+        record.eval_result_unstructured = {"feature_cards": {k: v for k, v in agree.items() if v == v}}
+        record.metric_definitions.update({k: AGREEMENT_DEFINITIONS[k] for k in agree if k in AGREEMENT_DEFINITIONS})
     metrics = record_metrics(record)
+    if rank != 0:  # rank 0 writes and logs
+        return CheckResult(record=record, verdict=None, record_path=out / "eval.json", cards_path=None)
     return _finish(record, pol, out, cards_path, log, sae, metrics, eval_id)
 
 

@@ -236,6 +236,16 @@ class BatchMetrics:
         self.per_batch["A"].append(float(x.pow(2).sum(-1).double().mean()))
         self.per_batch["M"].append(float(x.pow(2).mean(0).double().mean()))
 
+    def merge(self, other: BatchMetrics) -> None:
+        """Add a later batch's sums (in batch order, so 1 and N processes add alike)."""
+        self.n += other.n
+        for k, v in other.sums.items():
+            self.sums[k] += v
+        for k, v in other.per_batch.items():
+            self.per_batch[k].extend(v)
+        if other.prompts is not None:
+            self.prompts = other.prompts.clone() if self.prompts is None else self.prompts + other.prompts
+
     def metrics(self) -> dict[str, float]:
         if not self.n:
             return {}
@@ -365,12 +375,18 @@ def evaluate(
     hook_name: str,
     batch_size: int = 4,
     downstream: bool = True,
+    batches: list[int] | None = None,
+    keep_codes: bool = True,
 ) -> EvalRun:
     """SAEBench's and SAELens' core metrics of ``sae`` at ``hook_name`` over ``tokens`` (see
     DEFINITIONS), and per-latent details for every latent.
 
     With ``downstream`` the model runs three times per batch (clean, reconstruction
     spliced in, zero ablation) for the CE and KL metrics; without, it stops at the hook.
+    ``batches``: the batch indices to run (a torch.distributed rank's share, see
+    saekit.harness.dist); the sums of all ranks are then added in batch order, so N ranks
+    give the same metrics as one. ``keep_codes`` False keeps memory flat in the token count
+    (EvalRun.values/indices/ce_with_sae are then None).
     """
     import torch
 
@@ -385,11 +401,19 @@ def evaluate(
     n_ce = n_kl = 0
     d_in = sae.cfg.d_in
     dev = next(model.parameters()).device
-    batches = BatchMetrics(sae.cfg.d_sae)
-    n_batches = -(-toks_all.shape[0] // batch_size)
+    bm = BatchMetrics(sae.cfg.d_sae)
 
-    with torch.inference_mode(), Progress("eval batches", total=n_batches) as bar:
-        for i in range(0, toks_all.shape[0], batch_size):
+    from saekit.harness.dist import rank_world
+
+    n_batches = -(-toks_all.shape[0] // batch_size)
+    todo = list(range(n_batches)) if batches is None else list(batches)
+    distributed = rank_world()[1] > 1
+    parts: list[tuple[int, Any, dict[str, float], int, int, BatchMetrics]] = []  # per batch, when distributed
+    with torch.inference_mode(), Progress("eval batches", total=len(todo)) as bar:
+        for b in todo:
+            i = b * batch_size
+            part: dict[str, float] = {}
+            before = (n_ce, n_kl)
             toks = toks_all[i : i + batch_size].to(dev)
             mask = mask_all[i : i + batch_size].to(dev)
             if downstream:
@@ -405,12 +429,15 @@ def evaluate(
             code = sae.encode(flat)
             keep = fmask[:, None].to(code.values.dtype)
             kept = code.values * keep
-            values.append(kept.cpu())
-            indices.append(code.indices.cpu())
+            if keep_codes:
+                values.append(kept.cpu())
+                indices.append(code.indices.cpu())
             x_hat = sae.decode(code)
             rows = toks.shape[0]
-            batches.add(flat[fmask], x_hat[fmask],
-                        row_codes=(kept.reshape(rows, -1), code.indices.reshape(rows, -1)))
+            bm_b = BatchMetrics(sae.cfg.d_sae)  # this batch's, merged in batch order (as ranks are)
+            bm_b.add(flat[fmask], x_hat[fmask], row_codes=(kept.reshape(rows, -1), code.indices.reshape(rows, -1)))
+            if not distributed:
+                bm.merge(bm_b)
             if downstream:
                 x_hat = x_hat.reshape(acts.shape).to(acts.dtype)
                 recon = torch.where(mask[..., None], x_hat, acts)
@@ -425,19 +452,30 @@ def evaluate(
                 ce_sae = per_token_ce(None, toks, logp=lp_sae)
                 ce_abl = per_token_ce(None, toks, logp=lp_abl)
                 # per-token values in float32 (as sae-lens), sums over tokens in float64
-                sums["ce_without"] += float(ce_clean[m_ce].double().sum())
-                sums["ce_with"] += float(ce_sae[m_ce].double().sum())
-                sums["ce_abl"] += float(ce_abl[m_ce].double().sum())
+                part = {
+                    "ce_without": float(ce_clean[m_ce].double().sum()),
+                    "ce_with": float(ce_sae[m_ce].double().sum()),
+                    "ce_abl": float(ce_abl[m_ce].double().sum()),
+                    "kl_with": float(per_token_kl(lp_clean, lp_sae)[mask].double().sum()),
+                    "kl_abl": float(per_token_kl(lp_clean, lp_abl)[mask].double().sum()),
+                }
+                for k, v in part.items():
+                    sums[k] += v
                 n_ce += int(m_ce.sum())
-                sums["kl_with"] += float(per_token_kl(lp_clean, lp_sae)[mask].double().sum())
-                sums["kl_abl"] += float(per_token_kl(lp_clean, lp_abl)[mask].double().sum())
                 n_kl += int(mask.sum())
-                ce_sae_rows.append(ce_sae.float().cpu())
+                if keep_codes:
+                    ce_sae_rows.append(ce_sae.float().cpu())
+            if distributed:
+                parts.append((b, _light(_to_cpu(batch_stats)), part, n_ce - before[0], n_kl - before[1], bm_b))
             bar.update()
 
+    if stats is None:  # a rank with no batches: zero sums of the right shapes
+        stats = sae.eval_batch(torch.zeros(0, d_in, device=dev))
     stats = _to_cpu(stats)
+    if distributed:
+        stats, sums, n_ce, n_kl, bm = _reduce_in_batch_order(parts, stats, sums, sae.cfg.d_sae)
     metrics = metrics_from_stats(stats)
-    metrics.update(batches.metrics())
+    metrics.update(bm.metrics())
     ctx = toks_all.shape[1]
     counts = {"tokens": int(mask_all.sum()), "ce_positions": n_ce, "kl_positions": n_kl,
               "batches": n_batches, "rows": int(toks_all.shape[0])}
@@ -457,18 +495,56 @@ def evaluate(
             kl_div_with_ablation=kl_abl,
             kl_div_score=(kl_abl - kl_with) / kl_abl if kl_abl else float("nan"),
         )
-    latents, averages = latent_details(sae, stats.fire_count, stats.n_tokens, batches.prompts)
+    latents, averages = latent_details(sae, stats.fire_count, stats.n_tokens, bm.prompts)
     metrics.update(averages)
     return EvalRun(
         metrics=metrics,
         stats=stats,
         mask=mask_all,
-        values=_pad_cat(values, 0.0),
-        indices=_pad_cat(indices, 0),
-        ce_with_sae=torch.cat(ce_sae_rows) if downstream else None,
+        values=_pad_cat(values, 0.0) if keep_codes else None,
+        indices=_pad_cat(indices, 0) if keep_codes else None,
+        ce_with_sae=torch.cat(ce_sae_rows) if downstream and keep_codes else None,
         counts=counts,
         latents=latents,
     )
+
+
+def _light(stats: Any) -> Any:
+    """A batch's EvalStats without the per-latent vectors (reduced separately, exactly)."""
+    from dataclasses import replace
+
+    import torch
+
+    return replace(stats, fire_count=torch.zeros(0, dtype=torch.int64), act_sum=torch.zeros(0, dtype=torch.float64),
+                   act_max=torch.zeros(0))
+
+
+def _reduce_in_batch_order(
+    parts: list, local: Any, local_sums: dict[str, float], d_sae: int
+) -> tuple[Any, dict[str, float], int, int, BatchMetrics]:
+    """Every rank's per-batch sums added in batch order, as one process adds them; the
+    per-latent counts and maxima all-reduce (exact in any order)."""
+    from dataclasses import replace
+
+    import torch.distributed as dist
+
+    from saekit.harness.dist import all_gather_objects
+
+    got = sorted((p for ps in all_gather_objects(parts) for p in ps), key=lambda p: p[0])
+    stats, n_ce, n_kl = None, 0, 0
+    bm = BatchMetrics(d_sae)
+    sums = dict.fromkeys(local_sums, 0.0)
+    for _, st, s, nc, nk, bm_b in got:
+        bm.merge(bm_b)
+        stats = st if stats is None else stats + st
+        for k, v in s.items():
+            sums[k] += v
+        n_ce, n_kl = n_ce + nc, n_kl + nk
+    fire, act_sum, act_max = local.fire_count.clone(), local.act_sum.clone(), local.act_max.clone()
+    dist.all_reduce(fire)
+    dist.all_reduce(act_sum)  # float: order-dependent in the last bits; no metric reads it
+    dist.all_reduce(act_max, op=dist.ReduceOp.MAX)
+    return replace(stats, fire_count=fire, act_sum=act_sum, act_max=act_max), sums, n_ce, n_kl, bm
 
 
 def evaluate_activations(
@@ -484,7 +560,7 @@ def evaluate_activations(
     exclude = exclude_token_ids if exclude_token_ids is not None else getattr(source, "exclude_token_ids", [])
     ex = torch.tensor(exclude, dtype=torch.long)
     stats = None
-    batches = BatchMetrics(sae.cfg.d_sae)
+    bm = BatchMetrics(sae.cfg.d_sae)
     n_batches = 0
     for toks, acts in source:
         flat = acts.reshape(-1, sae.cfg.d_in).float()
@@ -496,12 +572,12 @@ def evaluate_activations(
         code = sae.encode(flat)
         kept = code.values * keep[:, None].to(code.values.device, code.values.dtype)
         rows = acts.shape[0] if acts.ndim == 3 else flat.shape[0]
-        batches.add(flat[keep], sae.decode(code)[keep], row_codes=(kept.reshape(rows, -1), code.indices.reshape(rows, -1)))
+        bm.add(flat[keep], sae.decode(code)[keep], row_codes=(kept.reshape(rows, -1), code.indices.reshape(rows, -1)))
         n_batches += 1
     stats = _to_cpu(stats)
     metrics = metrics_from_stats(stats)
-    metrics.update(batches.metrics())
+    metrics.update(bm.metrics())
     metrics["total_tokens_evaluated"] = float(stats.n_tokens)
-    latents, averages = latent_details(sae, stats.fire_count, stats.n_tokens, batches.prompts)
+    latents, averages = latent_details(sae, stats.fire_count, stats.n_tokens, bm.prompts)
     metrics.update(averages)
     return metrics, stats, latents

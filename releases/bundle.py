@@ -4,7 +4,7 @@
     <sae_id>/cfg.json               canonical artifact (SAELens v6 layout)
     <sae_id>/sae_weights.safetensors
     <sae_id>/eval.json              the BenchmarkRecord logged by the check
-    <sae_id>/feature_cards.jsonl    FeatureCards (or feature_cards/part-NNNNN-of-MMMMM.jsonl shards)
+    <sae_id>/feature_cards.jsonl    FeatureCards (or feature_cards/part-NNNNN-of-MMMMM.jsonl.gz shards)
     plots/*.png                     feature density, L0 vs explained variance
     browser/index.html              static feature browser (data inlined)
     pretrained_saes.yaml            the release as a SAELens registry entry (releases.ecosystem)
@@ -49,8 +49,10 @@ BUNDLE_FORMAT = "saekit-release/1"
 SUMS = "SHA256SUMS"
 RELEASE_JSON = "release.json"
 # The Hub allows 10k entries per folder and recommends files under a few GB; feature cards
-# of wide SAEs are split into shards of this many cards (one JSON line each).
+# of wide SAEs are split into gzip shards of at most this many cards (one JSON line each)
+# and this many uncompressed bytes, so a 16k-latent SAE is 8 files of a few MB.
 CARDS_PER_SHARD = 2048
+SHARD_BYTES = 256 * 2**20
 ARTIFACT_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors")
 
 
@@ -224,17 +226,29 @@ def _write_saes(manifest, tmp: Path, store, run_checks: bool, cards_per_shard: i
 
 
 def _write_cards(src: Path, dest: Path, sae_id: str, n: int, per_shard: int) -> list[str]:
-    """Copy the cards as they are, or split them into shards of ``per_shard`` lines."""
-    if n <= per_shard:
+    """Copy the cards as they are, or split them into gzip shards of at most ``per_shard``
+    lines and SHARD_BYTES uncompressed bytes (gzip without a timestamp: same bytes each build)."""
+    import gzip
+
+    if n <= per_shard and src.stat().st_size <= SHARD_BYTES:
         shutil.copyfile(src, dest / "feature_cards.jsonl")
         return [f"{sae_id}/feature_cards.jsonl"]
-    n_shards = -(-n // per_shard)
-    (dest / "feature_cards").mkdir()
-    names = [f"feature_cards/part-{i:05d}-of-{n_shards:05d}.jsonl" for i in range(n_shards)]
+    groups: list[list[bytes]] = [[]]
+    size = 0
     with open(src, "rb") as f:
-        lines = [ln if ln.endswith(b"\n") else ln + b"\n" for ln in f if ln.strip()]
-    for i, name in enumerate(names):
-        (dest / name).write_bytes(b"".join(lines[i * per_shard : (i + 1) * per_shard]))
+        for ln in f:
+            if not ln.strip():
+                continue
+            ln = ln if ln.endswith(b"\n") else ln + b"\n"
+            if groups[-1] and (len(groups[-1]) == per_shard or size + len(ln) > SHARD_BYTES):
+                groups.append([])
+                size = 0
+            groups[-1].append(ln)
+            size += len(ln)
+    (dest / "feature_cards").mkdir()
+    names = [f"feature_cards/part-{i:05d}-of-{len(groups):05d}.jsonl.gz" for i in range(len(groups))]
+    for name, lines in zip(names, groups):
+        (dest / name).write_bytes(gzip.compress(b"".join(lines), compresslevel=6, mtime=0))
     return [f"{sae_id}/{name}" for name in names]
 
 

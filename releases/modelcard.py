@@ -182,7 +182,7 @@ def render(manifest: ReleaseManifest, saes: list[SAEEntry], *, plots: list[tuple
         "| path | what |",
         "|---|---|",
         "| `<sae_id>/cfg.json`, `<sae_id>/sae_weights.safetensors` | the canonical artifact (SAELens v6 layout + a `saekit` block) |",
-        "| `<sae_id>/feature_cards.jsonl` (or `feature_cards/*.jsonl` shards) | one saekit FeatureCard per latent |",
+        "| `<sae_id>/feature_cards.jsonl` (or `feature_cards/*.jsonl.gz` shards) | one saekit FeatureCard per latent |",
         "| `<sae_id>/eval.json` | the BenchmarkRecord (SAEBench `BaseEvalOutput` fields) the numbers above come from |",
         "| `release.json` | manifest, pinned registry versions, benchmark records, file hashes |",
         "| `pretrained_saes.yaml` | this release as a SAELens registry entry (repo_id, path, l0, variance_explained) |",

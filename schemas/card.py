@@ -181,7 +181,11 @@ class DownstreamEval(Strict):
     task: str = Field(min_length=1)
     metric: str = Field(min_length=1)
     value: float
-    method: str = Field(min_length=1, description="How it was measured, e.g. 'zero-ablation'.")
+    method: str = Field(
+        min_length=1,
+        description="How it was measured, e.g. 'exact-ablation' or 'attribution' (first-order estimate); "
+        "details['definition'] says it in full.",
+    )
     n_tokens: NonNegInt | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 
@@ -216,6 +220,11 @@ class FeatureCard(Strict):
     annotations: list[Annotation] = Field(default_factory=list)
     stats: ActivationStats | None = None
     top_examples: list[ActivationExample] = Field(default_factory=list)
+    quantile_examples: list[ActivationExample] = Field(
+        default_factory=list,
+        description="Examples at quantiles of the latent's activations (bin 'quantile_50': the median), "
+        "as Neuronpedia and SAEDashboard show beside the top examples.",
+    )
     logit_effects: LogitEffects | None = None
     downstream: list[DownstreamEval] = Field(default_factory=list)
     similar: list[SimilarLatent] = Field(default_factory=list)

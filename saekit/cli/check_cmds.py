@@ -25,8 +25,11 @@ def check_cmd(
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Windows per forward pass."),
     corpus: str = typer.Option("pydoc", "--corpus", help="'pydoc' (CPython's docs) or a text file / folder of .txt."),
     cards: bool = typer.Option(True, "--cards/--no-cards", help="Build feature cards."),
-    cards_latents: str = typer.Option("32", "--cards-latents", help="Cards for the N most active latents, or 'all'."),
-    downstream_latents: str = typer.Option("16", "--downstream-latents", help="Per-latent ablation eval for N of them, or 'all'."),
+    cards_latents: str = typer.Option("all", "--cards-latents", help="Cards for every latent ('all'), or the N most active."),
+    downstream_latents: str = typer.Option(
+        "16", "--downstream-latents",
+        help="Exact ablation for the N most active latents, or 'all' (every card carries the attribution estimate)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads (default: CPUs this process may use, shared among torchrun ranks)."),
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="Merge labels: JSONL {index,label,description}, cards or Neuronpedia."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log metrics, files and gate tags on the registry version."),
     from_record: Optional[Path] = typer.Option(None, "--from-record", help="Re-run the config of an eval.json."),
@@ -43,7 +46,12 @@ def check_cmd(
         context_size=context, batch_size=batch_size, corpus=corpus, cards_latents=cards_latents,
         downstream_latents=downstream_latents, annotations=annotations, from_record=from_record, activations=activations,
         loader=saekit.load,
+        threads=threads,
     )
+    from saekit.harness.dist import rank_world
+
+    if rank_world()[0] != 0:  # torchrun: rank 0 reports
+        return
     rec = res.record
     data = {
         "ok": res.verdict is None or res.verdict.passed,
@@ -75,13 +83,13 @@ def check_cmd(
 
 @cards_app.command("verify")
 def verify_cmd(
-    cards_file: Path = typer.Argument(..., help="feature_cards.jsonl (or .json) to re-check."),
+    cards_file: Path = typer.Argument(..., help="feature_cards.jsonl, .jsonl.gz, .json, or a folder of shards to re-check."),
     sae: str = typer.Option(..., "--sae", help="The SAE the cards claim to describe (reference or folder)."),
     density_tol: float = typer.Option(2e-3, "--density-tol", help="Absolute density tolerance (or 5% relative)."),
     value_tol: float = typer.Option(1e-3, "--value-tol", help="Activation tolerance (absolute + relative to the max)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Re-check cards against the SAE and model: density and every top example (exit 1 if any lies)."""
+    """Re-check every number the cards state (stats, histogram, examples, logit effects, downstream effects) and name the field that lies (exit 1 if any lies)."""
     import saekit
     from saekit.harness.cards import read_cards, verify_cards
     from saekit.harness.model import DEFAULT_MODEL_ID, load_lm

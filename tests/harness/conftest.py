@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 N_TOKENS = 512
-CONTEXT = 128
+CONTEXT = 32
 POLICY = ["explained_variance >= 0.5", "l0 <= 16", "ce_loss_score >= 0.999"]
 
 
@@ -73,7 +73,7 @@ def checked(real_sae_dir: Path, lm, tmp_path_factory: pytest.TempPathFactory) ->
         out = root / "check"
         res = cli(
             "check", ref, "--policy", str(policy), "--tokens", str(N_TOKENS), "--context", str(CONTEXT),
-            "--cards-latents", "6", "--downstream-latents", "2", "--out", str(out), "--json",
+            "--cards-latents", "10", "--downstream-latents", "2", "--out", str(out), "--json",
         )
     if res.exception and not isinstance(res.exception, SystemExit):
         raise res.exception

@@ -103,12 +103,18 @@ def test_cards_are_valid_and_complete(checked):
     res = cli("cards", "validate", str(checked.cards_path))
     assert res.exit_code == 0, res.output
     cards = [FeatureCard.model_validate_json(line) for line in checked.cards_path.read_text().splitlines()]
-    assert len(cards) == 6
-    with_downstream = [c for c in cards if c.downstream]
-    assert len(with_downstream) == 2  # the 2 most active latents
-    for c in with_downstream:
-        d = c.downstream[0]
-        assert d.metric == "delta_ce_loss" and d.method and d.n_tokens > 0
+    assert len(cards) == 10
+    exact = [c for c in cards if any(d.method == "exact-ablation" for d in c.downstream)]
+    assert len(exact) == 2  # the 2 most active latents
+    for c in cards:  # every card: the attribution estimate, its method named
+        methods = [d.method for d in c.downstream]
+        assert methods[0] == "attribution" and c.downstream[0].n_tokens == round(c.stats.density * c.stats.n_tokens)
+        for d in c.downstream:
+            assert d.metric == "delta_ce_loss_per_firing_token" and d.details["definition"] and d.n_tokens > 0
+    rec = BenchmarkRecord.model_validate_json(checked.record_path.read_text())
+    agree = rec.eval_result_metrics["feature_cards"]
+    assert agree["attribution_vs_ablation_n_latents"] == 2 and -1 <= agree["attribution_vs_ablation_spearman"] <= 1
+    assert agree["attribution_vs_ablation_mae"] >= 0
     for c in cards:
         assert c.sae.sha256 and c.stats.density > 0 and c.stats.max >= c.stats.mean > 0
         assert c.stats.histogram and sum(c.stats.histogram.counts) == round(c.stats.density * c.stats.n_tokens)
@@ -120,6 +126,9 @@ def test_cards_are_valid_and_complete(checked):
             assert ex.values[ex.max_position] == ex.max_value > 0
         maxes = [ex.max_value for ex in c.top_examples]
         assert maxes == sorted(maxes, reverse=True) and maxes[0] == pytest.approx(c.stats.max)
+        for ex in c.quantile_examples:
+            assert ex.bin.startswith("quantile_") and 0 < ex.max_value <= c.stats.max
+            assert ex.token_ids not in [t.token_ids for t in c.top_examples]
 
 
 def test_annotations_merge_keeps_computed_fields(checked, tmp_path):
@@ -137,22 +146,56 @@ def test_annotations_merge_keeps_computed_fields(checked, tmp_path):
     assert len(FeatureCard.model_validate_json(cards_file.read_text().splitlines()[0]).annotations) == 1
 
 
-def test_cards_verify_reports_every_card_that_lies(checked, real_sae_dir, tmp_path):
+def test_cards_verify_names_the_field_of_every_tamper(checked, real_sae_dir, tmp_path):
     lines = checked.cards_path.read_text().splitlines()
     cards = [json.loads(line) for line in lines]
-    cards[0]["stats"]["density"] = min(1.0, cards[0]["stats"]["density"] * 2 + 0.05)
-    ex = cards[1]["top_examples"][0]
-    ex["values"][ex["max_position"]] *= 1.5
-    ex["max_value"] = ex["values"][ex["max_position"]]
+    assert cards[0] and json.loads(lines[0]) == cards[0]
+    exact = next(i for i, c in enumerate(cards) if any(d["method"] == "exact-ablation" for d in c["downstream"]))
+    with_q = next(i for i, c in enumerate(cards) if c.get("quantile_examples") and i != exact)
+    others = [i for i in range(len(cards)) if i not in (exact, with_q)]
+    tamper = {}
+
+    def t(name, fn):
+        i = others[len(tamper)]
+        fn(cards[i])
+        tamper[i] = name
+
+    def top_value(c):
+        ex = c["top_examples"][0]
+        ex["values"][ex["max_position"]] *= 1.5
+        ex["max_value"] = ex["values"][ex["max_position"]]
+
+    def hist(c):
+        c["stats"]["histogram"]["counts"] = [x * 1.5 + 1 for x in c["stats"]["histogram"]["counts"]]
+
+    t("stats.density", lambda c: c["stats"].update(density=min(1.0, c["stats"]["density"] * 2 + 0.05)))
+    t("top_examples[0]", top_value)
+    t("stats.max", lambda c: c["stats"].update(max=c["stats"]["max"] * 1.5))
+    t("stats.mean", lambda c: c["stats"].update(mean=c["stats"]["mean"] * 1.5))
+    t("stats.histogram.counts", hist)
+    t("logit_effects.positive[0].value", lambda c: c["logit_effects"]["positive"][0].update(
+        value=c["logit_effects"]["positive"][0]["value"] * 3))
+    t("downstream[0].value (attribution)", lambda c: c["downstream"][0].update(value=c["downstream"][0]["value"] * 3 + 0.01))
+    q = cards[with_q]["quantile_examples"][0]
+    q["values"][q["max_position"]] *= 2
+    tamper[with_q] = "quantile_examples[0].values"
+    d = next(d for d in cards[exact]["downstream"] if d["method"] == "exact-ablation")
+    d["value"] = d["value"] * 3 + 0.05
+    tamper[exact] = "(exact-ablation)"
     bad = tmp_path / "tampered.jsonl"
     bad.write_text("".join(json.dumps(c) + "\n" for c in cards))
     res = cli("cards", "verify", str(bad), "--sae", str(real_sae_dir), "--json")
     assert res.exit_code == 1, res.output
     report = json.loads(res.stdout)
-    assert sorted(c["index"] for c in report["lying"]) == sorted([cards[0]["index"], cards[1]["index"]])
     problems = {c["index"]: " ".join(c["problems"]) for c in report["lying"]}
-    assert "density" in problems[cards[0]["index"]] and "top_examples[0]" in problems[cards[1]["index"]]
-    assert report["n_cards"] == len(cards)  # the 4 untampered cards hold
+    assert sorted(problems) == sorted(cards[i]["index"] for i in tamper), problems
+    for i, field in tamper.items():
+        assert field in problems[cards[i]["index"]], (field, problems[cards[i]["index"]])
+    assert report["n_cards"] == len(cards)  # the untampered cards hold
+
+    # the untampered file holds entirely
+    res = cli("cards", "verify", str(checked.cards_path), "--sae", str(real_sae_dir), "--json")
+    assert res.exit_code == 0, res.output
 
 
 def test_check_reproduces_exactly_from_its_record(checked, tmp_path, monkeypatch):
@@ -164,6 +207,8 @@ def test_check_reproduces_exactly_from_its_record(checked, tmp_path, monkeypatch
     first = BenchmarkRecord.model_validate_json(checked.record_path.read_text())
     assert again.data.fingerprint == first.data.fingerprint
     assert again.sae.sha256 == first.sae.sha256
+    cards_agreement = first.eval_result_metrics.pop("feature_cards")  # the re-run builds no cards
+    assert cards_agreement["attribution_vs_ablation_n_latents"] == 2
     assert again.eval_result_metrics == first.eval_result_metrics  # exact, not approximate
 
 

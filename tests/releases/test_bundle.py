@@ -67,9 +67,11 @@ def test_large_card_sets_are_sharded(two_sae_manifest: Path, tmp_path: Path):
     from saekit.releases.bundle import build, verify
 
     out = build(two_sae_manifest, tmp_path / "bundle", cards_per_shard=20)
-    shards = sorted((out / "layer6/a/feature_cards").glob("*.jsonl"))
-    assert [p.name for p in shards] == [f"part-{i:05d}-of-00004.jsonl" for i in range(4)]
-    lines = [json.loads(line) for p in shards for line in p.read_text().splitlines()]
+    import gzip
+
+    shards = sorted((out / "layer6/a/feature_cards").glob("*.jsonl.gz"))
+    assert [p.name for p in shards] == [f"part-{i:05d}-of-00004.jsonl.gz" for i in range(4)]
+    lines = [json.loads(line) for p in shards for line in gzip.decompress(p.read_bytes()).decode().splitlines()]
     assert [c["index"] for c in lines] == list(range(64))
     assert not (out / "layer6/a/feature_cards.jsonl").exists()
     release = verify(out)

@@ -1,0 +1,227 @@
+"""Feature cards for every latent: their cost against plain LM passes, ranks, and load.
+
+    python benchmarks/check_load.py --tokens 1024            # cards cost vs forward+backward
+    python benchmarks/check_load.py --tokens 512 --load      # idle vs one competing CPU-bound process
+    python benchmarks/check_load.py --tokens 512 --ranks     # 1 rank vs 2 torchrun ranks
+
+Cards cost: the cards pass (one spliced forward + one backward per batch, every latent's
+stats, top-k, samples and attribution) plus card assembly (example windows, logit effects
+for every latent) against a plain forward + backward of SmolLM2-135M on the same tokens,
+the two alternating ``--repeats`` times in one process. Exact ablation of the chosen latents
+is timed apart (its cost depends on how many latents are chosen, not on the SAE's width).
+The SAE is the demo's shape (576 -> 4608, TopK k=32): the cached demo SAE when it exists,
+else random weights of that shape (stated in the results).
+
+Load: the same small ``saekit check`` as a subprocess, first alone, then with one
+competing CPU-bound process (a busy loop), in one run. Ranks: the cards pass's throughput
+under ``torchrun --nproc-per-node 1`` and ``2``.
+
+Every result carries the date, the machine (CPU model, CPUs this process may use) and the
+load average before and after each measurement: the machine may be shared.
+Results: benchmarks/results/check_load_<date>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def machine() -> dict:
+    from saekit.harness.dist import available_cpus
+    from saekit.harness.record import _cpu_name
+
+    return {"cpu": _cpu_name(), "cpus_usable": available_cpus(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def get_sae():
+    """The cached demo SAE, else random weights of its shape."""
+    import torch
+
+    from saekit.kernels.sae import SAE
+    from saekit.schemas import SAEConfig
+
+    cache = Path(os.environ.get("SAEKIT_CACHE_DIR") or Path.home() / ".cache" / "saekit") / "saes"
+    for folder in sorted(cache.glob("smollm2-res-l6-topk-demo-*")):
+        from saekit.registry.artifact import load_artifact
+
+        return load_artifact(folder), f"demo SAE {folder.name}"
+    g = torch.Generator().manual_seed(0)
+    d_in, d_sae, k = 576, 4608, 32
+    cfg = SAEConfig(architecture="topk", d_in=d_in, d_sae=d_sae, k=k,
+                    model_name="HuggingFaceTB/SmolLM2-135M-Instruct", hook_name="model.layers.6")
+    W = torch.randn(d_in, d_sae, generator=g) / d_in**0.5
+    sae = SAE(cfg, {"W_enc": W, "b_enc": torch.zeros(d_sae), "W_dec": W.T.contiguous() * 3.0, "b_dec": torch.zeros(d_in)})
+    return sae, "random weights, demo shape 576 -> 4608, TopK k=32"
+
+
+def cards_cost(args) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from saekit.harness.activations import spliced
+    from saekit.harness.cards import build_cards, exact_ablations, stream_latents
+    from saekit.harness.dist import configure_threads
+    from saekit.harness.model import load_lm
+    from saekit.harness.text import special_token_ids, token_set
+    from saekit.schemas import SAERef
+
+    threads = configure_threads(args.threads)
+    model, tok = load_lm()
+    sae, sae_desc = get_sae()
+    ts = token_set(tok, n_tokens=args.tokens, context_size=128, seed=0)
+    special = torch.tensor(special_token_ids(tok))
+    hook, bs = "model.layers.6", args.batch_size
+
+    def plain() -> float:
+        t = time.perf_counter()
+        for i in range(0, ts.tokens.shape[0], bs):
+            toks = ts.tokens[i : i + bs]
+            box = {}
+
+            def leaf(a):
+                box["x"] = a.detach().requires_grad_(True)
+                return box["x"]
+
+            with spliced(model, hook, leaf):
+                logits = model(toks).logits
+            F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1)).backward()
+        return time.perf_counter() - t
+
+    def cards() -> tuple[float, float, object]:
+        t = time.perf_counter()
+        st = stream_latents(sae, model, ts, hook_name=hook, batch_size=bs, special=special, grad=True)
+        t_pass = time.perf_counter() - t
+        t = time.perf_counter()
+        build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="bench"), hook_name=hook,
+                    latents=list(range(sae.cfg.d_sae)), batch_size=bs)
+        return t_pass, time.perf_counter() - t, st
+
+    rows = []
+    st = None
+    for rep in range(args.repeats):
+        l0 = load()
+        p = plain()
+        l1 = load()
+        t_pass, t_build, st = cards()
+        rows.append({"plain_fwd_bwd_s": round(p, 2), "cards_pass_s": round(t_pass, 2), "cards_build_s": round(t_build, 2),
+                     "ratio": round((t_pass + t_build) / p, 3), "load_before": l0, "load_between": l1, "load_after": load()})
+        print(json.dumps(rows[-1]), flush=True)
+    t = time.perf_counter()
+    from saekit.harness.cards import select_latents
+
+    chosen = select_latents(st.fire_count, 16)
+    exact_ablations(sae, model, ts, st, chosen, hook_name=hook, batch_size=bs, special=special)
+    t_abl = time.perf_counter() - t
+    return {
+        "what": "cards for every latent (pass + assembly) vs plain forward+backward, same tokens",
+        "sae": sae_desc, "d_sae": sae.cfg.d_sae, "tokens": int(ts.tokens.numel()), "batch_size": bs,
+        "torch_threads": threads, "runs": rows,
+        "median_ratio": statistics.median(r["ratio"] for r in rows),
+        "exact_ablation_16_latents_s": round(t_abl, 2),
+        "goal": "ratio <= 1.5",
+    }
+
+
+CHECK_CHILD = [sys.executable, "-m", "saekit", "check"]
+
+
+def _check_once(sae_dir: str, tokens: int, out: Path, extra: list[str], launcher: list[str] | None = None) -> float:
+    env = {**os.environ, "SAEKIT_QUIET": "1"}
+    cmd = [*(launcher or CHECK_CHILD), sae_dir, "--tokens", str(tokens), "--no-log", "--out", str(out),
+           "--downstream-latents", "4", *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-2000:])
+    rec = json.loads((out / "eval.json").read_text())
+    return rec["timings"]["phases"]
+
+
+def under_load(args) -> dict:
+    from saekit.harness.train import ensure_demo_sae
+
+    sae_dir = str(ensure_demo_sae("test"))
+    out = Path(tempfile.mkdtemp())
+    busy = [sys.executable, "-c", "while True: pass"]
+    rows = {}
+    l0 = load()
+    rows["idle"] = _check_once(sae_dir, args.tokens, out / "idle", [])
+    rows["idle"]["load_before"] = l0
+    comp = subprocess.Popen(busy)
+    try:
+        l1 = load()
+        rows["one_competitor"] = _check_once(sae_dir, args.tokens, out / "busy", [])
+        rows["one_competitor"]["load_before"] = l1
+    finally:
+        comp.kill()
+        comp.wait()
+    ratio = {k: round(rows["one_competitor"][k] / rows["idle"][k], 2)
+             for k in ("eval", "cards_pass", "cards") if k in rows["idle"] and rows["idle"][k]}
+    return {"what": "saekit check (test SAE, every latent's card), idle vs one competing busy loop, one run",
+            "tokens": args.tokens, "phases_s": rows, "slowdown": ratio, "goal": "slowdown <= 2.5x"}
+
+
+def ranks(args) -> dict:
+    from saekit.harness.train import ensure_demo_sae
+
+    sae_dir = str(ensure_demo_sae("test"))
+    out = Path(tempfile.mkdtemp())
+    rows = {}
+    for n in (1, 2):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+                    "-m", "saekit", "check"]
+        l0 = load()
+        ph = _check_once(sae_dir, args.tokens, out / f"r{n}", ["--batch-size", "1"], launcher)
+        rows[f"{n}_ranks"] = {**ph, "load_before": l0, "load_after": load()}
+    speed = {k: round(rows["1_ranks"][k] / rows["2_ranks"][k], 2) for k in ("eval", "cards_pass")}
+    return {"what": "saekit check under torchrun, 1 vs 2 ranks (gloo, CPU, batch size 1); speedup = time(1) / time(2)",
+            "tokens": args.tokens, "phases_s": rows, "speedup": speed, "goal": "cards_pass speedup >= 1.6"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=8192)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--load", action="store_true", help="idle vs one competing CPU-bound process")
+    ap.add_argument("--ranks", action="store_true", help="1 vs 2 torchrun ranks")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    stamp = datetime.now(timezone.utc)
+    result = {"date": stamp.isoformat(timespec="seconds"), "device": "cpu", "machine": machine(),
+              "load_at_start": load(), "command": " ".join(sys.argv)}
+    if args.load:
+        result["load_test"] = under_load(args)
+    elif args.ranks:
+        result["ranks"] = ranks(args)
+    else:
+        result["cards_cost"] = cards_cost(args)
+    result["load_at_end"] = load()
+    kind = "load" if args.load else "ranks" if args.ranks else "cost"
+    path = args.out or RESULTS / f"check_{kind}_{stamp:%Y%m%dT%H%M}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Per-latent statistics of every latent in one streaming pass, with memory bounded by the
+SAE's width (never by the token count), reduced exactly across batches and ranks.
+
+What a FeatureCard states about every latent comes from ``LatentStats``:
+
+- fire count, activation sum (fixed point, so sums are exact and order-free), maximum;
+- a histogram of non-zero activations on one fixed log-spaced grid (``GRID``), so counts
+  from any batches or ranks add up, and a card's bins are groups of grid bins;
+- the top windows by their maximum activation (streaming top-k, ties by lower window);
+- a uniform sample of the windows where the latent fires (a bottom-k sketch on a hash of
+  (window, latent): mergeable, deterministic, independent of the order windows arrive in),
+  from which the quantile examples are picked;
+- the first-order (attribution) estimate of the change in summed next-token loss if the
+  latent were removed from the reconstruction: ``-a_i(t) * W_dec[i] . dL/dx_hat(t)``.
+
+Every reduction is exact (integer sums, maxima, total orders), so one process and N ranks
+of ``torchrun`` produce the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+# Histogram grid: [0, 1e-4) then 16 log-spaced bins per decade up to 1e4; larger values
+# count in the last bin. Fixed, so histograms of any batches add up exactly.
+GRID_PER_DECADE = 16
+GRID = torch.cat([torch.zeros(1, dtype=torch.float64),
+                  torch.logspace(-4, 4, 8 * GRID_PER_DECADE + 1, dtype=torch.float64)])
+N_GRID = GRID.numel() - 1
+# Fixed-point scales: sums of float32 values as int64 multiples of 2^-SCALE are exact and
+# associative (activation sums up to 2^31, attribution sums up to 2^23 per latent).
+ACT_SCALE = 32
+ATTR_SCALE = 40
+_P = 2147483647  # 2^31 - 1
+
+
+def fixed(x: torch.Tensor, scale: int) -> torch.Tensor:
+    return torch.round(x.double() * float(2**scale)).long()
+
+
+def unfixed(x: torch.Tensor, scale: int) -> torch.Tensor:
+    return x.double() / float(2**scale)
+
+
+def grid_bins(values: torch.Tensor) -> torch.Tensor:
+    """Index of each (positive) value's grid bin: GRID[i] <= v < GRID[i+1]; clamped."""
+    return torch.bucketize(values.double(), GRID[1:-1], right=True)
+
+
+def sample_priority(rows: torch.Tensor, latents: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A pseudo-random priority per (window, latent), the same on every rank and run
+    (two rounds of multiplicative hashing modulo 2^31-1)."""
+    h = (rows.long() * 1000003 + latents.long() * 7919 + 12345 + seed) % _P
+    h = (h * 48271 + 11) % _P
+    h = (h * 69621 + latents.long()) % _P
+    return (h * 16807) % _P
+
+
+@dataclass
+class LatentStats:
+    """Streaming per-latent state. ``update`` per batch, ``merge`` across ranks."""
+
+    fire_count: torch.Tensor  # [d_sae] int64
+    act_sum: torch.Tensor  # [d_sae] int64, fixed point 2^-ACT_SCALE
+    act_max: torch.Tensor  # [d_sae] float32
+    hist: torch.Tensor  # [d_sae, N_GRID] int64
+    top_val: torch.Tensor  # [d_sae, K] float32, max activation in the window (0: empty)
+    top_row: torch.Tensor  # [d_sae, K] int64 window index (large: empty)
+    smp_pri: torch.Tensor  # [d_sae, S] int64 priority (_P: empty)
+    smp_row: torch.Tensor  # [d_sae, S] int64
+    smp_val: torch.Tensor  # [d_sae, S] float32
+    attr_sum: torch.Tensor  # [d_sae] int64, fixed point 2^-ATTR_SCALE
+    attr_count: torch.Tensor  # [d_sae] int64 firing tokens with a gradient
+    n_tok: torch.Tensor  # [1] int64 tokens counted (the mask's)
+
+    @classmethod
+    def empty(cls, d_sae: int, *, k: int = 5, samples: int = 32) -> LatentStats:
+        z = lambda *s, dt=torch.int64: torch.zeros(*s, dtype=dt)  # noqa: E731
+        return cls(
+            fire_count=z(d_sae), act_sum=z(d_sae), act_max=z(d_sae, dt=torch.float32),
+            hist=z(d_sae, N_GRID),
+            top_val=z(d_sae, k, dt=torch.float32), top_row=torch.full((d_sae, k), 2**62),
+            smp_pri=torch.full((d_sae, samples), _P), smp_row=torch.full((d_sae, samples), 2**62),
+            smp_val=z(d_sae, samples, dt=torch.float32),
+            attr_sum=z(d_sae), attr_count=z(d_sae), n_tok=z(1),
+        )
+
+    @property
+    def d_sae(self) -> int:
+        return self.fire_count.shape[0]
+
+    # -- one batch ---------------------------------------------------------------------
+
+    def update(
+        self, values: torch.Tensor, indices: torch.Tensor, *, row0: int | torch.Tensor, ctx: int,
+        mask: torch.Tensor | None = None, contrib: torch.Tensor | None = None,
+    ) -> None:
+        """Add a batch of windows. ``values``/``indices`` [rows*ctx, k] are the sparse codes
+        (0 = not firing), ``row0`` the first window's index in the token set (or a tensor
+        of each window's index), ``mask`` [rows*ctx] the tokens that count, ``contrib``
+        [rows*ctx, k] the attribution of each code entry (see ``attribution``)."""
+        n, k = values.shape
+        n_rows = n // ctx
+        rows_of = (torch.arange(n_rows) + row0) if isinstance(row0, int) else row0.long()
+        vals = values.detach().float().cpu()
+        idx = indices.detach().long().cpu()
+        keep = vals > 0
+        if mask is not None:
+            keep &= mask.reshape(-1, 1).cpu()
+            self.n_tok += int(mask.sum())
+        else:
+            self.n_tok += n
+        tok = torch.arange(n).repeat_interleave(k).reshape(n, k)
+        lat, val, tok = idx[keep], vals[keep], tok[keep]
+        d = self.d_sae
+        self.fire_count.index_add_(0, lat, torch.ones_like(lat))
+        self.act_sum.index_add_(0, lat, fixed(val, ACT_SCALE))
+        self.act_max.scatter_reduce_(0, lat, val, "amax")
+        self.hist.view(-1).index_add_(0, lat * N_GRID + grid_bins(val), torch.ones_like(lat))
+        if contrib is not None:
+            c = contrib.detach().cpu()[keep]
+            self.attr_sum.index_add_(0, lat, fixed(c, ATTR_SCALE))
+            self.attr_count.index_add_(0, lat, torch.ones_like(lat))
+        # per (window, latent): the maximum activation in the window
+        local_row = tok // ctx
+        rowmax = torch.zeros(n_rows * d).scatter_reduce_(0, local_row * d + lat, val, "amax").view(n_rows, d)
+        cand_val = rowmax.T.contiguous()  # [d, rows]
+        cand_row = rows_of.view(1, -1).expand(d, n_rows)
+        self.top_val, self.top_row = merge_top(
+            torch.cat([self.top_val, cand_val], 1), torch.cat([self.top_row, cand_row], 1), self.top_val.shape[1]
+        )
+        pri = torch.where(cand_val > 0, sample_priority(cand_row, torch.arange(d).view(-1, 1)), _P)
+        self.smp_pri, self.smp_row, self.smp_val = merge_sample(
+            torch.cat([self.smp_pri, pri], 1), torch.cat([self.smp_row, cand_row], 1),
+            torch.cat([self.smp_val, cand_val], 1), self.smp_pri.shape[1],
+        )
+
+    # -- reductions ----------------------------------------------------------------------
+
+    def merge(self, other: LatentStats) -> LatentStats:
+        """Exact union of two partial states (any order gives the same result)."""
+        top_val, top_row = merge_top(torch.cat([self.top_val, other.top_val], 1),
+                                     torch.cat([self.top_row, other.top_row], 1), self.top_val.shape[1])
+        smp = merge_sample(torch.cat([self.smp_pri, other.smp_pri], 1), torch.cat([self.smp_row, other.smp_row], 1),
+                           torch.cat([self.smp_val, other.smp_val], 1), self.smp_pri.shape[1])
+        return LatentStats(
+            fire_count=self.fire_count + other.fire_count, act_sum=self.act_sum + other.act_sum,
+            act_max=torch.maximum(self.act_max, other.act_max), hist=self.hist + other.hist,
+            top_val=top_val, top_row=top_row, smp_pri=smp[0], smp_row=smp[1], smp_val=smp[2],
+            attr_sum=self.attr_sum + other.attr_sum, attr_count=self.attr_count + other.attr_count,
+            n_tok=self.n_tok + other.n_tok,
+        )
+
+    def all_reduce(self) -> LatentStats:
+        """The merged state of every rank (torch.distributed, gloo or NCCL); self if not
+        distributed."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self
+        out = self
+        parts = {}
+        for f in fields(self):
+            t = getattr(self, f.name)
+            got = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+            dist.all_gather(got, t.contiguous())
+            parts[f.name] = got
+        out = None
+        for r in range(dist.get_world_size()):
+            s = LatentStats(**{name: parts[name][r] for name in parts})
+            out = s if out is None else out.merge(s)
+        return out
+
+    # -- results -------------------------------------------------------------------------
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.n_tok[0])
+
+    def mean(self) -> torch.Tensor:
+        return unfixed(self.act_sum, ACT_SCALE) / self.fire_count.clamp(min=1)
+
+    def attribution(self) -> torch.Tensor:
+        """Mean over firing tokens of the estimated change in summed next-token loss."""
+        return unfixed(self.attr_sum, ATTR_SCALE) / self.attr_count.clamp(min=1)
+
+    def _lists(self) -> dict[str, list]:
+        cache = self.__dict__.get("_cache")
+        if cache is None:
+            cache = {name: getattr(self, name).tolist() for name in ("top_val", "top_row", "smp_pri", "smp_row", "smp_val")}
+            self.__dict__["_cache"] = cache
+        return cache
+
+    def top(self, latent: int) -> list[tuple[int, float]]:
+        """(window, max activation) of the latent's top windows, strongest first."""
+        c = self._lists()
+        return [(r, v) for r, v in zip(c["top_row"][latent], c["top_val"][latent]) if v > 0]
+
+    def sample(self, latent: int) -> list[tuple[int, float]]:
+        """(window, max activation) of the sampled windows, by activation ascending (ties
+        by window)."""
+        c = self._lists()
+        got = [(v, r) for p, r, v in zip(c["smp_pri"][latent], c["smp_row"][latent], c["smp_val"][latent]) if p < _P]
+        return [(r, v) for v, r in sorted(got)]
+
+    def histogram(self, latent: int, n_bins: int = 16) -> tuple[list[float], list[float]] | None:
+        """(bin_edges, counts): the latent's occupied grid range, in at most ``n_bins`` groups
+        of whole grid bins (so the card's edges are grid edges)."""
+        return coarsen(self.hist[latent].tolist(), n_bins)
+
+
+_GRID_LIST = GRID.tolist()
+
+
+def coarsen(counts: list[int], n_bins: int) -> tuple[list[float], list[float]] | None:
+    """Grid-bin counts grouped into at most ``n_bins`` bins over their occupied range."""
+    nz = [i for i, c in enumerate(counts) if c]
+    if not nz:
+        return None
+    lo, hi = nz[0], nz[-1] + 1
+    width = -(-(hi - lo) // n_bins)
+    starts = list(range(lo, hi, width))
+    edges = [_GRID_LIST[s] for s in starts] + [_GRID_LIST[min(hi, starts[-1] + width)]]
+    cs = [float(sum(counts[s : s + width])) for s in starts]
+    return edges, cs
+
+
+def merge_top(val: torch.Tensor, row: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per latent, the k entries with the largest value, ties (and empties) by lower window;
+    a total order, so the result does not depend on the order entries arrive in. A window
+    appears once (its maximum), so duplicates never occur."""
+    o = torch.sort(row, dim=1, stable=True).indices
+    val, row = val.gather(1, o), row.gather(1, o)
+    o = torch.sort(val, dim=1, descending=True, stable=True).indices[:, :k]
+    return val.gather(1, o), row.gather(1, o)
+
+
+def merge_sample(pri: torch.Tensor, row: torch.Tensor, val: torch.Tensor, s: int):
+    """Per latent, the s entries with the smallest priority (ties by lower window)."""
+    o = torch.sort(row, dim=1, stable=True).indices
+    pri, row, val = pri.gather(1, o), row.gather(1, o), val.gather(1, o)
+    o = torch.sort(pri, dim=1, stable=True).indices[:, :s]
+    return pri.gather(1, o), row.gather(1, o), val.gather(1, o)
+
+
+def attribution(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """First-order change of the loss when each code entry is removed from the
+    reconstruction: ``-a * (W_dec[i] . dL/dx_hat)`` per entry [n, k] (exact when the loss is
+    linear in x_hat). One backward gives ``grad`` [n, d_in] for every latent at once."""
+    w = W_dec.float()[indices.long()]  # [n, k, d_in]
+    return -(values.float() * torch.einsum("nkd,nd->nk", w, grad.float()))
+
+
+def quantile_picks(sample: list[tuple[int, float]], exclude: set[int], n: int) -> list[tuple[int, float, str]]:
+    """``n`` windows at evenly spaced quantiles of the sampled activations (windows already
+    among the top examples left out): (window, activation, bin label)."""
+    pool = [(r, v) for r, v in sample if r not in exclude]
+    if not pool or n <= 0:
+        return []
+    out, used = [], set()
+    for j in range(n):
+        q = (j + 0.5) / n
+        at = min(len(pool) - 1, int(q * len(pool)))
+        r, v = pool[at]
+        if r in used:
+            continue
+        used.add(r)
+        out.append((r, v, f"quantile_{round(q * 100)}"))
+    return out

@@ -1,0 +1,94 @@
+"""Streaming per-latent statistics against brute-force dense computation (no LM)."""
+
+from __future__ import annotations
+
+import torch
+
+from saekit.harness.latent_stats import (
+    GRID,
+    LatentStats,
+    attribution,
+    grid_bins,
+    sample_priority,
+)
+
+
+def _codes(n_rows: int, ctx: int, d_sae: int, k: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.zeros(n_rows * ctx, d_sae)
+    for t in range(n_rows * ctx):
+        idx = torch.randperm(d_sae, generator=g)[:k]
+        # rounded values make ties, which the tie-break must settle
+        dense[t, idx] = torch.round(torch.rand(k, generator=g) * 8) / 2
+    values, indices = torch.topk(dense, k, dim=1)
+    return dense, values, indices
+
+
+def _stream(values, indices, ctx, rows_per_batch, order=None, k=3, samples=4, d_sae=12):
+    n_rows = values.shape[0] // ctx
+    st = LatentStats.empty(d_sae, k=k, samples=samples)
+    batches = list(range(0, n_rows, rows_per_batch))
+    for r0 in (order or batches):
+        sl = slice(r0 * ctx, (r0 + rows_per_batch) * ctx)
+        st.update(values[sl], indices[sl], row0=r0, ctx=ctx)
+    return st
+
+
+def test_streaming_stats_topk_and_samples_equal_brute_force():
+    ctx, n_rows, d_sae, k = 5, 12, 12, 3
+    dense, values, indices = _codes(n_rows, ctx, d_sae, k)
+    st = _stream(values, indices, ctx, rows_per_batch=3)
+    per_row = dense.view(n_rows, ctx, d_sae)
+    for L in range(d_sae):
+        a = dense[:, L]
+        fired = a[a > 0]
+        assert int(st.fire_count[L]) == fired.numel()
+        assert float(st.act_max[L]) == (float(fired.max()) if fired.numel() else 0.0)
+        assert abs(float(st.mean()[L]) - (float(fired.double().mean()) if fired.numel() else 0.0)) < 1e-9
+        hist = torch.bincount(grid_bins(fired), minlength=GRID.numel() - 1)
+        assert torch.equal(st.hist[L], hist)
+        # top windows: by their maximum, ties by lower window
+        row_max = per_row[:, :, L].max(1).values
+        want = sorted([(-float(v), r) for r, v in enumerate(row_max.tolist()) if v > 0])[:3]
+        assert st.top(L) == [(r, -v) for v, r in want]
+        # sample: the 4 firing windows of smallest priority (ties by window)
+        rows = [r for r in range(n_rows) if row_max[r] > 0]
+        pri = sample_priority(torch.tensor(rows, dtype=torch.long), torch.full((len(rows),), L)).tolist()
+        chosen = [r for _, r in sorted(zip(pri, rows))[:4]]
+        assert sorted(st.sample(L)) == sorted((r, float(row_max[r])) for r in chosen)
+
+
+def test_merge_is_exact_in_any_order_and_split():
+    ctx, n_rows, d_sae, k = 5, 12, 12, 3
+    _, values, indices = _codes(n_rows, ctx, d_sae, k, seed=1)
+    one = _stream(values, indices, ctx, rows_per_batch=2)
+    # two "ranks" (every other batch, out of order), merged both ways
+    a = _stream(values, indices, ctx, rows_per_batch=2, order=[8, 0, 4])
+    b = _stream(values, indices, ctx, rows_per_batch=2, order=[10, 2, 6])
+    for merged in (a.merge(b), b.merge(a)):
+        for name in ("fire_count", "act_sum", "act_max", "hist", "top_val", "top_row", "smp_pri", "smp_row",
+                     "smp_val", "n_tok"):
+            assert torch.equal(getattr(merged, name), getattr(one, name)), name
+
+
+def test_attribution_equals_exact_ablation_when_loss_is_linear():
+    torch.manual_seed(0)
+    n, d_in, d_sae, k = 6, 8, 10, 3
+    W_dec = torch.randn(d_sae, d_in)
+    values = torch.rand(n, k)
+    indices = torch.stack([torch.randperm(d_sae)[:k] for _ in range(n)])
+    c = torch.randn(n, d_in)
+
+    def x_hat(v):
+        return torch.einsum("nk,nkd->nd", v, W_dec[indices])
+
+    def loss(x):  # linear in the reconstruction
+        return (c * x).sum()
+
+    x = x_hat(values).requires_grad_(True)
+    loss(x).backward()
+    contrib = attribution(values, indices, W_dec, x.grad)
+    for L in range(d_sae):
+        sel = indices == L
+        exact = loss(x_hat(values * ~sel)) - loss(x_hat(values))
+        assert torch.allclose(contrib[sel].sum(), exact, atol=1e-5), L
