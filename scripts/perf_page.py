@@ -202,10 +202,10 @@ def registry_load(name: str, d: dict) -> str:
 
 
 def generic(name: str, d: dict) -> str:
-    """Any other result file that says what it is (``benchmark``, ``title``, ``command``,
-    ``machine``, ``date``, ``loadavg_1m``): its scalar results as one table, nested ones
-    flattened with dots."""
-    missing = [k for k in ("benchmark", "command", "machine", "date") if k not in d]
+    """Any other result file that says what it is: ``command``, ``machine`` (text or a
+    mapping), ``date``, and optionally ``benchmark``/``title`` and its load (``loadavg_1m`` or
+    ``load_at_start``); its results as one table, nested ones flattened with dots."""
+    missing = [k for k in ("command", "machine", "date") if k not in d]
     if missing:
         raise SystemExit(f"{name}: no renderer, and it lacks {', '.join(missing)} (add them or a renderer)")
     rows: list[list[Any]] = []
@@ -214,14 +214,23 @@ def generic(name: str, d: dict) -> str:
         if isinstance(value, dict):
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, v in enumerate(value):
+                walk(f"{prefix}[{i}]", v)
         elif not isinstance(value, list) or len(value) <= 8:
             rows.append([f"`{prefix}`", value if not isinstance(value, list) else ", ".join(map(_num, value))])
 
+    meta = ("benchmark", "title", "command", "machine", "date", "loadavg_1m", "load_at_start")
     for key, value in d.items():
-        if key not in ("benchmark", "title", "command", "machine", "date", "loadavg_1m"):
+        if key not in meta:
             walk(key, value)
-    out = f"## {d.get('title', d['benchmark'])}\n\n"
-    out += _where(name, d["command"], d["machine"], d["date"], _load(d["loadavg_1m"]) if isinstance(d.get("loadavg_1m"), (int, float, list)) else "not recorded")
+    machine = d["machine"]
+    if isinstance(machine, dict):
+        machine = ", ".join(f"{k} {v}" for k, v in machine.items())
+    load = d.get("loadavg_1m", d.get("load_at_start"))
+    title = d.get("title") or d.get("benchmark") or Path(name).stem
+    out = f"## {title}\n\n"
+    out += _where(name, d["command"], machine, d["date"], _load(load) if isinstance(load, (int, float, list)) else "not recorded")
     return out + "\n" + _table(["result", "value"], rows)
 
 
