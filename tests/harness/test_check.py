@@ -112,7 +112,7 @@ def test_cards_are_valid_and_complete(checked):
         for d in c.downstream:
             assert d.metric == "delta_ce_loss_per_firing_token" and d.details["definition"] and d.n_tokens > 0
     rec = BenchmarkRecord.model_validate_json(checked.record_path.read_text())
-    agree = rec.eval_result_metrics["feature_cards"]
+    agree = rec.eval_result_unstructured["feature_cards"]
     assert agree["attribution_vs_ablation_n_latents"] == 2 and -1 <= agree["attribution_vs_ablation_spearman"] <= 1
     assert agree["attribution_vs_ablation_mae"] >= 0
     for c in cards:
