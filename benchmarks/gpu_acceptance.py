@@ -84,8 +84,9 @@ CHECK_TOLERANCE: dict[str, tuple[float, float]] = {  # metric: (rtol, atol)
     "default": (1e-3, 1e-4),
     "dead_fraction": (0.0, 1e-3),
     "dense_fraction": (0.0, 1e-3),
-    "total_tokens_eval": (0.0, 0.0),
-    "total_positions_ce": (0.0, 0.0),
+    "total_tokens_evaluated": (0.0, 0.0),
+    "total_tokens_eval_reconstruction": (0.0, 0.0),
+    "total_tokens_eval_sparsity_variance": (0.0, 0.0),
 }
 
 OWED = [
@@ -293,7 +294,7 @@ def stage_check(dry: bool, sae: str, n_tokens: int, context: int, batch_size: in
     bad = [r for r in rows if not r["ok"]]
     for r in rows:
         say(f"  {r['metric']:<28} cpu {r['cpu']!s:<24} {device} {r['device']!s:<24} {'ok' if r['ok'] else 'DIFFERS'}")
-    kernels = rec.get("eval_config", {}).get("kernels")
+    kernels = rec.get("check_config", {}).get("kernels")
     return {"ok": not bad and bool(rows), "sae": str(folder), "cpu_record": str(cpu_record),
             "device_record": str(dev_record), "device": device, "device_kernels": kernels,
             "equivalent_cli": [f"saekit check {folder} --device cpu --tokens {n_tokens} --context {context} "

@@ -30,7 +30,7 @@ def test_two_ranks_write_the_same_cards_and_metrics_as_one(real_sae_dir, tmp_pat
                tmp_path / "two", env)
     assert (tmp_path / "one" / "feature_cards.jsonl").read_bytes() == (tmp_path / "two" / "feature_cards.jsonl").read_bytes()
     assert one["eval_result_metrics"] == two["eval_result_metrics"]
-    assert one["eval_config"]["world_size"] == 1 and two["eval_config"]["world_size"] == 2
+    assert one["check_config"]["world_size"] == 1 and two["check_config"]["world_size"] == 2
     cards = [json.loads(x) for x in (tmp_path / "one" / "feature_cards.jsonl").read_text().splitlines()]
     assert len(cards) == one["sae_cfg_dict"]["d_sae"]  # every latent
     methods = {d["method"] for c in cards for d in c["downstream"]}

@@ -45,7 +45,7 @@ def test_gpu_acceptance_dry_run(tmp_path: Path):
     # check: every metric of the CPU record against the Triton path's, within tolerance
     c = st["check"]
     names = {m["metric"] for m in c["metrics"]}
-    assert {"explained_variance", "mse", "cossim", "l0", "l1", "dead_fraction", "total_tokens_eval"} <= names
+    assert {"explained_variance", "mse", "cossim", "l0", "l1", "dead_fraction", "total_tokens_evaluated"} <= names
     assert all(m["ok"] for m in c["metrics"]) and c["differing"] == []
     assert c["device_kernels"] == "triton"
 
