@@ -40,6 +40,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -317,7 +319,7 @@ def _download(res: Resolved, unit: Unit, dest: Path) -> dict[str, str]:
     hashes: dict[str, str] = {}
     where = res.uri(unit)
     for name in unit.files:
-        with _hub_errors(where), _quiet_downloads(force=len(res.units) > 1):
+        with _hub_errors(where), quiet_progress(force=len(res.units) > 1):
             got = hf_hub_download(res.repo, name, repo_type=res.repo_type, revision=res.commit,
                                   endpoint=endpoint(), cache_dir=current().hub_cache)
         target = dest / name
@@ -336,25 +338,20 @@ def _quiet() -> bool:
     return current().quiet
 
 
-def _quiet_downloads(force: bool = False):
-    """huggingface_hub's per-file progress bars off while SAEKIT_QUIET=1 (or ``force``:
-    a glob shows one bar for all its SAEs)."""
-    from contextlib import contextmanager
-
+@contextmanager
+def quiet_progress(*, force: bool = False) -> Iterator[None]:
+    """huggingface_hub's progress bars off while saekit is quiet (SAEKIT_QUIET, --quiet), or
+    with ``force`` (a glob shows one bar for all its SAEs). Releases use it too."""
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    @contextmanager
-    def ctx():
-        if not (force or _quiet()) or are_progress_bars_disabled():
-            yield
-            return
-        disable_progress_bars()
-        try:
-            yield
-        finally:
-            enable_progress_bars()
-
-    return ctx()
+    if not (force or _quiet()) or are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()
 
 
 def upgrade_saelens_cfg(raw: dict[str, Any]) -> dict[str, Any] | None:

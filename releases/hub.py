@@ -14,11 +14,10 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from saekit.registry.hub_source import quiet_progress
 from saekit.schemas import IntegrityError, NotFoundError, PublishError, SAERef
 from saekit.schemas.settings import current
 
@@ -30,21 +29,6 @@ if TYPE_CHECKING:
 def cache_dir() -> str | None:
     """HF_HUB_CACHE of the settings in use (huggingface_hub reads it once, at import)."""
     return current().hub_cache
-
-
-@contextmanager
-def quiet_progress() -> Iterator[None]:
-    """huggingface_hub's progress bars off while saekit is quiet (SAEKIT_QUIET, --quiet)."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
-    if not current().quiet or are_progress_bars_disabled():
-        yield
-        return
-    disable_progress_bars()
-    try:
-        yield
-    finally:
-        enable_progress_bars()
 
 
 def endpoint() -> str | None:

@@ -111,7 +111,7 @@ def publish(
     from huggingface_hub import HfApi
 
     from saekit.releases.hub import endpoint as env_endpoint
-    from saekit.releases.hub import quiet_progress
+    from saekit.registry.hub_source import quiet_progress
 
     api = HfApi(endpoint=(endpoint or env_endpoint()))
     with quiet_progress():
