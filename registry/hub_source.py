@@ -619,10 +619,8 @@ def register(
 
 
 def _set_source_tags(info: VersionInfo, tags: dict[str, str]) -> None:
-    """Provenance tags: saekit-owned, written here only (users cannot set saekit.*)."""
+    """Provenance tags: saekit-owned, written here only (users cannot set saekit.*), through
+    the registry's public API for saekit's own tags (retries and error translation there)."""
     from saekit.registry import store
 
-    client = store._client()
-    with store._errors(info.ref):
-        for key, value in tags.items():
-            store._retry(client.set_model_version_tag, info.name, str(info.version), key, value)
+    store.record_tags(info.name, info.version, tags)

@@ -534,10 +534,13 @@ def set_tags(name: str, version: int | str, tags: dict[str, str]) -> None:
 
 
 def record_tags(name: str, version: int | str, tags: dict[str, str]) -> None:
-    """Write saekit's own tags (the check's verdict and metrics, a release's Hub commit).
+    """Write saekit's own tags (the check's verdict and metrics, a release's Hub commit, a
+    Hub source's provenance) on a ready version, with the backend's retries and its error
+    translation (one-line saekit errors, masked URIs).
 
-    Called only by the code that earns them (log_check, releases.publish); neither the CLI
-    nor saekit.register reaches it.
+    Called only by the code that earns them (log_check, releases.publish,
+    registry.hub_source); neither the CLI nor saekit.register reaches it. This is the one way
+    in for them: no module outside this one and registry.backend uses their private names.
     """
     _set_tags(name, version, _check_tags(tags, allow_reserved=True))
 

@@ -33,7 +33,7 @@ RESERVED_TAGS = frozenset(
     {READY, SHA, FILES, ARCHITECTURE, D_IN, D_SAE, K, MODEL, MODEL_REVISION, HOOK, SCHEMA_VERSION, DTYPE}
 )
 
-# --- registration from a source (registry.hub_source): provenance ----------------------
+# --- registration from a source (registry.hub_source, through registry.store.record_tags): provenance
 SOURCE = "saekit.source"  # the pinned source URI (hf://ORG/REPO@COMMIT/PATH)
 SOURCE_REPO = "saekit.source.repo"
 SOURCE_COMMIT = "saekit.source.commit"

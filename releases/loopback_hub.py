@@ -49,6 +49,18 @@ _REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 _OID = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_BODY = 2 << 30  # bytes of one request body (an LFS upload included)
+# Files a browser would run as a page or script if served under their own type. The Hub
+# (huggingface.co/REPO/resolve/REV/PATH) does not render them on its origin: a repository's
+# index.html shows as text or downloads. The loopback does the same, so a test that opens a
+# resolve URL sees what a Hub user sees (to view a release's browser: download it, or put it
+# in a static Space; docs/releases.md).
+_ACTIVE_SUFFIXES = (".html", ".htm", ".xhtml", ".svg", ".js", ".mjs", ".xml")
+
+
+def _content_type(path: str) -> str:
+    if path.lower().endswith(_ACTIVE_SUFFIXES):
+        return "text/plain; charset=utf-8"
+    return "application/octet-stream"
 
 
 def check_repo_id(repo: str) -> str:
@@ -514,12 +526,16 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubRequestError(404, f"Entry not found: {path}", "EntryNotFound")
         data = self.store.read_blob(entry.sha256)  # the stored bytes decide the size, not a declaration
         headers = {
-            "Content-Type": "application/octet-stream",
+            "Content-Type": _content_type(path),
             "Content-Length": str(len(data)),
             "X-Repo-Commit": sha,
             "ETag": f'"{entry.oid}"',
             "Accept-Ranges": "none",
         }
+        if path.lower().endswith(_ACTIVE_SUFFIXES):
+            # Like the Hub: a repository's HTML (or SVG, JS) is never served as a page on the
+            # Hub's own origin; it comes as text, and the browser must not sniff it back.
+            headers["X-Content-Type-Options"] = "nosniff"
         if entry.lfs:
             headers["X-Linked-Etag"] = f'"{entry.sha256}"'
             headers["X-Linked-Size"] = str(len(data))

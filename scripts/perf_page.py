@@ -234,7 +234,42 @@ def generic(name: str, d: dict) -> str:
     return out + "\n" + _table(["result", "value"], rows)
 
 
-RENDERERS: dict[str, Callable[[str, dict], str]] = {"matching": matching, "load": load, "registry_load": registry_load}
+_BROWSER_ROWS = [
+    ("first_contentful_paint_ms", "first contentful paint (paint entry)"),
+    ("list_painted_ms", "list of latents painted (Element Timing)"),
+    ("list_in_dom_ms", "list of latents in the DOM (page script done)"),
+    ("script_ms", "of which the page's script (a duration)"),
+    ("largest_contentful_paint_ms", "largest contentful paint"),
+    ("dom_content_loaded_ms", "DOMContentLoaded"),
+    ("load_event_ms", "load event"),
+    ("search_ms", "typed search after load: input event to results in the DOM (a duration)"),
+    ("search_painted_ms", "typed search after load: input event to results painted (a duration)"),
+    ("url_search_painted_ms", "search in the URL (`#q=...`, second navigation): results painted"),
+]
+
+
+def browser(name: str, d: dict) -> str:
+    m = d["machine"]
+    machine = f"{m['cpu']}, {m['cpus_usable']} CPUs, {m['platform']}, {m['chromium']}, Python {m['python']}"
+    load = f"{_load(d['loadavg_1m'])} at start, {_load(d['load_average_at_end'])} at end"
+    out = f"## {d['title']}\n\n"
+    out += _where(name, d["command"], machine, d["date"], load)
+    out += (
+        f"\nOne self-contained page ({_num(d['page_mib'])} MiB) for {d['latents']:,} latents with check-sized cards,"
+        f" opened from `file://`, each of {d['repeats']} repeats in a fresh headless Chromium; read over the"
+        " DevTools protocol. Milliseconds from navigation start unless said otherwise; medians.\n\n"
+    )
+    med = d["median_ms"]
+    out += _table(["", "median ms"], [[label, med.get(k)] for k, label in _BROWSER_ROWS if k in med])
+    out += (
+        f"\nEach repeat, first contentful paint: {', '.join(_num(x) for x in d['first_contentful_paint_ms_each'])} ms;"
+        f" list painted: {', '.join(_num(x) for x in d['list_painted_ms_each'])} ms. Search: {d['search']}.\n"
+    )
+    return out
+
+
+RENDERERS: dict[str, Callable[[str, dict], str]] = {"matching": matching, "load": load, "registry_load": registry_load,
+                                                    "browser": browser}
 
 
 def render(results: Path = RESULTS) -> str:

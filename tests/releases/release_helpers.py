@@ -46,7 +46,10 @@ def make_record(name: str, version: int, sha: str, d_sae: int, *, ev: float = 0.
     }
 
 
-def make_cards(name: str, version: int, sha: str, d_sae: int) -> list[dict]:
+def make_cards(name: str, version: int, sha: str, d_sae: int, *, rich: bool = False) -> list[dict]:
+    """Cards of a hand-made SAE; latent 7 fires on " labrador" ("dog breeds"). ``rich``: latent 7
+    also has quantile examples, an activation histogram and downstream effects (the browser's
+    every section)."""
     cards = []
     for i in range(d_sae):
         toks = TOKENS[i % 3 :] + TOKENS[: i % 3]
@@ -63,12 +66,26 @@ def make_cards(name: str, version: int, sha: str, d_sae: int) -> list[dict]:
         if i == 7:
             card["annotations"] = [{"label": "dog breeds", "source": "human"}]
             card["top_examples"] = [{"tokens": [" my", " labrador", " sat"], "values": [0.0, 3.5, 0.2], "max_position": 1}]
+            if rich:
+                card["quantile_examples"] = [
+                    {"tokens": [" a", " spaniel", " ran"], "values": [0.0, 1.25, 0.0], "max_position": 1, "bin": "quantile_50"},
+                    {"tokens": [" the", " terrier", "."], "values": [0.0, 0.5, 0.0], "max_position": 1, "bin": "quantile_12"},
+                ]
+                card["stats"]["histogram"] = {"bin_edges": [0.0, 1.0, 2.0, 3.0, 4.0], "counts": [9.0, 4.0, 2.0, 1.0]}
+                card["downstream"] = [
+                    {"task": "sample", "metric": "delta_ce_loss_per_firing_token", "value": 0.0421,
+                     "method": "exact-ablation", "n_tokens": 12},
+                    {"task": "sample", "metric": "delta_ce_loss_per_firing_token", "value": 0.0397,
+                     "method": "attribution", "n_tokens": 12},
+                ]
         cards.append(card)
     return cards
 
 
-def register_checked(name: str, seed: int, tmp: Path, *, gate: str = "pass", alias: str = "production", ev: float = 0.9):
-    """Register a hand-made SAE and log a hand-made check on it; returns its VersionInfo."""
+def register_checked(name: str, seed: int, tmp: Path, *, gate: str = "pass", alias: str = "production", ev: float = 0.9,
+                     rich: bool = False):
+    """Register a hand-made SAE and log a hand-made check on it; returns its VersionInfo.
+    ``rich``: see make_cards."""
     from saekit.registry import store
 
     info = store.register(name, make_sae(seed=seed), alias=alias)
@@ -78,7 +95,7 @@ def register_checked(name: str, seed: int, tmp: Path, *, gate: str = "pass", ali
     rec = make_record(name, info.version, info.sha256, d_sae, ev=ev, l0=4.0 + seed)
     (folder / "eval.json").write_text(json.dumps(rec, indent=2, sort_keys=True))
     (folder / "feature_cards.jsonl").write_text(
-        "".join(json.dumps(c, sort_keys=True) + "\n" for c in make_cards(name, info.version, info.sha256, d_sae))
+        "".join(json.dumps(c, sort_keys=True) + "\n" for c in make_cards(name, info.version, info.sha256, d_sae, rich=rich))
     )
     tags = {"saekit.gate": gate, "saekit.eval_id": rec["eval_id"], "metric.explained_variance": str(ev)}
     if gate != "pass":
