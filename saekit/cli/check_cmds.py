@@ -32,7 +32,7 @@ def check_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads (default: CPUs this process may use, shared among torchrun ranks)."),
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="Merge labels: JSONL {index,label,description}, cards or Neuronpedia."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log metrics, files and gate tags on the registry version."),
-    from_record: Optional[Path] = typer.Option(None, "--from-record", help="Re-run the config of an eval.json."),
+    from_record: Optional[Path] = typer.Option(None, "--from-record", help="Re-run the check_config of an eval.json (REF, --device, --threads and the cards options given here apply)."),
     activations: Optional[Path] = typer.Option(None, "--activations", help="Stored activation shards instead of the model (no CE/KL, no cards)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
