@@ -3,8 +3,14 @@
 One pass over a held-out token set gives SAELens' metrics (saekit.harness.metrics), the
 feature cards (saekit.harness.cards) and a BenchmarkRecord that pins everything needed to
 re-run it: SAE sha256, model id/revision/weights sha256, the token set's config and
-fingerprint, seeds, package versions, hardware and torch threads. ``check(...,
-from_record=eval.json)`` re-runs a record's config; on CPU it reproduces the metrics exactly.
+fingerprint, seeds, package versions, hardware and torch threads.
+
+The check's configuration is one typed object, ``saekit.schemas.CheckConfig``: ``check()``
+builds it from its keyword arguments (or takes an existing record's, ``from_record``),
+``run_check(config, ...)`` runs it, fills in what it resolves (hook, model id, token count,
+dtype, threads, world size, cards written) and records it as the record's ``check_config``.
+``check(..., from_record=eval.json)`` re-runs a record's config; on CPU it reproduces the
+metrics exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ from typing import Any, Callable
 from saekit.registry import tags as T
 from saekit.schemas import (
     BenchmarkRecord,
+    CardsConfig,
+    CheckConfig,
     DataInfo,
+    DownstreamMethod,
     GatePolicy,
     GateVerdict,
     InputError,
@@ -33,9 +42,21 @@ from saekit.schemas.version import __version__
 
 DEFAULT_TOKENS = 8192
 DEFAULT_CONTEXT = 128
+DEFAULT_BATCH = 4
+DEFAULT_CORPUS = "pydoc"
 DEFAULT_CARDS = "all"  # a card for every latent (or a number: the N most active)
 DEFAULT_DOWNSTREAM = 16  # exact ablation for the N most active latents ('all' on request);
 # every latent's card carries the attribution estimate of the same effect
+DEFAULT_EXAMPLES = 5
+
+# what a check on the language model uses where its config leaves a field unset
+_LM_DEFAULTS: dict[str, Any] = {
+    "corpus": DEFAULT_CORPUS, "split": "eval", "context_size": DEFAULT_CONTEXT, "n_tokens": DEFAULT_TOKENS,
+    "batch_size": DEFAULT_BATCH, "exclude_special_tokens": True,
+}
+# what a check on stored activation shards does not use (left out of its record)
+_NOT_FOR_SHARDS = ("model_id", "corpus", "split", "context_size", "n_tokens", "prepend_bos", "batch_size",
+                   "exclude_special_tokens", "kernels", "world_size", "cards")
 
 
 @dataclass
@@ -52,10 +73,57 @@ class CheckResult:
     """feature_cards.jsonl (None with cards=False)."""
     logged: bool = False
     """Whether the result was logged on a registry version."""
+    rank: int = 0
+    """The torchrun rank that returned it: rank 0 writes, logs and reports; the others write nothing."""
+
+    @property
+    def config(self) -> CheckConfig | None:
+        """The check's configuration, as recorded."""
+        return self.record.check_config
 
     @property
     def metrics(self) -> dict[str, float]:
         return {k: v for cat in self.record.eval_result_metrics.values() for k, v in cat.items()}
+
+    @property
+    def ok(self) -> bool:
+        """No gate, or a passing one."""
+        return self.verdict is None or self.verdict.passed
+
+    def summary(self) -> dict[str, Any]:
+        """The result for scripts (``saekit check --json``)."""
+        rec = self.record
+        return {
+            "ok": self.ok,
+            "sae": rec.sae.model_dump(exclude_none=True),
+            "metrics": self.metrics,
+            "gate": self.verdict.model_dump() if self.verdict else None,
+            "record": str(self.record_path),
+            "cards": str(self.cards_path) if self.cards_path else None,
+            "logged": self.logged,
+            "data_fingerprint": rec.data.fingerprint if rec.data else None,
+            "tokens_per_s": rec.timings.tokens_per_s if rec.timings else None,
+        }
+
+    def describe(self) -> list[str]:
+        """The result for people: SAE, metrics by category, gate, where the files went."""
+        from saekit.harness.gate import describe
+
+        rec = self.record
+        lines = [f"{rec.sae.name}" + (f"/{rec.sae.version}" if rec.sae.version else "")
+                 + f"  sha256 {(rec.sae.sha256 or '?')[:12]}"]
+        for cat, ms in rec.eval_result_metrics.items():
+            lines.append(f"  {cat}")
+            lines += [f"    {k:<24} {v:.6g}" for k, v in ms.items()]
+        if self.verdict is not None:
+            lines.append(f"gate: {'PASS' if self.verdict.passed else 'FAIL'}")
+            lines += ["  " + s for s in describe(self.verdict)]
+        lines.append(f"record: {self.record_path}")
+        if self.cards_path:
+            lines.append(f"cards:  {self.cards_path}")
+        if self.logged:
+            lines.append(f"logged on {rec.sae.name}/{rec.sae.version}")
+        return lines
 
 
 def _home() -> Path:
@@ -69,7 +137,18 @@ def _load(ref: str) -> Any:
     return load_ref(ref)
 
 
+def _first_error(err: Exception) -> str:
+    """``field.path: message`` of a pydantic ValidationError's first problem."""
+    errors = getattr(err, "errors", None)
+    if callable(errors) and errors():
+        e = errors()[0]
+        loc = ".".join(str(p) for p in e["loc"])
+        return f"{loc}: {e['msg']}" if loc else e["msg"]
+    return str(err).splitlines()[0]
+
+
 def read_record(path: Path) -> BenchmarkRecord:
+    """The BenchmarkRecord of an eval.json (the last one when it holds several)."""
     path = Path(path)
     if not path.is_file():
         raise NotFoundError("no such benchmark record", where=str(path))
@@ -82,10 +161,22 @@ def read_record(path: Path) -> BenchmarkRecord:
             data = data[-1]
         return BenchmarkRecord.model_validate(data)
     except ValueError as err:
-        raise InputError(f"not a BenchmarkRecord: {str(err).splitlines()[0]}", where=str(path)) from None
+        raise InputError(f"not a BenchmarkRecord: {_first_error(err)}", where=str(path)) from None
 
 
-def _n_latents(value: int | str | None) -> int | str:
+def record_config(record: BenchmarkRecord, *, where: str = "record") -> CheckConfig:
+    """The check configuration a record was made with (older records kept it in
+    eval_config); InputError when it has none or it is not a CheckConfig."""
+    try:
+        config = record.config()
+    except ValueError as err:
+        raise InputError(f"unreadable check configuration in eval_config: {_first_error(err)}", where=where) from None
+    if config is None:
+        raise InputError("the record holds no saekit check configuration (check_config)", where=where)
+    return config
+
+
+def _n_latents(value: int | str | None, where: str = "latents") -> int | str:
     if value is None:
         return 0
     if isinstance(value, str):
@@ -94,8 +185,23 @@ def _n_latents(value: int | str | None) -> int | str:
         try:
             return int(value)
         except ValueError:
-            raise InputError(f"expected a number or 'all', got {value!r}", where="latents") from None
+            raise InputError(f"expected a number or 'all', got {value!r}", where=where) from None
     return int(value)
+
+
+def _sae_ref(ref: str | os.PathLike | None) -> str | None:
+    if isinstance(ref, os.PathLike):  # a Path is a folder: keep it one once it is a string
+        ref = os.fspath(ref)
+        ref = ref if ref.startswith(("/", "./", "../", "~")) else f"./{ref}"
+    return ref
+
+
+def _validated(model: type[Any], **fields: Any) -> Any:
+    """``model(**fields)``, a bad value refused as one InputError line."""
+    try:
+        return model(**fields)
+    except ValueError as err:
+        raise InputError(f"check configuration: {_first_error(err)}", where="check") from None
 
 
 def check(
@@ -109,15 +215,15 @@ def check(
     cards: bool = True,
     log: bool = True,
     context_size: int = DEFAULT_CONTEXT,
-    batch_size: int = 4,
-    corpus: str = "pydoc",
+    batch_size: int = DEFAULT_BATCH,
+    corpus: str = DEFAULT_CORPUS,
     split: str = "eval",
     model_id: str | None = None,
     hook_name: str | None = None,
     downstream: bool = True,
     cards_latents: int | str = DEFAULT_CARDS,
     downstream_latents: int | str = DEFAULT_DOWNSTREAM,
-    n_examples: int = 5,
+    n_examples: int = DEFAULT_EXAMPLES,
     annotations: Path | None = None,
     from_record: Path | None = None,
     activations: Path | None = None,
@@ -126,10 +232,13 @@ def check(
 ) -> CheckResult:
     """Check the SAE ``ref`` (registry reference, hf:// or artifact folder) on a real LM.
 
-    Writes eval.json (a BenchmarkRecord) and feature_cards.jsonl to ``out_dir`` (default
+    Builds the CheckConfig from these arguments and runs it (``run_check``): writes eval.json
+    (a BenchmarkRecord) and feature_cards.jsonl to ``out_dir`` (default
     SAEKIT_HOME/checks/<eval_id>), applies ``policy`` when given, and with ``log`` and a
     registry reference logs metrics, files and gate tags on the registry version.
-    ``from_record``: re-run the config of an existing eval.json (same tokens, seed, threads).
+    ``from_record``: re-run the config of an existing eval.json (same SAE, tokens, seed,
+    batches, hook, model, threads); ``ref``, ``threads``, ``device`` and the cards options
+    given here apply, the other options are the record's.
     ``activations``: evaluate on stored activation shards instead of running the model
     (reconstruction and sparsity metrics only: no CE/KL, no cards).
     ``loader``: turns ``ref`` into an SAE; default the registry's (registry references and
@@ -138,58 +247,72 @@ def check(
     Under ``torchrun --nproc-per-node N -m saekit check`` each rank runs every N-th batch and
     rank 0 writes the same record metrics and cards as one process (saekit.harness.dist).
     """
-    import torch
-
-    threads_before = None
+    _n_latents(cards_latents, "cards_latents")
+    _n_latents(downstream_latents, "downstream_latents")
+    cards_cfg = _validated(CardsConfig, enabled=cards, latents=cards_latents, downstream_latents=downstream_latents,
+                           n_examples=n_examples)
     expect_sha = None
-    from saekit.harness.dist import configure_threads, init
-
-    init()
-    if not (from_record is not None and threads is None):
-        threads_before = torch.get_num_threads()
-        configure_threads(threads)
     if from_record is not None:
         old = read_record(from_record)
-        cfg = old.config()
-        ref = ref or cfg.get("sae_ref")
+        config = record_config(old, where=str(from_record))
         expect_sha = old.sae.sha256
-        n_tokens = cfg.get("n_tokens", n_tokens)
-        context_size = cfg.get("context_size", context_size)
-        batch_size = cfg.get("batch_size", batch_size)
-        corpus = cfg.get("corpus", corpus)
-        split = cfg.get("split", split)
-        seed = cfg.get("seed", seed)
-        hook_name = cfg.get("hook_name", hook_name)
-        downstream = cfg.get("downstream", downstream)
-        model_id = cfg.get("model_id", model_id)
-        if cfg.get("activations"):
-            activations = Path(cfg["activations"])
-        if threads is None and cfg.get("torch_threads") and cfg["torch_threads"] != torch.get_num_threads():
-            threads_before = torch.get_num_threads()
-            torch.set_num_threads(int(cfg["torch_threads"]))
-    if ref is None:
+        update: dict[str, Any] = {"torch_threads": threads or config.torch_threads}
+        if ref is not None:
+            update["sae_ref"] = _sae_ref(ref)
+        if config.activations is None:
+            update.update(device=device, cards=cards_cfg)
+        config = _validated(CheckConfig, **{**config.model_dump(), **update})
+    elif activations is not None:
+        config = _validated(CheckConfig, sae_ref=_sae_ref(ref), activations=os.fspath(activations), seed=seed,
+                            downstream=False, device="cpu", torch_threads=threads)
+    else:
+        config = _validated(
+            CheckConfig, sae_ref=_sae_ref(ref), model_id=model_id, hook_name=hook_name, corpus=corpus, split=split,
+            seed=seed, context_size=context_size, n_tokens=n_tokens, batch_size=batch_size,
+            exclude_special_tokens=True, downstream=downstream, device=device, torch_threads=threads, cards=cards_cfg,
+        )
+    return run_check(config, policy=policy, out_dir=out_dir, log=log, annotations=annotations, loader=loader,
+                     expect_sha=expect_sha)
+
+
+def run_check(
+    config: CheckConfig,
+    policy: GatePolicy | Path | str | None = None,
+    out_dir: Path | None = None,
+    log: bool = True,
+    annotations: Path | None = None,
+    loader: Callable[[str], Any] | None = None,
+    expect_sha: str | None = None,
+) -> CheckResult:
+    """Run the check ``config`` describes (see ``check`` for the rest); ``expect_sha``: the
+    SAE's sha256 must be this one (a re-run of a record). Unset fields take check()'s
+    defaults; what the check resolves is filled into the recorded config. Torch threads are
+    ``config.torch_threads`` (default: this process's share of the CPUs) for the check's
+    duration."""
+    import torch
+
+    from saekit.harness.dist import configure_threads, init
+
+    if config.sae_ref is None:
         raise InputError("no SAE reference given", where="check")
-    if isinstance(ref, os.PathLike):  # a Path is a folder: keep it one once it is a string
-        ref = os.fspath(ref)
-        ref = ref if ref.startswith(("/", "./", "../", "~")) else f"./{ref}"
+    init()
+    threads_before = torch.get_num_threads()
+    configure_threads(config.torch_threads)
     try:
-        return _check(**{k: v for k, v in locals().items() if k in _CHECK_ARGS})
+        return _run(config, policy, out_dir, log, annotations, loader, expect_sha)
     finally:
-        if threads_before is not None:
+        if torch.get_num_threads() != threads_before:
             torch.set_num_threads(threads_before)
 
 
-def _check(
-    ref: str, policy: Any, n_tokens: int, device: str, seed: int, out_dir: Path | None, cards: bool, log: bool,
-    context_size: int, batch_size: int, corpus: str, split: str, model_id: str | None, hook_name: str | None,
-    downstream: bool, cards_latents: Any, downstream_latents: Any, n_examples: int, annotations: Path | None,
-    expect_sha: str | None, activations: Path | None, loader: Callable[[str], Any] | None,
+def _run(
+    config: CheckConfig, policy: GatePolicy | Path | str | None, out_dir: Path | None, log: bool,
+    annotations: Path | None, loader: Callable[[str], Any] | None, expect_sha: str | None,
 ) -> CheckResult:
     import torch
 
     from saekit.harness import gate as gate_mod
     from saekit.harness.cards import (
-        AGREEMENT_DEFINITIONS,
         build_cards,
         merge_annotations,
         read_annotations,
@@ -204,10 +327,12 @@ def _check(
     from saekit.harness.record import torch_threads
     from saekit.harness.text import token_set
 
+    ref = config.sae_ref
+    assert ref is not None
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
     pol = gate_mod.load_policy(policy)
-    torch.manual_seed(seed)
+    torch.manual_seed(config.seed)
 
     t = time.perf_counter()
     say(f"check {ref}: loading the SAE")
@@ -216,35 +341,47 @@ def _check(
         raise IntegrityError(
             f"SAE sha256 {sae.ref.sha256[:12]} differs from the record's {expect_sha[:12]}", where=ref
         )
-    hook = hook_name or sae.cfg.hook_name
+    hook = config.hook_name or sae.cfg.hook_name
     if not hook:
         raise InputError("the SAE's config names no hook_name; pass hook_name", where=ref)
     phases["load_sae"] = time.perf_counter() - t
 
-    if activations is not None:
-        return _check_shards(sae, ref, Path(activations), pol, out_dir, log, seed, phases, t_start)
+    if config.activations is not None:
+        return _run_shards(sae, config, pol, out_dir, log, phases, t_start)
+
+    config = config.model_copy(update={k: v for k, v in _LM_DEFAULTS.items() if getattr(config, k) is None})
+    if not config.exclude_special_tokens:
+        raise InputError("the check always leaves special tokens out of its metrics (SAELens' evals)",
+                         where="exclude_special_tokens")
+    cards_cfg = config.cards or CardsConfig()
+    downstream = config.downstream
+    batch_size = config.batch_size
+    assert batch_size is not None and config.n_tokens is not None and config.context_size is not None
 
     t = time.perf_counter()
-    mid = model_id
+    mid = config.model_id
     if mid is None and sae.cfg.model_name not in (None, DEFAULT_MODEL_ID):
         mid = sae.cfg.model_name
     say(f"loading the language model {mid or DEFAULT_MODEL_ID}")
     model, tok = load_lm(mid)
     info = model.saekit_info
-    if device != "cpu":
-        model = model.to(device)
-    sae_dev = sae.to(device)
+    if config.device != "cpu":
+        model = model.to(config.device)
+    sae_dev = sae.to(config.device)
     phases["load_model"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    prepend_bos = True if sae.cfg.prepend_bos is None else bool(sae.cfg.prepend_bos)
+    prepend_bos = config.prepend_bos
+    if prepend_bos is None:
+        prepend_bos = True if sae.cfg.prepend_bos is None else bool(sae.cfg.prepend_bos)
     tokens = token_set(
-        tok, n_tokens=n_tokens, context_size=context_size, corpus=corpus, split=split, seed=seed, prepend_bos=prepend_bos
+        tok, n_tokens=config.n_tokens, context_size=config.context_size, corpus=config.corpus or DEFAULT_CORPUS,
+        split=config.split or "eval", seed=config.seed, prepend_bos=prepend_bos,
     )
     phases["tokenize"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say(f"evaluating on {tokens.n_tokens} tokens ({tokens.source}, {split} split) at {hook}")
+    say(f"evaluating on {tokens.n_tokens} tokens ({tokens.source}, {tokens.split} split) at {hook}")
     rank, world = rank_world()
     mine = my_batches(-(-tokens.tokens.shape[0] // batch_size))
     run = evaluate(sae_dev, model, tok, tokens, hook_name=hook, batch_size=batch_size, downstream=downstream,
@@ -264,21 +401,22 @@ def _check(
     cards_path = None
     n_cards = 0
     agree: dict[str, float] = {}
-    if cards:
+    if cards_cfg.enabled:
         t = time.perf_counter()
         special = torch.tensor(special_token_ids(tok), dtype=torch.long)
         stats = stream_latents(sae_dev, model, tokens, hook_name=hook, batch_size=batch_size, special=special,
-                               batches=mine, grad=downstream, k=n_examples)
+                               batches=mine, grad=downstream, k=cards_cfg.n_examples)
         phases["cards_pass"] = time.perf_counter() - t
         t = time.perf_counter()
         if rank == 0:
-            latents = select_latents(stats.fire_count, _n_latents(cards_latents))
-            n_down = _n_latents(downstream_latents)
+            latents = select_latents(stats.fire_count, _n_latents(cards_cfg.latents))
+            n_down = _n_latents(cards_cfg.downstream_latents)
             ranked = select_latents(stats.fire_count, n_down)
             down = ranked if downstream else []
             card_list, agree = build_cards(
                 sae_dev, model, tok, stats, tokens, sae_ref=sae_ref, hook_name=hook, latents=latents,
-                batch_size=batch_size, downstream_latents=down, attribution=downstream, n_examples=n_examples,
+                batch_size=batch_size, downstream_latents=down, attribution=downstream,
+                n_examples=cards_cfg.n_examples,
             )
             if annotations is not None:
                 card_list, _ = merge_annotations(card_list, read_annotations(annotations))
@@ -286,50 +424,39 @@ def _check(
             n_cards = len(card_list)
         phases["cards"] = time.perf_counter() - t
 
-    total = time.perf_counter() - t_start
-    check_cfg = {
-        "sae_ref": ref,
+    # what the check resolved, recorded in its config
+    config = config.model_copy(update={
         "model_id": info.id,
         "hook_name": hook,
         **tokens.config(),
-        "batch_size": batch_size,
-        "exclude_special_tokens": True,
-        "downstream": downstream,
-        "device": device,
         "dtype": str(sae_dev.dtype).removeprefix("torch."),
         "kernels": current().kernels,
         "torch_threads": torch_threads(),
         "world_size": world,
-        "cards": {"enabled": cards, "latents": cards_latents, "downstream_latents": downstream_latents,
-                  "n_examples": n_examples, "n_cards": n_cards,
-                  "downstream_method": {"all": "attribution" if downstream else None, "chosen": "exact-ablation"}},
-    }
-    n_batches = run.counts["batches"]
+        "cards": cards_cfg.model_copy(update={
+            "n_cards": n_cards,
+            "downstream_method": DownstreamMethod(all="attribution" if downstream else None),
+        }),
+    })
     bench_cfg = saebench_config(
         model_name=info.id, llm_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-        batch_size=batch_size, n_batches=n_batches, dataset=tokens.source, context_size=tokens.context_size,
-        downstream=downstream,
+        batch_size=batch_size, n_batches=run.counts["batches"], dataset=tokens.source,
+        context_size=config.context_size, downstream=downstream,
     )
-    record = _record(
-        sae, sae_ref, run.metrics, run.latents, downstream=downstream, check_cfg=check_cfg, bench_cfg=bench_cfg,
-        eval_id=eval_id, seed=seed, model=info.model_info(hook),
+    record = build_record(
+        sae, sae_ref, config, metrics=run.metrics, latents=run.latents, bench_cfg=bench_cfg, eval_id=eval_id,
+        model=info.model_info(hook),
         data=DataInfo(source=tokens.source, fingerprint=tokens.fingerprint, n_tokens=tokens.n_tokens,
                       context_size=tokens.context_size),
-        device=device,
-        timings=Timings(total_s=total, tokens_per_s=tokens.n_tokens / phases["eval"] if phases["eval"] else None,
-                        phases=phases),
+        phases=phases, t_start=t_start, agreement=agree,
     )
-    if agree:  # how well the attribution estimate matches exact ablation (saekit's, not SAEBench's)
-        record.eval_result_unstructured = {"feature_cards": {k: v for k, v in agree.items() if v == v}}
-        record.metric_definitions.update({k: AGREEMENT_DEFINITIONS[k] for k in agree if k in AGREEMENT_DEFINITIONS})
-    metrics = record_metrics(record)
     if rank != 0:  # rank 0 writes and logs
-        return CheckResult(record=record, verdict=None, record_path=out / "eval.json", cards_path=None)
-    return _finish(record, pol, out, cards_path, log, sae, metrics, eval_id)
+        return CheckResult(record=record, verdict=None, record_path=out / "eval.json", cards_path=None, rank=rank)
+    return _finish(record, pol, out, cards_path, log, sae, record_metrics(record), eval_id)
 
 
-def _check_shards(
-    sae: Any, ref: str, folder: Path, pol: GatePolicy | None, out_dir: Path | None, log: bool, seed: int,
+def _run_shards(
+    sae: Any, config: CheckConfig, pol: GatePolicy | None, out_dir: Path | None, log: bool,
     phases: dict[str, float], t_start: float,
 ) -> CheckResult:
     """The check on stored activation shards: reconstruction and sparsity metrics only."""
@@ -338,6 +465,8 @@ def _check_shards(
     from saekit.harness.record import torch_threads
     from saekit.schemas import ModelInfo, SAERef
 
+    assert config.activations is not None
+    folder = Path(config.activations)
     t = time.perf_counter()
     source = ShardActivationSource(folder)
     metrics, stats, latents = evaluate_activations(sae, source)
@@ -345,21 +474,23 @@ def _check_shards(
     eval_id = uuid.uuid4().hex
     out = Path(out_dir) if out_dir is not None else _home() / "checks" / eval_id
     out.mkdir(parents=True, exist_ok=True)
-    check_cfg = {"sae_ref": ref, "activations": str(folder), "hook_name": source.hook_name,
-                 "exclude_token_ids": source.exclude_token_ids, "downstream": False, "device": "cpu",
-                 "dtype": str(sae.dtype).removeprefix("torch."), "torch_threads": torch_threads(), "seed": seed}
-    record = _record(
-        sae, sae.ref or SAERef(name=folder.name, d_sae=sae.cfg.d_sae), metrics, latents, downstream=False,
-        check_cfg=check_cfg, bench_cfg={}, eval_id=eval_id, seed=seed,
+    config = config.model_copy(update={
+        **{k: None for k in _NOT_FOR_SHARDS},
+        "hook_name": source.hook_name,
+        "exclude_token_ids": list(source.exclude_token_ids),
+        "downstream": False,
+        "device": "cpu",
+        "dtype": str(sae.dtype).removeprefix("torch."),
+        "torch_threads": torch_threads(),
+    })
+    record = build_record(
+        sae, sae.ref or SAERef(name=folder.name, d_sae=sae.cfg.d_sae), config, metrics=metrics, latents=latents,
+        bench_cfg={}, eval_id=eval_id,
         model=ModelInfo(id=sae.cfg.model_name or "unknown", revision=sae.cfg.model_revision, hook_name=source.hook_name),
         data=DataInfo(source=source.describe(), fingerprint=source.fingerprint, n_tokens=stats.n_tokens),
-        device="cpu",
-        timings=Timings(total_s=time.perf_counter() - t_start,
-                        tokens_per_s=stats.n_tokens / phases["eval"] if phases["eval"] else None, phases=phases),
+        phases=phases, t_start=t_start,
     )
-    metrics = record_metrics(record)
-    return _finish(record, pol, out, None, log, sae, metrics, eval_id)
-
+    return _finish(record, pol, out, None, log, sae, record_metrics(record), eval_id)
 
 def _finish(
     record: BenchmarkRecord, pol: GatePolicy | None, out: Path, cards_path: Path | None, log: bool, sae: Any,
@@ -441,13 +572,16 @@ def record_metrics(record: BenchmarkRecord) -> dict[str, float]:
     return {k: v for cat in record.eval_result_metrics.values() for k, v in cat.items() if _finite(v)}
 
 
-def _record(
-    sae: Any, sae_ref: Any, metrics: dict[str, float], latents: dict[str, list[float]], *, downstream: bool,
-    check_cfg: dict[str, Any], bench_cfg: dict[str, Any], eval_id: str, seed: int, model: Any, data: Any,
-    device: str, timings: Any,
+def build_record(
+    sae: Any, sae_ref: Any, config: CheckConfig, *, metrics: dict[str, float], latents: dict[str, list[float]],
+    bench_cfg: dict[str, Any], eval_id: str, model: Any, data: DataInfo, phases: dict[str, float], t_start: float,
+    agreement: dict[str, float] | None = None,
 ) -> BenchmarkRecord:
-    """The BenchmarkRecord of a check: SAEBench's categories and per-latent details, NaN
-    written as -1 under SAEBench's names (core/main.py replace_nans_with_negative_one)."""
+    """The BenchmarkRecord of a check run with ``config`` (resolved): SAEBench's categories
+    and per-latent details, NaN written as -1 under SAEBench's names (core/main.py
+    replace_nans_with_negative_one); ``bench_cfg`` SAEBench's eval_config (saebench_config);
+    ``agreement``: how well the cards' attribution estimate matches exact ablation."""
+    from saekit.harness.cards import AGREEMENT_DEFINITIONS
     from saekit.harness.metrics import CATEGORIES, DEFINITIONS, SAEBENCH_METRICS, SAELENS_VERSION, SAEBENCH_VERSION
     from saekit.harness.record import hardware, package_versions
 
@@ -479,28 +613,33 @@ def _record(
             row[k] = round(v, 10) if _finite(v) else -1.0
         details.append(row)
     used = {n for cat in by_cat.values() for n in cat}
+    definitions = {k: DEFINITIONS[k] for k in sorted(used) if k in DEFINITIONS}
+    unstructured = None
+    if agreement:  # saekit's, not SAEBench's: kept out of eval_result_metrics
+        unstructured = {"feature_cards": {k: v for k, v in agreement.items() if v == v}}
+        definitions.update({k: AGREEMENT_DEFINITIONS[k] for k in agreement if k in AGREEMENT_DEFINITIONS})
+    eval_s = phases.get("eval")
     return BenchmarkRecord(
-        eval_type_id=CORE if downstream else CORE_NO_DOWNSTREAM,
+        eval_type_id=CORE if config.downstream else CORE_NO_DOWNSTREAM,
         eval_config=bench_cfg,
-        check_config=check_cfg,
+        check_config=CheckConfig.model_validate(config.model_dump()),  # what resolution filled in, checked
         eval_id=eval_id,
         datetime_epoch_millis=int(time.time() * 1000),
         eval_result_metrics=by_cat,
         eval_result_details=details,
+        eval_result_unstructured=unstructured,
         sae_bench_commit_hash=f"none: saekit {__version__}, sae-bench {SAEBENCH_VERSION} definitions",
         sae_lens_id=None,
         sae_lens_release_id=None,
         sae_lens_version=SAELENS_VERSION,
         sae_cfg_dict=sae.cfg.to_saelens_dict(),
         sae=sae_ref,
-        metric_definitions={k: DEFINITIONS[k] for k in sorted(used) if k in DEFINITIONS},
-        seeds={"data": seed, "torch": seed},
+        metric_definitions=definitions,
+        seeds={"data": config.seed, "torch": config.seed},
         model=model,
         data=data,
         packages=package_versions(),
-        hardware=hardware(device),
-        timings=timings,
+        hardware=hardware(config.device),
+        timings=Timings(total_s=time.perf_counter() - t_start,
+                        tokens_per_s=data.n_tokens / eval_s if eval_s else None, phases=phases),
     )
-
-
-_CHECK_ARGS = set(_check.__code__.co_varnames[: _check.__code__.co_argcount])

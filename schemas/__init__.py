@@ -5,7 +5,10 @@ Imports nothing of the project and nothing heavier than pydantic.
 
 from saekit.schemas.benchmark import (
     BenchmarkRecord,
+    CardsConfig,
+    CheckConfig,
     DataInfo,
+    DownstreamMethod,
     Hardware,
     MetricDefinition,
     ModelInfo,

@@ -6,15 +6,16 @@ A record of eval_type_id "core" (written as JSON by ``to_json``) validates as SA
 SAEBench's ``CoreEvalConfig`` keys, ``eval_result_metrics`` every category SAEBench requires,
 each metric under SAEBench's name computed by SAEBench's definition (SAELens-defined ones
 beside them with a ``_saelens`` suffix), ``eval_result_details`` one ``CoreFeatureMetric`` per
-latent. saekit's own check configuration is ``check_config``; hashes, seeds and environment
-follow. SAEBench ignores the fields it does not know.
+latent. saekit's own check configuration is ``check_config``, a typed ``CheckConfig``
+(everything that determines the check's result, and what ``saekit check --from-record``
+re-runs); hashes, seeds and environment follow. SAEBench ignores the fields it does not know.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints, field_serializer
 
 from saekit.schemas.card import SAERef
 from saekit.schemas.common import SCHEMA_VERSION, Hex64, Strict
@@ -58,6 +59,68 @@ class Timings(Strict):
     phases: dict[str, float] = Field(default_factory=dict)
 
 
+# a count of latents, or "all"; the CLI passes its text ("16") and is recorded as given
+LatentCount = Annotated[int, Field(ge=0)] | Annotated[str, StringConstraints(pattern=r"^(all|[0-9]+)$")]
+
+
+class DownstreamMethod(Strict):
+    """How the cards' downstream effects are measured."""
+
+    all: Literal["attribution"] | None = Field(
+        None, description="Every card's estimate (one backward per batch); null without downstream."
+    )
+    chosen: Literal["exact-ablation"] = Field("exact-ablation", description="For the chosen, most active latents.")
+
+
+class CardsConfig(Strict):
+    """The feature cards of a check."""
+
+    enabled: bool = True
+    latents: LatentCount = Field("all", description="Cards for every latent ('all') or the N most active.")
+    downstream_latents: LatentCount = Field(
+        16, description="Exact ablation for the N most active latents, or 'all'."
+    )
+    n_examples: int = Field(5, ge=1, description="Top activating examples per card.")
+    n_cards: int | None = Field(None, ge=0, description="Resolved: the cards written.")
+    downstream_method: DownstreamMethod | None = Field(None, description="Resolved from downstream.")
+
+    @field_serializer("downstream_method", when_used="json")
+    def _method(self, value: DownstreamMethod | None) -> dict[str, Any] | None:
+        # written whole, its null included ("all": null says no attribution estimate)
+        return None if value is None else value.model_dump(mode="json")
+
+
+class CheckConfig(Strict):
+    """A check's configuration: everything that determines its result. ``saekit.check``
+    builds it from its arguments, fills in what it resolves (hook, model, token count, dtype,
+    threads, world size, cards written) and records it as ``BenchmarkRecord.check_config``;
+    ``--from-record`` re-runs it. Unset (null) fields are not written: a check on stored
+    activation shards has no model, token set, batch size or cards."""
+
+    sae_ref: str | None = Field(None, description="The SAE: registry reference, hf://... or artifact folder.")
+    model_id: str | None = Field(None, description="The language model (default: the SAE's, resolved).")
+    hook_name: str | None = Field(None, description="The hooked module (default: the SAE's, resolved).")
+    # the token set (saekit.harness.text.TokenSet.config)
+    corpus: str | None = Field(None, description="'pydoc' or a text file / folder of .txt.")
+    split: Literal["eval", "train", "all"] | None = None
+    seed: int = Field(0, description="Seed of the token-window sample and of torch.")
+    context_size: int | None = Field(None, ge=2, description="Tokens per window, BOS included.")
+    n_tokens: int | None = Field(None, gt=0, description="Tokens to evaluate on (resolved: whole windows).")
+    prepend_bos: bool | None = Field(None, description="Default: the SAE's (resolved).")
+    batch_size: int | None = Field(None, ge=1, description="Windows per forward pass.")
+    exclude_special_tokens: bool | None = Field(None, description="BOS/EOS/PAD left out of the metrics (SAELens).")
+    downstream: bool = Field(True, description="CE/KL with the reconstruction spliced in, and cards' effects.")
+    device: str = Field("cpu", description="'cpu' or 'cuda[:N]'.")
+    dtype: str | None = Field(None, description="Resolved: the SAE's dtype.")
+    kernels: str | None = Field(None, description="Resolved: the kernels setting (SAEKIT_KERNELS).")
+    torch_threads: int | None = Field(None, ge=1, description="Torch threads (resolved when not given).")
+    world_size: int | None = Field(None, ge=1, description="Resolved: torchrun ranks.")
+    cards: CardsConfig | None = None
+    # the check on stored activation shards
+    activations: str | None = Field(None, description="Folder of activation shards instead of the model.")
+    exclude_token_ids: list[int] | None = Field(None, description="Resolved: the token ids the shards left out.")
+
+
 class BenchmarkRecord(Strict):
     """One evaluation of one SAE, SAEBench-compatible, with what reproduces it."""
 
@@ -80,8 +143,8 @@ class BenchmarkRecord(Strict):
     sae_lens_version: str | None = None
     sae_cfg_dict: dict[str, Any] | None = None
     # --- saekit
-    check_config: dict[str, Any] = Field(
-        default_factory=dict, description="saekit's check configuration: tokens, batch, context, seeds, dtype, ..."
+    check_config: CheckConfig | None = Field(
+        None, description="saekit's check configuration: what re-runs the check (saekit check --from-record)."
     )
     sae: SAERef
     metric_definitions: dict[str, MetricDefinition] = Field(default_factory=dict)
@@ -103,9 +166,15 @@ class BenchmarkRecord(Strict):
             data.setdefault(key, None)
         return json.dumps(data, indent=indent)
 
-    def config(self) -> dict[str, Any]:
-        """saekit's check configuration (older records kept it in eval_config)."""
-        return self.check_config or self.eval_config
+    def config(self) -> CheckConfig | None:
+        """saekit's check configuration: ``check_config``; older records kept it in
+        ``eval_config`` (read as a CheckConfig: pydantic's ValidationError when it is not
+        one); None when the record has none (a record SAEBench wrote)."""
+        if self.check_config is not None:
+            return self.check_config
+        if not self.eval_config or "model_name" in self.eval_config:  # empty, or SAEBench's CoreEvalConfig
+            return None
+        return CheckConfig.model_validate(self.eval_config)
 
     def metric(self, name: str) -> float | None:
         """A metric by name from any category."""

@@ -32,14 +32,13 @@ def check_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads (default: CPUs this process may use, shared among torchrun ranks)."),
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="Merge labels: JSONL {index,label,description}, cards or Neuronpedia."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log metrics, files and gate tags on the registry version."),
-    from_record: Optional[Path] = typer.Option(None, "--from-record", help="Re-run the config of an eval.json."),
+    from_record: Optional[Path] = typer.Option(None, "--from-record", help="Re-run the check_config of an eval.json (REF, --device, --threads and the cards options given here apply)."),
     activations: Optional[Path] = typer.Option(None, "--activations", help="Stored activation shards instead of the model (no CE/KL, no cards)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Check an SAE against a real language model: metrics, cards, record, gate (exit 1 if it fails)."""
     import saekit
     from saekit.harness.check import check
-    from saekit.harness.gate import describe
 
     res = check(
         ref, policy=policy, n_tokens=tokens, device=device, seed=seed, out_dir=out, cards=cards, log=log,
@@ -48,36 +47,10 @@ def check_cmd(
         loader=saekit.load,
         threads=threads,
     )
-    from saekit.harness.dist import rank_world
-
-    if rank_world()[0] != 0:  # torchrun: rank 0 reports
+    if res.rank != 0:  # torchrun: rank 0 reports
         return
-    rec = res.record
-    data = {
-        "ok": res.verdict is None or res.verdict.passed,
-        "sae": rec.sae.model_dump(exclude_none=True),
-        "metrics": res.metrics,
-        "gate": res.verdict.model_dump() if res.verdict else None,
-        "record": str(res.record_path),
-        "cards": str(res.cards_path) if res.cards_path else None,
-        "logged": res.logged,
-        "data_fingerprint": rec.data.fingerprint if rec.data else None,
-        "tokens_per_s": rec.timings.tokens_per_s if rec.timings else None,
-    }
-    lines = [f"{rec.sae.name}" + (f"/{rec.sae.version}" if rec.sae.version else "") + f"  sha256 {(rec.sae.sha256 or '?')[:12]}"]
-    for cat, ms in rec.eval_result_metrics.items():
-        lines.append(f"  {cat}")
-        lines += [f"    {k:<24} {v:.6g}" for k, v in ms.items()]
-    if res.verdict is not None:
-        lines.append(f"gate: {'PASS' if res.verdict.passed else 'FAIL'}")
-        lines += ["  " + s for s in describe(res.verdict)]
-    lines.append(f"record: {res.record_path}")
-    if res.cards_path:
-        lines.append(f"cards:  {res.cards_path}")
-    if res.logged:
-        lines.append(f"logged on {rec.sae.name}/{rec.sae.version}")
-    emit(data, json_out, "\n".join(lines))
-    if res.verdict is not None and not res.verdict.passed:
+    emit(res.summary(), json_out, "\n".join(res.describe()))
+    if not res.ok:
         raise typer.Exit(1)
 
 

@@ -71,8 +71,11 @@ def test_check_writes_a_full_record_and_fails_the_gate(checked, real_sae_dir):
         assert pkg in rec.packages
     assert rec.hardware.device == "cpu" and rec.timings.tokens_per_s > 0
     assert rec.seeds == {"data": 0, "torch": 0} and rec.gate is not None and not rec.gate.passed
-    cfg = rec.check_config
-    assert cfg["n_tokens"] == N_TOKENS and cfg["exclude_special_tokens"] and cfg["torch_threads"] >= 1
+    cfg = rec.check_config  # a CheckConfig, resolved
+    assert cfg.n_tokens == N_TOKENS and cfg.context_size == CONTEXT and cfg.exclude_special_tokens
+    assert cfg.torch_threads >= 1 and cfg.world_size == 1 and cfg.hook_name == "model.layers.6"
+    assert (cfg.cards.latents, cfg.cards.downstream_latents, cfg.cards.n_cards) == ("10", "2", 10)
+    assert cfg.cards.downstream_method.all == "attribution" and rec.config() == cfg
     names = ["explained_variance", "mse", "cossim", "l0", "l1", "dead_fraction", "dense_fraction",
              "ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation", "ce_loss_score",
              "kl_div_with_sae", "kl_div_score"]
@@ -210,6 +213,10 @@ def test_check_reproduces_exactly_from_its_record(checked, tmp_path, monkeypatch
     cards_agreement = first.eval_result_unstructured["feature_cards"]  # the re-run builds no cards
     assert cards_agreement["attribution_vs_ablation_n_latents"] == 2 and again.eval_result_unstructured is None
     assert again.eval_result_metrics == first.eval_result_metrics  # exact, not approximate
+    # the record's config, re-run: the same but for the cards (--no-cards)
+    same = {"cards"}
+    assert again.check_config.model_dump(exclude=same) == first.check_config.model_dump(exclude=same)
+    assert not again.check_config.cards.enabled and again.check_config.cards.n_cards == 0
 
 
 def test_stored_activation_shards_are_a_second_source(lm, real_sae_dir, tmp_path):
