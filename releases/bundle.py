@@ -40,6 +40,7 @@ from saekit.schemas import (
     IntegrityError,
     NotFoundError,
     ReleaseManifest,
+    card_files,
     safeio,
 )
 from saekit.schemas.console import say
@@ -50,7 +51,8 @@ SUMS = "SHA256SUMS"
 RELEASE_JSON = "release.json"
 # The Hub allows 10k entries per folder and recommends files under a few GB; feature cards
 # of wide SAEs are split into gzip shards of at most this many cards (one JSON line each)
-# and this many uncompressed bytes, so a 16k-latent SAE is 8 files of a few MB.
+# and this many uncompressed bytes, so a 16k-latent SAE is 8 files of a few MB
+# (saekit.schemas.card_files.write_card_shards).
 CARDS_PER_SHARD = 2048
 SHARD_BYTES = 256 * 2**20
 ARTIFACT_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors")
@@ -75,13 +77,11 @@ def read_records(path: Path) -> list[BenchmarkRecord]:
 
 
 def read_cards(path: Path) -> list[dict[str, Any]]:
-    """Feature cards of a JSONL file as parsed JSON objects (validation is saekit cards')."""
-    from saekit.schemas.validate import jsonl_lines
-
+    """Feature cards of a cards file (a regular file: safeio's rule) as parsed JSON objects,
+    for the plots and the browser (validation is saekit cards')."""
     path = Path(path)
     safeio.regular_file(path.parent, path.name)
-    return [safeio.load_json(raw, where=f"{path}:{n}", limits=safeio.DEFAULT_LIMITS)
-            for n, raw in jsonl_lines(path, safeio.DEFAULT_LIMITS)]
+    return card_files.read_rows(path)
 
 
 # --- gate ------------------------------------------------------------------------------
@@ -214,42 +214,17 @@ def _write_saes(manifest, tmp: Path, store, run_checks: bool, cards_per_shard: i
             raise IntegrityError(f"artifact sha256 {got[:12]} != registered {info.sha256[:12]}", where=pinned)
         cfg = json.loads((dest / "cfg.json").read_text())
         cards: list[dict[str, Any]] = []
-        card_files: list[str] = []
+        files: list[str] = []
         if "feature_cards.jsonl" in checks:
             cards = read_cards(checks["feature_cards.jsonl"])
-            card_files = _write_cards(checks["feature_cards.jsonl"], dest, rs.sae_id, len(cards), cards_per_shard)
+            written = card_files.write_card_shards(checks["feature_cards.jsonl"], dest, per_shard=cards_per_shard,
+                                                   max_bytes=SHARD_BYTES)
+            files = [f"{rs.sae_id}/{name}" for name in written]
         cards_by_id[rs.sae_id] = cards
         entries.append(SAEEntry(rs.sae_id, rs.ref, info.name, int(info.version), info.sha256, cfg, record,
-                                "pass", len(cards), card_files))
+                                "pass", len(cards), files))
         say(f"release: {rs.sae_id} <- {pinned} sha256 {info.sha256[:12]} ({len(cards)} cards)")
     return entries, cards_by_id, records
-
-
-def _write_cards(src: Path, dest: Path, sae_id: str, n: int, per_shard: int) -> list[str]:
-    """Copy the cards as they are, or split them into gzip shards of at most ``per_shard``
-    lines and SHARD_BYTES uncompressed bytes (gzip without a timestamp: same bytes each build)."""
-    import gzip
-
-    if n <= per_shard and src.stat().st_size <= SHARD_BYTES:
-        shutil.copyfile(src, dest / "feature_cards.jsonl")
-        return [f"{sae_id}/feature_cards.jsonl"]
-    groups: list[list[bytes]] = [[]]
-    size = 0
-    with open(src, "rb") as f:
-        for ln in f:
-            if not ln.strip():
-                continue
-            ln = ln if ln.endswith(b"\n") else ln + b"\n"
-            if groups[-1] and (len(groups[-1]) == per_shard or size + len(ln) > SHARD_BYTES):
-                groups.append([])
-                size = 0
-            groups[-1].append(ln)
-            size += len(ln)
-    (dest / "feature_cards").mkdir()
-    names = [f"feature_cards/part-{i:05d}-of-{len(groups):05d}.jsonl.gz" for i in range(len(groups))]
-    for name, lines in zip(names, groups):
-        (dest / name).write_bytes(gzip.compress(b"".join(lines), compresslevel=6, mtime=0))
-    return [f"{sae_id}/{name}" for name in names]
 
 
 def latent_densities(entry: SAEEntry, folder: Path, cards: list[dict]) -> tuple[list[float], int | None]:
@@ -444,7 +419,7 @@ def release_cards(bundle: Path) -> list[tuple[dict[str, Any], dict[str, Any], li
     release = verify(bundle)
     out = []
     for entry in release["saes"]:
-        cards = [FeatureCard.model_validate(c) for f in entry.get("card_files") or []
-                 for c in read_cards(Path(bundle) / f)]
+        files = [safeio.regular_file(bundle, f) for f in entry.get("card_files") or []]
+        cards = card_files.read_cards(files) if files else []
         out.append((release, entry, cards))
     return out

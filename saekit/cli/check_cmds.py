@@ -91,7 +91,8 @@ def verify_cmd(
 ) -> None:
     """Re-check every number the cards state (stats, histogram, examples, logit effects, downstream effects) and name the field that lies (exit 1 if any lies)."""
     import saekit
-    from saekit.harness.cards import read_cards, verify_cards
+    from saekit.harness.cards import verify_cards
+    from saekit.schemas.card_files import read_cards
     from saekit.harness.model import DEFAULT_MODEL_ID, load_lm
 
     cards = read_cards(cards_file)
@@ -117,7 +118,8 @@ def annotate_cmd(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Merge a user's annotations into computed cards without touching their computed fields."""
-    from saekit.harness.cards import merge_annotations, read_annotations, read_cards, write_cards
+    from saekit.harness.cards import merge_annotations, read_annotations
+    from saekit.schemas.card_files import read_cards, write_cards
 
     cards, n = merge_annotations(read_cards(cards_file), read_annotations(annotations))
     path = write_cards(cards, out or cards_file)

@@ -114,7 +114,7 @@ def carry_cmd(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Carry annotations from A's cards onto B's matched latents (marked carried_from)."""
-    from saekit.harness.cards import read_cards, write_cards
+    from saekit.schemas.card_files import read_cards, write_cards
     from saekit.matching import carry, check_mapping_fits, match, read_mapping, read_summary
     from saekit.matching.inputs import cards_path
 

@@ -20,30 +20,6 @@ cards_app.add_typer(export_app, name="export")
 cards_app.add_typer(import_app, name="import")
 
 
-def _load_cards(path: Path):
-    from saekit.releases.ecosystem import read_jsonl
-    from saekit.schemas import FeatureCard, InputError
-
-    cards = []
-    for n, row in enumerate(read_jsonl(path), 1):
-        try:
-            cards.append(FeatureCard.model_validate(row))
-        except ValueError as err:
-            raise InputError(f"invalid card ({str(err).splitlines()[0]})", where=f"{path}:{n}") from None
-    return cards
-
-
-def _write_cards(out: Path, cards) -> None:
-    import gzip
-
-    text = "".join(c.model_dump_json(exclude_none=True) + "\n" for c in cards)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.name.endswith(".gz"):
-        out.write_bytes(gzip.compress(text.encode("utf-8"), mtime=0))
-    else:
-        out.write_text(text, encoding="utf-8")
-
-
 @export_app.command("neuronpedia")
 def export_neuronpedia_cmd(
     src: Path = typer.Argument(..., metavar="RELEASE_OR_CARDS", help="A release bundle folder, or a cards file "
@@ -61,6 +37,7 @@ def export_neuronpedia_cmd(
     from saekit.releases import ecosystem as eco
     from saekit.releases.bundle import release_cards
     from saekit.schemas import InputError
+    from saekit.schemas.card_files import read_cards
 
     written = []
     if src.is_dir():
@@ -79,7 +56,7 @@ def export_neuronpedia_cmd(
         if not written:
             raise InputError("the release carries no feature cards", where=str(src))
     else:
-        cards = _load_cards(src)
+        cards = read_cards(src)
         if not cards:
             raise InputError("no cards", where=str(src))
         np_keep = cards[0].extra.get("neuronpedia") or {}
@@ -107,10 +84,11 @@ def import_neuronpedia_cmd(
     """Read a Neuronpedia export into cards, or add its explanations to existing cards."""
     from saekit.releases import ecosystem as eco
     from saekit.schemas import InputError
+    from saekit.schemas.card_files import read_cards, write_cards
 
     if cards_path is not None:
-        cards, added = eco.annotate_from_neuronpedia(_load_cards(cards_path), src, source=source, d_sae=d_sae)
-        _write_cards(out, cards)
+        cards, added = eco.annotate_from_neuronpedia(read_cards(cards_path), src, source=source, d_sae=d_sae)
+        write_cards(cards, out, sort=False)
         emit({"cards": len(cards), "annotations_added": added, "out": str(out)}, json_out,
              f"added {added} annotations; wrote {len(cards)} cards to {out}")
         return
@@ -118,5 +96,5 @@ def import_neuronpedia_cmd(
     if len(sources) != 1:
         raise InputError(f"expected one Neuronpedia source folder, found {len(sources)}", where=str(src))
     cards = eco.read_neuronpedia(sources[0])
-    _write_cards(out, cards)
+    write_cards(cards, out, sort=False)
     emit({"cards": len(cards), "out": str(out)}, json_out, f"wrote {len(cards)} cards to {out}")
