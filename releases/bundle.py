@@ -423,3 +423,34 @@ def release_cards(bundle: Path) -> list[tuple[dict[str, Any], dict[str, Any], li
         cards = card_files.read_cards(files) if files else []
         out.append((release, entry, cards))
     return out
+
+
+def export_neuronpedia_release(
+    bundle: str | os.PathLike, out: str | os.PathLike, *, model_id: str | None = None, source_id: str | None = None,
+    creator: str = "saekit",
+) -> list[dict[str, Any]]:
+    """Every carded SAE of a built bundle (verified first) in Neuronpedia's upload layout under
+    ``out`` (releases.ecosystem.export_neuronpedia); ids from the manifest or Neuronpedia's
+    naming (ecosystem.neuronpedia_ids), ``model_id`` and, for a one-SAE release, ``source_id``
+    override them. Returns ``{sae_id, folder, cards}`` per SAE written."""
+    from saekit.releases import ecosystem as eco
+
+    root = Path(bundle)
+    written = []
+    for release, entry, cards in release_cards(root):
+        if not cards:
+            continue
+        rel = f"{entry['sae_id']}/cfg.json"
+        cfg = safeio.load_json(safeio.read_bytes(root, rel, max_bytes=safeio.JSON_LIMITS.max_file_bytes),
+                               where=str(root / rel))
+        model, source = eco.neuronpedia_ids(release, entry, cfg)
+        folder = eco.export_neuronpedia(
+            cards, Path(out), model_id=model_id or model,
+            source_id=source if len(release["saes"]) > 1 or not source_id else source_id, creator=creator,
+            release={"name": release["release_id"], "description": release["manifest"].get("description"),
+                     "url": f"https://huggingface.co/{release['hub_repo']}"},
+            hf_repo=release["hub_repo"], hf_folder=entry["sae_id"], saelens_release=release["release_id"])
+        written.append({"sae_id": entry["sae_id"], "folder": str(folder), "cards": len(cards)})
+    if not written:
+        raise InputError("the release carries no feature cards", where=str(root))
+    return written

@@ -32,13 +32,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 from saekit.releases.modelcard import metrics_of
 from saekit.schemas import FeatureCard, InputError, NotFoundError, ReleaseManifest
-from saekit.schemas.card_files import read_rows, write_rows
+from saekit.schemas.card_files import read_cards, read_rows, write_rows
 from saekit.schemas.safeio import DEFAULT_LIMITS, Limits
 
 SAELENS_REGISTRY = "pretrained_saes.yaml"
@@ -186,6 +187,25 @@ def export_neuronpedia(
     return folder
 
 
+def export_card_file(
+    path: str | os.PathLike, out: str | os.PathLike, *, model_id: str | None = None, source_id: str | None = None,
+    creator: str = "saekit",
+) -> dict[str, Any]:
+    """The cards of one SAE (a cards file or folder, saekit.schemas.card_files) in Neuronpedia's
+    upload layout under ``out``; the ids default to those of cards imported from Neuronpedia.
+    Returns ``{folder, cards}``."""
+    cards = read_cards(path)
+    if not cards:
+        raise InputError("no cards", where=str(path))
+    np_keep = cards[0].extra.get("neuronpedia") or {}
+    model = model_id or np_keep.get("modelId")
+    source = source_id or np_keep.get("layer")
+    if not model or not source:
+        raise InputError("pass --model-id and --source-id (the cards do not name a Neuronpedia source)", where=str(path))
+    folder = export_neuronpedia(cards, Path(out), model_id=model, source_id=source, creator=creator)
+    return {"folder": str(folder), "cards": len(cards)}
+
+
 def _batches(folder: Path, kind: str) -> list[Path]:
     def num(p: Path) -> tuple[int, str]:
         m = re.search(r"(\d+)", p.name)
@@ -243,6 +263,15 @@ def read_neuronpedia(folder: Path) -> list[FeatureCard]:
             doc["explanations"] = [strip(e) for e in expls.get(idx, [])]
             cards.append(from_neuronpedia(doc, sae=sae))
     return cards
+
+
+def import_neuronpedia(src: str | os.PathLike) -> list[FeatureCard]:
+    """The cards of a Neuronpedia export: its one source folder, or a root holding exactly one."""
+    src = Path(src)
+    sources = find_sources(src) if src.is_dir() else []
+    if len(sources) != 1:
+        raise InputError(f"expected one Neuronpedia source folder, found {len(sources)}", where=str(src))
+    return read_neuronpedia(sources[0])
 
 
 def find_sources(root: Path) -> list[Path]:

@@ -32,41 +32,13 @@ def export_neuronpedia_cmd(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Write feature cards in Neuronpedia's upload layout (features, activations, explanations as jsonl.gz)."""
-    import json
+    from saekit.releases.bundle import export_neuronpedia_release
+    from saekit.releases.ecosystem import export_card_file
 
-    from saekit.releases import ecosystem as eco
-    from saekit.releases.bundle import release_cards
-    from saekit.schemas import InputError
-    from saekit.schemas.card_files import read_cards
-
-    written = []
     if src.is_dir():
-        for release, entry, cards in release_cards(src):
-            if not cards:
-                continue
-            cfg = json.loads((src / entry["sae_id"] / "cfg.json").read_text())
-            model, source = eco.neuronpedia_ids(release, entry, cfg)
-            folder = eco.export_neuronpedia(
-                cards, out, model_id=model_id or model, source_id=source if len(release["saes"]) > 1 or not source_id
-                else source_id, creator=creator,
-                release={"name": release["release_id"], "description": release["manifest"].get("description"),
-                         "url": f"https://huggingface.co/{release['hub_repo']}"},
-                hf_repo=release["hub_repo"], hf_folder=entry["sae_id"], saelens_release=release["release_id"])
-            written.append({"sae_id": entry["sae_id"], "folder": str(folder), "cards": len(cards)})
-        if not written:
-            raise InputError("the release carries no feature cards", where=str(src))
+        written = export_neuronpedia_release(src, out, model_id=model_id, source_id=source_id, creator=creator)
     else:
-        cards = read_cards(src)
-        if not cards:
-            raise InputError("no cards", where=str(src))
-        np_keep = cards[0].extra.get("neuronpedia") or {}
-        model = model_id or np_keep.get("modelId")
-        source = source_id or np_keep.get("layer")
-        if not model or not source:
-            raise InputError("pass --model-id and --source-id (the cards do not name a Neuronpedia source)",
-                             where=str(src))
-        folder = eco.export_neuronpedia(cards, out, model_id=model, source_id=source, creator=creator)
-        written.append({"folder": str(folder), "cards": len(cards)})
+        written = [export_card_file(src, out, model_id=model_id, source_id=source_id, creator=creator)]
     emit(written, json_out, "\n".join(f"wrote {w['cards']} features to {w['folder']}" for w in written))
 
 
@@ -83,7 +55,6 @@ def import_neuronpedia_cmd(
 ) -> None:
     """Read a Neuronpedia export into cards, or add its explanations to existing cards."""
     from saekit.releases import ecosystem as eco
-    from saekit.schemas import InputError
     from saekit.schemas.card_files import read_cards, write_cards
 
     if cards_path is not None:
@@ -92,9 +63,6 @@ def import_neuronpedia_cmd(
         emit({"cards": len(cards), "annotations_added": added, "out": str(out)}, json_out,
              f"added {added} annotations; wrote {len(cards)} cards to {out}")
         return
-    sources = eco.find_sources(src) if src.is_dir() else []
-    if len(sources) != 1:
-        raise InputError(f"expected one Neuronpedia source folder, found {len(sources)}", where=str(src))
-    cards = eco.read_neuronpedia(sources[0])
+    cards = eco.import_neuronpedia(src)
     write_cards(cards, out, sort=False)
     emit({"cards": len(cards), "out": str(out)}, json_out, f"wrote {len(cards)} cards to {out}")
