@@ -357,29 +357,64 @@ def read_cards(paths: str | os.PathLike | Iterable[str | os.PathLike], limits: L
 # --- writing -------------------------------------------------------------------------
 
 
-def _write(out: Path, data: bytes) -> Path:
+def _write(out: Path, data: bytes | Iterable[bytes]) -> Path:
+    """``data`` (bytes, or pieces of it, streamed) to ``out`` as a new regular file: a
+    temporary file renamed into place, so a symlink at ``out`` is replaced, never written
+    through, and a reader never sees half a file."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return safeio.write_bytes(out, data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                for piece in data:
+                    f.write(piece)
+        os.replace(tmp, out)
     except OSError as err:
+        _discard(tmp)
         raise InputError(f"cannot write: {err.strerror or err}", where=str(out)) from None
+    except BaseException:
+        _discard(tmp)
+        raise
+    return out
 
 
-def write_lines(out: str | os.PathLike, lines: Sequence[str]) -> None:
-    """JSON lines to ``out``: .jsonl (.jsonl.gz: gzip without a timestamp), .json (one
-    document, or a list of them, indented), or ``-`` (stdout)."""
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink()
+    except OSError:
+        pass
+
+
+def _batched_lines(lines: Iterable[str], size: int = 256) -> Iterator[bytes]:
+    batch: list[str] = []
+    for x in lines:
+        batch.append(x)
+        if len(batch) >= size:
+            yield "".join(y + "\n" for y in batch).encode("utf-8")
+            batch = []
+    if batch:
+        yield "".join(y + "\n" for y in batch).encode("utf-8")
+
+
+def write_lines(out: str | os.PathLike, lines: Iterable[str]) -> Path | None:
+    """JSON lines to ``out``: .jsonl (streamed), .jsonl.gz (gzip without a timestamp: the same
+    bytes every time), .json (one document, or a list of them, indented), or ``-`` (stdout)."""
     to_stdout = str(out) == "-"
     out = Path(out)
     if out.name.endswith(".json") and not to_stdout:
         docs = [json.loads(x) for x in lines]
         text = json.dumps(docs[0] if len(docs) == 1 else docs, indent=2, ensure_ascii=False) + "\n"
-    else:
-        text = "".join(x + "\n" for x in lines)
+        return _write(out, text.encode("utf-8"))
     if to_stdout:
-        sys.stdout.write(text)
-        return
-    data = text.encode("utf-8")
-    _write(out, gzip.compress(data, mtime=0) if out.name.endswith(".gz") else data)
+        for piece in _batched_lines(lines):
+            sys.stdout.write(piece.decode("utf-8"))
+        return None
+    if out.name.endswith(".gz"):
+        return _write(out, gzip.compress(b"".join(_batched_lines(lines)), mtime=0))
+    return _write(out, _batched_lines(lines))
 
 
 def card_line(card: FeatureCard) -> str:
@@ -391,7 +426,7 @@ def write_cards(cards: Iterable[FeatureCard], path: str | os.PathLike, *, sort: 
     """Cards to ``path`` (.jsonl, .jsonl.gz, .json; see :func:`write_lines`), in index order
     unless ``sort`` is False (then as given)."""
     cards = sorted(cards, key=lambda c: c.index) if sort else list(cards)
-    write_lines(path, [card_line(c) for c in cards])
+    write_lines(path, (card_line(c) for c in cards))
     return Path(path)
 
 

@@ -257,3 +257,18 @@ def test_validate_reads_through_card_files():
     assert validate.jsonl_lines is cf.jsonl_lines and validate.read_bounded is cf.read_bounded
     imports = [line for line in inspect.getsource(cf).splitlines() if line.startswith(("import ", "from "))]
     assert imports and not any("validate" in line or "convert" in line for line in imports)
+
+
+def test_cannot_write_is_one_line_and_leaves_no_temporary_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="cannot write") as err:
+        cf.write_cards(_cards(1), tmp_path / "file" / "c.jsonl")
+    assert "\n" not in str(err.value)
+
+    def failing():
+        yield cf.card_line(_cards(1)[0])
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        cf.write_lines(tmp_path / "c.jsonl", failing())
+    assert list(tmp_path.iterdir()) == [tmp_path / "file"]
