@@ -74,15 +74,17 @@ def file_kind(path: Path) -> str:
 
 
 def expand(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given; a folder stands for the card files under it (sorted by relative path),
-    each a regular file inside it (safeio.list_files refuses links, devices, hard links)."""
+    """Files as given; a folder stands for the card files under it, at any depth, sorted by
+    path (folder by folder, as ``sorted(Path.rglob(...))``), each a regular file inside it
+    (safeio.list_files refuses links, devices, hard links)."""
     out: list[Path] = []
     given = [Path(p) for p in paths]
     if not given:
         raise InputError("no card files given")
     for p in given:
         if p.is_dir():
-            found = [p / rel for rel in safeio.list_files(p) if rel.lower().endswith(SUFFIXES)]
+            rels = [rel for rel in safeio.list_files(p) if rel.lower().endswith(SUFFIXES)]
+            found = [p / rel for rel in sorted(rels, key=lambda rel: rel.split("/"))]  # Path order: by parts
             if not found:
                 raise InputError(f"no card files ({', '.join(SUFFIXES)}) in this folder", where=str(p))
             out += found

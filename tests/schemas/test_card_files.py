@@ -272,3 +272,12 @@ def test_cannot_write_is_one_line_and_leaves_no_temporary_file(tmp_path):
     with pytest.raises(RuntimeError):
         cf.write_lines(tmp_path / "c.jsonl", failing())
     assert list(tmp_path.iterdir()) == [tmp_path / "file"]
+
+
+def test_folder_order_is_path_order_at_any_depth(tmp_path):
+    folder = tmp_path / "cards"
+    for rel, i in (("a/b.jsonl", 0), ("a-c.jsonl", 1), ("z.json", 2)):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(folder / rel, [make_card(i)])
+    assert [p.relative_to(folder).as_posix() for p in cf.expand([folder])] == ["a/b.jsonl", "a-c.jsonl", "z.json"]
+    assert cf.expand([folder]) == sorted(p for p in folder.rglob("*") if p.is_file())
