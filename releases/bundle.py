@@ -76,14 +76,6 @@ def read_records(path: Path) -> list[BenchmarkRecord]:
         raise InputError(f"not a BenchmarkRecord ({str(err).splitlines()[0]})", where=str(path)) from None
 
 
-def read_cards(path: Path) -> list[dict[str, Any]]:
-    """Feature cards of a cards file (a regular file: safeio's rule) as parsed JSON objects,
-    for the plots and the browser (validation is saekit cards')."""
-    path = Path(path)
-    safeio.regular_file(path.parent, path.name)
-    return card_files.read_rows(path)
-
-
 # --- gate ------------------------------------------------------------------------------
 
 
@@ -216,9 +208,10 @@ def _write_saes(manifest, tmp: Path, store, run_checks: bool, cards_per_shard: i
         cards: list[dict[str, Any]] = []
         files: list[str] = []
         if "feature_cards.jsonl" in checks:
-            cards = read_cards(checks["feature_cards.jsonl"])
-            written = card_files.write_card_shards(checks["feature_cards.jsonl"], dest, per_shard=cards_per_shard,
-                                                   max_bytes=SHARD_BYTES)
+            src_cards = checks["feature_cards.jsonl"]
+            safeio.regular_file(src_cards.parent, src_cards.name)
+            cards = card_files.read_rows(src_cards)  # dicts, for the plots and the browser
+            written = card_files.write_card_shards(src_cards, dest, per_shard=cards_per_shard, max_bytes=SHARD_BYTES)
             files = [f"{rs.sae_id}/{name}" for name in written]
         cards_by_id[rs.sae_id] = cards
         entries.append(SAEEntry(rs.sae_id, rs.ref, info.name, int(info.version), info.sha256, cfg, record,

@@ -50,7 +50,7 @@ from saekit.schemas.card import (
     SimilarLatent,
     consistency_errors,
 )
-from saekit.schemas.card_files import json_path, parse_card, read_documents, write_lines
+from saekit.schemas.card_files import expand, json_path, parse_card, read_documents, write_lines
 from saekit.schemas.errors import InputError
 
 NP = "neuronpedia"
@@ -432,12 +432,13 @@ def read_any_cards(
     inputs: Sequence[str | os.PathLike], *, from_format: str = "auto", sae: SAERef | None = None,
     index: int | None = None,
 ) -> list[FeatureCard]:
-    """Every document of ``inputs`` (saekit cards, Neuronpedia features, OpenAI FeatureInfo;
-    ``from_format`` one of FROM_FORMATS) as a FeatureCard (see ``to_card``)."""
+    """Every document of ``inputs`` (files, or folders of them; saekit cards, Neuronpedia
+    features, OpenAI FeatureInfo; ``from_format`` one of FROM_FORMATS) as a FeatureCard (see
+    ``to_card``)."""
     if from_format not in FROM_FORMATS:
         raise InputError(f"--from must be auto, saekit, neuronpedia or openai, not {from_format!r}")
     cards: list[FeatureCard] = []
-    for path in map(Path, inputs):
+    for path in expand(inputs):  # a folder stands for the card files under it
         for n, doc in read_documents(path):
             cards.append(to_card(doc, from_format, where=f"{path}:{n}", path=path, sae=sae, index=index))
     return cards

@@ -281,3 +281,15 @@ def test_folder_order_is_path_order_at_any_depth(tmp_path):
         write_jsonl(folder / rel, [make_card(i)])
     assert [p.relative_to(folder).as_posix() for p in cf.expand([folder])] == ["a/b.jsonl", "a-c.jsonl", "z.json"]
     assert cf.expand([folder]) == sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def test_convert_reads_through_card_files_folders_included(tmp_path):
+    from saekit.schemas.convert import convert_files
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [make_card(0)])
+    (folder / "b.json").write_text(json.dumps([make_card(1), make_card(2)]))
+    res = convert_files([folder], tmp_path / "out.jsonl.gz")
+    assert [c.index for c in res.cards] == [0, 1, 2]
+    assert cf.read_cards(tmp_path / "out.jsonl.gz") == res.cards
