@@ -452,9 +452,9 @@ def _ranges(pool, file_idx: int, path: Path, d_sae: int | None, cap: int, limits
     jobs = [(file_idx, str(path), a, min(a + RANGE_BYTES, size), d_sae, cap, limits.max_line_bytes, limits.max_depth)
             for a in range(0, size, RANGE_BYTES)]
     offset = 0
-    for n_lines, n_cards, n_errors, errors, meta, too_long in pool.imap(_validate_range, jobs):
-        if too_long:
-            raise too_long(path, offset + too_long, limits)
+    for n_lines, n_cards, n_errors, errors, meta, long_line in pool.imap(_validate_range, jobs):
+        if long_line:
+            raise too_long(path, offset + long_line, limits)
         yield (
             n_cards,
             n_errors,
