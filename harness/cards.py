@@ -434,57 +434,6 @@ def build_cards(
 # --- files -----------------------------------------------------------------------------
 
 
-def write_cards(cards: list[FeatureCard], path: Path) -> Path:
-    """feature_cards.jsonl: one card per line, in index order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for card in sorted(cards, key=lambda c: c.index):
-            f.write(card.model_dump_json(exclude_none=True) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def read_cards(path: Path) -> list[FeatureCard]:
-    """Cards of a .jsonl or .jsonl.gz file (one per line), a .json file (a card or a list), or
-    a folder of them (a release's feature_cards/ shards, read in name order)."""
-    import gzip
-
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz", ".json")))
-        if not files:
-            raise NotFoundError("no card files in the folder", where=str(path))
-        return [c for f in files for c in read_cards(f)]
-    if not path.is_file():
-        raise NotFoundError("no such card file", where=str(path))
-    try:
-        data = path.read_bytes()
-        text = (gzip.decompress(data) if path.name.endswith(".gz") else data).decode("utf-8")
-    except (OSError, EOFError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read: {err}", where=str(path)) from None
-    docs: list[tuple[int, Any]] = []
-    try:
-        if path.suffix == ".json":
-            doc = json.loads(text)
-            docs = list(enumerate(doc if isinstance(doc, list) else [doc], 1))
-        else:
-            docs = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    except json.JSONDecodeError as err:
-        raise InputError(f"not JSON: {err.msg}", where=f"{path}:{err.lineno}") from None
-    except RecursionError:  # nesting is bounded by the parser's recursion limit
-        raise InputError("JSON nested too deep", where=str(path)) from None
-    out = []
-    for n, doc in docs:
-        try:
-            out.append(FeatureCard.model_validate(doc))
-        except Exception as err:  # pydantic.ValidationError: one line for the user
-            first = str(err).splitlines()
-            raise InputError(f"not a feature card ({first[1] if len(first) > 1 else first[0]})", where=f"{path}:{n}") from None
-    return out
-
-
 def read_annotations(path: Path) -> dict[int, list[Annotation]]:
     """Annotations by latent index from a user's file: JSONL (or a JSON list) of
     ``{index, label, description}`` rows, saekit cards, or Neuronpedia features."""

@@ -318,8 +318,8 @@ def _run(
         read_annotations,
         select_latents,
         stream_latents,
-        write_cards,
     )
+    from saekit.schemas.card_files import write_cards
     from saekit.harness.dist import broadcast_object, my_batches, rank_world
     from saekit.harness.text import special_token_ids
     from saekit.harness.metrics import evaluate

@@ -53,6 +53,7 @@ from saekit.schemas import (
     InputError,
     SAERef,
 )
+from saekit.schemas.card_files import jsonl_lines
 from saekit.schemas.matching import RELATIONS, LatentMatch, MatchSummary, mapping_errors
 
 if TYPE_CHECKING:
@@ -424,20 +425,17 @@ def read_mapping(path: Path) -> list[LatentMatch]:
     if not path.is_file():
         raise InputError("mapping file not found", where=str(path))
     rows = []
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = LatentMatch.model_validate_json(line)
-            except ValidationError as err:
-                first = err.errors()[0]
-                loc = ".".join(str(p) for p in first["loc"]) or "line"
-                raise ArtifactFormatError(f"{loc}: {first['msg']}", where=f"{path}:{n}") from None
-            errs = mapping_errors(row)
-            if errs:
-                raise ArtifactFormatError(f"{errs[0][0]}: {errs[0][1]}", where=f"{path}:{n}")
-            rows.append(row)
+    for n, line in jsonl_lines(path):  # bounded, like every JSONL file saekit reads
+        try:
+            row = LatentMatch.model_validate_json(line)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"]) or "line"
+            raise ArtifactFormatError(f"{loc}: {first['msg']}", where=f"{path}:{n}") from None
+        errs = mapping_errors(row)
+        if errs:
+            raise ArtifactFormatError(f"{errs[0][0]}: {errs[0][1]}", where=f"{path}:{n}")
+        rows.append(row)
     return rows
 
 

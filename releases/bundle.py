@@ -40,6 +40,7 @@ from saekit.schemas import (
     IntegrityError,
     NotFoundError,
     ReleaseManifest,
+    card_files,
     safeio,
 )
 from saekit.schemas.console import say
@@ -50,7 +51,8 @@ SUMS = "SHA256SUMS"
 RELEASE_JSON = "release.json"
 # The Hub allows 10k entries per folder and recommends files under a few GB; feature cards
 # of wide SAEs are split into gzip shards of at most this many cards (one JSON line each)
-# and this many uncompressed bytes, so a 16k-latent SAE is 8 files of a few MB.
+# and this many uncompressed bytes, so a 16k-latent SAE is 8 files of a few MB
+# (saekit.schemas.card_files.write_card_shards).
 CARDS_PER_SHARD = 2048
 SHARD_BYTES = 256 * 2**20
 ARTIFACT_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors")
@@ -72,16 +74,6 @@ def read_records(path: Path) -> list[BenchmarkRecord]:
         return [BenchmarkRecord.model_validate(r, strict=False) for r in items]
     except ValidationError as err:
         raise InputError(f"not a BenchmarkRecord ({str(err).splitlines()[0]})", where=str(path)) from None
-
-
-def read_cards(path: Path) -> list[dict[str, Any]]:
-    """Feature cards of a JSONL file as parsed JSON objects (validation is saekit cards')."""
-    from saekit.schemas.validate import jsonl_lines
-
-    path = Path(path)
-    safeio.regular_file(path.parent, path.name)
-    return [safeio.load_json(raw, where=f"{path}:{n}", limits=safeio.DEFAULT_LIMITS)
-            for n, raw in jsonl_lines(path, safeio.DEFAULT_LIMITS)]
 
 
 # --- gate ------------------------------------------------------------------------------
@@ -214,42 +206,18 @@ def _write_saes(manifest, tmp: Path, store, run_checks: bool, cards_per_shard: i
             raise IntegrityError(f"artifact sha256 {got[:12]} != registered {info.sha256[:12]}", where=pinned)
         cfg = json.loads((dest / "cfg.json").read_text())
         cards: list[dict[str, Any]] = []
-        card_files: list[str] = []
+        files: list[str] = []
         if "feature_cards.jsonl" in checks:
-            cards = read_cards(checks["feature_cards.jsonl"])
-            card_files = _write_cards(checks["feature_cards.jsonl"], dest, rs.sae_id, len(cards), cards_per_shard)
+            src_cards = checks["feature_cards.jsonl"]
+            safeio.regular_file(src_cards.parent, src_cards.name)
+            cards = card_files.read_rows(src_cards)  # dicts, for the plots and the browser
+            written = card_files.write_card_shards(src_cards, dest, per_shard=cards_per_shard, max_bytes=SHARD_BYTES)
+            files = [f"{rs.sae_id}/{name}" for name in written]
         cards_by_id[rs.sae_id] = cards
         entries.append(SAEEntry(rs.sae_id, rs.ref, info.name, int(info.version), info.sha256, cfg, record,
-                                "pass", len(cards), card_files))
+                                "pass", len(cards), files))
         say(f"release: {rs.sae_id} <- {pinned} sha256 {info.sha256[:12]} ({len(cards)} cards)")
     return entries, cards_by_id, records
-
-
-def _write_cards(src: Path, dest: Path, sae_id: str, n: int, per_shard: int) -> list[str]:
-    """Copy the cards as they are, or split them into gzip shards of at most ``per_shard``
-    lines and SHARD_BYTES uncompressed bytes (gzip without a timestamp: same bytes each build)."""
-    import gzip
-
-    if n <= per_shard and src.stat().st_size <= SHARD_BYTES:
-        shutil.copyfile(src, dest / "feature_cards.jsonl")
-        return [f"{sae_id}/feature_cards.jsonl"]
-    groups: list[list[bytes]] = [[]]
-    size = 0
-    with open(src, "rb") as f:
-        for ln in f:
-            if not ln.strip():
-                continue
-            ln = ln if ln.endswith(b"\n") else ln + b"\n"
-            if groups[-1] and (len(groups[-1]) == per_shard or size + len(ln) > SHARD_BYTES):
-                groups.append([])
-                size = 0
-            groups[-1].append(ln)
-            size += len(ln)
-    (dest / "feature_cards").mkdir()
-    names = [f"feature_cards/part-{i:05d}-of-{len(groups):05d}.jsonl.gz" for i in range(len(groups))]
-    for name, lines in zip(names, groups):
-        (dest / name).write_bytes(gzip.compress(b"".join(lines), compresslevel=6, mtime=0))
-    return [f"{sae_id}/{name}" for name in names]
 
 
 def latent_densities(entry: SAEEntry, folder: Path, cards: list[dict]) -> tuple[list[float], int | None]:
@@ -444,7 +412,38 @@ def release_cards(bundle: Path) -> list[tuple[dict[str, Any], dict[str, Any], li
     release = verify(bundle)
     out = []
     for entry in release["saes"]:
-        cards = [FeatureCard.model_validate(c) for f in entry.get("card_files") or []
-                 for c in read_cards(Path(bundle) / f)]
+        files = [safeio.regular_file(bundle, f) for f in entry.get("card_files") or []]
+        cards = card_files.read_cards(files) if files else []
         out.append((release, entry, cards))
     return out
+
+
+def export_neuronpedia_release(
+    bundle: str | os.PathLike, out: str | os.PathLike, *, model_id: str | None = None, source_id: str | None = None,
+    creator: str = "saekit",
+) -> list[dict[str, Any]]:
+    """Every carded SAE of a built bundle (verified first) in Neuronpedia's upload layout under
+    ``out`` (releases.ecosystem.export_neuronpedia); ids from the manifest or Neuronpedia's
+    naming (ecosystem.neuronpedia_ids), ``model_id`` and, for a one-SAE release, ``source_id``
+    override them. Returns ``{sae_id, folder, cards}`` per SAE written."""
+    from saekit.releases import ecosystem as eco
+
+    root = Path(bundle)
+    written = []
+    for release, entry, cards in release_cards(root):
+        if not cards:
+            continue
+        rel = f"{entry['sae_id']}/cfg.json"
+        cfg = safeio.load_json(safeio.read_bytes(root, rel, max_bytes=safeio.JSON_LIMITS.max_file_bytes),
+                               where=str(root / rel))
+        model, source = eco.neuronpedia_ids(release, entry, cfg)
+        folder = eco.export_neuronpedia(
+            cards, Path(out), model_id=model_id or model,
+            source_id=source if len(release["saes"]) > 1 or not source_id else source_id, creator=creator,
+            release={"name": release["release_id"], "description": release["manifest"].get("description"),
+                     "url": f"https://huggingface.co/{release['hub_repo']}"},
+            hf_repo=release["hub_repo"], hf_folder=entry["sae_id"], saelens_release=release["release_id"])
+        written.append({"sae_id": entry["sae_id"], "folder": str(folder), "cards": len(cards)})
+    if not written:
+        raise InputError("the release carries no feature cards", where=str(root))
+    return written

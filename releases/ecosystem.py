@@ -31,19 +31,23 @@
 
 from __future__ import annotations
 
-import gzip
 import json
+import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from saekit.releases.modelcard import metrics_of
 from saekit.schemas import FeatureCard, InputError, NotFoundError, ReleaseManifest
+from saekit.schemas.card_files import read_cards, read_rows, write_rows
+from saekit.schemas.safeio import DEFAULT_LIMITS, Limits
 
 SAELENS_REGISTRY = "pretrained_saes.yaml"
 FEATURES_PER_BATCH = 1024
 # Bounds on what is read back (a gzip bomb or a runaway file stops with one line).
 MAX_JSONL_BYTES = 1 << 30
+ROW_LIMITS = Limits(max_file_bytes=MAX_JSONL_BYTES, max_line_bytes=DEFAULT_LIMITS.max_line_bytes,
+                    max_depth=DEFAULT_LIMITS.max_depth)
 _SOURCE_ID = re.compile(r"^[A-Za-z0-9][\w.-]*$")
 
 
@@ -86,49 +90,12 @@ def write_saelens_registry(root: Path, manifest: ReleaseManifest, entries: list[
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Objects of a .jsonl, .jsonl.gz or .json (list or object) file; one-line errors."""
+    """Objects of a .jsonl, .jsonl.gz or .json (list or object) file, within ROW_LIMITS
+    (saekit.schemas.card_files.read_rows); one-line errors."""
     path = Path(path)
     if not path.is_file():
         raise NotFoundError("no such file", where=str(path))
-    try:
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                data = f.read(MAX_JSONL_BYTES + 1)
-        else:
-            data = path.read_bytes()
-    except (OSError, EOFError) as err:
-        raise InputError(f"cannot read ({err.__class__.__name__}: {str(err)[:80]})", where=str(path)) from None
-    if len(data) > MAX_JSONL_BYTES:
-        raise InputError(f"larger than {MAX_JSONL_BYTES} bytes uncompressed", where=str(path))
-    text = data.decode("utf-8", errors="strict")
-    if path.name.endswith((".json",)):
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"not JSON ({err.msg})", where=str(path)) from None
-        rows = doc if isinstance(doc, list) else [doc]
-    else:
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise InputError(f"not JSON ({err.msg})", where=f"{path}:{n}") from None
-    for n, row in enumerate(rows, 1):
-        if not isinstance(row, dict):
-            raise InputError("expected a JSON object per row", where=f"{path}:{n}")
-    return rows
-
-
-def _write_jsonl_gz(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=False) + "\n" for r in rows)
-    path.write_bytes(gzip.compress(text.encode("utf-8"), mtime=0))
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return read_rows(path, ROW_LIMITS)
 
 
 # --- Neuronpedia export ----------------------------------------------------------------
@@ -177,18 +144,18 @@ def export_neuronpedia(
     folder = Path(out) / model_id / source_id
     folder.mkdir(parents=True, exist_ok=True)
     rel = release or {}
-    _write_jsonl(folder / "release.jsonl", [{
+    write_rows(folder / "release.jsonl", [{
         "name": rel.get("name") or set_name, "description": rel.get("description") or set_name,
         "descriptionShort": rel.get("description") or set_name, "creatorName": creator, "creatorNameShort": creator,
         "creatorId": creator, "urls": [u for u in [rel.get("url")] if u], "visibility": "PUBLIC"}])
-    _write_jsonl(folder / "model.jsonl", [{
+    write_rows(folder / "model.jsonl", [{
         "id": model_id, "instruct": model_id.endswith(("-it", "-instruct")), "displayNameShort": model_id,
         "displayName": model_id, "creatorId": creator, "visibility": "PUBLIC"}])
-    _write_jsonl(folder / "sourceset.jsonl", [{
+    write_rows(folder / "sourceset.jsonl", [{
         "modelId": model_id, "name": set_name, "creatorId": creator, "creatorName": creator, "hasDashboards": True,
         "visibility": "PUBLIC", "description": rel.get("description") or set_name,
         "releaseName": rel.get("name") or set_name}])
-    _write_jsonl(folder / "source.jsonl", [{
+    write_rows(folder / "source.jsonl", [{
         "id": source_id, "modelId": model_id, "setName": set_name, "creatorId": creator, "hasDashboards": True,
         "visibility": "PUBLIC", "hfRepoId": hf_repo, "hfFolderId": hf_folder,
         "saelensRelease": saelens_release, "saelensSaeId": hf_folder if saelens_release else None,
@@ -213,11 +180,30 @@ def export_neuronpedia(
                 activations.append(row)
             for i, e in enumerate(expls):
                 explanations.append({"id": f"{source_id}-{card.index}-e{i}", **key, **e})
-        _write_jsonl_gz(folder / "features" / name, features)
-        _write_jsonl_gz(folder / "activations" / name, activations)
+        write_rows(folder / "features" / name, features)
+        write_rows(folder / "activations" / name, activations)
         if explanations:
-            _write_jsonl_gz(folder / "explanations" / name, explanations)
+            write_rows(folder / "explanations" / name, explanations)
     return folder
+
+
+def export_card_file(
+    path: str | os.PathLike, out: str | os.PathLike, *, model_id: str | None = None, source_id: str | None = None,
+    creator: str = "saekit",
+) -> dict[str, Any]:
+    """The cards of one SAE (a cards file or folder, saekit.schemas.card_files) in Neuronpedia's
+    upload layout under ``out``; the ids default to those of cards imported from Neuronpedia.
+    Returns ``{folder, cards}``."""
+    cards = read_cards(path)
+    if not cards:
+        raise InputError("no cards", where=str(path))
+    np_keep = cards[0].extra.get("neuronpedia") or {}
+    model = model_id or np_keep.get("modelId")
+    source = source_id or np_keep.get("layer")
+    if not model or not source:
+        raise InputError("pass --model-id and --source-id (the cards do not name a Neuronpedia source)", where=str(path))
+    folder = export_neuronpedia(cards, Path(out), model_id=model, source_id=source, creator=creator)
+    return {"folder": str(folder), "cards": len(cards)}
 
 
 def _batches(folder: Path, kind: str) -> list[Path]:
@@ -277,6 +263,15 @@ def read_neuronpedia(folder: Path) -> list[FeatureCard]:
             doc["explanations"] = [strip(e) for e in expls.get(idx, [])]
             cards.append(from_neuronpedia(doc, sae=sae))
     return cards
+
+
+def import_neuronpedia(src: str | os.PathLike) -> list[FeatureCard]:
+    """The cards of a Neuronpedia export: its one source folder, or a root holding exactly one."""
+    src = Path(src)
+    sources = find_sources(src) if src.is_dir() else []
+    if len(sources) != 1:
+        raise InputError(f"expected one Neuronpedia source folder, found {len(sources)}", where=str(src))
+    return read_neuronpedia(sources[0])
 
 
 def find_sources(root: Path) -> list[Path]:

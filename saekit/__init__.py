@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 from saekit.schemas.version import __version__
 
 if TYPE_CHECKING:
+    from saekit.harness.cards import VerifyReport
     from saekit.harness.check import CheckResult
     from saekit.kernels import SAE
+    from saekit.schemas import FeatureCard
 
 
 def load(ref: str | os.PathLike, *, device: str | None = None) -> SAE:
@@ -62,4 +64,31 @@ def check(ref: str | os.PathLike, **kwargs: Any) -> CheckResult:
     return _check(ref, loader=load, **kwargs)
 
 
-__all__ = ["load", "register", "check", "__version__"]
+def read_cards(paths: str | os.PathLike | list[str | os.PathLike]) -> list[FeatureCard]:
+    """Feature cards of a .jsonl / .jsonl.gz / .json file, a folder of shards, or a list of
+    them (saekit.schemas.card_files.read_cards)."""
+    from saekit.schemas.card_files import read_cards as _read
+
+    return _read(paths)
+
+
+def write_cards(cards: list[FeatureCard], path: str | os.PathLike) -> os.PathLike:
+    """Write cards in index order to a .jsonl, .jsonl.gz or .json file (saekit.schemas.card_files)."""
+    from saekit.schemas.card_files import write_cards as _write
+
+    return _write(cards, path)
+
+
+def verify_cards(cards: Any, sae: Any, **kwargs: Any) -> VerifyReport:
+    """Re-check what ``cards`` (a cards file, folder, paths, or FeatureCards) state against
+    ``sae`` (an SAE, or a reference loaded with :func:`load`); see
+    saekit.harness.card_ops.verify_file for the options."""
+    from saekit.harness.card_ops import cards_of, verify_file
+
+    cards = cards_of(cards)  # a bad cards file is reported before any SAE or model loads
+    if isinstance(sae, (str, os.PathLike)):
+        sae = load(sae)
+    return verify_file(cards, sae, **kwargs)
+
+
+__all__ = ["load", "register", "check", "read_cards", "write_cards", "verify_cards", "__version__"]

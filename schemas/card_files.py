@@ -1,158 +1,476 @@
-"""Converting card files: read Neuronpedia / OpenAI sae-viewer / saekit documents from files,
-turn them into FeatureCards, and write cards or Neuronpedia features (``saekit cards convert``).
+"""The file layer for feature cards: the one place saekit reads and writes card files.
 
-The mappings themselves are saekit.schemas.convert; this module is the file handling around
-them, so Python callers get exactly what the command does:
+    from saekit.schemas.card_files import read_cards, write_cards
+    cards = read_cards("feature_cards.jsonl.gz")         # or a .json, a folder of shards, a list
+    write_cards(cards, "out/feature_cards.jsonl")        # .jsonl, .jsonl.gz (gzip mtime 0), .json
 
-    from saekit.schemas.card_files import convert_files
-    result = convert_files(["neuronpedia_650.json"], "feature_cards.jsonl")
+Formats: ``.json`` (one document, or a list of documents), ``.jsonl`` and ``.jsonl.gz`` (one
+document per line; blank lines are skipped), ``.json.gz``, and a folder, which stands for
+the card files under it (sorted by relative path; a release's ``feature_cards/`` shards).
+
+Layers, lowest first, each usable alone:
+
+- bytes: :func:`read_bounded` (a whole file) and :func:`jsonl_lines` (streamed lines), both
+  within :class:`~saekit.schemas.safeio.Limits` (bytes per file after decompression, bytes
+  per line) and refusing a ``.gz`` that is not gzip, a plain file that is, FIFOs and devices;
+- raw documents: :func:`raw_documents` / :func:`iter_documents` give ``(line, bytes)`` of
+  each document without parsing it (the fast validator in ``saekit.schemas.validate`` takes
+  them as they are);
+- parsed: :func:`read_documents` (JSON values), :func:`read_rows` (JSON objects, e.g.
+  Neuronpedia export rows), :func:`read_cards` (FeatureCards);
+- writing: :func:`write_lines`, :func:`write_cards`, :func:`write_rows`, and
+  :func:`write_card_shards`, the release bundle's split into gzip shards.
+
+Files: a path the caller names is taken as named; files found in a folder must be regular
+files inside it (no symlinks or hard links: saekit.schemas.safeio.list_files). Every error
+is an ``InputError`` (or ``UnsafePathError``) of one line naming the file and, where there
+is one, the line. Writes go to a temporary file renamed into place (a symlink at the
+destination is replaced, never written through).
+
+Converting other tools' formats (Neuronpedia, OpenAI sae-viewer) is saekit.schemas.convert,
+which reads files only through this module.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
+import re
+import stat
 import sys
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from saekit.schemas import convert as cv
-from saekit.schemas.card import FeatureCard, SAERef, consistency_errors
+from pydantic import TypeAdapter, ValidationError
+
+from saekit.schemas import safeio
+from saekit.schemas.card import FeatureCard
 from saekit.schemas.errors import InputError
-from saekit.schemas.safeio import DEFAULT_LIMITS, Limits, load_json
-from saekit.schemas.validate import check_card_bytes, json_path, jsonl_lines, read_bounded
+from saekit.schemas.safeio import DEFAULT_LIMITS, Limits, exceeds_depth, load_json
 
-FROM_FORMATS = ("auto", "saekit", "neuronpedia", "openai")
-TO_FORMATS = ("saekit", "neuronpedia")
+SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz")
+CHUNK = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
+_LINE = re.compile(rb"[^\n]+")
 
-
-@dataclass
-class ConvertResult:
-    """What a conversion wrote."""
-
-    cards: list[FeatureCard]
-    """The cards read (before rendering to the output format)."""
-    out: str
-    """Where they went (``-``: stdout)."""
-    to: str
-    """The output format: saekit or neuronpedia."""
-    warnings: list[str] = field(default_factory=list)
-    """Consistency problems of the cards (``card N: path: message``); written anyway."""
+# What a bundle writes: gzip shards of the cards file (releases.bundle sizes them).
+SHARD_FOLDER = "feature_cards"
+CARDS_FILE = "feature_cards.jsonl"
 
 
-def first_error(err: Exception) -> str:
-    """The first problem of a pydantic ValidationError (``json.path: message``), or the message."""
-    errors = getattr(err, "errors", None)
-    if callable(errors):
-        e = errors()[0]
-        return f"{json_path(e['loc'])}: {e['msg']}"
-    return str(err).splitlines()[0]
+# --- paths ---------------------------------------------------------------------------
+
+
+def file_kind(path: Path) -> str:
+    """The card-file suffix of ``path`` (one of SUFFIXES); InputError for any other."""
+    name = Path(path).name.lower()
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    raise InputError(f"unsupported card file type (expected one of {', '.join(SUFFIXES)})", where=str(path))
+
+
+def expand(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given; a folder stands for the card files under it, at any depth, sorted by
+    path (folder by folder, as ``sorted(Path.rglob(...))``), each a regular file inside it
+    (safeio.list_files refuses links, devices, hard links)."""
+    out: list[Path] = []
+    given = [Path(p) for p in paths]
+    if not given:
+        raise InputError("no card files given")
+    for p in given:
+        if p.is_dir():
+            rels = [rel for rel in safeio.list_files(p) if rel.lower().endswith(SUFFIXES)]
+            found = [p / rel for rel in sorted(rels, key=lambda rel: rel.split("/"))]  # Path order: by parts
+            if not found:
+                raise InputError(f"no card files ({', '.join(SUFFIXES)}) in this folder", where=str(p))
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def open_error(path: Path, err: OSError) -> InputError:
+    """One line for an OSError met opening or reading ``path``."""
+    if isinstance(err, FileNotFoundError):
+        return InputError("no such file", where=str(path))
+    if isinstance(err, IsADirectoryError) or path.is_dir():
+        return InputError("is a directory, not a card file", where=str(path))
+    return InputError(f"cannot read: {err.strerror or err}", where=str(path))
+
+
+# --- bytes, bounded ------------------------------------------------------------------
+
+
+def _chunks(path: Path, limits: Limits) -> Iterator[bytes]:
+    """The file's bytes (decompressed for .gz) in chunks of at most CHUNK, bounded by
+    ``limits.max_file_bytes``; a .gz that is not gzip, or a plain file that is, is refused."""
+    path = Path(path)
+    gz = path.name.lower().endswith(".gz")
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open, a device never ends
+            raise InputError("not a regular file", where=str(path))
+        raw = open(path, "rb")
+    except OSError as err:
+        raise open_error(path, err) from None
+    with raw:
+        try:
+            magic = raw.read(2)
+        except OSError as err:
+            raise open_error(path, err) from None
+        if gz and magic != GZIP_MAGIC:
+            raise InputError("not a valid gzip file (no gzip header, though the name ends in .gz)", where=str(path))
+        if not gz and magic == GZIP_MAGIC:
+            raise InputError("is gzip-compressed; name it .gz", where=str(path))
+        raw.seek(0)
+        f = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+        total = 0
+        while True:
+            try:
+                chunk = f.read(CHUNK)
+            except (OSError, EOFError, zlib.error) as err:
+                if gz:
+                    raise InputError(f"not a valid gzip file ({err})", where=str(path)) from None
+                raise open_error(path, err) from None
+            if not chunk:
+                return
+            total += len(chunk)
+            if total > limits.max_file_bytes:
+                what = "decompressed bytes" if gz else "bytes"
+                raise InputError(f"more than {limits.max_file_bytes} {what} (--max-file-bytes)", where=str(path))
+            yield chunk
+
+
+def read_bounded(path: Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """A whole card file (decompressed when .gz) within ``limits``."""
+    return b"".join(_chunks(Path(path), limits))
+
+
+def too_long(path: Path, line: int, limits: Limits) -> InputError:
+    return InputError(f"line longer than {limits.max_line_bytes} bytes (--max-line-bytes)", where=f"{path}:{line}")
+
+
+def jsonl_lines(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines of a .jsonl / .jsonl.gz with their numbers (no newline), streamed in
+    chunks within ``limits``: memory stays near one line plus one chunk, and runs of blank
+    lines cost no Python work per line."""
+    path = Path(path)
+    n = 0  # lines completed so far
+    partial: list[bytes] = []
+    partial_len = 0
+    for chunk in _chunks(path, limits):
+        start = 0
+        if partial:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                partial.append(chunk)
+                partial_len += len(chunk)
+                if partial_len > limits.max_line_bytes:
+                    raise too_long(path, n + 1, limits)
+                continue
+            line = b"".join(partial) + chunk[:nl]
+            partial, partial_len = [], 0
+            n += 1
+            if len(line) > limits.max_line_bytes:
+                raise too_long(path, n, limits)
+            if line.strip():
+                yield n, line
+            start = nl + 1
+        last = chunk.rfind(b"\n")
+        end = last + 1 if last >= start else start
+        body = chunk[start:end] if (start or end < len(chunk)) else chunk
+        if body and body.strip():
+            pos = 0
+            for m in _LINE.finditer(body):
+                n += body.count(b"\n", pos, m.start())
+                pos = m.start()
+                line = m.group()
+                if len(line) > limits.max_line_bytes:
+                    raise too_long(path, n + 1, limits)
+                if line.strip():
+                    yield n + 1, line
+            n += body.count(b"\n", pos)
+        elif body:
+            n += body.count(b"\n")
+        if end < len(chunk):
+            partial.append(chunk[end:])
+            partial_len = len(chunk) - end
+            if partial_len > limits.max_line_bytes:
+                raise too_long(path, n + 1, limits)
+    if partial:
+        line = b"".join(partial)
+        if line.strip():
+            yield n + 1, line
+
+
+def json_documents(data: bytes, where: str, limits: Limits = DEFAULT_LIMITS) -> list[tuple[int, bytes]]:
+    """The documents of a ``.json`` file's bytes (one object, or each item of a list) with the
+    line each starts on, unparsed."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"not UTF-8 text (byte {err.start})", where=where) from None
+    if exceeds_depth(data, limits.max_depth + 1):  # +1: the list around the cards
+        raise InputError(f"JSON nested deeper than {limits.max_depth} levels (--max-depth)", where=where)
+    try:
+        docs = _split_json(text, data, where)
+    except RecursionError:
+        raise InputError("JSON nested too deep to parse", where=where) from None
+    for line, raw in docs:
+        if len(raw) > limits.max_line_bytes:
+            raise InputError(f"card longer than {limits.max_line_bytes} bytes (--max-line-bytes)",
+                             where=f"{where}:{line}")
+    return docs
+
+
+def _split_json(text: str, data: bytes, where: str) -> list[tuple[int, bytes]]:
+    decoder = json.JSONDecoder()  # accepts NaN here; each card's check rejects it with a location
+    ws = " \t\r\n"
+
+    def skip(i: int) -> int:
+        while i < len(text) and text[i] in ws:
+            i += 1
+        return i
+
+    def not_json(err: json.JSONDecodeError) -> InputError:
+        return InputError(f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}", where=where)
+
+    i = skip(0)
+    if i == len(text):
+        raise InputError("empty file, expected a card or a list of cards", where=where)
+    if text[i] == "{":
+        try:
+            _, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as err:
+            raise not_json(err) from None
+        if skip(end) != len(text):
+            raise InputError(f"not valid JSON: extra data at line {text.count(chr(10), 0, skip(end)) + 1}", where=where)
+        return [(text.count("\n", 0, i) + 1, data)]
+    if text[i] != "[":
+        try:
+            decoder.raw_decode(text, i)
+        except json.JSONDecodeError as err:
+            raise not_json(err) from None
+        raise InputError("expected a card object or a list of cards", where=where)
+    docs: list[tuple[int, bytes]] = []
+    line, pos = 1, 0
+    i = skip(i + 1)
+    if i < len(text) and text[i] == "]":
+        return docs
+    while True:
+        try:
+            _, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as err:
+            raise not_json(err) from None
+        line += text.count("\n", pos, i)
+        pos = i
+        docs.append((line, text[i:end].encode("utf-8", "surrogatepass")))
+        i = skip(end)
+        if i < len(text) and text[i] == ",":
+            i = skip(i + 1)
+            continue
+        if i < len(text) and text[i] == "]" and skip(i + 1) == len(text):
+            return docs
+        err = json.JSONDecodeError("expected ',' or ']'", text, min(i, len(text)))
+        raise not_json(err)
+
+
+# --- documents -----------------------------------------------------------------------
+
+
+def raw_documents(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterable[tuple[int, bytes]]:
+    """``(line, raw JSON bytes)`` of every document of one file, by its kind (file_kind):
+    .jsonl / .jsonl.gz streamed line by line, .json / .json.gz read whole and split."""
+    path = Path(path)
+    if file_kind(path) in (".json", ".json.gz"):
+        return json_documents(read_bounded(path, limits), str(path), limits)
+    return jsonl_lines(path, limits)
+
+
+def iter_documents(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], limits: Limits = DEFAULT_LIMITS
+) -> Iterator[tuple[Path, int, bytes]]:
+    """``(file, line, raw JSON bytes)`` of every document of ``paths`` (files and folders, see
+    :func:`expand`), in order."""
+    for path in expand(_as_list(paths)):
+        for n, raw in raw_documents(path, limits):
+            yield path, n, raw
 
 
 def read_documents(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[int, Any]]:
-    """``(line, parsed document)`` for every document of a .json (object or list) or .jsonl
-    (optionally gzipped) file, read within ``limits`` (saekit.schemas.safeio); NaN and
-    Infinity are refused."""
-    if path.name.endswith((".jsonl", ".jsonl.gz")):
-        for n, line in jsonl_lines(path, limits):
-            yield n, load_json(line, where=f"{path}:{n}", limits=limits, allow_nan=False)
-        return
-    doc = load_json(read_bounded(path, limits), where=str(path), limits=limits, allow_nan=False)
-    if isinstance(doc, list):
-        for i, d in enumerate(doc):
-            yield i + 1, d
-    else:
-        yield 1, doc
+    """``(line, parsed document)`` for every document of one card file; NaN and Infinity are
+    refused, nesting is bounded by ``limits.max_depth``."""
+    path = Path(path)
+    for n, raw in raw_documents(path, limits):
+        yield n, load_json(raw, where=f"{path}:{n}", limits=limits, allow_nan=False)
 
 
-def _detect(doc: object, where: str) -> str:
+def read_rows(path: str | os.PathLike, limits: Limits = DEFAULT_LIMITS) -> list[dict[str, Any]]:
+    """The JSON objects of a .jsonl, .jsonl.gz or .json (an object or a list) file: plain
+    rows, not cards (a Neuronpedia export's rows, a cards file read as dicts)."""
+    path = Path(path)
+    rows = []
+    for n, doc in read_documents(path, limits):
+        if not isinstance(doc, dict):
+            raise InputError("expected a JSON object per row", where=f"{path}:{n}")
+        rows.append(doc)
+    return rows
+
+
+# --- cards ---------------------------------------------------------------------------
+
+_CARD = TypeAdapter(FeatureCard)
+
+
+def json_path(loc: Sequence[str | int]) -> str:
+    """``('top_examples', 3, 'values')`` -> ``top_examples[3].values``; the root is ``$``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "$"
+
+
+def parse_card(raw: bytes | str, *, where: str, limits: Limits = DEFAULT_LIMITS) -> FeatureCard:
+    """One card from its JSON text; InputError ``where: invalid card: json.path: message``."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if exceeds_depth(data, limits.max_depth):
+        raise InputError(f"JSON nested deeper than {limits.max_depth} levels (--max-depth)", where=where)
     try:
-        return cv.detect_format(doc)
-    except InputError as err:
-        raise InputError(err.message, where=where) from None
+        return _CARD.validate_json(data)
+    except ValidationError as err:
+        e = err.errors(include_url=False, include_input=False)[0]
+        if e["type"] == "json_invalid":
+            raise InputError(f"not JSON: {e['msg']}", where=where) from None
+        raise InputError(f"invalid card: {json_path(e['loc'])}: {e['msg']}", where=where) from None
 
 
-def to_card(doc: Any, fmt: str, *, where: str, path: Path, sae: SAERef | None = None, index: int | None = None) -> FeatureCard:
-    """One document of format ``fmt`` (saekit, neuronpedia, openai; auto: detected) as a card."""
-    fmt = fmt if fmt != "auto" else _detect(doc, where)
-    try:
-        if fmt == "saekit":
-            card, errs = check_card_bytes(json.dumps(doc))
-            if card is None:
-                raise InputError(f"invalid card: {errs[0][0]}: {errs[0][1]}", where=where)
-            return card
-        if fmt == "neuronpedia":
-            return cv.from_neuronpedia(doc, sae=sae)
-        idx = index if index is not None else cv.index_from_filename(path.name)
-        if idx is None:
-            raise InputError("OpenAI FeatureInfo has no index: pass --index or name the file NNN.json", where=where)
-        if sae is None:
-            raise InputError("OpenAI FeatureInfo does not name its SAE: pass --sae", where=where)
-        return cv.from_openai(doc, sae=sae, index=idx)
-    except InputError as err:
-        if err.where is None:
-            raise InputError(err.message, where=where) from None
-        raise
-    except ValueError as err:  # pydantic: the source document breaks the card schema
-        raise InputError(f"cannot convert: {first_error(err)}", where=where) from None
+def read_cards(paths: str | os.PathLike | Iterable[str | os.PathLike], limits: Limits = DEFAULT_LIMITS) -> list[FeatureCard]:
+    """The saekit cards of a file, a folder of card files (a release's shards), or a list of
+    them, in file and line order. Schema only: ``saekit cards validate`` checks the rest."""
+    return [parse_card(raw, where=f"{path}:{n}", limits=limits) for path, n, raw in iter_documents(paths, limits)]
 
 
-def read_cards(
-    inputs: Sequence[Path | str], *, from_format: str = "auto", sae: SAERef | None = None, index: int | None = None
-) -> list[FeatureCard]:
-    """Every document of ``inputs`` as a FeatureCard (see ``to_card``)."""
-    if from_format not in FROM_FORMATS:
-        raise InputError(f"--from must be auto, saekit, neuronpedia or openai, not {from_format!r}")
-    cards: list[FeatureCard] = []
-    for path in map(Path, inputs):
-        for n, doc in read_documents(path):
-            cards.append(to_card(doc, from_format, where=f"{path}:{n}", path=path, sae=sae, index=index))
-    return cards
+# --- writing -------------------------------------------------------------------------
 
 
-def render(cards: Sequence[FeatureCard], to: str) -> list[str]:
-    """One JSON line per card: saekit cards, or Neuronpedia features."""
-    if to == "saekit":
-        return [c.model_dump_json(exclude_none=True) for c in cards]
-    return [json.dumps(cv.to_neuronpedia(c), ensure_ascii=False) for c in cards]
-
-
-def write_lines(out: Path | str, lines: Sequence[str]) -> None:
-    """JSON lines to ``out``: .jsonl (optionally .gz), .json (one document or a list), or ``-``."""
-    out = Path(out)
-    if out.name.endswith(".json") and str(out) != "-":
-        docs = [json.loads(x) for x in lines]
-        text = json.dumps(docs[0] if len(docs) == 1 else docs, indent=2, ensure_ascii=False) + "\n"
-    else:
-        text = "".join(x + "\n" for x in lines)
-    if str(out) == "-":
-        sys.stdout.write(text)
-        return
+def _write(out: Path, data: bytes | Iterable[bytes]) -> Path:
+    """``data`` (bytes, or pieces of it, streamed) to ``out`` as a new regular file: a
+    temporary file renamed into place, so a symlink at ``out`` is replaced, never written
+    through, and a reader never sees half a file."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        if out.name.endswith(".gz"):
-            out.write_bytes(gzip.compress(text.encode("utf-8"), mtime=0))
-        else:
-            out.write_text(text, encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                for piece in data:
+                    f.write(piece)
+        os.replace(tmp, out)
     except OSError as err:
+        _discard(tmp)
         raise InputError(f"cannot write: {err.strerror or err}", where=str(out)) from None
+    except BaseException:
+        _discard(tmp)
+        raise
+    return out
 
 
-def convert_files(
-    inputs: Sequence[Path | str],
-    out: Path | str,
-    *,
-    to: str = "saekit",
-    from_format: str = "auto",
-    sae: SAERef | None = None,
-    index: int | None = None,
-) -> ConvertResult:
-    """Read ``inputs`` (any of FROM_FORMATS), write them to ``out`` as ``to`` (TO_FORMATS)."""
-    if to not in TO_FORMATS:
-        raise InputError(f"--to must be saekit or neuronpedia, not {to!r}")
-    cards = read_cards(inputs, from_format=from_format, sae=sae, index=index)
-    warnings = [f"card {c.index}: {p}: {m}" for c in cards for p, m in consistency_errors(c)]
-    write_lines(out, render(cards, to))
-    return ConvertResult(cards=cards, out=str(out), to=to, warnings=warnings)
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink()
+    except OSError:
+        pass
+
+
+def _batched_lines(lines: Iterable[str], size: int = 256) -> Iterator[bytes]:
+    batch: list[str] = []
+    for x in lines:
+        batch.append(x)
+        if len(batch) >= size:
+            yield "".join(y + "\n" for y in batch).encode("utf-8")
+            batch = []
+    if batch:
+        yield "".join(y + "\n" for y in batch).encode("utf-8")
+
+
+def write_lines(out: str | os.PathLike, lines: Iterable[str]) -> Path | None:
+    """JSON lines to ``out``: .jsonl (streamed), .jsonl.gz (gzip without a timestamp: the same
+    bytes every time), .json (one document, or a list of them, indented), or ``-`` (stdout)."""
+    to_stdout = str(out) == "-"
+    out = Path(out)
+    if out.name.endswith(".json") and not to_stdout:
+        docs = [json.loads(x) for x in lines]
+        text = json.dumps(docs[0] if len(docs) == 1 else docs, indent=2, ensure_ascii=False) + "\n"
+        return _write(out, text.encode("utf-8"))
+    if to_stdout:
+        for piece in _batched_lines(lines):
+            sys.stdout.write(piece.decode("utf-8"))
+        return None
+    if out.name.endswith(".gz"):
+        return _write(out, gzip.compress(b"".join(_batched_lines(lines)), mtime=0))
+    return _write(out, _batched_lines(lines))
+
+
+def card_line(card: FeatureCard) -> str:
+    """A card as saekit writes it: one JSON line, unset fields left out."""
+    return card.model_dump_json(exclude_none=True)
+
+
+def write_cards(cards: Iterable[FeatureCard], path: str | os.PathLike, *, sort: bool = True) -> Path:
+    """Cards to ``path`` (.jsonl, .jsonl.gz, .json; see :func:`write_lines`), in index order
+    unless ``sort`` is False (then as given)."""
+    cards = sorted(cards, key=lambda c: c.index) if sort else list(cards)
+    write_lines(path, (card_line(c) for c in cards))
+    return Path(path)
+
+
+def write_rows(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> Path:
+    """JSON objects, one per line, to a .jsonl or .jsonl.gz file (gzip without a timestamp)."""
+    path = Path(path)
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    return _write(path, gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
+
+
+def write_card_shards(
+    src: str | os.PathLike, dest: str | os.PathLike, *, per_shard: int, max_bytes: int,
+    limits: Limits = DEFAULT_LIMITS,
+) -> list[str]:
+    """A cards file (.jsonl, a regular file: safeio's rule) into folder ``dest``: copied as
+    ``feature_cards.jsonl`` when it holds at most ``per_shard`` cards and ``max_bytes`` bytes,
+    else split into ``feature_cards/part-NNNNN-of-MMMMM.jsonl.gz`` shards of at most
+    ``per_shard`` lines and ``max_bytes`` uncompressed bytes (blank lines dropped; gzip level
+    6 without a timestamp: the same bytes every time). Returns the written paths relative to
+    ``dest``."""
+    src, dest = Path(src), Path(dest)
+    safeio.regular_file(src.parent, src.name)
+    if src.stat().st_size <= max_bytes and sum(1 for _ in jsonl_lines(src, limits)) <= per_shard:
+        safeio.copy_file(src.parent, src.name, dest / CARDS_FILE)
+        return [CARDS_FILE]
+    groups: list[list[bytes]] = [[]]
+    size = 0
+    for _, line in jsonl_lines(src, limits):
+        ln = line + b"\n"
+        if groups[-1] and (len(groups[-1]) == per_shard or size + len(ln) > max_bytes):
+            groups.append([])
+            size = 0
+        groups[-1].append(ln)
+        size += len(ln)
+    (dest / SHARD_FOLDER).mkdir()
+    names = [f"{SHARD_FOLDER}/part-{i:05d}-of-{len(groups):05d}.jsonl.gz" for i in range(len(groups))]
+    for name, lines in zip(names, groups):
+        _write(dest / name, gzip.compress(b"".join(lines), compresslevel=6, mtime=0))
+    return names
+
+
+def _as_list(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str | os.PathLike]:
+    if isinstance(paths, (str, os.PathLike)):
+        return [paths]
+    return list(paths)

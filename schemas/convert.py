@@ -18,11 +18,22 @@ Every Neuronpedia field a card has no place for is kept under ``card.extra["neur
 so Neuronpedia -> card -> Neuronpedia gives back the same document. OpenAI's fields a card
 has no place for are kept under ``card.extra["openai"]`` (that direction is one-way: the
 viewer reads files only OpenAI produces).
+
+Files of any of these formats convert with :func:`convert_files` (what ``saekit cards
+convert`` does), reading and writing through saekit.schemas.card_files:
+
+    from saekit.schemas.convert import convert_files
+    result = convert_files(["neuronpedia_650.json"], "feature_cards.jsonl")
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from saekit.schemas.card import (
@@ -37,7 +48,9 @@ from saekit.schemas.card import (
     LogitEffects,
     SAERef,
     SimilarLatent,
+    consistency_errors,
 )
+from saekit.schemas.card_files import expand, json_path, parse_card, read_documents, write_lines
 from saekit.schemas.errors import InputError
 
 NP = "neuronpedia"
@@ -355,3 +368,103 @@ def index_from_filename(name: str) -> int | None:
     """The latent index in sae-viewer file names (``atoms/123.json``), else None."""
     m = re.fullmatch(r"(\d+)(?:-ablated)?\.json", name)
     return int(m.group(1)) if m else None
+
+
+# --- files ---------------------------------------------------------------------------
+
+FROM_FORMATS = ("auto", "saekit", "neuronpedia", "openai")
+TO_FORMATS = ("saekit", "neuronpedia")
+
+
+@dataclass
+class ConvertResult:
+    """What a conversion wrote."""
+
+    cards: list[FeatureCard]
+    """The cards read (before rendering to the output format)."""
+    out: str
+    """Where they went (``-``: stdout)."""
+    to: str
+    """The output format: saekit or neuronpedia."""
+    warnings: list[str] = field(default_factory=list)
+    """Consistency problems of the cards (``card N: path: message``); written anyway."""
+
+
+def first_error(err: Exception) -> str:
+    """The first problem of a pydantic ValidationError (``json.path: message``), or the message."""
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        e = errors()[0]
+        return f"{json_path(e['loc'])}: {e['msg']}"
+    return str(err).splitlines()[0]
+
+
+def _detect(doc: object, where: str) -> str:
+    try:
+        return detect_format(doc)
+    except InputError as err:
+        raise InputError(err.message, where=where) from None
+
+
+def to_card(doc: Any, fmt: str, *, where: str, path: Path, sae: SAERef | None = None, index: int | None = None) -> FeatureCard:
+    """One document of format ``fmt`` (saekit, neuronpedia, openai; auto: detected) as a card."""
+    fmt = fmt if fmt != "auto" else _detect(doc, where)
+    try:
+        if fmt == "saekit":
+            return parse_card(json.dumps(doc), where=where)
+        if fmt == "neuronpedia":
+            return from_neuronpedia(doc, sae=sae)
+        idx = index if index is not None else index_from_filename(path.name)
+        if idx is None:
+            raise InputError("OpenAI FeatureInfo has no index: pass --index or name the file NNN.json", where=where)
+        if sae is None:
+            raise InputError("OpenAI FeatureInfo does not name its SAE: pass --sae", where=where)
+        return from_openai(doc, sae=sae, index=idx)
+    except InputError as err:
+        if err.where is None:
+            raise InputError(err.message, where=where) from None
+        raise
+    except ValueError as err:  # pydantic: the source document breaks the card schema
+        raise InputError(f"cannot convert: {first_error(err)}", where=where) from None
+
+
+def read_any_cards(
+    inputs: Sequence[str | os.PathLike], *, from_format: str = "auto", sae: SAERef | None = None,
+    index: int | None = None,
+) -> list[FeatureCard]:
+    """Every document of ``inputs`` (files, or folders of them; saekit cards, Neuronpedia
+    features, OpenAI FeatureInfo; ``from_format`` one of FROM_FORMATS) as a FeatureCard (see
+    ``to_card``)."""
+    if from_format not in FROM_FORMATS:
+        raise InputError(f"--from must be auto, saekit, neuronpedia or openai, not {from_format!r}")
+    cards: list[FeatureCard] = []
+    for path in expand(inputs):  # a folder stands for the card files under it
+        for n, doc in read_documents(path):
+            cards.append(to_card(doc, from_format, where=f"{path}:{n}", path=path, sae=sae, index=index))
+    return cards
+
+
+def render(cards: Sequence[FeatureCard], to: str) -> list[str]:
+    """One JSON line per card: saekit cards, or Neuronpedia features."""
+    if to == "saekit":
+        return [c.model_dump_json(exclude_none=True) for c in cards]
+    return [json.dumps(to_neuronpedia(c), ensure_ascii=False) for c in cards]
+
+
+def convert_files(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    to: str = "saekit",
+    from_format: str = "auto",
+    sae: SAERef | None = None,
+    index: int | None = None,
+) -> ConvertResult:
+    """Read ``inputs`` (any of FROM_FORMATS), write them to ``out`` as ``to`` (TO_FORMATS;
+    .jsonl, .jsonl.gz, .json, or ``-`` for stdout)."""
+    if to not in TO_FORMATS:
+        raise InputError(f"--to must be saekit or neuronpedia, not {to!r}")
+    cards = read_any_cards(inputs, from_format=from_format, sae=sae, index=index)
+    warnings = [f"card {c.index}: {p}: {m}" for c in cards for p, m in consistency_errors(c)]
+    write_lines(out, render(cards, to))
+    return ConvertResult(cards=cards, out=str(out), to=to, warnings=warnings)

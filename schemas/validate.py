@@ -11,7 +11,8 @@ outside the SAE's width and files whose cards point at different SAEs. Big files
 validated by a pool of worker processes (fork; each reads its own byte range of a .jsonl).
 
 Errors a user caused in a card are collected (``ValidationReport``); a path that cannot be
-read as card input at all (missing, not JSON, broken gzip) raises ``InputError``.
+read as card input at all (missing, not JSON, broken gzip) raises ``InputError``. Files are
+read by saekit.schemas.card_files (the one file layer for cards), as raw bytes per card.
 
 Bounds (``saekit.schemas.safeio.Limits``, flags of ``saekit cards validate``): bytes per
 file after decompression, bytes per line (or per card of a .json list), JSON nesting.
@@ -23,27 +24,32 @@ file and line; a card nested too deep is an invalid card (reported with its line
 from __future__ import annotations
 
 import gc
-import gzip
-import json
 import operator
 import os
-import re
 import stat
 import sys
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import SchemaValidator, core_schema
 
 from saekit.schemas.card import ActivationExample, FeatureCard, consistency_errors
+from saekit.schemas.card_files import (
+    GZIP_MAGIC,
+    expand,
+    file_kind,
+    json_documents,
+    json_path,
+    jsonl_lines,
+    read_bounded,
+    too_long,
+)
 from saekit.schemas.errors import InputError
 from saekit.schemas.safeio import DEFAULT_LIMITS, Limits, exceeds_depth
 
 MAX_ERRORS = 50
-SUFFIXES = (".json", ".jsonl", ".jsonl.gz", ".json.gz")
 # Lines per unit of work sent to a worker process, and the input size (in lines) below
 # which a pool is not worth its start-up.
 BATCH_LINES = 512
@@ -97,17 +103,6 @@ class ValidationReport:
 
 
 # --- one card ------------------------------------------------------------------------
-
-
-def json_path(loc: Sequence[str | int]) -> str:
-    """``('top_examples', 3, 'values')`` -> ``top_examples[3].values``; the root is ``$``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "$"
 
 
 def _nonfinite(value: object, path: str) -> str | None:
@@ -293,199 +288,7 @@ def _validate_batch(args: tuple) -> tuple:
     return len(items), n_errors, errors, meta
 
 
-# --- reading files -------------------------------------------------------------------
-
-
-def _kind(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in sorted(SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix):
-            return suffix
-    raise InputError(f"unsupported card file type (expected one of {', '.join(SUFFIXES)})", where=str(path))
-
-
-def _open_error(path: Path, err: OSError) -> InputError:
-    if isinstance(err, FileNotFoundError):
-        return InputError("no such file", where=str(path))
-    if isinstance(err, IsADirectoryError) or path.is_dir():
-        return InputError("is a directory, not a card file", where=str(path))
-    return InputError(f"cannot read: {err.strerror or err}", where=str(path))
-
-
-CHUNK = 1 << 20
-_GZIP_MAGIC = b"\x1f\x8b"
-_LINE = re.compile(rb"[^\n]+")
-
-
-def _chunks(path: Path, limits: Limits) -> Iterator[bytes]:
-    """The file's bytes (decompressed for .gz) in chunks of at most CHUNK, bounded by
-    ``limits.max_file_bytes``; a .gz that is not gzip, or a plain file that is, is refused."""
-    gz = path.name.lower().endswith(".gz")
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open, a device never ends
-            raise InputError("not a regular file", where=str(path))
-        raw = open(path, "rb")
-    except OSError as err:
-        raise _open_error(path, err) from None
-    with raw:
-        try:
-            magic = raw.read(2)
-        except OSError as err:
-            raise _open_error(path, err) from None
-        if gz and magic != _GZIP_MAGIC:
-            raise InputError("not a valid gzip file (no gzip header, though the name ends in .gz)", where=str(path))
-        if not gz and magic == _GZIP_MAGIC:
-            raise InputError("is gzip-compressed; name it .gz", where=str(path))
-        raw.seek(0)
-        f = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
-        total = 0
-        while True:
-            try:
-                chunk = f.read(CHUNK)
-            except (OSError, EOFError, zlib.error) as err:
-                if gz:
-                    raise InputError(f"not a valid gzip file ({err})", where=str(path)) from None
-                raise _open_error(path, err) from None
-            if not chunk:
-                return
-            total += len(chunk)
-            if total > limits.max_file_bytes:
-                what = "decompressed bytes" if gz else "bytes"
-                raise InputError(f"more than {limits.max_file_bytes} {what} (--max-file-bytes)", where=str(path))
-            yield chunk
-
-
-def read_bounded(path: Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
-    """A whole card file (decompressed when .gz) within ``limits``."""
-    return b"".join(_chunks(path, limits))
-
-
-def _too_long(path: Path, line: int, limits: Limits) -> InputError:
-    return InputError(f"line longer than {limits.max_line_bytes} bytes (--max-line-bytes)", where=f"{path}:{line}")
-
-
-def jsonl_lines(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[int, bytes]]:
-    """Non-blank lines of a .jsonl / .jsonl.gz with their numbers (no newline), streamed in
-    chunks within ``limits``: memory stays near one line plus one chunk, and runs of blank
-    lines cost no Python work per line."""
-    path = Path(path)
-    n = 0  # lines completed so far
-    partial: list[bytes] = []
-    partial_len = 0
-    for chunk in _chunks(path, limits):
-        start = 0
-        if partial:
-            nl = chunk.find(b"\n")
-            if nl < 0:
-                partial.append(chunk)
-                partial_len += len(chunk)
-                if partial_len > limits.max_line_bytes:
-                    raise _too_long(path, n + 1, limits)
-                continue
-            line = b"".join(partial) + chunk[:nl]
-            partial, partial_len = [], 0
-            n += 1
-            if len(line) > limits.max_line_bytes:
-                raise _too_long(path, n, limits)
-            if line.strip():
-                yield n, line
-            start = nl + 1
-        last = chunk.rfind(b"\n")
-        end = last + 1 if last >= start else start
-        body = chunk[start:end] if (start or end < len(chunk)) else chunk
-        if body and body.strip():
-            pos = 0
-            for m in _LINE.finditer(body):
-                n += body.count(b"\n", pos, m.start())
-                pos = m.start()
-                line = m.group()
-                if len(line) > limits.max_line_bytes:
-                    raise _too_long(path, n + 1, limits)
-                if line.strip():
-                    yield n + 1, line
-            n += body.count(b"\n", pos)
-        elif body:
-            n += body.count(b"\n")
-        if end < len(chunk):
-            partial.append(chunk[end:])
-            partial_len = len(chunk) - end
-            if partial_len > limits.max_line_bytes:
-                raise _too_long(path, n + 1, limits)
-    if partial:
-        line = b"".join(partial)
-        if line.strip():
-            yield n + 1, line
-
-
-def _json_cards(data: bytes, where: str, limits: Limits = DEFAULT_LIMITS) -> list[tuple[int, bytes]]:
-    """The cards of a ``.json`` file with the line each starts on."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise InputError(f"not UTF-8 text (byte {err.start})", where=where) from None
-    if exceeds_depth(data, limits.max_depth + 1):  # +1: the list around the cards
-        raise InputError(f"JSON nested deeper than {limits.max_depth} levels (--max-depth)", where=where)
-    try:
-        cards = _split_json_cards(text, data, where)
-    except RecursionError:
-        raise InputError("JSON nested too deep to parse", where=where) from None
-    for line, raw in cards:
-        if len(raw) > limits.max_line_bytes:
-            raise InputError(f"card longer than {limits.max_line_bytes} bytes (--max-line-bytes)",
-                             where=f"{where}:{line}")
-    return cards
-
-
-def _split_json_cards(text: str, data: bytes, where: str) -> list[tuple[int, bytes]]:
-    decoder = json.JSONDecoder()  # accepts NaN here; each card's check rejects it with a location
-    ws = " \t\r\n"
-
-    def skip(i: int) -> int:
-        while i < len(text) and text[i] in ws:
-            i += 1
-        return i
-
-    def not_json(err: json.JSONDecodeError) -> InputError:
-        return InputError(f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}", where=where)
-
-    i = skip(0)
-    if i == len(text):
-        raise InputError("empty file, expected a card or a list of cards", where=where)
-    if text[i] == "{":
-        try:
-            _, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError as err:
-            raise not_json(err) from None
-        if skip(end) != len(text):
-            raise InputError(f"not valid JSON: extra data at line {text.count(chr(10), 0, skip(end)) + 1}", where=where)
-        return [(text.count("\n", 0, i) + 1, data)]
-    if text[i] != "[":
-        try:
-            decoder.raw_decode(text, i)
-        except json.JSONDecodeError as err:
-            raise not_json(err) from None
-        raise InputError("expected a card object or a list of cards", where=where)
-    cards: list[tuple[int, bytes]] = []
-    line, pos = 1, 0
-    i = skip(i + 1)
-    if i < len(text) and text[i] == "]":
-        return cards
-    while True:
-        try:
-            _, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError as err:
-            raise not_json(err) from None
-        line += text.count("\n", pos, i)
-        pos = i
-        cards.append((line, text[i:end].encode("utf-8", "surrogatepass")))
-        i = skip(end)
-        if i < len(text) and text[i] == ",":
-            i = skip(i + 1)
-            continue
-        if i < len(text) and text[i] == "]" and skip(i + 1) == len(text):
-            return cards
-        err = json.JSONDecodeError("expected ',' or ']'", text, min(i, len(text)))
-        raise not_json(err)
+# --- batching ------------------------------------------------------------------------
 
 
 def _batches(items: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
@@ -524,13 +327,13 @@ def validate_paths(
     (default: the CPUs available) processes share files of more than a few thousand cards.
     ``limits``: bytes per file and per line, nesting (see the module docstring).
     """
-    paths = _expand([Path(p) for p in paths])
+    paths = expand(paths)
     if d_sae is not None and d_sae <= 0:
         raise InputError(f"d_sae must be > 0, got {d_sae}")
     for p in paths:  # fail fast on usage errors, before any work
         if not p.exists():
             raise InputError("no such file", where=str(p))
-        _kind(p)
+        file_kind(p)
         mode = p.stat().st_mode
         if not stat.S_ISREG(mode):  # a FIFO or a device would block or never end
             what = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
@@ -545,7 +348,7 @@ def validate_paths(
     try:
         for file_idx, path in enumerate(paths):
             parallel = workers > 1 and _can_fork()
-            kind = _kind(path)
+            kind = file_kind(path)
             if parallel and kind == ".jsonl" and path.stat().st_size >= PARALLEL_MIN_BYTES and _plain(path):
                 # workers read their own byte ranges: no card bytes pass through this process
                 if path.stat().st_size > limits.max_file_bytes:
@@ -554,7 +357,7 @@ def validate_paths(
                 results: Iterable[tuple] = _ranges(pool, file_idx, path, d_sae, max_errors, limits)
             else:
                 if kind in (".json", ".json.gz"):
-                    items: Iterable[tuple[int, bytes]] = _json_cards(read_bounded(path, limits), str(path), limits)
+                    items: Iterable[tuple[int, bytes]] = json_documents(read_bounded(path, limits), str(path), limits)
                 else:
                     items = jsonl_lines(path, limits)
                 batches = _batches(items, BATCH_LINES)
@@ -600,22 +403,6 @@ def validate_paths(
     return report
 
 
-def _expand(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder stands for the card files under it (sorted)."""
-    if not paths:
-        raise InputError("no card files given")
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(SUFFIXES))
-            if not found:
-                raise InputError(f"no card files ({', '.join(SUFFIXES)}) in this folder", where=str(p))
-            out += found
-        else:
-            out.append(p)
-    return out
-
-
 def _where(err: tuple) -> tuple[int, int]:
     return err[0], err[1]
 
@@ -630,7 +417,7 @@ def _plain(path: Path) -> bool:
     """Not gzip inside (a plain .jsonl that is gzip goes the streaming way, which refuses it)."""
     try:
         with open(path, "rb") as f:
-            return f.read(2) != _GZIP_MAGIC
+            return f.read(2) != GZIP_MAGIC
     except OSError:
         return False
 
@@ -665,9 +452,9 @@ def _ranges(pool, file_idx: int, path: Path, d_sae: int | None, cap: int, limits
     jobs = [(file_idx, str(path), a, min(a + RANGE_BYTES, size), d_sae, cap, limits.max_line_bytes, limits.max_depth)
             for a in range(0, size, RANGE_BYTES)]
     offset = 0
-    for n_lines, n_cards, n_errors, errors, meta, too_long in pool.imap(_validate_range, jobs):
-        if too_long:
-            raise _too_long(path, offset + too_long, limits)
+    for n_lines, n_cards, n_errors, errors, meta, long_line in pool.imap(_validate_range, jobs):
+        if long_line:
+            raise too_long(path, offset + long_line, limits)
         yield (
             n_cards,
             n_errors,

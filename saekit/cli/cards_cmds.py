@@ -1,5 +1,5 @@
 """saekit cards validate | convert: options and printing; the work is saekit.schemas.validate
-and saekit.schemas.card_files.
+and saekit.schemas.convert (files through saekit.schemas.card_files).
 
 Other ``saekit cards`` commands (build, verify, carry) are added by their owners' modules.
 """
@@ -84,7 +84,7 @@ def convert(
 ) -> None:
     """Convert between saekit feature cards and Neuronpedia / OpenAI sae-viewer JSON."""
     from saekit.schemas.card import SAERef
-    from saekit.schemas.card_files import convert_files, first_error
+    from saekit.schemas.convert import convert_files, first_error
     from saekit.schemas.errors import InputError
 
     sae_ref = None

@@ -64,16 +64,8 @@ def verify_cmd(
 ) -> None:
     """Re-check every number the cards state (stats, histogram, examples, logit effects, downstream effects) and name the field that lies (exit 1 if any lies)."""
     import saekit
-    from saekit.harness.cards import read_cards, verify_cards
-    from saekit.harness.model import DEFAULT_MODEL_ID, load_lm
 
-    cards = read_cards(cards_file)
-    model_sae = saekit.load(sae)
-    mid = model_sae.cfg.model_name if model_sae.cfg.model_name not in (None, DEFAULT_MODEL_ID) else None
-    model, tok = load_lm(mid)
-    report = verify_cards(
-        cards, model_sae, model, tok, density_atol=density_tol, value_atol=value_tol, value_rtol=value_tol
-    )
+    report = saekit.verify_cards(cards_file, sae, density_tol=density_tol, value_tol=value_tol)
     lines = [f"card {r.index}: " + "; ".join(r.problems) for r in report.lying]
     n = len(report.results)
     lines.append(f"{'ok' if report.ok else 'FAIL'}: {n - len(report.lying)}/{n} cards hold")
@@ -90,8 +82,8 @@ def annotate_cmd(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Merge a user's annotations into computed cards without touching their computed fields."""
-    from saekit.harness.cards import merge_annotations, read_annotations, read_cards, write_cards
+    from saekit.harness.card_ops import annotate_file
 
-    cards, n = merge_annotations(read_cards(cards_file), read_annotations(annotations))
-    path = write_cards(cards, out or cards_file)
-    emit({"cards": len(cards), "annotated": n, "path": str(path)}, json_out, f"annotated {n} of {len(cards)} cards: {path}")
+    res = annotate_file(cards_file, annotations, out=out)
+    emit({"cards": res.cards, "annotated": res.annotated, "path": str(res.path)}, json_out,
+         f"annotated {res.annotated} of {res.cards} cards: {res.path}")

@@ -1,20 +1,18 @@
 """saekit diff REF_A REF_B | saekit cards carry: feature matching across SAE versions and widths.
 
 The work lives in saekit.matching (the algorithm, mapping files, carrying) and
-saekit.matching.inputs (activation batches, cards by reference); this module parses options,
+saekit.matching.inputs (activation batches, cards by reference, carry_files); this module parses options,
 loads the SAEs by reference (saekit.load) and prints. torch loads only inside the commands.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from saekit.cli.app import JSON_OPTION, app, cards_app, emit
-from saekit.schemas import InputError
 
 if TYPE_CHECKING:
     from saekit.kernels import SAE
@@ -114,39 +112,15 @@ def carry_cmd(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Carry annotations from A's cards onto B's matched latents (marked carried_from)."""
-    from saekit.harness.cards import read_cards, write_cards
-    from saekit.matching import carry, check_mapping_fits, match, read_mapping, read_summary
-    from saekit.matching.inputs import cards_path
+    import saekit
+    from saekit.matching.inputs import carry_files
 
-    path_a, ref_a = cards_path(from_)
-    path_b, ref_b = cards_path(to, missing_ok=True)  # B may have no cards yet
-    assert path_a is not None
-    cards_a = read_cards(path_a)
-    cards_b = read_cards(path_b) if path_b is not None else []
-    sae_b_ref = None
-    if mapping is not None:
-        rows = read_mapping(mapping)
-        summary = read_summary(mapping)
-        check_mapping_fits(summary, cards_a, cards_b)
-        sae_b_ref = summary.sae_b if summary is not None else None
-    else:
-        if ref_a is None or ref_b is None:
-            raise InputError("without --mapping, --from and --to must be SAE references or artifact folders", where="--mapping")
-        sae_a, _ = _load_sae(ref_a)
-        sae_b, sae_b_ref = _load_sae(ref_b)
-        rows = match(sae_a, sae_b).rows
-    if cards_b:
-        sae_b_ref = cards_b[0].sae
-    result = carry(
-        cards_a, cards_b, rows, sae_b=sae_b_ref,
+    done = carry_files(
+        from_, to, loader=saekit.load, mapping=mapping, out=out,
         relations=[r.strip() for r in relations.split(",") if r.strip()],
         min_similarity=min_similarity, create_missing=create_missing,
     )
-    if out is None:
-        out = path_b.with_suffix(".carried.jsonl") if ref_b is None and path_b else Path("feature_cards.carried.jsonl")
-    if os.path.abspath(out) == os.path.abspath(path_a):
-        raise InputError("refusing to overwrite A's cards", where="--out")
-    write_cards(result.cards, out)
+    result, out = done.result, done.out
     data = {
         "out": str(out), "carried": result.carried, "latents": result.latents,
         "created": result.created, "skipped_existing": result.skipped_existing, "cards": len(result.cards),

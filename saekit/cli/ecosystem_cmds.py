@@ -20,30 +20,6 @@ cards_app.add_typer(export_app, name="export")
 cards_app.add_typer(import_app, name="import")
 
 
-def _load_cards(path: Path):
-    from saekit.releases.ecosystem import read_jsonl
-    from saekit.schemas import FeatureCard, InputError
-
-    cards = []
-    for n, row in enumerate(read_jsonl(path), 1):
-        try:
-            cards.append(FeatureCard.model_validate(row))
-        except ValueError as err:
-            raise InputError(f"invalid card ({str(err).splitlines()[0]})", where=f"{path}:{n}") from None
-    return cards
-
-
-def _write_cards(out: Path, cards) -> None:
-    import gzip
-
-    text = "".join(c.model_dump_json(exclude_none=True) + "\n" for c in cards)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.name.endswith(".gz"):
-        out.write_bytes(gzip.compress(text.encode("utf-8"), mtime=0))
-    else:
-        out.write_text(text, encoding="utf-8")
-
-
 @export_app.command("neuronpedia")
 def export_neuronpedia_cmd(
     src: Path = typer.Argument(..., metavar="RELEASE_OR_CARDS", help="A release bundle folder, or a cards file "
@@ -56,40 +32,13 @@ def export_neuronpedia_cmd(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Write feature cards in Neuronpedia's upload layout (features, activations, explanations as jsonl.gz)."""
-    import json
+    from saekit.releases.bundle import export_neuronpedia_release
+    from saekit.releases.ecosystem import export_card_file
 
-    from saekit.releases import ecosystem as eco
-    from saekit.releases.bundle import release_cards
-    from saekit.schemas import InputError
-
-    written = []
     if src.is_dir():
-        for release, entry, cards in release_cards(src):
-            if not cards:
-                continue
-            cfg = json.loads((src / entry["sae_id"] / "cfg.json").read_text())
-            model, source = eco.neuronpedia_ids(release, entry, cfg)
-            folder = eco.export_neuronpedia(
-                cards, out, model_id=model_id or model, source_id=source if len(release["saes"]) > 1 or not source_id
-                else source_id, creator=creator,
-                release={"name": release["release_id"], "description": release["manifest"].get("description"),
-                         "url": f"https://huggingface.co/{release['hub_repo']}"},
-                hf_repo=release["hub_repo"], hf_folder=entry["sae_id"], saelens_release=release["release_id"])
-            written.append({"sae_id": entry["sae_id"], "folder": str(folder), "cards": len(cards)})
-        if not written:
-            raise InputError("the release carries no feature cards", where=str(src))
+        written = export_neuronpedia_release(src, out, model_id=model_id, source_id=source_id, creator=creator)
     else:
-        cards = _load_cards(src)
-        if not cards:
-            raise InputError("no cards", where=str(src))
-        np_keep = cards[0].extra.get("neuronpedia") or {}
-        model = model_id or np_keep.get("modelId")
-        source = source_id or np_keep.get("layer")
-        if not model or not source:
-            raise InputError("pass --model-id and --source-id (the cards do not name a Neuronpedia source)",
-                             where=str(src))
-        folder = eco.export_neuronpedia(cards, out, model_id=model, source_id=source, creator=creator)
-        written.append({"folder": str(folder), "cards": len(cards)})
+        written = [export_card_file(src, out, model_id=model_id, source_id=source_id, creator=creator)]
     emit(written, json_out, "\n".join(f"wrote {w['cards']} features to {w['folder']}" for w in written))
 
 
@@ -106,17 +55,14 @@ def import_neuronpedia_cmd(
 ) -> None:
     """Read a Neuronpedia export into cards, or add its explanations to existing cards."""
     from saekit.releases import ecosystem as eco
-    from saekit.schemas import InputError
+    from saekit.schemas.card_files import read_cards, write_cards
 
     if cards_path is not None:
-        cards, added = eco.annotate_from_neuronpedia(_load_cards(cards_path), src, source=source, d_sae=d_sae)
-        _write_cards(out, cards)
+        cards, added = eco.annotate_from_neuronpedia(read_cards(cards_path), src, source=source, d_sae=d_sae)
+        write_cards(cards, out, sort=False)
         emit({"cards": len(cards), "annotations_added": added, "out": str(out)}, json_out,
              f"added {added} annotations; wrote {len(cards)} cards to {out}")
         return
-    sources = eco.find_sources(src) if src.is_dir() else []
-    if len(sources) != 1:
-        raise InputError(f"expected one Neuronpedia source folder, found {len(sources)}", where=str(src))
-    cards = eco.read_neuronpedia(sources[0])
-    _write_cards(out, cards)
+    cards = eco.import_neuronpedia(src)
+    write_cards(cards, out, sort=False)
     emit({"cards": len(cards), "out": str(out)}, json_out, f"wrote {len(cards)} cards to {out}")

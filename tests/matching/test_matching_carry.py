@@ -10,7 +10,7 @@ import torch
 from matching_helpers import permuted, random_sae, split_copy
 
 from saekit.matching import latents as m
-from saekit.harness.cards import read_cards, write_cards
+from saekit.schemas.card_files import read_cards, write_cards
 from saekit.schemas import Annotation, FeatureCard, InputError, SAERef
 
 REF_A = SAERef(name="sae-a", version="1", sha256="a" * 64, d_sae=128)

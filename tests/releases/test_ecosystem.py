@@ -138,7 +138,8 @@ def test_release_carries_saelens_entry_and_exports_to_neuronpedia(two_sae_manife
     import yaml
 
     import saekit
-    from saekit.releases.bundle import build, read_cards
+    from saekit.releases.bundle import build
+    from saekit.schemas.card_files import read_cards
     from saekit.releases.publish import publish
 
     bundle = build(two_sae_manifest, tmp_path / "bundle")
@@ -203,7 +204,7 @@ print(bool(torch.equal(theirs.encode(x), saekit.load("res-l6-a/1").encode_dense(
 
         back = [FeatureCard.model_validate_json(line) for line in (tmp_path / "back.jsonl").read_text().splitlines()]
         sae_entry = next(s for s in release["saes"] if s["sae_id"] == w["sae_id"])
-        orig = [FeatureCard.model_validate(c) for f in sae_entry["card_files"] for c in read_cards(bundle / f)]
+        orig = read_cards([bundle / f for f in sae_entry["card_files"]])
         assert len(back) == len(orig) == w["cards"] > 0
         assert [_carried(b) for b in back] == [_carried(o) for o in orig]
     r = _cli(["cards", "export", "neuronpedia", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "x")])

@@ -104,12 +104,14 @@ def test_detect_format_and_bad_inputs(np_feature):
 
 def test_convert_files_is_what_the_command_does(tmp_path):
     # The library call behind `saekit cards convert`: Neuronpedia -> cards -> Neuronpedia.
-    from saekit.schemas.card_files import convert_files, read_cards
+    from saekit.schemas.card_files import read_cards
+    from saekit.schemas.convert import convert_files, read_any_cards
 
     src = DATA / "neuronpedia_feature.json"
     res = convert_files([src], tmp_path / "cards.jsonl")
     assert res.to == "saekit" and len(res.cards) == 1
-    assert read_cards([tmp_path / "cards.jsonl"], from_format="saekit") == res.cards
+    assert read_any_cards([tmp_path / "cards.jsonl"], from_format="saekit") == res.cards
+    assert read_cards(tmp_path / "cards.jsonl") == res.cards
     back = convert_files([tmp_path / "cards.jsonl"], tmp_path / "np.json", to="neuronpedia")
     assert json.loads((tmp_path / "np.json").read_text())["index"] == json.loads(src.read_text())["index"]
     assert back.cards == res.cards

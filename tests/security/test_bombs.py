@@ -217,7 +217,7 @@ def test_chunked_line_reader_matches_a_plain_split(tmp_path, monkeypatch, chunk)
     """Line numbers and contents of the bounded reader equal str.split's, whatever the chunk."""
     import random
 
-    from saekit.schemas import validate as v
+    from saekit.schemas import card_files as v
 
     monkeypatch.setattr(v, "CHUNK", chunk)
     rng = random.Random(chunk)
