@@ -67,6 +67,10 @@ AGREEMENT_DEFINITIONS = {
 }
 QUANTILE_EXAMPLES = 4
 SAMPLES = 32  # windows sampled per latent (bottom-k sketch) for the quantile examples
+# the pass captures the kept windows' values while they take at most this much memory
+# (d_sae x (k + SAMPLES) x context float32: 87 MB for the demo SAE); beyond it card assembly
+# re-runs the example windows instead
+CAPTURE_BYTES = 1 << 30
 
 
 def now_iso() -> str:
@@ -154,7 +158,8 @@ def stream_latents(
     ``grad`` each batch also runs one backward for every latent's attribution. With
     ``windows`` the per-token values of every kept example window (and each top window's
     loss and attribution) are captured as the window enters its latent's top or sample
-    set, so build_cards and exact_ablations run no second pass over them."""
+    set, so build_cards and exact_ablations run no second pass over them (while that takes
+    at most CAPTURE_BYTES)."""
     import torch
 
     from saekit.harness.activations import run_to_hook
@@ -163,7 +168,8 @@ def stream_latents(
     ctx = tokens.context_size
     n_rows = tokens.tokens.shape[0]
     todo = list(range(-(-n_rows // batch_size))) if batches is None else list(batches)
-    stats = LatentStats.empty(sae.cfg.d_sae, k=k, samples=samples, ctx=ctx if windows else None)
+    capture = windows and sae.cfg.d_sae * (k + samples) * ctx * 4 <= CAPTURE_BYTES
+    stats = LatentStats.empty(sae.cfg.d_sae, k=k, samples=samples, ctx=ctx if capture else None)
     dev = sae.W_dec.device
     with Progress(desc, total=len(todo)) as bar:
         for b in todo:
