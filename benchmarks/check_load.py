@@ -3,6 +3,16 @@
     python benchmarks/check_load.py --tokens 1024            # cards cost vs forward+backward
     python benchmarks/check_load.py --tokens 512 --load      # idle vs one competing CPU-bound process
     python benchmarks/check_load.py --tokens 512 --ranks     # 1 rank vs 2 torchrun ranks
+    python benchmarks/check_load.py --tokens 512 --ranks --before python3   # the same for the
+        # code python3 imports from /tmp (the main checkout's install), in the same run
+
+Before/after in one run: the cost mode times the cards both ways in one process, each
+repeat alternating: ``before`` = the pass without captured windows (card assembly re-runs
+the model over every example window, exact ablation re-runs a forward+backward of its base
+windows), ``after`` = the pass captures each kept window's values, loss and attribution as
+it enters a latent's top or sample set (saekit.harness.latent_stats), so neither runs.
+--ranks/--load with ``--before PYTHON`` run the same check with another interpreter (from
+/tmp, so it imports that interpreter's installed saekit) right before this checkout's.
 
 Cards cost: the cards pass (one spliced forward + one backward per batch, every latent's
 stats, top-k, samples and attribution) plus card assembly (example windows, logit effects
@@ -105,37 +115,45 @@ def cards_cost(args) -> dict:
             F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1)).backward()
         return time.perf_counter() - t
 
-    def cards() -> tuple[float, float, object]:
+    from saekit.harness.cards import select_latents
+
+    def cards(windows: bool) -> dict:
         t = time.perf_counter()
-        st = stream_latents(sae, model, ts, hook_name=hook, batch_size=bs, special=special, grad=True)
+        st = stream_latents(sae, model, ts, hook_name=hook, batch_size=bs, special=special, grad=True, windows=windows)
         t_pass = time.perf_counter() - t
         t = time.perf_counter()
         build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="bench"), hook_name=hook,
                     latents=list(range(sae.cfg.d_sae)), batch_size=bs)
-        return t_pass, time.perf_counter() - t, st
+        t_build = time.perf_counter() - t
+        t = time.perf_counter()
+        exact_ablations(sae, model, ts, st, select_latents(st.fire_count, args.ablate), hook_name=hook,
+                        batch_size=bs, special=special)
+        return {"cards_pass_s": round(t_pass, 2), "cards_build_s": round(t_build, 2),
+                "exact_ablation_s": round(time.perf_counter() - t, 2)}
 
     rows = []
-    st = None
     for rep in range(args.repeats):
-        l0 = load()
-        p = plain()
-        l1 = load()
-        t_pass, t_build, st = cards()
-        rows.append({"plain_fwd_bwd_s": round(p, 2), "cards_pass_s": round(t_pass, 2), "cards_build_s": round(t_build, 2),
-                     "ratio": round((t_pass + t_build) / p, 3), "load_before": l0, "load_between": l1, "load_after": load()})
+        row = {"load_before": load()}
+        row["plain_fwd_bwd_s"] = round(plain(), 2)
+        for name, windows in (("before", False), ("after", True)):
+            row[f"load_before_{name}"] = load()
+            got = cards(windows)
+            got["ratio"] = round((got["cards_pass_s"] + got["cards_build_s"]) / row["plain_fwd_bwd_s"], 3)
+            row[name] = got
+        row["load_after"] = load()
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
-    t = time.perf_counter()
-    from saekit.harness.cards import select_latents
-
-    chosen = select_latents(st.fire_count, 16)
-    exact_ablations(sae, model, ts, st, chosen, hook_name=hook, batch_size=bs, special=special)
-    t_abl = time.perf_counter() - t
+    med = lambda name, key: statistics.median(r[name][key] for r in rows)  # noqa: E731
     return {
-        "what": "cards for every latent (pass + assembly) vs plain forward+backward, same tokens",
+        "what": "cards for every latent (pass + assembly) vs plain forward+backward, same tokens; "
+                "before = assembly re-runs the example windows and exact ablation its base windows, "
+                "after = both from windows captured in the pass",
         "sae": sae_desc, "d_sae": sae.cfg.d_sae, "tokens": int(ts.tokens.numel()), "batch_size": bs,
         "torch_threads": threads, "runs": rows,
-        "median_ratio": statistics.median(r["ratio"] for r in rows),
-        "exact_ablation_16_latents_s": round(t_abl, 2),
+        "median_ratio_before": med("before", "ratio"), "median_ratio_after": med("after", "ratio"),
+        "median_build_s": {"before": med("before", "cards_build_s"), "after": med("after", "cards_build_s")},
+        "exact_ablation_latents": args.ablate,
+        "median_exact_ablation_s": {"before": med("before", "exact_ablation_s"), "after": med("after", "exact_ablation_s")},
         "goal": "ratio <= 1.5",
     }
 
@@ -143,15 +161,27 @@ def cards_cost(args) -> dict:
 CHECK_CHILD = [sys.executable, "-m", "saekit", "check"]
 
 
-def _check_once(sae_dir: str, tokens: int, out: Path, extra: list[str], launcher: list[str] | None = None) -> float:
-    env = {**os.environ, "SAEKIT_QUIET": "1"}
+def _check_once(sae_dir: str, tokens: int, out: Path, extra: list[str], launcher: list[str] | None = None,
+                cwd: str | None = None) -> dict:
+    env = {**os.environ, "SAEKIT_QUIET": "1", "SOURCE_DATE_EPOCH": "1700000000",
+           "SAEKIT_HOME": str(out.parent / f"home-{out.name}")}
     cmd = [*(launcher or CHECK_CHILD), sae_dir, "--tokens", str(tokens), "--no-log", "--out", str(out),
            "--downstream-latents", "4", *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if r.returncode != 0:
         raise SystemExit(r.stderr[-2000:])
     rec = json.loads((out / "eval.json").read_text())
     return rec["timings"]["phases"]
+
+
+def _versions(args) -> list[tuple[str, str, str | None]]:
+    """(label, python, cwd): the interpreter of ``--before`` (run from /tmp) first, then this checkout."""
+    out = [("before", args.before, "/tmp")] if args.before else []
+    return out + [("after" if args.before else "this", sys.executable, str(ROOT))]
+
+
+def _same_cards(out: Path, a: str, b: str) -> bool:
+    return (out / a / "feature_cards.jsonl").read_bytes() == (out / b / "feature_cards.jsonl").read_bytes()
 
 
 def under_load(args) -> dict:
@@ -160,22 +190,28 @@ def under_load(args) -> dict:
     sae_dir = str(ensure_demo_sae("test"))
     out = Path(tempfile.mkdtemp())
     busy = [sys.executable, "-c", "while True: pass"]
-    rows = {}
-    l0 = load()
-    rows["idle"] = _check_once(sae_dir, args.tokens, out / "idle", [])
-    rows["idle"]["load_before"] = l0
-    comp = subprocess.Popen(busy)
-    try:
-        l1 = load()
-        rows["one_competitor"] = _check_once(sae_dir, args.tokens, out / "busy", [])
-        rows["one_competitor"]["load_before"] = l1
-    finally:
-        comp.kill()
-        comp.wait()
-    ratio = {k: round(rows["one_competitor"][k] / rows["idle"][k], 2)
-             for k in ("eval", "cards_pass", "cards") if k in rows["idle"] and rows["idle"][k]}
-    return {"what": "saekit check (test SAE, every latent's card), idle vs one competing busy loop, one run",
-            "tokens": args.tokens, "phases_s": rows, "slowdown": ratio, "goal": "slowdown <= 2.5x"}
+    result = {"what": "saekit check (test SAE, every latent's card), idle vs one competing busy loop, one run",
+              "tokens": args.tokens, "goal": "slowdown <= 2.5x"}
+    for label, python, cwd in _versions(args):
+        rows = {}
+        l0 = load()
+        rows["idle"] = _check_once(sae_dir, args.tokens, out / f"{label}-idle", [], [python, "-m", "saekit", "check"], cwd)
+        rows["idle"]["load_before"] = l0
+        comp = subprocess.Popen(busy)
+        try:
+            l1 = load()
+            rows["one_competitor"] = _check_once(sae_dir, args.tokens, out / f"{label}-busy", [],
+                                                 [python, "-m", "saekit", "check"], cwd)
+            rows["one_competitor"]["load_before"] = l1
+        finally:
+            comp.kill()
+            comp.wait()
+        ratio = {k: round(rows["one_competitor"][k] / rows["idle"][k], 2)
+                 for k in ("eval", "cards_pass", "cards") if k in rows["idle"] and rows["idle"][k]}
+        result[label] = {"phases_s": rows, "slowdown": ratio}
+    if args.before:
+        result["same_cards_before_after"] = _same_cards(out, "before-idle", "after-idle")
+    return result
 
 
 def ranks(args) -> dict:
@@ -183,16 +219,24 @@ def ranks(args) -> dict:
 
     sae_dir = str(ensure_demo_sae("test"))
     out = Path(tempfile.mkdtemp())
-    rows = {}
-    for n in (1, 2):
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
-                    "-m", "saekit", "check"]
-        l0 = load()
-        ph = _check_once(sae_dir, args.tokens, out / f"r{n}", ["--batch-size", "1"], launcher)
-        rows[f"{n}_ranks"] = {**ph, "load_before": l0, "load_after": load()}
-    speed = {k: round(rows["1_ranks"][k] / rows["2_ranks"][k], 2) for k in ("eval", "cards_pass")}
-    return {"what": "saekit check under torchrun, 1 vs 2 ranks (gloo, CPU, batch size 1); speedup = time(1) / time(2)",
-            "tokens": args.tokens, "phases_s": rows, "speedup": speed, "goal": "cards_pass speedup >= 1.6"}
+    result = {"what": "saekit check under torchrun, 1 vs 2 ranks (gloo, CPU, batch size 1); speedup = time(1) / time(2); "
+                      "cards_total = cards_pass + cards (assembly and exact ablation of 4 latents)",
+              "tokens": args.tokens, "goal": "cards_total speedup >= 1.6"}
+    for label, python, cwd in _versions(args):
+        rows = {}
+        for n in (1, 2):
+            launcher = [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+                        "-m", "saekit", "check"]
+            l0 = load()
+            ph = _check_once(sae_dir, args.tokens, out / f"{label}-r{n}", ["--batch-size", "1"], launcher, cwd)
+            ph["cards_total"] = ph["cards_pass"] + ph["cards"]
+            rows[f"{n}_ranks"] = {**ph, "load_before": l0, "load_after": load()}
+        speed = {k: round(rows["1_ranks"][k] / rows["2_ranks"][k], 2) for k in ("eval", "cards_pass", "cards", "cards_total")}
+        result[label] = {"phases_s": rows, "speedup": speed,
+                         "same_cards_1_2_ranks": _same_cards(out, f"{label}-r1", f"{label}-r2")}
+    if args.before:
+        result["same_cards_before_after"] = _same_cards(out, "before-r1", "after-r1")
+    return result
 
 
 def main() -> None:
@@ -201,8 +245,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--ablate", type=int, default=16, help="cost: latents ablated exactly (the check's default 16)")
     ap.add_argument("--load", action="store_true", help="idle vs one competing CPU-bound process")
     ap.add_argument("--ranks", action="store_true", help="1 vs 2 torchrun ranks")
+    ap.add_argument("--before", default=None, metavar="PYTHON",
+                    help="--ranks/--load: also run the check with this interpreter from /tmp (e.g. the main checkout's)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     stamp = datetime.now(timezone.utc)

@@ -67,6 +67,10 @@ AGREEMENT_DEFINITIONS = {
 }
 QUANTILE_EXAMPLES = 4
 SAMPLES = 32  # windows sampled per latent (bottom-k sketch) for the quantile examples
+# the pass captures the kept windows' values while they take at most this much memory
+# (d_sae x (k + SAMPLES) x context float32: 87 MB for the demo SAE); beyond it card assembly
+# re-runs the example windows instead
+CAPTURE_BYTES = 1 << 30
 
 
 def now_iso() -> str:
@@ -147,11 +151,15 @@ def spliced_loss(
 def stream_latents(
     sae: Any, model: Any, tokens: TokenSet, *, hook_name: str, batch_size: int, special: Any,
     batches: Iterable[int] | None = None, grad: bool = True, k: int = 5, samples: int = SAMPLES,
-    desc: str = "feature stats",
+    desc: str = "feature stats", windows: bool = True,
 ) -> Any:
     """LatentStats of every latent over the token set's windows (``batches``: the batch
     indices this rank runs; all by default), reduced across torch.distributed ranks. With
-    ``grad`` each batch also runs one backward for every latent's attribution."""
+    ``grad`` each batch also runs one backward for every latent's attribution. With
+    ``windows`` the per-token values of every kept example window (and each top window's
+    loss and attribution) are captured as the window enters its latent's top or sample
+    set, so build_cards and exact_ablations run no second pass over them (while that takes
+    at most CAPTURE_BYTES)."""
     import torch
 
     from saekit.harness.activations import run_to_hook
@@ -160,20 +168,22 @@ def stream_latents(
     ctx = tokens.context_size
     n_rows = tokens.tokens.shape[0]
     todo = list(range(-(-n_rows // batch_size))) if batches is None else list(batches)
-    stats = LatentStats.empty(sae.cfg.d_sae, k=k, samples=samples)
+    capture = windows and sae.cfg.d_sae * (k + samples) * ctx * 4 <= CAPTURE_BYTES
+    stats = LatentStats.empty(sae.cfg.d_sae, k=k, samples=samples, ctx=ctx if capture else None)
     dev = sae.W_dec.device
     with Progress(desc, total=len(todo)) as bar:
         for b in todo:
             r0 = b * batch_size
             toks = tokens.tokens[r0 : r0 + batch_size].to(dev)
             mask = ~torch.isin(toks, special.to(dev))
-            contrib = None
+            contrib = loss = None
             if grad:
-                code, _, g = spliced_loss(sae, model, toks, mask, hook_name, grad=True)
+                code, loss, g = spliced_loss(sae, model, toks, mask, hook_name, grad=True)
                 contrib = attribution(code.values, code.indices, sae.W_dec, g)
             else:
                 code = sae.encode(run_to_hook(model, toks, hook_name))
-            stats.update(code.values, code.indices, row0=r0, ctx=ctx, mask=mask.reshape(-1), contrib=contrib)
+            stats.update(code.values, code.indices, row0=r0, ctx=ctx, mask=mask.reshape(-1), contrib=contrib,
+                         loss=loss)
             bar.update()
     return stats.all_reduce()
 
@@ -210,59 +220,93 @@ def _window_values(sae: Any, model: Any, tokens: TokenSet, want: dict[int, set[i
 
 def exact_ablations(
     sae: Any, model: Any, tokens: TokenSet, stats: Any, latents: list[int], *, hook_name: str, batch_size: int,
-    special: Any, max_rows: int = 4,
+    special: Any, max_rows: int = 4, distributed: bool = False,
 ) -> dict[int, dict[str, Any]]:
     """Per latent: exact change of summed next-token loss when it is removed from the spliced
     reconstruction in its ``max_rows`` strongest windows, with the attribution estimate on
-    the same windows (for the agreement the check records)."""
+    the same windows (for the agreement the check records).
+
+    The base (unablated loss, the latent's values and attribution in each window) comes from
+    the pass when it captured them (``stats.captured``), else from one forward+backward of
+    those windows; then one forward per (latent, window), ``batch_size`` at a time. With
+    ``distributed`` every rank calls this and the batches of ablated forwards are dealt out
+    among the ranks (each batch the same as one process runs, so the same numbers)."""
     import torch
 
-    from saekit.harness.latent_stats import attribution
+    from saekit.harness.dist import all_gather_objects, rank_world
 
+    rank, world = rank_world() if distributed else (0, 1)
     ctx = tokens.context_size
     rows_of = {L: [r for r, _ in stats.top(L)[:max_rows]] for L in latents}
-    rows = sorted({r for rs in rows_of.values() for r in rs})
-    base: dict[int, tuple[Any, Any, Any, float]] = {}  # row -> (values, indices, grad, loss)
     W = sae.W_dec
     dev = W.device
-    with Progress("exact ablations", total=-(-len(rows) // batch_size) + sum(map(len, rows_of.values()))) as bar:
-        for i in range(0, len(rows), batch_size):
-            group = rows[i : i + batch_size]
-            toks = tokens.tokens[group].to(dev)
-            mask = ~torch.isin(toks, special.to(dev))
-            code, loss, g = spliced_loss(sae, model, toks, mask, hook_name, grad=True)
-            kk = code.values.shape[1]
-            vals = (code.values.float() * mask.reshape(-1, 1)).view(len(group), ctx, kk)
-            idx = code.indices.view(len(group), ctx, kk)
-            gg = g.view(len(group), ctx, -1)
-            for j, r in enumerate(group):
-                base[r] = (vals[j].detach(), idx[j], gg[j], float(loss[j]))
-            bar.update()
-        jobs = [(L, r) for L in latents for r in rows_of[L]]
-        res: dict[int, dict[str, Any]] = {L: {"delta": 0.0, "attr": 0.0, "n": 0, "rows": len(rows_of[L]),
-                                              "base": 0.0, "ablated": 0.0} for L in latents}
-        for i in range(0, len(jobs), batch_size):
-            group = jobs[i : i + batch_size]
+    from_pass = (stats.captured and max_rows <= stats.top_val.shape[1]
+                 and not any(bool(stats.top_loss[L, : len(rows_of[L])].isnan().any()) for L in latents))
+    jobs = [(L, r) for L in latents for r in rows_of[L]]
+    groups = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
+    # per job: (the latent's value per token [ctx], base loss, attribution in the window, firing tokens)
+    base: dict[tuple[int, int], tuple[Any, float, float, int]] = {}
+    n_base = 0
+    if from_pass:
+        for L in latents:
+            seqs = stats.top_seq[L, : len(rows_of[L])]
+            for j, r in enumerate(rows_of[L]):
+                a = seqs[j]
+                base[(L, r)] = (a, float(stats.top_loss[L, j]), float(stats.top_attr[L, j]), int((a > 0).sum()))
+    else:
+        rows = sorted({r for rs in rows_of.values() for r in rs})
+        n_base = -(-len(rows) // batch_size)
+    with Progress("exact ablations", total=n_base + len(groups[rank::world])) as bar:
+        if not from_pass:
+            from saekit.harness.latent_stats import attribution
+
+            want: dict[int, list[int]] = {}
+            for L, r in jobs:
+                want.setdefault(r, []).append(L)
+            for i in range(0, len(rows), batch_size):
+                group = rows[i : i + batch_size]
+                toks = tokens.tokens[group].to(dev)
+                mask = ~torch.isin(toks, special.to(dev))
+                code, loss, g = spliced_loss(sae, model, toks, mask, hook_name, grad=True)
+                kk = code.values.shape[1]
+                vals = (code.values.float() * mask.reshape(-1, 1)).view(len(group), ctx, kk)
+                idx = code.indices.view(len(group), ctx, kk)
+                gg = g.view(len(group), ctx, -1)
+                for j, r in enumerate(group):
+                    v, ix = vals[j].detach(), idx[j]
+                    contrib = attribution(v, ix, W, gg[j])
+                    for L in want[r]:
+                        sel = ix == L
+                        base[(L, r)] = ((v * sel).sum(1), float(loss[j]), float((contrib * sel).double().sum()),
+                                        int(((v > 0) & sel).sum()))
+                bar.update()
+        ablated: dict[int, list[float]] = {}
+        for gi in range(rank, len(groups), world):
+            group = groups[gi]
             toks = tokens.tokens[[r for _, r in group]].to(dev)
             mask = ~torch.isin(toks, special.to(dev))
             abl = torch.zeros(len(group), ctx, W.shape[1], device=dev)
             for j, (L, r) in enumerate(group):
-                v, ix, _, _ = base[r]
-                a = (v * (ix == L)).sum(1)  # [ctx]
+                a = base[(L, r)][0].to(dev)
                 abl[j] = a[:, None] * W[L].float()[None, :]
             with torch.no_grad():
                 _, loss, _ = spliced_loss(sae, model, toks, mask, hook_name, grad=False, ablate=abl)
-            for j, (L, r) in enumerate(group):
-                v, ix, g, l0 = base[r]
-                sel = ix == L
-                contrib = attribution(v, ix, W, g)
-                e = res[L]
-                e["delta"] += float(loss[j]) - l0
-                e["attr"] += float((contrib * sel).double().sum())
-                e["n"] += int(((v > 0) & sel).sum())
-                e["base"] += l0
-                e["ablated"] += float(loss[j])
-                bar.update()
+            ablated[gi] = loss.tolist()
+            bar.update()
+    if world > 1:
+        for part in all_gather_objects(ablated):
+            ablated.update(part)
+    res: dict[int, dict[str, Any]] = {L: {"delta": 0.0, "attr": 0.0, "n": 0, "rows": len(rows_of[L]),
+                                          "base": 0.0, "ablated": 0.0} for L in latents}
+    for gi, group in enumerate(groups):
+        for (L, r), l1 in zip(group, ablated[gi]):
+            _, l0, attr, n = base[(L, r)]
+            e = res[L]
+            e["delta"] += l1 - l0
+            e["attr"] += attr
+            e["n"] += n
+            e["base"] += l0
+            e["ablated"] += l1
     return res
 
 
@@ -297,11 +341,12 @@ def agreement(exact: list[float], approx: list[float]) -> dict[str, float]:
     }
 
 
-def _example(tokens: TokenSet, tok_str: Any, r: int, values: list[float], *, right_context: int, bin: str) -> Any:
+def _example(tokens: TokenSet, tok_str: Any, r: int, values: list[float], *, right_context: int, bin: str,
+             row_ids: Any = None) -> Any:
     ctx = tokens.context_size
-    t = max(range(ctx), key=lambda i: (values[i], -i))  # first maximum
+    t = values.index(max(values[:ctx]))  # first maximum
     end = min(ctx, t + 1 + right_context)
-    ids = tokens.tokens[r, :end].tolist()
+    ids = (row_ids(r) if row_ids is not None else tokens.tokens[r].tolist())[:end]
     return ActivationExample(
         tokens=[tok_str(i) for i in ids],
         values=[float(v) for v in values[:end]],
@@ -336,14 +381,23 @@ def build_cards(
     n_logits: int = 10,
     n_bins: int = 16,
     downstream_rows: int = 4,
+    distributed: bool = False,
 ) -> tuple[list[FeatureCard], dict[str, float]]:
     """One FeatureCard per latent in ``latents`` from the pass's LatentStats, and the
-    agreement of attribution with exact ablation on ``downstream_latents``."""
+    agreement of attribution with exact ablation on ``downstream_latents``.
+
+    With ``distributed`` every torch.distributed rank calls this with the same (all-reduced)
+    stats: each builds the cards of every world-th latent and runs its share of the exact
+    ablations, and rank 0 returns every card in ``latents`` order (the others an empty
+    list); each card is built as one process builds it, so the bytes are the same."""
     import torch
 
-    from saekit.harness.latent_stats import quantile_picks
+    from saekit.harness.dist import all_gather_objects, broadcast_object, rank_world
+    from saekit.harness.latent_stats import coarsen, quantile_picks
     from saekit.harness.model import unembedding
     from saekit.harness.text import special_token_ids
+
+    rank, world = rank_world() if distributed else (0, 1)
 
     special = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
     tok_str = _decoder(tokenizer)
@@ -351,7 +405,7 @@ def build_cards(
     fp = tokens.fingerprint
     info = getattr(model, "saekit_info", None)
     prov = CardProvenance(
-        tool="saekit", tool_version=__version__, created_at=now_iso(),
+        tool="saekit", tool_version=__version__, created_at=broadcast_object(now_iso()) if world > 1 else now_iso(),
         model=info.id if info else None, model_revision=info.revision if info else None,
         hook_name=hook_name, dataset=tokens.source,
     )
@@ -359,38 +413,48 @@ def build_cards(
                         "histogram": "log grid: 16 bins per decade from 1e-4 (saekit.harness.latent_stats.GRID)"}}
     task = f"next-token prediction ({tokens.source}, {tokens.split} split)"
 
-    # the windows every example needs, then their values in one re-run of those batches
+    mine = latents[rank::world]
+    # the windows every example needs: captured by the pass, else one re-run of their batches
     picks: dict[int, list[tuple[int, float, str]]] = {}
     want: dict[int, set[int]] = {}
-    for L in latents:
+    for L in mine:
         top = [(r, v, "top") for r, v in stats.top(L)[:n_examples]]
         qs = quantile_picks(stats.sample(L), {r for r, _, _ in top}, n_quantile_examples)
         picks[L] = top + qs
         for r, _, _ in picks[L]:
             want.setdefault(r, set()).add(L)
-    values = _window_values(sae, model, tokens, want, hook_name=hook_name, batch_size=batch_size, special=special)
+    if stats.captured and n_examples <= stats.top_val.shape[1]:
+        values = {}
+        for L in mine:
+            rows = [r for r, _, _ in picks[L]]
+            values.update(zip([(r, L) for r in rows], stats.window_values(L, rows)))
+    else:
+        values = _window_values(sae, model, tokens, want, hook_name=hook_name, batch_size=batch_size,
+                                special=special)
 
     down = [L for L in downstream_latents if int(stats.fire_count[L]) > 0]
     exact = exact_ablations(sae, model, tokens, stats, down, hook_name=hook_name, batch_size=batch_size,
-                            special=special, max_rows=downstream_rows) if down else {}
+                            special=special, max_rows=downstream_rows, distributed=distributed) if down else {}
     agree = agreement([exact[L]["delta"] / max(exact[L]["n"], 1) for L in down],
                       [exact[L]["attr"] / max(exact[L]["n"], 1) for L in down]) if down else {}
 
+    row_ids = lru_cache(maxsize=None)(lambda r: tokens.tokens[r].tolist())  # a window's ids, listed once
     W_U = unembedding(model).float()
     attr, attr_n = stats.attribution().tolist(), stats.attr_count.tolist()
     mean, mx, fire = stats.mean().tolist(), stats.act_max.tolist(), stats.fire_count.tolist()
     cards: list[FeatureCard] = []
-    with Progress("feature cards", total=len(latents)) as bar:
-        for start in range(0, len(latents), 512):
-            chunk = latents[start : start + 512]
+    with Progress("feature cards", total=len(mine)) as bar:
+        for start in range(0, len(mine), 512):
+            chunk = mine[start : start + 512]
             with torch.no_grad():
                 effects = (sae.W_dec[chunk].float() @ W_U).cpu()  # [chunk, vocab], final norm gain folded
             top = torch.topk(effects, n_logits, dim=1)
             bot = torch.topk(-effects, n_logits, dim=1)
             tv, ti, bv, bi = top.values.tolist(), top.indices.tolist(), bot.values.tolist(), bot.indices.tolist()
+            hist_rows = stats.hist[chunk].tolist()
             for j, L in enumerate(chunk):
                 fires = fire[L]
-                hist = stats.histogram(L, n_bins) if fires else None
+                hist = coarsen(hist_rows[j], n_bins) if fires else None
                 st = ActivationStats(
                     density=fires / max(n_tok, 1),
                     mean=mean[L] if fires else None,
@@ -399,8 +463,8 @@ def build_cards(
                     histogram=Histogram(bin_edges=hist[0], counts=hist[1]) if hist else None,
                     data_fingerprint=fp,
                 )
-                exs = [_example(tokens, tok_str, r, values[(r, L)], right_context=right_context, bin=b)
-                       for r, _, b in picks[L]]
+                exs = [_example(tokens, tok_str, r, values[(r, L)], right_context=right_context, bin=b,
+                                row_ids=row_ids) for r, _, b in picks[L]]
                 downstream: list[DownstreamEval] = []
                 if attribution and fires and attr_n[L]:
                     downstream.append(DownstreamEval(
@@ -428,6 +492,9 @@ def build_cards(
                     downstream=downstream, tags=["dead"] if not fires else [], provenance=prov, extra=extra,
                 ))
                 bar.update()
+    if world > 1:  # rank 0 gathers every rank's cards, back in ``latents`` order
+        parts = all_gather_objects(cards)
+        cards = [parts[i % world][i // world] for i in range(len(latents))] if rank == 0 else []
     return cards, agree
 
 

@@ -408,16 +408,16 @@ def _run(
                                batches=mine, grad=downstream, k=cards_cfg.n_examples)
         phases["cards_pass"] = time.perf_counter() - t
         t = time.perf_counter()
+        latents = select_latents(stats.fire_count, _n_latents(cards_cfg.latents))
+        n_down = _n_latents(cards_cfg.downstream_latents)
+        ranked = select_latents(stats.fire_count, n_down)
+        down = ranked if downstream else []
+        card_list, agree = build_cards(  # every rank builds its share; rank 0 gets every card
+            sae_dev, model, tok, stats, tokens, sae_ref=sae_ref, hook_name=hook, latents=latents,
+            batch_size=batch_size, downstream_latents=down, attribution=downstream,
+            n_examples=cards_cfg.n_examples, distributed=True,
+        )
         if rank == 0:
-            latents = select_latents(stats.fire_count, _n_latents(cards_cfg.latents))
-            n_down = _n_latents(cards_cfg.downstream_latents)
-            ranked = select_latents(stats.fire_count, n_down)
-            down = ranked if downstream else []
-            card_list, agree = build_cards(
-                sae_dev, model, tok, stats, tokens, sae_ref=sae_ref, hook_name=hook, latents=latents,
-                batch_size=batch_size, downstream_latents=down, attribution=downstream,
-                n_examples=cards_cfg.n_examples,
-            )
             if annotations is not None:
                 card_list, _ = merge_annotations(card_list, read_annotations(annotations))
             cards_path = write_cards(card_list, out / "feature_cards.jsonl")

@@ -11,7 +11,12 @@ What a FeatureCard states about every latent comes from ``LatentStats``:
   (window, latent): mergeable, deterministic, independent of the order windows arrive in),
   from which the quantile examples are picked;
 - the first-order (attribution) estimate of the change in summed next-token loss if the
-  latent were removed from the reconstruction: ``-a_i(t) * W_dec[i] . dL/dx_hat(t)``.
+  latent were removed from the reconstruction: ``-a_i(t) * W_dec[i] . dL/dx_hat(t)``;
+- optionally (``LatentStats.empty(..., ctx=...)``), the latent's value at every token of
+  each kept top and sampled window, and for each top window the window's summed loss and
+  the latent's attribution in it, captured when the window enters the set: the cards'
+  examples and the base of exact ablation need no second model pass. Memory is
+  d_sae x (k + samples) x ctx values, whatever the token count.
 
 Every reduction is exact (integer sums, maxima, total orders), so one process and N ranks
 of ``torchrun`` produce the same bytes.
@@ -74,18 +79,34 @@ class LatentStats:
     attr_sum: torch.Tensor  # [d_sae] int64, fixed point 2^-ATTR_SCALE
     attr_count: torch.Tensor  # [d_sae] int64 firing tokens with a gradient
     n_tok: torch.Tensor  # [1] int64 tokens counted (the mask's)
+    # captured windows (None unless ``empty(..., ctx=...)``)
+    top_seq: torch.Tensor | None = None  # [d_sae, K, ctx] float32 value per token of each top window
+    smp_seq: torch.Tensor | None = None  # [d_sae, S, ctx] float32 same for each sampled window
+    top_loss: torch.Tensor | None = None  # [d_sae, K] float64 summed loss of the top window (nan: none)
+    top_attr: torch.Tensor | None = None  # [d_sae, K] float64 the latent's attribution in the top window
 
     @classmethod
-    def empty(cls, d_sae: int, *, k: int = 5, samples: int = 32) -> LatentStats:
+    def empty(cls, d_sae: int, *, k: int = 5, samples: int = 32, ctx: int | None = None) -> LatentStats:
+        """Empty state; with ``ctx`` the kept windows' per-token values are captured too."""
         z = lambda *s, dt=torch.int64: torch.zeros(*s, dtype=dt)  # noqa: E731
+        seqs = {}
+        if ctx:
+            seqs = dict(top_seq=z(d_sae, k, ctx, dt=torch.float32), smp_seq=z(d_sae, samples, ctx, dt=torch.float32),
+                        top_loss=torch.full((d_sae, k), float("nan"), dtype=torch.float64),
+                        top_attr=z(d_sae, k, dt=torch.float64))
         return cls(
             fire_count=z(d_sae), act_sum=z(d_sae), act_max=z(d_sae, dt=torch.float32),
             hist=z(d_sae, N_GRID),
             top_val=z(d_sae, k, dt=torch.float32), top_row=torch.full((d_sae, k), 2**62),
             smp_pri=torch.full((d_sae, samples), _P), smp_row=torch.full((d_sae, samples), 2**62),
             smp_val=z(d_sae, samples, dt=torch.float32),
-            attr_sum=z(d_sae), attr_count=z(d_sae), n_tok=z(1),
+            attr_sum=z(d_sae), attr_count=z(d_sae), n_tok=z(1), **seqs,
         )
+
+    @property
+    def captured(self) -> bool:
+        """Whether the kept windows' per-token values were captured in the pass."""
+        return self.top_seq is not None
 
     @property
     def d_sae(self) -> int:
@@ -95,12 +116,13 @@ class LatentStats:
 
     def update(
         self, values: torch.Tensor, indices: torch.Tensor, *, row0: int | torch.Tensor, ctx: int,
-        mask: torch.Tensor | None = None, contrib: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None, contrib: torch.Tensor | None = None, loss: torch.Tensor | None = None,
     ) -> None:
         """Add a batch of windows. ``values``/``indices`` [rows*ctx, k] are the sparse codes
         (0 = not firing), ``row0`` the first window's index in the token set (or a tensor
         of each window's index), ``mask`` [rows*ctx] the tokens that count, ``contrib``
-        [rows*ctx, k] the attribution of each code entry (see ``attribution``)."""
+        [rows*ctx, k] the attribution of each code entry (see ``attribution``), ``loss`` [rows]
+        each window's summed next-token loss (kept for top windows when capturing)."""
         n, k = values.shape
         n_rows = n // ctx
         rows_of = (torch.arange(n_rows) + row0) if isinstance(row0, int) else row0.long()
@@ -127,30 +149,94 @@ class LatentStats:
         local_row = tok // ctx
         rowmax = torch.zeros(n_rows * d).scatter_reduce_(0, local_row * d + lat, val, "amax").view(n_rows, d)
         cand_val = rowmax.T.contiguous()  # [d, rows]
-        cand_row = rows_of.view(1, -1).expand(d, n_rows)
-        self.top_val, self.top_row = merge_top(
-            torch.cat([self.top_val, cand_val], 1), torch.cat([self.top_row, cand_row], 1), self.top_val.shape[1]
-        )
+        # a window where the latent does not fire is an empty candidate: it never displaces
+        # anything, so the sets (and captured windows) of latents absent from the batch stay put
+        cand_row = torch.where(cand_val > 0, rows_of.view(1, -1).expand(d, n_rows), 2**62)
+        K, S = self.top_val.shape[1], self.smp_pri.shape[1]
+        t_src = top_order(torch.cat([self.top_val, cand_val], 1), torch.cat([self.top_row, cand_row], 1), K)
         pri = torch.where(cand_val > 0, sample_priority(cand_row, torch.arange(d).view(-1, 1)), _P)
-        self.smp_pri, self.smp_row, self.smp_val = merge_sample(
-            torch.cat([self.smp_pri, pri], 1), torch.cat([self.smp_row, cand_row], 1),
-            torch.cat([self.smp_val, cand_val], 1), self.smp_pri.shape[1],
-        )
+        s_src = sample_order(torch.cat([self.smp_pri, pri], 1), torch.cat([self.smp_row, cand_row], 1), S)
+        if self.captured:
+            self._capture(t_src, s_src, vals, idx, mask, contrib, loss, n_rows, ctx)
+        self.top_val = torch.cat([self.top_val, cand_val], 1).gather(1, t_src)
+        self.top_row = torch.cat([self.top_row, cand_row], 1).gather(1, t_src)
+        self.smp_val = torch.cat([self.smp_val, cand_val], 1).gather(1, s_src)
+        self.smp_row = torch.cat([self.smp_row, cand_row], 1).gather(1, s_src)
+        self.smp_pri = torch.cat([self.smp_pri, pri], 1).gather(1, s_src)
+
+    def _capture(self, t_src: torch.Tensor, s_src: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor,
+                 mask: torch.Tensor | None, contrib: torch.Tensor | None, loss: torch.Tensor | None,
+                 n_rows: int, ctx: int) -> None:
+        """Per-token values (and, for top windows, loss and attribution) of the batch's
+        windows that enter a latent's top or sample set; only latents whose sets change are
+        touched, so the cost falls as the sets fill."""
+        K, S = t_src.shape[1], s_src.shape[1]
+        t_moved = (t_src != torch.arange(K)).any(1)
+        s_moved = (s_src != torch.arange(S)).any(1)
+        lat_m = (t_moved | s_moved).nonzero().squeeze(1)
+        if not lat_m.numel():
+            return
+        d = self.d_sae
+        m = vals if mask is None else vals * mask.reshape(-1, 1).cpu()
+        # the latent's value at every token, as a re-run of the window gives it (0 where special)
+        dense = torch.zeros(vals.shape[0], d).scatter_add_(1, idx, m)
+        seq = dense.index_select(1, lat_m).clamp_(min=0).T.reshape(-1, n_rows, ctx)  # [m, rows, ctx]
+        pos = torch.full((d,), -1, dtype=torch.long)
+        pos[lat_m] = torch.arange(lat_m.numel())
+
+        def take(old: torch.Tensor, new: torch.Tensor, src: torch.Tensor, ls: torch.Tensor) -> None:
+            """old[ls] = the slots src[ls] picks from old[ls] followed by new (rows of ls)."""
+            s = src[ls]
+            both = torch.cat([old[ls], new], 1)
+            if both.dim() == 3:
+                s = s[:, :, None].expand(-1, -1, both.shape[2])
+            old[ls] = both.gather(1, s)
+
+        ts, ss = t_moved.nonzero().squeeze(1), s_moved.nonzero().squeeze(1)
+        if ss.numel():
+            take(self.smp_seq, seq[pos[ss]], s_src, ss)
+        if not ts.numel():
+            return
+        take(self.top_seq, seq[pos[ts]], t_src, ts)
+        lw = (torch.full((n_rows,), float("nan"), dtype=torch.float64) if loss is None
+              else loss.detach().double().cpu().reshape(n_rows))
+        take(self.top_loss, lw.view(1, -1).expand(ts.numel(), n_rows), t_src, ts)
+        if contrib is not None:
+            c = contrib.detach().float().cpu()
+            if mask is not None:
+                c = c * mask.reshape(-1, 1).cpu()
+            # the latent's attribution summed over each window: exact in float64 for float32
+            # terms of like magnitude, so any order of the sum gives the same bits
+            tok_row = (torch.arange(vals.shape[0]) // ctx).view(-1, 1).expand_as(idx)
+            wa = torch.zeros(n_rows * d, dtype=torch.float64).index_add_(
+                0, (tok_row * d + idx).reshape(-1), c.double().reshape(-1)).view(n_rows, d)
+            take(self.top_attr, wa.T[ts], t_src, ts)
 
     # -- reductions ----------------------------------------------------------------------
 
     def merge(self, other: LatentStats) -> LatentStats:
         """Exact union of two partial states (any order gives the same result)."""
-        top_val, top_row = merge_top(torch.cat([self.top_val, other.top_val], 1),
-                                     torch.cat([self.top_row, other.top_row], 1), self.top_val.shape[1])
-        smp = merge_sample(torch.cat([self.smp_pri, other.smp_pri], 1), torch.cat([self.smp_row, other.smp_row], 1),
-                           torch.cat([self.smp_val, other.smp_val], 1), self.smp_pri.shape[1])
+        cat = lambda name: torch.cat([getattr(self, name), getattr(other, name)], 1)  # noqa: E731
+        t_src = top_order(cat("top_val"), cat("top_row"), self.top_val.shape[1])
+        s_src = sample_order(cat("smp_pri"), cat("smp_row"), self.smp_pri.shape[1])
+
+        def pick(name: str, src: torch.Tensor) -> torch.Tensor | None:
+            if getattr(self, name) is None or getattr(other, name) is None:
+                return None
+            both = cat(name)
+            if both.dim() == 3:
+                src = src[:, :, None].expand(-1, -1, both.shape[2])
+            return both.gather(1, src)
+
         return LatentStats(
             fire_count=self.fire_count + other.fire_count, act_sum=self.act_sum + other.act_sum,
             act_max=torch.maximum(self.act_max, other.act_max), hist=self.hist + other.hist,
-            top_val=top_val, top_row=top_row, smp_pri=smp[0], smp_row=smp[1], smp_val=smp[2],
+            top_val=pick("top_val", t_src), top_row=pick("top_row", t_src),
+            smp_pri=pick("smp_pri", s_src), smp_row=pick("smp_row", s_src), smp_val=pick("smp_val", s_src),
             attr_sum=self.attr_sum + other.attr_sum, attr_count=self.attr_count + other.attr_count,
             n_tok=self.n_tok + other.n_tok,
+            top_seq=pick("top_seq", t_src), smp_seq=pick("smp_seq", s_src),
+            top_loss=pick("top_loss", t_src), top_attr=pick("top_attr", t_src),
         )
 
     def all_reduce(self) -> LatentStats:
@@ -164,6 +250,8 @@ class LatentStats:
         parts = {}
         for f in fields(self):
             t = getattr(self, f.name)
+            if t is None:
+                continue
             got = [torch.empty_like(t) for _ in range(dist.get_world_size())]
             dist.all_gather(got, t.contiguous())
             parts[f.name] = got
@@ -205,6 +293,18 @@ class LatentStats:
         got = [(v, r) for p, r, v in zip(c["smp_pri"][latent], c["smp_row"][latent], c["smp_val"][latent]) if p < _P]
         return [(r, v) for v, r in sorted(got)]
 
+    def window_values(self, latent: int, rows: list[int]) -> list[list[float]]:
+        """The latent's captured value at every token of each window in ``rows`` (each one
+        of its top or sampled windows); needs a capturing state (``captured``)."""
+        c = self._lists()
+        top, smp = c["top_row"][latent], c["smp_row"][latent]
+        t_slots = [top.index(r) if r in top else -1 for r in rows]
+        s_slots = [smp.index(r) for r, j in zip(rows, t_slots) if j < 0]
+        t_vals = self.top_seq[latent, [j for j in t_slots if j >= 0]].tolist() if any(j >= 0 for j in t_slots) else []
+        s_vals = self.smp_seq[latent, s_slots].tolist() if s_slots else []
+        ti, si = iter(t_vals), iter(s_vals)
+        return [next(ti) if j >= 0 else next(si) for j in t_slots]
+
     def histogram(self, latent: int, n_bins: int = 16) -> tuple[list[float], list[float]] | None:
         """(bin_edges, counts): the latent's occupied grid range, in at most ``n_bins`` groups
         of whole grid bins (so the card's edges are grid edges)."""
@@ -227,21 +327,32 @@ def coarsen(counts: list[int], n_bins: int) -> tuple[list[float], list[float]] |
     return edges, cs
 
 
-def merge_top(val: torch.Tensor, row: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per latent, the k entries with the largest value, ties (and empties) by lower window;
-    a total order, so the result does not depend on the order entries arrive in. A window
-    appears once (its maximum), so duplicates never occur."""
+def top_order(val: torch.Tensor, row: torch.Tensor, k: int) -> torch.Tensor:
+    """Per latent, the positions of the k entries with the largest value, ties (and empties)
+    by lower window; a total order, so the result does not depend on the order entries
+    arrive in. A window appears once (its maximum), so duplicates never occur."""
     o = torch.sort(row, dim=1, stable=True).indices
-    val, row = val.gather(1, o), row.gather(1, o)
-    o = torch.sort(val, dim=1, descending=True, stable=True).indices[:, :k]
+    o2 = torch.sort(val.gather(1, o), dim=1, descending=True, stable=True).indices[:, :k]
+    return o.gather(1, o2)
+
+
+def merge_top(val: torch.Tensor, row: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per latent, the k entries with the largest value (see ``top_order``)."""
+    o = top_order(val, row, k)
     return val.gather(1, o), row.gather(1, o)
+
+
+def sample_order(pri: torch.Tensor, row: torch.Tensor, s: int) -> torch.Tensor:
+    """Per latent, the positions of the s entries with the smallest priority (ties by lower
+    window)."""
+    o = torch.sort(row, dim=1, stable=True).indices
+    o2 = torch.sort(pri.gather(1, o), dim=1, stable=True).indices[:, :s]
+    return o.gather(1, o2)
 
 
 def merge_sample(pri: torch.Tensor, row: torch.Tensor, val: torch.Tensor, s: int):
     """Per latent, the s entries with the smallest priority (ties by lower window)."""
-    o = torch.sort(row, dim=1, stable=True).indices
-    pri, row, val = pri.gather(1, o), row.gather(1, o), val.gather(1, o)
-    o = torch.sort(pri, dim=1, stable=True).indices[:, :s]
+    o = sample_order(pri, row, s)
     return pri.gather(1, o), row.gather(1, o), val.gather(1, o)
 
 

@@ -92,3 +92,45 @@ def test_attribution_equals_exact_ablation_when_loss_is_linear():
         sel = indices == L
         exact = loss(x_hat(values * ~sel)) - loss(x_hat(values))
         assert torch.allclose(contrib[sel].sum(), exact, atol=1e-5), L
+
+
+def _stream_captured(values, indices, ctx, rows_per_batch, order=None, k=3, samples=4, d_sae=12, contrib=None,
+                     loss=None, mask=None):
+    n_rows = values.shape[0] // ctx
+    st = LatentStats.empty(d_sae, k=k, samples=samples, ctx=ctx)
+    for r0 in (order or list(range(0, n_rows, rows_per_batch))):
+        sl = slice(r0 * ctx, (r0 + rows_per_batch) * ctx)
+        st.update(values[sl], indices[sl], row0=r0, ctx=ctx,
+                  contrib=None if contrib is None else contrib[sl],
+                  loss=None if loss is None else loss[r0 : r0 + rows_per_batch],
+                  mask=None if mask is None else mask[sl])
+    return st
+
+
+def test_captured_windows_equal_brute_force_and_merge_exactly():
+    ctx, n_rows, d_sae, k = 5, 12, 12, 3
+    dense, values, indices = _codes(n_rows, ctx, d_sae, k, seed=2)
+    g = torch.Generator().manual_seed(3)
+    contrib = torch.round(torch.randn(values.shape, generator=g) * 64) / 64  # exact sums in any order
+    loss = torch.rand(n_rows, generator=g, dtype=torch.float64)
+    mask = torch.rand(n_rows * ctx, generator=g) > 0.1
+    st = _stream_captured(values, indices, ctx, 3, contrib=contrib, loss=loss, mask=mask)
+    assert st.captured
+    masked = dense * mask[:, None]
+    per_row = masked.view(n_rows, ctx, d_sae)
+    for L in range(d_sae):
+        rows = [r for r, _ in st.top(L)] + [r for r, _ in st.sample(L)]
+        got = st.window_values(L, rows)
+        for r, v in zip(rows, got):
+            assert v == per_row[r, :, L].tolist(), (L, r)
+        for j, (r, _) in enumerate(st.top(L)):
+            assert float(st.top_loss[L, j]) == float(loss[r])
+            sel = (indices == L) & mask[:, None]
+            want = float((contrib * sel).view(n_rows, ctx, k)[r].double().sum())
+            assert float(st.top_attr[L, j]) == want
+    # two "ranks", out of order, merged either way: the same captured state as one process
+    a = _stream_captured(values, indices, ctx, 3, order=[9, 3], contrib=contrib, loss=loss, mask=mask)
+    b = _stream_captured(values, indices, ctx, 3, order=[6, 0], contrib=contrib, loss=loss, mask=mask)
+    for merged in (a.merge(b), b.merge(a)):
+        for name in ("top_val", "top_row", "smp_row", "top_seq", "smp_seq", "top_loss", "top_attr"):
+            assert torch.equal(getattr(merged, name), getattr(st, name)), name
