@@ -35,6 +35,7 @@ from saekit.schemas import (
     NotFoundError,
     SAERef,
 )
+from saekit.schemas.card_files import read_documents
 from saekit.schemas.console import Progress
 from saekit.schemas.version import __version__
 
@@ -502,22 +503,12 @@ def build_cards(
 
 
 def read_annotations(path: Path) -> dict[int, list[Annotation]]:
-    """Annotations by latent index from a user's file: JSONL (or a JSON list) of
+    """Annotations by latent index from a user's file (.jsonl, .jsonl.gz or .json: a list) of
     ``{index, label, description}`` rows, saekit cards, or Neuronpedia features."""
     path = Path(path)
     if not path.is_file():
         raise NotFoundError("no such annotation file", where=str(path))
-    text = path.read_text(encoding="utf-8")
-    try:
-        stripped = text.lstrip()
-        if stripped.startswith("["):
-            rows = list(enumerate(json.loads(text), 1))
-        else:
-            rows = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    except json.JSONDecodeError as err:
-        raise InputError(f"not JSON: {err.msg}", where=f"{path}:{err.lineno}") from None
-    except RecursionError:  # nesting is bounded by the parser's recursion limit
-        raise InputError("JSON nested too deep", where=str(path)) from None
+    rows = list(read_documents(path))  # bounded, as every card file (saekit.schemas.card_files)
     out: dict[int, list[Annotation]] = {}
     for n, doc in rows:
         where = f"{path}:{n}"

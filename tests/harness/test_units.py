@@ -67,3 +67,11 @@ def test_annotation_file_forms(tmp_path):
     bad.write_text('{"label": "no index"}\n')
     with pytest.raises(InputError, match="b.jsonl:1"):
         read_annotations(bad)
+    listed = tmp_path / "c.json"  # a JSON list, read through the one card-file layer
+    listed.write_text('[{"index": 1, "label": "a"}, {"index": 2, "label": "b"}]')
+    listed_anns = read_annotations(listed)
+    assert [listed_anns[i][0].label for i in (1, 2)] == ["a", "b"]
+    broken = tmp_path / "d.jsonl"
+    broken.write_text('{"index": 1, "label": "a"}\n{"index": 2,\n')
+    with pytest.raises(InputError, match="d.jsonl:2"):
+        read_annotations(broken)
