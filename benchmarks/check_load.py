@@ -208,6 +208,8 @@ def under_load(args) -> dict:
             comp.wait()
         ratio = {k: round(rows["one_competitor"][k] / rows["idle"][k], 2)
                  for k in ("eval", "cards_pass", "cards") if k in rows["idle"] and rows["idle"][k]}
+        total = {k: sum(v for n, v in rows[k].items() if n != "load_before") for k in rows}
+        ratio["check_total"] = round(total["one_competitor"] / total["idle"], 2)  # every phase, load to cards
         result[label] = {"phases_s": rows, "slowdown": ratio}
     if args.before:
         result["same_cards_before_after"] = _same_cards(out, "before-idle", "after-idle")
@@ -219,23 +221,29 @@ def ranks(args) -> dict:
 
     sae_dir = str(ensure_demo_sae("test"))
     out = Path(tempfile.mkdtemp())
-    result = {"what": "saekit check under torchrun, 1 vs 2 ranks (gloo, CPU, batch size 1); speedup = time(1) / time(2); "
-                      "cards_total = cards_pass + cards (assembly and exact ablation of 4 latents)",
+    result = {"what": "saekit check under torchrun, 1 vs 2 ranks (gloo, CPU, batch size 1); speedup = time(1) / time(2), "
+                      "speedup_over_one_thread = time(1 rank, 1 thread) / time(2); cards_total = cards_pass + cards "
+                      "(assembly and exact ablation of 4 latents); check_total = every phase",
               "tokens": args.tokens, "goal": "cards_total speedup >= 1.6"}
     for label, python, cwd in _versions(args):
         rows = {}
-        for n in (1, 2):
+        # 1 rank with its default threads (every CPU), 1 rank on one thread (a rank's share of
+        # the CPUs when there are 2), 2 ranks (one thread each)
+        for key, n, extra in (("1_ranks", 1, []), ("1_rank_1_thread", 1, ["--threads", "1"]), ("2_ranks", 2, [])):
             launcher = [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
                         "-m", "saekit", "check"]
             l0 = load()
-            ph = _check_once(sae_dir, args.tokens, out / f"{label}-r{n}", ["--batch-size", "1"], launcher, cwd)
+            ph = _check_once(sae_dir, args.tokens, out / f"{label}-{key}", ["--batch-size", "1", *extra], launcher, cwd)
             ph["cards_total"] = ph["cards_pass"] + ph["cards"]
-            rows[f"{n}_ranks"] = {**ph, "load_before": l0, "load_after": load()}
-        speed = {k: round(rows["1_ranks"][k] / rows["2_ranks"][k], 2) for k in ("eval", "cards_pass", "cards", "cards_total")}
-        result[label] = {"phases_s": rows, "speedup": speed,
-                         "same_cards_1_2_ranks": _same_cards(out, f"{label}-r1", f"{label}-r2")}
+            ph["check_total"] = sum(ph[k] for k in ("load_sae", "load_model", "tokenize", "eval", "cards_pass", "cards"))
+            rows[key] = {**ph, "load_before": l0, "load_after": load()}
+        keys = ("eval", "cards_pass", "cards", "cards_total", "check_total")
+        speed = {k: round(rows["1_ranks"][k] / rows["2_ranks"][k], 2) for k in keys}
+        per_core = {k: round(rows["1_rank_1_thread"][k] / rows["2_ranks"][k], 2) for k in keys}
+        result[label] = {"phases_s": rows, "speedup": speed, "speedup_over_one_thread": per_core,
+                         "same_cards_1_2_ranks": _same_cards(out, f"{label}-1_ranks", f"{label}-2_ranks")}
     if args.before:
-        result["same_cards_before_after"] = _same_cards(out, "before-r1", "after-r1")
+        result["same_cards_before_after"] = _same_cards(out, "before-1_ranks", "after-1_ranks")
     return result
 
 

@@ -4,12 +4,15 @@
 batch of token windows (gloo on CPU, NCCL on CUDA) and the results reduce exactly (see
 saekit.harness.latent_stats and saekit.harness.metrics), so rank 0 writes what one process
 would. Threads per rank follow the CPUs this process may use (affinity and cgroup quota)
-divided among the ranks on this machine, so ranks never oversubscribe the cores.
+divided among the ranks on this machine, so ranks never oversubscribe the cores; a single
+process also leaves out the CPUs other processes keep busy when it starts (busy_cpus), since
+torch's threads wait for each other and one descheduled thread stalls them all.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,37 @@ def available_cpus() -> int:
     if quota is not None:
         n = min(n, max(1, int(quota + 0.999)))
     return max(1, n)
+
+
+def _cpu_jiffies(cpus: set[int]) -> tuple[int, int]:
+    """(busy, total) jiffies of ``cpus`` since boot, from /proc/stat's per-CPU lines."""
+    busy = total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            v = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+            total += sum(v)
+            busy += sum(v) - v[3] - v[4]
+    return busy, total
+
+
+def busy_cpus(window: float = 0.2) -> float:
+    """How many of this process's CPUs other processes kept busy over ``window`` seconds
+    (this process's own CPU time, e.g. threads still spinning, left out); 0 where
+    /proc/stat cannot be read."""
+    try:
+        cpus = set(os.sched_getaffinity(0))
+        b0, t0 = _cpu_jiffies(cpus)
+        own0 = sum(os.times()[:2])
+        time.sleep(window)
+        b1, t1 = _cpu_jiffies(cpus)
+        own1 = sum(os.times()[:2])
+    except (AttributeError, OSError, ValueError):
+        return 0.0
+    if t1 <= t0:
+        return 0.0
+    busy = (b1 - b0) / (t1 - t0) * len(cpus)
+    return max(0.0, busy - (own1 - own0) / window)
 
 
 def _cgroup_quota() -> float | None:
@@ -54,11 +88,15 @@ def local_world_size() -> int:
 
 def configure_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads: ``threads``, or this process's share of the CPUs it may
-    use. Inter-op threads stay at 1 and tokenizers run single-threaded (the check has no
-    data-loader workers), so nothing else competes for the cores. Returns the count."""
+    use (a single process: less the CPUs others keep busy now). Inter-op threads stay at 1
+    and tokenizers run single-threaded (the check has no data-loader workers), so nothing
+    else competes for the cores. Returns the count."""
     import torch
 
-    n = threads or max(1, available_cpus() // local_world_size())
+    world = local_world_size()
+    n = threads or max(1, available_cpus() // world)
+    if not threads and world == 1 and n > 1:
+        n = max(1, n - round(busy_cpus()))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     try:

@@ -75,3 +75,44 @@ def test_annotation_file_forms(tmp_path):
     broken.write_text('{"index": 1, "label": "a"}\n{"index": 2,\n')
     with pytest.raises(InputError, match="d.jsonl:2"):
         read_annotations(broken)
+
+
+def test_threads_leave_out_cpus_other_processes_keep_busy():
+    """One process takes the CPUs it may use less those another process keeps busy (a
+    descheduled torch thread stalls the others); an explicit count is kept as given."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from saekit.harness.dist import available_cpus, busy_cpus, configure_threads
+
+    before = torch.get_num_threads()
+    try:
+        cpus = available_cpus()
+        assert configure_threads(1) == 1 and torch.get_num_threads() == 1
+        if cpus < 2 or not os.path.exists("/proc/stat"):  # the rule needs a CPU to leave out
+            pytest.skip("needs 2 CPUs and /proc/stat")
+        spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(0.5)
+            assert busy_cpus() >= 0.5
+            n = configure_threads()
+            assert 1 <= n <= cpus - 1 and torch.get_num_threads() == n
+        finally:
+            spin.kill()
+            spin.wait()
+        import threading
+
+        stop = threading.Event()
+        own = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)])  # this process spins
+        own.start()
+        try:
+            assert busy_cpus() < 0.5  # its own busy threads are not counted as others'
+        finally:
+            stop.set()
+            own.join()
+    finally:
+        torch.set_num_threads(before)
