@@ -33,9 +33,9 @@ from saekit.schemas import (
     GateVerdict,
     InputError,
     IntegrityError,
-    NotFoundError,
     Timings,
 )
+from saekit.schemas.benchmark import read_records
 from saekit.schemas.console import say
 from saekit.schemas.settings import current
 from saekit.schemas.version import __version__
@@ -149,19 +149,7 @@ def _first_error(err: Exception) -> str:
 
 def read_record(path: Path) -> BenchmarkRecord:
     """The BenchmarkRecord of an eval.json (the last one when it holds several)."""
-    path = Path(path)
-    if not path.is_file():
-        raise NotFoundError("no such benchmark record", where=str(path))
-    from saekit.schemas import safeio
-
-    data = safeio.load_json(safeio.read_bytes(path.parent, path.name, max_bytes=safeio.JSON_LIMITS.max_file_bytes),
-                            where=str(path))
-    try:
-        if isinstance(data, list) and data:  # eval.json may hold several records: take the last
-            data = data[-1]
-        return BenchmarkRecord.model_validate(data)
-    except ValueError as err:
-        raise InputError(f"not a BenchmarkRecord: {_first_error(err)}", where=str(path)) from None
+    return read_records(path)[-1]
 
 
 def record_config(record: BenchmarkRecord, *, where: str = "record") -> CheckConfig:

@@ -33,7 +33,6 @@ from saekit.releases.ecosystem import write_saelens_registry
 from saekit.releases.modelcard import SAEEntry, metrics_of
 from saekit.schemas import (
     ArtifactFormatError,
-    BenchmarkRecord,
     FeatureCard,
     GateFailedError,
     InputError,
@@ -43,6 +42,7 @@ from saekit.schemas import (
     card_files,
     safeio,
 )
+from saekit.schemas.benchmark import read_records
 from saekit.schemas.console import say
 from saekit.schemas.version import __version__
 
@@ -60,20 +60,6 @@ ARTIFACT_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors")
 
 def _dumps(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
-
-def read_records(path: Path) -> list[BenchmarkRecord]:
-    """BenchmarkRecord(s) of an eval.json (one object or a list)."""
-    from pydantic import ValidationError
-
-    path = Path(path)
-    raw = safeio.load_json(safeio.read_bytes(path.parent, path.name, max_bytes=safeio.JSON_LIMITS.max_file_bytes),
-                           where=str(path))
-    try:
-        items = raw if isinstance(raw, list) else [raw]
-        return [BenchmarkRecord.model_validate(r, strict=False) for r in items]
-    except ValidationError as err:
-        raise InputError(f"not a BenchmarkRecord ({str(err).splitlines()[0]})", where=str(path)) from None
 
 
 # --- gate ------------------------------------------------------------------------------

@@ -13,12 +13,16 @@ re-runs); hashes, seeds and environment follow. SAEBench ignores the fields it d
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, field_serializer
+from pydantic import Field, StringConstraints, ValidationError, field_serializer
 
 from saekit.schemas.card import SAERef
+from saekit.schemas import safeio
 from saekit.schemas.common import SCHEMA_VERSION, Hex64, Strict
+from saekit.schemas.errors import InputError, NotFoundError
 from saekit.schemas.release import GateVerdict
 
 
@@ -182,3 +186,23 @@ class BenchmarkRecord(Strict):
             if name in cat:
                 return cat[name]
         return None
+
+
+def read_records(path: str | os.PathLike) -> list[BenchmarkRecord]:
+    """The BenchmarkRecord(s) of an eval.json (one object, or a list where a check appended),
+    read within safeio's JSON limits and validated strictly: the one reader of check records
+    (the gate judges what it returns, so nothing is coerced)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError("no such benchmark record", where=str(path))
+    raw = safeio.load_json(safeio.read_bytes(path.parent, path.name, max_bytes=safeio.JSON_LIMITS.max_file_bytes),
+                           where=str(path))
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise InputError("not a BenchmarkRecord: an empty list", where=str(path))
+    try:
+        return [BenchmarkRecord.model_validate(r) for r in items]
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(p) for p in e["loc"])
+        raise InputError(f"not a BenchmarkRecord: {loc + ': ' if loc else ''}{e['msg']}", where=str(path)) from None

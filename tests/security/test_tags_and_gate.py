@@ -100,3 +100,25 @@ def test_a_record_of_other_content_or_without_verdict_does_not_pass(tmp_path):
     with pytest.raises(GateFailedError, match="explained_variance"):
         build(_manifest(tmp_path / "m.yaml", "base/1", rules=["explained_variance >= 0.95"]), tmp_path / "bundle",
               run_checks=False)
+
+
+def test_a_record_with_coercible_strings_is_refused_not_coerced(tmp_path):
+    """The release reads the check record with the one strict reader (check --from-record uses
+    it too): a metric written as a string is not turned into a number the gate then judges."""
+    from saekit.harness.check import read_record
+    from saekit.registry import store
+    from saekit.releases.bundle import build
+    from tests.releases.release_helpers import make_record
+
+    art = make_artifact(tmp_path / "art")
+    info = saekit.register("base", art)
+    rec = make_record("base", info.version, info.sha256, 32)
+    cat = next(iter(rec["eval_result_metrics"]))
+    name = next(iter(rec["eval_result_metrics"][cat]))
+    rec["eval_result_metrics"][cat][name] = str(rec["eval_result_metrics"][cat][name])
+    (tmp_path / "eval.json").write_text(json.dumps(rec))
+    store.log_check("base", info.version, metrics={}, files=[tmp_path / "eval.json"], tags={"saekit.gate": "pass"})
+    with pytest.raises(InputError, match=f"not a BenchmarkRecord: eval_result_metrics.{cat}.{name}"):
+        build(_manifest(tmp_path / "m.yaml", "base/1", rules=[]), tmp_path / "bundle", run_checks=False)
+    with pytest.raises(InputError, match="not a BenchmarkRecord"):
+        read_record(tmp_path / "eval.json")
