@@ -417,19 +417,19 @@ def build_cards(
     mine = latents[rank::world]
     # the windows every example needs: captured by the pass, else one re-run of their batches
     picks: dict[int, list[tuple[int, float, str]]] = {}
-    want: dict[int, set[int]] = {}
     for L in mine:
         top = [(r, v, "top") for r, v in stats.top(L)[:n_examples]]
-        qs = quantile_picks(stats.sample(L), {r for r, _, _ in top}, n_quantile_examples)
-        picks[L] = top + qs
-        for r, _, _ in picks[L]:
-            want.setdefault(r, set()).add(L)
+        picks[L] = top + quantile_picks(stats.sample(L), {r for r, _, _ in top}, n_quantile_examples)
     if stats.captured and n_examples <= stats.top_val.shape[1]:
         values = {}
         for L in mine:
             rows = [r for r, _, _ in picks[L]]
             values.update(zip([(r, L) for r in rows], stats.window_values(L, rows)))
     else:
+        want: dict[int, set[int]] = {}
+        for L in mine:
+            for r, _, _ in picks[L]:
+                want.setdefault(r, set()).add(L)
         values = _window_values(sae, model, tokens, want, hook_name=hook_name, batch_size=batch_size,
                                 special=special)
 

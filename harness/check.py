@@ -37,6 +37,7 @@ from saekit.schemas import (
 )
 from saekit.schemas.benchmark import read_records
 from saekit.schemas.console import say
+from saekit.schemas.errors import first_problem
 from saekit.schemas.settings import current
 from saekit.schemas.version import __version__
 
@@ -137,16 +138,6 @@ def _load(ref: str) -> Any:
     return load_ref(ref)
 
 
-def _first_error(err: Exception) -> str:
-    """``field.path: message`` of a pydantic ValidationError's first problem."""
-    errors = getattr(err, "errors", None)
-    if callable(errors) and errors():
-        e = errors()[0]
-        loc = ".".join(str(p) for p in e["loc"])
-        return f"{loc}: {e['msg']}" if loc else e["msg"]
-    return str(err).splitlines()[0]
-
-
 def read_record(path: Path) -> BenchmarkRecord:
     """The BenchmarkRecord of an eval.json (the last one when it holds several)."""
     return read_records(path)[-1]
@@ -158,7 +149,7 @@ def record_config(record: BenchmarkRecord, *, where: str = "record") -> CheckCon
     try:
         config = record.config()
     except ValueError as err:
-        raise InputError(f"unreadable check configuration in eval_config: {_first_error(err)}", where=where) from None
+        raise InputError(f"unreadable check configuration in eval_config: {first_problem(err)}", where=where) from None
     if config is None:
         raise InputError("the record holds no saekit check configuration (check_config)", where=where)
     return config
@@ -189,7 +180,7 @@ def _validated(model: type[Any], **fields: Any) -> Any:
     try:
         return model(**fields)
     except ValueError as err:
-        raise InputError(f"check configuration: {_first_error(err)}", where="check") from None
+        raise InputError(f"check configuration: {first_problem(err)}", where="check") from None
 
 
 def check(

@@ -22,7 +22,7 @@ from pydantic import Field, StringConstraints, ValidationError, field_serializer
 from saekit.schemas.card import SAERef
 from saekit.schemas import safeio
 from saekit.schemas.common import SCHEMA_VERSION, Hex64, Strict
-from saekit.schemas.errors import InputError, NotFoundError
+from saekit.schemas.errors import InputError, NotFoundError, first_problem
 from saekit.schemas.release import GateVerdict
 
 
@@ -203,6 +203,4 @@ def read_records(path: str | os.PathLike) -> list[BenchmarkRecord]:
     try:
         return [BenchmarkRecord.model_validate(r) for r in items]
     except ValidationError as err:
-        e = err.errors()[0]
-        loc = ".".join(str(p) for p in e["loc"])
-        raise InputError(f"not a BenchmarkRecord: {loc + ': ' if loc else ''}{e['msg']}", where=str(path)) from None
+        raise InputError(f"not a BenchmarkRecord: {first_problem(err)}", where=str(path)) from None

@@ -86,3 +86,14 @@ class RegistryError(SaekitError, RuntimeError):
 
 class PublishError(SaekitError, RuntimeError):
     """Publishing to the Hub failed or was refused: ``repo org/x changed since the parent commit``."""
+
+
+def first_problem(err: Exception) -> str:
+    """``field.path: message`` of a pydantic ValidationError's first problem (the message alone
+    at the root), or the first line of any other error: the one-line form of a bad input."""
+    errors = getattr(err, "errors", None)
+    if callable(errors) and errors():
+        e = errors()[0]
+        loc = ".".join(str(p) for p in e["loc"])
+        return f"{loc}: {e['msg']}" if loc else e["msg"]
+    return str(err).splitlines()[0]

@@ -134,3 +134,34 @@ def test_captured_windows_equal_brute_force_and_merge_exactly():
     for merged in (a.merge(b), b.merge(a)):
         for name in ("top_val", "top_row", "smp_row", "top_seq", "smp_seq", "top_loss", "top_attr"):
             assert torch.equal(getattr(merged, name), getattr(st, name)), name
+
+
+def test_cards_from_captured_windows_equal_cards_from_rerun_windows(real_sae_dir, monkeypatch):
+    """A wide SAE whose kept windows exceed CAPTURE_BYTES re-runs them instead: both paths
+    give the same cards (examples, exact ablation, attribution), over several batches with a
+    partial last one."""
+    from saekit.harness import cards as C
+    from saekit.harness.model import load_lm
+    from saekit.harness.text import special_token_ids, token_set
+    from saekit.registry.artifact import load_artifact
+    from saekit.schemas import SAERef
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    model, tok = load_lm()
+    sae = load_artifact(real_sae_dir)
+    ts = token_set(tok, n_tokens=7 * 32, context_size=32, seed=0)  # 7 windows: batches of 3, 3, 1
+    special = torch.tensor(special_token_ids(tok))
+    hook = sae.cfg.hook_name
+
+    def cards() -> tuple[bool, list[str]]:
+        st = C.stream_latents(sae, model, ts, hook_name=hook, batch_size=3, special=special, k=3)
+        latents = C.select_latents(st.fire_count, 12)
+        out, _ = C.build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="t"), hook_name=hook, latents=latents,
+                               batch_size=3, downstream_latents=latents[:2], n_examples=3)
+        return st.captured, [c.model_dump_json() for c in out]
+
+    captured, with_capture = cards()
+    monkeypatch.setattr(C, "CAPTURE_BYTES", 0)
+    rerun, without = cards()
+    assert captured and not rerun
+    assert with_capture == without
