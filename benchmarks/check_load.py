@@ -171,7 +171,7 @@ def _check_once(sae_dir: str, tokens: int, out: Path, extra: list[str], launcher
     if r.returncode != 0:
         raise SystemExit(r.stderr[-2000:])
     rec = json.loads((out / "eval.json").read_text())
-    return rec["timings"]["phases"]
+    return {**rec["timings"]["phases"], "torch_threads": rec["check_config"]["torch_threads"]}
 
 
 def _versions(args) -> list[tuple[str, str, str | None]]:
@@ -208,7 +208,7 @@ def under_load(args) -> dict:
             comp.wait()
         ratio = {k: round(rows["one_competitor"][k] / rows["idle"][k], 2)
                  for k in ("eval", "cards_pass", "cards") if k in rows["idle"] and rows["idle"][k]}
-        total = {k: sum(v for n, v in rows[k].items() if n != "load_before") for k in rows}
+        total = {k: sum(v for n, v in rows[k].items() if n not in ("load_before", "torch_threads")) for k in rows}
         ratio["check_total"] = round(total["one_competitor"] / total["idle"], 2)  # every phase, load to cards
         result[label] = {"phases_s": rows, "slowdown": ratio}
     if args.before:
@@ -221,29 +221,45 @@ def ranks(args) -> dict:
 
     sae_dir = str(ensure_demo_sae("test"))
     out = Path(tempfile.mkdtemp())
-    result = {"what": "saekit check under torchrun, 1 vs 2 ranks (gloo, CPU, batch size 1); speedup = time(1) / time(2), "
-                      "speedup_over_one_thread = time(1 rank, 1 thread) / time(2); cards_total = cards_pass + cards "
-                      "(assembly and exact ablation of 4 latents); check_total = every phase",
-              "tokens": args.tokens, "goal": "cards_total speedup >= 1.6"}
+    result = {"what": "saekit check under torchrun, 1 vs 2 ranks (gloo, CPU, batch size 1), each configuration run "
+                      "--repeats times, alternating, median phase times; speedup = time(1 rank, default threads) / "
+                      "time(2 ranks); speedup_same_cores_per_rank = time(1 rank, 1 thread) / time(2 ranks, 1 thread "
+                      "each): the sharding's own scaling; thread_scaling = time(1 rank, 1 thread) / time(1 rank, "
+                      "default threads): what threads alone gain on this machine, the bound on what ranks add over "
+                      "them; cards_total = cards_pass + cards (assembly and exact ablation of 4 latents); "
+                      "check_total = every phase",
+              "tokens": args.tokens, "repeats": args.repeats,
+              "goal": "cards_total speedup >= 1.6 (2 ranks over 1 rank)"}
+    keys = ("eval", "cards_pass", "cards", "cards_total", "check_total")
+    # 1 rank with its default threads (every CPU), 1 rank on one thread (a rank's share of
+    # the CPUs when there are 2), 2 ranks (one thread each)
+    configs = (("1_ranks", 1, []), ("1_rank_1_thread", 1, ["--threads", "1"]), ("2_ranks", 2, []))
     for label, python, cwd in _versions(args):
-        rows = {}
-        # 1 rank with its default threads (every CPU), 1 rank on one thread (a rank's share of
-        # the CPUs when there are 2), 2 ranks (one thread each)
-        for key, n, extra in (("1_ranks", 1, []), ("1_rank_1_thread", 1, ["--threads", "1"]), ("2_ranks", 2, [])):
-            launcher = [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
-                        "-m", "saekit", "check"]
-            l0 = load()
-            ph = _check_once(sae_dir, args.tokens, out / f"{label}-{key}", ["--batch-size", "1", *extra], launcher, cwd)
-            ph["cards_total"] = ph["cards_pass"] + ph["cards"]
-            ph["check_total"] = sum(ph[k] for k in ("load_sae", "load_model", "tokenize", "eval", "cards_pass", "cards"))
-            rows[key] = {**ph, "load_before": l0, "load_after": load()}
-        keys = ("eval", "cards_pass", "cards", "cards_total", "check_total")
-        speed = {k: round(rows["1_ranks"][k] / rows["2_ranks"][k], 2) for k in keys}
-        per_core = {k: round(rows["1_rank_1_thread"][k] / rows["2_ranks"][k], 2) for k in keys}
-        result[label] = {"phases_s": rows, "speedup": speed, "speedup_over_one_thread": per_core,
-                         "same_cards_1_2_ranks": _same_cards(out, f"{label}-1_ranks", f"{label}-2_ranks")}
+        runs: dict[str, list[dict]] = {key: [] for key, _, _ in configs}
+        for rep in range(args.repeats):
+            for key, n, extra in configs:
+                launcher = [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+                            "-m", "saekit", "check"]
+                l0 = load()
+                ph = _check_once(sae_dir, args.tokens, out / f"{label}-{key}-{rep}", ["--batch-size", "1", *extra],
+                                 launcher, cwd)
+                ph["cards_total"] = ph["cards_pass"] + ph["cards"]
+                ph["check_total"] = sum(ph[k] for k in ("load_sae", "load_model", "tokenize", "eval", "cards_pass",
+                                                        "cards"))
+                runs[key].append({**ph, "load_before": l0, "load_after": load()})
+        med = {key: {k: statistics.median(r[k] for r in rs) for k in keys} for key, rs in runs.items()}
+        result[label] = {
+            "runs": runs,
+            "median_s": med,
+            "torch_threads": {key: sorted({r["torch_threads"] for r in rs}) for key, rs in runs.items()},
+            "speedup": {k: round(med["1_ranks"][k] / med["2_ranks"][k], 2) for k in keys},
+            "speedup_same_cores_per_rank": {k: round(med["1_rank_1_thread"][k] / med["2_ranks"][k], 2) for k in keys},
+            "thread_scaling": {k: round(med["1_rank_1_thread"][k] / med["1_ranks"][k], 2) for k in keys},
+            "same_cards_1_2_ranks": all(_same_cards(out, f"{label}-1_ranks-{i}", f"{label}-2_ranks-{i}")
+                                        for i in range(args.repeats)),
+        }
     if args.before:
-        result["same_cards_before_after"] = _same_cards(out, "before-1_ranks", "after-1_ranks")
+        result["same_cards_before_after"] = _same_cards(out, "before-1_ranks-0", "after-1_ranks-0")
     return result
 
 

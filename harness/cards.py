@@ -72,6 +72,7 @@ SAMPLES = 32  # windows sampled per latent (bottom-k sketch) for the quantile ex
 # (d_sae x (k + SAMPLES) x context float32: 87 MB for the demo SAE); beyond it card assembly
 # re-runs the example windows instead
 CAPTURE_BYTES = 1 << 30
+CARD_BLOCK = 64  # latents per logit-effect product; ranks take whole blocks
 
 
 def now_iso() -> str:
@@ -94,19 +95,19 @@ def select_latents(fire_count: Any, n: int | str) -> list[int]:
     return [int(i) for i in order[:n] if fire_count[i] > 0]
 
 
-def _decoder(tokenizer: Any):
-    """Token id -> its text, decoded once per id (the whole vocabulary in one call when the
-    tokenizer is fast)."""
+def _decoder(tokenizer: Any, ids: Iterable[int]):
+    """Token id -> its text: ``ids`` decoded in one call when the tokenizer is fast (a card
+    set names far fewer ids than the vocabulary holds), any other id one at a time."""
+    ids = sorted(set(ids))
     try:
-        table = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        table = dict(zip(ids, tokenizer.batch_decode([[i] for i in ids])))
     except Exception:  # a tokenizer without batch_decode: one id at a time
-        table = None
+        table = {}
 
     @lru_cache(maxsize=None)
     def tok_str(tid: int) -> str:
-        if table is not None and 0 <= tid < len(table):
-            return table[tid]
-        return tokenizer.decode([tid])
+        text = table.get(tid)
+        return text if text is not None else tokenizer.decode([tid])
 
     return tok_str
 
@@ -388,12 +389,12 @@ def build_cards(
     agreement of attribution with exact ablation on ``downstream_latents``.
 
     With ``distributed`` every torch.distributed rank calls this with the same (all-reduced)
-    stats: each builds the cards of every world-th latent and runs its share of the exact
-    ablations, and rank 0 returns every card in ``latents`` order (the others an empty
-    list); each card is built as one process builds it, so the bytes are the same."""
+    stats: each builds and returns the cards of every world-th latent (``latents[rank::world]``)
+    and runs its share of the exact ablations; each card is built as one process builds it,
+    so the bytes are the same (the caller gathers the serialized cards on rank 0)."""
     import torch
 
-    from saekit.harness.dist import all_gather_objects, broadcast_object, rank_world
+    from saekit.harness.dist import broadcast_object, rank_world
     from saekit.harness.latent_stats import coarsen, quantile_picks
     from saekit.harness.model import unembedding
     from saekit.harness.text import special_token_ids
@@ -401,7 +402,6 @@ def build_cards(
     rank, world = rank_world() if distributed else (0, 1)
 
     special = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
-    tok_str = _decoder(tokenizer)
     n_tok = stats.n_tokens
     fp = tokens.fingerprint
     info = getattr(model, "saekit_info", None)
@@ -414,7 +414,10 @@ def build_cards(
                         "histogram": "log grid: 16 bins per decade from 1e-4 (saekit.harness.latent_stats.GRID)"}}
     task = f"next-token prediction ({tokens.source}, {tokens.split} split)"
 
-    mine = latents[rank::world]
+    # this rank's latents: every world-th block of CARD_BLOCK, so each block's logit-effect
+    # product has the same rows as in one process (a product's last bits depend on its shape)
+    blocks = [latents[i : i + CARD_BLOCK] for i in range(0, len(latents), CARD_BLOCK)][rank::world]
+    mine = [L for block in blocks for L in block]
     # the windows every example needs: captured by the pass, else one re-run of their batches
     picks: dict[int, list[tuple[int, float, str]]] = {}
     for L in mine:
@@ -439,23 +442,38 @@ def build_cards(
     agree = agreement([exact[L]["delta"] / max(exact[L]["n"], 1) for L in down],
                       [exact[L]["attr"] / max(exact[L]["n"], 1) for L in down]) if down else {}
 
-    row_ids = lru_cache(maxsize=None)(lambda r: tokens.tokens[r].tolist())  # a window's ids, listed once
+    # logit effects of every latent here: W_dec @ W_U (final norm gain folded), a block at a time
     W_U = unembedding(model).float()
+    tv: list[list[float]] = []
+    ti: list[list[int]] = []
+    bv: list[list[float]] = []
+    bi: list[list[int]] = []
+    for block in blocks:
+        with torch.no_grad():
+            effects = (sae.W_dec[block].float() @ W_U).cpu()  # [block, vocab]
+        top, bot = torch.topk(effects, n_logits, dim=1), torch.topk(-effects, n_logits, dim=1)
+        tv += top.values.tolist()
+        ti += top.indices.tolist()
+        bv += bot.values.tolist()
+        bi += bot.indices.tolist()
+    del W_U
+    # the text of every token the cards show, decoded at once
+    rows = sorted({r for L in mine for r, _, _ in picks[L]})
+    shown = {t for ids in ti + bi for t in ids}
+    shown.update(torch.unique(tokens.tokens[rows]).tolist() if rows else [])
+    tok_str = _decoder(tokenizer, shown)
+
+    row_ids = lru_cache(maxsize=None)(lambda r: tokens.tokens[r].tolist())  # a window's ids, listed once
     attr, attr_n = stats.attribution().tolist(), stats.attr_count.tolist()
     mean, mx, fire = stats.mean().tolist(), stats.act_max.tolist(), stats.fire_count.tolist()
     cards: list[FeatureCard] = []
     with Progress("feature cards", total=len(mine)) as bar:
-        for start in range(0, len(mine), 512):
-            chunk = mine[start : start + 512]
-            with torch.no_grad():
-                effects = (sae.W_dec[chunk].float() @ W_U).cpu()  # [chunk, vocab], final norm gain folded
-            top = torch.topk(effects, n_logits, dim=1)
-            bot = torch.topk(-effects, n_logits, dim=1)
-            tv, ti, bv, bi = top.values.tolist(), top.indices.tolist(), bot.values.tolist(), bot.indices.tolist()
-            hist_rows = stats.hist[chunk].tolist()
-            for j, L in enumerate(chunk):
+        j = 0  # position in mine
+        for block in blocks:
+            hist_rows = stats.hist[block].tolist()
+            for i, L in enumerate(block):
                 fires = fire[L]
-                hist = coarsen(hist_rows[j], n_bins) if fires else None
+                hist = coarsen(hist_rows[i], n_bins) if fires else None
                 st = ActivationStats(
                     density=fires / max(n_tok, 1),
                     mean=mean[L] if fires else None,
@@ -492,10 +510,8 @@ def build_cards(
                     ),
                     downstream=downstream, tags=["dead"] if not fires else [], provenance=prov, extra=extra,
                 ))
+                j += 1
                 bar.update()
-    if world > 1:  # rank 0 gathers every rank's cards, back in ``latents`` order
-        parts = all_gather_objects(cards)
-        cards = [parts[i % world][i // world] for i in range(len(latents))] if rank == 0 else []
     return cards, agree
 
 

@@ -298,8 +298,8 @@ def _run(
         select_latents,
         stream_latents,
     )
-    from saekit.schemas.card_files import write_cards
-    from saekit.harness.dist import broadcast_object, my_batches, rank_world
+    from saekit.schemas.card_files import card_line, write_lines
+    from saekit.harness.dist import broadcast_object, gather_to_root, my_batches, rank_device, rank_world
     from saekit.harness.text import special_token_ids
     from saekit.harness.metrics import evaluate
     from saekit.harness.model import DEFAULT_MODEL_ID, load_lm
@@ -333,6 +333,8 @@ def _run(
         raise InputError("the check always leaves special tokens out of its metrics (SAELens' evals)",
                          where="exclude_special_tokens")
     cards_cfg = config.cards or CardsConfig()
+    # read before any model work, so a bad file costs nothing and writes nothing
+    notes = read_annotations(annotations) if annotations is not None and cards_cfg.enabled else None
     downstream = config.downstream
     batch_size = config.batch_size
     assert batch_size is not None and config.n_tokens is not None and config.context_size is not None
@@ -344,9 +346,10 @@ def _run(
     say(f"loading the language model {mid or DEFAULT_MODEL_ID}")
     model, tok = load_lm(mid)
     info = model.saekit_info
-    if config.device != "cpu":
-        model = model.to(config.device)
-    sae_dev = sae.to(config.device)
+    device = rank_device(config.device)
+    if device != "cpu":
+        model = model.to(device)
+    sae_dev = sae.to(device)
     phases["load_model"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -391,16 +394,18 @@ def _run(
         n_down = _n_latents(cards_cfg.downstream_latents)
         ranked = select_latents(stats.fire_count, n_down)
         down = ranked if downstream else []
-        card_list, agree = build_cards(  # every rank builds its share; rank 0 gets every card
+        card_list, agree = build_cards(  # every rank builds and serializes its share
             sae_dev, model, tok, stats, tokens, sae_ref=sae_ref, hook_name=hook, latents=latents,
             batch_size=batch_size, downstream_latents=down, attribution=downstream,
             n_examples=cards_cfg.n_examples, distributed=True,
         )
-        if rank == 0:
-            if annotations is not None:
-                card_list, _ = merge_annotations(card_list, read_annotations(annotations))
-            cards_path = write_cards(card_list, out / "feature_cards.jsonl")
-            n_cards = len(card_list)
+        if notes is not None:
+            card_list, _ = merge_annotations(card_list, notes)
+        parts = gather_to_root([(c.index, card_line(c)) for c in card_list])
+        if parts is not None:  # rank 0 writes them in index order
+            rows = sorted(row for part in parts for row in part)
+            cards_path = write_lines(out / "feature_cards.jsonl", (line for _, line in rows))
+            n_cards = len(rows)
         phases["cards"] = time.perf_counter() - t
 
     # what the check resolved, recorded in its config

@@ -86,6 +86,22 @@ def local_world_size() -> int:
         return 1
 
 
+def local_rank() -> int:
+    """This rank's index on its machine (torchrun's LOCAL_RANK), 0 outside torchrun."""
+    try:
+        return max(0, int(os.environ.get("LOCAL_RANK", "0")))
+    except ValueError:
+        return 0
+
+
+def rank_device(device: str) -> str:
+    """The device this rank runs on: a bare ``cuda`` under torchrun is this rank's GPU
+    (``cuda:LOCAL_RANK``), so N ranks on one node use N GPUs, not all the first one."""
+    if device == "cuda" and local_world_size() > 1:
+        return f"cuda:{local_rank()}"
+    return device
+
+
 def configure_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads: ``threads``, or this process's share of the CPUs it may
     use (a single process: less the CPUs others keep busy now). Inter-op threads stay at 1
@@ -118,6 +134,8 @@ def init() -> tuple[int, int]:
             return 0, 1
         import torch
 
+        if torch.cuda.is_available():  # one GPU per rank: NCCL and the object collectives use it
+            torch.cuda.set_device(local_rank())
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
@@ -145,6 +163,19 @@ def all_gather_objects(obj: Any) -> list[Any]:
         return [obj]
     out: list[Any] = [None] * world
     dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_to_root(obj: Any) -> list[Any] | None:
+    """Every rank's ``obj`` on rank 0 (a list in rank order; a list of one when not
+    distributed), None on the others: only rank 0 receives and unpickles the parts."""
+    import torch.distributed as dist
+
+    rank, world = rank_world()
+    if world == 1:
+        return [obj]
+    out: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(obj, out, dst=0)
     return out
 
 

@@ -35,3 +35,39 @@ def test_two_ranks_write_the_same_cards_and_metrics_as_one(real_sae_dir, tmp_pat
     assert len(cards) == one["sae_cfg_dict"]["d_sae"]  # every latent
     methods = {d["method"] for c in cards for d in c["downstream"]}
     assert methods == {"attribution", "exact-ablation"}
+
+
+def test_two_ranks_annotated_top_n_cards_equal_one(real_sae_dir, tmp_path):
+    """The N most active latents (not index order) with a user's labels merged on every rank:
+    rank 0 writes them sorted by index, the same bytes as one process."""
+    env = {**os.environ, "SAEKIT_QUIET": "1", "SOURCE_DATE_EPOCH": "1700000000", "OMP_NUM_THREADS": "1",
+           "SAEKIT_HOME": str(tmp_path / "home")}
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("".join(json.dumps({"index": i, "label": f"label {i}"}) + "\n" for i in range(64)))
+    extra = ["--cards-latents", "7", "--annotations", str(notes)]
+    cmd = ["-m", "saekit", "check", str(real_sae_dir)]
+    out = {}
+    for n in (1, 2):
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+                            *cmd, *ARGS, *extra, "--out", str(tmp_path / f"r{n}")],
+                           capture_output=True, text=True, env=env, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        out[n] = (tmp_path / f"r{n}" / "feature_cards.jsonl").read_bytes()
+    assert out[1] == out[2]
+    cards = [json.loads(x) for x in out[1].decode().splitlines()]
+    assert len(cards) == 7 and [c["index"] for c in cards] == sorted(c["index"] for c in cards)
+    labelled = [c for c in cards if c["index"] < 64]
+    assert all(c["annotations"][0]["label"] == f"label {c['index']}" for c in labelled)
+    assert all(not c.get("annotations") for c in cards if c["index"] >= 64)
+
+
+def test_bad_annotations_fail_before_the_model_loads(real_sae_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"label": "no index"}\n')
+    env = {**os.environ, "SAEKIT_QUIET": "1", "SAEKIT_HOME": str(tmp_path / "home")}
+    r = subprocess.run([sys.executable, "-m", "saekit", "check", str(real_sae_dir), "--annotations", str(bad),
+                        *ARGS, "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2
+    assert "bad.jsonl:1" in r.stderr and "index" in r.stderr
+    assert "loading the language model" not in r.stderr
+    assert not (tmp_path / "out").exists()

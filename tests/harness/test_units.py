@@ -116,3 +116,18 @@ def test_threads_leave_out_cpus_other_processes_keep_busy():
             own.join()
     finally:
         torch.set_num_threads(before)
+
+
+def test_each_torchrun_rank_takes_its_own_gpu(monkeypatch):
+    """Under torchrun a bare ``cuda`` is the rank's GPU (LOCAL_RANK), so N ranks on a node
+    use N GPUs (NCCL refuses two ranks on one GPU); explicit devices and CPU are kept."""
+    from saekit.harness.dist import local_rank, rank_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert local_rank() == 0 and rank_device("cuda") == "cuda" and rank_device("cpu") == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert local_rank() == 3
+    assert rank_device("cuda") == "cuda:3"
+    assert rank_device("cuda:1") == "cuda:1" and rank_device("cpu") == "cpu"
