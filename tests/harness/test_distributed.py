@@ -37,9 +37,10 @@ def test_two_ranks_write_the_same_cards_and_metrics_as_one(real_sae_dir, tmp_pat
     assert methods == {"attribution", "exact-ablation"}
 
 
-def test_two_ranks_annotated_top_n_cards_equal_one(real_sae_dir, tmp_path):
-    """The N most active latents (not index order) with a user's labels merged on every rank:
-    rank 0 writes them sorted by index, the same bytes as one process."""
+def test_three_ranks_annotated_top_n_cards_equal_one(real_sae_dir, tmp_path):
+    """The N most active latents (not index order, one partial block) with a user's labels
+    merged on every rank, over 3 ranks with unequal shares of the 4 batches: rank 0 writes
+    them sorted by index, the same bytes as one process."""
     env = {**os.environ, "SAEKIT_QUIET": "1", "SOURCE_DATE_EPOCH": "1700000000", "OMP_NUM_THREADS": "1",
            "SAEKIT_HOME": str(tmp_path / "home")}
     notes = tmp_path / "notes.jsonl"
@@ -47,13 +48,13 @@ def test_two_ranks_annotated_top_n_cards_equal_one(real_sae_dir, tmp_path):
     extra = ["--cards-latents", "7", "--annotations", str(notes)]
     cmd = ["-m", "saekit", "check", str(real_sae_dir)]
     out = {}
-    for n in (1, 2):
+    for n in (1, 3):
         r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
                             *cmd, *ARGS, *extra, "--out", str(tmp_path / f"r{n}")],
                            capture_output=True, text=True, env=env, timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
         out[n] = (tmp_path / f"r{n}" / "feature_cards.jsonl").read_bytes()
-    assert out[1] == out[2]
+    assert out[1] == out[3]
     cards = [json.loads(x) for x in out[1].decode().splitlines()]
     assert len(cards) == 7 and [c["index"] for c in cards] == sorted(c["index"] for c in cards)
     labelled = [c for c in cards if c["index"] < 64]
