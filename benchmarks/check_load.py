@@ -244,8 +244,8 @@ def ranks(args) -> dict:
                 ph = _check_once(sae_dir, args.tokens, out / f"{label}-{key}-{rep}", ["--batch-size", "1", *extra],
                                  launcher, cwd)
                 ph["cards_total"] = ph["cards_pass"] + ph["cards"]
-                ph["check_total"] = sum(ph[k] for k in ("load_sae", "load_model", "tokenize", "eval", "cards_pass",
-                                                        "cards"))
+                ph["check_total"] = sum(ph.get(k, 0.0) for k in ("load_sae", "load_model", "tokenize", "eval",
+                                                                 "weight_metrics", "cards_pass", "cards"))
                 runs[key].append({**ph, "load_before": l0, "load_after": load()})
         med = {key: {k: statistics.median(r[k] for r in rs) for k in keys} for key, rs in runs.items()}
         result[label] = {

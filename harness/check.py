@@ -368,7 +368,8 @@ def _run(
     mine = my_batches(-(-tokens.tokens.shape[0] // batch_size))
     run = evaluate(sae_dev, model, tok, tokens, hook_name=hook, batch_size=batch_size, downstream=downstream,
                    batches=mine, keep_codes=False)
-    phases["eval"] = time.perf_counter() - t
+    phases["eval"] = time.perf_counter() - t - run.weights_s  # the pass over the tokens
+    phases["weight_metrics"] = run.weights_s
 
     eval_id = broadcast_object(uuid.uuid4().hex)
     out = Path(out_dir) if out_dir is not None else _home() / "checks" / eval_id

@@ -18,6 +18,7 @@ number per batch. Encoding and per-latent statistics go through saekit.kernels.d
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,6 +162,8 @@ class EvalRun:
     counts: dict[str, int] = field(default_factory=dict)
     latents: dict[str, list[float]] = field(default_factory=dict)
     """Per-latent lists over every latent (SAEBench's CoreFeatureMetric fields but index)."""
+    weights_s: float = 0.0
+    """Seconds of the weight metrics (their max cosines grow with d_sae squared, not the tokens)."""
 
     def by_category(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -495,7 +498,9 @@ def evaluate(
             kl_div_with_ablation=kl_abl,
             kl_div_score=(kl_abl - kl_with) / kl_abl if kl_abl else float("nan"),
         )
+    t = time.perf_counter()
     latents, averages = latent_details(sae, stats.fire_count, stats.n_tokens, bm.prompts)
+    weights_s = time.perf_counter() - t
     metrics.update(averages)
     return EvalRun(
         metrics=metrics,
@@ -506,6 +511,7 @@ def evaluate(
         ce_with_sae=torch.cat(ce_sae_rows) if downstream and keep_codes else None,
         counts=counts,
         latents=latents,
+        weights_s=weights_s,
     )
 
 
