@@ -389,7 +389,7 @@ def build_cards(
     agreement of attribution with exact ablation on ``downstream_latents``.
 
     With ``distributed`` every torch.distributed rank calls this with the same (all-reduced)
-    stats: each builds and returns the cards of every world-th latent (``latents[rank::world]``)
+    stats: each builds and returns the cards of every world-th block of CARD_BLOCK latents
     and runs its share of the exact ablations; each card is built as one process builds it,
     so the bytes are the same (the caller gathers the serialized cards on rank 0)."""
     import torch

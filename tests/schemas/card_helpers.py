@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 from pathlib import Path
 
@@ -37,3 +38,15 @@ def make_card(index: int, /, **changes) -> dict:
 def write_jsonl(path: Path, cards: list) -> Path:
     path.write_text("".join((c if isinstance(c, str) else json.dumps(c)) + "\n" for c in cards))
     return path
+
+
+def broken_card_files() -> list[tuple[str, bytes, str]]:
+    """(file name, bytes, the one-line error's words): card files that are not what their name
+    says, for every entry point that reads card files (Python readers, the CLI)."""
+    return [
+        ("empty.jsonl.gz", b"", "not a valid gzip file"),
+        ("text.jsonl.gz", b'{"index": 0}\n', "not a valid gzip file"),
+        ("zipped.jsonl", gzip.compress(b'{"index": 0}\n'), "is gzip-compressed"),
+        ("trunc.jsonl.gz", gzip.compress(json.dumps(make_card(0)).encode() * 50)[:-20], "not a valid gzip file"),
+        ("bad.json", b"\xff\xfe{}", "not UTF-8"),
+    ]

@@ -9,7 +9,7 @@ import os
 import shutil
 
 import pytest
-from card_helpers import make_card, write_jsonl
+from card_helpers import broken_card_files, make_card, write_jsonl
 
 from saekit.schemas import FeatureCard, InputError, UnsafePathError
 from saekit.schemas import card_files as cf
@@ -222,16 +222,7 @@ def test_file_and_depth_bounds(tmp_path):
         list(cf.read_documents(deep))
 
 
-@pytest.mark.parametrize(
-    "name,content,message",
-    [
-        ("empty.jsonl.gz", b"", "not a valid gzip file"),
-        ("text.jsonl.gz", b'{"index": 0}\n', "not a valid gzip file"),
-        ("zipped.jsonl", gzip.compress(b'{"index": 0}\n'), "is gzip-compressed"),
-        ("trunc.jsonl.gz", gzip.compress(json.dumps(make_card(0)).encode() * 50)[:-20], "not a valid gzip file"),
-        ("bad.json", b"\xff\xfe{}", "not UTF-8"),
-    ],
-)
+@pytest.mark.parametrize("name,content,message", broken_card_files())
 def test_broken_files_are_one_line_input_errors(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)

@@ -15,7 +15,7 @@ import pytest
 from saekit.schemas import ArtifactFormatError
 from sec_helpers import log_measure, saekit
 from tests.registry.conftest import make_artifact
-from tests.schemas.card_helpers import make_card
+from tests.schemas.card_helpers import broken_card_files, make_card
 
 # Peak RSS allowed for a bomb: the interpreter with pydantic and saekit's schemas is ~100 MiB;
 # one bounded line (16 MiB) and one 1 MiB chunk on top. The unbounded reader peaked at 2.15 GB.
@@ -79,15 +79,11 @@ def test_gzip_newline_bomb_bounded(newline_bomb, tmp_path):
 @pytest.mark.parametrize(
     "name,content,message",
     [
-        ("empty.jsonl.gz", b"", "not a valid gzip file"),
-        ("text.jsonl.gz", b'{"index": 0}\n', "not a valid gzip file"),
-        ("zipped.jsonl", gzip.compress(b'{"index": 0}\n'), "is gzip-compressed"),
-        ("trunc.jsonl.gz", gzip.compress(json.dumps(make_card(0)).encode() * 50)[:-20], "not a valid gzip file"),
+        *broken_card_files(),
         ("deep.json", b"[" * 100_000 + b"]" * 100_000, "nested deeper than 64"),
         ("deep.json.gz", gzip.compress(b"[" * 100_000 + b"]" * 100_000), "nested deeper than 64"),
-        ("bad.json", b"\xff\xfe{}", "not UTF-8"),
     ],
-    ids=["empty-gz", "text-as-gz", "gz-as-jsonl", "truncated-gz", "deep-json", "deep-json-gz", "not-utf8"],
+    ids=["empty-gz", "text-as-gz", "gz-as-jsonl", "truncated-gz", "not-utf8", "deep-json", "deep-json-gz"],
 )
 def test_card_files_that_are_not_what_they_say(tmp_path, name, content, message):
     path = tmp_path / name
