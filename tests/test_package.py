@@ -37,3 +37,22 @@ def test_import_layers_contract():
     pytest.importorskip("importlinter")
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "lint_imports.py")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def test_transformers_model_code_runs_from_the_repo_root():
+    # From the checkout root (notebooks, `python -m`, `torchrun -m`) the top-level kernels/
+    # folder is on sys.path and would shadow Hugging Face's `kernels`, which transformers imports.
+    code = (
+        "import torch, saekit, saekit.kernels, kernels, transformers.activations\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "assert 'site-packages' in kernels.__file__ or 'dist-packages' in kernels.__file__, kernels.__file__\n"
+        "cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,\n"
+        "                  num_attention_heads=2, num_key_value_heads=1)\n"
+        "out = LlamaForCausalLM(cfg)(torch.tensor([[1, 2, 3]]))\n"
+        "assert out.logits.shape == (1, 3, 64)\n"
+        "from saekit.harness import activations\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-m", "saekit", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "check" in r.stdout, r.stderr[-3000:]
