@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from saekit.schemas.common import SCHEMA_VERSION, Hex64, Strict
 
@@ -114,13 +114,14 @@ class ReleaseManifest(Strict):
     description: str | None = None
     tags: list[str] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _sae_folders_apart(self) -> "ReleaseManifest":
+    @field_validator("saes")
+    @classmethod
+    def _sae_folders_apart(cls, saes: list[ReleaseSAE]) -> list[ReleaseSAE]:
         """Each sae_id is a folder of the bundle: two may not be the same folder, nest one
         inside the other (``a`` and ``a/b``), or take a bundle file's name. Compared
         case-folded, as a case-insensitive disk would."""
         folders: dict[str, str] = {}
-        for sid in (s.sae_id for s in self.saes):
+        for sid in (s.sae_id for s in saes):
             if sid.split("/")[0] in BUNDLE_ENTRIES:
                 raise ValueError(f"sae_id {sid!r} collides with a bundle file or folder")
             if sid.casefold() in folders:
@@ -131,7 +132,7 @@ class ReleaseManifest(Strict):
             for parent in ("/".join(parts[:i]) for i in range(1, len(parts))):
                 if parent in folders:
                     raise ValueError(f"sae_id {sid!r} nests inside sae_id {folders[parent]!r}; SAE folders may not nest")
-        return self
+        return saes
 
 
 class BundlePin(Strict):
