@@ -47,7 +47,7 @@ from saekit.schemas import (
 )
 from saekit.schemas.benchmark import BenchmarkRecord, read_records
 from saekit.schemas.errors import first_problem
-from saekit.schemas.release import BUNDLE_FORMAT, ReleaseBundle
+from saekit.schemas.release import BUNDLE_FORMAT, GatePolicy, ReleaseBundle
 from saekit.schemas.console import say
 from saekit.schemas.version import __version__
 
@@ -69,27 +69,27 @@ def _dumps(obj: Any) -> bytes:
 # --- gate ------------------------------------------------------------------------------
 
 
-def checked_record(manifest: ReleaseManifest, label: str, info: Any, *, run_checks: bool,
+def checked_record(gate: GatePolicy, label: str, info: Any, *, run_checks: bool,
                    where: str) -> tuple[Any, BenchmarkRecord, dict[str, Path]]:
     """(version info, check record, the check's files) of a registry version a release may carry:
     its gate tag says pass (checked now when none is recorded and ``run_checks``), and the
     check's record is there, is for this version's sha256 and passes the release's gate.
     Tags alone can be written by anyone with write access to the MLflow server; the record is
-    what the gate is judged on. Build and publish both go through here. ``label`` names the
-    SAE in the one-line GateFailedError."""
+    what the gate is judged on. Build and publish both go through here. ``gate``: the
+    release's policy; ``label`` names the SAE in the one-line GateFailedError."""
     from saekit.registry import store
 
     pinned = f"{info.name}/{info.version}"
-    gate = info.tags.get(T.GATE)
-    if gate is None and run_checks:
+    tag = info.tags.get(T.GATE)
+    if tag is None and run_checks:
         from saekit.harness.check import check
 
         say(f"release: no check recorded for {pinned}; running saekit check")
-        check(pinned, policy=manifest.gate)
+        check(pinned, policy=gate)
         info = store.resolve(pinned)
-        gate = info.tags.get(T.GATE)
-    if gate != "pass":
-        why = info.tags.get(T.GATE_FAILED) or ("no check recorded" if gate is None else gate)
+        tag = info.tags.get(T.GATE)
+    if tag != "pass":
+        why = info.tags.get(T.GATE_FAILED) or ("no check recorded" if tag is None else tag)
         raise GateFailedError(f"gate failed for {label} ({pinned}): {why}", where=where)
     checks = store.check_files(info.name, info.version)
     if "eval.json" not in checks:
@@ -100,7 +100,7 @@ def checked_record(manifest: ReleaseManifest, label: str, info: Any, *, run_chec
         raise GateFailedError(f"gate failed for {label} ({pinned}): the check record is for sha256 "
                               f"{(record.sae.sha256 or 'none')[:12]}, not this version's {info.sha256[:12]}",
                               where=where)
-    verdict = apply_gate(manifest.gate, record) if manifest.gate.rules else record.gate
+    verdict = apply_gate(gate, record) if gate.rules else record.gate
     if verdict is None:
         raise GateFailedError(f"gate failed for {label} ({pinned}): the check record has no gate verdict", where=where)
     if not verdict.passed:
@@ -161,7 +161,11 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         return
     old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
     listed = list(read_sums(out)) + [SUMS]
-    os.rename(out, old)  # onto the empty folder mkdtemp made
+    try:
+        os.rename(out, old)  # onto the empty folder mkdtemp made
+    except OSError:
+        old.rmdir()
+        raise
     try:
         os.rename(tmp, out)
     except OSError:
@@ -219,7 +223,7 @@ def _write_saes(manifest, tmp: Path, store, run_checks: bool, cards_per_shard: i
     cards_by_id: dict[str, list[dict[str, Any]]] = {}
     records: dict[str, Any] = {}
     for rs in manifest.saes:
-        info, record, checks = checked_record(manifest, f"'{rs.ref}'", store.resolve(rs.ref),
+        info, record, checks = checked_record(manifest.gate, f"'{rs.ref}'", store.resolve(rs.ref),
                                               run_checks=run_checks, where=where)
         pinned = f"{info.name}/{info.version}"
         dest = tmp / rs.sae_id

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import tempfile
@@ -41,7 +40,7 @@ from saekit.releases.bundle import (
 )
 from saekit.schemas import GateFailedError, InputError, IntegrityError, NotFoundError, PublishError, safeio
 from saekit.schemas.console import say
-from saekit.schemas.release import ReleaseManifest
+from saekit.schemas.release import GatePolicy, ReleaseManifest
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _TOKENISH = re.compile(r"hf_[A-Za-z0-9]{6,}")
@@ -97,12 +96,12 @@ def _remote_sums(api, repo_id: str, revision: str) -> dict[str, str] | None:
 
 @dataclass
 class _Snapshot:
-    """A bundle as read once: SHA256SUMS' bytes and entries, release.json, and a private copy
-    of every other file (unnamed temporary files, positioned at their start)."""
+    """A bundle as read once: SHA256SUMS' bytes and entries, release.json's bytes, and a private
+    copy of every other file (unnamed temporary files, positioned at their start)."""
 
     sums_bytes: bytes
     sums: dict[str, str]
-    release: dict[str, Any]
+    release_bytes: bytes
     copies: dict[str, IO[bytes]]
 
 
@@ -135,38 +134,58 @@ def _snapshot(root: Path, stack: contextlib.ExitStack) -> _Snapshot:
     copies[RELEASE_JSON].seek(0)
     if len(data) > safeio.JSON_LIMITS.max_file_bytes:
         raise IntegrityError("larger than the JSON limit", where=str(root / RELEASE_JSON))
-    return _Snapshot(sums_bytes, sums, parse_release(data, sums, where=str(root / RELEASE_JSON)), copies)
+    return _Snapshot(sums_bytes, sums, data, copies)
 
 
 def _check_registry(snap: _Snapshot, where: str) -> None:
-    """Every SAE of the bundle is, in the registry now, the version release.json names, with
-    the same sha256 as the bundle's cfg.json and weights, and a passing check record
-    (checked_record) that is the bundle's eval.json. GateFailedError naming the SAE otherwise."""
+    """Every SAE release.json lists is, in the registry now, the version it names, with the
+    same sha256 as the bundle's cfg.json and weights, and a passing check record
+    (checked_record) that is the bundle's eval.json. Asked before anything else release.json
+    says is trusted, so that a hand-written bundle is refused naming its SAE (GateFailedError)."""
+    from pydantic import ValidationError
+
     from saekit.registry import store
     from saekit.registry.artifact import IDENTITY_FILES, combine
 
-    manifest = ReleaseManifest.model_validate_json(json.dumps(snap.release["manifest"]))
-    for sae in snap.release["saes"]:
-        sid, pinned = sae["sae_id"], f"{sae['registry']['name']}/{sae['registry']['version']}"
+    try:
+        release = safeio.load_json(snap.release_bytes, where=f"{where}/{RELEASE_JSON}")
+    except InputError as err:
+        raise IntegrityError(err.message, where=err.where) from None
+    saes = release.get("saes") if isinstance(release, dict) else None
+    if not isinstance(saes, list) or not saes:
+        raise IntegrityError("lists no SAEs", where=f"{where}/{RELEASE_JSON}")
+    try:
+        gate = ReleaseManifest.model_validate(release.get("manifest")).gate
+    except ValidationError:
+        gate = GatePolicy()  # the model check after this refuses the bundle anyway
+    for sae in saes:
+        sae = sae if isinstance(sae, dict) else {}
+        pin = sae.get("registry") if isinstance(sae.get("registry"), dict) else {}
+        sid, pinned, sha = sae.get("sae_id"), f"{pin.get('name')}/{pin.get('version')}", str(sae.get("sha256"))
         label = f"sae_id {sid!r}"
 
         def refuse(why: str) -> GateFailedError:
             return GateFailedError(f"gate failed for {label} ({pinned}): {why}; refusing to publish", where=where)
 
+        if not isinstance(sid, str) or not isinstance(pin.get("name"), str) or type(pin.get("version")) is not int:
+            raise refuse("release.json names no registry version for it")
         try:
             info = store.resolve(pinned)
-        except NotFoundError:
+        except (NotFoundError, InputError):
             raise refuse("no such version in this registry (publish from the registry the bundle was built "
                          "from)") from None
-        if info.sha256 != sae["sha256"]:
-            raise refuse(f"release.json says sha256 {sae['sha256'][:12]}, the registry {info.sha256[:12]}")
+        if info.sha256 != sha:
+            raise refuse(f"release.json says sha256 {sha[:12]!r}, the registry {info.sha256[:12]}")
         try:
             bundled = combine({name: snap.sums[f"{sid}/{name}"] for name in IDENTITY_FILES})
         except KeyError:
             raise refuse(f"the bundle has no {' and '.join(IDENTITY_FILES)} for it") from None
         if bundled != info.sha256:
             raise refuse(f"the bundle's files hash to sha256 {bundled[:12]}, not the version's {info.sha256[:12]}")
-        info, _, checks = checked_record(manifest, label, info, run_checks=False, where=where)
+        try:
+            info, _, checks = checked_record(gate, label, info, run_checks=False, where=where)
+        except GateFailedError as err:
+            raise GateFailedError(f"{err.message}; refusing to publish", where=where) from None
         if safeio.sha256(checks["eval.json"].parent, "eval.json") != snap.sums.get(f"{sid}/eval.json"):
             raise refuse("the bundle's eval.json is not the registry's check record (rebuild the bundle)")
 
@@ -192,14 +211,14 @@ def publish(
     root = Path(bundle_dir)
     with contextlib.ExitStack() as stack:
         snap = _snapshot(root, stack)
-        release = snap.release
+        _check_registry(snap, str(root))
+        release = parse_release(snap.release_bytes, snap.sums, where=str(root / RELEASE_JSON))
         repo_id = repo_id or release.get("hub_repo")
         if not isinstance(repo_id, str) or not _REPO_RE.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
             raise InputError("expected ORG/NAME", where=repo_id)
         tag = release["tag"]
         if not re.fullmatch(r"v[0-9A-Za-z.+-]{1,100}", tag):
             raise InputError(f"release.json tag {tag!r} is not v<version>", where=str(root))
-        _check_registry(snap, str(root))
         files = sorted(snap.sums) + [SUMS]
         if dry_run:
             return PublishResult(repo_id, tag, None, True, True, files,
@@ -213,7 +232,7 @@ def publish(
         api = HfApi(endpoint=(endpoint or env_endpoint()))
         with quiet_progress():
             try:
-                result = _publish(api, root, snap, repo_id, tag, private)
+                result = _publish(api, root, snap, release, repo_id, tag, private)
             except Exception as err:  # noqa: BLE001 - a dead endpoint, a timeout: one line naming it
                 from saekit.releases.hub import is_network_error, unreachable
 
@@ -227,13 +246,14 @@ def publish(
     return result
 
 
-def _publish(api, root: Path, snap: _Snapshot, repo_id: str, tag: str, private: bool) -> PublishResult:
+def _publish(api, root: Path, snap: _Snapshot, release: dict[str, Any], repo_id: str, tag: str,
+             private: bool) -> PublishResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import logging as hf_logging
 
-    release, sums = snap.release, snap.sums
+    sums = snap.sums
     files = sorted(sums) + [SUMS]
     try:
         api.create_repo(repo_id, exist_ok=True, private=private)

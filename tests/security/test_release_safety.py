@@ -241,7 +241,8 @@ def test_publish_refuses_the_hand_written_bundle_of_a_never_checked_sae(reg, hub
         "saes": [{"sae_id": "x", "registry": {"name": "raw", "version": raw.version}, "sha256": raw.sha256,
                   "gate": "pass"}], "files": {}}))
     _write_sums(hand)
-    assert "not a saekit release.json" in _refused(reg, hub, hand, "org/evil")
+    line = _refused(reg, hub, hand, "org/evil")
+    assert f"gate failed for sae_id 'x' (raw/{raw.version}): no check recorded; refusing to publish" in line
     assert _hub_tags("raw", raw.version) == {}
 
 
@@ -280,6 +281,19 @@ def test_publish_refuses_a_forged_check_record(reg, hub, tmp_path):
     good = reg["good"]
     forged = _forge(reg, tmp_path, "boasting", version_of=good, weights_of=good)
     assert "eval.json is not the registry's check record" in _refused(reg, hub, forged, "org/boasting")
+
+
+def test_publish_refuses_a_checked_sae_in_a_release_json_saekit_did_not_write(reg, hub, tmp_path):
+    """Every SAE checked and its files right, but release.json is not saekit's (say, gate
+    verdicts or metrics edited by hand beyond the model): refused, nothing uploaded."""
+    bundle = tmp_path / "edited"
+    shutil.copytree(reg["bundle"], bundle)
+    release = json.loads((bundle / "release.json").read_text())
+    release["saes"][0]["gate"] = "fail"
+    release["note"] = "edited"
+    (bundle / "release.json").write_text(json.dumps(release))
+    _write_sums(bundle)
+    assert "not a saekit release.json" in _refused(reg, hub, bundle, "org/edited")
 
 
 # --- item 8: the bytes hashed are the bytes uploaded --------------------------------------
