@@ -162,6 +162,23 @@ def test_replace_keeps_a_file_that_appears_in_the_old_bundle_during_the_build(re
     assert [p.read_text() for p in kept] == ["written during the build"]
 
 
+def test_a_failed_build_leaves_the_old_bundle_and_a_file_at_out_alone(reg, tmp_path):
+    from saekit.releases.bundle import build
+    from saekit.schemas import GateFailedError, InputError
+
+    out = build(reg["manifest"], tmp_path / "bundle")
+    built = _snapshot(out)
+    unchecked = write_manifest(tmp_path / "raw.yaml", [(f"raw/{reg['raw'].version}", "raw")], repo="org/rel")
+    with pytest.raises(GateFailedError, match="no check recorded"):
+        build(unchecked, out, run_checks=False, force=True)
+    assert _snapshot(out) == built
+    _no_temp_left(tmp_path, "bundle")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not a folder"):
+        build(reg["manifest"], tmp_path / "notes.txt", force=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 # --- item 16: nested sae_ids ------------------------------------------------------------
 
 
