@@ -18,10 +18,12 @@ no clock, no random ids, sorted keys, deterministic plots.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +41,16 @@ from saekit.schemas import (
     IntegrityError,
     NotFoundError,
     ReleaseManifest,
+    UnsafePathError,
     card_files,
     safeio,
 )
-from saekit.schemas.benchmark import read_records
+from saekit.schemas.benchmark import BenchmarkRecord, read_records
+from saekit.schemas.errors import first_problem
+from saekit.schemas.release import BUNDLE_FORMAT, GatePolicy, ReleaseBundle
 from saekit.schemas.console import say
 from saekit.schemas.version import __version__
 
-BUNDLE_FORMAT = "saekit-release/1"
 SUMS = "SHA256SUMS"
 RELEASE_JSON = "release.json"
 # The Hub allows 10k entries per folder and recommends files under a few GB; feature cards
@@ -65,22 +69,43 @@ def _dumps(obj: Any) -> bytes:
 # --- gate ------------------------------------------------------------------------------
 
 
-def _gate(manifest: ReleaseManifest, ref: str, info: Any, *, run_checks: bool, where: str) -> Any:
-    """The version's gate must pass: recorded, or checked now when none is recorded."""
+def checked_record(gate: GatePolicy, label: str, info: Any, *, run_checks: bool,
+                   where: str) -> tuple[Any, BenchmarkRecord, dict[str, Path]]:
+    """(version info, check record, the check's files) of a registry version a release may carry:
+    its gate tag says pass (checked now when none is recorded and ``run_checks``), and the
+    check's record is there, is for this version's sha256 and passes the release's gate.
+    Tags alone can be written by anyone with write access to the MLflow server; the record is
+    what the gate is judged on. Build and publish both go through here. ``gate``: the
+    release's policy; ``label`` names the SAE in the one-line GateFailedError."""
     from saekit.registry import store
 
-    gate = info.tags.get(T.GATE)
-    if gate is None and run_checks:
+    pinned = f"{info.name}/{info.version}"
+    tag = info.tags.get(T.GATE)
+    if tag is None and run_checks:
         from saekit.harness.check import check
 
-        say(f"release: no check recorded for {info.name}/{info.version}; running saekit check")
-        check(f"{info.name}/{info.version}", policy=manifest.gate)
-        info = store.resolve(f"{info.name}/{info.version}")
-        gate = info.tags.get(T.GATE)
-    if gate != "pass":
-        why = info.tags.get(T.GATE_FAILED) or ("no check recorded" if gate is None else gate)
-        raise GateFailedError(f"gate failed for '{ref}' ({info.name}/{info.version}): {why}", where=where)
-    return info
+        say(f"release: no check recorded for {pinned}; running saekit check")
+        check(pinned, policy=gate)
+        info = store.resolve(pinned)
+        tag = info.tags.get(T.GATE)
+    if tag != "pass":
+        why = info.tags.get(T.GATE_FAILED) or ("no check recorded" if tag is None else tag)
+        raise GateFailedError(f"gate failed for {label} ({pinned}): {why}", where=where)
+    checks = store.check_files(info.name, info.version)
+    if "eval.json" not in checks:
+        raise GateFailedError(f"gate failed for {label} ({pinned}): no check record (eval.json); "
+                              f"run `saekit check {pinned}`", where=where)
+    record = read_records(checks["eval.json"])[-1]
+    if record.sae.sha256 != info.sha256:
+        raise GateFailedError(f"gate failed for {label} ({pinned}): the check record is for sha256 "
+                              f"{(record.sae.sha256 or 'none')[:12]}, not this version's {info.sha256[:12]}",
+                              where=where)
+    verdict = apply_gate(gate, record) if gate.rules else record.gate
+    if verdict is None:
+        raise GateFailedError(f"gate failed for {label} ({pinned}): the check record has no gate verdict", where=where)
+    if not verdict.passed:
+        raise GateFailedError(f"gate failed for {label} ({pinned}): {failing_text(verdict)}", where=where)
+    return info, record, checks
 
 
 # --- build -----------------------------------------------------------------------------
@@ -91,15 +116,71 @@ def build(
     out_dir: str | os.PathLike,
     *,
     run_checks: bool = True,
+    force: bool = False,
     cards_per_shard: int = CARDS_PER_SHARD,
 ) -> Path:
-    """Build the bundle of ``manifest_path`` into ``out_dir`` (replaced); returns ``out_dir``.
+    """Build the bundle of ``manifest_path`` into ``out_dir``; returns ``out_dir``.
 
     ``run_checks``: run ``saekit check`` on a version that has no recorded gate (else refuse).
+    ``force``: replace ``out_dir`` when it holds a bundle saekit wrote (see :func:`check_out`).
     """
     manifest = load_manifest(manifest_path)
-    return build_from_manifest(manifest, out_dir, run_checks=run_checks, cards_per_shard=cards_per_shard,
-                               where=str(manifest_path))
+    return build_from_manifest(manifest, out_dir, run_checks=run_checks, force=force,
+                               cards_per_shard=cards_per_shard, where=str(manifest_path))
+
+
+def check_out(out_dir: str | os.PathLike, *, force: bool) -> Path:
+    """The absolute ``--out`` folder, if saekit may write there: it is not a symlink nor
+    reached through one, and it is missing, empty, or (with ``force``) an intact bundle that
+    saekit wrote (:func:`verify`: release.json parses as saekit's ReleaseBundle, every file is
+    listed in SHA256SUMS). Anything else may hold the user's files, and saekit never deletes
+    what it did not write."""
+    out = Path(os.path.abspath(Path(out_dir).expanduser()))
+    if out.resolve() != out:
+        raise UnsafePathError("is a symlink or lies under one; give the real folder", where=str(out))
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return out
+    if not out.is_dir():
+        raise InputError("exists and is not a folder; refusing to overwrite it", where=str(out))
+    try:
+        verify(out)
+    except (InputError, IntegrityError, NotFoundError):
+        raise InputError("is not empty and not a saekit bundle; refusing to replace it "
+                         "(saekit deletes only bundles it built)", where=str(out)) from None
+    if not force:
+        raise InputError("holds a saekit bundle; pass --force to replace it", where=str(out))
+    return out
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished bundle ``tmp`` into ``out``; an old bundle there is moved aside
+    first and removed only after, file by file as its SHA256SUMS lists them, so a file that
+    appeared in it since the check stays (with its folder, named in a warning)."""
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    listed = list(read_sums(out)) + [SUMS]
+    try:
+        os.rename(out, old)  # onto the empty folder mkdtemp made
+    except OSError:
+        old.rmdir()
+        raise
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    for rel in listed:
+        with contextlib.suppress(FileNotFoundError):
+            (old / rel).unlink()
+    for folder in sorted({p for rel in listed for p in (old / rel).parents if old in p.parents}, reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
+    try:
+        old.rmdir()
+    except OSError:
+        say(f"release: warning: {old} holds files that were not part of the old bundle; left in place")
 
 
 def build_from_manifest(
@@ -107,26 +188,17 @@ def build_from_manifest(
     out_dir: str | os.PathLike,
     *,
     run_checks: bool = True,
+    force: bool = False,
     cards_per_shard: int = CARDS_PER_SHARD,
     where: str = "manifest",
 ) -> Path:
-    """:func:`build` for a manifest already in memory."""
+    """:func:`build` for a manifest already in memory (validated by ReleaseManifest: sae_ids
+    unique, not nested, not a bundle file's name)."""
     from saekit.registry import store
 
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SUMS).is_file())):
-        raise InputError("exists and is not a saekit bundle; refusing to overwrite", where=str(out))
-    ids = [s.sae_id for s in manifest.saes]
-    if len(set(ids)) != len(ids):
-        raise InputError("sae_id values must be unique", where=where)
-    reserved = {"browser", "plots", RELEASE_JSON, SUMS, "README.md", "pretrained_saes.yaml"}
-    for sid in ids:
-        if sid.split("/")[0] in reserved:
-            raise InputError(f"sae_id {sid!r} collides with a bundle file or folder", where=where)
-
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out = check_out(out_dir, force=force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         entries, cards_by_id, records = _write_saes(manifest, tmp, store, run_checks, cards_per_shard, where)
         plots = _write_plots(tmp, entries, cards_by_id)
@@ -137,9 +209,9 @@ def build_from_manifest(
         write_saelens_registry(tmp, manifest, entries)
         _write_release_json(tmp, manifest, entries, records)
         write_sums(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        os.chmod(tmp, 0o755)  # mkdtemp made it 0700; a bundle folder is an ordinary folder
+        check_out(out, force=force)  # still what it was when the build began
+        _swap_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"release: built {manifest.release_id} v{manifest.version} ({len(entries)} SAEs) at {out}")
@@ -151,36 +223,13 @@ def _write_saes(manifest, tmp: Path, store, run_checks: bool, cards_per_shard: i
     cards_by_id: dict[str, list[dict[str, Any]]] = {}
     records: dict[str, Any] = {}
     for rs in manifest.saes:
-        info = store.resolve(rs.ref)
-        info = _gate(manifest, rs.ref, info, run_checks=run_checks, where=where)
+        info, record, checks = checked_record(manifest.gate, f"'{rs.ref}'", store.resolve(rs.ref),
+                                              run_checks=run_checks, where=where)
         pinned = f"{info.name}/{info.version}"
-        checks = store.check_files(info.name, info.version)
-        record = None
         dest = tmp / rs.sae_id
         dest.mkdir(parents=True)
-        # A release needs the check's record for every SAE, whatever the manifest says and
-        # whatever the version's tags say: tags alone can be written by anyone with write
-        # access to the MLflow server, the record is what the gate is judged on.
-        if "eval.json" not in checks:
-            raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): no check record (eval.json); "
-                                  f"run `saekit check {pinned}`", where=where)
-        recs = read_records(checks["eval.json"])
-        record = recs[-1]
-        if record.sae.sha256 != info.sha256:
-            raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): the check record is for sha256 "
-                                  f"{(record.sae.sha256 or 'none')[:12]}, not this version's {info.sha256[:12]}",
-                                  where=where)
-        safeio.copy_file(checks["eval.json"].parent, checks["eval.json"].name, dest / "eval.json")
+        safeio.copy_file(checks["eval.json"].parent, "eval.json", dest / "eval.json")
         records[rs.sae_id] = json.loads((dest / "eval.json").read_text())
-        if manifest.gate.rules:
-            verdict = apply_gate(manifest.gate, record)
-        else:
-            verdict = record.gate
-            if verdict is None:
-                raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): the check record has no gate verdict",
-                                      where=where)
-        if not verdict.passed:
-            raise GateFailedError(f"gate failed for '{rs.ref}' ({pinned}): {failing_text(verdict)}", where=where)
         src = Path(store.fetch(pinned))
         for name in ARTIFACT_FILES:
             if safeio.exists(src, name):
@@ -307,6 +356,7 @@ def _write_release_json(tmp: Path, manifest: ReleaseManifest, entries: list[SAEE
         "records": records,
         "files": files,
     }
+    ReleaseBundle.model_validate(data)  # what verify and publish will read back
     (tmp / RELEASE_JSON).write_bytes(_dumps(data))
 
 
@@ -361,36 +411,48 @@ def read_sums(root: Path) -> dict[str, str]:
     return parse_sums(safeio.read_bytes(root, SUMS, max_bytes=MAX_SUMS_BYTES), where=str(root / SUMS))
 
 
+def check_listing(present: set[str], sums: dict[str, str], *, where: str) -> None:
+    """The files of a bundle (SHA256SUMS aside) are exactly those SHA256SUMS lists, release.json among them."""
+    for path in sorted(present - set(sums)):
+        raise IntegrityError(f"{path}: not listed in {SUMS}", where=where)
+    for path in sums:
+        if path not in present:
+            raise IntegrityError(f"{path}: listed in {SUMS} but missing", where=where)
+    if RELEASE_JSON not in sums:
+        raise IntegrityError(f"{RELEASE_JSON} missing", where=where)
+
+
+def parse_release(data: bytes, sums: dict[str, str], *, where: str) -> dict[str, Any]:
+    """release.json's bytes, parsed as saekit's ReleaseBundle and listing every file of
+    SHA256SUMS; IntegrityError (one line) otherwise."""
+    from pydantic import ValidationError
+
+    try:
+        release = safeio.load_json(data, where=where)
+        ReleaseBundle.model_validate_json(data)
+    except InputError as err:
+        raise IntegrityError(err.message, where=err.where) from None
+    except ValidationError as err:
+        raise IntegrityError(f"not a saekit release.json ({first_problem(err)})", where=where) from None
+    if set(release["files"]) | {RELEASE_JSON} != set(sums):
+        raise IntegrityError(f"its files are not those {SUMS} lists", where=where)
+    return release
+
+
 def verify(bundle_dir: str | os.PathLike) -> dict[str, Any]:
     """Check a bundle against its SHA256SUMS (every file listed, every hash matching, no
-    extra files); returns its release.json."""
+    extra files) and its release.json against saekit's ReleaseBundle; returns release.json."""
     root = Path(bundle_dir)
     if not root.is_dir():
         raise NotFoundError("no such bundle folder", where=str(root))
     sums = read_sums(root)
-    present = set(safeio.list_files(root)) - {SUMS}  # refuses links and special files anywhere
-    for path in sorted(present - set(sums)):
-        raise IntegrityError(f"{path}: not listed in {SUMS}", where=str(root))
+    check_listing(set(safeio.list_files(root)) - {SUMS}, sums, where=str(root))  # refuses links anywhere
     for path, want in sums.items():
-        if path not in present:
-            raise IntegrityError(f"{path}: listed in {SUMS} but missing", where=str(root))
         got = safeio.sha256(root, path)
         if got != want:
             raise IntegrityError(f"{path}: sha256 mismatch ({SUMS} {want[:12]}, file {got[:12]})", where=str(root))
-    if RELEASE_JSON not in sums:
-        raise IntegrityError(f"{RELEASE_JSON} missing", where=str(root))
-    try:
-        release = safeio.load_json(safeio.read_bytes(root, RELEASE_JSON), where=str(root / RELEASE_JSON))
-    except InputError as err:
-        raise IntegrityError(err.message, where=err.where) from None
-    if (
-        not isinstance(release, dict)
-        or not isinstance(release.get("saes"), list)
-        or not all(isinstance(x, dict) for x in release["saes"])
-        or not isinstance(release.get("tag"), str)
-    ):
-        raise IntegrityError("not a saekit release.json (no saes list or tag)", where=str(root / RELEASE_JSON))
-    return release
+    data = safeio.read_bytes(root, RELEASE_JSON, max_bytes=safeio.JSON_LIMITS.max_file_bytes)
+    return parse_release(data, sums, where=str(root / RELEASE_JSON))
 
 
 def release_cards(bundle: Path) -> list[tuple[dict[str, Any], dict[str, Any], list[FeatureCard]]]:

@@ -30,7 +30,8 @@ def parse_manifest(data: Any, *, where: str = "manifest") -> ReleaseManifest:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "manifest"
         more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise InputError(f"{loc}: {first['msg']}{more}", where=where) from None
+        msg = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+        raise InputError(f"{loc}: {msg}{more}", where=where) from None
 
 
 def dump_manifest(manifest: ReleaseManifest) -> str:

@@ -1,6 +1,13 @@
 """Publish a built bundle to the Hugging Face Hub: one commit, one tag, recorded back on
 the registry versions. Idempotent: the same bundle published again changes nothing.
 
+Only a bundle saekit built from checked SAEs goes up: every file is read once, from one open
+descriptor, into a private unnamed temporary copy while it is hashed; the hashes must match
+SHA256SUMS, release.json must parse as saekit's ReleaseBundle, and every SAE must be, in the
+registry now, the version whose check record passed (releases.bundle.checked_record). The
+copies are what is uploaded: the bytes hashed are the bytes sent, whatever happens to the
+folder meanwhile.
+
 Only through huggingface_hub: ``create_repo(exist_ok=True)``, ``create_commit`` with
 ``parent_commit`` pinned to the head we compared against (a concurrent push fails loudly
 instead of being overwritten), ``create_tag``. Large files go by the LFS protocol: they are
@@ -13,19 +20,33 @@ the saved login); saekit never reads, prints or stores it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from saekit.registry import tags as T
-from saekit.releases.bundle import SUMS, parse_sums, read_sums, verify
-from saekit.schemas import GateFailedError, InputError, PublishError, safeio
+from saekit.releases.bundle import (
+    MAX_SUMS_BYTES,
+    RELEASE_JSON,
+    SUMS,
+    check_listing,
+    checked_record,
+    parse_release,
+    parse_sums,
+)
+from saekit.schemas import GateFailedError, InputError, IntegrityError, NotFoundError, PublishError, safeio
 from saekit.schemas.console import say
+from saekit.schemas.release import GatePolicy, ReleaseManifest
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _TOKENISH = re.compile(r"hf_[A-Za-z0-9]{6,}")
+# The Hub takes no file over 50 GB (https://huggingface.co/docs/hub/en/repositories-recommendations);
+# the private copy of a bigger bundle file is not made.
+MAX_FILE_BYTES = 50 * 10**9
 
 
 class TagConflictError(PublishError):
@@ -73,6 +94,102 @@ def _remote_sums(api, repo_id: str, revision: str) -> dict[str, str] | None:
     return parse_sums(Path(path).read_bytes(), where=f"{repo_id}@{revision}/{SUMS}")
 
 
+@dataclass
+class _Snapshot:
+    """A bundle as read once: SHA256SUMS' bytes and entries, release.json's bytes, and a private
+    copy of every other file (unnamed temporary files, positioned at their start)."""
+
+    sums_bytes: bytes
+    sums: dict[str, str]
+    release_bytes: bytes
+    copies: dict[str, IO[bytes]]
+
+
+def _snapshot(root: Path, stack: contextlib.ExitStack) -> _Snapshot:
+    """Read the bundle at ``root`` once, checking it as it is copied (see the module docstring)."""
+    if not root.is_dir():
+        raise NotFoundError("no such bundle folder", where=str(root))
+    if not safeio.exists(root, SUMS):
+        raise NotFoundError(f"no {SUMS}: not a saekit bundle", where=str(root))
+    sums_bytes = safeio.read_bytes(root, SUMS, max_bytes=MAX_SUMS_BYTES)
+    sums = parse_sums(sums_bytes, where=str(root / SUMS))
+    check_listing(set(safeio.list_files(root)) - {SUMS}, sums, where=str(root))
+    copies: dict[str, IO[bytes]] = {}
+    for rel, want in sums.items():
+        copy = stack.enter_context(tempfile.TemporaryFile())  # unnamed: nothing else can open it
+        digest, size = hashlib.sha256(), 0
+        with safeio.open_regular(root, rel) as src:
+            for block in iter(lambda: src.read(1 << 22), b""):
+                size += len(block)
+                if size > MAX_FILE_BYTES:
+                    raise InputError(f"{rel}: larger than the Hub's {MAX_FILE_BYTES} bytes per file", where=str(root))
+                digest.update(block)
+                copy.write(block)
+        if digest.hexdigest() != want:
+            raise IntegrityError(f"{rel}: sha256 mismatch ({SUMS} {want[:12]}, file {digest.hexdigest()[:12]})",
+                                 where=str(root))
+        copy.seek(0)
+        copies[rel] = copy
+    data = copies[RELEASE_JSON].read(safeio.JSON_LIMITS.max_file_bytes + 1)
+    copies[RELEASE_JSON].seek(0)
+    if len(data) > safeio.JSON_LIMITS.max_file_bytes:
+        raise IntegrityError("larger than the JSON limit", where=str(root / RELEASE_JSON))
+    return _Snapshot(sums_bytes, sums, data, copies)
+
+
+def _check_registry(snap: _Snapshot, where: str) -> None:
+    """Every SAE release.json lists is, in the registry now, the version it names, with the
+    same sha256 as the bundle's cfg.json and weights, and a passing check record
+    (checked_record) that is the bundle's eval.json. Asked before anything else release.json
+    says is trusted, so that a hand-written bundle is refused naming its SAE (GateFailedError)."""
+    from pydantic import ValidationError
+
+    from saekit.registry import store
+    from saekit.registry.artifact import IDENTITY_FILES, combine
+
+    try:
+        release = safeio.load_json(snap.release_bytes, where=f"{where}/{RELEASE_JSON}")
+    except InputError as err:
+        raise IntegrityError(err.message, where=err.where) from None
+    saes = release.get("saes") if isinstance(release, dict) else None
+    if not isinstance(saes, list) or not saes:
+        raise IntegrityError("lists no SAEs", where=f"{where}/{RELEASE_JSON}")
+    try:
+        gate = ReleaseManifest.model_validate(release.get("manifest")).gate
+    except ValidationError:
+        gate = GatePolicy()  # the model check after this refuses the bundle anyway
+    for sae in saes:
+        sae = sae if isinstance(sae, dict) else {}
+        pin = sae.get("registry") if isinstance(sae.get("registry"), dict) else {}
+        sid, pinned, sha = sae.get("sae_id"), f"{pin.get('name')}/{pin.get('version')}", str(sae.get("sha256"))
+        label = f"sae_id {sid!r}"
+
+        def refuse(why: str) -> GateFailedError:
+            return GateFailedError(f"gate failed for {label} ({pinned}): {why}; refusing to publish", where=where)
+
+        if not isinstance(sid, str) or not isinstance(pin.get("name"), str) or type(pin.get("version")) is not int:
+            raise refuse("release.json names no registry version for it")
+        try:
+            info = store.resolve(pinned)
+        except (NotFoundError, InputError):
+            raise refuse("no such version in this registry (publish from the registry the bundle was built "
+                         "from)") from None
+        if info.sha256 != sha:
+            raise refuse(f"release.json says sha256 {sha[:12]!r}, the registry {info.sha256[:12]}")
+        try:
+            bundled = combine({name: snap.sums[f"{sid}/{name}"] for name in IDENTITY_FILES})
+        except KeyError:
+            raise refuse(f"the bundle has no {' and '.join(IDENTITY_FILES)} for it") from None
+        if bundled != info.sha256:
+            raise refuse(f"the bundle's files hash to sha256 {bundled[:12]}, not the version's {info.sha256[:12]}")
+        try:
+            info, _, checks = checked_record(gate, label, info, run_checks=False, where=where)
+        except GateFailedError as err:
+            raise GateFailedError(f"{err.message}; refusing to publish", where=where) from None
+        if safeio.sha256(checks["eval.json"].parent, "eval.json") != snap.sums.get(f"{sid}/eval.json"):
+            raise refuse("the bundle's eval.json is not the registry's check record (rebuild the bundle)")
+
+
 def publish(
     bundle_dir: str | os.PathLike,
     repo_id: str | None = None,
@@ -85,44 +202,43 @@ def publish(
     """Publish ``bundle_dir`` to ``repo_id`` (default: the manifest's hub_repo) and tag it
     ``v<version>``.
 
-    Refuses a bundle whose SHA256SUMS do not match or whose SAEs did not pass their gate.
-    ``endpoint``: Hub URL (default HF_ENDPOINT or huggingface.co). ``record``: write
-    saekit.hub_commit / hub_repo / hub_tag on the registry versions.
+    Refuses a bundle whose SHA256SUMS do not match, that saekit did not build, or whose SAEs
+    are not, in the registry now, versions with a passing check record (see the module
+    docstring); a dry run checks all of that too. ``endpoint``: Hub URL (default HF_ENDPOINT
+    or huggingface.co). ``record``: write saekit.hub_commit / hub_repo / hub_tag on the
+    registry versions.
     """
     root = Path(bundle_dir)
-    release = verify(root)
-    for s in release.get("saes", []):
-        if s.get("gate") != "pass":
-            raise GateFailedError(f"gate did not pass for {s.get('sae_id')!r}; refusing to publish", where=str(root))
-    if not release.get("saes"):
-        raise InputError("release.json lists no SAEs", where=str(root))
-    repo_id = repo_id or release.get("hub_repo")
-    if not isinstance(repo_id, str) or not _REPO_RE.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
-        raise InputError("expected ORG/NAME", where=repo_id)
-    tag = release["tag"]
-    if not re.fullmatch(r"v[0-9A-Za-z.+-]{1,100}", tag):
-        raise InputError(f"release.json tag {tag!r} is not v<version>", where=str(root))
-    sums = read_sums(root)
-    files = sorted(sums) + [SUMS]
-    if dry_run:
-        return PublishResult(repo_id, tag, None, True, True, files,
-                             message=f"dry run: would commit {len(files)} files to {repo_id} and tag {tag}")
+    with contextlib.ExitStack() as stack:
+        snap = _snapshot(root, stack)
+        _check_registry(snap, str(root))
+        release = parse_release(snap.release_bytes, snap.sums, where=str(root / RELEASE_JSON))
+        repo_id = repo_id or release.get("hub_repo")
+        if not isinstance(repo_id, str) or not _REPO_RE.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
+            raise InputError("expected ORG/NAME", where=repo_id)
+        tag = release["tag"]
+        if not re.fullmatch(r"v[0-9A-Za-z.+-]{1,100}", tag):
+            raise InputError(f"release.json tag {tag!r} is not v<version>", where=str(root))
+        files = sorted(snap.sums) + [SUMS]
+        if dry_run:
+            return PublishResult(repo_id, tag, None, True, True, files,
+                                 message=f"dry run: would commit {len(files)} files to {repo_id} and tag {tag}")
 
-    from huggingface_hub import HfApi
+        from huggingface_hub import HfApi
 
-    from saekit.releases.hub import endpoint as env_endpoint
-    from saekit.registry.hub_source import quiet_progress
+        from saekit.releases.hub import endpoint as env_endpoint
+        from saekit.registry.hub_source import quiet_progress
 
-    api = HfApi(endpoint=(endpoint or env_endpoint()))
-    with quiet_progress():
-        try:
-            result = _publish(api, root, release, repo_id, tag, sums, files, private)
-        except Exception as err:  # noqa: BLE001 - a dead endpoint, a timeout: one line naming it
-            from saekit.releases.hub import is_network_error, unreachable
+        api = HfApi(endpoint=(endpoint or env_endpoint()))
+        with quiet_progress():
+            try:
+                result = _publish(api, root, snap, release, repo_id, tag, private)
+            except Exception as err:  # noqa: BLE001 - a dead endpoint, a timeout: one line naming it
+                from saekit.releases.hub import is_network_error, unreachable
 
-            if is_network_error(err):
-                raise unreachable(err, repo_id, api.endpoint) from None
-            raise
+                if is_network_error(err):
+                    raise unreachable(err, repo_id, api.endpoint) from None
+                raise
     result.url = f"{api.endpoint}/{repo_id}/tree/{tag}"
     if record:
         result.registry_updated = _record(release, repo_id, tag, result.commit)
@@ -130,13 +246,15 @@ def publish(
     return result
 
 
-def _publish(api, root: Path, release: dict[str, Any], repo_id: str, tag: str, sums: dict[str, str],
-             files: list[str], private: bool) -> PublishResult:
+def _publish(api, root: Path, snap: _Snapshot, release: dict[str, Any], repo_id: str, tag: str,
+             private: bool) -> PublishResult:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import logging as hf_logging
 
+    sums = snap.sums
+    files = sorted(sums) + [SUMS]
     try:
         api.create_repo(repo_id, exist_ok=True, private=private)
         refs = api.list_repo_refs(repo_id)
@@ -160,27 +278,25 @@ def _publish(api, root: Path, release: dict[str, Any], repo_id: str, tag: str, s
                 if head is not None:
                     remote_files = {f.path for f in api.list_repo_tree(repo_id, recursive=True, revision=head)
                                     if isinstance(f, RepoFile)}
-                with contextlib.ExitStack() as stack:
-                    ops: list[Any] = [
-                        # Open binary files: huggingface_hub uploads these with the LFS protocol.
-                        CommitOperationAdd(path_in_repo=p, path_or_fileobj=stack.enter_context(safeio.open_regular(root, p)))
-                        for p in files
-                    ]
-                    ops += [CommitOperationDelete(path_in_repo=p) for p in sorted(remote_files - set(files))
-                            if p != ".gitattributes"]
-                    verbosity = hf_logging.get_verbosity()
-                    hf_logging.set_verbosity_error()  # the "falling back to HTTP upload" notice
-                    try:
-                        say(f"publish: committing {len(files)} files to {repo_id}")
-                        info = api.create_commit(
-                            repo_id,
-                            ops,
-                            commit_message=f"Release {release.get('release_id', '')} {tag}",
-                            commit_description=f"saekit release bundle, {len(files)} files; see release.json and SHA256SUMS.",
-                            parent_commit=head,
-                        )
-                    finally:
-                        hf_logging.set_verbosity(verbosity)
+                # The private copies (open binary files: huggingface_hub uploads these with the
+                # LFS protocol) and SHA256SUMS' bytes, exactly what was hashed.
+                ops: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=snap.copies[p]) for p in sorted(sums)]
+                ops.append(CommitOperationAdd(path_in_repo=SUMS, path_or_fileobj=snap.sums_bytes))
+                ops += [CommitOperationDelete(path_in_repo=p) for p in sorted(remote_files - set(files))
+                        if p != ".gitattributes"]
+                verbosity = hf_logging.get_verbosity()
+                hf_logging.set_verbosity_error()  # the "falling back to HTTP upload" notice
+                try:
+                    say(f"publish: committing {len(files)} files to {repo_id}")
+                    info = api.create_commit(
+                        repo_id,
+                        ops,
+                        commit_message=f"Release {release.get('release_id', '')} {tag}",
+                        commit_description=f"saekit release bundle, {len(files)} files; see release.json and SHA256SUMS.",
+                        parent_commit=head,
+                    )
+                finally:
+                    hf_logging.set_verbosity(verbosity)
                 commit, changed = info.oid, True
             api.create_tag(repo_id, tag=tag, revision=commit, tag_message=f"saekit release {release.get('release_id', '')} {tag}")
             result = PublishResult(repo_id, tag, commit, True, False, files,

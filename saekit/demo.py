@@ -145,7 +145,7 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
     })
     manifest_path = work / "release.yaml"
     manifest_path.write_text(dump_manifest(manifest))
-    bundle = build(manifest_path, work / "bundle")
+    bundle = build(manifest_path, work / "bundle", force=True)  # the demo's own work folder
     release = verify(bundle)
     summary["release"] = {"manifest": str(manifest_path), "bundle": str(bundle), "tag": release["tag"],
                           "sae_id": sae_id, "files": len(release["files"]) + 2,

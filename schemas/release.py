@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from saekit.schemas.common import SCHEMA_VERSION, Strict
+from saekit.schemas.common import SCHEMA_VERSION, Hex64, Strict
 
 _RULE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|>|<|==)\s*(-?[\d.]+(?:e-?\d+)?)\s*$")
 
@@ -79,11 +79,17 @@ class BaseModelRef(Strict):
     revision: str | None = Field(None, description="Commit or tag of the model weights.")
 
 
+_SAE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$"
+# Names at the top of a bundle that saekit writes itself (releases.bundle); no SAE folder may take one.
+BUNDLE_ENTRIES = frozenset({"browser", "plots", "release.json", "SHA256SUMS", "README.md", "pretrained_saes.yaml"})
+BUNDLE_FORMAT = "saekit-release/1"
+
+
 class ReleaseSAE(Strict):
     """One SAE of a release: where it comes from and its folder name in the repo."""
 
     ref: str = Field(min_length=1, description="Registry reference, e.g. 'smollm2-res-l6@production'.")
-    sae_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+    sae_id: str = Field(pattern=_SAE_ID)
     neuronpedia: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$",
         description="Neuronpedia id (MODEL/SOURCE, e.g. 'gemma-2-2b/12-gemmascope-res-16k') when the SAE is on "
@@ -107,3 +113,72 @@ class ReleaseManifest(Strict):
     hub_repo: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
     description: str | None = None
     tags: list[str] = Field(default_factory=list)
+
+    @field_validator("saes")
+    @classmethod
+    def _sae_folders_apart(cls, saes: list[ReleaseSAE]) -> list[ReleaseSAE]:
+        """Each sae_id is a folder of the bundle: two may not be the same folder, nest one
+        inside the other (``a`` and ``a/b``), or take a bundle file's name. Compared
+        case-folded, as a case-insensitive disk would."""
+        folders: dict[str, str] = {}
+        for sid in (s.sae_id for s in saes):
+            if sid.split("/")[0] in BUNDLE_ENTRIES:
+                raise ValueError(f"sae_id {sid!r} collides with a bundle file or folder")
+            if sid.casefold() in folders:
+                raise ValueError(f"sae_id values must be unique ({folders[sid.casefold()]!r} and {sid!r})")
+            folders[sid.casefold()] = sid
+        for folded, sid in folders.items():
+            parts = folded.split("/")
+            for parent in ("/".join(parts[:i]) for i in range(1, len(parts))):
+                if parent in folders:
+                    raise ValueError(f"sae_id {sid!r} nests inside sae_id {folders[parent]!r}; SAE folders may not nest")
+        return saes
+
+
+class BundlePin(Strict):
+    name: str = Field(min_length=1)
+    version: int = Field(ge=1)
+
+
+class BundleSAE(Strict):
+    """One SAE as a bundle's release.json lists it."""
+
+    sae_id: str = Field(pattern=_SAE_ID)
+    ref: str = Field(min_length=1)
+    registry: BundlePin
+    sha256: Hex64
+    gate: Literal["pass"]
+    eval_id: str | None
+    metrics: dict[str, Any]
+    d_in: int | None
+    d_sae: int | None
+    architecture: str | None
+    n_cards: int = Field(ge=0)
+    card_files: list[str]
+
+
+class ReleaseBundle(Strict):
+    """A bundle's release.json as saekit writes it (releases.bundle): build validates what it
+    writes with it, and a folder is taken for a saekit bundle (replaceable with --force,
+    publishable) only when its release.json parses as this."""
+
+    format: Literal["saekit-release/1"]
+    release_id: str
+    version: str
+    tag: str
+    hub_repo: str
+    built_from_epoch_millis: int | None
+    saekit_version: str
+    manifest: ReleaseManifest
+    saes: list[BundleSAE] = Field(min_length=1)
+    records: dict[str, Any]
+    files: dict[str, Hex64]
+
+    @model_validator(mode="after")
+    def _agrees_with_manifest(self) -> "ReleaseBundle":
+        m = self.manifest
+        if (self.release_id, self.version, self.tag, self.hub_repo) != (m.release_id, m.version, f"v{m.version}", m.hub_repo):
+            raise ValueError("release_id, version, tag or hub_repo differ from the manifest's")
+        if [s.sae_id for s in self.saes] != [s.sae_id for s in m.saes]:
+            raise ValueError("saes differ from the manifest's")
+        return self

@@ -16,7 +16,8 @@ from saekit.cli.app import JSON_OPTION, app, emit, release_app, settings_of
 @release_app.command("build")
 def build_cmd(
     manifest: Path = typer.Argument(..., help="Release manifest (YAML, ReleaseManifest)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (replaced if it is a bundle)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write: missing or empty, or with --force a bundle saekit built."),
+    force: bool = typer.Option(False, "--force", help="Replace --out when it holds a bundle saekit built (nothing else is ever replaced)."),
     no_check: bool = typer.Option(
         False, "--no-check",
         help="Refuse versions without a check record instead of checking them (a record is always required).",
@@ -26,7 +27,7 @@ def build_cmd(
     """Build a release bundle in Hugging Face repo layout from a manifest."""
     from saekit.releases.bundle import build, verify
 
-    path = build(manifest, out, run_checks=not no_check)
+    path = build(manifest, out, run_checks=not no_check, force=force)
     release = verify(path)
     data = {"bundle": str(path), "release_id": release["release_id"], "tag": release["tag"],
             "saes": [{k: s[k] for k in ("sae_id", "registry", "sha256", "gate")} for s in release["saes"]],

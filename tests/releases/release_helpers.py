@@ -105,6 +105,19 @@ def register_checked(name: str, seed: int, tmp: Path, *, gate: str = "pass", ali
     return store.resolve(f"{name}/{info.version}")
 
 
+def checked_bundle(home: Path, out: Path, *, repo: str = "org/x") -> Path:
+    """A bundle saekit built at ``out`` from one checked SAE registered in the saekit home
+    ``home``: what ``release publish`` accepts (it verifies every SAE against that registry)."""
+    import pytest
+
+    from saekit.releases.bundle import build
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAEKIT_HOME", str(home))
+        info = register_checked("checked", 0, out.parent / "checked-sae")
+        return build(write_manifest(out.parent / "checked.yaml", [(f"checked/{info.version}", "sae")], repo=repo), out)
+
+
 def write_manifest(path: Path, saes: list[tuple[str, str]], *, version: str = "1.0.0", repo: str = "saekit-test/smollm2-saes",
                    rules: list[str] | None = None) -> Path:
     import yaml

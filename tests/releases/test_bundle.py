@@ -26,7 +26,7 @@ def test_bundle_layout_card_and_byte_identical_rebuild(two_sae_manifest: Path, t
     ta, tb = _tree(a), _tree(b)
     assert ta == tb, [p for p in ta if ta[p] != tb.get(p)]
     # Rebuilding in place replaces the bundle with the same bytes.
-    assert _tree(build(two_sae_manifest, a)) == ta
+    assert _tree(build(two_sae_manifest, a, force=True)) == ta
 
     for sid, ref in (("layer6/a", "res-l6-a/1"), ("layer6-b", "res-l6-b/1")):
         for f in ("cfg.json", "sae_weights.safetensors", "eval.json", "feature_cards.jsonl"):
@@ -132,7 +132,7 @@ def test_verify_catches_tampering(two_sae_manifest: Path, tmp_path: Path):
         verify(out)
     with pytest.raises(IntegrityError):
         publish(out, "org/x", dry_run=True)
-    out = build(two_sae_manifest, tmp_path / "bundle")
+    out = build(two_sae_manifest, tmp_path / "bundle2")
     (out / "extra.txt").write_text("sneaked in")
     with pytest.raises(IntegrityError, match="extra.txt: not listed in SHA256SUMS"):
         verify(out)

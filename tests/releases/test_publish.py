@@ -45,7 +45,7 @@ def test_publish_tag_record_republish_and_load(two_sae_manifest: Path, tmp_path:
     assert files["README.md"].lfs is None
 
     # Same bundle again: nothing changes, and it says so.
-    again = publish(build(two_sae_manifest, tmp_path / "bundle"), "org/smollm2-saes")
+    again = publish(build(two_sae_manifest, tmp_path / "bundle", force=True), "org/smollm2-saes")
     assert not again.changed and again.commit == first.commit and "nothing changed" in again.message
     assert len(api.list_repo_refs("org/smollm2-saes").branches) == 1
     assert api.repo_info("org/smollm2-saes").sha == first.commit

@@ -141,13 +141,23 @@ def test_cli_register_symlink_one_line_exit_2(tmp_path, secret):
 
 
 def _fake_bundle(root: Path) -> None:
-    """A minimal folder in bundle layout with a consistent SHA256SUMS."""
+    """A minimal folder in bundle layout, its release.json in saekit's ReleaseBundle form, with
+    a consistent SHA256SUMS (of no registered SAE: publish refuses it at the registry check)."""
+    import json
+
     from saekit.releases.bundle import write_sums
 
     (root / "sae").mkdir(parents=True)
     (root / "sae" / "cfg.json").write_text("{}")
-    (root / "release.json").write_text('{"saes": [{"sae_id": "sae", "gate": "pass"}], "tag": "v1.0.0", '
-                                       '"hub_repo": "org/x", "release_id": "r"}')
+    manifest = {"release_id": "r", "version": "1.0.0", "license": "mit", "base_model": {"id": "m"},
+                "saes": [{"ref": "x/1", "sae_id": "sae"}], "hub_repo": "org/x"}
+    sae = {"sae_id": "sae", "ref": "x/1", "registry": {"name": "x", "version": 1}, "sha256": "0" * 64, "gate": "pass",
+           "eval_id": None, "metrics": {}, "d_in": None, "d_sae": None, "architecture": None, "n_cards": 0,
+           "card_files": []}
+    (root / "release.json").write_text(json.dumps({
+        "format": "saekit-release/1", "release_id": "r", "version": "1.0.0", "tag": "v1.0.0", "hub_repo": "org/x",
+        "built_from_epoch_millis": None, "saekit_version": "0", "manifest": manifest, "saes": [sae], "records": {},
+        "files": {"sae/cfg.json": safeio.sha256(root, "sae/cfg.json")}}))
     write_sums(root)
 
 

@@ -152,10 +152,9 @@ print("ok", sorted(api.list_repo_files("org/rt")))
 
 
 def test_publish_to_a_dead_hub_is_one_line(tmp_path):
-    from test_files import _fake_bundle
+    from tests.releases.release_helpers import checked_bundle
 
-    bundle = tmp_path / "bundle"
-    _fake_bundle(bundle)
+    bundle = checked_bundle(tmp_path / "home", tmp_path / "bundle")  # publish checks the registry first
     url = f"http://127.0.0.1:{_dead_port()}"
     r = saekit("release", "publish", str(bundle), "--endpoint", url, home=tmp_path / "home")
     line = r.one_line_error(2)
