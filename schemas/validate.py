@@ -43,7 +43,6 @@ from saekit.schemas.card_files import (
     json_documents,
     json_path,
     jsonl_lines,
-    read_bounded,
     too_long,
 )
 from saekit.schemas.errors import InputError
@@ -357,7 +356,7 @@ def validate_paths(
                 results: Iterable[tuple] = _ranges(pool, file_idx, path, d_sae, max_errors, limits)
             else:
                 if kind in (".json", ".json.gz"):
-                    items: Iterable[tuple[int, bytes]] = json_documents(read_bounded(path, limits), str(path), limits)
+                    items: Iterable[tuple[int, bytes]] = json_documents(path, limits)
                 else:
                     items = jsonl_lines(path, limits)
                 batches = _batches(items, BATCH_LINES)
