@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from saekit.schemas.common import SCHEMA_VERSION, Strict
+from saekit.schemas.console import has_control
 
 _RULE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|>|<|==)\s*(-?[\d.]+(?:e-?\d+)?)\s*$")
 
@@ -107,3 +108,13 @@ class ReleaseManifest(Strict):
     hub_repo: str = Field(pattern=r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
     description: str | None = None
     tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names_are_printable(self) -> ReleaseManifest:
+        """Names end up in terminal lines, Hub tags and model cards: one printable line each
+        (sae_id, release_id, hub_repo are held by their patterns; the description may span lines)."""
+        names = [self.license, self.base_model.id, self.base_model.revision or "", *self.tags, *(s.ref for s in self.saes)]
+        for name in names:
+            if has_control(name):
+                raise ValueError(f"{name!r} holds a control character (newline, tab, ESC, ...)")
+        return self
