@@ -149,15 +149,24 @@ def too_long(path: Path, line: int, limits: Limits) -> InputError:
     return InputError(f"line longer than {limits.max_line_bytes} bytes (--max-line-bytes)", where=f"{path}:{line}")
 
 
+def only_blanks(path: Path, total: int, limits: Limits) -> InputError:
+    """A card file of nothing but blanks past ``max_line_bytes`` is a bomb's filler: refused,
+    never "ok: 0 cards" (blanks count like a card, see json_documents)."""
+    return InputError(f"no card in {total} bytes of blanks (more than {limits.max_line_bytes}, --max-line-bytes)",
+                      where=str(path))
+
+
 def jsonl_lines(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[int, bytes]]:
     """Non-blank lines of a .jsonl / .jsonl.gz with their numbers (no newline), streamed in
     chunks within ``limits``: memory stays near one line plus one chunk, and runs of blank
-    lines cost no Python work per line."""
+    lines cost no Python work per line. A file of blanks only is refused (only_blanks)."""
     path = Path(path)
     n = 0  # lines completed so far
     partial: list[bytes] = []
     partial_len = 0
+    total, found = 0, False
     for chunk in _chunks(path, limits):
+        total += len(chunk)
         start = 0
         if partial:
             nl = chunk.find(b"\n")
@@ -173,6 +182,7 @@ def jsonl_lines(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[i
             if len(line) > limits.max_line_bytes:
                 raise too_long(path, n, limits)
             if line.strip():
+                found = True
                 yield n, line
             start = nl + 1
         last = chunk.rfind(b"\n")
@@ -187,6 +197,7 @@ def jsonl_lines(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[i
                 if len(line) > limits.max_line_bytes:
                     raise too_long(path, n + 1, limits)
                 if line.strip():
+                    found = True
                     yield n + 1, line
             n += body.count(b"\n", pos)
         elif body:
@@ -199,7 +210,10 @@ def jsonl_lines(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[i
     if partial:
         line = b"".join(partial)
         if line.strip():
+            found = True
             yield n + 1, line
+    if not found and total > limits.max_line_bytes:
+        raise only_blanks(path, total, limits)
 
 
 _NOT_WS = re.compile(r"[^ \t\r\n]")
@@ -215,7 +229,7 @@ class _JsonText:
         self.path, self.limits = path, limits
         self._chunks = _chunks(path, limits)
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
-        self._fed = 0  # bytes given to the decoder so far
+        self.bytes_read = 0  # bytes given to the decoder so far (decompressed)
         self.eof = False
         self.buf, self.pos = "", 0  # the text not dropped yet; the read position in it
         self._mark, self._line, self._col = 0, 1, 0  # buf[_mark] is on _line; buf[0] has _col characters before it
@@ -242,8 +256,9 @@ class _JsonText:
             try:
                 text = self._utf8.decode(chunk or b"", final=chunk is None)
             except UnicodeDecodeError as err:
-                raise InputError(f"not UTF-8 text (byte {self._fed - pending + err.start})", where=str(self.path)) from None
-            self._fed += len(chunk or b"")
+                raise InputError(f"not UTF-8 text (byte {self.bytes_read - pending + err.start})",
+                                 where=str(self.path)) from None
+            self.bytes_read += len(chunk or b"")
             self.eof = chunk is None
             pieces.append(text)
             added += len(text)
@@ -332,6 +347,8 @@ def json_documents(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tupl
     if text.next_char() == "]":
         text.pos += 1
         text.end()
+        if text.bytes_read > limits.max_line_bytes:
+            raise only_blanks(Path(path), text.bytes_read, limits)
         return
     while True:
         yield text.value()

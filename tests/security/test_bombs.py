@@ -69,10 +69,11 @@ def test_gzip_newline_bomb_bounded(newline_bomb, tmp_path):
     log_measure("cards validate 1 GiB-of-newlines .jsonl.gz, --max-file-bytes 256 MiB", r)
     assert f"more than {256 << 20} decompressed bytes" in line
     assert r.peak_mib < RSS_BOUND_MIB
-    # the whole GiB under the default bound: blank lines cost no Python work each
+    # the whole GiB under the default bound: blank lines cost no Python work each, and a file
+    # of nothing but blanks is refused, not "ok: 0 cards" (issue 25: a bomb's empty result)
     r = saekit("cards", "validate", str(newline_bomb), home=tmp_path / "home")
     log_measure("cards validate 1 GiB-of-newlines .jsonl.gz, default bounds", r)
-    assert r.rc == 0 and "ok: 0 cards" in r.out
+    assert f"no card in {1 << 30} bytes of blanks" in r.one_line_error(2) and "ok" not in r.out
     assert r.peak_mib < RSS_BOUND_MIB and r.seconds < 120
 
 
@@ -155,6 +156,28 @@ def test_json_card_bounds_hold_while_streaming(tmp_path):
     r = saekit("cards", "validate", str(many), "--max-file-bytes", str(8 << 20), home=tmp_path / "home")
     assert f"more than {8 << 20} decompressed bytes" in r.one_line_error(2)
     assert r.peak_mib < RSS_BOUND_MIB
+
+
+def test_a_card_file_of_blanks_only_is_refused_by_every_path(tmp_path, monkeypatch):
+    """Zero cards from more than --max-line-bytes of blanks is an error whichever reader runs:
+    .json (blanks split in runs that are each allowed), streamed .jsonl, byte-range workers;
+    an empty list or a few blank lines stay "0 cards"."""
+    from saekit.schemas import InputError, safeio
+    from saekit.schemas import validate as v
+
+    limits = safeio.Limits(max_line_bytes=1000)
+    (tmp_path / "split.json").write_text("[" + " " * 900 + "]" + "\n" * 900)
+    (tmp_path / "blank.jsonl").write_text("\n \n" * 1000)
+    for name in ("split.json", "blank.jsonl"):
+        with pytest.raises(InputError, match="no card in .* bytes of blanks"):
+            v.validate_paths([tmp_path / name], workers=1, limits=limits)
+    monkeypatch.setattr(v, "RANGE_BYTES", 1024)
+    monkeypatch.setattr(v, "PARALLEL_MIN_BYTES", 2048)
+    with pytest.raises(InputError, match="no card in 3000 bytes of blanks"):
+        v.validate_paths([tmp_path / "blank.jsonl"], workers=2, limits=limits)
+    (tmp_path / "empty.json").write_text("[]\n")
+    (tmp_path / "few.jsonl").write_text("\n\n")
+    assert v.validate_paths([tmp_path / "empty.json", tmp_path / "few.jsonl"], limits=limits).n_cards == 0
 
 
 def test_deep_card_line_is_an_invalid_card(tmp_path):
