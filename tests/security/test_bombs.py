@@ -140,6 +140,12 @@ def test_every_card_reader_streams_json(tmp_path):
     r = saekit("cards", "convert", str(path), "--out", str(tmp_path / "out.jsonl"), home=tmp_path / "home")
     assert "bytes of whitespace in a row" in r.one_line_error(2) and not (tmp_path / "out.jsonl").exists()
     assert r.peak_mib < RSS_BOUND_MIB
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(make_card(0)) + "\n")
+    for args in (("cards", "annotate", str(path), "--annotations", str(good)),
+                 ("cards", "annotate", str(good), "--annotations", str(path))):
+        r = saekit(*args, home=tmp_path / "home")
+        assert "bytes of whitespace in a row" in r.one_line_error(2) and r.peak_mib < RSS_BOUND_MIB
     for read in (card_files.read_cards, card_files.read_rows, lambda p: list(card_files.iter_documents(p))):
         with pytest.raises(InputError, match="bytes of whitespace in a row"):
             read(path)
