@@ -12,7 +12,8 @@ Layers, lowest first, each usable alone:
 
 - bytes: :func:`jsonl_lines` (streamed lines) and :func:`json_documents` (a .json file's
   values, streamed), both within :class:`~saekit.schemas.safeio.Limits` (bytes per file
-  after decompression, bytes per line or card, nesting) and refusing a ``.gz`` that is not gzip, a plain file that is, FIFOs and devices;
+  after decompression, bytes per line or card, nesting; blanks count like a card) and
+  refusing a ``.gz`` that is not gzip, a plain file that is, FIFOs and devices;
 - raw documents: :func:`raw_documents` / :func:`iter_documents` give ``(line, bytes)`` of
   each document without parsing it (the fast validator in ``saekit.schemas.validate`` takes
   them as they are);
@@ -369,7 +370,7 @@ def json_documents(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tupl
 
 def raw_documents(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterable[tuple[int, bytes]]:
     """``(line, raw JSON bytes)`` of every document of one file, by its kind (file_kind):
-    .jsonl / .jsonl.gz streamed line by line, .json / .json.gz streamed value by value (json_documents)."""
+    .jsonl / .jsonl.gz streamed line by line, .json / .json.gz value by value (json_documents)."""
     path = Path(path)
     if file_kind(path) in (".json", ".json.gz"):
         return json_documents(path, limits)

@@ -113,7 +113,8 @@ class ReleaseManifest(Strict):
     def _names_are_printable(self) -> ReleaseManifest:
         """Names end up in terminal lines, Hub tags and model cards: one printable line each
         (sae_id, release_id, hub_repo are held by their patterns; the description may span lines)."""
-        names = [self.license, self.base_model.id, self.base_model.revision or "", *self.tags, *(s.ref for s in self.saes)]
+        names = [self.license, self.base_model.id, self.base_model.revision or "", *self.tags,
+                 *(s.ref for s in self.saes)]
         for name in names:
             if has_control(name):
                 raise ValueError(f"{name!r} holds a control character (newline, tab, ESC, ...)")
