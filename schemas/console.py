@@ -17,11 +17,13 @@ import time
 from saekit.schemas.settings import Settings, current
 
 
-# C0 and C1 controls, DEL, and Unicode's line and paragraph separators: what ends a line,
-# moves the cursor back or starts a terminal escape sequence (ESC, or C1's CSI \x9b).
-CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0 and C1 controls, DEL, Unicode's line and paragraph separators, and its bidirectional
+# overrides: what ends a line, moves the cursor back, starts a terminal escape sequence (ESC,
+# or C1's CSI \x9b), or shows text in another order than it is read ("Trojan Source").
+_OTHERS = "\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+CONTROL = re.compile(f"[\x00-\x1f{_OTHERS}]")
 # Escaped when shown: the same less the tab, which tables use and which only moves forward.
-_SHOWN_ESCAPED = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_SHOWN_ESCAPED = re.compile(f"[\x00-\x08\x0a-\x1f{_OTHERS}]")
 
 
 def has_control(text: str) -> bool:

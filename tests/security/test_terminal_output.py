@@ -150,6 +150,14 @@ def test_manifest_names_with_control_characters_are_refused(tmp_path, field, val
     assert not (tmp_path / "b").exists()
 
 
+def test_printable_escapes_every_control_but_the_tab():
+    from saekit.schemas.console import has_control, printable
+
+    shown = printable("a\nb\rc\x1b[2J\x9b\x00\x7f\u2028\u202e\tz é☃")
+    assert shown == "a\\nb\\rc\\x1b[2J\\x9b\\x00\\x7f\\u2028\\u202e\tz é☃"
+    assert has_control("a\tb") and has_control("\u2066") and not has_control("sae-1.2_x/é")
+
+
 def test_progress_lines_are_escaped(capsys):
     from saekit.schemas.console import Progress, say
     from saekit.schemas.settings import Settings
