@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from saekit.schemas import ReferenceSyntaxError
+from saekit.schemas.console import has_control
 
 NAME_RE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME = re.compile(NAME_RE)
@@ -100,6 +101,8 @@ def parse_ref(text: str | os.PathLike) -> Ref:
         raise ReferenceSyntaxError("empty reference")
     if "\x00" in text:
         raise ReferenceSyntaxError("reference contains a NUL character", where=repr(text))
+    if has_control(text) and not text.startswith(_PATH_PREFIXES):  # a name, sae_id or revision: one printable line
+        raise ReferenceSyntaxError("reference contains a control character", where=repr(text))
     if text.startswith("hf://"):
         return parse_hf(text)
     if text.startswith("saelens:"):

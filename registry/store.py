@@ -410,6 +410,7 @@ def _check_tags(tags: dict[str, str] | None, *, allow_reserved: bool = False) ->
                 where=repr(key),
             )
         value = str(value)
+        T.check_text(key, value)
         if len(value) > 5000:
             raise InputError("tag value longer than 5000 characters", where=repr(key))
         out[key] = value

@@ -8,6 +8,9 @@ headline metrics) and the release (where it was published). No user-facing entry
 
 from __future__ import annotations
 
+from saekit.schemas.console import has_control
+from saekit.schemas.errors import InputError
+
 # Prefixes: every tag under these is saekit's to write.
 PREFIX = "saekit."
 METRIC_PREFIX = "metric."  # the check: one tag per headline metric, ``metric.<name>``
@@ -62,6 +65,14 @@ def metric(name: str) -> str:
 HUB_COMMIT = "saekit.hub_commit"
 HUB_REPO = "saekit.hub_repo"
 HUB_TAG = "saekit.hub_tag"
+
+
+def check_text(key: str, value: str) -> None:
+    """A tag is one printable line (shown by ``saekit show``, carried to model cards): a key
+    or value holding a newline or ESC could forge output lines, so it is refused."""
+    if has_control(key) or has_control(value):
+        raise InputError("tag keys and values may not hold control characters (newline, tab, ESC, ...)",
+                         where=repr(key))
 
 
 def is_reserved(key: str) -> bool:

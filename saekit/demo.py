@@ -214,8 +214,8 @@ def _load_back(ref: str, pinned: str) -> dict[str, Any]:
             "identical": same and hub_sae.ref is not None and reg_sae.ref is not None and hub_sae.ref.sha256 == reg_sae.ref.sha256}
 
 
-def summary_table(s: dict[str, Any]) -> str:
-    """The demo's result for people: what was made and where."""
+def summary_table(s: dict[str, Any]) -> list[str]:
+    """The demo's result for people, as lines (the CLI escapes each): what was made and where."""
     rows: list[tuple[str, str, str]] = []
     t = s.get("timings_s", {})
 
@@ -248,4 +248,4 @@ def summary_table(s: dict[str, Any]) -> str:
     lines += [f"{a:<{w1}}  {b:<{w2}}  {sec(a if a != 'browser' else '__'):>7}  {c}" for a, b, c in rows]
     status = "ok" if s.get("ok") else "FAILED"
     lines.append(f"demo {status} in {s.get('total_s', 0):.1f}s (work folder {s['work_dir']})")
-    return "\n".join(lines)
+    return lines

@@ -10,9 +10,10 @@ the card files under it (sorted by relative path; a release's ``feature_cards/``
 
 Layers, lowest first, each usable alone:
 
-- bytes: :func:`read_bounded` (a whole file) and :func:`jsonl_lines` (streamed lines), both
-  within :class:`~saekit.schemas.safeio.Limits` (bytes per file after decompression, bytes
-  per line) and refusing a ``.gz`` that is not gzip, a plain file that is, FIFOs and devices;
+- bytes: :func:`jsonl_lines` (streamed lines) and :func:`json_documents` (a .json file's
+  values, streamed), both within :class:`~saekit.schemas.safeio.Limits` (bytes per file
+  after decompression, bytes per line or card, nesting; blanks count like a card) and
+  refusing a ``.gz`` that is not gzip, a plain file that is, FIFOs and devices;
 - raw documents: :func:`raw_documents` / :func:`iter_documents` give ``(line, bytes)`` of
   each document without parsing it (the fast validator in ``saekit.schemas.validate`` takes
   them as they are);
@@ -33,6 +34,7 @@ which reads files only through this module.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import os
@@ -144,24 +146,28 @@ def _chunks(path: Path, limits: Limits) -> Iterator[bytes]:
             yield chunk
 
 
-def read_bounded(path: Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
-    """A whole card file (decompressed when .gz) within ``limits``."""
-    return b"".join(_chunks(Path(path), limits))
-
-
 def too_long(path: Path, line: int, limits: Limits) -> InputError:
     return InputError(f"line longer than {limits.max_line_bytes} bytes (--max-line-bytes)", where=f"{path}:{line}")
+
+
+def only_blanks(path: Path, total: int, limits: Limits) -> InputError:
+    """A card file of nothing but blanks past ``max_line_bytes`` is a bomb's filler: refused,
+    never "ok: 0 cards" (blanks count like a card, see json_documents)."""
+    return InputError(f"no card in {total} bytes of blanks (more than {limits.max_line_bytes}, --max-line-bytes)",
+                      where=str(path))
 
 
 def jsonl_lines(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[int, bytes]]:
     """Non-blank lines of a .jsonl / .jsonl.gz with their numbers (no newline), streamed in
     chunks within ``limits``: memory stays near one line plus one chunk, and runs of blank
-    lines cost no Python work per line."""
+    lines cost no Python work per line. A file of blanks only is refused (only_blanks)."""
     path = Path(path)
     n = 0  # lines completed so far
     partial: list[bytes] = []
     partial_len = 0
+    total, found = 0, False
     for chunk in _chunks(path, limits):
+        total += len(chunk)
         start = 0
         if partial:
             nl = chunk.find(b"\n")
@@ -177,6 +183,7 @@ def jsonl_lines(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[i
             if len(line) > limits.max_line_bytes:
                 raise too_long(path, n, limits)
             if line.strip():
+                found = True
                 yield n, line
             start = nl + 1
         last = chunk.rfind(b"\n")
@@ -191,6 +198,7 @@ def jsonl_lines(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[i
                 if len(line) > limits.max_line_bytes:
                     raise too_long(path, n + 1, limits)
                 if line.strip():
+                    found = True
                     yield n + 1, line
             n += body.count(b"\n", pos)
         elif body:
@@ -203,79 +211,158 @@ def jsonl_lines(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[i
     if partial:
         line = b"".join(partial)
         if line.strip():
+            found = True
             yield n + 1, line
+    if not found and total > limits.max_line_bytes:
+        raise only_blanks(path, total, limits)
 
 
-def json_documents(data: bytes, where: str, limits: Limits = DEFAULT_LIMITS) -> list[tuple[int, bytes]]:
-    """The documents of a ``.json`` file's bytes (one object, or each item of a list) with the
-    line each starts on, unparsed."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise InputError(f"not UTF-8 text (byte {err.start})", where=where) from None
-    if exceeds_depth(data, limits.max_depth + 1):  # +1: the list around the cards
-        raise InputError(f"JSON nested deeper than {limits.max_depth} levels (--max-depth)", where=where)
-    try:
-        docs = _split_json(text, data, where)
-    except RecursionError:
-        raise InputError("JSON nested too deep to parse", where=where) from None
-    for line, raw in docs:
-        if len(raw) > limits.max_line_bytes:
-            raise InputError(f"card longer than {limits.max_line_bytes} bytes (--max-line-bytes)",
-                             where=f"{where}:{line}")
-    return docs
+_NOT_WS = re.compile(r"[^ \t\r\n]")
+_DECODER = json.JSONDecoder()  # accepts NaN here; each card's check rejects it with a location
 
 
-def _split_json(text: str, data: bytes, where: str) -> list[tuple[int, bytes]]:
-    decoder = json.JSONDecoder()  # accepts NaN here; each card's check rejects it with a location
-    ws = " \t\r\n"
+class _JsonText:
+    """A .json file's text decoded chunk by chunk (UTF-8, incrementally): ``buf`` holds only
+    what is not consumed yet, so memory stays near one card plus one chunk, and the line and
+    column of ``buf[0]`` are kept for messages."""
 
-    def skip(i: int) -> int:
-        while i < len(text) and text[i] in ws:
-            i += 1
-        return i
+    def __init__(self, path: Path, limits: Limits):
+        self.path, self.limits = path, limits
+        self._chunks = _chunks(path, limits)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self.bytes_read = 0  # bytes given to the decoder so far (decompressed)
+        self.eof = False
+        self.buf, self.pos = "", 0  # the text not dropped yet; the read position in it
+        self._mark, self._line, self._col = 0, 1, 0  # buf[_mark] is on _line; buf[0] has _col characters before it
 
-    def not_json(err: json.JSONDecodeError) -> InputError:
-        return InputError(f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}", where=where)
+    def line_at(self, i: int) -> int:
+        """The 1-based line of ``buf[i]`` (``i`` never moves backwards)."""
+        if i >= self._mark:
+            self._line += self.buf.count("\n", self._mark, i)
+        else:
+            self._line -= self.buf.count("\n", i, self._mark)
+        self._mark = i
+        return self._line
 
-    i = skip(0)
-    if i == len(text):
-        raise InputError("empty file, expected a card or a list of cards", where=where)
-    if text[i] == "{":
-        try:
-            _, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError as err:
-            raise not_json(err) from None
-        if skip(end) != len(text):
-            raise InputError(f"not valid JSON: extra data at line {text.count(chr(10), 0, skip(end)) + 1}", where=where)
-        return [(text.count("\n", 0, i) + 1, data)]
-    if text[i] != "[":
-        try:
-            decoder.raw_decode(text, i)
-        except json.JSONDecodeError as err:
-            raise not_json(err) from None
-        raise InputError("expected a card object or a list of cards", where=where)
-    docs: list[tuple[int, bytes]] = []
-    line, pos = 1, 0
-    i = skip(i + 1)
-    if i < len(text) and text[i] == "]":
-        return docs
+    def more(self, at_least: int = 1) -> bool:
+        """Drop the consumed text, then append at least ``at_least`` characters (fewer at the
+        end of the file); False when nothing was added."""
+        self.line_at(self.pos)
+        nl = self.buf.rfind("\n", 0, self.pos)
+        self._col = self.pos - nl - 1 if nl >= 0 else self._col + self.pos
+        pieces, added = [self.buf[self.pos:]], 0
+        while added < at_least and not self.eof:
+            chunk = next(self._chunks, None)
+            pending = len(self._utf8.getstate()[0])
+            try:
+                text = self._utf8.decode(chunk or b"", final=chunk is None)
+            except UnicodeDecodeError as err:
+                raise InputError(f"not UTF-8 text (byte {self.bytes_read - pending + err.start})",
+                                 where=str(self.path)) from None
+            self.bytes_read += len(chunk or b"")
+            self.eof = chunk is None
+            pieces.append(text)
+            added += len(text)
+        self.buf, self.pos, self._mark = "".join(pieces), 0, 0
+        return added > 0
+
+    def where(self, i: int) -> str:
+        nl = self.buf.rfind("\n", 0, i)
+        return f"line {self.line_at(i)} column {i - nl if nl >= 0 else self._col + i + 1}"
+
+    def not_json(self, msg: str, i: int) -> InputError:
+        msg = msg.removesuffix(" at")  # json's "Unterminated string starting at"
+        return InputError(f"not valid JSON: {msg} at {self.where(i)}", where=str(self.path))
+
+    def next_char(self) -> str | None:
+        """The next character that is not whitespace (None at the end of the file); a run of
+        whitespace counts like a card: at most ``max_line_bytes`` (a gzip of blanks is a bomb)."""
+        run = 0
+        while True:
+            m = _NOT_WS.search(self.buf, self.pos)
+            run += (m.start() if m else len(self.buf)) - self.pos
+            if run > self.limits.max_line_bytes:
+                raise InputError(f"more than {self.limits.max_line_bytes} bytes of whitespace in a row "
+                                 "(--max-line-bytes)", where=f"{self.path}:{self.line_at(self.pos)}")
+            if m:
+                self.pos = m.start()
+                return self.buf[self.pos]
+            self.pos = len(self.buf)
+            if not self.more(CHUNK):
+                return None
+
+    def value(self) -> tuple[int, bytes]:
+        """The JSON value at ``pos`` (its line, its bytes), unparsed, within the card bounds."""
+        limit = self.limits.max_line_bytes
+        while True:
+            try:
+                _, end = _DECODER.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as err:
+                # an error well before the end of the text read so far is in the file, not
+                # in a chunk boundary (an unterminated string reports where it starts)
+                if self.eof or (err.pos + 16 < len(self.buf) and not err.msg.startswith("Unterminated string")):
+                    raise self.not_json(err.msg, err.pos) from None
+            except RecursionError:
+                raise InputError(f"JSON nested deeper than {self.limits.max_depth} levels (--max-depth)",
+                                 where=f"{self.path}:{self.line_at(self.pos)}") from None
+            else:
+                if end + 16 < len(self.buf) or self.eof:  # "1e" may go on as "1e5" in the next chunk
+                    break
+            if len(self.buf) - self.pos > limit:
+                raise InputError(f"card longer than {limit} bytes (--max-line-bytes)",
+                                 where=f"{self.path}:{self.line_at(self.pos)}")
+            self.more(max(CHUNK, len(self.buf) - self.pos))  # doubling: each retry parses O(card) again
+        line = self.line_at(self.pos)
+        raw = self.buf[self.pos:end].encode("utf-8", "surrogatepass")
+        if len(raw) > limit:
+            raise InputError(f"card longer than {limit} bytes (--max-line-bytes)", where=f"{self.path}:{line}")
+        if exceeds_depth(raw, self.limits.max_depth):
+            raise InputError(f"JSON nested deeper than {self.limits.max_depth} levels (--max-depth)",
+                             where=f"{self.path}:{line}")
+        self.pos = end
+        return line, raw
+
+    def end(self) -> None:
+        """Only whitespace may follow the document."""
+        if self.next_char() is not None:
+            raise self.not_json("extra data", self.pos)
+
+
+def json_documents(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[int, bytes]]:
+    """The documents of a ``.json`` / ``.json.gz`` file (one object, or each item of a list)
+    with the line each starts on, unparsed, streamed under the bounds JSONL has: bytes
+    (decompressed), bytes per card, nesting, and whitespace runs (counted like a card, so a
+    gzip of blanks is refused early instead of ending as "0 cards")."""
+    text = _JsonText(Path(path), limits)
+    first = text.next_char()
+    if first is None:
+        raise InputError("empty file, expected a card or a list of cards", where=str(path))
+    if first != "[":
+        doc = text.value()
+        if first != "{":
+            raise InputError("expected a card object or a list of cards", where=str(path))
+        text.end()
+        yield doc
+        return
+    text.pos += 1
+    if text.next_char() == "]":
+        text.pos += 1
+        text.end()
+        if text.bytes_read > limits.max_line_bytes:
+            raise only_blanks(Path(path), text.bytes_read, limits)
+        return
     while True:
-        try:
-            _, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError as err:
-            raise not_json(err) from None
-        line += text.count("\n", pos, i)
-        pos = i
-        docs.append((line, text[i:end].encode("utf-8", "surrogatepass")))
-        i = skip(end)
-        if i < len(text) and text[i] == ",":
-            i = skip(i + 1)
+        yield text.value()
+        c = text.next_char()
+        if c == ",":
+            text.pos += 1
+            text.next_char()
             continue
-        if i < len(text) and text[i] == "]" and skip(i + 1) == len(text):
-            return docs
-        err = json.JSONDecodeError("expected ',' or ']'", text, min(i, len(text)))
-        raise not_json(err)
+        if c == "]":
+            text.pos += 1
+            text.end()
+            return
+        raise text.not_json("expected ',' or ']'", text.pos)
 
 
 # --- documents -----------------------------------------------------------------------
@@ -283,10 +370,10 @@ def _split_json(text: str, data: bytes, where: str) -> list[tuple[int, bytes]]:
 
 def raw_documents(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterable[tuple[int, bytes]]:
     """``(line, raw JSON bytes)`` of every document of one file, by its kind (file_kind):
-    .jsonl / .jsonl.gz streamed line by line, .json / .json.gz read whole and split."""
+    .jsonl / .jsonl.gz streamed line by line, .json / .json.gz value by value (json_documents)."""
     path = Path(path)
     if file_kind(path) in (".json", ".json.gz"):
-        return json_documents(read_bounded(path, limits), str(path), limits)
+        return json_documents(path, limits)
     return jsonl_lines(path, limits)
 
 

@@ -1,11 +1,40 @@
-"""Progress output on stderr, shared by every layer; silenced by the ``quiet`` setting."""
+"""What saekit shows a terminal: progress on stderr (silenced by the ``quiet`` setting) and
+the one escaping of text that may hold names, paths, card keys or tag values.
+
+Every line saekit prints goes through :func:`printable` (progress here, ``error:`` lines and
+command output in saekit.cli), so a file or key named ``"x\nok: bundle matches SHA256SUMS"``
+or ``"\x1b[2J"`` shows as those escapes and cannot forge a line or drive the terminal. Names
+that name things (SAE names, aliases, sae_ids, tags) refuse these characters outright
+(:func:`has_control`, used by registry.refs, registry.tags and schemas.release).
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
 from saekit.schemas.settings import Settings, current
+
+
+# C0 and C1 controls, DEL, Unicode's line and paragraph separators, and its bidirectional
+# overrides: what ends a line, moves the cursor back, starts a terminal escape sequence (ESC,
+# or C1's CSI \x9b), or shows text in another order than it is read ("Trojan Source").
+_OTHERS = "\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+CONTROL = re.compile(f"[\x00-\x1f{_OTHERS}]")
+# Escaped when shown: the same less the tab, which tables use and which only moves forward.
+_SHOWN_ESCAPED = re.compile(f"[\x00-\x08\x0a-\x1f{_OTHERS}]")
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a control character (the rule for names; tab included)."""
+    return CONTROL.search(text) is not None
+
+
+def printable(text: object) -> str:
+    """``text`` as one terminal line: control characters escaped repr-style (``\\n``,
+    ``\\x1b``, ``\\u2028``), everything else (tabs, printable Unicode) as it is."""
+    return _SHOWN_ESCAPED.sub(lambda m: repr(m.group())[1:-1], str(text))
 
 
 def quiet(settings: Settings | None = None) -> bool:
@@ -17,7 +46,7 @@ class Progress:
     """A one-line progress counter on stderr: ``activations 12/40 (3.1 s)``."""
 
     def __init__(self, desc: str, total: int | None = None, *, settings: Settings | None = None):
-        self.desc, self.total, self.n = desc, total, 0
+        self.desc, self.total, self.n = printable(desc), total, 0
         self.t0 = time.perf_counter()
         self._last = 0.0
         self.enabled = not quiet(settings)
@@ -46,5 +75,5 @@ class Progress:
 def say(msg: str, *, settings: Settings | None = None) -> None:
     """One line of progress on stderr unless quiet."""
     if not quiet(settings):
-        sys.stderr.write(msg + "\n")
+        sys.stderr.write(printable(msg) + "\n")
         sys.stderr.flush()

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from saekit.schemas.common import SCHEMA_VERSION, Hex64, Strict
+from saekit.schemas.console import has_control
 
 _RULE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|>|<|==)\s*(-?[\d.]+(?:e-?\d+)?)\s*$")
 
@@ -133,6 +134,17 @@ class ReleaseManifest(Strict):
                 if parent in folders:
                     raise ValueError(f"sae_id {sid!r} nests inside sae_id {folders[parent]!r}; SAE folders may not nest")
         return saes
+
+    @model_validator(mode="after")
+    def _names_are_printable(self) -> ReleaseManifest:
+        """Names end up in terminal lines, Hub tags and model cards: one printable line each
+        (sae_id, release_id, hub_repo are held by their patterns; the description may span lines)."""
+        names = [self.license, self.base_model.id, self.base_model.revision or "", *self.tags,
+                 *(s.ref for s in self.saes)]
+        for name in names:
+            if has_control(name):
+                raise ValueError(f"{name!r} holds a control character (newline, tab, ESC, ...)")
+        return self
 
 
 class BundlePin(Strict):

@@ -43,7 +43,7 @@ from saekit.schemas.card_files import (
     json_documents,
     json_path,
     jsonl_lines,
-    read_bounded,
+    only_blanks,
     too_long,
 )
 from saekit.schemas.errors import InputError
@@ -357,7 +357,7 @@ def validate_paths(
                 results: Iterable[tuple] = _ranges(pool, file_idx, path, d_sae, max_errors, limits)
             else:
                 if kind in (".json", ".json.gz"):
-                    items: Iterable[tuple[int, bytes]] = json_documents(read_bounded(path, limits), str(path), limits)
+                    items: Iterable[tuple[int, bytes]] = json_documents(path, limits)
                 else:
                     items = jsonl_lines(path, limits)
                 batches = _batches(items, BATCH_LINES)
@@ -374,6 +374,7 @@ def validate_paths(
                     results = map(_validate_batch, jobs)
             file_key: SAEKey | None = None
             file_key_line = 0
+            cards_before = report.n_cards
             for n_cards, n_errors, batch_errors, meta in results:
                 report.n_cards += n_cards
                 report.n_errors += n_errors
@@ -392,6 +393,8 @@ def validate_paths(
                         errors.append((file_idx, line, "index", f"duplicate latent index {index} (first at {where})"))
                 if len(errors) > 4 * max_errors:  # keep memory bounded on hopeless files
                     errors = sorted(errors, key=_where)[:max_errors]
+            if report.n_cards == cards_before and path.stat().st_size > limits.max_line_bytes:
+                raise only_blanks(path, path.stat().st_size, limits)  # the byte-range workers' case
     finally:
         if pool is not None:
             pool.terminate()

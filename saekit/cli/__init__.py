@@ -1,7 +1,8 @@
 """The ``saekit`` command. Exit codes: 0 ok, 1 a check failed, 2 usage or input error.
 
 Commands signal a failed check with ``raise typer.Exit(1)``; user errors are SaekitError
-subclasses, printed as one line on stderr, never a traceback.
+subclasses, printed as one line on stderr, never a traceback. Every line printed here is
+escaped by saekit.schemas.console.printable (a path or name may hold a newline or ESC).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import importlib
 import sys
 
 from saekit.schemas import SaekitError
+from saekit.schemas.console import printable
 
 # Command modules register themselves on the apps in saekit.cli.app.
 _MODULES = ("schema_cmds", "cards_cmds", "registry_cmds", "check_cmds", "release_cmds", "diff_cmds",
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=argv, prog_name="saekit", standalone_mode=False)
     except SaekitError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(err)}", file=sys.stderr)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         if hasattr(err, "format_message") and hasattr(err, "exit_code"):
             message = err.format_message()
             if message:
-                print(f"error: {message} (see 'saekit --help')", file=sys.stderr)
+                print(f"error: {printable(message)} (see 'saekit --help')", file=sys.stderr)
             else:  # a group called with no arguments: its help
                 err.show()
             sys.exit(err.exit_code)
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         # bug (exit 70, EX_SOFTWARE), which SAEKIT_DEBUG=1 shows with its traceback.
         from saekit.registry.store import mask
 
-        line = mask((str(err).splitlines() or [""])[0])[:300]
+        line = printable(mask((str(err).splitlines() or [""])[0])[:300])
         if isinstance(err, (OSError, RecursionError, MemoryError, UnicodeError)):
             print(f"error: {type(err).__name__}: {line}", file=sys.stderr)
             sys.exit(2)

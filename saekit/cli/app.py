@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import typer
 
+from saekit.schemas.console import printable
 from saekit.schemas.settings import Settings, use_settings
 
 app = typer.Typer(
@@ -52,9 +53,12 @@ def settings_of(ctx: typer.Context) -> Settings:
     return ctx.find_root().obj
 
 
-def emit(data: Any, json_out: bool, text: str | None = None) -> None:
-    """Print ``data`` as JSON (``--json``) or ``text`` for people."""
+def emit(data: Any, json_out: bool, text: str | Sequence[str] | None = None) -> None:
+    """Print ``data`` as JSON (``--json``) or ``text`` for people: one line (a str) or a list
+    of lines, each escaped (console.printable), so a newline inside a value shows as ``\\n``
+    and never starts a line of its own."""
     if json_out:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     elif text is not None:
-        typer.echo(text)
+        for line in [text] if isinstance(text, str) else text:
+            typer.echo(printable(line))

@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from saekit.cli.app import JSON_OPTION, cards_app, emit
+from saekit.schemas.console import printable
 from saekit.schemas.safeio import DEFAULT_LIMITS
 
 
@@ -55,7 +56,7 @@ def validate(
         emit(report.to_dict(), True)
     else:
         for err in report.errors:
-            typer.echo(str(err))
+            typer.echo(printable(err))
         n_files = len(report.files)
         scope = f"{report.n_cards} card{'s' * (report.n_cards != 1)} in {n_files} file{'s' * (n_files != 1)}"
         if report.ok:
@@ -95,7 +96,7 @@ def convert(
             raise InputError(f"bad --sae options: {first_error(err)}") from None
     result = convert_files(inputs, out, to=to, from_format=from_, sae=sae_ref, index=index)
     for w in result.warnings:
-        typer.echo(f"warning: {w}", err=True)
+        typer.echo(printable(f"warning: {w}"), err=True)
     n = len(result.cards)
     emit(
         {"cards": n, "out": str(out), "to": to, "warnings": result.warnings},

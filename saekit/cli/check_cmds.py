@@ -49,7 +49,7 @@ def check_cmd(
     )
     if res.rank != 0:  # torchrun: rank 0 reports
         return
-    emit(res.summary(), json_out, "\n".join(res.describe()))
+    emit(res.summary(), json_out, res.describe())
     if not res.ok:
         raise typer.Exit(1)
 
@@ -69,7 +69,7 @@ def verify_cmd(
     lines = [f"card {r.index}: " + "; ".join(r.problems) for r in report.lying]
     n = len(report.results)
     lines.append(f"{'ok' if report.ok else 'FAIL'}: {n - len(report.lying)}/{n} cards hold")
-    emit(report.to_dict(), json_out, "\n".join(lines))
+    emit(report.to_dict(), json_out, lines)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -27,7 +27,7 @@ def _load_sae(text: str) -> tuple[SAE, SAERef]:
     return sae, sae.ref or SAERef(name=text, d_sae=sae.cfg.d_sae)
 
 
-def _relation_bars(counts: dict[str, int], hist: Any) -> str:
+def _relation_bars(counts: dict[str, int], hist: Any) -> list[str]:
     lines = ["relation  count"]
     lines += [f"{rel:<8}  {n}" for rel, n in counts.items()]
     total = sum(hist.counts) or 1.0
@@ -38,7 +38,7 @@ def _relation_bars(counts: dict[str, int], hist: Any) -> str:
         if c:
             close = "]" if i == last else ")"
             lines.append(f"  [{lo:5.2f}, {hi:4.2f}{close}  {int(c):>7}  {'#' * max(1, round(width * c / total))}")
-    return "\n".join(lines)
+    return lines
 
 
 @app.command("diff")
@@ -79,16 +79,16 @@ def diff(
         block=block, precision=precision, ref_a=sae_ref_a, ref_b=sae_ref_b,  # type: ignore[arg-type]
     )
     data: dict[str, Any] = result.summary.model_dump(mode="json")
-    text = (
+    text = [
         f"{sae_ref_a.name} ({sae_a.cfg.d_sae}) -> {sae_ref_b.name} ({sae_b.cfg.d_sae}), by {'+'.join(views)}, "
-        f"threshold {threshold:g}, {result.summary.assignment}, {result.summary.seconds:.1f}s\n"
-        + _relation_bars(result.summary.counts, result.summary.histogram)
-    )
+        f"threshold {threshold:g}, {result.summary.assignment}, {result.summary.seconds:.1f}s",
+        *_relation_bars(result.summary.counts, result.summary.histogram),
+    ]
     if out is not None:
         write_mapping(result, out)
         data["mapping"] = str(out)
         data["summary"] = str(summary_path(out))
-        text += f"\nwrote {out} ({len(result.rows)} lines) and {summary_path(out)}"
+        text.append(f"wrote {out} ({len(result.rows)} lines) and {summary_path(out)}")
     emit(data, json_out, text)
 
 

@@ -39,7 +39,7 @@ def export_neuronpedia_cmd(
         written = export_neuronpedia_release(src, out, model_id=model_id, source_id=source_id, creator=creator)
     else:
         written = [export_card_file(src, out, model_id=model_id, source_id=source_id, creator=creator)]
-    emit(written, json_out, "\n".join(f"wrote {w['cards']} features to {w['folder']}" for w in written))
+    emit(written, json_out, [f"wrote {w['cards']} features to {w['folder']}" for w in written])
 
 
 @import_app.command("neuronpedia")

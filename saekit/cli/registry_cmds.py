@@ -73,9 +73,9 @@ def register_cmd(
         infos = hub_source.register(source, name, alias=alias, tags=tags, description=description,
                                     catalogue=catalogue, model_name=model, hook_name=hook, model_revision=revision)
         data = [i.to_dict() for i in infos]
-        emit(data if len(data) != 1 else data[0], json_out, "\n".join(
+        emit(data if len(data) != 1 else data[0], json_out, [
             f"registered {i.ref} sha256:{i.sha256} <- {i.tags.get(hub_source.SOURCE, '')}"
-            + (f" @{','.join(i.aliases)}" if i.aliases else "") for i in infos))
+            + (f" @{','.join(i.aliases)}" if i.aliases else "") for i in infos])
         return
     from saekit.registry.folders import register_checkpoint
 
@@ -108,7 +108,7 @@ def import_cmd(
         done = hub_source.import_to(fmt, src, catalogue=catalogue, model_name=model, hook_name=hook,
                                     model_revision=revision)
         emit(done if len(done) != 1 else done[0], json_out,
-             "\n".join(f"{d['dest']} sha256:{d['sha256']} <- {d['source']}" for d in done))
+             [f"{d['dest']} sha256:{d['sha256']} <- {d['source']}" for d in done])
         return
     if dest is None:
         raise InputError("usage: saekit import FORMAT SRC DEST")
@@ -143,7 +143,7 @@ def ls_cmd(
     from saekit.registry import store
 
     infos = store.list_versions(name)
-    emit([i.to_dict() for i in infos], json_out, "\n".join(_version_text(i) for i in infos) or "(no versions)")
+    emit([i.to_dict() for i in infos], json_out, [_version_text(i) for i in infos] or "(no versions)")
 
 
 @app.command("show")
@@ -157,7 +157,7 @@ def show_cmd(ref: str = typer.Argument(...), json_out: bool = JSON_OPTION) -> No
     if info.description:
         lines.append(f"description: {info.description}")
     lines += [f"  {k} = {v}" for k, v in sorted(info.tags.items()) if k != T.FILES]
-    emit(info.to_dict(), json_out, "\n".join(lines))
+    emit(info.to_dict(), json_out, lines)
 
 
 @app.command("pull")

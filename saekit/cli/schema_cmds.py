@@ -19,7 +19,7 @@ def export(
     from saekit.schemas import export as ex
 
     paths = ex.export(out or ex.JSON_DIR)
-    emit([str(p) for p in paths], json_out, "\n".join(f"wrote {p}" for p in paths))
+    emit([str(p) for p in paths], json_out, [f"wrote {p}" for p in paths])
 
 
 @schema_app.command("check")
@@ -28,6 +28,6 @@ def check(json_out: bool = JSON_OPTION) -> None:
     from saekit.schemas import export as ex
 
     stale = ex.stale()
-    emit({"stale": stale}, json_out, "\n".join(f"stale: {s}.json" for s in stale) or "schemas up to date")
+    emit({"stale": stale}, json_out, [f"stale: {s}.json" for s in stale] or "schemas up to date")
     if stale:
         raise typer.Exit(1)

@@ -245,7 +245,7 @@ def test_validate_reads_through_card_files():
 
     from saekit.schemas import validate
 
-    assert validate.jsonl_lines is cf.jsonl_lines and validate.read_bounded is cf.read_bounded
+    assert validate.jsonl_lines is cf.jsonl_lines and validate.json_documents is cf.json_documents
     imports = [line for line in inspect.getsource(cf).splitlines() if line.startswith(("import ", "from "))]
     assert imports and not any("validate" in line or "convert" in line for line in imports)
 

@@ -69,10 +69,11 @@ def test_gzip_newline_bomb_bounded(newline_bomb, tmp_path):
     log_measure("cards validate 1 GiB-of-newlines .jsonl.gz, --max-file-bytes 256 MiB", r)
     assert f"more than {256 << 20} decompressed bytes" in line
     assert r.peak_mib < RSS_BOUND_MIB
-    # the whole GiB under the default bound: blank lines cost no Python work each
+    # the whole GiB under the default bound: blank lines cost no Python work each, and a file
+    # of nothing but blanks is refused, not "ok: 0 cards" (issue 25: a bomb's empty result)
     r = saekit("cards", "validate", str(newline_bomb), home=tmp_path / "home")
     log_measure("cards validate 1 GiB-of-newlines .jsonl.gz, default bounds", r)
-    assert r.rc == 0 and "ok: 0 cards" in r.out
+    assert f"no card in {1 << 30} bytes of blanks" in r.one_line_error(2) and "ok" not in r.out
     assert r.peak_mib < RSS_BOUND_MIB and r.seconds < 120
 
 
@@ -90,6 +91,99 @@ def test_card_files_that_are_not_what_they_say(tmp_path, name, content, message)
     path.write_bytes(content)
     r = saekit("cards", "validate", str(path), home=tmp_path / "home")
     assert message in r.one_line_error(2)
+
+
+# .json / .json.gz card files are streamed like JSONL (issue 25, item 2): before, a 510 KB
+# .json.gz of 512 MiB of blanks was read whole (1,059 MiB, 32 s here) and ended "ok: 0 cards".
+_WS = 64 << 20  # 64 MiB of blanks: four times the default --max-line-bytes, ~64 KB of gzip
+
+
+def _blanks_around(path: Path, head: bytes, block: bytes, tail: bytes) -> Path:
+    co = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with open(path, "wb") as f:
+        f.write(co.compress(head))
+        for _ in range(_WS // len(block)):
+            f.write(co.compress(block))
+        f.write(co.compress(tail) + co.flush())
+    return path
+
+
+@pytest.mark.parametrize(
+    "name,head,tail",
+    [
+        ("list", b"[", b"]"),
+        ("blank", b"", b""),
+        ("before-empty-list", b"", b"[]"),
+        ("between-cards", b"[" + json.dumps(make_card(0)).encode() + b",", json.dumps(make_card(1)).encode() + b"]"),
+        ("after-one-card", json.dumps(make_card(0)).encode(), b""),
+    ],
+)
+def test_json_gz_whitespace_bomb_is_refused_early(tmp_path, name, head, tail):
+    path = _blanks_around(tmp_path / f"{name}.json.gz", head, b" \n\t\r" * (1 << 18), tail)
+    assert path.stat().st_size < 1 << 20
+    r = saekit("cards", "validate", str(path), home=tmp_path / "home")
+    line = r.one_line_error(2)
+    log_measure(f"cards validate .json.gz, 64 MiB of blanks ({name})", r)
+    assert f"more than {16 << 20} bytes of whitespace in a row (--max-line-bytes)" in line and "ok" not in r.out
+    assert r.peak_mib < RSS_BOUND_MIB and r.seconds < 20
+    # the bound is --max-line-bytes: a smaller one stops sooner
+    r = saekit("cards", "validate", str(path), "--max-line-bytes", "1000", home=tmp_path / "home")
+    assert "more than 1000 bytes of whitespace in a row" in r.one_line_error(2)
+
+
+def test_every_card_reader_streams_json(tmp_path):
+    """convert, read_cards and read_rows (verify, bundle, carry, annotate read through them)
+    refuse the same bomb the same way, in bounded memory."""
+    from saekit.schemas import InputError, card_files
+
+    path = _blanks_around(tmp_path / "bomb.json.gz", b"[", b" " * (1 << 20), b"]")
+    r = saekit("cards", "convert", str(path), "--out", str(tmp_path / "out.jsonl"), home=tmp_path / "home")
+    assert "bytes of whitespace in a row" in r.one_line_error(2) and not (tmp_path / "out.jsonl").exists()
+    assert r.peak_mib < RSS_BOUND_MIB
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(make_card(0)) + "\n")
+    for args in (("cards", "annotate", str(path), "--annotations", str(good)),
+                 ("cards", "annotate", str(good), "--annotations", str(path))):
+        r = saekit(*args, home=tmp_path / "home")
+        assert "bytes of whitespace in a row" in r.one_line_error(2) and r.peak_mib < RSS_BOUND_MIB
+    for read in (card_files.read_cards, card_files.read_rows, lambda p: list(card_files.iter_documents(p))):
+        with pytest.raises(InputError, match="bytes of whitespace in a row"):
+            read(path)
+
+
+def test_json_card_bounds_hold_while_streaming(tmp_path):
+    """An unterminated 64 MiB card stops at --max-line-bytes; blanks and cards past
+    --max-file-bytes stop there; both in bounded memory."""
+    endless = _blanks_around(tmp_path / "endless.json.gz", b'[{"pad": "', b"x" * (1 << 20), b"")
+    r = saekit("cards", "validate", str(endless), home=tmp_path / "home")
+    assert f"{endless}:1: card longer than {16 << 20} bytes" in r.one_line_error(2)
+    assert r.peak_mib < RSS_BOUND_MIB
+    many = _blanks_around(tmp_path / "many.json.gz", b"[", b" " * ((1 << 20) - 2) + b"0,", b"0]")
+    r = saekit("cards", "validate", str(many), "--max-file-bytes", str(8 << 20), home=tmp_path / "home")
+    assert f"more than {8 << 20} decompressed bytes" in r.one_line_error(2)
+    assert r.peak_mib < RSS_BOUND_MIB
+
+
+def test_a_card_file_of_blanks_only_is_refused_by_every_path(tmp_path, monkeypatch):
+    """Zero cards from more than --max-line-bytes of blanks is an error whichever reader runs:
+    .json (blanks split in runs that are each allowed), streamed .jsonl, byte-range workers;
+    an empty list or a few blank lines stay "0 cards"."""
+    from saekit.schemas import InputError, safeio
+    from saekit.schemas import validate as v
+
+    limits = safeio.Limits(max_line_bytes=1000)
+    (tmp_path / "split.json").write_text("[" + " " * 900 + "]" + "\n" * 900)
+    (tmp_path / "blank.jsonl").write_text("\n \n" * 1000)
+    for name in ("split.json", "blank.jsonl"):
+        with pytest.raises(InputError, match="no card in .* bytes of blanks"):
+            v.validate_paths([tmp_path / name], workers=1, limits=limits)
+    monkeypatch.setattr(v, "RANGE_BYTES", 1024)
+    monkeypatch.setattr(v, "PARALLEL_MIN_BYTES", 2048)
+    with pytest.raises(InputError, match="no card in 3000 bytes of blanks"):
+        v.validate_paths([tmp_path / "blank.jsonl"], workers=2, limits=limits)
+    (tmp_path / "empty.json").write_text("[]\n")
+    (tmp_path / "few.jsonl").write_text("\n\n")
+    assert v.validate_paths([tmp_path / "empty.json", tmp_path / "few.jsonl"], limits=limits).n_cards == 0
 
 
 def test_deep_card_line_is_an_invalid_card(tmp_path):
@@ -226,6 +320,33 @@ def test_chunked_line_reader_matches_a_plain_split(tmp_path, monkeypatch, chunk)
             continue
         want = [(n, line.encode()) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
         assert list(v.jsonl_lines(path)) == want, text
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64])
+def test_streamed_json_reader_matches_json_loads(tmp_path, monkeypatch, chunk):
+    """The documents and start lines the streamed .json reader gives equal json.loads' items,
+    whatever the chunk (numbers, strings and escapes cut at every place)."""
+    import random
+
+    from saekit.schemas import card_files as v
+
+    monkeypatch.setattr(v, "CHUNK", chunk)
+    rng = random.Random(chunk)
+    values = [{"a": 1}, [1.5e3, -2, "x\\n\u00e9"], "\u2603 snow", 12345678901234567890, -0.5e-7, True, None,
+              {"k": {"n": [1, {"m": "\\"}]}}, 1e5, {}]
+    for trial in range(40):
+        docs = [rng.choice(values) for _ in range(rng.randint(0, 6))]
+        ws = lambda: rng.choice(["", " ", "\n", " \n\t ", "\r\n\n"])  # noqa: E731
+        text, lines = ws() + "[" + ws(), []
+        for i, d in enumerate(docs):
+            lines.append(text.count("\n") + 1)
+            text += json.dumps(d, ensure_ascii=trial % 2 == 0) + ws() + ("," + ws() if i < len(docs) - 1 else "")
+        text += "]" + ws()
+        path = tmp_path / (f"t{trial}.json.gz" if trial % 3 == 0 else f"t{trial}.json")
+        path.write_bytes(gzip.compress(text.encode()) if trial % 3 == 0 else text.encode())
+        got = list(v.json_documents(path))
+        assert [json.loads(raw) for _, raw in got] == docs, text
+        assert [line for line, _ in got] == lines, text
 
 
 def test_over_long_line_in_byte_range_workers_names_its_line(tmp_path, monkeypatch):
