@@ -301,6 +301,20 @@ def copy_file(root: str | os.PathLike, rel: str, dest: str | os.PathLike) -> Pat
 _WRITE_RULE = "saekit never writes through a link (name the real path to write there)"
 
 
+def check_writable(*dests: str | os.PathLike) -> None:
+    """Refuse now what :func:`write_bytes` would refuse later (a symlinked folder, a
+    destination that is a link or not a regular file), so that work that ends in several
+    files fails before it starts and never leaves some of them written."""
+    for dest in map(Path, dests):
+        for path, allowed in ((dest.parent, stat.S_ISDIR), (dest, stat.S_ISREG)):
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                break  # created by the write
+            if not allowed(st.st_mode):
+                raise UnsafePathError(f"is {_kind(st.st_mode)}; {_WRITE_RULE}", where=str(path))
+
+
 def write_bytes(dest: str | os.PathLike, data: bytes | Iterable[bytes]) -> Path:
     """Write ``dest`` as a new regular file: the one way saekit writes a file.
 
