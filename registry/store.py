@@ -41,7 +41,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from saekit.registry import artifact as art
 from saekit.registry import backend, cache
@@ -54,6 +54,7 @@ from saekit.schemas import (
     NotFoundError,
     ReferenceSyntaxError,
     RegistryError,
+    SaekitError,
     SAERef,
     safeio,
 )
@@ -464,12 +465,14 @@ def register(
         _check_alias(alias)
     user_tags = _check_tags(tags)
     with tempfile.TemporaryDirectory(prefix="saekit-register-") as tmp:
-        if isinstance(artifact, (str, os.PathLike)):
-            folder = _stage(Path(artifact).expanduser(), Path(tmp) / "artifact")
+        folder = Path(tmp) / "artifact"
+        given = Path(artifact).expanduser() if isinstance(artifact, (str, os.PathLike)) else None
+        if given is not None:
+            _stage(given, folder)
         else:
-            folder = Path(tmp) / "artifact"
             art.save_artifact(artifact, folder)
-        cfg, hashes = art.validate_artifact(folder)  # header, cfg, shapes, NaN; no torch needed
+        with _shown_as(folder, given):
+            cfg, hashes = art.validate_artifact(folder)  # header, cfg, shapes, NaN; no torch needed
         sha = art.combine(hashes)
         client = _client()
         with _errors(repr(name)):
@@ -487,6 +490,20 @@ def register(
                 info.aliases = sorted(_aliases_of(client, name).get(info.version, []))
     _remember(info)
     return info
+
+
+@contextlib.contextmanager
+def _shown_as(staged: Path, given: Path | None) -> Iterator[None]:
+    """Errors about the staging copy name the folder the user gave instead (the one they can
+    open and fix); the copy is gone when the error is read."""
+    try:
+        yield
+    except SaekitError as err:
+        if given is not None:
+            err.where, err.message = (None if t is None else t.replace(str(staged), str(given))
+                                      for t in (err.where, err.message))
+            err.args = (f"{err.where}: {err.message}" if err.where else err.message,)
+        raise
 
 
 def _stage(src: Path, dest: Path) -> Path:
