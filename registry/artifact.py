@@ -125,8 +125,8 @@ def save_artifact(sae: SAE, folder: Path) -> str:
     weights = save(tensors)
     cfg_data = cfg_bytes(cfg)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    safeio.check_writable(folder / CFG, folder / WEIGHTS)  # a planted link is refused, not followed
     if folder.exists() and any(folder.iterdir()):
-        safeio.check_writable(folder / CFG, folder / WEIGHTS)
         for name, data in ((CFG, cfg_data), (WEIGHTS, weights)):
             safeio.write_bytes(folder / name, data)
     else:

@@ -110,6 +110,16 @@ def test_cards_outputs_refuse_a_symlink(tmp_path, target):
     assert cards.read_text().count("\n") == 2
 
 
+def test_import_refuses_a_symlinked_destination(tmp_path, target):
+    src = make_artifact(tmp_path / "ckpt")  # a canonical folder is a SAELens folder too
+    (target.parent / "cfg.json").write_text(TARGET_TEXT)
+    (tmp_path / "dest").symlink_to(target.parent, target_is_directory=True)
+    r = saekit("import", "saelens", str(src), str(tmp_path / "dest"), home=tmp_path / "home")
+    _refused(r, tmp_path / "dest", target)
+    assert (target.parent / "cfg.json").read_text() == TARGET_TEXT
+    assert sorted(p.name for p in target.parent.iterdir()) == ["cfg.json", "keep.txt"]
+
+
 def test_schema_export_refuses_a_symlinked_folder(tmp_path, target):
     (tmp_path / "out").symlink_to(target.parent, target_is_directory=True)
     r = saekit("schema", "export", "--out", str(tmp_path / "out"), home=tmp_path / "home")
