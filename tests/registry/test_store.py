@@ -14,7 +14,8 @@ import torch
 
 import saekit
 from saekit.registry import artifact as art
-from saekit.registry import store
+from saekit.registry import cache, store
+from saekit.registry.refs import parse_ref
 from saekit.schemas import InputError, IntegrityError, NotFoundError, ReferenceSyntaxError, RegistryError
 from tests.registry.conftest import make_artifact, make_sae
 
@@ -173,6 +174,7 @@ def test_recreated_name_loads_its_new_weights(tmp_path):
     sae = saekit.load("m/1")
     assert sae.ref.sha256 == new.sha256 and torch.equal(sae.tensors["W_enc"], make_sae(2).tensors["W_enc"])
     assert art.artifact_sha256(store.fetch("m/1")) == new.sha256
+    assert cache.recall(store.registry_uri(), parse_ref("m/1"))["sha256"] == new.sha256  # the index was refreshed
     with pytest.raises(NotFoundError, match="no version with sha256"):  # the old content is no version of m now
         saekit.load(f"m@sha256:{old.sha256[:16]}")
 
