@@ -6,7 +6,7 @@
 Load speed: a 576x4608 TopK SAE (k=32, fp32; SmolLM2-135M's width, 8x expansion) is
 registered in a fresh embedded registry and pulled into the cache once. Then each
 measurement is a new Python process that goes from nothing to a usable SAE object
-(imports included) and encodes one token: ``saekit.load("bench/1")`` (pinned, cached:
+(imports included) and encodes one token: ``saekit.load("bench@sha256:...")`` (pinned, cached:
 no registry contact, sha256 verified) against ``sae_lens.SAE.load_from_disk`` on the
 same folder. The two alternate, ``--repeats`` times each; medians and the ratio are printed
 and saved under benchmarks/results/load_<date>.json. Also times ``python -c "import saekit"``.
@@ -119,7 +119,7 @@ def bench_load(repeats: int) -> dict:
     sae = SAE(cfg, {"W_enc": W, "b_enc": torch.zeros(d_sae), "W_dec": W.T.contiguous(), "b_dec": torch.zeros(d_in)})
     info = saekit.register("bench", sae)
     folder = store.fetch(f"bench/{info.version}")  # the cached, verified canonical folder
-    ref = f"bench/{info.version}"
+    ref = f"bench@sha256:{info.sha256[:16]}"  # pinned by content: no registry contact (NAME/VERSION asks it)
 
     rows_saekit, rows_lens, rows_import = [], [], []
     _child(SAEKIT_CHILD.format(ref=ref), env)  # warm the OS page cache for both

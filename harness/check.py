@@ -34,6 +34,7 @@ from saekit.schemas import (
     InputError,
     IntegrityError,
     Timings,
+    safeio,
 )
 from saekit.schemas.benchmark import read_records
 from saekit.schemas.console import say
@@ -274,6 +275,8 @@ def run_check(
 
     if config.sae_ref is None:
         raise InputError("no SAE reference given", where="check")
+    if out_dir is not None:  # a link planted in --out fails now, not after the pass
+        safeio.check_writable(*(Path(out_dir) / name for name in ("eval.json", "feature_cards.jsonl")))
     init()
     threads_before = torch.get_num_threads()
     configure_threads(config.torch_threads)
@@ -490,12 +493,13 @@ def _finish(
         verdict = gate_mod.apply(pol, record)
         record = record.model_copy(update={"gate": verdict})
     record_path = out / "eval.json"
-    text = record.to_json(indent=2) + "\n"
-    record_path.write_text(text, encoding="utf-8")
-    if record.eval_type_id == "core":
-        # the name SAEBench's graphing utilities look for: {sae_release}_{sae_id}_eval_results.json
-        # (sae_bench/sae_bench_utils/graphing_utils.py, general_utils.py)
-        (out / saebench_filename(record)).write_text(text, encoding="utf-8")
+    data = (record.to_json(indent=2) + "\n").encode("utf-8")
+    # the name SAEBench's graphing utilities look for: {sae_release}_{sae_id}_eval_results.json
+    # (sae_bench/sae_bench_utils/graphing_utils.py, general_utils.py)
+    paths = [record_path] + ([out / saebench_filename(record)] if record.eval_type_id == "core" else [])
+    safeio.check_writable(*paths)
+    for path in paths:
+        safeio.write_bytes(path, data)
 
     logged = False
     if log and sae.ref is not None and sae.ref.version is not None:

@@ -52,6 +52,7 @@ from saekit.schemas import (
     Histogram,
     InputError,
     SAERef,
+    safeio,
 )
 from saekit.schemas.card_files import jsonl_lines
 from saekit.schemas.matching import RELATIONS, LatentMatch, MatchSummary, mapping_errors
@@ -409,13 +410,12 @@ def summary_path(mapping: Path) -> Path:
 
 
 def write_mapping(matching: Matching, path: Path) -> Path:
-    """Write the mapping (JSONL) and its summary beside it; returns the mapping path."""
+    """Write the mapping (JSONL) and its summary beside it (safeio.write_bytes: a link at
+    either is refused before either is written); returns the mapping path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for row in matching.rows:
-            f.write(row.model_dump_json(exclude_defaults=False) + "\n")
-    summary_path(path).write_text(matching.summary.model_dump_json(indent=2) + "\n")
+    safeio.check_writable(path, summary_path(path))
+    safeio.write_bytes(path, ((row.model_dump_json(exclude_defaults=False) + "\n").encode() for row in matching.rows))
+    safeio.write_bytes(summary_path(path), (matching.summary.model_dump_json(indent=2) + "\n").encode())
     return path
 
 

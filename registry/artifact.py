@@ -125,9 +125,10 @@ def save_artifact(sae: SAE, folder: Path) -> str:
     weights = save(tensors)
     cfg_data = cfg_bytes(cfg)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    safeio.check_writable(folder / CFG, folder / WEIGHTS)  # a planted link is refused, not followed
     if folder.exists() and any(folder.iterdir()):
         for name, data in ((CFG, cfg_data), (WEIGHTS, weights)):
-            _atomic_write(folder / name, data)
+            safeio.write_bytes(folder / name, data)
     else:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         (tmp / CFG).write_bytes(cfg_data)
@@ -136,12 +137,6 @@ def save_artifact(sae: SAE, folder: Path) -> str:
             folder.rmdir()
         os.replace(tmp, folder)
     return combine({CFG: sha256_bytes(cfg_data), WEIGHTS: sha256_bytes(weights)})
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # --- reading ---------------------------------------------------------------------------

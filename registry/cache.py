@@ -5,8 +5,11 @@
 
 An entry enters the cache only after each of its files matched its recorded sha256
 (``add``), and is checked again before it is used (``verified``); a bad entry is evicted.
-The index lets a pinned reference (``NAME/VERSION``, ``NAME@sha256:PREFIX``) that is cached
-load without importing mlflow or contacting the server. Nothing here talks to MLflow.
+The index records what the registry last said each ``NAME/VERSION`` holds. Only content
+pinned by its hash (``NAME@sha256:PREFIX``) loads from it without asking the registry:
+a name can be deleted and re-created with other weights, so ``NAME/VERSION`` is confirmed
+with the registry first (registry.store), and each answer overwrites the entry here.
+Nothing here talks to MLflow.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Iterator
 from saekit.registry import artifact as art
 from saekit.registry.backend import without_password
 from saekit.registry.refs import Ref
-from saekit.schemas import IntegrityError, NotFoundError
+from saekit.schemas import IntegrityError, NotFoundError, safeio
 from saekit.schemas.settings import Settings, current
 
 
@@ -51,19 +54,27 @@ def _index_dir(uri: str, name: str, settings: Settings | None) -> Path:
 
 def remember(uri: str, name: str, version: int, sha256: str, files: dict[str, str],
              settings: Settings | None = None) -> None:
-    """Record name/version -> sha256 so a pinned reference can later load offline."""
+    """Record what the registry says name/version holds, replacing an older answer (the name
+    may have been deleted and re-created since)."""
     dest = _index_dir(uri, name, settings) / f"{version}.json"
-    if dest.is_file():
-        return
+    data = json.dumps({"name": name, "version": version, "sha256": sha256, "files": files}).encode()
+    with contextlib.suppress(OSError):
+        if dest.read_bytes() == data:
+            return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"name": name, "version": version, "sha256": sha256, "files": files}))
-    os.replace(tmp, dest)
+    safeio.write_bytes(dest, data)
+
+
+def forget(uri: str, name: str, version: int, settings: Settings | None = None) -> None:
+    """Drop name/version from the index (the registry no longer has it)."""
+    with contextlib.suppress(FileNotFoundError):
+        (_index_dir(uri, name, settings) / f"{version}.json").unlink()
 
 
 def recall(uri: str, ref: Ref, settings: Settings | None = None) -> dict[str, Any] | None:
-    """A pinned reference's ``{name, version, sha256, files}`` from the index, without
-    asking the registry; None when not pinned, not indexed or ambiguous."""
+    """A pinned reference's ``{name, version, sha256, files}`` as the registry last said it,
+    without asking it; None when not pinned, not indexed or ambiguous. Only a sha256 hit
+    may be loaded on this word alone (see the module doc)."""
     if not ref.pinned or ref.kind not in ("version", "sha256"):
         return None
     folder = _index_dir(uri, ref.name, settings)

@@ -41,10 +41,9 @@ def pull(ref: str, dest: Path | str) -> tuple[str, list[str]]:
     returns the copy's sha256 and the names of the files copied."""
     folder = store.fetch(ref)
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for name in safeio.list_files(folder):  # the verified cache entry: regular files only
-        if "/" not in name:
-            safeio.copy_file(folder, name, dest / name)  # a link at dest is replaced, never written through
-            copied.append(name)
-    return artifact.artifact_sha256(dest), copied
+    # the verified cache entry: regular files only
+    names = [name for name in safeio.list_files(folder) if "/" not in name]
+    safeio.check_writable(*(dest / name for name in names))  # a link at dest is refused, never written through
+    for name in names:
+        safeio.copy_file(folder, name, dest / name)
+    return artifact.artifact_sha256(dest), names

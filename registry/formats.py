@@ -273,29 +273,27 @@ def import_checkpoint(
 
 
 def export(sae: SAE, fmt: str, dest: Path) -> list[Path]:
-    """Write ``sae`` in another library's layout; returns the files written."""
-    from safetensors.torch import save_file
+    """Write ``sae`` in another library's layout; returns the files written (each with
+    safeio.write_bytes: a link at ``dest`` or at a file in it is refused before any is written)."""
+    from safetensors.torch import save
 
     dest = Path(dest)
     t = {k: v.detach().cpu().contiguous() for k, v in sae.tensors.items()}
     if fmt == "saelens":
-        dest.mkdir(parents=True, exist_ok=True)
         cfg = sae.cfg.to_saelens_dict()
         cfg.pop("saekit", None)
-        save_file(t, str(dest / art.WEIGHTS))
-        (dest / art.CFG).write_text(json.dumps(cfg, indent=2))
-        return [dest / art.CFG, dest / art.WEIGHTS]
-    if fmt == "sparsify":
+        files = {art.CFG: json.dumps(cfg, indent=2).encode(), art.WEIGHTS: save(t)}
+    elif fmt == "sparsify":
         c = sae.cfg
         if c.architecture != "topk" or not c.apply_b_dec_to_input or c.normalize_activations != "none":
             raise InputError(
                 "sparsify holds plain TopK SAEs that subtract b_dec and do not normalise inputs",
                 where=f"{c.architecture} SAE",
             )
-        dest.mkdir(parents=True, exist_ok=True)
         tensors = {"encoder.weight": t["W_enc"].T.contiguous(), "encoder.bias": t["b_enc"],
                    "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
-        save_file(tensors, str(dest / "sae.safetensors"))
-        (dest / "cfg.json").write_text(json.dumps(c.to_sparsify_dict()))
-        return [dest / "cfg.json", dest / "sae.safetensors"]
-    raise InputError(f"unknown export format; expected one of {', '.join(EXPORT_FORMATS)}", where=repr(fmt))
+        files = {"cfg.json": json.dumps(c.to_sparsify_dict()).encode(), "sae.safetensors": save(tensors)}
+    else:
+        raise InputError(f"unknown export format; expected one of {', '.join(EXPORT_FORMATS)}", where=repr(fmt))
+    safeio.check_writable(*(dest / name for name in files))
+    return [safeio.write_bytes(dest / name, data) for name, data in files.items()]

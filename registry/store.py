@@ -15,9 +15,12 @@ Where the registry lives is only a URI (``SAEKIT_REGISTRY_URI``): by default MLf
 SQLite with a local artifact folder under SAEKIT_HOME; for a team, an MLflow tracking server
 (``http://...``) on PostgreSQL with proxied artifacts. No code below branches on which.
 
-Loading goes through a content-addressed cache under ``SAEKIT_HOME/cache``; a pinned
-reference (``NAME/VERSION``, ``NAME@sha256:...``) already cached loads without importing
-mlflow or contacting the server.
+Loading goes through a content-addressed cache under ``SAEKIT_HOME/cache``. Content pinned
+by its hash (``NAME@sha256:...``) already cached loads without importing mlflow or
+contacting the server. ``NAME/VERSION`` is asked of the registry every time: a name can be
+deleted and re-created with other weights, so the local index is trusted only while the
+registry still says the same sha256; an unreachable registry is said as such, naming the
+``NAME@sha256:...`` that loads offline.
 
 Parts: settings are ``schemas.settings`` (``current()``); the MLflow backend (client,
 retries, error translation with secret masking; public MLflow API only) is
@@ -38,7 +41,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from saekit.registry import artifact as art
 from saekit.registry import backend, cache
@@ -51,6 +54,7 @@ from saekit.schemas import (
     NotFoundError,
     ReferenceSyntaxError,
     RegistryError,
+    SaekitError,
     SAERef,
     safeio,
 )
@@ -285,16 +289,38 @@ def list_versions(name: str | None = None) -> list[VersionInfo]:
 
 
 def _remember(info: VersionInfo) -> None:
-    """Record name/version -> sha256 so a pinned reference can later load offline."""
+    """Record what the registry says name/version holds (replacing an older answer)."""
     cache.remember(registry_uri(), info.name, info.version, info.sha256, info.files)
 
 
 def _recall(ref: Ref) -> VersionInfo | None:
-    """A pinned reference's version from the local index, without asking the registry."""
-    d = cache.recall(registry_uri(), ref)
+    """The version of a ``NAME@sha256:PREFIX`` reference from the local index, without asking
+    the registry: content pinned by its hash is the same whatever the registry says now."""
+    d = cache.recall(registry_uri(), ref) if ref.kind == "sha256" else None
     if d is None:
         return None
     return VersionInfo(d["name"], int(d["version"]), d["sha256"], tags={FILES: json.dumps(d["files"])})
+
+
+def _confirmed(ref: Ref) -> VersionInfo:
+    """``resolve(ref)``, keeping the local index in step: a version the registry no longer
+    has is forgotten; when the registry cannot be reached, the error names the sha256-pinned
+    reference that loads offline (if the index knows one)."""
+    try:
+        return resolve(ref)
+    except NotFoundError:
+        if ref.kind == "version":
+            cache.forget(registry_uri(), ref.name, ref.version)
+        raise
+    except RegistryError as err:
+        known = cache.recall(registry_uri(), ref) if ref.kind == "version" else None
+        if known is None:
+            raise
+        raise RegistryError(
+            f"{err.message}; {ref.text} is confirmed with the registry before it loads; "
+            f"load {ref.name}@sha256:{known['sha256'][:16]} for the cached copy it named last",
+            where=err.where,
+        ) from None
 
 
 def cache_path(sha256: str) -> Path:
@@ -336,12 +362,23 @@ def fetch(ref: str | Ref) -> Path:
     if ref.kind == "path":
         return ref.path
     info = _recall(ref)
-    if info is not None:
-        folder = _cached_ok(info)
-        if folder is not None:
-            return folder
-    info = resolve(ref)
-    return _cached_ok(info) or _download(info)
+    folder = _cached_ok(info) if info is not None else None
+    if folder is None:
+        info = _confirmed(ref)
+        folder = _cached_ok(info) or _download(info)
+    return folder
+
+
+def _load_cached(info: VersionInfo) -> SAE | None:
+    """The cached artifact of ``info``, verified against its sha256; None (and evicted) if
+    missing or corrupt."""
+    if not cache_path(info.sha256).is_dir():
+        return None
+    try:
+        return art.load_artifact(cache_path(info.sha256), expected_sha256=info.sha256)
+    except (IntegrityError, NotFoundError):
+        cache.evict(info.sha256)  # corrupt cache entry: fetched again
+        return None
 
 
 def load_ref(ref: Ref | str) -> SAE:
@@ -353,18 +390,11 @@ def load_ref(ref: Ref | str) -> SAE:
         return sae
     if ref.kind == "hf":
         raise ReferenceSyntaxError("hf:// references load through saekit.load", where=repr(ref.text))
-    info = _recall(ref)  # pinned and indexed: no registry round trip, no mlflow import
-    sae = None
-    if info is not None and cache_path(info.sha256).is_dir():
-        try:
-            sae = art.load_artifact(cache_path(info.sha256), expected_sha256=info.sha256)
-        except (IntegrityError, NotFoundError):
-            cache.evict(info.sha256)  # corrupt cache entry: fetch it again below
-            sae = None
+    info = _recall(ref)  # pinned by sha256 and indexed: no registry round trip, no mlflow import
+    sae = _load_cached(info) if info is not None else None
     if sae is None:
-        info = resolve(ref)
-        folder = _cached_ok(info) or _download(info)
-        sae = art.load_artifact(folder, expected_sha256=info.sha256)
+        info = _confirmed(ref)
+        sae = _load_cached(info) or art.load_artifact(_download(info), expected_sha256=info.sha256)
     sae.ref = SAERef(name=info.name, version=str(info.version), sha256=info.sha256, d_sae=sae.cfg.d_sae)
     return sae
 
@@ -436,12 +466,14 @@ def register(
         _check_alias(alias)
     user_tags = _check_tags(tags)
     with tempfile.TemporaryDirectory(prefix="saekit-register-") as tmp:
-        if isinstance(artifact, (str, os.PathLike)):
-            folder = _stage(Path(artifact).expanduser(), Path(tmp) / "artifact")
+        folder = Path(tmp) / "artifact"
+        given = Path(artifact).expanduser() if isinstance(artifact, (str, os.PathLike)) else None
+        if given is not None:
+            _stage(given, folder)
         else:
-            folder = Path(tmp) / "artifact"
             art.save_artifact(artifact, folder)
-        cfg, hashes = art.validate_artifact(folder)  # header, cfg, shapes, NaN; no torch needed
+        with _shown_as(folder, given):
+            cfg, hashes = art.validate_artifact(folder)  # header, cfg, shapes, NaN; no torch needed
         sha = art.combine(hashes)
         client = _client()
         with _errors(repr(name)):
@@ -459,6 +491,20 @@ def register(
                 info.aliases = sorted(_aliases_of(client, name).get(info.version, []))
     _remember(info)
     return info
+
+
+@contextlib.contextmanager
+def _shown_as(staged: Path, given: Path | None) -> Iterator[None]:
+    """Errors about the staging copy name the folder the user gave instead (the one they can
+    open and fix); the copy is gone when the error is read."""
+    try:
+        yield
+    except SaekitError as err:
+        if given is not None:
+            err.where, err.message = (None if t is None else t.replace(str(staged), str(given))
+                                      for t in (err.where, err.message))
+            err.args = (f"{err.where}: {err.message}" if err.where else err.message,)
+        raise
 
 
 def _stage(src: Path, dest: Path) -> Path:
@@ -488,8 +534,7 @@ def _register_new(client, name, folder, hashes, sha, cfg, user_tags, description
         # Verify the upload by reading it back; the verified copy becomes the cache entry.
         _download(VersionInfo(name, 0, sha, tags={FILES: json.dumps(hashes)}, run_id=run_id, source=source))
         tags = {**user_tags, **_meta_tags(cfg, sha, hashes)}
-        mv = _retry(client.create_model_version, name, source, run_id=run_id, tags=tags,
-                    description=description, await_creation_for=0)
+        mv = _create_version(client, name, source, run_id=run_id, tags=tags, description=description)
         _retry(client.set_model_version_tag, name, mv.version, READY, "true")
         status = RunStatus.to_string(RunStatus.FINISHED)
     finally:
@@ -506,6 +551,19 @@ def _register_new(client, name, folder, hashes, sha, cfg, user_tags, description
     info = _info(mv, [])
     info.tags = {**tags, READY: "true"}
     return info
+
+
+def _create_version(client: MlflowClient, name: str, source: str, **kwargs: Any) -> Any:
+    """A new model version of ``name``. A name deleted since this process created it
+    (``Backend.ensure_model`` remembers) is created again: re-creating a name is supported."""
+    try:
+        return _retry(client.create_model_version, name, source, await_creation_for=0, **kwargs)
+    except Exception as err:  # noqa: BLE001
+        if backend.error_code(err) != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    with contextlib.suppress(Exception):  # another process may have created it meanwhile
+        _retry(client.create_registered_model, name)
+    return _retry(client.create_model_version, name, source, await_creation_for=0, **kwargs)
 
 
 def set_alias(name: str, alias: str, version: int | str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.registry import tags as T
-from saekit.schemas import GatePolicy, InputError
+from saekit.schemas import GatePolicy, InputError, safeio
 from saekit.schemas.console import say
 from saekit.schemas.settings import Settings, current, use_settings
 
@@ -144,7 +144,7 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
         "tags": ["smollm2", "topk"],
     })
     manifest_path = work / "release.yaml"
-    manifest_path.write_text(dump_manifest(manifest))
+    safeio.write_bytes(manifest_path, dump_manifest(manifest).encode())
     bundle = build(manifest_path, work / "bundle", force=True)  # the demo's own work folder
     release = verify(bundle)
     summary["release"] = {"manifest": str(manifest_path), "bundle": str(bundle), "tag": release["tag"],

@@ -447,34 +447,9 @@ def read_cards(paths: str | os.PathLike | Iterable[str | os.PathLike], limits: L
 
 
 def _write(out: Path, data: bytes | Iterable[bytes]) -> Path:
-    """``data`` (bytes, or pieces of it, streamed) to ``out`` as a new regular file: a
-    temporary file renamed into place, so a symlink at ``out`` is replaced, never written
-    through, and a reader never sees half a file."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(data, bytes):
-                f.write(data)
-            else:
-                for piece in data:
-                    f.write(piece)
-        os.replace(tmp, out)
-    except OSError as err:
-        _discard(tmp)
-        raise InputError(f"cannot write: {err.strerror or err}", where=str(out)) from None
-    except BaseException:
-        _discard(tmp)
-        raise
-    return out
-
-
-def _discard(tmp: Path) -> None:
-    try:
-        tmp.unlink()
-    except OSError:
-        pass
+    """``data`` (bytes, or pieces of it, streamed) to ``out`` with saekit's one writer
+    (safeio.write_bytes: a temporary file renamed into place; a symlink refused)."""
+    return safeio.write_bytes(out, data)
 
 
 def _batched_lines(lines: Iterable[str], size: int = 256) -> Iterator[bytes]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from saekit.schemas import safeio
 from saekit.schemas.benchmark import BenchmarkRecord
 from saekit.schemas.card import FeatureCard
 from saekit.schemas.common import SCHEMA_VERSION
@@ -41,13 +42,9 @@ def render(stem: str) -> str:
 
 def export(out_dir: Path = JSON_DIR) -> list[Path]:
     """Write every schema file; returns the paths written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for stem in MODELS:
-        path = out_dir / f"{stem}.json"
-        path.write_text(render(stem))
-        paths.append(path)
-    return paths
+    paths = {stem: Path(out_dir) / f"{stem}.json" for stem in MODELS}
+    safeio.check_writable(*paths.values())
+    return [safeio.write_bytes(path, render(stem).encode()) for stem, path in paths.items()]
 
 
 def stale(json_dir: Path | None = None) -> list[str]:

@@ -17,6 +17,10 @@ check and the read is still refused. Refused, with one line naming the path:
 The folder itself is taken as the caller named it (a link to a folder the user names on
 the command line is followed once, to find the folder); everything inside it must be real.
 
+Writing: every file saekit writes into a folder a user named goes through
+:func:`write_bytes` (a temporary file renamed into place; a symlink at the destination
+file or as its folder is refused, never written through).
+
 Bounded input: :class:`Limits` holds every bound (bytes per file, bytes per line or
 card, JSON nesting); :func:`load_json` applies them to one JSON document. Parsers used
 on bounded input are linear, so time per line is bounded by the line bound.
@@ -26,16 +30,19 @@ Standard library only: every layer imports it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, Iterable
 
-from saekit.schemas.errors import InputError, NotFoundError, UnsafePathError
+from saekit.schemas.errors import InputError, NotFoundError, SaekitError, UnsafePathError
 
 # --- bounds -----------------------------------------------------------------------------
 
@@ -286,27 +293,70 @@ def sha256(root: str | os.PathLike, rel: str) -> str:
 
 
 def copy_file(root: str | os.PathLike, rel: str, dest: str | os.PathLike) -> Path:
-    """Copy ``root/rel`` (under the rule) to ``dest`` as a new regular file; a symlink at
-    ``dest`` is replaced, never written through."""
-    dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    """Copy ``root/rel`` (under the rule) to ``dest`` with :func:`write_bytes`, streamed."""
     with open_regular(root, rel) as src:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        with os.fdopen(fd, "wb") as out:
-            for block in iter(lambda: src.read(1 << 22), b""):
-                out.write(block)
-    os.replace(tmp, dest)
-    return dest
+        return write_bytes(dest, iter(lambda: src.read(1 << 22), b""))
 
 
-def write_bytes(dest: str | os.PathLike, data: bytes) -> Path:
-    """Write ``dest`` as a new regular file (temp + rename: a symlink there is replaced)."""
+_WRITE_RULE = "saekit never writes through a link (name the real path to write there)"
+
+
+def check_writable(*dests: str | os.PathLike) -> None:
+    """Refuse now what :func:`write_bytes` would refuse later (a symlinked folder, a
+    destination that is a link or not a regular file), so that work that ends in several
+    files fails before it starts and never leaves some of them written."""
+    for dest in map(Path, dests):
+        for path, allowed in ((dest.parent, stat.S_ISDIR), (dest, stat.S_ISREG)):
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                break  # created by the write
+            if not allowed(st.st_mode):
+                raise UnsafePathError(f"is {_kind(st.st_mode)}; {_WRITE_RULE}", where=str(path))
+
+
+def write_bytes(dest: str | os.PathLike, data: bytes | Iterable[bytes]) -> Path:
+    """Write ``dest`` as a new regular file: the one way saekit writes a file.
+
+    ``data`` (bytes, or pieces of it, streamed) goes to a new temporary file in ``dest``'s
+    folder (``O_EXCL``, opened through a descriptor of that folder), renamed into place: a
+    reader never sees half a file, and an error leaves the old file as it was. A symlink
+    (or anything but a regular file) at ``dest``, or a symlink as ``dest``'s folder, is
+    refused with UnsafePathError: a planted link must not redirect the write. Missing
+    folders are created; other failures are InputError ``cannot write``.
+    """
     dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UnsafePathError(f"is a symlink; {_WRITE_RULE}", where=str(dest.parent)) from None
+        raise InputError(f"cannot write: {err.strerror or err}", where=str(dest)) from None
+    tmp = f".{dest.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        try:
+            st = os.lstat(dest.name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(f"is {_kind(st.st_mode)}; {_WRITE_RULE}", where=str(dest))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for piece in (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                    out.write(piece)
+            os.replace(tmp, dest.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+    except SaekitError:
+        raise
+    except OSError as err:
+        raise InputError(f"cannot write: {err.strerror or err}", where=str(dest)) from None
+    finally:
+        os.close(dir_fd)
     return dest
 
 

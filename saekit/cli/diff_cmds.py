@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from saekit.cli.app import JSON_OPTION, app, cards_app, emit
+from saekit.schemas import safeio
 
 if TYPE_CHECKING:
     from saekit.kernels import SAE
@@ -71,6 +72,8 @@ def diff(
     from saekit.matching.inputs import coact_batch
 
     views = [v.strip() for v in by.split(",") if v.strip()]
+    if out is not None:  # a link planted at --out fails now, not after the matching
+        safeio.check_writable(out, summary_path(out))
     sae_a, sae_ref_a = _load_sae(ref_a)
     sae_b, sae_ref_b = _load_sae(ref_b)
     batch = coact_batch(sae_a, sae_b, n_tokens, acts) if "coact" in views else None

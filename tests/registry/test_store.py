@@ -14,8 +14,9 @@ import torch
 
 import saekit
 from saekit.registry import artifact as art
-from saekit.registry import store
-from saekit.schemas import InputError, IntegrityError, NotFoundError, ReferenceSyntaxError
+from saekit.registry import cache, store
+from saekit.registry.refs import parse_ref
+from saekit.schemas import InputError, IntegrityError, NotFoundError, ReferenceSyntaxError, RegistryError
 from tests.registry.conftest import make_artifact, make_sae
 
 
@@ -120,22 +121,62 @@ def test_tampered_store_is_refused(tmp_path):
 
 def test_pinned_cached_load_needs_no_registry(tmp_path, saekit_home):
     v = saekit.register("m", make_artifact(tmp_path / "a"), alias="production")
-    # The registry database is gone and mlflow cannot even be imported: pinned refs still load.
+    # The registry database is gone and mlflow cannot even be imported: content pinned by
+    # its sha256 still loads; NAME/VERSION must ask the registry (it may name other content now).
     (saekit_home / "registry" / "mlflow.db").rename(saekit_home / "registry" / "gone.db")
     code = textwrap.dedent(f"""
         import sys
         sys.modules["mlflow"] = None
         import saekit
-        a = saekit.load("m/1"); b = saekit.load("m@sha256:{v.sha256[:12]}")
-        assert a.ref.sha256 == b.ref.sha256 == "{v.sha256}"
-        try:
-            saekit.load("m@production")
-        except Exception as e:
-            print("unpinned:", type(e).__name__)
+        b = saekit.load("m@sha256:{v.sha256[:12]}")
+        assert b.ref.sha256 == "{v.sha256}" and b.ref.version == "1"
+        for ref in ("m/1", "m@production"):
+            try:
+                saekit.load(ref)
+            except Exception as e:
+                print("asks the registry:", ref, type(e).__name__)
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
     assert r.returncode == 0, r.stderr
-    assert "unpinned:" in r.stdout
+    assert "asks the registry: m/1" in r.stdout and "asks the registry: m@production" in r.stdout
+
+
+def test_unreachable_registry_names_the_offline_reference(tmp_path, monkeypatch):
+    v = saekit.register("m", make_artifact(tmp_path / "a"), alias="production")
+
+    def unreachable(ref):
+        raise RegistryError("ConnectionError: refused", where="registry at http://user:***@host")
+
+    monkeypatch.setattr(store, "resolve", unreachable)
+    with pytest.raises(RegistryError) as e:
+        saekit.load("m/1")
+    assert str(e.value) == (
+        "registry at http://user:***@host: ConnectionError: refused; m/1 is confirmed with the registry before it "
+        f"loads; load m@sha256:{v.sha256[:16]} for the cached copy it named last"
+    )
+    assert saekit.load(f"m@sha256:{v.sha256[:16]}").ref.sha256 == v.sha256
+    with pytest.raises(RegistryError, match="refused$"):  # nothing cached to name
+        saekit.load("m/2")
+
+
+def test_recreated_name_loads_its_new_weights(tmp_path):
+    """Deleting a registered model and registering the name again (one process) is supported:
+    NAME/VERSION then loads the new weights, never the old cached ones."""
+    old = saekit.register("m", make_artifact(tmp_path / "a", seed=1))
+    assert saekit.load("m/1").ref.sha256 == old.sha256
+    store._client().delete_registered_model("m")
+    with pytest.raises(NotFoundError, match="no version 1 of 'm'"):
+        saekit.load("m/1")
+    with pytest.raises(NotFoundError, match="no version 1 of 'm'"):
+        store.fetch("m/1")
+    new = saekit.register("m", make_artifact(tmp_path / "b", seed=2))
+    assert new.version == 1 and new.sha256 != old.sha256
+    sae = saekit.load("m/1")
+    assert sae.ref.sha256 == new.sha256 and torch.equal(sae.tensors["W_enc"], make_sae(2).tensors["W_enc"])
+    assert art.artifact_sha256(store.fetch("m/1")) == new.sha256
+    assert cache.recall(store.registry_uri(), parse_ref("m/1"))["sha256"] == new.sha256  # the index was refreshed
+    with pytest.raises(NotFoundError, match="no version with sha256"):  # the old content is no version of m now
+        saekit.load(f"m@sha256:{old.sha256[:16]}")
 
 
 def test_register_killed_mid_upload_leaves_nothing(tmp_path):

@@ -112,12 +112,13 @@ def test_write_jsonl_bytes_and_gzip_without_timestamp(tmp_path):
     assert [c.index for c in cf.read_cards(unsorted)] == [1, 0]
 
 
-def test_write_replaces_a_symlink_instead_of_writing_through(tmp_path):
+def test_write_refuses_a_symlink_instead_of_writing_through(tmp_path):
     target = tmp_path / "elsewhere.jsonl"
     target.write_text("keep\n")
     (tmp_path / "out.jsonl").symlink_to(target)
-    cf.write_cards(_cards(1), tmp_path / "out.jsonl")
-    assert not (tmp_path / "out.jsonl").is_symlink() and target.read_text() == "keep\n"
+    with pytest.raises(UnsafePathError, match="out.jsonl: is a symlink"):
+        cf.write_cards(_cards(1), tmp_path / "out.jsonl")
+    assert (tmp_path / "out.jsonl").is_symlink() and target.read_text() == "keep\n"
 
 
 # --- the bundle's shard writer ---------------------------------------------------------

@@ -81,9 +81,10 @@ def test_copy_never_writes_through_a_link_at_the_destination(tmp_path, secret):
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "f").symlink_to(secret)
-    safeio.copy_file(src, "f", dest / "f")
-    assert not (dest / "f").is_symlink() and (dest / "f").read_text() == "new"
-    assert SECRET in secret.read_text()  # the link's target was not overwritten
+    with pytest.raises(UnsafePathError, match="f: is a symlink; saekit never writes through a link"):
+        safeio.copy_file(src, "f", dest / "f")
+    assert (dest / "f").is_symlink() and SECRET in secret.read_text()  # the link's target was not overwritten
+    assert sorted(p.name for p in dest.iterdir()) == ["f"]  # no temporary file left behind
 
 
 # --- register / import ------------------------------------------------------------------
@@ -247,9 +248,8 @@ def test_pull_does_not_write_through_links(tmp_path, secret):
     (dest / "cfg.json").symlink_to(secret)
     with pytest.raises(SystemExit) as exc:
         main(["pull", "pulled/1", str(dest)])
-    assert exc.value.code == 0
-    assert not (dest / "cfg.json").is_symlink()
-    assert SECRET in secret.read_text()
+    assert exc.value.code == 2  # refused, before any file is written
+    assert sorted(p.name for p in dest.iterdir()) == ["cfg.json"] and SECRET in secret.read_text()
 
 
 def test_missing_is_not_found_not_unsafe(tmp_path):
