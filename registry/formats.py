@@ -262,7 +262,7 @@ def read_openai(src: Path, **context: Any) -> SAE:
         k = (sd.get("activation_state_dict") or {}).get("k")
         if k is None:
             raise ArtifactFormatError("TopK checkpoint without activation_state_dict.k", where=str(src))
-        arch = {"architecture": "topk", "k": k, "normalize_activations": "layer_norm"}  # k: SAEConfig's strict int
+        arch = {"architecture": "topk", "k": k, "normalize_activations": "layer_norm"}  # SAEConfig checks k
     elif activation == "ReLU":
         arch = {"architecture": "relu"}
     else:
@@ -289,15 +289,16 @@ def _check_storage(name: str, t: Any, where: str) -> None:
     or overlapping stride lets a few stored bytes pose as many (2 KB posing as 512 MiB)."""
     art.check_shape(name, list(t.shape), t.element_size(), where)
     need, have = t.numel() * t.element_size(), t.untyped_storage().nbytes()
-    # Sorted by stride, each dimension must step past everything the smaller ones span;
-    # then no two indices share an element (a stride 0 of a dimension over 1 never does).
+    # Sorted by stride, each dimension must step past everything the smaller ones span, so
+    # no two indices share an element (dimensions of size 1 never step: skipped).
     span = 0
     overlap = False
     for size, stride in sorted(((s, st) for s, st in zip(t.shape, t.stride()) if s > 1), key=lambda p: p[1]):
         overlap = overlap or stride <= span
         span += (size - 1) * stride
     if need > have or overlap:
-        raise ArtifactFormatError(f"tensor {name!r}: {need} bytes of elements over a {have}-byte storage "
+        raise ArtifactFormatError(f"tensor {name!r}: shape {list(t.shape)} with strides {list(t.stride())} needs "
+                                  f"{need} bytes of distinct elements, its storage holds {have} "
                                   "(zero or overlapping strides)", where=where)
 
 
