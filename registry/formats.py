@@ -57,9 +57,14 @@ def _config(fields: dict[str, Any], where: str) -> SAEConfig:
     try:
         return SAEConfig.model_validate(fields, strict=False)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "cfg"
-        raise ArtifactFormatError(f"{loc}: {first['msg']}", where=where) from None
+        raise ArtifactFormatError(_first_error(err), where=where) from None
+
+
+def _first_error(err: Any) -> str:
+    """A pydantic ValidationError as one line: the first field and what is wrong with it."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "cfg"
+    return f"{loc}: {first['msg']}"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -108,6 +113,8 @@ def read_saelens(src: Path, **context: Any) -> SAE:
 
 def read_sparsify(src: Path, **context: Any) -> SAE:
     """A folder written by sparsify's ``SparseCoder.save_to_disk``."""
+    from pydantic import ValidationError
+
     src = Path(src)
     raw = _read_json(src / "cfg.json")
     if "d_in" not in raw:
@@ -125,6 +132,8 @@ def read_sparsify(src: Path, **context: Any) -> SAE:
                "dtype": _dtype_of(st["encoder.weight"], "encoder.weight", str(path))}
     try:
         cfg = SAEConfig.from_sparsify_dict(raw, **context)
+    except ValidationError as err:
+        raise ArtifactFormatError(_first_error(err), where=str(src / "cfg.json")) from None
     except (ValueError, KeyError) as err:
         raise ArtifactFormatError(str(err).splitlines()[0], where=str(src / "cfg.json")) from None
     cfg = cfg.model_copy(update={"provenance": cfg.provenance.model_copy(update={"library": "sparsify"})})

@@ -259,3 +259,28 @@ def test_strided_but_honest_pt_tensors_still_import(tmp_path):
     torch.save(sd, tmp_path / "ae.pt")
     import_checkpoint("openai", tmp_path / "ae.pt", tmp_path / "art")
     assert (tmp_path / "art" / "sae_weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize("fmt", ["sparsify", "openai"])
+def test_importers_do_not_coerce_k(tmp_path, fmt):
+    import torch
+    from safetensors.torch import save_file
+
+    from saekit.registry.formats import import_checkpoint
+    from saekit.schemas import ArtifactFormatError
+
+    if fmt == "sparsify":
+        src = tmp_path / "sp"
+        src.mkdir()
+        save_file({"encoder.weight": torch.randn(32, 8), "encoder.bias": torch.zeros(32),
+                   "W_dec": torch.randn(32, 8), "b_dec": torch.zeros(8)}, str(src / "sae.safetensors"))
+        (src / "cfg.json").write_text(json.dumps({"activation": "topk", "expansion_factor": 4, "num_latents": 32,
+                                                  "k": True, "d_in": 8}))
+    else:
+        src = tmp_path / "ae.pt"
+        torch.save({"encoder.weight": torch.randn(32, 8), "decoder.weight": torch.randn(8, 32),
+                    "pre_bias": torch.zeros(8), "latent_bias": torch.zeros(32), "activation": "TopK",
+                    "activation_state_dict": {"k": True}}, src)
+    with pytest.raises(ArtifactFormatError, match="k: .*must be an integer, not True"):
+        import_checkpoint(fmt, src, tmp_path / "art")
+    assert not (tmp_path / "art").exists()
