@@ -46,6 +46,13 @@ _DTYPE_BYTES = {
 }
 _TORCH_DTYPE_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16",
                       "torch.float16": "float16", "torch.float64": "float64"}
+# cfg.json dtype -> the safetensors dtype its tensors are stored in
+SAFETENSORS_DTYPE = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64"}
+# Sane bounds on a declared shape, so no size or stride computed from it overflows int64
+# (torch's "Stride calculation overflowed" on a [0, 2^62, 2^62] tensor): far above any SAE
+# (a 1M-latent SAE on a 16k model is 2^34 elements), far below 2^63 bytes.
+MAX_NDIM = 8
+MAX_ELEMENTS = 1 << 48
 
 
 # --- hashing ---------------------------------------------------------------------------
@@ -142,6 +149,22 @@ def save_artifact(sae: SAE, folder: Path) -> str:
 # --- reading ---------------------------------------------------------------------------
 
 
+def check_shape(name: str, shape: Any, itemsize: int, where: str) -> int:
+    """The bytes a declared tensor shape needs, after sane bounds: at most MAX_NDIM
+    non-negative int dimensions whose product, zeros counted as ones, stays within
+    MAX_ELEMENTS (a zero dimension must not hide huge others). Every tensor reader calls it
+    before it trusts a size, and compares the answer with the bytes present."""
+    if not isinstance(shape, (list, tuple)) or len(shape) > MAX_NDIM or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise ArtifactFormatError(f"tensor {name!r}: shape {shape!r} is not up to {MAX_NDIM} "
+                                  f"non-negative integers", where=where)
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise ArtifactFormatError(f"tensor {name!r}: shape {list(shape)} is out of bounds "
+                                  f"(more than {MAX_ELEMENTS} elements)", where=where)
+    return math.prod(shape) * itemsize
+
+
 def check_safetensors_header(data: bytes, where: str) -> dict[str, Any]:
     """Validate a safetensors file's framing before safetensors parses it; returns the header.
 
@@ -180,8 +203,6 @@ def check_safetensors_header(data: bytes, where: str) -> dict[str, Any]:
         ok = (
             isinstance(info, dict)
             and info.get("dtype") in _DTYPE_BYTES
-            and isinstance(info.get("shape"), list)
-            and all(isinstance(d, int) and d >= 0 for d in info["shape"])
             and isinstance(info.get("data_offsets"), list)
             and len(info["data_offsets"]) == 2
             and all(isinstance(o, int) for o in info["data_offsets"])
@@ -189,7 +210,7 @@ def check_safetensors_header(data: bytes, where: str) -> dict[str, Any]:
         if not ok:
             raise ArtifactFormatError(f"tensor {name!r}: malformed header entry", where=where)
         begin, end = info["data_offsets"]
-        size = math.prod(info["shape"]) * _DTYPE_BYTES[info["dtype"]]
+        size = check_shape(name, info.get("shape"), _DTYPE_BYTES[info["dtype"]], where)
         if not (0 <= begin <= end <= buffer) or end - begin != size:
             raise ArtifactFormatError(
                 f"tensor {name!r}: data offsets {begin}..{end} do not fit shape {info['shape']} in a "
@@ -263,25 +284,51 @@ def read_cfg(path: Path, *, data: bytes | None = None) -> SAEConfig:
     return cfg
 
 
+def check_names(names: Any, cfg: SAEConfig, where: str) -> None:
+    """Exactly the architecture's tensors (kernels.architectures, the one table): a missing
+    one cannot load, an extra one is nothing the SAE computes with (and sae-lens' strict
+    load_state_dict refuses it), so both are refused."""
+    arch = archs.architecture(cfg)
+    for name in arch.tensors:
+        if name not in names:
+            raise ArtifactFormatError(f"missing tensor {name!r}", where=where)
+    for name in names:
+        if name not in arch.tensors:
+            raise ArtifactFormatError(
+                f"tensor {name!r} is not a tensor of a {cfg.architecture} SAE ({', '.join(arch.tensors)})", where=where
+            )
+
+
+def check_dtype(name: str, file_dtype: str, cfg: SAEConfig, where: str) -> None:
+    """A tensor's stored dtype (safetensors name: F32, F16, ...) must be the config's dtype."""
+    if file_dtype != SAFETENSORS_DTYPE[cfg.dtype]:
+        raise ArtifactFormatError(f"tensor {name!r} has dtype {file_dtype}, but the config says dtype {cfg.dtype}",
+                                  where=where)
+
+
+def stored_dtype(t: torch.Tensor) -> str:
+    """A torch tensor's dtype by its safetensors name (F32, ...), or torch's name if none."""
+    name = _TORCH_DTYPE_NAMES.get(str(t.dtype))
+    return SAFETENSORS_DTYPE[name] if name else str(t.dtype)
+
+
 def check_tensors(tensors: dict[str, torch.Tensor], cfg: SAEConfig, *, where: str) -> None:
     """Names, shapes, dtype and finiteness of an SAE's tensors against its config."""
     import torch
 
     archs.check_supported(cfg, where=where)
     shapes = archs.shapes(cfg)
-    for name in archs.architecture(cfg).tensors:
-        if name not in tensors:
-            raise ArtifactFormatError(f"missing tensor {name!r}", where=where)
+    check_names(tensors, cfg, where)
     for name, t in tensors.items():
-        if name in shapes:
-            want = shapes[name]
-            if tuple(t.shape) != want:
-                raise ArtifactFormatError(
-                    f"tensor {name!r} has shape {tuple(t.shape)}, expected {want} (d_in={cfg.d_in}, d_sae={cfg.d_sae})",
-                    where=where,
-                )
+        want = shapes[name]
+        if tuple(t.shape) != want:
+            raise ArtifactFormatError(
+                f"tensor {name!r} has shape {tuple(t.shape)}, expected {want} (d_in={cfg.d_in}, d_sae={cfg.d_sae})",
+                where=where,
+            )
         if not t.is_floating_point():
             raise ArtifactFormatError(f"tensor {name!r} has dtype {t.dtype}, expected floating point", where=where)
+        check_dtype(name, stored_dtype(t), cfg, where)
         if not bool(torch.isfinite(t).all()):
             raise ArtifactFormatError(f"tensor {name!r} contains NaN or inf", where=where)
 
@@ -307,23 +354,21 @@ def validate_artifact(folder: Path) -> tuple[SAEConfig, dict[str, str]]:
     header = check_safetensors_header(data, where)
     start = 8 + int.from_bytes(data[:8], "little")
     shapes = archs.shapes(cfg)
-    for name in archs.architecture(cfg).tensors:
-        if name not in header:
-            raise ArtifactFormatError(f"missing tensor {name!r}", where=where)
+    check_names([name for name in header if name != "__metadata__"], cfg, where)
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if name in shapes:
-            want = shapes[name]
-            if tuple(info["shape"]) != want:
-                raise ArtifactFormatError(
-                    f"tensor {name!r} has shape {tuple(info['shape'])}, expected {want} "
-                    f"(d_in={cfg.d_in}, d_sae={cfg.d_sae})",
-                    where=where,
-                )
+        want = shapes[name]
+        if tuple(info["shape"]) != want:
+            raise ArtifactFormatError(
+                f"tensor {name!r} has shape {tuple(info['shape'])}, expected {want} "
+                f"(d_in={cfg.d_in}, d_sae={cfg.d_sae})",
+                where=where,
+            )
         if info["dtype"] not in _EXPONENT:
             raise ArtifactFormatError(f"tensor {name!r} has dtype {info['dtype']}, expected floating point",
                                       where=where)
+        check_dtype(name, info["dtype"], cfg, where)
         kind, mask = _EXPONENT[info["dtype"]]
         begin, end = info["data_offsets"]
         bits = np.frombuffer(data, dtype=kind, count=(end - begin) // np.dtype(kind).itemsize, offset=start + begin)

@@ -20,7 +20,11 @@ Formats and where their layout is defined:
   normalise inputs with LN (``Autoencoder.from_state_dict``: "normalize = activation == TopK"),
   recorded here as SAELens' ``normalize_activations = "layer_norm"`` (same LN, eps 1e-5).
 
-Nothing here unpickles: ``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)``.
+Nothing here unpickles: ``allow_pickle=False`` for npy, ``torch.load(weights_only=True)``.
+Each file is opened once (``safeio.open_regular``: O_NOFOLLOW, fstat) and read only from
+that descriptor, so a file swapped for a link after the tree check is never read. Every
+tensor's declared shape is checked against the bytes it has before it is materialised
+(``artifact.check_shape``), and its dtype against the config (``artifact.check_tensors``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saekit.registry import artifact as art
-from saekit.schemas import ArtifactFormatError, InputError, NotFoundError, SAEConfig, safeio
+from saekit.schemas import ArtifactFormatError, InputError, NotFoundError, SaekitError, SAEConfig, safeio
 
 if TYPE_CHECKING:
     from saekit.kernels import SAE
@@ -53,9 +57,14 @@ def _config(fields: dict[str, Any], where: str) -> SAEConfig:
     try:
         return SAEConfig.model_validate(fields, strict=False)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "cfg"
-        raise ArtifactFormatError(f"{loc}: {first['msg']}", where=where) from None
+        raise ArtifactFormatError(_first_error(err), where=where) from None
+
+
+def _first_error(err: Any) -> str:
+    """A pydantic ValidationError as one line: the first field and what is wrong with it."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "cfg"
+    return f"{loc}: {first['msg']}"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -70,15 +79,21 @@ def _read_json(path: Path) -> dict[str, Any]:
     return d
 
 
+def _dtype_of(t: Any, name: str, where: str) -> str:
+    """The config dtype of a checkpoint whose format records none: its tensor ``name``'s
+    (the others must then agree with it, as with any config)."""
+    dtype = art._TORCH_DTYPE_NAMES.get(str(t.dtype))
+    if dtype is None:
+        raise ArtifactFormatError(f"tensor {name!r} has unsupported dtype {t.dtype}", where=where)
+    return dtype
+
+
 def _make(cfg: SAEConfig, tensors: dict[str, Any], where: str, source: str) -> SAE:
     from saekit.kernels import SAE
 
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
-    dtype = art._TORCH_DTYPE_NAMES.get(str(tensors["W_enc"].dtype))
-    if dtype is None:
-        raise ArtifactFormatError(f"unsupported weight dtype {tensors['W_enc'].dtype}", where=where)
     prov = cfg.provenance.model_copy(update={"source": source})
-    cfg = cfg.model_copy(update={"dtype": dtype, "provenance": prov})
+    cfg = cfg.model_copy(update={"provenance": prov})
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
     art.check_tensors(tensors, cfg, where=where)
     return SAE(cfg, tensors)
 
@@ -98,21 +113,30 @@ def read_saelens(src: Path, **context: Any) -> SAE:
 
 def read_sparsify(src: Path, **context: Any) -> SAE:
     """A folder written by sparsify's ``SparseCoder.save_to_disk``."""
+    from pydantic import ValidationError
+
     src = Path(src)
     raw = _read_json(src / "cfg.json")
     if "d_in" not in raw:
         raise ArtifactFormatError("missing key 'd_in' (written by SparseCoder.save_to_disk)",
                                   where=str(src / "cfg.json"))
-    try:
-        cfg = SAEConfig.from_sparsify_dict(raw, **{k: v for k, v in context.items() if v is not None})
-    except (ValueError, KeyError) as err:
-        raise ArtifactFormatError(str(err).splitlines()[0], where=str(src / "cfg.json")) from None
-    cfg = cfg.model_copy(update={"provenance": cfg.provenance.model_copy(update={"library": "sparsify"})})
     path = src / "sae.safetensors"
     st = art.read_safetensors(path)
     missing = [k for k in ("encoder.weight", "encoder.bias", "W_dec", "b_dec") if k not in st]
     if missing:
         raise ArtifactFormatError(f"missing tensor {missing[0]!r}", where=str(path))
+    extra = sorted(set(st) - {"encoder.weight", "encoder.bias", "W_dec", "b_dec"})
+    if extra:
+        raise ArtifactFormatError(f"tensor {extra[0]!r} is not a tensor of a sparsify SAE", where=str(path))
+    context = {**{k: v for k, v in context.items() if v is not None},
+               "dtype": _dtype_of(st["encoder.weight"], "encoder.weight", str(path))}
+    try:
+        cfg = SAEConfig.from_sparsify_dict(raw, **context)
+    except ValidationError as err:
+        raise ArtifactFormatError(_first_error(err), where=str(src / "cfg.json")) from None
+    except (ValueError, KeyError) as err:
+        raise ArtifactFormatError(str(err).splitlines()[0], where=str(src / "cfg.json")) from None
+    cfg = cfg.model_copy(update={"provenance": cfg.provenance.model_copy(update={"library": "sparsify"})})
     if st["encoder.weight"].shape != (cfg.d_sae, cfg.d_in):
         raise ArtifactFormatError(
             f"tensor 'encoder.weight' has shape {tuple(st['encoder.weight'].shape)}, expected {(cfg.d_sae, cfg.d_in)}",
@@ -122,6 +146,9 @@ def read_sparsify(src: Path, **context: Any) -> SAE:
     return _make(cfg, tensors, str(path), f"sparsify:{src.name}")
 
 
+GEMMASCOPE_ARRAYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+
+
 def read_gemmascope(src: Path, **context: Any) -> SAE:
     """A Gemma Scope ``params.npz`` (or the folder holding it)."""
     import numpy as np
@@ -129,49 +156,78 @@ def read_gemmascope(src: Path, **context: Any) -> SAE:
 
     src = Path(src)
     path = src / "params.npz" if src.is_dir() else src
-    if not path.is_file():
-        raise NotFoundError("no such file", where=str(path))
-    if not zipfile.is_zipfile(path):
-        raise ArtifactFormatError("not an .npz (zip) archive", where=str(path))
-    _check_npz_sizes(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise ArtifactFormatError(f"unreadable npz ({str(err).splitlines()[0]})", where=str(path)) from None
-    need = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
-    missing = [k for k in need if k not in arrays]
-    if missing:
-        raise ArtifactFormatError(f"missing array {missing[0]!r}", where=str(path))
+    where = str(path)
+    with safeio.open_regular(path.parent, path.name) as f:  # opened once; read only from f
+        arrays = _read_npz(f, GEMMASCOPE_ARRAYS, where)
     if arrays["W_enc"].ndim != 2:
         raise ArtifactFormatError(f"array 'W_enc' has shape {arrays['W_enc'].shape}, expected [d_in, d_sae]",
-                                  where=str(path))
+                                  where=where)
     d_in, d_sae = arrays["W_enc"].shape
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in arrays.items()}
     fields = _context({"architecture": "jumprelu", "d_in": int(d_in), "d_sae": int(d_sae),
+                       "dtype": _dtype_of(tensors["W_enc"], "W_enc", where),
                        "apply_b_dec_to_input": False, "provenance": {"library": "gemma_scope"}}, **_ctx(context))
-    cfg = _config(fields, str(path))
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in need}
-    return _make(cfg, tensors, str(path), f"gemmascope:{path.name}")
+    cfg = _config(fields, where)
+    return _make(cfg, tensors, where, f"gemmascope:{path.name}")
 
 
 # A zip member is read up to its declared size (zipfile stops there and checks the CRC), so
 # the declared sizes bound memory; weights barely compress, a bomb compresses ~1000:1.
-NPZ_MAX_BYTES = 64 << 30
-NPZ_MAX_RATIO = 100
+ZIP_MAX_BYTES = 64 << 30
+ZIP_MAX_RATIO = 100
 
 
-def _check_npz_sizes(path: Path) -> None:
-    try:
-        with zipfile.ZipFile(path) as z:
-            infos = z.infolist()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise ArtifactFormatError(f"unreadable npz ({err})", where=str(path)) from None
-    if sum(i.file_size for i in infos) > NPZ_MAX_BYTES:
-        raise ArtifactFormatError(f"expands to more than {NPZ_MAX_BYTES} bytes", where=str(path))
+def _check_zip_sizes(infos: list[zipfile.ZipInfo], where: str) -> None:
+    if sum(i.file_size for i in infos) > ZIP_MAX_BYTES:
+        raise ArtifactFormatError(f"expands to more than {ZIP_MAX_BYTES} bytes", where=where)
     for i in infos:
-        if i.file_size > (64 << 20) and i.file_size > NPZ_MAX_RATIO * max(i.compress_size, 1):
+        if i.file_size > (64 << 20) and i.file_size > ZIP_MAX_RATIO * max(i.compress_size, 1):
             raise ArtifactFormatError(f"member {i.filename!r} expands {i.file_size // max(i.compress_size, 1)}:1 "
-                                      f"(a zip bomb; weights do not compress like that)", where=str(path))
+                                      f"(a zip bomb; weights do not compress like that)", where=where)
+
+
+def _read_npz(f: Any, names: tuple[str, ...], where: str) -> dict[str, Any]:
+    """Exactly the arrays ``names`` of an .npz read from the open file ``f``: each member's
+    .npy header (format: numpy.lib.format) is checked against the bytes the member holds
+    before numpy allocates the array; a member outside ``names`` is refused."""
+    from numpy.lib import format as npy
+
+    headers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
+    out = {}
+    try:
+        with zipfile.ZipFile(f) as z:
+            infos = z.infolist()
+            _check_zip_sizes(infos, where)
+            members = {i.filename.removesuffix(".npy"): i for i in infos}
+            for name in members:
+                if name not in names:
+                    raise ArtifactFormatError(f"array {name!r} is not one of {', '.join(names)}", where=where)
+            for name in names:
+                if name not in members:
+                    raise ArtifactFormatError(f"missing array {name!r}", where=where)
+                info = members[name]
+                with z.open(info) as m:
+                    version = npy.read_magic(m)
+                    if version not in headers:
+                        raise ArtifactFormatError(f"array {name!r}: .npy version {version} is not supported",
+                                                  where=where)
+                    shape, _, dtype = headers[version](m)
+                    if dtype.hasobject:
+                        raise ArtifactFormatError(f"array {name!r} holds Python objects; refusing to unpickle",
+                                                  where=where)
+                    need = art.check_shape(name, shape, dtype.itemsize, where)
+                    have = info.file_size - m.tell()
+                if need != have:
+                    raise ArtifactFormatError(f"array {name!r}: shape {list(shape)} of {dtype} needs {need} bytes, "
+                                              f"the member holds {have}", where=where)
+                with z.open(info) as m:
+                    out[name] = npy.read_array(m, allow_pickle=False)
+    except ArtifactFormatError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        msg = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        raise ArtifactFormatError(f"not a readable .npz ({msg})", where=where) from None
+    return out
 
 
 def read_openai(src: Path, **context: Any) -> SAE:
@@ -181,20 +237,28 @@ def read_openai(src: Path, **context: Any) -> SAE:
     import torch
 
     src = Path(src)
-    if not src.is_file():
-        raise NotFoundError("no such file", where=str(src))
     try:
-        sd = torch.load(src, map_location="cpu", weights_only=True)
+        with safeio.open_regular(src.parent, src.name) as f:  # opened once; read only from f
+            if zipfile.is_zipfile(f):  # torch.save's format: a bomb is refused before torch reads it
+                with zipfile.ZipFile(f) as z:
+                    _check_zip_sizes(z.infolist(), str(src))
+            f.seek(0)
+            sd = torch.load(f, map_location="cpu", weights_only=True)
+    except SaekitError:
+        raise
     except pickle.UnpicklingError as err:
         raise ArtifactFormatError(
             f"refused: holds objects other than tensors and plain values ({str(err).splitlines()[0][:120]})",
             where=str(src),
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as err:
         msg = str(err).splitlines()[0][:120] if str(err) else err.__class__.__name__
         raise ArtifactFormatError(f"not a torch state dict ({msg})", where=str(src)) from None
     if not isinstance(sd, dict):
         raise ArtifactFormatError("not a state dict", where=str(src))
+    for key, value in sd.items():
+        if isinstance(value, torch.Tensor):
+            _check_storage(str(key), value, str(src))
     missing = [k for k in ("encoder.weight", "decoder.weight", "pre_bias", "latent_bias") if k not in sd]
     if missing:
         raise ArtifactFormatError(f"missing tensor {missing[0]!r}", where=str(src))
@@ -205,14 +269,15 @@ def read_openai(src: Path, **context: Any) -> SAE:
     activation = sd.get("activation", "ReLU")
     if activation == "TopK":
         k = (sd.get("activation_state_dict") or {}).get("k")
-        if not isinstance(k, int):
+        if k is None:
             raise ArtifactFormatError("TopK checkpoint without activation_state_dict.k", where=str(src))
-        arch = {"architecture": "topk", "k": k, "normalize_activations": "layer_norm"}
+        arch = {"architecture": "topk", "k": k, "normalize_activations": "layer_norm"}  # SAEConfig checks k
     elif activation == "ReLU":
         arch = {"architecture": "relu"}
     else:
         raise ArtifactFormatError(f"activation {activation!r} is not supported (ReLU, TopK)", where=str(src))
     fields = _context({**arch, "d_in": int(d_in), "d_sae": int(d_sae), "apply_b_dec_to_input": True,
+                       "dtype": _dtype_of(enc, "encoder.weight", str(src)),
                        "provenance": {"library": "openai_sparse_autoencoder"}}, **_ctx(context))
     cfg = _config(fields, str(src))
     b_enc = sd["latent_bias"]
@@ -226,6 +291,24 @@ def read_openai(src: Path, **context: Any) -> SAE:
         )
     tensors = {"W_enc": enc.T, "b_enc": b_enc, "W_dec": dec.T, "b_dec": sd["pre_bias"]}
     return _make(cfg, tensors, str(src), f"openai:{src.name}")
+
+
+def _check_storage(name: str, t: Any, where: str) -> None:
+    """Refuse a tensor whose elements exceed its storage, before anything copies it: a zero
+    or overlapping stride lets a few stored bytes pose as many (2 KB posing as 512 MiB)."""
+    art.check_shape(name, list(t.shape), t.element_size(), where)
+    need, have = t.numel() * t.element_size(), t.untyped_storage().nbytes()
+    # Sorted by stride, each dimension must step past everything the smaller ones span, so
+    # no two indices share an element (dimensions of size 1 never step: skipped).
+    span = 0
+    overlap = False
+    for size, stride in sorted(((s, st) for s, st in zip(t.shape, t.stride()) if s > 1), key=lambda p: p[1]):
+        overlap = overlap or stride <= span
+        span += (size - 1) * stride
+    if need > have or overlap:
+        raise ArtifactFormatError(f"tensor {name!r}: shape {list(t.shape)} with strides {list(t.stride())} needs "
+                                  f"{need} bytes of distinct elements, its storage holds {have} "
+                                  "(zero or overlapping strides)", where=where)
 
 
 def _ctx(context: dict[str, Any]) -> dict[str, Any]:
@@ -246,8 +329,9 @@ def read_checkpoint(fmt: str, src: Path, **context: Any) -> SAE:
     reader = _READERS.get(fmt)
     if reader is None:
         raise InputError(f"unknown format; expected one of {', '.join(IMPORT_FORMATS)}", where=repr(fmt))
+    src = safeio.named_path(src)  # a link the user named is followed here, once
     safeio.check_tree(src)  # regular files only, no links anywhere inside (one rule, schemas.safeio)
-    return reader(Path(src), **context)
+    return reader(src, **context)
 
 
 def import_checkpoint(

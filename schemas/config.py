@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from saekit.schemas.common import SCHEMA_VERSION, Strict
 
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gated"]
 DType = Literal["float32", "bfloat16", "float16", "float64"]
 
+# Architectures that keep k latents per token (kernels.architectures: Architecture.topk).
+_TOPK = ("topk", "batchtopk")
 # SAELens names relu SAEs "standard".
 _FROM_SAELENS_ARCH = {"standard": "relu"}
 _TO_SAELENS_ARCH = {"relu": "standard"}
@@ -60,13 +62,26 @@ class SAEConfig(Strict):
         default_factory=dict, description="Other SAELens metadata keys, kept for the round trip."
     )
 
+    @field_validator("d_in", "d_sae", "k", mode="before")
+    @classmethod
+    def _plain_int(cls, value: Any) -> Any:
+        """Sizes are JSON integers even where a reader validates leniently (strict=False,
+        for cfg.json files of other libraries): true, 4.0 or "4" was silently made an int."""
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"must be an integer, not {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _k_fits(self) -> SAEConfig:
-        if self.architecture in ("topk", "batchtopk"):
+        """k means something only to the top-k architectures (kernels.architectures marks
+        them ``topk``): there 1 <= k <= d_sae, elsewhere it is refused, not kept unused."""
+        if self.architecture in _TOPK:
             if self.k is None:
                 raise ValueError(f"{self.architecture} SAE needs k")
             if self.k > self.d_sae:
                 raise ValueError(f"k {self.k} > d_sae {self.d_sae}")
+        elif self.k is not None:
+            raise ValueError(f"k is only for {' and '.join(_TOPK)} SAEs, not {self.architecture} (remove k)")
         return self
 
     # --- SAELens v6 ---------------------------------------------------------------------

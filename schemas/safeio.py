@@ -256,6 +256,14 @@ def exists(root: str | os.PathLike, rel: str) -> bool:
         return False
 
 
+def named_path(path: str | os.PathLike) -> Path:
+    """The file or folder the user named, a link there followed now, once (as check_tree
+    follows it): every later open is O_NOFOLLOW on the real name, so a link swapped in
+    after the check is refused, never followed."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def open_regular(root: str | os.PathLike, rel: str) -> IO[bytes]:
     """Open ``root/rel`` for reading under the rule (lstat walk, O_NOFOLLOW, fstat)."""
     path = regular_file(root, rel)

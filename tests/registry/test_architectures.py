@@ -189,3 +189,15 @@ def test_registry_and_kernels_share_one_tensor_table(tmp_path):
     save_file(t, str(folder / "sae_weights.safetensors"))
     with pytest.raises(art.ArtifactFormatError, match="r_mag"):
         art.validate_artifact(folder)
+
+
+def test_k_belongs_to_the_tables_topk_architectures():
+    """SAEConfig (schemas, below kernels) names the architectures that take k; they are the
+    table's ``topk`` ones, and every other architecture refuses k."""
+    from saekit.schemas import SAEConfig, config
+
+    assert set(config._TOPK) == {a.name for a in architectures.ARCHITECTURES.values() if a.topk}
+    for a in architectures.ARCHITECTURES.values():
+        if not a.topk:
+            with pytest.raises(ValueError, match="k is only for"):
+                SAEConfig(architecture=a.name, d_in=4, d_sae=8, k=2)

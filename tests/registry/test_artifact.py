@@ -24,6 +24,8 @@ def test_nan_in_bfloat16_is_found_without_torch(tmp_path):
     t = {k: v.to(torch.bfloat16) for k, v in art.read_safetensors(folder / art.WEIGHTS).items()}
     t["W_enc"][0, 0] = float("inf")
     save_file(t, str(folder / art.WEIGHTS))
+    cfg = json.loads((folder / art.CFG).read_text())
+    (folder / art.CFG).write_text(json.dumps({**cfg, "dtype": "bfloat16"}))  # weights agree with their config
     _refused(folder, ArtifactFormatError, "'W_enc' contains NaN or inf")
 
 
