@@ -23,9 +23,9 @@ from saekit.registry import tags as T
 from saekit.releases.bundle import SUMS, parse_sums, read_sums, verify
 from saekit.schemas import GateFailedError, InputError, PublishError, safeio
 from saekit.schemas.console import say
+from saekit.schemas.masking import mask
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_TOKENISH = re.compile(r"hf_[A-Za-z0-9]{6,}")
 
 
 class TagConflictError(PublishError):
@@ -54,9 +54,8 @@ class PublishResult:
 
 
 def _clean(err: Exception) -> str:
-    """One line of an HTTP error, with anything token-like masked."""
-    line = (str(err).splitlines() or [err.__class__.__name__])[0]
-    return _TOKENISH.sub("hf_***", line)
+    """One line of an HTTP error, with secrets masked."""
+    return mask((str(err).splitlines() or [err.__class__.__name__])[0])
 
 
 def _remote_sums(api, repo_id: str, revision: str) -> dict[str, str] | None:
@@ -108,12 +107,9 @@ def publish(
         return PublishResult(repo_id, tag, None, True, True, files,
                              message=f"dry run: would commit {len(files)} files to {repo_id} and tag {tag}")
 
-    from huggingface_hub import HfApi
+    from saekit.registry.hub_source import hub_api, quiet_progress
 
-    from saekit.releases.hub import endpoint as env_endpoint
-    from saekit.registry.hub_source import quiet_progress
-
-    api = HfApi(endpoint=(endpoint or env_endpoint()))
+    api = hub_api(endpoint)
     with quiet_progress():
         try:
             result = _publish(api, root, release, repo_id, tag, sums, files, private)
@@ -123,7 +119,7 @@ def publish(
             if is_network_error(err):
                 raise unreachable(err, repo_id, api.endpoint) from None
             raise
-    result.url = f"{api.endpoint}/{repo_id}/tree/{tag}"
+    result.url = mask(f"{api.endpoint}/{repo_id}/tree/{tag}")
     if record:
         result.registry_updated = _record(release, repo_id, tag, result.commit)
     say(f"publish: {result.message}")
@@ -136,6 +132,8 @@ def _publish(api, root: Path, release: dict[str, Any], repo_id: str, tag: str, s
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import logging as hf_logging
+
+    from saekit.registry.hub_source import check_listing
 
     try:
         api.create_repo(repo_id, exist_ok=True, private=private)
@@ -158,8 +156,8 @@ def _publish(api, root: Path, release: dict[str, Any], repo_id: str, tag: str, s
             else:
                 remote_files = set()
                 if head is not None:
-                    remote_files = {f.path for f in api.list_repo_tree(repo_id, recursive=True, revision=head)
-                                    if isinstance(f, RepoFile)}
+                    remote_files = set(check_listing([f.path for f in api.list_repo_tree(
+                        repo_id, recursive=True, revision=head) if isinstance(f, RepoFile)], where=repo_id))
                 with contextlib.ExitStack() as stack:
                     ops: list[Any] = [
                         # Open binary files: huggingface_hub uploads these with the LFS protocol.
