@@ -160,10 +160,17 @@ def hub_api(url: str | None = None) -> Any:
     return HfApi(endpoint=url or endpoint())
 
 
+def _from_hub_client(err: BaseException) -> bool:
+    """An error huggingface_hub raised reading a Hub's answer (HfUriError on a bad repo URL,
+    ...): the answer is input, so this is the Hub's fault, not saekit's."""
+    return type(err).__module__.startswith("huggingface_hub")
+
+
 def is_network_error(err: BaseException) -> bool:
-    """Connection, timeout and protocol errors of httpx/requests/urllib3 (not HTTP answers)."""
+    """Connection, timeout and protocol errors of httpx/requests/urllib3, and huggingface_hub's
+    errors reading an answer (HTTP error answers are mapped before, by status)."""
     names = {c.__name__ for c in type(err).__mro__}
-    return bool(names & {"ConnectError", "ConnectionError", "TimeoutException", "Timeout", "TransportError",
+    return _from_hub_client(err) or bool(names & {"ConnectError", "ConnectionError", "TimeoutException", "Timeout", "TransportError",
                          "NetworkError", "RemoteProtocolError", "ProtocolError", "OfflineModeIsEnabled",
                          "LocalEntryNotFoundError", "ConnectTimeout", "ReadTimeout", "ReadError", "WriteError",
                          "PoolTimeout", "WriteTimeout"})
@@ -185,6 +192,8 @@ def unreachable_message(err: BaseException, url: str | None = None) -> str:
     else:
         detail = (str(err).splitlines() or [""])[0][:200]
         why = f" ({detail})" if detail else ""
+        if _from_hub_client(err) and not names & {"OSError", "LocalEntryNotFoundError", "OfflineModeIsEnabled"}:
+            return mask(f"unreadable answer from the Hub at {url}: {err.__class__.__name__}{why}")
     return mask(f"cannot reach the Hub at {url}: {err.__class__.__name__}{why}")
 
 
