@@ -144,12 +144,12 @@ def _client_factory() -> Any:
     return httpx2.Client(follow_redirects=True, event_hooks={"request": [_bound_request]})
 
 
-def hub_api(url: str | None = None) -> Any:
-    """An ``HfApi`` for ``url`` (default: the settings' endpoint) whose requests, and every
-    later huggingface_hub download of this process, time out after the settings'
-    ``connect_timeout`` / ``read_timeout`` (set through huggingface_hub's public
-    ``set_client_factory``)."""
-    from huggingface_hub import HfApi, set_client_factory
+def bound_hub_requests() -> None:
+    """Make every huggingface_hub request of this process (HfApi, hf_hub_download,
+    snapshot_download, and libraries on top such as transformers) time out after the
+    settings' ``connect_timeout`` / ``read_timeout``, through huggingface_hub's public
+    ``set_client_factory``. Call it before talking to the Hub; ``hub_api`` does."""
+    from huggingface_hub import set_client_factory
 
     settings = current()
     timeout = {"connect": settings.connect_timeout, "read": settings.read_timeout,
@@ -157,7 +157,19 @@ def hub_api(url: str | None = None) -> Any:
     if not _TIMEOUT:
         set_client_factory(_client_factory)
     _TIMEOUT.update(timeout)
+
+
+def hub_api(url: str | None = None) -> Any:
+    """An ``HfApi`` for ``url`` (default: the settings' endpoint), its requests bounded in time."""
+    from huggingface_hub import HfApi
+
+    bound_hub_requests()
     return HfApi(endpoint=url or endpoint())
+
+
+_NETWORK_ERRORS = {"ConnectError", "ConnectionError", "TimeoutException", "Timeout", "TransportError", "NetworkError",
+                   "RemoteProtocolError", "ProtocolError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
+                   "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "ReadError", "WriteError"}
 
 
 def _from_hub_client(err: BaseException) -> bool:
@@ -170,10 +182,7 @@ def is_network_error(err: BaseException) -> bool:
     """Connection, timeout and protocol errors of httpx/requests/urllib3, and huggingface_hub's
     errors reading an answer (HTTP error answers are mapped before, by status)."""
     names = {c.__name__ for c in type(err).__mro__}
-    return _from_hub_client(err) or bool(names & {"ConnectError", "ConnectionError", "TimeoutException", "Timeout", "TransportError",
-                         "NetworkError", "RemoteProtocolError", "ProtocolError", "OfflineModeIsEnabled",
-                         "LocalEntryNotFoundError", "ConnectTimeout", "ReadTimeout", "ReadError", "WriteError",
-                         "PoolTimeout", "WriteTimeout"})
+    return _from_hub_client(err) or bool(names & _NETWORK_ERRORS)
 
 
 def unreachable_message(err: BaseException, url: str | None = None) -> str:

@@ -99,7 +99,8 @@ class Settings:
             "encode_tiles": env.get("SAEKIT_ENCODE_TILES") or None,
             "hub_endpoint": env.get("HF_ENDPOINT") or None,
             "hub_cache": env.get("HF_HUB_CACHE") or None,
-            "connect_timeout": parse_seconds("SAEKIT_CONNECT_TIMEOUT", env.get("SAEKIT_CONNECT_TIMEOUT"), cls.connect_timeout),
+            "connect_timeout": parse_seconds("SAEKIT_CONNECT_TIMEOUT", env.get("SAEKIT_CONNECT_TIMEOUT"),
+                                             cls.connect_timeout),
             "read_timeout": parse_seconds("SAEKIT_READ_TIMEOUT", env.get("SAEKIT_READ_TIMEOUT"), cls.read_timeout),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
