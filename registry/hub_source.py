@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 import re
 import shutil
@@ -141,7 +142,21 @@ def _bound_request(request: Any) -> None:
 def _client_factory() -> Any:
     import httpx2
 
-    return httpx2.Client(follow_redirects=True, event_hooks={"request": [_bound_request]})
+    class HubTimeout(httpx2.TransportError):
+        """A request that ran out of the settings' time. Not one of the errors huggingface_hub
+        retries (httpx TimeoutException, NetworkError; utils/_http.py
+        _DEFAULT_RETRY_ON_EXCEPTIONS): a download would otherwise wait 7 x the timeout
+        plus 23 s of backoff (file_download.py retries its metadata call 5 times)."""
+
+    class BoundedTransport(httpx2.HTTPTransport):
+        def handle_request(self, request: Any) -> Any:
+            try:
+                return super().handle_request(request)
+            except httpx2.TimeoutException as err:
+                raise HubTimeout(f"{err.__class__.__name__}: {err}", request=request) from err
+
+    return httpx2.Client(follow_redirects=True, transport=BoundedTransport(),
+                         event_hooks={"request": [_bound_request]})
 
 
 def bound_hub_requests() -> None:
@@ -156,6 +171,8 @@ def bound_hub_requests() -> None:
                "write": settings.read_timeout, "pool": settings.connect_timeout}
     if not _TIMEOUT:
         set_client_factory(_client_factory)
+        if not settings.debug:  # its "Retrying in 1s" lines are not saekit's one line
+            logging.getLogger("huggingface_hub.utils._http").setLevel(logging.ERROR)
     _TIMEOUT.update(timeout)
 
 
@@ -288,6 +305,7 @@ def _hub_errors(where: str):
         from huggingface_hub.errors import (
             EntryNotFoundError,
             HfHubHTTPError,
+            LocalEntryNotFoundError,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
@@ -300,7 +318,9 @@ def _hub_errors(where: str):
             raise NotFoundError("no repo by that name on the Hub (or it is private)", where=where) from None
         except RevisionNotFoundError:
             raise NotFoundError("no revision by that name in the repo", where=where) from None
-        except EntryNotFoundError:
+        except EntryNotFoundError as err:
+            if isinstance(err, LocalEntryNotFoundError):  # not in the cache and the Hub unreachable
+                raise HubSourceError(unreachable_message(err), where=where) from None
             raise NotFoundError("no such file at this revision", where=where) from None
         except HfHubHTTPError as err:
             raise HubSourceError(f"Hub request failed ({str(err).splitlines()[0][:160]})", where=where) from None

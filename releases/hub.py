@@ -73,6 +73,7 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
     from huggingface_hub.errors import (
         EntryNotFoundError,
         HfHubHTTPError,
+        LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
@@ -98,6 +99,8 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
     except RevisionNotFoundError:
         raise NotFoundError(f"no revision {rev!r} in {repo}", where=where) from None
     except EntryNotFoundError as err:
+        if isinstance(err, LocalEntryNotFoundError):  # not in the cache and the Hub unreachable
+            raise unreachable(err, where) from None
         raise NotFoundError(f"missing file ({err.__class__.__name__})", where=where) from None
     except HfHubHTTPError as err:
         raise PublishError(f"Hub request failed ({(str(err).splitlines() or [''])[0]})", where=where) from None

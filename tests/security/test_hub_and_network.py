@@ -279,6 +279,17 @@ def test_hf_register_from_a_silent_hub_times_out(tmp_path, silent_port):
     assert r.seconds < _BOUND_S
 
 
+def test_a_hub_silent_after_its_listing_times_out(tmp_path, crafted_hub):
+    """The download's own retries (huggingface_hub retries a timed-out metadata call 5 times,
+    23 s of backoff) do not multiply the wait, nor print their 'Retrying' lines."""
+    r = saekit("register", "-n", "slow", "hf://org/slow/sae", home=tmp_path / "home", timeout=120,
+               HF_ENDPOINT=crafted_hub, **_FAST)
+    line = r.one_line_error(2)
+    log_measure("hf:// register from a Hub silent after its listing", r)
+    assert f"cannot reach the Hub at {crafted_hub}" in line and "no answer within 2 s" in line
+    assert r.seconds < 20
+
+
 def test_a_silent_registry_server_times_out(tmp_path, silent_port):
     url, shown = _silent_url(silent_port)
     r = saekit("ls", home=tmp_path / "home", timeout=120, SAEKIT_REGISTRY_URI=url, **_FAST)
@@ -379,7 +390,13 @@ class _CraftedHub(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         path = self.path.split("?")[0]
-        if "/revision/" in path:
+        if "/org/slow/" in path:  # lists a sparsify SAE, then never sends a file
+            if "/revision/" not in path:
+                time.sleep(20)
+                return
+            self._json({"id": "org/slow", "sha": _SHA, "siblings": [{"rfilename": "sae/cfg.json"},
+                                                                   {"rfilename": "sae/sae.safetensors"}]})
+        elif "/revision/" in path:
             self._json({"id": "org/evil", "sha": _SHA, "siblings": [{"rfilename": "../../evil/cfg.json"},
                                                                    {"rfilename": "../../evil/sae.safetensors"}]})
         elif path.endswith("/refs"):
