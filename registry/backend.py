@@ -73,9 +73,9 @@ def errors(what: str | None = None, *, uri: str) -> Iterator[None]:
         if code == "INVALID_PARAMETER_VALUE":
             raise InputError(msg, where=what) from None
         low = msg.lower()
-        if "timed out" in low or "timeout expired" in low:  # name what bounds the wait, not the request
+        if any(s in low for s in ("timed out", "timeout expired", "timeout exception")):  # say what bounds it
             settings = current()
-            connect = "connect" in low and "read timed out" not in low
+            connect = "connect timeout" in low or "timeout expired" in low  # urllib3's, libpq's
             raise RegistryError(
                 f"no {'connection' if connect else 'answer'} within "
                 f"{settings.connect_timeout if connect else settings.read_timeout:g} s "
