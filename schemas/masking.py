@@ -18,7 +18,7 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]
 # X-Amz-Signature=, X-Amz-Credential=, client_secret= (query strings, libpq DSNs), and the
 # short query keys ?key= ?sig= ?auth= ?code= (only after ? or &: "KEY=VALUE" is prose).
 _SECRET_PARAM = re.compile(
-    r"(?i)(?<![\w.-])(?P<key>[\w.-]*(?:token|passw(?:or)?d|pwd|secret|credential|signature"
+    r"(?i)(?<![\w.-])(?P<key>[\w.-]*(?:token(?!s)|passw(?:or)?d|pwd|secret|credential|signature"
     r"|(?:api|access|private|account|sas|subscription)[_-]?key)[\w.-]*"
     r"|(?<=[?&])(?:key|sig|auth|code|pw|pass))=(?P<value>[^&;\s#'\"]+)")
 _HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{6,}")

@@ -44,3 +44,7 @@ def test_errors_mask_their_message_and_where():
 
 def test_without_password_keeps_the_user():
     assert without_password(f"http://u:{S}@h/x") == "http://u@h/x"
+
+
+def test_counts_named_like_secrets_stay():
+    assert mask("n_tokens=256 context_size=64") == "n_tokens=256 context_size=64"
