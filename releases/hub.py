@@ -86,7 +86,9 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
     try:
         api = hub_api()
         with quiet_progress():
-            commit = check_commit(rev, api.repo_info(repo, revision=rev).sha, where=where)
+            info = api.repo_info(repo, revision=rev)
+            commit = check_commit(rev, info.sha, where=where)
+            check_listing([s.rfilename for s in info.siblings or []], where=where)
             local = snapshot_download(
                 repo,
                 revision=commit,  # pinned: the files all come from one commit
