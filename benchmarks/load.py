@@ -182,6 +182,7 @@ def bench_registry_load(procs: int, per_proc: int) -> dict:
     os.environ["SAEKIT_HOME"] = str(home)
     uri = os.environ.get("SAEKIT_REGISTRY_URI")
     from saekit.registry import store
+    from saekit.schemas.masking import mask
 
     store.list_versions()  # create the registry before the writers race to
     jobs = []
@@ -202,7 +203,7 @@ def bench_registry_load(procs: int, per_proc: int) -> dict:
     listed = store.list_versions("load") if ok else []
     result = {
         "benchmark": "registry_load",
-        "registry": store.mask(uri) if uri else "embedded SQLite (default)",
+        "registry": mask(uri) if uri else "embedded SQLite (default)",
         "processes": procs,
         "per_process": per_proc,
         "wall_s": round(wall, 1),

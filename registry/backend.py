@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import re
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from saekit.schemas import InputError, NotFoundError, RegistryError, SaekitError
+from saekit.schemas.masking import mask, without_password
 from saekit.schemas.settings import Settings, current
 
 if TYPE_CHECKING:
@@ -46,25 +48,6 @@ def tracking_uri(settings: Settings | None = None) -> str:
     if settings.registry_uri:
         return settings.registry_uri
     return f"sqlite:///{settings.home.resolve() / 'registry' / 'mlflow.db'}"
-
-
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<pw>[^/@\s]*)@")
-_SECRET_PARAM = re.compile(r"(?i)\b(password|passwd|pwd|token|secret)=([^&\s]+)")
-_HF_TOKEN = re.compile(r"hf_[A-Za-z0-9]{6,}")
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
-
-
-def mask(text: str) -> str:
-    """``text`` with URI passwords, secret query parameters, Hub tokens and
-    Authorization credentials replaced by ***."""
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
-    text = _HF_TOKEN.sub("hf_***", _BEARER.sub(lambda m: f"{m[1]} ***", text))
-    return _SECRET_PARAM.sub(lambda m: f"{m[1]}=***", text)
-
-
-def without_password(uri: str) -> str:
-    """``uri`` with the password of its user info removed (for stable keys, not display)."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}@", uri)
 
 
 def where(uri: str) -> str:
@@ -89,6 +72,14 @@ def errors(what: str | None = None, *, uri: str) -> Iterator[None]:
             raise NotFoundError(msg, where=what) from None
         if code == "INVALID_PARAMETER_VALUE":
             raise InputError(msg, where=what) from None
+        low = msg.lower()
+        if any(s in low for s in ("timed out", "timeout expired", "timeout exception")):  # say what bounds it
+            settings = current()
+            connect = "connect timeout" in low or "timeout expired" in low  # urllib3's, libpq's
+            raise RegistryError(
+                f"no {'connection' if connect else 'answer'} within "
+                f"{settings.connect_timeout if connect else settings.read_timeout:g} s "
+                f"(SAEKIT_{'CONNECT' if connect else 'READ'}_TIMEOUT)", where=where(uri)) from None
         raise RegistryError(f"{err.__class__.__name__}: {msg}", where=where(uri)) from None
 
 
@@ -97,13 +88,20 @@ def error_code(err: BaseException) -> str | None:
     return getattr(err, "error_code", None)
 
 
+_BUSY_STATUS = re.compile(r"\b(429|502|503|504)\b(?!\d)")
+
+
 def _transient(err: Exception) -> bool:
+    """Lock, version and server-busy errors, worth another try. Not a timeout: the request
+    already waited its time and MLflow retried it (see _quiet_mlflow); another round of
+    tries would multiply the wait the settings bound."""
     text = str(err).lower()
-    return any(
+    if "timed out" in text or "timeout" in text:
+        return False
+    return bool(_BUSY_STATUS.search(text)) or any(
         s in text
         for s in ("database is locked", "model version creation error", "could not serialize", "deadlock",
-                  "unique constraint", "duplicate key", "integrityerror", "connection reset", "remotedisconnected",
-                  "503", "502", "504", "429")
+                  "unique constraint", "duplicate key", "integrityerror", "connection reset", "remotedisconnected")
     )
 
 
@@ -127,10 +125,14 @@ def retry(fn, *args, attempts: int = 12, **kwargs):
 def _quiet_mlflow(settings: Settings) -> None:
     """MLflow's info logs, warnings and telemetry have no place in saekit's output."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    # Fail in seconds, not minutes, when a server is down (MLflow's default retries ~2 min).
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
+    # Bounded, not minutes: each request waits at most the settings' read timeout (MLflow reads
+    # MLFLOW_HTTP_REQUEST_TIMEOUT, whole seconds, at every request; mlflow/utils/rest_utils.py),
+    # and is retried at most twice with 1 s, 2 s backoff (its default is 7 retries, factor 2).
+    # A PostgreSQL registry connects within the connect timeout (libpq reads PGCONNECT_TIMEOUT).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(math.ceil(settings.read_timeout))
+    os.environ["PGCONNECT_TIMEOUT"] = str(max(2, math.ceil(settings.connect_timeout)))  # libpq's minimum is 2
     if settings.debug:
         return
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -186,6 +188,26 @@ def _save_sqlite_template(db: Path, template: Path) -> None:
     os.replace(tmp, template)
 
 
+_DATABASES = ("postgresql", "mysql", "mssql")
+
+
+def _try_database(uri: str) -> None:
+    """Open one connection to a database registry, bounded by the connect timeout.
+
+    MLflow tries to open a database it cannot reach 10 times, with ~100 s of sleeps between
+    the tries (mlflow/store/db/utils.py, create_sqlalchemy_engine_with_retry): one try here
+    first ends a dead or silent server in the time the settings give."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(uri, poolclass=NullPool)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
 def _new_client(uri: str, settings: Settings) -> MlflowClient:
     _quiet_mlflow(settings)
     db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
@@ -193,6 +215,9 @@ def _new_client(uri: str, settings: Settings) -> MlflowClient:
         _seed_sqlite(db, _sqlite_template(settings))
     with errors(uri=uri):
         from mlflow import MlflowClient
+
+        if uri.split(":", 1)[0].split("+", 1)[0] in _DATABASES:
+            _try_database(uri)
 
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         if db is not None and not _sqlite_template(settings).is_file():

@@ -11,13 +11,19 @@ imported, so a process can point at a loopback Hub after the fact.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saekit.registry.hub_source import quiet_progress
+from saekit.registry.hub_source import (
+    check_commit,
+    check_listing,
+    hub_api,
+    is_network_error,
+    quiet_progress,
+    unreachable_message,
+)
 from saekit.schemas import IntegrityError, NotFoundError, PublishError, SAERef
 from saekit.schemas.settings import current
 
@@ -38,23 +44,8 @@ def endpoint() -> str | None:
 
 
 def unreachable(err: Exception, where: str, url: str | None = None) -> PublishError:
-    """A network failure talking to the Hub as one line naming the endpoint (never a token)."""
-    from huggingface_hub import constants
-
-    url = url or endpoint() or constants.ENDPOINT
-    detail = (str(err).splitlines() or [""])[0][:200]
-    detail = re.sub(r"hf_[A-Za-z0-9]{6,}", "hf_***", detail)
-    detail = re.sub(r"(?i)(authorization|token|bearer)([\s:=]+)\S+", r"\1\2***", detail)
-    return PublishError(f"cannot reach the Hub at {url}: {err.__class__.__name__}" + (f" ({detail})" if detail else ""),
-                        where=where)
-
-
-def is_network_error(err: Exception) -> bool:
-    """Connection, timeout and protocol errors of httpx/requests/urllib3 (not HTTP answers)."""
-    names = {c.__name__ for c in type(err).__mro__}
-    return bool(names & {"ConnectError", "ConnectionError", "TimeoutException", "Timeout", "TransportError",
-                         "NetworkError", "RemoteProtocolError", "ProtocolError", "OfflineModeIsEnabled",
-                         "LocalEntryNotFoundError", "ConnectTimeout", "ReadTimeout", "ReadError", "WriteError"})
+    """A network failure talking to the Hub as one line naming the endpoint (masked)."""
+    return PublishError(unreachable_message(err, url), where=where)
 
 
 def _cached_blob(root: Path, rel: str, where: str) -> bytes:
@@ -78,10 +69,11 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
 
     The folder is a fresh staging copy (under a temporary folder the caller removes with
     ``shutil.rmtree(folder.parent)``) of exactly the verified bytes."""
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
         HfHubHTTPError,
+        LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
@@ -92,9 +84,11 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
     repo, sae_id, rev = ref.hf_repo, ref.sae_id, ref.revision or "main"
     where = f"hf://{repo}@{rev}/{sae_id}"
     try:
-        api = HfApi(endpoint=endpoint())
+        api = hub_api()
         with quiet_progress():
-            commit = api.repo_info(repo, revision=rev).sha
+            info = api.repo_info(repo, revision=rev)
+            commit = check_commit(rev, info.sha, where=where)
+            check_listing([s.rfilename for s in info.siblings or []], where=where)
             local = snapshot_download(
                 repo,
                 revision=commit,  # pinned: the files all come from one commit
@@ -107,10 +101,11 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
     except RevisionNotFoundError:
         raise NotFoundError(f"no revision {rev!r} in {repo}", where=where) from None
     except EntryNotFoundError as err:
+        if isinstance(err, LocalEntryNotFoundError):  # not in the cache and the Hub unreachable
+            raise unreachable(err, where) from None
         raise NotFoundError(f"missing file ({err.__class__.__name__})", where=where) from None
     except HfHubHTTPError as err:
-        line = re.sub(r"hf_[A-Za-z0-9]{6,}", "hf_***", (str(err).splitlines() or [""])[0])
-        raise PublishError(f"Hub request failed ({line})", where=where) from None
+        raise PublishError(f"Hub request failed ({(str(err).splitlines() or [''])[0]})", where=where) from None
     except Exception as err:  # noqa: BLE001 - a dead endpoint, a timeout, a reset connection
         if is_network_error(err):
             raise unreachable(err, where) from None
@@ -118,6 +113,8 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
     from saekit.schemas import InputError, safeio
 
     root = Path(local)
+    if root.name != commit:  # snapshot_download names the folder by the commit it was served
+        raise IntegrityError(f"the Hub served another commit than {commit}", where=where)
     if not (root / SUMS).exists():
         raise IntegrityError(f"{SUMS} missing: not a saekit release", where=where)
     sums = parse_sums(_cached_blob(root, SUMS, where), where=where)
@@ -155,14 +152,15 @@ def is_release(ref: Ref) -> bool:
     """Whether the repo at the reference's revision is a saekit release (SHA256SUMS or
     release.json at its root). A release missing its SHA256SUMS still loads as a release,
     and so is refused, never read unverified as another library's checkpoint."""
-    from huggingface_hub import HfApi
-
     from saekit.registry.hub_source import _hub_errors
     from saekit.releases.bundle import RELEASE_JSON, SUMS
 
+    rev = ref.revision or "main"
     with _hub_errors(ref.text):
-        info = HfApi(endpoint=endpoint()).repo_info(ref.hf_repo, repo_type=ref.hf_type, revision=ref.revision or "main")
-    return any(s.rfilename in (SUMS, RELEASE_JSON) for s in info.siblings or [])
+        info = hub_api().repo_info(ref.hf_repo, repo_type=ref.hf_type, revision=rev)
+    check_commit(rev, info.sha, where=ref.text)
+    names = check_listing([s.rfilename for s in info.siblings or []], where=ref.text)
+    return any(name in (SUMS, RELEASE_JSON) for name in names)
 
 
 def load_hf(ref: Ref) -> SAE:

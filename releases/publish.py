@@ -40,10 +40,10 @@ from saekit.releases.bundle import (
 )
 from saekit.schemas import GateFailedError, InputError, IntegrityError, NotFoundError, PublishError, safeio
 from saekit.schemas.console import say
+from saekit.schemas.masking import mask
 from saekit.schemas.release import GatePolicy, ReleaseManifest
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_TOKENISH = re.compile(r"hf_[A-Za-z0-9]{6,}")
 # The Hub takes no file over 50 GB (https://huggingface.co/docs/hub/en/repositories-recommendations);
 # the private copy of a bigger bundle file is not made.
 MAX_FILE_BYTES = 50 * 10**9
@@ -75,9 +75,8 @@ class PublishResult:
 
 
 def _clean(err: Exception) -> str:
-    """One line of an HTTP error, with anything token-like masked."""
-    line = (str(err).splitlines() or [err.__class__.__name__])[0]
-    return _TOKENISH.sub("hf_***", line)
+    """One line of an HTTP error, with secrets masked."""
+    return mask((str(err).splitlines() or [err.__class__.__name__])[0])
 
 
 def _remote_sums(api, repo_id: str, revision: str) -> dict[str, str] | None:
@@ -224,12 +223,9 @@ def publish(
             return PublishResult(repo_id, tag, None, True, True, files,
                                  message=f"dry run: would commit {len(files)} files to {repo_id} and tag {tag}")
 
-        from huggingface_hub import HfApi
+        from saekit.registry.hub_source import hub_api, quiet_progress
 
-        from saekit.releases.hub import endpoint as env_endpoint
-        from saekit.registry.hub_source import quiet_progress
-
-        api = HfApi(endpoint=(endpoint or env_endpoint()))
+        api = hub_api(endpoint)
         with quiet_progress():
             try:
                 result = _publish(api, root, snap, release, repo_id, tag, private)
@@ -239,7 +235,7 @@ def publish(
                 if is_network_error(err):
                     raise unreachable(err, repo_id, api.endpoint) from None
                 raise
-    result.url = f"{api.endpoint}/{repo_id}/tree/{tag}"
+    result.url = mask(f"{api.endpoint}/{repo_id}/tree/{tag}")
     if record:
         result.registry_updated = _record(release, repo_id, tag, result.commit)
     say(f"publish: {result.message}")
@@ -252,6 +248,8 @@ def _publish(api, root: Path, snap: _Snapshot, release: dict[str, Any], repo_id:
     from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import logging as hf_logging
+
+    from saekit.registry.hub_source import check_listing as check_hub_listing
 
     sums = snap.sums
     files = sorted(sums) + [SUMS]
@@ -276,8 +274,8 @@ def _publish(api, root: Path, snap: _Snapshot, release: dict[str, Any], repo_id:
             else:
                 remote_files = set()
                 if head is not None:
-                    remote_files = {f.path for f in api.list_repo_tree(repo_id, recursive=True, revision=head)
-                                    if isinstance(f, RepoFile)}
+                    remote_files = set(check_hub_listing([f.path for f in api.list_repo_tree(
+                        repo_id, recursive=True, revision=head) if isinstance(f, RepoFile)], where=repo_id))
                 # The private copies (open binary files: huggingface_hub uploads these with the
                 # LFS protocol) and SHA256SUMS' bytes, exactly what was hashed.
                 ops: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=snap.copies[p]) for p in sorted(sums)]

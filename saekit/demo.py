@@ -18,6 +18,7 @@ from typing import Any
 from saekit.registry import tags as T
 from saekit.schemas import GatePolicy, InputError, safeio
 from saekit.schemas.console import say
+from saekit.schemas.masking import mask
 from saekit.schemas.settings import Settings, current, use_settings
 
 SIZES = ("demo", "test")
@@ -84,7 +85,7 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
     info = store.register(name, artifact, alias="candidate",
                           description=f"saekit demo: TopK SAE on SmolLM2-135M layer 6 ({size})")
     summary["sae"] = {"artifact": str(artifact), "name": name, "version": info.version, "sha256": info.sha256,
-                      "registry": store.mask(store.registry_uri())}
+                      "registry": mask(store.registry_uri())}
     _progress(f"registered {name}/{info.version} sha256 {info.sha256[:12]}")
     step("register", t)
 

@@ -8,15 +8,19 @@ The CLI prints ``str(err)`` as one line and never a traceback.
 
 from __future__ import annotations
 
+from saekit.schemas.masking import mask
+
 
 class SaekitError(Exception):
-    """Base of every user-facing saekit error. Message: ``what: where``."""
+    """Base of every user-facing saekit error. Message: ``what: where``, with secrets
+    (URL passwords, tokens) masked, whatever text a caller put in it."""
 
     exit_code = 2
 
     def __init__(self, message: str, *, where: str | None = None):
-        self.message = message
-        self.where = where
+        self.message = mask(message)
+        self.where = mask(where) if where is not None else None
+        message, where = self.message, self.where
         super().__init__(f"{where}: {message}" if where else message)
 
 

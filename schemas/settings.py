@@ -36,6 +36,20 @@ def parse_bool(name: str, value: str | None) -> bool:
     raise InputError(f"{name} must be one of 1, true, yes, on or 0, false, no, off; not {value!r}", where="environment")
 
 
+def parse_seconds(name: str, value: str | None, default: float) -> float:
+    """A timeout in seconds: a number > 0 and at most a day (unset or empty: ``default``)."""
+    text = (value or "").strip()
+    if not text:
+        return default
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 86400:  # also refuses nan and inf
+        raise InputError(f"{name} must be a number of seconds > 0 and <= 86400, not {value!r}", where="environment")
+    return seconds
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Where saekit keeps things and how it talks; see docs/settings.md."""
@@ -58,6 +72,10 @@ class Settings:
     """HF_ENDPOINT: the Hugging Face Hub to talk to (None: huggingface_hub's default)."""
     hub_cache: str | None = None
     """HF_HUB_CACHE: where hf:// downloads are cached (None: huggingface_hub's default)."""
+    connect_timeout: float = 10.0
+    """SAEKIT_CONNECT_TIMEOUT: seconds to open a connection (Hub, MLflow server, database)."""
+    read_timeout: float = 60.0
+    """SAEKIT_READ_TIMEOUT: seconds to wait for each answer (or each chunk of one) from a server."""
 
     def __post_init__(self) -> None:
         if self.kernels not in KERNELS:
@@ -81,6 +99,9 @@ class Settings:
             "encode_tiles": env.get("SAEKIT_ENCODE_TILES") or None,
             "hub_endpoint": env.get("HF_ENDPOINT") or None,
             "hub_cache": env.get("HF_HUB_CACHE") or None,
+            "connect_timeout": parse_seconds("SAEKIT_CONNECT_TIMEOUT", env.get("SAEKIT_CONNECT_TIMEOUT"),
+                                             cls.connect_timeout),
+            "read_timeout": parse_seconds("SAEKIT_READ_TIMEOUT", env.get("SAEKIT_READ_TIMEOUT"), cls.read_timeout),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         for key in ("home", "cache_dir"):

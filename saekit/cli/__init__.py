@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         # Last line of defence: one line, secrets masked, never a traceback. A file-system
         # or resource error is the user's environment (exit 2); anything else is a saekit
         # bug (exit 70, EX_SOFTWARE), which SAEKIT_DEBUG=1 shows with its traceback.
-        from saekit.registry.store import mask
+        from saekit.schemas.masking import mask
 
         line = printable(mask((str(err).splitlines() or [""])[0])[:300])
         if isinstance(err, (OSError, RecursionError, MemoryError, UnicodeError)):

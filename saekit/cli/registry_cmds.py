@@ -13,6 +13,7 @@ import typer
 from saekit.cli.app import JSON_OPTION, alias_app, app, emit
 from saekit.registry import tags as T
 from saekit.schemas import InputError
+from saekit.schemas.masking import mask
 
 FORMAT_HELP = "saekit | saelens | sparsify | gemmascope | openai"
 
@@ -153,7 +154,7 @@ def show_cmd(ref: str = typer.Argument(...), json_out: bool = JSON_OPTION) -> No
 
     info = store.resolve(ref)
     lines = [_version_text(info), f"sha256: {info.sha256}", f"run: {info.run_id}",
-             f"source: {store.mask(info.source or '')}"]
+             f"source: {mask(info.source or '')}"]
     if info.description:
         lines.append(f"description: {info.description}")
     lines += [f"  {k} = {v}" for k, v in sorted(info.tags.items()) if k != T.FILES]

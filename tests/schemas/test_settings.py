@@ -80,3 +80,15 @@ def test_no_module_but_settings_reads_saekit_variables():
                 if needle in text:
                     offenders.append(f"{path.relative_to(root)}: {needle}")
     assert not offenders, offenders
+
+
+def test_network_timeouts_default_and_from_the_environment():
+    assert (Settings.from_env({}).connect_timeout, Settings.from_env({}).read_timeout) == (10.0, 60.0)
+    s = Settings.from_env({"SAEKIT_CONNECT_TIMEOUT": "2.5", "SAEKIT_READ_TIMEOUT": " 7 "})
+    assert (s.connect_timeout, s.read_timeout) == (2.5, 7.0)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan", "inf", "1e6", "ten"])
+def test_bad_network_timeouts_are_refused_naming_the_variable(value):
+    with pytest.raises(InputError, match="SAEKIT_CONNECT_TIMEOUT must be a number of seconds"):
+        Settings.from_env({"SAEKIT_CONNECT_TIMEOUT": value})

@@ -5,14 +5,17 @@ password. The Hub double is exercised with the real huggingface_hub client too."
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from sec_helpers import SECRET, TOKEN, python, saekit, tree_contains
+from sec_helpers import SECRET, TOKEN, log_measure, python, saekit, tree_contains
 
 
 def _dead_port() -> int:
@@ -199,3 +202,257 @@ def test_a_hostile_release_on_the_hub_is_refused_in_one_line(tmp_path, hub):
                HF_ENDPOINT=hub.url)
     assert "sha256 mismatch" in r.one_line_error(1)
     assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "out").exists()
+
+
+# --- silent endpoints: every network call is bounded in time (issue 25, item 3) -------------
+
+# Two-second timeouts: each command below must end in one line well under a minute.
+_FAST = {"SAEKIT_CONNECT_TIMEOUT": "2", "SAEKIT_READ_TIMEOUT": "2"}
+_BOUND_S = 40
+
+
+@pytest.fixture
+def silent_port():
+    """A loopback port that accepts connections and never answers; it stops by itself (after
+    120 s at most) and when the test ends."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    stop = threading.Event()
+    held = []
+
+    def hold():
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                pass
+        for conn in held:
+            conn.close()
+        server.close()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(5)
+
+
+def _silent_url(port: int) -> tuple[str, str]:
+    """(endpoint with a password, as it must be shown)."""
+    return f"http://user:{SECRET}@127.0.0.1:{port}", f"http://user:***@127.0.0.1:{port}"
+
+
+def test_publish_to_a_silent_hub_times_out(tmp_path, silent_port):
+    from test_files import _fake_bundle
+
+    bundle = tmp_path / "bundle"
+    _fake_bundle(bundle)
+    url, shown = _silent_url(silent_port)
+    r = saekit("release", "publish", str(bundle), "--endpoint", url, home=tmp_path / "home", timeout=120, **_FAST)
+    line = r.one_line_error(2)
+    log_measure("publish to a silent Hub", r)
+    assert f"cannot reach the Hub at {shown}" in line and "within 2 s" in line
+    assert r.seconds < _BOUND_S
+
+
+def test_hf_load_from_a_silent_hub_times_out(tmp_path, silent_port):
+    url, shown = _silent_url(silent_port)
+    r = saekit("export", "sparsify", "hf://org/repo@v1/sae", str(tmp_path / "out"), home=tmp_path / "home",
+               timeout=120, HF_ENDPOINT=url, **_FAST)
+    line = r.one_line_error(2)
+    log_measure("hf:// load from a silent Hub", r)
+    assert f"cannot reach the Hub at {shown}" in line and "SAEKIT_READ_TIMEOUT" in line
+    assert r.seconds < _BOUND_S and not (tmp_path / "out").exists()
+
+
+def test_hf_register_from_a_silent_hub_times_out(tmp_path, silent_port):
+    url, shown = _silent_url(silent_port)
+    r = saekit("register", "-n", "x", "hf://org/repo/sae", home=tmp_path / "home", timeout=120, HF_ENDPOINT=url,
+               **_FAST)
+    line = r.one_line_error(2)
+    log_measure("hf:// register from a silent Hub", r)
+    assert f"cannot reach the Hub at {shown}" in line and "SAEKIT_READ_TIMEOUT" in line
+    assert r.seconds < _BOUND_S
+
+
+def test_a_hub_silent_after_its_listing_times_out(tmp_path, crafted_hub):
+    """The download's own retries (huggingface_hub retries a timed-out metadata call 5 times,
+    23 s of backoff) do not multiply the wait, nor print their 'Retrying' lines."""
+    r = saekit("register", "-n", "slow", "hf://org/slow/sae", home=tmp_path / "home", timeout=120,
+               HF_ENDPOINT=crafted_hub, **_FAST)
+    line = r.one_line_error(2)
+    log_measure("hf:// register from a Hub silent after its listing", r)
+    assert f"cannot reach the Hub at {crafted_hub}" in line and "no answer within 2 s" in line
+    assert r.seconds < 20
+
+
+def test_a_silent_registry_server_times_out(tmp_path, silent_port):
+    url, shown = _silent_url(silent_port)
+    r = saekit("ls", home=tmp_path / "home", timeout=120, SAEKIT_REGISTRY_URI=url, **_FAST)
+    line = r.one_line_error(2)
+    log_measure("registry URI on a silent MLflow server", r)
+    assert f"registry at {shown}" in line and "no answer within 2 s" in line
+    assert r.seconds < _BOUND_S
+
+
+def test_a_silent_registry_database_times_out(tmp_path, silent_port):
+    pytest.importorskip("psycopg2")
+    uri = f"postgresql+psycopg2://postgres:{SECRET}@127.0.0.1:{silent_port}/saekit"
+    r = saekit("ls", home=tmp_path / "home", timeout=120, SAEKIT_REGISTRY_URI=uri, **_FAST)
+    line = r.one_line_error(2)
+    log_measure("registry URI on a silent PostgreSQL", r)
+    assert f"registry at postgresql+psycopg2://postgres:***@127.0.0.1:{silent_port}/saekit" in line
+    assert "SAEKIT_CONNECT_TIMEOUT" in line and r.seconds < _BOUND_S
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon", "1e9"])
+def test_a_bad_timeout_setting_is_one_line(tmp_path, value):
+    r = saekit("ls", home=tmp_path / "home", SAEKIT_READ_TIMEOUT=value)
+    assert "SAEKIT_READ_TIMEOUT" in r.one_line_error(2)
+
+
+# --- pinned revisions (item 11) ---------------------------------------------------------------
+
+
+def test_a_tag_named_like_an_older_commit_does_not_stand_in_for_it(tmp_path, hub):
+    """@<40-hex> names a commit: a tag of that name pointing elsewhere is refused (exit 1),
+    for hf:// load (a release) and hf:// register (another library's layout) alike."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo("org/pin")
+    old = api.upload_file(path_or_fileobj=b"{}", path_in_repo="sae/cfg.json", repo_id="org/pin").oid
+    new = api.upload_file(path_or_fileobj=b"{\"x\": 1}", path_in_repo="sae/cfg.json", repo_id="org/pin").oid
+    api.create_tag("org/pin", tag=old, revision=new)
+    for args in (("export", "sparsify", f"hf://org/pin@{old}/sae", str(tmp_path / "out")),
+                 ("register", "-n", "pin", f"hf://org/pin@{old}/sae")):
+        r = saekit(*args, home=tmp_path / "home", timeout=120, HF_ENDPOINT=hub.url)
+        line = r.one_line_error(1)
+        assert f"revision {old} resolved to another commit ({new})" in line
+    # the new commit, by its own id, is not refused for that reason
+    r = saekit("register", "-n", "pin", f"hf://org/pin@{new}/sae", home=tmp_path / "home", timeout=120,
+               HF_ENDPOINT=hub.url)
+    assert r.rc != 0 and "another commit" not in r.err
+
+
+# --- one masking function (item 12) ------------------------------------------------------------
+
+
+def test_publish_json_url_masks_the_endpoint_password(tmp_path, hub):
+    from test_files import _fake_bundle
+
+    bundle = tmp_path / "bundle"
+    _fake_bundle(bundle)
+    port = hub.url.rsplit(":", 1)[1]
+    r = saekit("release", "publish", str(bundle), "--endpoint", f"http://user:{SECRET}@127.0.0.1:{port}", "--json",
+               home=tmp_path / "home", timeout=120)
+    assert r.rc == 0, r.err
+    assert json.loads(r.out)["url"] == f"http://user:***@127.0.0.1:{port}/org/x/tree/v1.0.0"
+    assert SECRET not in r.out + r.err and TOKEN not in r.out + r.err
+
+
+@pytest.mark.parametrize("uri", [
+    f"http://user:{SECRET}@127.0.0.1:{{port}}/mlflow",
+    f"http://127.0.0.1:{{port}}/mlflow?access_token={SECRET}",
+    f"postgresql+psycopg2://postgres:{SECRET}@127.0.0.1:{{port}}/saekit?sslpassword={SECRET}",
+])
+def test_registry_errors_mask_every_secret(tmp_path, uri):
+    r = saekit("ls", home=tmp_path / "home", timeout=120, SAEKIT_REGISTRY_URI=uri.format(port=_dead_port()), **_FAST)
+    assert "***" in r.one_line_error(2)
+    assert r.seconds < _BOUND_S  # a refused database: one try, not MLflow's ten (~100 s of sleeps)
+
+
+# --- Hub listings are input (item 17) ----------------------------------------------------------
+
+_SHA = "b" * 40
+
+
+class _CraftedHub(http.server.BaseHTTPRequestHandler):
+    """A Hub whose listings name paths outside the repo (repo info siblings, tree listing)."""
+
+    def log_message(self, *args):
+        pass
+
+    def _json(self, obj, status=200):
+        body = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if status == 404:
+            self.send_header("X-Error-Code", "EntryNotFound")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if "/org/slow/" in path:  # lists a sparsify SAE, then never sends a file
+            if "/revision/" not in path:
+                time.sleep(20)
+                return
+            self._json({"id": "org/slow", "sha": _SHA, "siblings": [{"rfilename": "sae/cfg.json"},
+                                                                   {"rfilename": "sae/sae.safetensors"}]})
+        elif "/revision/" in path:
+            self._json({"id": "org/evil", "sha": _SHA, "siblings": [{"rfilename": "../../evil/cfg.json"},
+                                                                   {"rfilename": "../../evil/sae.safetensors"}]})
+        elif path.endswith("/refs"):
+            self._json({"branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": _SHA}],
+                        "tags": [], "converts": []})
+        elif "/tree/" in path:
+            self._json([{"type": "file", "oid": "0" * 40, "size": 1, "path": "../../etc/passwd"}])
+        else:
+            self._json({"error": "Entry not found"}, 404)
+
+    do_HEAD = do_GET
+
+    def do_POST(self):  # create_repo; repo "badurl" gets a URL on another host
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        host = "elsewhere" if body.get("name") == "badurl" else self.headers["Host"]
+        self._json({"url": f"http://{host}/org/{body.get('name')}", "name": f"org/{body.get('name')}"})
+
+
+@pytest.fixture
+def crafted_hub():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CraftedHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+# A glob matching the listed ../../evil folder reached huggingface_hub's download (exit 70).
+@pytest.mark.parametrize("args", [("export", "sparsify", "hf://org/evil/evil", "OUT"),
+                                  ("register", "-n", "evil", "hf://org/evil/*/*/*"),
+                                  ("import", "hf://org/evil/*/*/*", "OUT")])
+def test_a_hub_listing_leaving_the_repo_is_refused(tmp_path, crafted_hub, args):
+    args = tuple(str(tmp_path / "out") if a == "OUT" else a for a in args)
+    r = saekit(*args, home=tmp_path / "home", timeout=120, HF_ENDPOINT=crafted_hub, **_FAST)
+    line = r.one_line_error(2)
+    assert "the Hub listed '../../evil/" in line
+    assert not (tmp_path / "out").exists() and not (tmp_path.parent / "evil").exists()
+
+
+def test_publish_refuses_an_unreadable_hub_answer(tmp_path, crafted_hub):
+    """create_repo answered with a repo URL on another host: huggingface_hub's HfUriError is
+    the Hub's fault, one line, exit 2 (not an internal error)."""
+    from test_files import _fake_bundle
+
+    bundle = tmp_path / "bundle"
+    _fake_bundle(bundle)
+    r = saekit("release", "publish", str(bundle), "--repo", "org/badurl", "--endpoint", crafted_hub,
+               home=tmp_path / "home", timeout=120, **_FAST)
+    assert f"unreadable answer from the Hub at {crafted_hub}: HfUriError" in r.one_line_error(2)
+
+
+def test_publish_refuses_a_tree_listing_leaving_the_repo(tmp_path, crafted_hub):
+    from test_files import _fake_bundle
+
+    bundle = tmp_path / "bundle"
+    _fake_bundle(bundle)
+    r = saekit("release", "publish", str(bundle), "--endpoint", crafted_hub, home=tmp_path / "home", timeout=120,
+               **_FAST)
+    assert "the Hub listed '../../etc/passwd'" in r.one_line_error(2)
