@@ -246,10 +246,9 @@ def _silent_url(port: int) -> tuple[str, str]:
 
 
 def test_publish_to_a_silent_hub_times_out(tmp_path, silent_port):
-    from test_files import _fake_bundle
+    from tests.releases.release_helpers import checked_bundle
 
-    bundle = tmp_path / "bundle"
-    _fake_bundle(bundle)
+    bundle = checked_bundle(tmp_path / "home", tmp_path / "bundle")  # publish checks the registry first
     url, shown = _silent_url(silent_port)
     r = saekit("release", "publish", str(bundle), "--endpoint", url, home=tmp_path / "home", timeout=120, **_FAST)
     line = r.one_line_error(2)
@@ -342,10 +341,9 @@ def test_a_tag_named_like_an_older_commit_does_not_stand_in_for_it(tmp_path, hub
 
 
 def test_publish_json_url_masks_the_endpoint_password(tmp_path, hub):
-    from test_files import _fake_bundle
+    from tests.releases.release_helpers import checked_bundle
 
-    bundle = tmp_path / "bundle"
-    _fake_bundle(bundle)
+    bundle = checked_bundle(tmp_path / "home", tmp_path / "bundle")  # publish checks the registry first
     port = hub.url.rsplit(":", 1)[1]
     r = saekit("release", "publish", str(bundle), "--endpoint", f"http://user:{SECRET}@127.0.0.1:{port}", "--json",
                home=tmp_path / "home", timeout=120)
@@ -439,20 +437,18 @@ def test_a_hub_listing_leaving_the_repo_is_refused(tmp_path, crafted_hub, args):
 def test_publish_refuses_an_unreadable_hub_answer(tmp_path, crafted_hub):
     """create_repo answered with a repo URL on another host: huggingface_hub's HfUriError is
     the Hub's fault, one line, exit 2 (not an internal error)."""
-    from test_files import _fake_bundle
+    from tests.releases.release_helpers import checked_bundle
 
-    bundle = tmp_path / "bundle"
-    _fake_bundle(bundle)
+    bundle = checked_bundle(tmp_path / "home", tmp_path / "bundle")  # publish checks the registry first
     r = saekit("release", "publish", str(bundle), "--repo", "org/badurl", "--endpoint", crafted_hub,
                home=tmp_path / "home", timeout=120, **_FAST)
     assert f"unreadable answer from the Hub at {crafted_hub}: HfUriError" in r.one_line_error(2)
 
 
 def test_publish_refuses_a_tree_listing_leaving_the_repo(tmp_path, crafted_hub):
-    from test_files import _fake_bundle
+    from tests.releases.release_helpers import checked_bundle
 
-    bundle = tmp_path / "bundle"
-    _fake_bundle(bundle)
+    bundle = checked_bundle(tmp_path / "home", tmp_path / "bundle")  # publish checks the registry first
     r = saekit("release", "publish", str(bundle), "--endpoint", crafted_hub, home=tmp_path / "home", timeout=120,
                **_FAST)
     assert "the Hub listed '../../etc/passwd'" in r.one_line_error(2)
