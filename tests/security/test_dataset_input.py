@@ -1,0 +1,64 @@
+"""Bad ``saekit check --dataset`` input: one line, exit 2, no traceback, nothing written;
+a malformed spec or a missing file fails before the language model loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sec_helpers import log_measure, saekit
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def hub(tmp_path: Path):
+    from saekit.releases.loopback_hub import serve
+
+    server = serve(tmp_path / "hub")
+    yield server
+    server.stop()
+
+
+def _check(real_sae_dir: Path, tmp_path: Path, dataset: str, **env: str):
+    out = tmp_path / "out"
+    r = saekit("check", str(real_sae_dir), "--dataset", dataset, "--tokens", "64", "--context", "32", "--no-cards",
+               "--out", str(out), home=tmp_path / "home", cwd=tmp_path, timeout=120, **env)
+    assert not out.exists()  # nothing half-written
+    return r
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ("hf://datasets/only-org", "expected hf://datasets/ORG/NAME"),
+    ("hf://datasets/org/../x", "expected hf://datasets/ORG/NAME"),
+    ("hf://models/org/name", "hf://datasets/ORG/NAME"),
+    ("./no/such/rows.jsonl", "no such dataset file or folder"),
+])
+def test_malformed_or_missing_dataset_fails_before_the_model_loads(real_sae_dir, tmp_path, dataset, message):
+    r = _check(real_sae_dir, tmp_path, dataset)
+    line = r.one_line_error(2)
+    assert message in line, line
+    log_measure(f"check --dataset {dataset}", r)
+    assert r.seconds < 60
+
+
+def test_unreadable_rows_are_one_line(real_sae_dir, tmp_path):
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 not really parquet" * 10)
+    assert "not a readable parquet file" in _check(real_sae_dir, tmp_path, str(bad)).one_line_error(2)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"text": "fine"}\n[1, 2]\n')
+    assert "line 2 is not a JSON object" in _check(real_sae_dir, tmp_path, str(rows)).one_line_error(2)
+    nocol = tmp_path / "nocol.jsonl"
+    nocol.write_text('{"body": "no column SAELens reads"}\n')
+    assert "no 'tokens', 'input_ids', 'text' or 'problem' column" in _check(
+        real_sae_dir, tmp_path, str(nocol)).one_line_error(2)
+
+
+def test_missing_hub_dataset_and_uncached_offline_are_one_line(real_sae_dir, tmp_path, hub):
+    r = _check(real_sae_dir, tmp_path, "hf://datasets/org/missing", HF_ENDPOINT=hub.url)
+    assert "no repo by that name" in r.one_line_error(2)
+    r = _check(real_sae_dir, tmp_path, "hf://datasets/org/missing@" + "a" * 40, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="1")
+    assert "HF_HUB_OFFLINE" in r.one_line_error(2)
+    log_measure("check --dataset (offline, not cached)", r)
