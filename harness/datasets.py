@@ -2,7 +2,8 @@
 datasets pinned to a commit.
 
     pydoc                              CPython's docs (saekit.harness.text)
-    PATH                               a .txt, .jsonl or .parquet file, or a folder of them
+    PATH                               a .txt, .jsonl (.jsonl.gz, .jsonl.zst) or .parquet
+                                       file, or a folder of them
     hf://datasets/ORG/NAME[@REV]       a Hub dataset; REV (branch, tag, commit) is resolved
                                        to its commit, recorded as hf://datasets/ORG/NAME@COMMIT
     ORG/NAME                           SAELens' ``dataset_path`` (a Hub dataset at main)
@@ -42,7 +43,7 @@ from saekit.schemas import InputError, NotFoundError
 from saekit.schemas.settings import current
 
 HUB_PREFIX = "hf://datasets/"
-DATA_SUFFIXES = (".txt", ".jsonl", ".parquet")
+DATA_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")  # .zst: The Pile's shards
 # SAELens' column order (ActivationsStore.__init__): tokenized columns first
 TOKEN_COLUMNS = ("tokens", "input_ids")
 TEXT_COLUMNS = ("text", "problem")
@@ -126,7 +127,14 @@ def _pick_column(names: list[str], where: str) -> str:
 
 
 def _jsonl_rows(path: Path, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, "rb") as f:
+    import io
+
+    import pyarrow as pa
+
+    codec = {".gz": "gzip", ".zst": "zstd"}.get(path.suffix.lower())
+    raw = pa.CompressedInputStream(pa.OSFile(str(path)), codec) if codec else pa.OSFile(str(path))
+    try:
+        f = io.BufferedReader(raw)  # decompressed as it is read: only the rows the check needs
         n = 0
         while line := f.readline(MAX_LINE + 1):
             n += 1
@@ -141,6 +149,11 @@ def _jsonl_rows(path: Path, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
             if not isinstance(row, dict):
                 raise InputError(f"line {n} is not a JSON object", where=where)
             yield f"{where}:{n}", row
+    except (pa.ArrowException, OSError) as err:
+        raise InputError(f"not a readable {codec or 'JSON lines'} file ({str(err).splitlines()[0][:120]})",
+                         where=where) from None
+    finally:
+        raw.close()
 
 
 def _parquet_rows(path: Path, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -162,7 +175,7 @@ def _parquet_rows(path: Path, where: str) -> Iterator[tuple[str, dict[str, Any]]
 def file_rows(path: Path, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(row id, row)`` of one data file: a .txt file is one row ``{'text': ...}``."""
     name = path.name.lower()
-    if name.endswith(".jsonl"):
+    if name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
         yield from _jsonl_rows(path, where)
     elif name.endswith(".parquet"):
         yield from _parquet_rows(path, where)
@@ -224,6 +237,7 @@ def _take(windows: Iterator[tuple[str, int, list[int]]], split: Split, n_rows: i
 def _hub_listing(spec: DatasetSpec) -> tuple[str, list[str], Path | None]:
     """``(commit, file paths, cached snapshot folder or None)`` of a Hub dataset at its revision."""
     from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
     where = f"{HUB_PREFIX}{spec.id}"
@@ -233,7 +247,7 @@ def _hub_listing(spec: DatasetSpec) -> tuple[str, list[str], Path | None]:
             api = HfApi(endpoint=endpoint())
             commit = api.dataset_info(spec.id, revision=rev).sha
             tree = api.list_repo_tree(spec.id, repo_type="dataset", revision=commit, recursive=True)
-            return commit, [e.path for e in tree if type(e).__name__ == "RepoFile"], None
+            return commit, [e.path for e in tree if isinstance(e, RepoFile)], None
         except OfflineModeIsEnabled:
             try:  # HF_HUB_OFFLINE: the cached snapshot of the revision
                 folder = Path(snapshot_download(spec.id, repo_type="dataset", revision=rev, local_files_only=True,
@@ -270,7 +284,7 @@ def _txt_corpus(path: Path) -> bool:
     """A .txt file, or a folder of .txt files and no row files: read whole (text.token_set)."""
     if path.is_file():
         return path.name.lower().endswith(".txt")
-    rows = [p for p in path.rglob("*") if p.name.lower().endswith((".jsonl", ".parquet"))]
+    rows = [p for p in path.rglob("*") if p.name.lower().endswith(DATA_SUFFIXES) and not p.name.lower().endswith(".txt")]
     return not rows and any(path.glob("*.txt"))
 
 

@@ -89,8 +89,13 @@ def test_local_txt_jsonl_parquet_read_the_same_windows(lm, tmp_path):
     pq = token_set(tok, dataset=str(tmp_path / "rows" / "data" / "train-00000.parquet"), **args)
     jl = token_set(tok, dataset=str(tmp_path / "rows" / "data" / "train-00001.jsonl"), **args)
     folder = token_set(tok, dataset=str(tmp_path / "rows"), **args)  # train split: the parquet file first
+    import pyarrow as pa
+
+    with pa.CompressedOutputStream(str(tmp_path / "rows.jsonl.zst"), "zstd") as f:  # The Pile's shard format
+        f.write((tmp_path / "rows" / "data" / "train-00001.jsonl").read_bytes())
+    zst = token_set(tok, dataset=str(tmp_path / "rows.jsonl.zst"), **args)
     assert pq.tokens.shape == (8, CONTEXT) and (pq.column, pq.dataset_split) == ("text", "train")
-    assert pq.fingerprint == jl.fingerprint == folder.fingerprint
+    assert pq.fingerprint == jl.fingerprint == folder.fingerprint == zst.fingerprint
     assert (pq.tokens[:, 0] == tok.bos_token_id).all()
     first = tok(_docs(0, 1)[0], add_special_tokens=False)["input_ids"][: CONTEXT - 1]
     assert pq.tokens[0, 1:].tolist() == first  # the first window of the first row (eval: every 8th)
