@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from saekit.harness.text import DEFAULT_CORPUS, EVAL_EVERY, Split, TokenSet, token_set as corpus_token_set
-from saekit.registry.hub_source import _hub_errors, endpoint
+from saekit.registry.hub_source import _hub_errors, endpoint, quiet_progress
 from saekit.schemas import InputError, NotFoundError
 from saekit.schemas.settings import current
 
@@ -261,7 +261,7 @@ def _hub_listing(spec: DatasetSpec) -> tuple[str, list[str], Path | None]:
 def _hub_file(spec: DatasetSpec, commit: str, name: str) -> Path:
     from huggingface_hub import hf_hub_download
 
-    with _hub_errors(f"{spec.pinned(commit)}/{name}"):
+    with _hub_errors(f"{spec.pinned(commit)}/{name}"), quiet_progress():
         return Path(hf_hub_download(spec.id, name, repo_type="dataset", revision=commit, endpoint=endpoint(),
                                     cache_dir=current().hub_cache))
 
