@@ -53,7 +53,6 @@ _SPLIT_WORDS = {
     "test": ("test", "testing", "eval", "evaluation"),
     "validation": ("validation", "valid", "dev", "val"),
 }
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 MAX_LINE = 64 << 20  # bytes of one .jsonl line
 
@@ -234,8 +233,8 @@ def _take(windows: Iterator[tuple[str, int, list[int]]], split: Split, n_rows: i
 # --- the Hub --------------------------------------------------------------------------------
 
 
-def _hub_listing(spec: DatasetSpec) -> tuple[str, list[str], Path | None]:
-    """``(commit, file paths, cached snapshot folder or None)`` of a Hub dataset at its revision."""
+def _hub_listing(spec: DatasetSpec) -> tuple[str, list[str]]:
+    """``(commit, file paths)`` of a Hub dataset at its revision (offline: its cached snapshot)."""
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
@@ -247,7 +246,7 @@ def _hub_listing(spec: DatasetSpec) -> tuple[str, list[str], Path | None]:
             api = HfApi(endpoint=endpoint())
             commit = api.dataset_info(spec.id, revision=rev).sha
             tree = api.list_repo_tree(spec.id, repo_type="dataset", revision=commit, recursive=True)
-            return commit, [e.path for e in tree if isinstance(e, RepoFile)], None
+            return commit, [e.path for e in tree if isinstance(e, RepoFile)]
         except OfflineModeIsEnabled:
             try:  # HF_HUB_OFFLINE: the cached snapshot of the revision
                 folder = Path(snapshot_download(spec.id, repo_type="dataset", revision=rev, local_files_only=True,
@@ -255,7 +254,7 @@ def _hub_listing(spec: DatasetSpec) -> tuple[str, list[str], Path | None]:
             except LocalEntryNotFoundError:
                 raise NotFoundError(f"revision {rev} is not in the Hub cache (HF_HUB_OFFLINE is set)",
                                     where=where) from None
-            return folder.name, [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()], folder
+            return folder.name, [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
 
 
 def _hub_file(spec: DatasetSpec, commit: str, name: str) -> Path:
@@ -323,7 +322,7 @@ def token_set(
     n_rows = -(-n_tokens // context_size)
     info: dict[str, Any] = {}
     if spec.kind == "hub":
-        commit, listed, _ = _hub_listing(spec)
+        commit, listed = _hub_listing(spec)
         source = spec.pinned(commit)
         files = split_files(listed, dsplit, where=source)
 
