@@ -19,8 +19,8 @@ training/activations_store.py ``__init__``): ``tokens``, else ``input_ids`` (alr
 tokenized: a row gives one window, its first ``context_size`` ids, BOS included as the
 tokenizer wrote it), else ``text``, else ``problem``. Tokenized rows must match the model's
 tokenizer: every id inside its vocabulary and, for a Hub dataset, the tokenizer named by
-its ``sae_lens.json`` (SAELens' ``validate_pretokenized_dataset_tokenizer`` compares
-vocabularies; saekit compares the name, as it cannot load another tokenizer offline).
+its ``sae_lens.json`` must have the model's vocabulary (SAELens'
+``validate_pretokenized_dataset_tokenizer``; only its tokenizer files are downloaded).
 
 Split: a file belongs to the split its path names (``train``, ``test``, ``validation``
 and their synonyms, as ``datasets`` resolves data files: datasets/data_files.py
@@ -265,18 +265,36 @@ def _hub_file(spec: DatasetSpec, commit: str, name: str) -> Path:
                                     cache_dir=current().hub_cache))
 
 
-def _check_tokenizer_name(spec: DatasetSpec, commit: str, files: list[str], model_id: str | None) -> None:
-    """A tokenized Hub dataset names its tokenizer in sae_lens.json (SAELens' pretokenize
-    runner writes it); it must be the model's."""
-    if "sae_lens.json" not in files or model_id is None:
-        return
-    path = _hub_file(spec, commit, "sae_lens.json")
+def _named_tokenizer_vocab(name: str, where: str) -> dict[str, int]:
+    """The vocabulary of the tokenizer a dataset names (its tokenizer files from the Hub, or the cache)."""
+    from huggingface_hub import snapshot_download
+    from transformers import AutoTokenizer
+
+    with _hub_errors(f"{where}: tokenizer {name}"), quiet_progress():
+        folder = snapshot_download(name, endpoint=endpoint(), cache_dir=current().hub_cache, allow_patterns=[
+            "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "*.model"])
     try:
-        name = json.loads(path.read_bytes()[: 1 << 20]).get("tokenizer_name")
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True).get_vocab()
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read the tokenizer {name!r} it names ({str(err).splitlines()[0][:120]})",
+                         where=where) from None
+
+
+def _check_tokenizer(spec: DatasetSpec, commit: str, files: list[str], tokenizer: Any, model_id: str | None) -> None:
+    """A tokenized Hub dataset names its tokenizer in sae_lens.json (SAELens' pretokenize
+    runner writes it); its vocabulary must be the model's, as SAELens'
+    ``validate_pretokenized_dataset_tokenizer`` checks (the same name needs no download)."""
+    if "sae_lens.json" not in files:
+        return
+    where = spec.pinned(commit)
+    try:
+        name = json.loads(_hub_file(spec, commit, "sae_lens.json").read_bytes()).get("tokenizer_name")
     except (ValueError, AttributeError):
-        raise InputError("unreadable sae_lens.json", where=spec.pinned(commit)) from None
-    if name is not None and name != model_id:
-        raise InputError(f"tokenized with {name!r}, not the model's tokenizer {model_id!r}", where=spec.pinned(commit))
+        raise InputError("unreadable sae_lens.json", where=where) from None
+    if not isinstance(name, str) or name == model_id:
+        return
+    if _named_tokenizer_vocab(name, where) != tokenizer.get_vocab():
+        raise InputError(f"tokenized with {name!r}, whose vocabulary is not the model's ({model_id})", where=where)
 
 
 def _txt_corpus(path: Path) -> bool:
@@ -304,8 +322,8 @@ def token_set(
 ) -> TokenSet:
     """``ceil(n_tokens / context_size)`` windows of ``dataset`` (see the module docstring).
     ``split``: the window split (every 8th window is ``eval``); ``dataset_split``: the
-    dataset's own split (row datasets; default ``train``); ``model_id``: the model whose
-    tokenizer a tokenized Hub dataset must name."""
+    dataset's own split (row datasets; default ``train``); ``model_id``: the model's id (a
+    tokenized Hub dataset naming it needs no tokenizer download)."""
     import torch
 
     if context_size < 2:
@@ -333,7 +351,7 @@ def token_set(
         windows = _take(_row_windows(tokenizer, rows(), context_size=context_size, prepend_bos=prepend_bos, info=info),
                         split, n_rows, source)
         if info.get("column") in TOKEN_COLUMNS:
-            _check_tokenizer_name(spec, commit, listed, model_id)
+            _check_tokenizer(spec, commit, listed, tokenizer, model_id)
         dataset_id, revision = spec.id, commit
     else:
         path = Path(spec.id)

@@ -150,25 +150,40 @@ def test_hub_dataset_is_pinned_bounded_and_works_offline(lm, hub, tmp_path, monk
         token_set(tok, dataset="hf://datasets/org/ds@" + "0" * 40, **args)
 
 
-def test_tokenized_hub_dataset_must_name_the_models_tokenizer(lm, hub, tmp_path):
+def test_tokenized_hub_dataset_must_have_the_models_vocabulary(lm, hub, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     from saekit.harness.datasets import token_set
 
     _, tok = lm
-    folder = tmp_path / "tok"
-    folder.mkdir()
-    pq.write_table(pa.table({"input_ids": [[tok.bos_token_id] + [100] * 40] * 2}), folder / "train.parquet")
-    (folder / "sae_lens.json").write_text(json.dumps({"tokenizer_name": "gpt2"}))
-    hub.api.create_repo("org/tok", repo_type="dataset")
-    hub.api.upload_folder(folder_path=folder, repo_id="org/tok", repo_type="dataset")
-    with pytest.raises(InputError, match="'gpt2'"):
-        token_set(tok, dataset="hf://datasets/org/tok", n_tokens=CONTEXT, context_size=CONTEXT, split="all",
-                  model_id="HuggingFaceTB/SmolLM2-135M-Instruct")
-    ts = token_set(tok, dataset="hf://datasets/org/tok", n_tokens=CONTEXT, context_size=CONTEXT, split="all",
-                   model_id="gpt2")
+    tok.save_pretrained(tmp_path / "same")  # the model's tokenizer under another name
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+                            ).save_pretrained(tmp_path / "other")
+    for name in ("same", "other"):
+        hub.api.create_repo(f"org/{name}")
+        hub.api.upload_folder(folder_path=tmp_path / name, repo_id=f"org/{name}")
+
+    def dataset(named: str) -> str:
+        folder = tmp_path / f"tok-{named.replace('/', '-')}"
+        folder.mkdir()
+        pq.write_table(pa.table({"input_ids": [[tok.bos_token_id] + [100] * 40] * 2}), folder / "train.parquet")
+        (folder / "sae_lens.json").write_text(json.dumps({"tokenizer_name": named}))  # SAELens' pretokenize runner
+        repo = f"org/{folder.name}"
+        hub.api.create_repo(repo, repo_type="dataset")
+        hub.api.upload_folder(folder_path=folder, repo_id=repo, repo_type="dataset")
+        return f"hf://datasets/{repo}"
+
+    args = dict(n_tokens=CONTEXT, context_size=CONTEXT, split="all", model_id="HuggingFaceTB/SmolLM2-135M-Instruct")
+    ts = token_set(tok, dataset=dataset("org/same"), **args)  # same vocabulary: read as ids
     assert ts.column == "input_ids" and ts.tokens.shape == (1, CONTEXT)
+    assert token_set(tok, dataset=dataset(args["model_id"]), **args).column == "input_ids"  # the model's own name
+    with pytest.raises(InputError, match="vocabulary is not the model's"):
+        token_set(tok, dataset=dataset("org/other"), **args)
+    with pytest.raises(NotFoundError, match="tokenizer gpt2"):
+        token_set(tok, dataset=dataset("gpt2"), **args)  # a tokenizer that cannot be compared is not trusted
 
 
 # --- the check ----------------------------------------------------------------------------------
