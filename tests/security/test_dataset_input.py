@@ -62,3 +62,43 @@ def test_missing_hub_dataset_and_uncached_offline_are_one_line(real_sae_dir, tmp
     r = _check(real_sae_dir, tmp_path, "hf://datasets/org/missing@" + "a" * 40, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="1")
     assert "HF_HUB_OFFLINE" in r.one_line_error(2)
     log_measure("check --dataset (offline, not cached)", r)
+
+
+def _req(url: str, body: dict | list | None = None) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = None
+    if isinstance(body, list):
+        data = "\n".join(json.dumps(x) for x in body).encode()
+    elif body is not None:
+        data = json.dumps(body).encode()
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST" if data else "GET"),
+                                    timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+@pytest.mark.parametrize("org,name,kind", [("../../x", "repo", "dataset"), ("org", "../../x", "dataset"),
+                                           ("a--b", "x", "dataset"), ("org", "x/y", "dataset"),
+                                           ("org", "repo", "space"), ("datasets", "x", "model")])
+def test_dataset_repos_keep_the_loopback_hubs_checks(hub, tmp_path, org, name, kind):
+    assert _req(f"{hub.url}/api/repos/create", {"name": name, "organization": org, "type": kind}) == 400
+    assert [p for p in tmp_path.rglob("*") if "hub" not in p.parts] == []
+
+
+def test_dataset_commits_are_confined_and_apart_from_models(hub, tmp_path):
+    assert _req(f"{hub.url}/api/repos/create", {"name": "ds", "organization": "org", "type": "dataset"}) == 200
+    header = {"key": "header", "value": {"summary": "x", "description": ""}}
+    for path in ("../../escape.txt", "/abs.txt", "a//b.txt", "../../../repos/org/ds/x"):
+        line = {"key": "file", "value": {"path": path, "encoding": "base64", "content": "eA=="}}
+        assert _req(f"{hub.url}/api/datasets/org/ds/commit/main", [header, line]) == 400, path
+    line = {"key": "file", "value": {"path": "data/train.jsonl", "encoding": "base64", "content": "eA=="}}
+    assert _req(f"{hub.url}/api/datasets/org/ds/commit/main", [header, line]) == 200
+    assert _req(f"{hub.url}/datasets/org/ds/resolve/main/data/train.jsonl") == 200
+    assert _req(f"{hub.url}/org/ds/resolve/main/data/train.jsonl") == 404  # no model org/ds: kept apart
+    assert _req(f"{hub.url}/api/models/org/ds") == 404
+    assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["datasets", "objects"]
