@@ -106,6 +106,9 @@ def test_local_txt_jsonl_parquet_read_the_same_windows(lm, tmp_path):
         token_set(tok, dataset=str(tmp_path / "rows"), dataset_split="validation", **args)
     with pytest.raises(NotFoundError):
         token_set(tok, dataset=str(tmp_path / "missing.jsonl"), **args)
+    (tmp_path / "nocol.jsonl").write_text(json.dumps({"body": "no column SAELens reads"}) + "\n")
+    with pytest.raises(InputError, match="no 'tokens', 'input_ids', 'text' or 'problem' column"):
+        token_set(tok, dataset=str(tmp_path / "nocol.jsonl"), **args)
 
 
 def test_tokenized_rows_are_read_as_ids_as_saelens_does(lm, tmp_path):

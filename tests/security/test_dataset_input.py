@@ -44,16 +44,21 @@ def test_malformed_or_missing_dataset_fails_before_the_model_loads(real_sae_dir,
 
 
 def test_unreadable_rows_are_one_line(real_sae_dir, tmp_path):
+    from saekit.harness.datasets import file_rows
+    from saekit.schemas import InputError
+
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"PAR1 not really parquet" * 10)
     assert "not a readable parquet file" in _check(real_sae_dir, tmp_path, str(bad)).one_line_error(2)
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text('{"text": "fine"}\n[1, 2]\n')
-    assert "line 2 is not a JSON object" in _check(real_sae_dir, tmp_path, str(rows)).one_line_error(2)
-    nocol = tmp_path / "nocol.jsonl"
-    nocol.write_text('{"body": "no column SAELens reads"}\n')
-    assert "no 'tokens', 'input_ids', 'text' or 'problem' column" in _check(
-        real_sae_dir, tmp_path, str(nocol)).one_line_error(2)
+    # the same errors, without a model: what reaches the CLI as that one line
+    for name, text, message in [
+        ("rows.jsonl", '{"text": "fine"}\n[1, 2]\n', "line 2 is not a JSON object"),
+        ("nojson.jsonl", '{"text": "fine"}\n{"text": \n', "line 2 is not JSON"),
+        ("rows.jsonl.zst", "not zstd at all", "not a readable zstd file"),
+    ]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match=message):
+            list(file_rows(tmp_path / name, name))
 
 
 def test_missing_hub_dataset_and_uncached_offline_are_one_line(real_sae_dir, tmp_path, hub):
