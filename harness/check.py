@@ -57,8 +57,8 @@ _LM_DEFAULTS: dict[str, Any] = {
     "batch_size": DEFAULT_BATCH, "exclude_special_tokens": True,
 }
 # what a check on stored activation shards does not use (left out of its record)
-_NOT_FOR_SHARDS = ("model_id", "corpus", "split", "dataset_split", "context_size", "n_tokens", "prepend_bos", "batch_size",
-                   "exclude_special_tokens", "kernels", "world_size", "cards")
+_NOT_FOR_SHARDS = ("model_id", "corpus", "split", "dataset_split", "context_size", "n_tokens", "prepend_bos",
+                   "batch_size", "exclude_special_tokens", "kernels", "world_size", "cards")
 
 
 @dataclass

@@ -301,8 +301,8 @@ def _txt_corpus(path: Path) -> bool:
     """A .txt file, or a folder of .txt files and no row files: read whole (text.token_set)."""
     if path.is_file():
         return path.name.lower().endswith(".txt")
-    rows = [p for p in path.rglob("*") if p.name.lower().endswith(DATA_SUFFIXES) and not p.name.lower().endswith(".txt")]
-    return not rows and any(path.glob("*.txt"))
+    names = [p.name.lower() for p in path.rglob("*")]
+    return not any(n.endswith(DATA_SUFFIXES) and not n.endswith(".txt") for n in names) and any(path.glob("*.txt"))
 
 
 # --- the token set --------------------------------------------------------------------------

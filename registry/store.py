@@ -630,8 +630,8 @@ def _log_check_run(client: MlflowClient, info: VersionInfo, metrics: list[Any], 
                    data: DataInfo | None, eval_id: str | None) -> str:
     from mlflow.entities import Param, RunStatus
 
-    run = _retry(client.create_run, _backend().experiment_id(), run_name=f"check {info.name}/{info.version}",
-                 tags={T.NAME: info.name, "mlflow.parentRunId": info.run_id, **({T.EVAL_ID: eval_id} if eval_id else {})})
+    tags = {T.NAME: info.name, "mlflow.parentRunId": info.run_id, **({T.EVAL_ID: eval_id} if eval_id else {})}
+    run = _retry(client.create_run, _backend().experiment_id(), run_name=f"check {info.name}/{info.version}", tags=tags)
     run_id = run.info.run_id
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
