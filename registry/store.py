@@ -55,6 +55,7 @@ from saekit.schemas import (
     ReferenceSyntaxError,
     RegistryError,
     SaekitError,
+    DataInfo,
     SAERef,
     safeio,
 )
@@ -619,8 +620,14 @@ def log_check(
     metrics: dict[str, float],
     files: list[Path],
     tags: dict[str, str],
-) -> None:
-    """Record a check on a version: metrics on its MLflow run, files under ``checks/``, version tags."""
+    params: dict[str, Any] | None = None,
+    data: DataInfo | None = None,
+) -> str | None:
+    """Record a check on a version: metrics on its MLflow run, files under ``checks/``, version
+    tags. With ``params`` (the check's configuration) or ``data`` (its token set) the check
+    also gets its own MLflow run, a child of the version's (MLflow params cannot change once
+    logged, and a version is checked many times): params (nested keys flattened with '.'),
+    the dataset as an MLflow dataset input and the metrics. Returns that run's id."""
     info = resolve(f"{name}/{int(version)}")
     if not info.run_id:
         raise RegistryError("version has no MLflow run to log to", where=info.ref)
@@ -628,6 +635,7 @@ def log_check(
         if not Path(path).is_file():
             raise NotFoundError("no such file", where=str(path))
     client = _client()
+    check_run = None
     with _errors(info.ref):
         from mlflow.entities import Metric
 
@@ -637,7 +645,67 @@ def log_check(
             _retry(client.log_batch, info.run_id, metrics=batch[i : i + 1000])
         for path in files:
             _retry(client.log_artifact, info.run_id, str(path), CHECKS_PATH)
+        if params is not None or data is not None:
+            check_run = _log_check_run(client, info, batch, params or {}, data, tags.get(T.EVAL_ID))
+    if check_run is not None:
+        tags = {**tags, T.CHECK_RUN: check_run}
     record_tags(name, info.version, tags)
+    return check_run
+
+
+def flat_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested configuration as MLflow params: ``{'cards.latents': '10', ...}``, None left out."""
+    out: dict[str, str] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_params(v, key + "."))
+        elif v is not None:
+            out[key] = json.dumps(v) if isinstance(v, list) else str(v)
+    return out
+
+
+def _dataset_input(data: DataInfo) -> Any:
+    """The token set as an MLflow dataset input: the Hub dataset at its commit (or the local
+    or built-in source), digest = the windows' fingerprint (MLflow keeps 36 characters; the
+    whole sha256 is the input's ``saekit.fingerprint`` tag)."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    if data.revision and data.dataset_id:
+        from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+        source = HuggingFaceDatasetSource(path=data.dataset_id, split=data.split, revision=data.revision)
+    else:
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+
+        source = CodeDatasetSource(tags={"saekit.source": data.source})
+    ds = MetaDataset(source=source, name=data.dataset_id or data.source, digest=data.fingerprint[:36])
+    return DatasetInput(dataset=ds._to_mlflow_entity(), tags=[
+        InputTag(key="mlflow.data.context", value="eval"), InputTag(key="saekit.fingerprint", value=data.fingerprint)])
+
+
+def _log_check_run(client: MlflowClient, info: VersionInfo, metrics: list[Any], params: dict[str, Any],
+                   data: DataInfo | None, eval_id: str | None) -> str:
+    from mlflow.entities import Param, RunStatus
+
+    tags = {T.NAME: info.name, "mlflow.parentRunId": info.run_id, **({T.EVAL_ID: eval_id} if eval_id else {})}
+    run = _retry(client.create_run, _backend().experiment_id(), run_name=f"check {info.name}/{info.version}", tags=tags)
+    run_id = run.info.run_id
+    status = RunStatus.to_string(RunStatus.FAILED)
+    try:
+        flat = [Param(key=k, value=v[:6000]) for k, v in sorted(flat_params(params).items())]
+        for i in range(0, len(flat), 100):
+            _retry(client.log_batch, run_id, params=flat[i : i + 100])
+        for i in range(0, len(metrics), 1000):
+            _retry(client.log_batch, run_id, metrics=metrics[i : i + 1000])
+        if data is not None:
+            _retry(client.log_inputs, run_id, datasets=[_dataset_input(data)])
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    finally:
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, status)
+    return run_id
 
 
 def check_files(name: str, version: int | str) -> dict[str, Path]:

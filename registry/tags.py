@@ -54,6 +54,7 @@ SOURCE_LAYER = "saekit.source.layer"  # Gemma Scope
 EVAL_ID = "saekit.eval_id"  # the BenchmarkRecord's eval_id
 GATE = "saekit.gate"  # "pass" or "fail"
 GATE_FAILED = "saekit.gate_failed"  # the failing rules with their measured values
+CHECK_RUN = "saekit.check_run"  # the MLflow run of the last check (params, dataset input, metrics)
 
 
 def metric(name: str) -> str:

@@ -24,6 +24,13 @@ are validated as the Hub validates them (``ORG/NAME``, letters, digits, ``. _ -`
 paths, LFS oids are 64 hex digits and must be the sha256 of the bytes uploaded, a file
 is answered with the size of the bytes stored (never a size a client declared), and
 request bodies are bounded (``MAX_BODY``).
+
+Dataset repos live beside model repos, as on the Hub: ``repo_type="dataset"`` calls go to
+``/api/datasets/ORG/NAME/...``, ``/datasets/ORG/NAME.git/info/lfs/...`` and
+``/datasets/ORG/NAME/resolve/REV/PATH`` (huggingface_hub 2.4 builds them from
+``constants.REPO_TYPES_URL_PREFIXES``), with the same checks; a model and a dataset may
+share an ``ORG/NAME``. Inside ``RepoStore`` a repo is named by its key: ``ORG/NAME`` for a
+model, ``datasets/ORG/NAME`` for a dataset (``repo_key``).
 """
 
 from __future__ import annotations
@@ -75,6 +82,20 @@ def check_repo_id(repo: str) -> str:
     ):
         raise HubRequestError(400, f"invalid repo id {repo!r}: expected ORG/NAME of letters, digits, '.', '_', '-'")
     return repo
+
+
+REPO_TYPES = ("model", "dataset")
+
+
+def repo_key(repo: str, repo_type: str = "model") -> str:
+    """The store's name of a repo: ``ORG/NAME`` (model) or ``datasets/ORG/NAME`` (dataset)."""
+    if repo_type not in REPO_TYPES:
+        raise HubRequestError(400, f"the loopback hub holds model and dataset repos, not {str(repo_type)[:40]!r}")
+    check_repo_id(repo)
+    if repo_type == "model" and repo.split("/")[0] in ("datasets", "spaces", "models"):
+        # the Hub reserves these names: /datasets/ORG/NAME/... must mean one repo only
+        raise HubRequestError(400, f"invalid repo id {repo!r}: {repo.split('/')[0]!r} is a reserved name")
+    return repo if repo_type == "model" else f"datasets/{repo}"
 
 
 def check_path(path: str) -> str:
@@ -134,6 +155,9 @@ class RepoStore:
 
     # -- layout ------------------------------------------------------------------------
     def _dir(self, repo: str) -> Path:
+        """``repo``: a ``repo_key``; a dataset's folder is under ``datasets/``, a model's under ``repos/``."""
+        if repo.startswith("datasets/"):
+            return self.root / "datasets" / check_repo_id(repo.removeprefix("datasets/"))
         return self.root / "repos" / check_repo_id(repo)
 
     def _blob(self, sha256: str) -> Path:
@@ -217,7 +241,7 @@ class RepoStore:
     def create_repo(self, repo: str) -> None:
         with self.lock:
             if self.exists(repo):
-                raise HubRequestError(409, "You already created this model repo", extra={"url": repo})
+                raise HubRequestError(409, "You already created this repo", extra={"url": repo})
             self._dir(repo).mkdir(parents=True, exist_ok=True)
             # Like the Hub: a new repo has one commit holding .gitattributes.
             first = self._write_commit(
@@ -349,6 +373,9 @@ class _Handler(BaseHTTPRequestHandler):
                 m = re.fullmatch(pattern, path)
                 if m:
                     args = {k: unquote(v) for k, v in m.groupdict().items() if v is not None}
+                    kind = args.pop("kind", "models")
+                    if "repo" in args:  # the store's key: ORG/NAME or datasets/ORG/NAME
+                        args["repo"] = repo_key(args["repo"], kind.removesuffix("s"))
                     return fn(self, body=body, query=query, head=method == "HEAD", **args)
             raise HubRequestError(404, f"no route for {method} {path}")
         except HubRequestError as err:
@@ -388,11 +415,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def create_repo(self, *, body: bytes, **_: Any) -> None:
         payload = json.loads(body or b"{}")
-        if payload.get("type", "model") != "model":
-            raise HubRequestError(400, "the loopback hub holds model repos only")
+        repo_type = payload.get("type", "model")
         repo = check_repo_id(f"{payload.get('organization') or 'user'}/{payload['name']}")
-        self.store.create_repo(repo)
-        self._json(200, {"url": f"{self.base}/{repo}", "name": repo, "id": repo})
+        key = repo_key(repo, repo_type)
+        self.store.create_repo(key)
+        self._json(200, {"url": f"{self.base}/{key}", "name": repo, "id": repo})
 
     def validate_yaml(self, *, body: bytes, **_: Any) -> None:
         import yaml
@@ -422,7 +449,8 @@ class _Handler(BaseHTTPRequestHandler):
             }
             for p, e in sorted(files.items())
         ]
-        self._json(200, {"id": repo, "modelId": repo, "sha": sha, "private": False, "siblings": siblings, "tags": []})
+        rid = repo.removeprefix("datasets/")
+        self._json(200, {"id": rid, "modelId": rid, "sha": sha, "private": False, "siblings": siblings, "tags": []})
 
     def list_refs(self, *, repo: str, **_: Any) -> None:
         refs = self.store.refs(repo)
@@ -542,23 +570,26 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, b"" if head else data, headers, head=head)
 
 
-# (pattern, method, handler); revisions are URL-quoted single path segments.
+# (pattern, method, handler); revisions are URL-quoted single path segments. ``kind``: the
+# repo type's URL prefix (huggingface_hub constants.REPO_TYPES_URL_PREFIXES); none is a model.
+_API = r"/api/(?P<kind>models|datasets)/" + _REPO
+_GIT = r"/(?:(?P<kind>datasets)/)?" + _REPO
 _ROUTES = [
     (r"/api/repos/create", "POST", _Handler.create_repo),
     (r"/api/validate-yaml", "POST", _Handler.validate_yaml),
     (r"/api/whoami-v2", "GET", _Handler.whoami),
-    (rf"/api/models/{_REPO}", "GET", _Handler.model_info),
-    (rf"/api/models/{_REPO}/revision/(?P<rev>[^/]+)", "GET", _Handler.model_info),
-    (rf"/api/models/{_REPO}/refs", "GET", _Handler.list_refs),
-    (rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.*))?", "GET", _Handler.list_tree),
-    (rf"/api/models/{_REPO}/preupload/(?P<rev>[^/]+)", "POST", _Handler.preupload),
-    (rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)", "POST", _Handler.commit),
-    (rf"/api/models/{_REPO}/tag/(?P<rev>[^/]+)", "POST", _Handler.tag),
-    (rf"/api/models/{_REPO}/tag/(?P<tag>[^/]+)", "DELETE", _Handler.delete_tag),
-    (rf"/{_REPO}\.git/info/lfs/objects/batch", "POST", _Handler.lfs_batch),
-    (rf"/lfs-upload/{_REPO}/(?P<oid>[0-9a-f]{{64}})", "PUT", _Handler.lfs_upload),
-    (rf"/lfs-verify/{_REPO}", "POST", _Handler.lfs_verify),
-    (rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "GET", _Handler.resolve_file),
+    (rf"{_API}", "GET", _Handler.model_info),
+    (rf"{_API}/revision/(?P<rev>[^/]+)", "GET", _Handler.model_info),
+    (rf"{_API}/refs", "GET", _Handler.list_refs),
+    (rf"{_API}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.*))?", "GET", _Handler.list_tree),
+    (rf"{_API}/preupload/(?P<rev>[^/]+)", "POST", _Handler.preupload),
+    (rf"{_API}/commit/(?P<rev>[^/]+)", "POST", _Handler.commit),
+    (rf"{_API}/tag/(?P<rev>[^/]+)", "POST", _Handler.tag),
+    (rf"{_API}/tag/(?P<tag>[^/]+)", "DELETE", _Handler.delete_tag),
+    (rf"{_GIT}\.git/info/lfs/objects/batch", "POST", _Handler.lfs_batch),
+    (rf"/lfs-upload/(?:(?P<kind>datasets)/)?{_REPO}/(?P<oid>[0-9a-f]{{64}})", "PUT", _Handler.lfs_upload),
+    (rf"/lfs-verify/(?:(?P<kind>datasets)/)?{_REPO}", "POST", _Handler.lfs_verify),
+    (rf"{_GIT}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "GET", _Handler.resolve_file),
 ]
 
 

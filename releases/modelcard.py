@@ -116,9 +116,13 @@ def render(manifest: ReleaseManifest, saes: list[SAEEntry], *, plots: list[tuple
         "(see `SHA256SUMS` and `release.json`), every SAE passed the release gate below, and each folder "
         "carries the benchmark record that reproduces its numbers.",
         "",
-        "## SAEs",
-        "",
     ]
+    # the weights the checks ran (the records' model.weights), e.g. a de-quantized GGUF
+    weights = sorted({s.record.model.weights for s in saes
+                      if s.record is not None and s.record.model is not None and s.record.model.weights})
+    if weights:
+        lines += ["Checked on the weights " + "; ".join(f"**{w}**" for w in weights) + ".", ""]
+    lines += ["## SAEs", ""]
     metric_names: list[str] = []
     for s in saes:
         for k, _ in _headline(s.record):

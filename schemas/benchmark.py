@@ -39,6 +39,9 @@ class ModelInfo(Strict):
     revision: str | None = None
     weights_sha256: Hex64 | None = Field(None, description="sha256 of the model weights file.")
     hook_name: str | None = None
+    weights: str | None = Field(
+        None, description="The weights as the check ran them, e.g. 'SmolLM2-135M-Instruct, Q4_1 GGUF de-quantized to float32'."
+    )
 
 
 class DataInfo(Strict):
@@ -48,6 +51,12 @@ class DataInfo(Strict):
     fingerprint: Hex64
     n_tokens: int = Field(ge=0)
     context_size: int | None = Field(None, gt=0)
+    dataset_id: str | None = Field(None, description="The dataset: 'pydoc', a local path, or a Hub id ORG/NAME.")
+    revision: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")] | None = Field(
+        None, description="The Hub dataset's commit the windows were read at."
+    )
+    split: str | None = Field(None, description="The dataset's split (row datasets; SAELens reads 'train').")
+    column: str | None = Field(None, description="The column read: tokens, input_ids, text or problem.")
 
 
 class Hardware(Strict):
@@ -105,8 +114,11 @@ class CheckConfig(Strict):
     model_id: str | None = Field(None, description="The language model (default: the SAE's, resolved).")
     hook_name: str | None = Field(None, description="The hooked module (default: the SAE's, resolved).")
     # the token set (saekit.harness.text.TokenSet.config)
-    corpus: str | None = Field(None, description="'pydoc' or a text file / folder of .txt.")
-    split: Literal["eval", "train", "all"] | None = None
+    corpus: str | None = Field(
+        None, description="The dataset: 'pydoc', a .txt/.jsonl/.parquet file or folder, or "
+        "hf://datasets/ORG/NAME@COMMIT (resolved: pinned; default the SAE's dataset_path, else pydoc).")
+    split: Literal["eval", "train", "all"] | None = Field(None, description="The window split: every 8th window is eval.")
+    dataset_split: str | None = Field(None, description="The dataset's own split (row datasets; default train).")
     seed: int = Field(0, description="Seed of the token-window sample and of torch.")
     context_size: int | None = Field(None, ge=2, description="Tokens per window, BOS included.")
     n_tokens: int | None = Field(None, gt=0, description="Tokens to evaluate on (resolved: whole windows).")

@@ -41,11 +41,22 @@ def _root(
         None, "--registry-uri", help="MLflow tracking URI (default $SAEKIT_REGISTRY_URI or the embedded SQLite)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (or SAEKIT_QUIET=1)."),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=lambda v: _print_version(v), help="Print saekit's version and exit."
+    ),
 ) -> None:
     # One Settings for the whole command: the environment read once, then these options.
     # The command runs under it (use_settings) and finds it as ctx.obj; os.environ is not touched.
     settings = Settings.from_env(home=home, registry_uri=registry_uri or None, quiet=quiet or None)
     ctx.obj = ctx.with_resource(use_settings(settings))
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from saekit.schemas.version import __version__
+
+        typer.echo(f"saekit {__version__}")
+        raise typer.Exit(0)
 
 
 def settings_of(ctx: typer.Context) -> Settings:

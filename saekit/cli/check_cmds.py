@@ -23,7 +23,10 @@ def check_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the token-window sample."),
     context: int = typer.Option(128, "--context", min=2, help="Context length (tokens per window, BOS included)."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Windows per forward pass."),
-    corpus: str = typer.Option("pydoc", "--corpus", help="'pydoc' (CPython's docs) or a text file / folder of .txt."),
+    corpus: Optional[str] = typer.Option(
+        None, "--dataset", "--corpus",
+        help="hf://datasets/ORG/NAME[@REV], a .txt/.jsonl/.parquet file or folder, or 'pydoc' (CPython's docs); "
+             "default the SAE's dataset_path, else pydoc."),
     cards: bool = typer.Option(True, "--cards/--no-cards", help="Build feature cards."),
     cards_latents: str = typer.Option("all", "--cards-latents", help="Cards for every latent ('all'), or the N most active."),
     downstream_latents: str = typer.Option(
