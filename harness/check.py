@@ -199,6 +199,7 @@ def check(
     split: str = "eval",
     model_id: str | None = None,
     hook_name: str | None = None,
+    dtype: str | None = None,
     downstream: bool = True,
     cards_latents: int | str = DEFAULT_CARDS,
     downstream_latents: int | str = DEFAULT_DOWNSTREAM,
@@ -223,6 +224,10 @@ def check(
     ``loader``: turns ``ref`` into an SAE; default the registry's (registry references and
     artifact folders); ``saekit.check`` passes ``saekit.load``, which takes hf:// too.
     ``threads``: torch threads (default: this process's share of the CPUs it may use).
+    ``model_id``: ``ID[@REV]`` (a Hub id or TransformerLens alias, pinned to a commit in the
+    record; or a local folder); default the SAE's model (saekit.harness.model).
+    ``dtype``: the model's and SAE's dtype (default the SAE's). A bad ``device`` or ``dtype``
+    is refused before anything loads.
     Under ``torchrun --nproc-per-node N -m saekit check`` each rank runs every N-th batch and
     rank 0 writes the same record metrics and cards as one process (saekit.harness.dist).
     """
@@ -246,7 +251,8 @@ def check(
                             downstream=False, device="cpu", torch_threads=threads)
     else:
         config = _validated(
-            CheckConfig, sae_ref=_sae_ref(ref), model_id=model_id, hook_name=hook_name, corpus=corpus, split=split,
+            CheckConfig, sae_ref=_sae_ref(ref), model_id=model_id, hook_name=hook_name, dtype=dtype, corpus=corpus,
+            split=split,
             seed=seed, context_size=context_size, n_tokens=n_tokens, batch_size=batch_size,
             exclude_special_tokens=True, downstream=downstream, device=device, torch_threads=threads, cards=cards_cfg,
         )
@@ -272,8 +278,12 @@ def run_check(
 
     from saekit.harness.dist import configure_threads, init
 
+    from saekit.harness.model import check_device, check_dtype
+
     if config.sae_ref is None:
         raise InputError("no SAE reference given", where="check")
+    check_device(config.device)
+    check_dtype(config.dtype)
     init()
     threads_before = torch.get_num_threads()
     configure_threads(config.torch_threads)
@@ -342,14 +352,15 @@ def _run(
     t = time.perf_counter()
     mid = config.model_id
     if mid is None and sae.cfg.model_name not in (None, DEFAULT_MODEL_ID):
-        mid = sae.cfg.model_name
-    say(f"loading the language model {mid or DEFAULT_MODEL_ID}")
-    model, tok = load_lm(mid)
+        mid = sae.cfg.model_name + (f"@{sae.cfg.model_revision}" if sae.cfg.model_revision else "")
+    dtype = config.dtype or str(sae.dtype).removeprefix("torch.")
+    say(f"loading the language model {mid or DEFAULT_MODEL_ID} ({dtype})")
+    model, tok = load_lm(mid, dtype=dtype)
     info = model.saekit_info
     device = rank_device(config.device)
     if device != "cpu":
         model = model.to(device)
-    sae_dev = sae.to(device)
+    sae_dev = sae.to(device, dtype=getattr(torch, dtype))
     phases["load_model"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -411,7 +422,7 @@ def _run(
 
     # what the check resolved, recorded in its config
     config = config.model_copy(update={
-        "model_id": info.id,
+        "model_id": info.spec,
         "hook_name": hook,
         **tokens.config(),
         "dtype": str(sae_dev.dtype).removeprefix("torch."),
