@@ -12,7 +12,7 @@ refused, never mapped to another activation:
 - ``hook_resid_pre`` is the block's *input*; ``hook_resid_post`` its output (before
   GPT-2's ``ln_f``, which only the model's last hidden state has);
 - ``hook_resid_mid`` is the input of the second norm; a parallel block (Pythia) has none;
-- ``hook_attn_out`` / ``hook_mlp_out`` are after Gemma 2's post-attention / post-feedforward
+- ``hook_attn_out`` / ``hook_mlp_out`` are after Gemma 2/3's post-attention / post-feedforward
   norms (TL's ``ln1_post`` / ``ln2_post``), elsewhere the attention / MLP output;
 - ``ln2.hook_normalized`` is the second norm's input normalised, before its gain and bias;
 - ``attn.hook_z`` is the input of the attention's output projection: [.., n_heads*d_head],
@@ -48,6 +48,9 @@ class Layout:
 
 
 _LLAMA = Layout("model.layers", "self_attn", "mlp", "post_attention_layernorm", "self_attn.o_proj")
+# Gemma 2 and 3 norm attention's and MLP's outputs before adding them (TL: ln1_post, ln2_post)
+_GEMMA2 = Layout("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "pre_feedforward_layernorm",
+                 "self_attn.o_proj")
 LAYOUTS: dict[str, Layout] = {
     "gpt2": Layout("transformer.h", "attn", "mlp", "ln_2", "attn.c_proj"),
     "gpt_neox": Layout("gpt_neox.layers", "attention", "mlp", "post_attention_layernorm", "attention.dense"),
@@ -55,8 +58,9 @@ LAYOUTS: dict[str, Layout] = {
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
-    "gemma2": Layout("model.layers", "post_attention_layernorm", "post_feedforward_layernorm",
-                     "pre_feedforward_layernorm", "self_attn.o_proj"),
+    "gemma": _LLAMA,
+    "gemma2": _GEMMA2,
+    "gemma3_text": _GEMMA2,
 }
 
 

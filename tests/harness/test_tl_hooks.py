@@ -40,12 +40,19 @@ def _hf_config(family: str):
     if family == "gemma2":
         return tf.Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=16, sliding_window=8,
                                query_pre_attn_scalar=16, final_logit_softcapping=30.0, attn_logit_softcapping=50.0)
+    if family == "gemma":
+        return tf.GemmaConfig(**SMALL, num_key_value_heads=1, head_dim=16, hidden_act="gelu_pytorch_tanh")
+    if family == "gemma3":
+        return tf.Gemma3TextConfig(**SMALL, num_key_value_heads=2, head_dim=16, sliding_window=8,
+                                   query_pre_attn_scalar=16,
+                                   layer_types=["sliding_attention", "full_attention", "sliding_attention"])
     raise AssertionError(family)
 
 
 CONVERT = {"gpt2": "convert_gpt2_weights", "pythia": "convert_neox_weights", "neox-sequential": "convert_neox_weights",
            "llama": "convert_llama_weights", "mistral": "convert_mistral_weights", "qwen2": "convert_qwen2_weights",
-           "qwen3": "convert_qwen3_weights", "gemma2": "convert_gemma_weights"}
+           "qwen3": "convert_qwen3_weights", "gemma": "convert_gemma_weights", "gemma2": "convert_gemma_weights",
+           "gemma3": "convert_gemma_weights"}
 
 
 def _gemma2_tl_config(c) -> dict:
@@ -64,6 +71,26 @@ def _gemma2_tl_config(c) -> dict:
     }
 
 
+def _gemma_tl_config(c, family: str) -> dict:
+    """TL's gemma-2b / gemma-3-270m dicts (convert_hf_model_config builds them from the name)."""
+    if family == "gemma2":
+        return _gemma2_tl_config(c)
+    d = {
+        "d_model": c.hidden_size, "d_head": c.head_dim, "n_heads": c.num_attention_heads, "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers, "n_ctx": c.max_position_embeddings, "eps": c.rms_norm_eps,
+        "d_vocab": c.vocab_size, "act_fn": "gelu_pytorch_tanh", "normalization_type": "RMS", "rotary_dim": c.head_dim,
+        "positional_embedding_type": "rotary", "use_attn_scale": True, "n_key_value_heads": c.num_key_value_heads,
+        "gated_mlp": True, "final_rms": True,
+    }
+    if family == "gemma":
+        return {**d, "rotary_base": c.rope_parameters["rope_theta"], "original_architecture": "GemmaForCausalLM"}
+    return {**d, "rotary_base": c.rope_parameters["full_attention"]["rope_theta"],
+            "rotary_base_local": c.rope_parameters["sliding_attention"]["rope_theta"],
+            "use_normalization_before_and_after": True, "use_qk_norm": True, "window_size": c.sliding_window,
+            "use_local_attn": True, "attn_types": ["global" if t == "full_attention" else "local" for t in c.layer_types],
+            "original_architecture": "Gemma3ForCausalLM"}
+
+
 def tiny_pair(family: str, folder: Path):
     """(HF model, HookedTransformer) with the same random weights, float32, eval."""
     import torch
@@ -79,8 +106,8 @@ def tiny_pair(family: str, folder: Path):
         for p in hf.parameters():
             if p.dim() == 1:
                 p.add_(0.3 * torch.randn_like(p))
-    if family == "gemma2":
-        cfg_dict = _gemma2_tl_config(config)
+    if family.startswith("gemma"):
+        cfg_dict = _gemma_tl_config(config, family)
     else:
         path = folder / "tiny"  # no family word in the path: TL would take the name for the model
         hf.save_pretrained(path)
