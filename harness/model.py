@@ -140,8 +140,11 @@ def _hub_snapshot(repo: str, revision: str | None) -> Path:
     """The Hub cache's snapshot folder of ``repo`` at ``revision``, downloaded if missing;
     its name is the commit (huggingface_hub keeps snapshots under snapshots/<commit>)."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import disable_progress_bars
 
     _quiet_transformers()
+    if quiet():
+        disable_progress_bars()
     where = f"{repo}@{revision or 'main'}"
     say(f"fetching the language model {where} (config, tokenizer, safetensors) ...")
     try:

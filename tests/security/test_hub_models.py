@@ -132,5 +132,7 @@ def test_check_fetches_pins_and_keeps_the_model_commit(tmp_path, hub):
     # a re-registered SAE that pins the model revision: the pinned commit, not main
     pinned_sae = _sae_folder(tmp_path / "sae2", model_name="pythia-70m-deduped", hook_name="blocks.1.hook_resid_pre",
                              d_in=32, model_revision=pinned)
-    r = _check(tmp_path, hub, str(pinned_sae), "--out", str(tmp_path / "c3"))
-    assert json.loads((tmp_path / "c3" / "eval.json").read_text())["model"]["revision"] == pinned
+    r = _check(tmp_path, hub, str(pinned_sae), "--out", str(tmp_path / "c3"), "--dtype", "bfloat16")
+    third = json.loads((tmp_path / "c3" / "eval.json").read_text())
+    assert third["model"]["revision"] == pinned and third["model"]["weights_sha256"] == weights
+    assert third["check_config"]["dtype"] == "bfloat16" and third["eval_config"]["llm_dtype"] == "bfloat16"
