@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from saekit.harness.hooks import hub_id
+from saekit.harness.hooks import hub_id, norm_gain
 from saekit.schemas import ArtifactFormatError, InputError, ModelInfo, NotFoundError
 from saekit.schemas.console import quiet, say
 from saekit.schemas.settings import cache_dir
@@ -269,8 +269,9 @@ def unembedding(model: Any):
     norm's gain folded in, as TransformerLens' ``fold_ln`` does; the norm's scale itself is
     per token and left out (logit effects are directions, compared within a latent)."""
     W_U = model.get_output_embeddings().weight.T
-    norm = getattr(getattr(model, "model", None), "norm", None)
-    gain = getattr(norm, "weight", None)
+    base = getattr(model, "base_model", None)  # the backbone: model / transformer / gpt_neox
+    norm = next((getattr(base, n) for n in ("norm", "ln_f", "final_layer_norm") if hasattr(base, n)), None)
+    gain = norm_gain(norm)[0] if norm is not None else None  # Gemma's RMSNorm: 1 + weight
     if gain is not None and gain.shape[0] == W_U.shape[0]:
-        W_U = gain[:, None] * W_U
+        W_U = gain[:, None].to(W_U.dtype) * W_U
     return W_U

@@ -211,3 +211,17 @@ def test_refused_hooks_name_the_reason(tmp_path: Path) -> None:
                                                             ffn_dim=64, num_attention_heads=2, word_embed_proj_dim=32))
     with pytest.raises(InputError, match="not mapped for model type 'opt'"):
         saekit.activations(opt, "blocks.0.hook_resid_pre", tokens)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
+def test_unembedding_folds_the_final_norm_gain(family: str, tmp_path: Path) -> None:
+    """W_U with the final norm's gain folded in, as TransformerLens' fold_ln gives it (Gemma's
+    RMSNorm multiplies by 1 + weight; GPT-2's ln_f is a LayerNorm)."""
+    import torch
+
+    from saekit.harness.model import unembedding
+
+    hf, tl = tiny_pair(family, tmp_path)
+    final = hf.base_model.norm if family == "gemma2" else hf.base_model.ln_f
+    gain = (1 + final.weight) if family == "gemma2" else final.weight
+    torch.testing.assert_close(unembedding(hf), gain[:, None] * tl.W_U)
