@@ -14,7 +14,8 @@ refused, never mapped to another activation:
 - ``hook_resid_mid`` is the input of the second norm; a parallel block (Pythia) has none;
 - ``hook_attn_out`` / ``hook_mlp_out`` are after Gemma 2/3's post-attention / post-feedforward
   norms (TL's ``ln1_post`` / ``ln2_post``), elsewhere the attention / MLP output;
-- ``ln2.hook_normalized`` is the second norm's input normalised, before its gain and bias;
+- ``ln1/ln2.hook_normalized`` are the first / second norm's input normalised, before gain and bias;
+- ``mlp.hook_post`` is the MLP's hidden activation: the input of its output projection;
 - ``attn.hook_z`` is the input of the attention's output projection: [.., n_heads*d_head],
   the flattening SAELens' ``reshape_activations="hook_z"`` applies.
 
@@ -32,7 +33,7 @@ from saekit.schemas import InputError
 
 TL_HOOK = re.compile(
     r"blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out"
-    r"|ln2\.hook_normalized|attn\.hook_z)"
+    r"|ln1\.hook_normalized|ln2\.hook_normalized|attn\.hook_z|mlp\.hook_post)"
 )
 
 
@@ -43,17 +44,21 @@ class Layout:
     layers: str
     attn_out: str  # what the block adds to the residual from attention (TL hook_attn_out)
     mlp_out: str  # ... and from the MLP (TL hook_mlp_out)
+    ln1: str  # the norm before attention (TL ln1)
     ln2: str  # the norm before the MLP (TL ln2)
     o_proj: str  # the attention's output projection; its input is TL's hook_z, flattened
+    down_proj: str  # the MLP's output projection; its input is TL's mlp.hook_post
 
 
-_LLAMA = Layout("model.layers", "self_attn", "mlp", "post_attention_layernorm", "self_attn.o_proj")
+_LLAMA = Layout("model.layers", "self_attn", "mlp", "input_layernorm", "post_attention_layernorm", "self_attn.o_proj",
+                "mlp.down_proj")
 # Gemma 2 and 3 norm attention's and MLP's outputs before adding them (TL: ln1_post, ln2_post)
-_GEMMA2 = Layout("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "pre_feedforward_layernorm",
-                 "self_attn.o_proj")
+_GEMMA2 = Layout("model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "input_layernorm",
+                 "pre_feedforward_layernorm", "self_attn.o_proj", "mlp.down_proj")
 LAYOUTS: dict[str, Layout] = {
-    "gpt2": Layout("transformer.h", "attn", "mlp", "ln_2", "attn.c_proj"),
-    "gpt_neox": Layout("gpt_neox.layers", "attention", "mlp", "post_attention_layernorm", "attention.dense"),
+    "gpt2": Layout("transformer.h", "attn", "mlp", "ln_1", "ln_2", "attn.c_proj", "mlp.c_proj"),
+    "gpt_neox": Layout("gpt_neox.layers", "attention", "mlp", "input_layernorm", "post_attention_layernorm",
+                       "attention.dense", "mlp.dense_4h_to_h"),
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
@@ -92,8 +97,8 @@ def site(model: Any, hook_name: str) -> Site:
     if m is None:
         if hook_name.startswith(("blocks.", "hook_", "ln_final.")):
             raise InputError(f"TransformerLens hook {hook_name!r} is not supported (supported: blocks.N."
-                             "hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out, ln2.hook_normalized, "
-                             "attn.hook_z)", where="hook_name")
+                             "hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out, ln1/ln2.hook_normalized, "
+                             "attn.hook_z, mlp.hook_post)", where="hook_name")
         module(model, hook_name)
         return Site(hook_name, "output")
     config = getattr(model, "config", None)
@@ -121,8 +126,12 @@ def site(model: Any, hook_name: str) -> Site:
         return Site(f"{block}.{layout.attn_out}", "output")
     if kind == "hook_mlp_out":
         return Site(f"{block}.{layout.mlp_out}", "output")
+    if kind == "ln1.hook_normalized":
+        return Site(f"{block}.{layout.ln1}", "normalized")
     if kind == "ln2.hook_normalized":
         return Site(f"{block}.{layout.ln2}", "normalized")
+    if kind == "mlp.hook_post":
+        return Site(f"{block}.{layout.down_proj}", "input")
     return Site(f"{block}.{layout.o_proj}", "input")  # attn.hook_z
 
 

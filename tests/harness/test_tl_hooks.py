@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 HOOKS = ["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
-         "ln2.hook_normalized", "attn.hook_z"]
+         "ln1.hook_normalized", "ln2.hook_normalized", "attn.hook_z", "mlp.hook_post"]
 TOL = 1e-4
 SMALL = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
              max_position_embeddings=64)
@@ -203,7 +203,7 @@ def test_refused_hooks_name_the_reason(tmp_path: Path) -> None:
     # an HF module path still reads the module's output: model.layers.1 is TL's blocks.1.hook_resid_post
     torch.testing.assert_close(saekit.activations(hf, "model.layers.1", tokens),
                                saekit.activations(hf, "blocks.1.hook_resid_post", tokens))
-    for name, match in [("blocks.3.hook_resid_pre", "has 3 blocks"), ("blocks.0.mlp.hook_post", "not supported"),
+    for name, match in [("blocks.3.hook_resid_pre", "has 3 blocks"), ("blocks.0.mlp.hook_pre", "not supported"),
                         ("model.layers.9", "no module"), ("hook_embed", "not supported")]:
         with pytest.raises(InputError, match=match):
             saekit.activations(hf, name, tokens)
