@@ -92,6 +92,15 @@ def test_bad_device_or_dtype_is_one_line_before_loading(tmp_path, args, match):
     assert r.seconds < 30 and r.peak_mib < 1500  # no model, no Hub call (the endpoint is dead)
 
 
+def test_a_bad_model_id_is_one_line(tmp_path):
+    sae = _sae_folder(tmp_path / "sae", model_name="pythia-70m-deduped", hook_name="blocks.0.hook_resid_pre", d_in=8)
+    r = saekit("check", str(sae), "--model", "not a/valid..id@main", "--no-log", "--out", str(tmp_path / "out"),
+               home=tmp_path / "home", cwd=tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
+    line = r.one_line_error(2)
+    assert "not a/valid..id@main: cannot fetch the language model" in line, line
+    assert not (tmp_path / "out").exists()
+
+
 def _check(tmp_path: Path, hub, *args: str, **env: str):
     r = saekit("check", *args, "--tokens", "128", "--context", "16", "--no-cards", "--no-log",
                home=tmp_path / "home", cwd=tmp_path, timeout=240, HF_ENDPOINT=hub.url, **env)
