@@ -252,8 +252,7 @@ def check(
     else:
         config = _validated(
             CheckConfig, sae_ref=_sae_ref(ref), model_id=model_id, hook_name=hook_name, dtype=dtype, corpus=corpus,
-            split=split,
-            seed=seed, context_size=context_size, n_tokens=n_tokens, batch_size=batch_size,
+            split=split, seed=seed, context_size=context_size, n_tokens=n_tokens, batch_size=batch_size,
             exclude_special_tokens=True, downstream=downstream, device=device, torch_threads=threads, cards=cards_cfg,
         )
     return run_check(config, policy=policy, out_dir=out_dir, log=log, annotations=annotations, loader=loader,
@@ -277,13 +276,12 @@ def run_check(
     import torch
 
     from saekit.harness.dist import configure_threads, init
-
     from saekit.harness.model import check_device, check_dtype
 
     if config.sae_ref is None:
         raise InputError("no SAE reference given", where="check")
-    check_device(config.device)
-    check_dtype(config.dtype)
+    check_device(config.device)  # before anything loads
+    config = config.model_copy(update={"dtype": check_dtype(config.dtype)})
     init()
     threads_before = torch.get_num_threads()
     configure_threads(config.torch_threads)
