@@ -174,6 +174,10 @@ def test_activations_equal_run_with_cache(family: str, tmp_path: Path) -> None:
             assert (want_logits - logits).abs().max() > 1e-3, name  # the edit matters
             torch.testing.assert_close(got_logits, want_logits, atol=TOL, rtol=TOL, msg=name)
     print(f"{family}: largest |saekit - TL| = {worst:.2e}")
+    last = f"blocks.{tl.cfg.n_layers - 1}.hook_resid_post"
+    with torch.no_grad():  # the trap: transformers' last hidden state is after the final norm
+        final = hf(tokens, output_hidden_states=True).hidden_states[-1]
+    assert (saekit.activations(hf, last, tokens) - final).abs().max() > 1e-2
 
 
 def test_aliases_resolve_as_transformer_lens() -> None:
