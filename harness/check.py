@@ -331,6 +331,9 @@ def _run(
     hook = config.hook_name or sae.cfg.hook_name
     if not hook:
         raise InputError("the SAE's config names no hook_name; pass hook_name", where=ref)
+    if sae.cfg.hook_head_index is not None:  # one head's slice of the hook: never read the whole hook instead
+        raise InputError(f"the SAE reads head {sae.cfg.hook_head_index} of {hook} (hook_head_index), which the "
+                         "check does not support", where=ref)
     phases["load_sae"] = time.perf_counter() - t
 
     if config.activations is not None:

@@ -22,7 +22,8 @@ from sec_helpers import log_measure, saekit
 MODEL_REPO = "EleutherAI/pythia-70m-deduped"  # what SAELens' name pythia-70m-deduped means (TL's table)
 
 
-def _sae_folder(folder: Path, *, model_name: str, hook_name: str, d_in: int, model_revision: str | None = None) -> Path:
+def _sae_folder(folder: Path, *, model_name: str, hook_name: str, d_in: int, model_revision: str | None = None,
+                hook_head_index: int | None = None) -> Path:
     import torch
 
     from saekit.kernels import SAE
@@ -34,7 +35,7 @@ def _sae_folder(folder: Path, *, model_name: str, hook_name: str, d_in: int, mod
     W_dec /= W_dec.norm(dim=1, keepdim=True)
     tensors = {"W_enc": W_dec.T.contiguous(), "b_enc": torch.zeros(32), "W_dec": W_dec, "b_dec": torch.zeros(d_in)}
     cfg = SAEConfig(architecture="topk", d_in=d_in, d_sae=32, k=4, model_name=model_name, hook_name=hook_name,
-                    model_revision=model_revision)
+                    model_revision=model_revision, hook_head_index=hook_head_index)
     save_artifact(SAE(cfg, tensors), folder)
     return folder
 
@@ -145,3 +146,12 @@ def test_check_fetches_pins_and_keeps_the_model_commit(tmp_path, hub):
     third = json.loads((tmp_path / "c3" / "eval.json").read_text())
     assert third["model"]["revision"] == pinned and third["model"]["weights_sha256"] == weights
     assert third["check_config"]["dtype"] == "bfloat16" and third["eval_config"]["llm_dtype"] == "bfloat16"
+
+
+def test_a_one_head_sae_is_refused_before_the_model_loads(tmp_path):
+    sae = _sae_folder(tmp_path / "sae", model_name="pythia-70m-deduped", hook_name="blocks.0.attn.hook_z", d_in=8,
+                      hook_head_index=2)
+    r = saekit("check", str(sae), "--no-log", "--out", str(tmp_path / "out"), home=tmp_path / "home", cwd=tmp_path,
+               HF_ENDPOINT="http://127.0.0.1:9")
+    line = r.one_line_error(2)
+    assert "reads head 2 of blocks.0.attn.hook_z (hook_head_index)" in line, line
