@@ -1,20 +1,20 @@
-"""Activation sources: a Hugging Face causal LM hooked at a named module, or stored shards.
+"""Activation sources: a Hugging Face causal LM hooked at a named site, or stored shards.
 
-Hook names are module paths of the HF model: ``model.layers.6`` is the residual stream
-after block 6 (TransformerLens' ``blocks.6.hook_resid_post``), ``model.layers.6.mlp`` the
-MLP output, ``model.layers.6.self_attn`` the attention output. Every source has a
-fingerprint: the sha256 of its token ids (see saekit.harness.text.fingerprint).
+Hook names are TransformerLens names (``blocks.6.hook_resid_post``, ``blocks.6.attn.hook_z``
+...; saekit.harness.hooks maps them onto the HF model, read as TL computes them) or module
+paths of the HF model (``model.layers.6``: its output, TL's ``blocks.6.hook_resid_post``).
+Every source has a fingerprint: the sha256 of its token ids (see saekit.harness.text.fingerprint).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from saekit.harness.model import resolve_hook
+from saekit.harness.hooks import Site, module, norm_gain, normalized, site
 from saekit.harness.text import TokenSet, fingerprint
 from saekit.schemas import ArtifactFormatError, InputError, NotFoundError
 from saekit.schemas.console import Progress
@@ -32,30 +32,74 @@ def _replace(output: Any, new: Any) -> Any:
     return (new, *output[1:]) if isinstance(output, tuple) else new
 
 
+def _first_input(args: tuple, kwargs: dict) -> Any:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_first_input(args: tuple, kwargs: dict, new: Any) -> tuple[tuple, dict]:
+    return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+
+
+def _on_site(model: Any, where: Site, fn: Callable[[Any], Any | None]) -> Any:
+    """Register ``fn(activation)`` at the site; a non-None result replaces the activation
+    there. Returns the hook handle."""
+    mod = module(model, where.module)
+    if where.read == "input":
+        def pre(_m: Any, args: tuple, kwargs: dict) -> Any:
+            new = fn(_first_input(args, kwargs))
+            return None if new is None else _with_first_input(args, kwargs, new)
+
+        return mod.register_forward_pre_hook(pre, with_kwargs=True)
+    if where.read == "normalized":
+        gain, _, _ = norm_gain(mod)
+
+        def norm_hook(_m: Any, args: tuple, out: Any) -> Any:
+            n = normalized(mod, args[0])
+            new = fn(n)  # the norm's output is n * gain + bias: move it by the change of n
+            return None if new is None else out + ((new.float() - n.float()) * gain).to(out.dtype)
+
+        return mod.register_forward_hook(norm_hook)
+
+    def post(_m: Any, _args: tuple, out: Any) -> Any:
+        new = fn(_main(out))
+        return None if new is None else _replace(out, new)
+
+    return mod.register_forward_hook(post)
+
+
 @contextmanager
 def spliced(model: Any, hook_name: str, fn: Callable[[Any], Any]) -> Iterator[None]:
-    """Within the block, the module's output ``a`` [b, ctx, d] is replaced by ``fn(a)``."""
-    handle = resolve_hook(model, hook_name).register_forward_hook(
-        lambda _m, _i, out: _replace(out, fn(_main(out)))
-    )
-    try:
+    """Within the block, the activation ``a`` [b, ctx, d] at ``hook_name`` is replaced by
+    ``fn(a)`` (and the residual stream carries the change where the site is one)."""
+    where = site(model, hook_name)
+    delta: dict[str, Any] = {}
+
+    def swap(a: Any) -> Any:
+        new = fn(a)
+        if where.carry is not None:
+            delta["d"] = new - a
+        return new
+
+    with ExitStack() as stack:
+        stack.callback(_on_site(model, where, swap).remove)
+        if where.carry is not None:
+            carry = Site(where.carry, "output")
+            stack.callback(_on_site(model, carry, lambda out: out + delta.pop("d").to(out.dtype)).remove)
         yield
-    finally:
-        handle.remove()
 
 
 @contextmanager
 def captured(model: Any, hook_name: str, *, stop: bool = False) -> Iterator[dict[str, Any]]:
-    """Within the block, ``box['acts']`` holds the module's last output; ``stop`` ends the
-    forward pass there (the caller catches nothing: use run_to_hook)."""
+    """Within the block, ``box['acts']`` holds the last activation at ``hook_name``; ``stop``
+    ends the forward pass there (the caller catches nothing: use run_to_hook)."""
     box: dict[str, Any] = {}
 
-    def hook(_m: Any, _i: Any, out: Any) -> None:
-        box["acts"] = _main(out).detach()
+    def keep(a: Any) -> None:
+        box["acts"] = a.detach()
         if stop:
             raise _Stop
 
-    handle = resolve_hook(model, hook_name).register_forward_hook(hook)
+    handle = _on_site(model, site(model, hook_name), keep)
     try:
         yield box
     finally:
@@ -72,7 +116,7 @@ def run_to_hook(model: Any, tokens: Any, hook_name: str) -> Any:
         except _Stop:
             pass
     if "acts" not in box:
-        raise InputError(f"module {hook_name!r} did not run in the forward pass", where="hook_name")
+        raise InputError(f"hook {hook_name!r} did not run in the forward pass", where="hook_name")
     return box["acts"]
 
 

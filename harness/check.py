@@ -201,6 +201,7 @@ def check(
     split: str = "eval",
     model_id: str | None = None,
     hook_name: str | None = None,
+    dtype: str | None = None,
     downstream: bool = True,
     cards_latents: int | str = DEFAULT_CARDS,
     downstream_latents: int | str = DEFAULT_DOWNSTREAM,
@@ -227,6 +228,10 @@ def check(
     ``threads``: torch threads (default: this process's share of the CPUs it may use).
     ``corpus``: the dataset (saekit.harness.datasets): default the SAE's ``dataset_path``,
     else ``pydoc``; a Hub dataset is recorded pinned to its commit, which a re-run reads.
+    ``model_id``: ``ID[@REV]`` (a Hub id or TransformerLens alias, pinned to a commit in the
+    record; or a local folder); default the SAE's model (saekit.harness.model).
+    ``dtype``: the model's and SAE's dtype (default the SAE's). A bad ``device`` or ``dtype``
+    is refused before anything loads.
     Under ``torchrun --nproc-per-node N -m saekit check`` each rank runs every N-th batch and
     rank 0 writes the same record metrics and cards as one process (saekit.harness.dist).
     """
@@ -250,8 +255,8 @@ def check(
                             downstream=False, device="cpu", torch_threads=threads)
     else:
         config = _validated(
-            CheckConfig, sae_ref=_sae_ref(ref), model_id=model_id, hook_name=hook_name, corpus=corpus, split=split,
-            seed=seed, context_size=context_size, n_tokens=n_tokens, batch_size=batch_size,
+            CheckConfig, sae_ref=_sae_ref(ref), model_id=model_id, hook_name=hook_name, dtype=dtype, corpus=corpus,
+            split=split, seed=seed, context_size=context_size, n_tokens=n_tokens, batch_size=batch_size,
             exclude_special_tokens=True, downstream=downstream, device=device, torch_threads=threads, cards=cards_cfg,
         )
     return run_check(config, policy=policy, out_dir=out_dir, log=log, annotations=annotations, loader=loader,
@@ -275,11 +280,14 @@ def run_check(
     import torch
 
     from saekit.harness.dist import configure_threads, init
+    from saekit.harness.model import check_device, check_dtype
 
     if config.sae_ref is None:
         raise InputError("no SAE reference given", where="check")
     if out_dir is not None:  # a link planted in --out fails now, not after the pass
         safeio.check_writable(*(Path(out_dir) / name for name in ("eval.json", "feature_cards.jsonl")))
+    check_device(config.device)  # before anything loads
+    config = config.model_copy(update={"dtype": check_dtype(config.dtype)})
     init()
     threads_before = torch.get_num_threads()
     configure_threads(config.torch_threads)
@@ -329,6 +337,9 @@ def _run(
     hook = config.hook_name or sae.cfg.hook_name
     if not hook:
         raise InputError("the SAE's config names no hook_name; pass hook_name", where=ref)
+    if sae.cfg.hook_head_index is not None:  # one head's slice of the hook: never read the whole hook instead
+        raise InputError(f"the SAE reads head {sae.cfg.hook_head_index} of {hook} (hook_head_index), which the "
+                         "check does not support", where=ref)
     phases["load_sae"] = time.perf_counter() - t
 
     if config.activations is not None:
@@ -350,14 +361,15 @@ def _run(
     t = time.perf_counter()
     mid = config.model_id
     if mid is None and sae.cfg.model_name not in (None, DEFAULT_MODEL_ID):
-        mid = sae.cfg.model_name
-    say(f"loading the language model {mid or DEFAULT_MODEL_ID}")
-    model, tok = load_lm(mid)
+        mid = sae.cfg.model_name + (f"@{sae.cfg.model_revision}" if sae.cfg.model_revision else "")
+    dtype = config.dtype or str(sae.dtype).removeprefix("torch.")
+    say(f"loading the language model {mid or DEFAULT_MODEL_ID} ({dtype})")
+    model, tok = load_lm(mid, dtype=dtype)
     info = model.saekit_info
     device = rank_device(config.device)
     if device != "cpu":
         model = model.to(device)
-    sae_dev = sae.to(device)
+    sae_dev = sae.to(device, dtype=getattr(torch, dtype))
     phases["load_model"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -421,7 +433,7 @@ def _run(
 
     # what the check resolved, recorded in its config
     config = config.model_copy(update={
-        "model_id": info.id,
+        "model_id": info.spec,
         "hook_name": hook,
         **tokens.config(),
         "dtype": str(sae_dev.dtype).removeprefix("torch."),

@@ -529,11 +529,11 @@ def _gemmascope_context(res: Resolved, unit: Unit) -> tuple[dict[str, Any], dict
     r = _GEMMASCOPE_REPO.search(res.repo)
     if r:
         ctx["model_name"] = f"google/gemma-2-{r['size']}" + ("-it" if r["kind"] == "it" else "")
-        # saekit hooks HF module outputs: the residual stream after block N is model.layers.N
-        # (TransformerLens blocks.N.hook_resid_post), the MLP output model.layers.N.mlp.
-        # Attention SAEs read hook_z (per-head outputs before o_proj), which is no module
-        # output: give --hook for those.
-        ctx["hook_name"] = {"res": f"model.layers.{layer}", "mlp": f"model.layers.{layer}.mlp"}.get(r["site"])
+        # the TransformerLens hooks Gemma Scope was trained on, as SAELens names them
+        # (sae_lens/loading/pretrained_sae_loaders.py, get_gemma_2_config_from_hf): the MLP output
+        # after Gemma 2's post-feedforward norm, hook_z for attention (saekit.harness.hooks)
+        ctx["hook_name"] = {"res": f"blocks.{layer}.hook_resid_post", "mlp": f"blocks.{layer}.hook_mlp_out",
+                            "att": f"blocks.{layer}.attn.hook_z"}.get(r["site"])
     return ctx, {T.SOURCE_AVERAGE_L0: m["l0"], T.SOURCE_WIDTH: str(width), T.SOURCE_LAYER: str(layer)}
 
 
@@ -596,7 +596,11 @@ def convert(res: Resolved, unit: Unit, staging: Path, *, model_name: str | None 
             hook = hook_name
             if hook is None and unit.path:
                 name = PurePosixPath(unit.path).name
-                hook = f"model.{name}" if name.startswith("layers.") else name
+                # sparsify names modules of the base model: layers.N is block N's output on
+                # every family, TransformerLens' blocks.N.hook_resid_post (saekit.harness.hooks)
+                block = re.fullmatch(r"layers\.(\d+)", name)
+                hook = (f"blocks.{block[1]}.hook_resid_post" if block
+                        else f"model.{name}" if name.startswith("layers.") else name)
             sae = formats.read_sparsify(local, model_name=model_name, hook_name=hook, model_revision=model_revision)
         elif unit.layout == "gemmascope":
             ctx, extra = _gemmascope_context(res, unit)

@@ -64,6 +64,26 @@ def check(ref: str | os.PathLike, **kwargs: Any) -> CheckResult:
     return _check(ref, loader=load, **kwargs)
 
 
+def activations(model: Any, hook_name: str, tokens: Any) -> Any:
+    """Activations [batch, pos, d] of a language model at ``hook_name`` for token ids
+    ``tokens`` ([batch, pos] or [pos]): what TransformerLens' ``run_with_cache(tokens)[hook_name]``
+    holds (``attn.hook_z`` flattened to [.., n_heads*d_head], as SAELens reads it), computed on
+    the Hugging Face model. ``model``: a transformers causal LM, or ``ID[@REV]`` / a folder to
+    load (saekit.harness.model.load_lm). Hook names: TL's ``blocks.N.hook_resid_pre`` ...
+    (saekit.harness.hooks) or a module path of the HF model."""
+    import torch
+
+    from saekit.harness.activations import run_to_hook
+    from saekit.harness.model import load_lm
+
+    if isinstance(model, (str, os.PathLike)):
+        model, _ = load_lm(os.fspath(model))
+    ids = torch.as_tensor(tokens, dtype=torch.long)
+    if ids.dim() == 1:
+        ids = ids[None]
+    return run_to_hook(model, ids.to(next(model.parameters()).device), hook_name)
+
+
 def read_cards(paths: str | os.PathLike | list[str | os.PathLike]) -> list[FeatureCard]:
     """Feature cards of a .jsonl / .jsonl.gz / .json file, a folder of shards, or a list of
     them (saekit.schemas.card_files.read_cards)."""
@@ -91,4 +111,4 @@ def verify_cards(cards: Any, sae: Any, **kwargs: Any) -> VerifyReport:
     return verify_file(cards, sae, **kwargs)
 
 
-__all__ = ["load", "register", "check", "read_cards", "write_cards", "verify_cards", "__version__"]
+__all__ = ["load", "register", "check", "activations", "read_cards", "write_cards", "verify_cards", "__version__"]

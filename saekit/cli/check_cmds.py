@@ -19,6 +19,8 @@ def check_cmd(
     policy: Optional[Path] = typer.Option(None, "--policy", help="Gate policy (YAML/JSON): rules like 'explained_variance >= 0.7'."),
     tokens: int = typer.Option(8192, "--tokens", min=1, help="Tokens to evaluate on (held-out split)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+    model: Optional[str] = typer.Option(None, "--model", help="Language model ID[@REV] (Hub id, TransformerLens alias such as gpt2-small, or a folder); default the SAE's."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or float64 (default: the SAE's dtype)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json and feature_cards.jsonl."),
     seed: int = typer.Option(0, "--seed", help="Seed of the token-window sample."),
     context: int = typer.Option(128, "--context", min=2, help="Context length (tokens per window, BOS included)."),
@@ -48,7 +50,7 @@ def check_cmd(
         context_size=context, batch_size=batch_size, corpus=corpus, cards_latents=cards_latents,
         downstream_latents=downstream_latents, annotations=annotations, from_record=from_record, activations=activations,
         loader=saekit.load,
-        threads=threads,
+        threads=threads, model_id=model, dtype=dtype,
     )
     if res.rank != 0:  # torchrun: rank 0 reports
         return

@@ -342,6 +342,11 @@ def test_bf16_sae_follows_sae_lens(lm, tmp_path, monkeypatch):
         assert torch.equal(sae(x)[same], want_hat[same]), kind  # bit-identical reconstruction
     rec = _check(folder, tmp_path / "out", "python", monkeypatch)
     assert rec["check_config"]["dtype"] == "bfloat16" and rec["sae_cfg_dict"]["dtype"] == "bfloat16"
-    sl, sl_features, sb, sb_features = _oracles(folder, {}, ts.tokens, hook, lm, special_token_ids(tok))
+    # the check runs the model in the SAE's dtype: the oracles get the same bf16 model
+    from saekit.harness.model import load_lm
+
+    lm_bf16 = load_lm(dtype="bfloat16")
+    assert rec["eval_config"]["llm_dtype"] == "bfloat16" == str(lm_bf16[0].dtype).removeprefix("torch.")
+    sl, sl_features, sb, sb_features = _oracles(folder, {}, ts.tokens, hook, lm_bf16, special_token_ids(tok))
     MEASURED["jumprelu_bf16"] = _compare(rec, sl, sl_features, sb, sb_features, 1e-2, weight_abs=2**-7)
     _report("jumprelu_bf16")

@@ -166,7 +166,7 @@ def test_sparsify_folders(tmp_path, hub):
     _push(hub, "eleuther/sae-tiny", tmp_path / "sp")
     v = saekit.register("sp1", "hf://eleuther/sae-tiny/layers.1", model_name="EleutherAI/pythia-70m")
     sae = saekit.load("sp1")
-    assert sae.cfg.hook_name == "model.layers.1" and sae.cfg.model_name == "EleutherAI/pythia-70m"
+    assert sae.cfg.hook_name == "blocks.1.hook_resid_post" and sae.cfg.model_name == "EleutherAI/pythia-70m"
     assert v.tags["saekit.source.layout"] == "sparsify"
     x = torch.randn(64, D_IN)
     with torch.no_grad():
@@ -221,7 +221,7 @@ def test_gemmascope_glob_one_bar_resumable(tmp_path, hub, monkeypatch):
     x = torch.randn(64, D_IN)
     for v, layer, l0 in zip(versions, (0, 1), (12, 30)):
         sae = saekit.load(f"gs/{v.version}")
-        assert sae.cfg.hook_name == f"model.layers.{layer}" and sae.cfg.model_name == "google/gemma-2-2b"
+        assert sae.cfg.hook_name == f"blocks.{layer}.hook_resid_post" and sae.cfg.model_name == "google/gemma-2-2b"
         assert sae.cfg.d_sae == GS_WIDTH and v.tags["saekit.source.average_l0"] == str(l0)
         p = {k: torch.from_numpy(a) for k, a in params[layer].items()}
         pre = x @ p["W_enc"] + p["b_enc"]  # Gemma Scope: JumpReLU, no b_dec subtracted
