@@ -39,6 +39,7 @@ from saekit.schemas.config import Provenance, SAEConfig
 from saekit.schemas.errors import (
     ArtifactFormatError,
     CardValidationError,
+    EndpointError,
     GateFailedError,
     InputError,
     IntegrityError,
