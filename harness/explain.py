@@ -221,7 +221,11 @@ def _read_journal(path: Path, run_id: str) -> dict[str, Annotation]:
         return {}
     except OSError as err:
         raise InputError(f"cannot read the journal: {err.strerror}", where=str(path)) from None
-    if not lines or json.loads(lines[0]).get("run") != run_id:
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except ValueError:
+        header = {}
+    if not isinstance(header, dict) or header.get("run") != run_id:
         raise InputError("the interrupted run used other cards or options; run again without --resume",
                          where=str(path))
     done: dict[str, Annotation] = {}
@@ -260,18 +264,21 @@ def explain_files(
     todo = [c for c in chosen if _key(c) not in done]
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(jpath, "ab" if resume and done else "wb") as journal, \
-            Progress("explain", len(todo), unit="latents") as progress, \
-            ThreadPoolExecutor(max_workers=max(1, opts.concurrency)) as pool:
-        if journal.tell() == 0:
-            _append(journal, {"run": run_id})
-        futures = {pool.submit(explain_card, c, client, opts): c for c in todo}
-        for fut in as_completed(futures):
-            card = futures[fut]
-            ann = fut.result()
-            results[_key(card)] = ann
-            _append(journal, {"key": _key(card), "annotation": ann.model_dump(exclude_none=True)})
-            progress.update()
+    pool = ThreadPoolExecutor(max_workers=max(1, opts.concurrency))
+    try:
+        with open(jpath, "ab" if resume and done else "wb") as journal, \
+                Progress("explain", len(todo), unit="latents") as progress:
+            if journal.tell() == 0:
+                _append(journal, {"run": run_id})
+            futures = {pool.submit(explain_card, c, client, opts): c for c in todo}
+            for fut in as_completed(futures):
+                card = futures[fut]
+                ann = fut.result()
+                results[_key(card)] = ann
+                _append(journal, {"key": _key(card), "annotation": ann.model_dump(exclude_none=True)})
+                progress.update()
+    finally:  # Ctrl-C or an error: drop the queued latents (the journal keeps the finished ones)
+        pool.shutdown(wait=True, cancel_futures=True)
     summary.seconds = time.perf_counter() - t0
     for card in chosen:
         ann = results[_key(card)]

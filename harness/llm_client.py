@@ -191,8 +191,10 @@ class OpenAIChatClient:
             raise EndpointError(f"HTTP {code} (not retried)", where=self._clean(self.url)) from None
         except (TimeoutError, socket.timeout):
             raise _Retryable(f"no answer within {self.timeout:g} s") from None
-        except (urllib.error.URLError, HTTPException, ConnectionError, OSError) as err:
+        except (urllib.error.URLError, HTTPException, OSError) as err:
             reason = getattr(err, "reason", err)
+            if isinstance(reason, TimeoutError):  # the connect timed out
+                raise _Retryable(f"no connection within {self.timeout:g} s") from None
             raise _Retryable(f"connection failed: {type(reason).__name__}: {reason}") from None
         if len(raw) > MAX_RESPONSE_BYTES:
             raise EndpointError(f"answer over {MAX_RESPONSE_BYTES} bytes", where=self._clean(self.url))
@@ -202,7 +204,7 @@ class OpenAIChatClient:
 
     def _parse(self, raw: bytes, server: str | None) -> Response:
         try:
-            doc = load_json(raw, where="answer")
+            doc = load_json(raw, where="answer", allow_nan=False)
             choice = doc["choices"][0]
             text = choice["message"]["content"]
             if not isinstance(text, str):
@@ -214,7 +216,10 @@ class OpenAIChatClient:
         except (InputError, LookupError, TypeError, ValueError, AttributeError) as err:
             raise _Retryable(f"unreadable answer ({type(err).__name__})") from None
         version = server or doc.get("system_fingerprint")
-        return Response(text, tokens_in, tokens_out, logprobs, str(version)[:100] if version else None, _now())
+        version = self._clean(str(version)[:100]) if version else None
+        if self.api_key:  # a server that echoes the key does not get it written into a card
+            text = text.replace(self.api_key, "***")
+        return Response(text, tokens_in, tokens_out, logprobs, version, _now())
 
 
 # --- the local model, in process -------------------------------------------------------------
@@ -288,9 +293,13 @@ class RequestCache:
             return None  # missing or damaged: ask again
 
     def put(self, key: str, response: Response) -> None:
+        """Best effort: an answer that cannot be kept is asked for again next time."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(path, json.dumps(asdict(response), sort_keys=True).encode("utf-8"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes(path, json.dumps(asdict(response), sort_keys=True).encode("utf-8"))
+        except OSError:
+            pass
 
 
 class CachedClient:

@@ -87,6 +87,10 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if step == "ok":
             self._send(200, json.dumps(good).encode())
+        elif step == "echo":  # a hostile server puts the key in its answer and its Server header
+            auth = self.headers.get("Authorization", "")
+            good["choices"][0]["message"]["content"] += f" {auth}"
+            self._send(200, json.dumps(good).encode(), headers={"Server": auth})
         elif step == "429":
             self._send(429, b'{"error": "slow down"}', headers={"Retry-After": "1"})
         elif step == "500":
@@ -144,6 +148,7 @@ SCRIPT = {
     5: ["html", "ok"],
     6: ["400"],
     7: ["401echo"],
+    8: ["echo"],
 }
 
 
@@ -156,35 +161,35 @@ def _explain(srv: FaultServer, cards: Path, out: Path, home: Path, cache: Path, 
 
 
 def test_faults_end_explained_or_recorded_and_a_rerun_is_cached(tmp_path):
-    cards = _write_cards(tmp_path / "cards.jsonl", 8)
+    cards = _write_cards(tmp_path / "cards.jsonl", 9)
     out_dir = tmp_path / "out"
     out = out_dir / "explained.jsonl"
     home, cache = tmp_path / "home", tmp_path / "cache"
     with fault_server(SCRIPT) as srv:
         r = _explain(srv, cards, out, home, cache)
-        log_measure("explain 8 latents through faults", r)
+        log_measure("explain 9 latents through faults", r)
         assert r.rc == 0, r.err
         assert r.seconds < 30, r.seconds  # 1 s hang timeout, 1 s Retry-After, short backoffs
         summary = json.loads(r.out)
         assert srv.auth == {f"Bearer {API_KEY}"}
         # retried faults: one extra try each; the 4xx are not retried
-        assert srv.seen == {0: 1, 1: 2, 2: 3, 3: 2, 4: 2, 5: 2, 6: 1, 7: 1}
-        assert summary["http_requests"] == 14 and summary["requests_sent"] == 8
-        assert (summary["explained"], summary["failed"]) == (6, 2)
-        assert summary["tokens_in"] == sum(100 + i for i in range(6)) and summary["tokens_out"] == 18
+        assert srv.seen == {0: 1, 1: 2, 2: 3, 3: 2, 4: 2, 5: 2, 6: 1, 7: 1, 8: 1}
+        assert summary["http_requests"] == 15 and summary["requests_sent"] == 9
+        assert (summary["explained"], summary["failed"]) == (7, 2)
+        assert summary["tokens_in"] == sum(100 + i for i in (0, 1, 2, 3, 4, 5, 8)) and summary["tokens_out"] == 21
 
         written = [json.loads(line) for line in out.read_text().splitlines()]
-        assert [c["index"] for c in written] == list(range(8))
+        assert [c["index"] for c in written] == list(range(9))
         for c in written:
             (ann,) = c["annotations"]
             prov = ann["provenance"]
             assert c["schema_version"] == "1.1" and prov["model"] == "fault-model"
             assert prov["endpoint_kind"] == "openai-compatible" and prov["sampling"]["temperature"] == 0
             assert prov["examples"] == [{"where": "top_examples", "index": 0, "bin": "top"}]
-            if c["index"] < 6:
-                assert ann["description"] == f"the word LAT{c['index']}" and "error" not in prov
-            else:
+            if c["index"] in (6, 7):
                 assert "description" not in ann and "HTTP 40" in prov["error"]
+            else:
+                assert ann["description"].startswith(f"the word LAT{c['index']}") and "error" not in prov
         assert sorted(p.name for p in out_dir.iterdir()) == ["explained.jsonl"]  # no journal, no temp file
         v = saekit("cards", "validate", str(out), home=home)
         assert v.rc == 0, v.out + v.err
@@ -192,11 +197,11 @@ def test_faults_end_explained_or_recorded_and_a_rerun_is_cached(tmp_path):
         first = out.read_bytes()
         before = srv.total
         again = _explain(srv, cards, out, home, cache)
-        log_measure("explain rerun (6 cached, 2 failed asked again)", again)
+        log_measure("explain rerun (7 cached, 2 failed asked again)", again)
         assert again.rc == 0
         assert out.read_bytes() == first  # byte-identical
         assert srv.total - before == 2  # only the two failed latents are asked again
-        assert json.loads(again.out)["requests_cached"] == 6
+        assert json.loads(again.out)["requests_cached"] == 7
 
         before = srv.total
         subset = _explain(srv, cards, tmp_path / "subset.jsonl", home, cache, "--latents", "0,1,2,3,4,5")
