@@ -109,7 +109,7 @@ def mark(tokens: list[str], values: list[float], threshold: float = 0.3) -> str:
     return "".join(out)
 
 
-def _window(ex: ActivationExample, size: int) -> tuple[list[str], list[float]]:
+def example_window(ex: ActivationExample, size: int) -> tuple[list[str], list[float]]:
     """At most ``size`` tokens of ``ex``, ending a few tokens after its maximum."""
     peak = ex.max_position if ex.max_position is not None else ex.values.index(max(ex.values))
     end = min(len(ex.tokens), peak + 1 + size // 8)
@@ -130,7 +130,7 @@ def pick_examples(card: FeatureCard, opts: ExplainOptions) -> list[tuple[Example
 
 
 def messages_for(examples: list[ActivationExample], opts: ExplainOptions) -> list[dict[str, str]]:
-    lines = [f"{n}. {mark(*_window(ex, opts.max_example_tokens), opts.mark_threshold)}" for n, ex in enumerate(examples, 1)]
+    lines = [f"{n}. {mark(*example_window(ex, opts.max_example_tokens), opts.mark_threshold)}" for n, ex in enumerate(examples, 1)]
     return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": _USER.format(examples="\n".join(lines))}]
 
 

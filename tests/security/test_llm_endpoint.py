@@ -69,10 +69,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _score(self, prompt: str) -> None:
+        """An oracle detection scorer: an excerpt fires if it holds the explanation's LATn word;
+        an explanation containing 'garbage' gets an answer with no list."""
+        with self.server.lock:
+            self.server.seen[-1] = self.server.seen.get(-1, 0) + 1
+        explanation = re.search(r"Explanation: (.*)", prompt)[1]
+        excerpts = re.findall(r"Excerpt \d+: (.*)", prompt)
+        if "garbage" in explanation:
+            content = "I am not sure."
+        else:
+            word = re.search(r"LAT\d+", explanation)[0]
+            content = json.dumps([int(re.search(rf"{word}\b", e) is not None) for e in excerpts])
+        reply = {"choices": [{"message": {"role": "assistant", "content": content}}],
+                 "usage": {"prompt_tokens": 50, "completion_tokens": 5}}
+        self._send(200, json.dumps(reply).encode())
+
     def do_POST(self) -> None:
         srv = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        latent = int(re.search(r"LAT(\d+)", body["messages"][-1]["content"])[1])
+        prompt = body["messages"][-1]["content"]
+        if "Excerpt 1:" in prompt:
+            return self._score(prompt)
+        latent = int(re.search(r"LAT(\d+)", prompt)[1])
         with srv.lock:
             n = srv.seen.get(latent, 0)
             srv.seen[latent] = n + 1
@@ -276,3 +295,50 @@ def test_cli_refuses_a_missing_key_variable_in_one_line(tmp_path):
                "http://127.0.0.1:9/v1", "--model", "m", "--api-key-env", "NO_SUCH_KEY_VAR", home=tmp_path / "home")
     assert "NO_SUCH_KEY_VAR" in r.one_line_error(2)
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def _explained_card(i: int, explanation: str) -> dict:
+    """Six examples; the first two were shown to the explainer, the other four are held out,
+    and their ten tokens before LATi (activation 0) are the non-activating windows."""
+    toks = [" x"] * 10 + [f" LAT{i}", " y"]
+    ex = {"tokens": toks, "values": [0.0] * 10 + [4.0, 0.5], "max_position": 10, "bin": "top"}
+    shown = [{"where": "top_examples", "index": k, "bin": "top"} for k in (0, 1)]
+    prov = {"model": "m", "endpoint_kind": "openai-compatible", "prompt_template": "saekit-explain-v1",
+            "prompt_sha256": "0" * 64, "sampling": {"temperature": 0.0, "seed": 0}, "examples": shown}
+    return {"schema_version": "1.1", "sae": {"name": "toy", "d_sae": 64}, "index": i,
+            "annotations": [{"description": explanation, "provenance": prov}], "top_examples": [ex] * 6}
+
+
+def test_score_detection_against_the_control_with_failures_not_counted(tmp_path):
+    cards = tmp_path / "explained.jsonl"
+    expl = ["the word LAT0", "the word LAT1", "the word LAT2", "garbage LAT3"]
+    cards.write_text("".join(json.dumps(_explained_card(i, e)) + "\n" for i, e in enumerate(expl)))
+    out = tmp_path / "scored.jsonl"
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    args = ["cards", "score", str(cards), "--out", str(out), "--model", "judge", "--json"]
+    with fault_server({}) as srv:
+        r = saekit(*args, "--endpoint", srv.url, home=home, SAEKIT_CACHE_DIR=str(cache))
+        assert r.rc == 0, r.err
+        summary = json.loads(r.out)
+        assert (summary["scored"], summary["mean"], summary["control_mean"]) == (3, 1.0, 0.5)
+        got = {}
+        for line in out.read_text().splitlines():
+            c = json.loads(line)
+            for rec in c["annotations"][0]["score_records"]:
+                assert rec["scorer"] == "detection" and rec["metric"] == "balanced_accuracy" and rec["chance"] == 0.5
+                assert rec["scorer_model"] == "judge" and len(rec["prompt_sha256"]) == 64
+                got[c["index"], rec["control"]] = (rec.get("value"), rec["n_pos"], rec["n_neg"], rec["n_failed"])
+        assert got == {
+            (0, False): (1.0, 4, 4, 0), (0, True): (0.5, 4, 4, 0),  # control: latent 1's explanation
+            (1, False): (1.0, 4, 4, 0), (1, True): (0.5, 4, 4, 0),
+            (2, False): (1.0, 4, 4, 0), (2, True): (None, 0, 0, 8),  # latent 3's answers do not parse
+            (3, False): (None, 0, 0, 8), (3, True): (0.5, 4, 4, 0),  # failed: never a score
+        }
+        assert summary["n_failed"] == 16
+        assert saekit("cards", "validate", str(out), home=home).rc == 0
+
+        first, before = out.read_bytes(), srv.total
+        again = saekit(*args, "--endpoint", srv.url, home=home, SAEKIT_CACHE_DIR=str(cache))
+        assert again.rc == 0 and out.read_bytes() == first
+        # the unparseable answers came back from the server, so they were cached too
+        assert srv.total == before and json.loads(again.out)["requests_sent"] == 0

@@ -1,0 +1,236 @@
+"""Score explanations: delphi's detection scorer, against a control (issue 21).
+
+    from saekit.harness.score import ScoreOptions, score_files
+    summary = score_files(["explained.jsonl"], "scored.jsonl", client, ScoreOptions())
+
+Detection, as delphi defines it (EleutherAI/delphi, delphi/scorers/classifier/detection.py
+and classifier.py; the metric in delphi/log/result_analysis.py): the scorer model reads the
+explanation and a few unmarked text windows at a time, and says for each whether the latent
+fires on it, answering with a list such as ``[1, 0, 0, 1, 0]``. The windows are activating
+examples the explainer did not see (``provenance.examples`` says which it saw) and windows
+where the latent is measured at zero. The score is balanced accuracy, the mean of the true
+positive and true negative rates, so answering always "no" (or always "yes") scores 0.5, the
+chance level, however many windows of each kind there are (SAEBench's plain accuracy over 4
+positives and 10 negatives gives such a scorer 0.714).
+
+A window whose request failed or whose answer did not parse counts in ``n_failed``; it is
+never a wrong answer and never enters the score. ``value`` is None when no positive or no
+negative window got an answer. Each latent is also scored with another latent's explanation
+(delphi's random-explanation baseline; here the next explained latent by index), recorded
+with ``control: true``: a real explanation should beat it.
+
+Non-activating windows: until ``saekit check`` keeps windows where each latent is zero, they
+come from the card itself: the part of a held-out example before the latent first fires,
+where its activation was measured at zero on every token (at least ``min_negative_tokens``
+long). These are hard negatives (same document, just before the feature).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from saekit.harness.explain import choose, example_window
+from saekit.harness.llm_client import CachedClient, Params
+from saekit.schemas import EndpointError, InputError
+from saekit.schemas.card import ActivationExample, Annotation, FeatureCard, ScoreRecord
+from saekit.schemas.card_files import read_cards, write_cards
+from saekit.schemas.console import Progress
+
+SCORER = "detection"
+METRIC = "balanced_accuracy"
+CHANCE = 0.5
+TEMPLATE_NAME = "saekit-detection-v1"
+_SYSTEM = (
+    "You check an explanation of a language-model feature. You get the explanation and numbered text "
+    "excerpts. For each excerpt, answer 1 if the feature, as explained, fires on some token of it, else 0. "
+    "Answer with a list only, one number per excerpt, e.g. [1, 0, 0]."
+)
+_USER = "Explanation: {explanation}\n\n{examples}\n\nAnswer with a list of {n} numbers."
+TEMPLATE_SHA256 = hashlib.sha256(f"{_SYSTEM}\n---\n{_USER}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Windows per latent and prompt, and how the scorer model is asked."""
+
+    n_pos: int = 10
+    n_neg: int = 10
+    per_prompt: int = 5
+    min_negative_tokens: int = 8
+    max_example_tokens: int = 64
+    seed: int = 0
+    params: Params = field(default_factory=lambda: Params(max_tokens=32))
+    concurrency: int = 4
+
+
+@dataclass
+class ScoreSummary:
+    """A run: latents scored (a value, not None), their mean against the control's, requests."""
+
+    out: str
+    latents: int = 0
+    scored: int = 0
+    no_explanation: int = 0
+    mean: float | None = None
+    control_mean: float | None = None
+    n_failed: int = 0
+    requests_sent: int = 0
+    requests_cached: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- the maths ---------------------------------------------------------------------------------
+
+
+def balanced_accuracy(labels: list[int], predictions: list[int | None]) -> float | None:
+    """(TPR + TNR) / 2 over the answered windows (None: failed, left out); None without an
+    answered positive and an answered negative."""
+    tp = fn = tn = fp = 0
+    for y, p in zip(labels, predictions):
+        if p is None:
+            continue
+        if y:
+            tp, fn = tp + (p == 1), fn + (p != 1)
+        else:
+            tn, fp = tn + (p == 0), fp + (p != 0)
+    if tp + fn == 0 or tn + fp == 0:
+        return None
+    return (tp / (tp + fn) + tn / (tn + fp)) / 2
+
+
+def parse_predictions(text: str, n: int) -> list[int] | None:
+    """The first ``[...]`` list of the answer, if it holds exactly ``n`` zeros and ones."""
+    match = re.search(r"\[[^\[\]]*\]", text)
+    if match is None:
+        return None
+    try:
+        values = json.loads(match.group(0))
+    except ValueError:
+        return None
+    if not isinstance(values, list) or len(values) != n or any(v not in (0, 1) or isinstance(v, bool) for v in values):
+        return None
+    return [int(v) for v in values]
+
+
+# --- the windows -------------------------------------------------------------------------------
+
+
+def _explanation(card: FeatureCard) -> Annotation | None:
+    """The annotation to score: the last one with a description."""
+    return next((a for a in reversed(card.annotations) if a.description), None)
+
+
+def windows(card: FeatureCard, ann: Annotation, opts: ScoreOptions) -> tuple[list[list[str]], list[list[str]]]:
+    """(activating windows the explainer did not see, windows where the latent is zero)."""
+    shown = {(r.where, r.index) for r in (ann.provenance.examples if ann.provenance else [])}
+    held: list[ActivationExample] = []
+    for where in ("top_examples", "quantile_examples"):
+        for i, ex in enumerate(getattr(card, where)):
+            if (where, i) not in shown and ex.values and max(ex.values) > 0:
+                held.append(ex)
+    pos = [example_window(ex, opts.max_example_tokens)[0] for ex in held[: opts.n_pos]]
+    neg = []
+    for ex in held:
+        first = next(i for i, v in enumerate(ex.values) if v > 0)
+        if first >= opts.min_negative_tokens:
+            neg.append(ex.tokens[max(0, first - opts.max_example_tokens):first])
+        if len(neg) == opts.n_neg:
+            break
+    return pos, neg
+
+
+def _messages(explanation: str, batch: list[list[str]]) -> list[dict[str, str]]:
+    examples = "\n".join(f"Excerpt {n}: {''.join(toks)}" for n, toks in enumerate(batch, 1))
+    user = _USER.format(explanation=explanation, examples=examples, n=len(batch))
+    return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
+
+
+def detection(card: FeatureCard, explanation: str, ann: Annotation, client: CachedClient, opts: ScoreOptions,
+              *, control: bool) -> ScoreRecord:
+    """One detection score of ``explanation`` on ``card``'s windows (``ann`` says which were shown)."""
+    pos, neg = windows(card, ann, opts)
+    samples = [(1, w) for w in pos] + [(0, w) for w in neg]
+    random.Random(opts.seed * 1_000_003 + card.index).shuffle(samples)  # the same order on every run
+    labels, predictions = [], []
+    for start in range(0, len(samples), opts.per_prompt):
+        batch = samples[start:start + opts.per_prompt]
+        try:
+            reply = client.generate(_messages(explanation, [w for _, w in batch]), opts.params)
+            got = parse_predictions(reply.text, len(batch))
+        except EndpointError:
+            got = None
+        labels += [y for y, _ in batch]
+        predictions += got if got is not None else [None] * len(batch)
+    answered = [(y, p) for y, p in zip(labels, predictions) if p is not None]
+    return ScoreRecord(
+        scorer=SCORER, metric=METRIC, value=balanced_accuracy(labels, predictions), chance=CHANCE,
+        n_pos=sum(y for y, _ in answered), n_neg=sum(1 - y for y, _ in answered),
+        n_failed=sum(p is None for p in predictions), control=control,
+        scorer_model=client.model, prompt_sha256=TEMPLATE_SHA256,
+    )
+
+
+def score_files(
+    inputs: list[str | os.PathLike], out: str | os.PathLike, client: CachedClient, opts: ScoreOptions,
+    *, latents: str = "all",
+) -> ScoreSummary:
+    """Score the explanation of each chosen card, and a control; every card goes to ``out``."""
+    out = Path(out)
+    cards = read_cards(inputs)
+    if not cards:
+        raise InputError("no cards", where=", ".join(map(str, inputs)))
+    chosen = choose(cards, latents)
+    explained = [c for c in chosen if _explanation(c) is not None]
+    summary = ScoreSummary(out=str(out), latents=len(chosen), no_explanation=len(chosen) - len(explained))
+    # delphi's random-explanation baseline, made deterministic: the next explained latent's
+    controls = {id(c): _explanation(explained[(n + 1) % len(explained)]).description
+                for n, c in enumerate(explained) if len(explained) > 1}
+
+    def one(card: FeatureCard) -> tuple[ScoreRecord, ScoreRecord | None]:
+        ann = _explanation(card)
+        real = detection(card, ann.description, ann, client, opts, control=False)
+        ctrl = controls.get(id(card))
+        return real, (detection(card, ctrl, ann, client, opts, control=True) if ctrl is not None else None)
+
+    t0 = time.perf_counter()
+    records: dict[int, tuple[ScoreRecord, ScoreRecord | None]] = {}
+    with Progress("score", len(explained), unit="latents") as progress, \
+            ThreadPoolExecutor(max_workers=max(1, opts.concurrency)) as pool:
+        for card, result in zip(explained, pool.map(one, explained)):
+            records[id(card)] = result
+            progress.update()
+    summary.seconds = time.perf_counter() - t0
+
+    def scored(card: FeatureCard) -> FeatureCard:
+        if id(card) not in records:
+            return card
+        new = [r for r in records[id(card)] if r is not None]
+        ann = _explanation(card)
+        kept = [r for r in ann.score_records if (r.scorer, r.scorer_model) != (SCORER, client.model)]
+        ann2 = ann.model_copy(update={"score_records": kept + new})
+        anns = [ann2 if a is ann else a for a in card.annotations]
+        return card.model_copy(update={"annotations": anns, "schema_version": "1.1"})
+
+    write_cards([scored(c) for c in cards], out)
+    reals = [r[0].value for r in records.values() if r[0].value is not None]
+    ctrls = [r[1].value for r in records.values() if r[1] is not None and r[1].value is not None]
+    summary.scored = len(reals)
+    summary.mean = sum(reals) / len(reals) if reals else None
+    summary.control_mean = sum(ctrls) / len(ctrls) if ctrls else None
+    summary.n_failed = sum(r.n_failed for pair in records.values() for r in pair if r is not None)
+    summary.requests_sent, summary.requests_cached = client.sent, client.cached
+    summary.tokens_in, summary.tokens_out = client.tokens_in, client.tokens_out
+    return summary
