@@ -79,11 +79,20 @@ class ExplainSummary:
     tokens_in: int = 0
     tokens_out: int = 0
     seconds: float = 0.0
+    d_sae: int | None = None
     failures: dict[int, str] = field(default_factory=dict)
 
     @property
     def latents_per_s(self) -> float:
         return (self.latents - self.resumed) / self.seconds if self.seconds > 0 else 0.0
+
+    def projected_cost(self, price_in: float, price_out: float) -> float | None:
+        """The cost of explaining all ``d_sae`` latents at these prices per million tokens, from
+        this run's tokens per latent (cached answers count: they cost as much to ask anew)."""
+        asked = self.latents - self.resumed
+        if not asked or not self.d_sae:
+            return None
+        return (self.tokens_in * price_in + self.tokens_out * price_out) / 1e6 / asked * self.d_sae
 
     def to_dict(self) -> dict:
         return {**asdict(self), "latents_per_s": round(self.latents_per_s, 3)}
@@ -259,7 +268,8 @@ def explain_files(
     run_id = _run_id(client, opts, chosen)
     jpath = journal_path(out)
     done = _read_journal(jpath, run_id) if resume else {}
-    summary = ExplainSummary(out=str(out), latents=len(chosen), resumed=len(done))
+    d_sae = max((c.sae.d_sae or 0 for c in cards), default=0) or len(cards)
+    summary = ExplainSummary(out=str(out), latents=len(chosen), resumed=len(done), d_sae=d_sae)
     results: dict[str, Annotation] = dict(done)
     todo = [c for c in chosen if _key(c) not in done]
     t0 = time.perf_counter()

@@ -308,6 +308,7 @@ def consistency_errors(card: FeatureCard) -> list[tuple[str, str]]:
         _histogram_errors("stats.histogram", card.stats.histogram, errors)
     if card.logit_effects is not None and card.logit_effects.histogram is not None:
         _histogram_errors("logit_effects.histogram", card.logit_effects.histogram, errors)
+    errors += citation_errors(card)
     for i, ex in enumerate(card.top_examples):
         n = len(ex.tokens)
         if len(ex.values) != n:
@@ -317,6 +318,29 @@ def consistency_errors(card: FeatureCard) -> list[tuple[str, str]]:
         if ex.max_position is not None and ex.max_position >= n:
             errors.append((f"top_examples[{i}].max_position", f"{ex.max_position} outside {n} tokens"))
     return errors
+
+
+def citation_errors(card: FeatureCard) -> list[tuple[str, str]]:
+    """Examples an annotation's provenance cites that the card does not hold (list, index, bin)."""
+    errors: list[tuple[str, str]] = []
+    for i, ann in enumerate(card.annotations):
+        if ann.provenance is not None and ann.provenance.examples:
+            check_citations(i, [(r.where, r.index, r.bin) for r in ann.provenance.examples],
+                            {"top_examples": [e.bin for e in card.top_examples],
+                             "quantile_examples": [e.bin for e in card.quantile_examples]}, errors)
+    return errors
+
+
+def check_citations(i: int, refs: list[tuple[str, int, str | None]], bins: dict[str, list[str | None]],
+                    errors: list[tuple[str, str]]) -> None:
+    """Annotation ``i`` cites ``refs``; ``bins``: the bin of each example the card holds, per list."""
+    for j, (where, index, bin_) in enumerate(refs):
+        path = f"annotations[{i}].provenance.examples[{j}]"
+        have = bins[where]
+        if index >= len(have):
+            errors.append((path, f"cites {where}[{index}], the card has {len(have)}"))
+        elif bin_ is not None and have[index] != bin_:
+            errors.append((path, f"cites bin {bin_!r}, {where}[{index}] is in bin {have[index]!r}"))
 
 
 def _histogram_errors(path: str, h: Histogram, errors: list[tuple[str, str]]) -> None:

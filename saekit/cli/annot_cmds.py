@@ -56,6 +56,8 @@ def explain(
     timeout: float = TIMEOUT,
     max_tokens: int = typer.Option(32, "--max-tokens", min=1, max=4096, help="Tokens per explanation."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run: finished latents are not asked again."),
+    price_in: float = typer.Option(0.0, "--price-in", min=0.0, help="Price per million input tokens, for the projection."),
+    price_out: float = typer.Option(0.0, "--price-out", min=0.0, help="Price per million output tokens."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Write an explanation of each chosen latent from its card's activating examples.
@@ -71,15 +73,18 @@ def explain(
     cached, http = _client(ctx, endpoint, model, api_key_env, timeout)
     opts = ExplainOptions(params=Params(max_tokens=max_tokens), concurrency=1 if endpoint is None else concurrency)
     s = explain_files(cards, out, cached, opts, latents=latents, resume=resume)
+    cost = s.projected_cost(price_in, price_out) if price_in or price_out else None
     text = (
         f"explained {s.explained}, failed {s.failed}, resumed {s.resumed} of {s.latents} latents "
         f"in {s.seconds:.1f} s ({s.latents_per_s:.2f} latents/s)\n"
         f"requests sent {s.requests_sent}" + (f" ({http()} over HTTP, retries included)" if endpoint else "")
         + f", cached {s.requests_cached}; tokens in {s.tokens_in}, out {s.tokens_out}\n"
         + "".join(f"latent {i}: {why}\n" for i, why in sorted(s.failures.items()))
+        + (f"projected cost of all {s.d_sae} latents: {cost:.2f} at {price_in:g}/{price_out:g} per million tokens\n"
+           if cost is not None else "")
         + f"wrote {s.out}"
     )
-    emit({**s.to_dict(), "http_requests": http()}, json_out, text)
+    emit({**s.to_dict(), "http_requests": http(), "projected_cost": cost}, json_out, text)
 
 
 @cards_app.command("score")

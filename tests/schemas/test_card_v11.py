@@ -3,6 +3,7 @@ cards still validate and convert, and both validators read the new fields alike.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import jsonschema
@@ -21,7 +22,7 @@ PROVENANCE = {
     "prompt_template": "explain-v1",
     "prompt_sha256": SHA,
     "sampling": {"temperature": 0.0, "seed": 0, "max_tokens": 48},
-    "examples": [{"where": "top_examples", "index": 0, "bin": "top"}],
+    "examples": [{"where": "top_examples", "index": 0}],
     "tokens_in": 310,
     "tokens_out": 12,
 }
@@ -31,10 +32,10 @@ SCORE = {
 }
 
 
-def _v11_card() -> dict:
+def _v11_card(index: int = 3) -> dict:
     return make_card(
-        3, schema_version="1.1",
-        annotations=[{"description": "the city Paris", "provenance": PROVENANCE, "score_records": [SCORE]}],
+        index, schema_version="1.1",
+        annotations=copy.deepcopy([{"description": "the city Paris", "provenance": PROVENANCE, "score_records": [SCORE]}]),
     )
 
 
@@ -78,3 +79,17 @@ def test_convert_keeps_the_version_and_the_new_fields(tmp_path):
     # cards are written without nulls: a score that could not be computed reads back as None
     assert new["annotations"][0]["score_records"] == [{k: v for k, v in SCORE.items() if v is not None}]
     assert FeatureCard.model_validate(new).annotations[0].score_records[0].value is None
+
+
+def test_an_annotation_must_cite_examples_the_card_holds(tmp_path):
+    good = _v11_card()
+    cites = good["annotations"][0]["provenance"]["examples"]
+    bad_index = _v11_card(4)
+    bad_index["annotations"][0]["provenance"]["examples"] = [*cites, {"where": "quantile_examples", "index": 0}]
+    bad_bin = _v11_card(5)
+    bad_bin["annotations"][0]["provenance"]["examples"] = [{"where": "top_examples", "index": 0, "bin": "quantile_3"}]
+    report = validate_paths([write_jsonl(tmp_path / "c.jsonl", [good, bad_index, bad_bin])])
+    assert [(e.line, e.path, e.message) for e in report.errors] == [
+        (2, "annotations[0].provenance.examples[1]", "cites quantile_examples[0], the card has 0"),
+        (3, "annotations[0].provenance.examples[0]", "cites bin 'quantile_3', top_examples[0] is in bin None"),
+    ]

@@ -174,7 +174,7 @@ SCRIPT = {
 def _explain(srv: FaultServer, cards: Path, out: Path, home: Path, cache: Path, *extra: str):
     return saekit(
         "cards", "explain", str(cards), "--out", str(out), "--endpoint", srv.url, "--model", "fault-model",
-        "--timeout", "1", "--concurrency", "4", "--json", *extra,
+        "--timeout", "1", "--concurrency", "4", "--price-in", "2", "--price-out", "10", "--json", *extra,
         home=home, timeout=120, OPENAI_API_KEY=API_KEY, SAEKIT_CACHE_DIR=str(cache),
     )
 
@@ -196,6 +196,8 @@ def test_faults_end_explained_or_recorded_and_a_rerun_is_cached(tmp_path):
         assert summary["http_requests"] == 15 and summary["requests_sent"] == 9
         assert (summary["explained"], summary["failed"]) == (7, 2)
         assert summary["tokens_in"] == sum(100 + i for i in (0, 1, 2, 3, 4, 5, 8)) and summary["tokens_out"] == 21
+        # --price-in 2 --price-out 10 per million tokens, per latent asked (9), times d_sae (64)
+        assert summary["projected_cost"] == pytest.approx((723 * 2 + 21 * 10) / 1e6 / 9 * 64)
 
         written = [json.loads(line) for line in out.read_text().splitlines()]
         assert [c["index"] for c in written] == list(range(9))
