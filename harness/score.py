@@ -1,4 +1,4 @@
-"""Score explanations: delphi's detection scorer, against a control (issue 21).
+"""Score explanations: delphi's detection and fuzzing scorers, against a control (issue 21).
 
     from saekit.harness.score import ScoreOptions, score_files
     summary = score_files(["explained.jsonl"], "scored.jsonl", client, ScoreOptions())
@@ -12,6 +12,12 @@ where the latent is measured at zero. The score is balanced accuracy, the mean o
 positive and true negative rates, so answering always "no" (or always "yes") scores 0.5, the
 chance level, however many windows of each kind there are (SAEBench's plain accuracy over 4
 positives and 10 negatives gives such a scorer 0.714).
+
+Fuzzing, as delphi defines it (delphi/scorers/classifier/fuzz.py, the default kind): the
+windows are shown with tokens marked ``<<like this>>``; an activating window has its firing
+tokens marked (activation > 0), a non-activating window has marks at the places an
+activating window has them, and the scorer says for each whether the marks fit the
+explanation. Scored the same way (balanced accuracy, chance 0.5).
 
 A window whose request failed or whose answer did not parse counts in ``n_failed``; it is
 never a wrong answer and never enters the score. ``value`` is None when no positive or no
@@ -37,24 +43,31 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from saekit.harness.explain import choose, example_window
+from saekit.harness.explain import choose, example_window, mark
 from saekit.harness.llm_client import CachedClient, Params
 from saekit.schemas import EndpointError, InputError
 from saekit.schemas.card import ActivationExample, Annotation, FeatureCard, ScoreRecord
 from saekit.schemas.card_files import read_cards, write_cards
 from saekit.schemas.console import Progress
 
-SCORER = "detection"
 METRIC = "balanced_accuracy"
 CHANCE = 0.5
-TEMPLATE_NAME = "saekit-detection-v1"
-_SYSTEM = (
-    "You check an explanation of a language-model feature. You get the explanation and numbered text "
-    "excerpts. For each excerpt, answer 1 if the feature, as explained, fires on some token of it, else 0. "
-    "Answer with a list only, one number per excerpt, e.g. [1, 0, 0]."
-)
 _USER = "Explanation: {explanation}\n\n{examples}\n\nAnswer with a list of {n} numbers."
-TEMPLATE_SHA256 = hashlib.sha256(f"{_SYSTEM}\n---\n{_USER}".encode()).hexdigest()
+_SYSTEMS = {
+    "detection": (
+        "You check an explanation of a language-model feature. You get the explanation and numbered text "
+        "excerpts. For each excerpt, answer 1 if the feature, as explained, fires on some token of it, else 0. "
+        "Answer with a list only, one number per excerpt, e.g. [1, 0, 0]."
+    ),
+    "fuzzing": (
+        "You check an explanation of a language-model feature. You get the explanation and numbered text "
+        "excerpts in which some tokens are marked <<like this>>. For each excerpt, answer 1 if the marked tokens "
+        "are where the feature, as explained, fires, else 0. Answer with a list only, one number per excerpt, "
+        "e.g. [1, 0, 0]."
+    ),
+}
+SCORERS = tuple(_SYSTEMS)
+PROMPT_SHA256 = {name: hashlib.sha256(f"{system}\n---\n{_USER}".encode()).hexdigest() for name, system in _SYSTEMS.items()}
 
 
 @dataclass(frozen=True)
@@ -69,18 +82,19 @@ class ScoreOptions:
     seed: int = 0
     params: Params = field(default_factory=lambda: Params(max_tokens=32))
     concurrency: int = 4
+    scorers: tuple[str, ...] = SCORERS
 
 
 @dataclass
 class ScoreSummary:
-    """A run: latents scored (a value, not None), their mean against the control's, requests."""
+    """A run: latents scored (a value, not None), each scorer's mean and its control's, requests."""
 
     out: str
     latents: int = 0
     scored: int = 0
     no_explanation: int = 0
-    mean: float | None = None
-    control_mean: float | None = None
+    means: dict[str, float | None] = field(default_factory=dict)
+    control_means: dict[str, float | None] = field(default_factory=dict)
     n_failed: int = 0
     requests_sent: int = 0
     requests_cached: int = 0
@@ -133,15 +147,18 @@ def _explanation(card: FeatureCard) -> Annotation | None:
     return next((a for a in reversed(card.annotations) if a.description), None)
 
 
-def windows(card: FeatureCard, ann: Annotation, opts: ScoreOptions) -> tuple[list[list[str]], list[list[str]]]:
-    """(activating windows the explainer did not see, windows where the latent is zero)."""
+Window = tuple[list[str], list[float]]
+
+
+def windows(card: FeatureCard, ann: Annotation, opts: ScoreOptions) -> tuple[list[Window], list[list[str]]]:
+    """(activating windows the explainer did not see, with their values; windows where the latent is zero)."""
     shown = {(r.where, r.index) for r in (ann.provenance.examples if ann.provenance else [])}
     held: list[ActivationExample] = []
     for where in ("top_examples", "quantile_examples"):
         for i, ex in enumerate(getattr(card, where)):
             if (where, i) not in shown and ex.values and max(ex.values) > 0:
                 held.append(ex)
-    pos = [example_window(ex, opts.max_example_tokens)[0] for ex in held[: opts.n_pos]]
+    pos = [example_window(ex, opts.max_example_tokens) for ex in held[: opts.n_pos]]
     neg = []
     for ex in held:
         first = next(i for i, v in enumerate(ex.values) if v > 0)
@@ -152,23 +169,38 @@ def windows(card: FeatureCard, ann: Annotation, opts: ScoreOptions) -> tuple[lis
     return pos, neg
 
 
-def _messages(explanation: str, batch: list[list[str]]) -> list[dict[str, str]]:
-    examples = "\n".join(f"Excerpt {n}: {''.join(toks)}" for n, toks in enumerate(batch, 1))
+def samples(scorer: str, pos: list[Window], neg: list[list[str]], rng: random.Random) -> list[tuple[int, str]]:
+    """(label, excerpt text) of each window, as ``scorer`` shows them (see the module doc)."""
+    if scorer == "detection":
+        return [(1, "".join(toks)) for toks, _ in pos] + [(0, "".join(toks)) for toks in neg]
+    out = [(1, mark(toks, vals, 0.0)) for toks, vals in pos]
+    for toks in neg:  # marks where a random activating window has them
+        _, vals = rng.choice(pos)
+        hot = [float(vals[i]) if i < len(vals) else 0.0 for i in range(len(toks))]
+        if not any(hot):  # that window fires past this one's end: mark its last token
+            hot[-1] = 1.0
+        out.append((0, mark(toks, hot, 0.0)))
+    return out
+
+
+def _messages(scorer: str, explanation: str, batch: list[str]) -> list[dict[str, str]]:
+    examples = "\n".join(f"Excerpt {n}: {text}" for n, text in enumerate(batch, 1))
     user = _USER.format(explanation=explanation, examples=examples, n=len(batch))
-    return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": _SYSTEMS[scorer]}, {"role": "user", "content": user}]
 
 
-def detection(card: FeatureCard, explanation: str, ann: Annotation, client: CachedClient, opts: ScoreOptions,
-              *, control: bool) -> ScoreRecord:
-    """One detection score of ``explanation`` on ``card``'s windows (``ann`` says which were shown)."""
+def classify(scorer: str, card: FeatureCard, explanation: str, ann: Annotation, client: CachedClient,
+             opts: ScoreOptions, *, control: bool) -> ScoreRecord:
+    """One ``scorer`` score of ``explanation`` on ``card``'s windows (``ann`` says which were shown)."""
     pos, neg = windows(card, ann, opts)
-    samples = [(1, w) for w in pos] + [(0, w) for w in neg]
-    random.Random(opts.seed * 1_000_003 + card.index).shuffle(samples)  # the same order on every run
+    rng = random.Random(opts.seed * 1_000_003 + card.index)  # the same windows and order on every run
+    batch_all = samples(scorer, pos, neg, rng) if pos else []
+    rng.shuffle(batch_all)
     labels, predictions = [], []
-    for start in range(0, len(samples), opts.per_prompt):
-        batch = samples[start:start + opts.per_prompt]
+    for start in range(0, len(batch_all), opts.per_prompt):
+        batch = batch_all[start:start + opts.per_prompt]
         try:
-            reply = client.generate(_messages(explanation, [w for _, w in batch]), opts.params)
+            reply = client.generate(_messages(scorer, explanation, [t for _, t in batch]), opts.params)
             got = parse_predictions(reply.text, len(batch))
         except EndpointError:
             got = None
@@ -176,10 +208,10 @@ def detection(card: FeatureCard, explanation: str, ann: Annotation, client: Cach
         predictions += got if got is not None else [None] * len(batch)
     answered = [(y, p) for y, p in zip(labels, predictions) if p is not None]
     return ScoreRecord(
-        scorer=SCORER, metric=METRIC, value=balanced_accuracy(labels, predictions), chance=CHANCE,
+        scorer=scorer, metric=METRIC, value=balanced_accuracy(labels, predictions), chance=CHANCE,
         n_pos=sum(y for y, _ in answered), n_neg=sum(1 - y for y, _ in answered),
         n_failed=sum(p is None for p in predictions), control=control,
-        scorer_model=client.model, prompt_sha256=TEMPLATE_SHA256,
+        scorer_model=client.model, prompt_sha256=PROMPT_SHA256[scorer],
     )
 
 
@@ -199,14 +231,21 @@ def score_files(
     controls = {id(c): _explanation(explained[(n + 1) % len(explained)]).description
                 for n, c in enumerate(explained) if len(explained) > 1}
 
-    def one(card: FeatureCard) -> tuple[ScoreRecord, ScoreRecord | None]:
+    def one(card: FeatureCard) -> list[ScoreRecord]:
         ann = _explanation(card)
-        real = detection(card, ann.description, ann, client, opts, control=False)
         ctrl = controls.get(id(card))
-        return real, (detection(card, ctrl, ann, client, opts, control=True) if ctrl is not None else None)
+        out = []
+        for scorer in opts.scorers:
+            out.append(classify(scorer, card, ann.description, ann, client, opts, control=False))
+            if ctrl is not None:
+                out.append(classify(scorer, card, ctrl, ann, client, opts, control=True))
+        return out
 
+    unknown = set(opts.scorers) - set(SCORERS)
+    if unknown:
+        raise InputError(f"no scorer {sorted(unknown)[0]!r} (scorers: {', '.join(SCORERS)})", where="--scorer")
     t0 = time.perf_counter()
-    records: dict[int, tuple[ScoreRecord, ScoreRecord | None]] = {}
+    records: dict[int, list[ScoreRecord]] = {}
     with Progress("score", len(explained), unit="latents") as progress, \
             ThreadPoolExecutor(max_workers=max(1, opts.concurrency)) as pool:
         for card, result in zip(explained, pool.map(one, explained)):
@@ -217,20 +256,21 @@ def score_files(
     def scored(card: FeatureCard) -> FeatureCard:
         if id(card) not in records:
             return card
-        new = [r for r in records[id(card)] if r is not None]
+        new = records[id(card)]
         ann = _explanation(card)
-        kept = [r for r in ann.score_records if (r.scorer, r.scorer_model) != (SCORER, client.model)]
+        kept = [r for r in ann.score_records if (r.scorer, r.scorer_model) not in {(n.scorer, n.scorer_model) for n in new}]
         ann2 = ann.model_copy(update={"score_records": kept + new})
         anns = [ann2 if a is ann else a for a in card.annotations]
         return card.model_copy(update={"annotations": anns, "schema_version": "1.1"})
 
     write_cards([scored(c) for c in cards], out)
-    reals = [r[0].value for r in records.values() if r[0].value is not None]
-    ctrls = [r[1].value for r in records.values() if r[1] is not None and r[1].value is not None]
-    summary.scored = len(reals)
-    summary.mean = sum(reals) / len(reals) if reals else None
-    summary.control_mean = sum(ctrls) / len(ctrls) if ctrls else None
-    summary.n_failed = sum(r.n_failed for pair in records.values() for r in pair if r is not None)
+    every = [r for recs in records.values() for r in recs]
+    for scorer in opts.scorers:
+        for control, means in ((False, summary.means), (True, summary.control_means)):
+            values = [r.value for r in every if r.scorer == scorer and r.control == control and r.value is not None]
+            means[scorer] = sum(values) / len(values) if values else None
+    summary.scored = sum(1 for recs in records.values() if any(not r.control and r.value is not None for r in recs))
+    summary.n_failed = sum(r.n_failed for r in every)
     summary.requests_sent, summary.requests_cached = client.sent, client.cached
     summary.tokens_in, summary.tokens_out = client.tokens_in, client.tokens_out
     return summary

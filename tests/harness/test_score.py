@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from saekit.harness.score import ScoreOptions, balanced_accuracy, parse_predictions, windows
+import random
+
+from saekit.harness.score import ScoreOptions, balanced_accuracy, parse_predictions, samples, windows
 from saekit.schemas.card import FeatureCard
 
 
@@ -53,6 +55,14 @@ def test_windows_hold_out_what_the_explainer_saw_and_negatives_are_measured_zero
             "sampling": {"temperature": 0.0}, "examples": [{"where": "top_examples", "index": 1}]}}],
     })
     pos, neg = windows(card, card.annotations[0], ScoreOptions(min_negative_tokens=8))
-    assert [p[0] for p in pos] == [" t0", " t2", " t3", " a"]  # top 1 was shown
+    assert [toks[0] for toks, _ in pos] == [" t0", " t2", " t3", " a"]  # top 1 was shown
     assert neg == [[f" t{k}"] * 9 for k in (0, 2, 3)]  # the quantile example fires at once: no window
     assert all(" hit" not in w for w in neg)
+
+
+def test_samples_detection_unmarked_fuzzing_marked_like_delphi():
+    pos = [([" a", " b", " c"], [0.0, 2.0, 0.0])]
+    neg = [[" x", " y", " z"]]
+    assert samples("detection", pos, neg, random.Random(0)) == [(1, " a b c"), (0, " x y z")]
+    # fuzzing: the activating window marked where it fires; the other at the same place
+    assert samples("fuzzing", pos, neg, random.Random(0)) == [(1, " a<< b>> c"), (0, " x<< y>> z")]

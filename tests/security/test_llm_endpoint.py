@@ -80,7 +80,10 @@ class _Handler(BaseHTTPRequestHandler):
             content = "I am not sure."
         else:
             word = re.search(r"LAT\d+", explanation)[0]
-            content = json.dumps([int(re.search(rf"{word}\b", e) is not None) for e in excerpts])
+            if "marked" in prompt:  # fuzzing: right if the word is inside the marks
+                content = json.dumps([int(any(word in m for m in re.findall(r"<<(.*?)>>", e))) for e in excerpts])
+            else:
+                content = json.dumps([int(re.search(rf"{word}\b", e) is not None) for e in excerpts])
         reply = {"choices": [{"message": {"role": "assistant", "content": content}}],
                  "usage": {"prompt_tokens": 50, "completion_tokens": 5}}
         self._send(200, json.dumps(reply).encode())
@@ -322,21 +325,25 @@ def test_score_detection_against_the_control_with_failures_not_counted(tmp_path)
         r = saekit(*args, "--endpoint", srv.url, home=home, SAEKIT_CACHE_DIR=str(cache))
         assert r.rc == 0, r.err
         summary = json.loads(r.out)
-        assert (summary["scored"], summary["mean"], summary["control_mean"]) == (3, 1.0, 0.5)
+        assert summary["scored"] == 3
+        assert summary["means"] == {"detection": 1.0, "fuzzing": 1.0}
+        assert summary["control_means"] == {"detection": 0.5, "fuzzing": 0.5}
         got = {}
         for line in out.read_text().splitlines():
             c = json.loads(line)
             for rec in c["annotations"][0]["score_records"]:
-                assert rec["scorer"] == "detection" and rec["metric"] == "balanced_accuracy" and rec["chance"] == 0.5
+                assert rec["metric"] == "balanced_accuracy" and rec["chance"] == 0.5
                 assert rec["scorer_model"] == "judge" and len(rec["prompt_sha256"]) == 64
-                got[c["index"], rec["control"]] = (rec.get("value"), rec["n_pos"], rec["n_neg"], rec["n_failed"])
-        assert got == {
-            (0, False): (1.0, 4, 4, 0), (0, True): (0.5, 4, 4, 0),  # control: latent 1's explanation
-            (1, False): (1.0, 4, 4, 0), (1, True): (0.5, 4, 4, 0),
-            (2, False): (1.0, 4, 4, 0), (2, True): (None, 0, 0, 8),  # latent 3's answers do not parse
-            (3, False): (None, 0, 0, 8), (3, True): (0.5, 4, 4, 0),  # failed: never a score
-        }
-        assert summary["n_failed"] == 16
+                got[rec["scorer"], c["index"], rec["control"]] = (
+                    rec.get("value"), rec["n_pos"], rec["n_neg"], rec["n_failed"])
+        for scorer in ("detection", "fuzzing"):
+            assert {k[1:]: v for k, v in got.items() if k[0] == scorer} == {
+                (0, False): (1.0, 4, 4, 0), (0, True): (0.5, 4, 4, 0),  # control: latent 1's explanation
+                (1, False): (1.0, 4, 4, 0), (1, True): (0.5, 4, 4, 0),
+                (2, False): (1.0, 4, 4, 0), (2, True): (None, 0, 0, 8),  # latent 3's answers do not parse
+                (3, False): (None, 0, 0, 8), (3, True): (0.5, 4, 4, 0),  # failed: never a score
+            }
+        assert summary["n_failed"] == 32
         assert saekit("cards", "validate", str(out), home=home).rc == 0
 
         first, before = out.read_bytes(), srv.total
