@@ -144,9 +144,10 @@ def messages_for(examples: list[ActivationExample], opts: ExplainOptions) -> lis
 
 
 def parse_explanation(text: str) -> str | None:
-    """The explanation in an answer: its first non-empty line, without a label or quotes."""
+    """The explanation in an answer: its first non-empty line, without a label, quotes or
+    control characters (an endpoint's text ends up in terminals and browsers)."""
     for line in text.splitlines():
-        line = line.strip()
+        line = "".join(ch for ch in line if ch.isprintable()).strip()
         for prefix in ("[EXPLANATION]:", "Explanation:", "Answer:"):
             if line.lower().startswith(prefix.lower()):
                 line = line[len(prefix):].strip()

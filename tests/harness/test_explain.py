@@ -30,6 +30,7 @@ def test_mark_brackets_runs_above_the_threshold_as_delphi_does():
         ("Explanation: the word the", "the word the"),
         ("\n  \n", None),
         ("x" * 500, "x" * 200),
+        ("\x1b[31mred\x1b[0m words\u202e", "[31mred[0m words"),  # no escape or bidi control reaches a terminal
     ],
 )
 def test_parse_explanation(text, expected):
