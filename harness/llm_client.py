@@ -44,6 +44,7 @@ from saekit.schemas.safeio import load_json, write_bytes
 
 MAX_RESPONSE_BYTES = 4 << 20
 MIN_TRIES = 5
+TOP_LOGPROBS = 5  # as delphi's classifier asks (delphi/scorers/classifier/classifier.py)
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,14 @@ class Params:
     temperature: float = 0.0
     seed: int = 0
     max_tokens: int = 64
-    logprobs: bool = False
+    logprobs: bool = False  # ask for each answer token's log-probability and its TOP_LOGPROBS alternatives
 
 
 @dataclass(frozen=True)
 class Response:
     """One answer: its text, per-token log-probabilities when the provider gives them
-    (``[{"token": str, "logprob": float}, ...]``), and the tokens it cost."""
+    (``[{"token": str, "logprob": float, "top": [[token, logprob], ...]}, ...]``, ``top`` the
+    most likely alternatives at that place), and the tokens it cost."""
 
     text: str
     tokens_in: int = 0
@@ -154,7 +156,7 @@ class OpenAIChatClient:
             "max_tokens": params.max_tokens,
         }
         if params.logprobs:
-            body["logprobs"] = True
+            body["logprobs"], body["top_logprobs"] = True, TOP_LOGPROBS
         data = json.dumps(body).encode("utf-8")
         where = self._clean(self.url)
         last = ""
@@ -212,7 +214,11 @@ class OpenAIChatClient:
             usage = doc.get("usage") or {}
             tokens_in, tokens_out = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
             lp = (choice.get("logprobs") or {}).get("content")
-            logprobs = [{"token": str(t["token"]), "logprob": float(t["logprob"])} for t in lp] if lp else None
+            logprobs = [
+                {"token": str(t["token"]), "logprob": float(t["logprob"]),
+                 "top": [[str(a["token"]), float(a["logprob"])] for a in t.get("top_logprobs") or []]}
+                for t in lp
+            ] if lp else None
         except (InputError, LookupError, TypeError, ValueError, AttributeError) as err:
             raise _Retryable(f"unreadable answer ({type(err).__name__})") from None
         version = server or doc.get("system_fingerprint")
@@ -258,10 +264,14 @@ class LocalChatClient:
             new = new[: int((new == tok.eos_token_id).nonzero()[0, 0]) + 1]
         logprobs = None
         if params.logprobs:
-            logprobs = [
-                {"token": tok.decode([int(t)]), "logprob": float(torch.log_softmax(s[0].float(), -1)[int(t)])}
-                for t, s in zip(new, out.scores)
-            ]
+            logprobs = []
+            for t, scores in zip(new, out.scores):
+                lp = torch.log_softmax(scores[0].float(), -1)
+                top = torch.topk(lp, TOP_LOGPROBS)
+                logprobs.append({
+                    "token": tok.decode([int(t)]), "logprob": float(lp[int(t)]),
+                    "top": [[tok.decode([int(i)]), float(v)] for v, i in zip(top.values, top.indices)],
+                })
         text = tok.decode(new, skip_special_tokens=True)
         return Response(text, n_in, int(new.shape[0]), logprobs, None, _now())
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -80,14 +81,15 @@ class ScoreOptions:
     min_negative_tokens: int = 8
     max_example_tokens: int = 64
     seed: int = 0
-    params: Params = field(default_factory=lambda: Params(max_tokens=32))
+    params: Params = field(default_factory=lambda: Params(max_tokens=32, logprobs=True))
     concurrency: int = 4
     scorers: tuple[str, ...] = SCORERS
 
 
 @dataclass
 class ScoreSummary:
-    """A run: latents scored (a value, not None), each scorer's mean and its control's, requests."""
+    """A run: latents scored (a value, not None), the mean of each "scorer metric" and of its
+    control, windows failed, requests."""
 
     out: str
     latents: int = 0
@@ -123,6 +125,41 @@ def balanced_accuracy(labels: list[int], predictions: list[int | None]) -> float
     if tp + fn == 0 or tn + fp == 0:
         return None
     return (tp / (tp + fn) + tn / (tn + fp)) / 2
+
+
+def auc(labels: list[int], probabilities: list[float]) -> float | None:
+    """Area under the ROC curve: the chance that a positive gets a higher probability than a
+    negative, ties counting one half (Mann-Whitney U / (n_pos n_neg)); None without both."""
+    pos = [p for y, p in zip(labels, probabilities) if y]
+    neg = [p for y, p in zip(labels, probabilities) if not y]
+    if not pos or not neg:
+        return None
+    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+_DIGIT = re.compile(r"\W*([01])\W*")
+
+
+def answer_probabilities(logprobs: list[dict] | None, n: int) -> list[float] | None:
+    """P("1") / (P("0") + P("1")) at each of the answer's ``n`` digits, from the top
+    alternatives there, as delphi's ``Classifier._parse_logprobs`` reads them; None unless
+    exactly ``n`` digits carry both."""
+    if not logprobs:
+        return None
+    out = []
+    for entry in logprobs:
+        if not _DIGIT.fullmatch(entry["token"]):
+            continue
+        p = {"0": 0.0, "1": 0.0}
+        for token, lp in entry.get("top") or []:
+            m = _DIGIT.fullmatch(token)
+            if m:
+                p[m[1]] += math.exp(lp)
+        if p["0"] + p["1"] == 0:
+            return None
+        out.append(p["1"] / (p["0"] + p["1"]))
+    return out if len(out) == n else None
 
 
 def parse_predictions(text: str, n: int) -> list[int] | None:
@@ -190,29 +227,37 @@ def _messages(scorer: str, explanation: str, batch: list[str]) -> list[dict[str,
 
 
 def classify(scorer: str, card: FeatureCard, explanation: str, ann: Annotation, client: CachedClient,
-             opts: ScoreOptions, *, control: bool) -> ScoreRecord:
-    """One ``scorer`` score of ``explanation`` on ``card``'s windows (``ann`` says which were shown)."""
+             opts: ScoreOptions, *, control: bool) -> list[ScoreRecord]:
+    """``scorer``'s balanced accuracy of ``explanation`` on ``card``'s windows (``ann`` says
+    which were shown), and its AUC when every answer came with log-probabilities."""
     pos, neg = windows(card, ann, opts)
     rng = random.Random(opts.seed * 1_000_003 + card.index)  # the same windows and order on every run
     batch_all = samples(scorer, pos, neg, rng) if pos else []
     rng.shuffle(batch_all)
-    labels, predictions = [], []
+    labels, predictions, probabilities = [], [], []
     for start in range(0, len(batch_all), opts.per_prompt):
         batch = batch_all[start:start + opts.per_prompt]
+        got = probs = None
         try:
             reply = client.generate(_messages(scorer, explanation, [t for _, t in batch]), opts.params)
             got = parse_predictions(reply.text, len(batch))
+            probs = answer_probabilities(reply.logprobs, len(batch)) if got is not None else None
         except EndpointError:
-            got = None
+            pass
         labels += [y for y, _ in batch]
         predictions += got if got is not None else [None] * len(batch)
+        probabilities += probs if probs is not None else [None] * len(batch)
     answered = [(y, p) for y, p in zip(labels, predictions) if p is not None]
-    return ScoreRecord(
-        scorer=scorer, metric=METRIC, value=balanced_accuracy(labels, predictions), chance=CHANCE,
-        n_pos=sum(y for y, _ in answered), n_neg=sum(1 - y for y, _ in answered),
-        n_failed=sum(p is None for p in predictions), control=control,
-        scorer_model=client.model, prompt_sha256=PROMPT_SHA256[scorer],
+    common = dict(
+        scorer=scorer, chance=CHANCE, n_pos=sum(y for y, _ in answered), n_neg=sum(1 - y for y, _ in answered),
+        n_failed=len(predictions) - len(answered), control=control, scorer_model=client.model,
+        prompt_sha256=PROMPT_SHA256[scorer],
     )
+    records = [ScoreRecord(metric=METRIC, value=balanced_accuracy(labels, predictions), **common)]
+    scored = [(y, q) for y, p, q in zip(labels, predictions, probabilities) if p is not None]
+    if scored and all(q is not None for _, q in scored):
+        records.append(ScoreRecord(metric="auc", value=auc(*map(list, zip(*scored))), **common))
+    return records
 
 
 def score_files(
@@ -236,9 +281,9 @@ def score_files(
         ctrl = controls.get(id(card))
         out = []
         for scorer in opts.scorers:
-            out.append(classify(scorer, card, ann.description, ann, client, opts, control=False))
+            out += classify(scorer, card, ann.description, ann, client, opts, control=False)
             if ctrl is not None:
-                out.append(classify(scorer, card, ctrl, ann, client, opts, control=True))
+                out += classify(scorer, card, ctrl, ann, client, opts, control=True)
         return out
 
     unknown = set(opts.scorers) - set(SCORERS)
@@ -265,12 +310,13 @@ def score_files(
 
     write_cards([scored(c) for c in cards], out)
     every = [r for recs in records.values() for r in recs]
-    for scorer in opts.scorers:
+    for name in dict.fromkeys(f"{r.scorer} {r.metric}" for r in every):
         for control, means in ((False, summary.means), (True, summary.control_means)):
-            values = [r.value for r in every if r.scorer == scorer and r.control == control and r.value is not None]
-            means[scorer] = sum(values) / len(values) if values else None
+            values = [r.value for r in every if f"{r.scorer} {r.metric}" == name and r.control == control
+                      and r.value is not None]
+            means[name] = sum(values) / len(values) if values else None
     summary.scored = sum(1 for recs in records.values() if any(not r.control and r.value is not None for r in recs))
-    summary.n_failed = sum(r.n_failed for r in every)
+    summary.n_failed = sum(r.n_failed for r in every if r.metric == METRIC)
     summary.requests_sent, summary.requests_cached = client.sent, client.cached
     summary.tokens_in, summary.tokens_out = client.tokens_in, client.tokens_out
     return summary

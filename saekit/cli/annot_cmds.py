@@ -101,27 +101,33 @@ def score(
     scorers: Optional[List[str]] = typer.Option(
         None, "--scorer", help="detection or fuzzing (repeat for both; default both)."
     ),
+    logprobs: bool = typer.Option(
+        True, "--logprobs/--no-logprobs", help="Ask for token log-probabilities (for AUC); off for servers that refuse them."
+    ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Score each chosen latent's explanation with delphi's detection and fuzzing (balanced
-    accuracy, chance 0.5), and with another latent's explanation as the control.
+    accuracy, chance 0.5; AUC too where the model gives log-probabilities), and with another
+    latent's explanation as the control.
 
     Windows: activating examples the explainer did not see, and windows where the latent is
     zero. A failed request or an unparseable answer counts in n_failed, never as a wrong
     answer; a latent with nothing scored gets value null. Exit 0 whatever the model answers.
     """
+    from saekit.harness.llm_client import Params
     from saekit.harness.score import SCORERS, ScoreOptions, score_files
 
     cached, http = _client(ctx, endpoint, model, api_key_env, timeout)
-    opts = ScoreOptions(concurrency=1 if endpoint is None else concurrency, scorers=tuple(scorers or SCORERS))
+    opts = ScoreOptions(concurrency=1 if endpoint is None else concurrency, scorers=tuple(scorers or SCORERS),
+                        params=Params(max_tokens=32, logprobs=logprobs))
     s = score_files(cards, out, cached, opts, latents=latents)
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
     text = (
         f"scored {s.scored} of {s.latents} latents ({s.no_explanation} without an explanation) in {s.seconds:.1f} s\n"
-        + "".join(f"{name} balanced accuracy: mean {fmt(s.means[name])}, control {fmt(s.control_means[name])}, "
-                  "chance 0.500\n" for name in opts.scorers)
+        + "".join(f"{name}: mean {fmt(s.means[name])}, control {fmt(s.control_means[name])}, chance 0.500\n"
+                  for name in s.means)
         + f"{s.n_failed} windows failed\n"
         + f"requests sent {s.requests_sent}, cached {s.requests_cached}; tokens in {s.tokens_in}, out {s.tokens_out}\n"
         f"wrote {s.out}"

@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import pytest
 
+import math
 import random
 
-from saekit.harness.score import ScoreOptions, balanced_accuracy, parse_predictions, samples, windows
+from saekit.harness.score import (
+    ScoreOptions,
+    answer_probabilities,
+    auc,
+    balanced_accuracy,
+    parse_predictions,
+    samples,
+    windows,
+)
 from saekit.schemas.card import FeatureCard
 
 
@@ -66,3 +75,24 @@ def test_samples_detection_unmarked_fuzzing_marked_like_delphi():
     assert samples("detection", pos, neg, random.Random(0)) == [(1, " a b c"), (0, " x y z")]
     # fuzzing: the activating window marked where it fires; the other at the same place
     assert samples("fuzzing", pos, neg, random.Random(0)) == [(1, " a<< b>> c"), (0, " x<< y>> z")]
+
+
+def test_auc_worked_cases_with_ties():
+    assert auc([1, 1, 0, 0], [0.9, 0.8, 0.2, 0.1]) == 1.0
+    assert auc([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9]) == 0.0
+    assert auc([1, 0, 0], [0.5, 0.5, 0.5]) == 0.5  # all tied: chance
+    # pairs (pos, neg): (0.8, 0.3) win, (0.8, 0.8) tie, (0.4, 0.3) win, (0.4, 0.8) loss -> 2.5 / 4
+    assert auc([1, 1, 0, 0], [0.8, 0.4, 0.3, 0.8]) == 0.625
+    assert auc([1, 1], [0.2, 0.3]) is None
+
+
+def test_answer_probabilities_read_the_digits_alternatives():
+    def tok(t, p1=None):
+        top = [] if p1 is None else [["1", math.log(p1)], [" 0", math.log(1 - p1)], ["x", -9.0]]
+        return {"token": t, "logprob": -0.1, "top": top}
+
+    lps = [tok("["), tok("1", 0.75), tok(","), tok(" 0", 0.25), tok("]")]
+    assert answer_probabilities(lps, 2) == pytest.approx([0.75, 0.25])
+    assert answer_probabilities(lps, 3) is None  # not one per window
+    assert answer_probabilities(None, 2) is None
+    assert answer_probabilities([tok("1", None), tok("0", 0.5)], 2) is None  # a digit without alternatives

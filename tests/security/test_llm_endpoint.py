@@ -10,6 +10,7 @@ within a time bound, nothing half-written, the key nowhere; a rerun is served fr
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import subprocess
@@ -69,9 +70,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _score(self, prompt: str) -> None:
-        """An oracle detection scorer: an excerpt fires if it holds the explanation's LATn word;
-        an explanation containing 'garbage' gets an answer with no list."""
+    def _score(self, prompt: str, logprobs: bool) -> None:
+        """An oracle scorer: an excerpt fires if it holds the explanation's LATn word (for
+        fuzzing: inside the marks); an explanation containing 'garbage' gets an answer with no
+        list. With logprobs: P(1) 0.9 where it answers 1, 0.2 where it answers 0."""
         with self.server.lock:
             self.server.seen[-1] = self.server.seen.get(-1, 0) + 1
         explanation = re.search(r"Explanation: (.*)", prompt)[1]
@@ -84,8 +86,16 @@ class _Handler(BaseHTTPRequestHandler):
                 content = json.dumps([int(any(word in m for m in re.findall(r"<<(.*?)>>", e))) for e in excerpts])
             else:
                 content = json.dumps([int(re.search(rf"{word}\b", e) is not None) for e in excerpts])
-        reply = {"choices": [{"message": {"role": "assistant", "content": content}}],
-                 "usage": {"prompt_tokens": 50, "completion_tokens": 5}}
+        choice = {"message": {"role": "assistant", "content": content}}
+        if logprobs:
+            def token(t: str) -> dict:
+                p1 = {"1": 0.9, "0": 0.2}.get(t.strip())
+                top = [] if p1 is None else [{"token": "1", "logprob": math.log(p1)},
+                                             {"token": "0", "logprob": math.log(1 - p1)}]
+                return {"token": t, "logprob": -0.1, "top_logprobs": top}
+
+            choice["logprobs"] = {"content": [token(t) for t in re.findall(r"\s*\S", content)]}
+        reply = {"choices": [choice], "usage": {"prompt_tokens": 50, "completion_tokens": 5}}
         self._send(200, json.dumps(reply).encode())
 
     def do_POST(self) -> None:
@@ -93,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][-1]["content"]
         if "Excerpt 1:" in prompt:
-            return self._score(prompt)
+            return self._score(prompt, bool(body.get("logprobs")))
         latent = int(re.search(r"LAT(\d+)", prompt)[1])
         with srv.lock:
             n = srv.seen.get(latent, 0)
@@ -326,22 +336,27 @@ def test_score_detection_against_the_control_with_failures_not_counted(tmp_path)
         assert r.rc == 0, r.err
         summary = json.loads(r.out)
         assert summary["scored"] == 3
-        assert summary["means"] == {"detection": 1.0, "fuzzing": 1.0}
-        assert summary["control_means"] == {"detection": 0.5, "fuzzing": 0.5}
+        names = [f"{s} {m}" for s in ("detection", "fuzzing") for m in ("balanced_accuracy", "auc")]
+        assert summary["means"] == dict.fromkeys(names, 1.0)
+        assert summary["control_means"] == dict.fromkeys(names, 0.5)
         got = {}
         for line in out.read_text().splitlines():
             c = json.loads(line)
             for rec in c["annotations"][0]["score_records"]:
-                assert rec["metric"] == "balanced_accuracy" and rec["chance"] == 0.5
-                assert rec["scorer_model"] == "judge" and len(rec["prompt_sha256"]) == 64
-                got[rec["scorer"], c["index"], rec["control"]] = (
+                assert rec["chance"] == 0.5 and rec["scorer_model"] == "judge" and len(rec["prompt_sha256"]) == 64
+                got[rec["scorer"], rec["metric"], c["index"], rec["control"]] = (
                     rec.get("value"), rec["n_pos"], rec["n_neg"], rec["n_failed"])
+        ok, chance, failed = (1.0, 4, 4, 0), (0.5, 4, 4, 0), (None, 0, 0, 8)
         for scorer in ("detection", "fuzzing"):
-            assert {k[1:]: v for k, v in got.items() if k[0] == scorer} == {
-                (0, False): (1.0, 4, 4, 0), (0, True): (0.5, 4, 4, 0),  # control: latent 1's explanation
-                (1, False): (1.0, 4, 4, 0), (1, True): (0.5, 4, 4, 0),
-                (2, False): (1.0, 4, 4, 0), (2, True): (None, 0, 0, 8),  # latent 3's answers do not parse
-                (3, False): (None, 0, 0, 8), (3, True): (0.5, 4, 4, 0),  # failed: never a score
+            assert {k[2:]: v for k, v in got.items() if k[:2] == (scorer, "balanced_accuracy")} == {
+                (0, False): ok, (0, True): chance,  # control: latent 1's explanation
+                (1, False): ok, (1, True): chance,
+                (2, False): ok, (2, True): failed,  # latent 3's answers do not parse
+                (3, False): failed, (3, True): chance,  # failed: never a score
+            }
+            # AUC from the answers' log-probabilities; the control's answers all tie at P(1) 0.2
+            assert {k[2:]: v for k, v in got.items() if k[:2] == (scorer, "auc")} == {
+                (0, False): ok, (0, True): chance, (1, False): ok, (1, True): chance, (2, False): ok, (3, True): chance,
             }
         assert summary["n_failed"] == 32
         assert saekit("cards", "validate", str(out), home=home).rc == 0
