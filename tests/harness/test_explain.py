@@ -10,6 +10,7 @@ import pytest
 
 from saekit.harness.explain import ExplainOptions, choose, explain_files, mark, parse_explanation, pick_examples
 from saekit.harness.llm_client import CachedClient, LocalChatClient, Params, RequestCache
+from saekit.harness.score import ScoreOptions, score_files
 from saekit.schemas import InputError
 from saekit.schemas.card import FeatureCard
 from saekit.schemas.card_files import read_cards
@@ -80,3 +81,26 @@ def test_local_model_explains_two_latents_and_a_rerun_is_cached(tmp_path):
     assert (s2.requests_sent, s2.requests_cached) == (0, 2)
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
     assert json.loads((tmp_path / "a.jsonl").read_text().splitlines()[0])["schema_version"] == "1.1"
+
+
+@pytest.mark.slow
+def test_local_model_scores_in_process_with_log_probabilities(tmp_path):
+    ex = {"tokens": [" the", " cat", " sat", " on", " the", " mat", " and", " then", " 42"],
+          "values": [0.0] * 8 + [3.0], "bin": "top"}
+    prov = {"model": "m", "endpoint_kind": "local", "prompt_template": "t", "prompt_sha256": "0" * 64,
+            "sampling": {"temperature": 0.0}, "examples": [{"where": "top_examples", "index": 0, "bin": "top"}]}
+    card = {"sae": {"name": "s"}, "index": 0, "top_examples": [ex] * 3,
+            "annotations": [{"description": "numbers", "provenance": prov}]}
+    src = tmp_path / "cards.jsonl"
+    src.write_text(json.dumps(card) + "\n")
+    client = CachedClient(LocalChatClient(), RequestCache(tmp_path / "requests"))
+    opts = ScoreOptions(scorers=("detection",), min_negative_tokens=8, params=Params(max_tokens=12, logprobs=True))
+    s = score_files([src], tmp_path / "scored.jsonl", client, opts)
+    assert s.requests_sent == 1  # 2 held-out windows + 2 zero windows: one prompt; one latent: no control
+    recs = read_cards(tmp_path / "scored.jsonl")[0].annotations[0].score_records
+    ba = next(r for r in recs if r.metric == "balanced_accuracy")
+    assert ba.n_pos + ba.n_neg + ba.n_failed == 4 and not ba.control
+    if ba.n_failed:  # the small model's answer did not parse: counted, not scored
+        assert ba.value is None and len(recs) == 1
+    else:  # in process, every answer has log-probabilities: an AUC beside the accuracy
+        assert [r.metric for r in recs] == ["balanced_accuracy", "auc"] and 0 <= recs[1].value <= 1
