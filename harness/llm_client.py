@@ -9,7 +9,8 @@ returning a ``Response`` with text, logprobs and token counts); the code here is
 
 - ``OpenAIChatClient``: any OpenAI-compatible ``/chat/completions`` server (vLLM, llama.cpp's
   server, ``transformers serve``, OpenAI, OpenRouter), over the standard library's urllib.
-  Each request has a connect/read timeout; 429, 5xx, timeouts, dropped connections and
+  Each request has a timeout (to connect, between bytes, and for the whole answer); 429, 5xx,
+  timeouts, dropped connections and
   unreadable bodies are retried (``tries`` in all, at least 5) with exponential backoff and
   full jitter, waiting at least what a Retry-After header asks; any other 4xx fails at once.
   Redirects are not followed (a redirect would carry the API key to another host). The API
@@ -180,11 +181,12 @@ class OpenAIChatClient:
         req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
         with self._lock:
             self.requests_sent += 1
+        deadline = time.monotonic() + self.timeout
         try:
             with self._opener.open(req, timeout=self.timeout) as resp:
-                raw = resp.read(MAX_RESPONSE_BYTES + 1)
                 ctype = resp.headers.get("Content-Type", "")
                 server = resp.headers.get("Server")
+                raw = self._read_body(resp, deadline)
         except urllib.error.HTTPError as err:
             code = err.code
             err.close()
@@ -198,11 +200,23 @@ class OpenAIChatClient:
             if isinstance(reason, TimeoutError):  # the connect timed out
                 raise _Retryable(f"no connection within {self.timeout:g} s") from None
             raise _Retryable(f"connection failed: {type(reason).__name__}: {reason}") from None
-        if len(raw) > MAX_RESPONSE_BYTES:
-            raise EndpointError(f"answer over {MAX_RESPONSE_BYTES} bytes", where=self._clean(self.url))
         if "json" not in ctype.lower():
             raise _Retryable(f"answer is {ctype or 'untyped'}, not JSON")
         return self._parse(raw, server)
+
+    def _read_body(self, resp: Any, deadline: float) -> bytes:
+        """The body, as it comes (read1: one receive at a time), within the request's deadline
+        and MAX_RESPONSE_BYTES: a server that sends a byte now and then cannot hold a request
+        open past about twice the timeout."""
+        chunks, size = [], 0
+        while block := resp.read1(1 << 16):
+            chunks.append(block)
+            size += len(block)
+            if size > MAX_RESPONSE_BYTES:
+                raise EndpointError(f"answer over {MAX_RESPONSE_BYTES} bytes", where=self._clean(self.url))
+            if time.monotonic() > deadline:
+                raise _Retryable(f"no full answer within {self.timeout:g} s")
+        return b"".join(chunks)
 
     def _parse(self, raw: bytes, server: str | None) -> Response:
         try:

@@ -134,6 +134,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, json.dumps(good).encode()[:40])
         elif step == "html":
             self._send(200, b"<html>proxy login</html>", "text/html")
+        elif step == "drip":  # one byte at a time, each well within the socket timeout
+            data = json.dumps(good).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(0.1)
         elif step == "400":
             self._send(400, b'{"error": "bad request"}')
         elif step == "401echo":
@@ -285,7 +295,7 @@ def test_resume_after_a_kill_asks_only_for_unfinished_latents(tmp_path):
 
 
 def test_client_gives_up_after_its_tries_and_masks_the_key():
-    script = {0: ["500"], 1: ["hang"], 2: ["401echo"]}
+    script = {0: ["500"], 1: ["hang"], 2: ["401echo"], 3: ["drip"]}
     with fault_server(script) as srv:
         client = OpenAIChatClient(srv.url, "m", api_key=API_KEY, timeout=0.5, tries=5, backoff_s=0.01)
         msg = [{"role": "user", "content": "LAT0"}]
@@ -299,6 +309,10 @@ def test_client_gives_up_after_its_tries_and_masks_the_key():
         with pytest.raises(EndpointError) as err:
             client.generate([{"role": "user", "content": "LAT2"}], Params())
         assert "HTTP 401 (not retried)" in str(err.value) and API_KEY not in str(err.value)
+        t = time.monotonic()  # ~200 bytes at 0.1 s each would hold each try 20 s without a deadline
+        with pytest.raises(EndpointError, match="no full answer within 0.5 s"):
+            client.generate([{"role": "user", "content": "LAT3"}], Params())
+        assert srv.seen[3] == 5 and time.monotonic() - t < 10
     assert OpenAIChatClient("http://x/v1", "m", tries=1).tries == 5  # never fewer than 5 tries
     with pytest.raises(InputError):
         OpenAIChatClient("file:///etc/passwd", "m")
