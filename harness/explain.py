@@ -212,7 +212,7 @@ def _key(card: FeatureCard) -> str:
     return f"{card.sae.name}@{card.sae.version or ''}#{card.index}"
 
 
-def _run_id(client: CachedClient, opts: ExplainOptions, cards: list[FeatureCard]) -> str:
+def run_id(client: CachedClient, opts: ExplainOptions, cards: list[FeatureCard]) -> str:
     """What a journal's explanations depend on: resuming with anything else would mix runs."""
     doc = {"model": client.model, "weights": client.weights_sha256, "template": TEMPLATE_SHA256,
            "opts": asdict(opts) | {"concurrency": None}, "cards": [_key(c) for c in cards]}
@@ -223,7 +223,7 @@ def journal_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.explain-journal.jsonl")
 
 
-def _read_journal(path: Path, run_id: str) -> dict[str, Annotation]:
+def _read_journal(path: Path, expected_run: str) -> dict[str, Annotation]:
     """Finished explanations of a killed run; a torn last line (the kill) is skipped."""
     try:
         lines = path.read_bytes().splitlines()
@@ -235,7 +235,7 @@ def _read_journal(path: Path, run_id: str) -> dict[str, Annotation]:
         header = json.loads(lines[0]) if lines else {}
     except ValueError:
         header = {}
-    if not isinstance(header, dict) or header.get("run") != run_id:
+    if not isinstance(header, dict) or header.get("run") != expected_run:
         raise InputError("the interrupted run used other cards or options; run again without --resume",
                          where=str(path))
     done: dict[str, Annotation] = {}
@@ -266,9 +266,9 @@ def explain_files(
     if not cards:
         raise InputError("no cards", where=", ".join(map(str, inputs)))
     chosen = choose(cards, latents)
-    run_id = _run_id(client, opts, chosen)
+    rid = run_id(client, opts, chosen)
     jpath = journal_path(out)
-    done = _read_journal(jpath, run_id) if resume else {}
+    done = _read_journal(jpath, rid) if resume else {}
     d_sae = max((c.sae.d_sae or 0 for c in cards), default=0) or len(cards)
     summary = ExplainSummary(out=str(out), latents=len(chosen), resumed=len(done), d_sae=d_sae)
     results: dict[str, Annotation] = dict(done)
@@ -280,7 +280,7 @@ def explain_files(
         with open(jpath, "ab" if resume and done else "wb") as journal, \
                 Progress("explain", len(todo), unit="latents") as progress:
             if journal.tell() == 0:
-                _append(journal, {"run": run_id})
+                _append(journal, {"run": rid})
             futures = {pool.submit(explain_card, c, client, opts): c for c in todo}
             for fut in as_completed(futures):
                 card = futures[fut]

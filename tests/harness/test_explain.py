@@ -4,12 +4,14 @@ tests/security/test_llm_endpoint.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 
 from saekit.harness.explain import ExplainOptions, choose, explain_files, mark, parse_explanation, pick_examples
-from saekit.harness.llm_client import CachedClient, LocalChatClient, Params, RequestCache
+from saekit.harness.explain import journal_path, run_id
+from saekit.harness.llm_client import CachedClient, LocalChatClient, Params, RequestCache, Response
 from saekit.harness.score import ScoreOptions, score_files
 from saekit.schemas import InputError
 from saekit.schemas.card import FeatureCard
@@ -56,6 +58,48 @@ def test_choose_and_pick_examples():
     refs = [ref for ref, _ in pick_examples(_card(0, n_top=3), ExplainOptions(n_top=2, n_quantile=5))]
     # two top examples; the quantile example that does not fire is skipped
     assert [(r.where, r.index) for r in refs] == [("top_examples", 0), ("top_examples", 1), ("quantile_examples", 1)]
+
+
+class Scripted:
+    """A ChatClient whose answer names the latent's example word; counts its calls."""
+
+    model, weights_sha256, endpoint_kind = "scripted", None, "openai-compatible"
+
+    def __init__(self):
+        self.calls = 0
+
+    def generate(self, messages, params):
+        self.calls += 1
+        word = messages[-1]["content"].split("<<")[1].split(">>")[0].strip()
+        return Response(f"the word {word}", 10, 3, created_at="2026-01-01T00:00:00Z")
+
+
+def test_resume_takes_the_journal_skips_a_torn_line_and_refuses_another_runs(tmp_path):
+    src = tmp_path / "cards.jsonl"
+    src.write_text("".join(_card(i).model_dump_json(exclude_none=True) + "\n" for i in range(4)))
+    out = tmp_path / "out.jsonl"
+    first = Scripted()
+    explain_files([src], out, CachedClient(first, RequestCache(tmp_path / "c1")), ExplainOptions())
+    full = out.read_bytes()
+    # a killed run: the journal of that run with two latents finished and a torn third line
+    assert not journal_path(out).exists()
+    client = CachedClient(Scripted(), RequestCache(tmp_path / "c2"))
+    cards = read_cards(src)
+    done = [json.loads(line)["annotations"][0] for line in full.decode().splitlines()[:2]]
+    journal_path(out).write_text(
+        json.dumps({"run": run_id(client, ExplainOptions(), cards)}) + "\n"
+        + "".join(json.dumps({"key": f"s@#{i}", "annotation": a}) + "\n" for i, a in enumerate(done))
+        + '{"key": "s@#2", "annot'
+    )
+    out.unlink()
+    s = explain_files([src], out, client, ExplainOptions(), resume=True)
+    assert (s.resumed, s.explained, client.client.calls) == (2, 4, 2)  # latents 2 and 3 asked
+    assert out.read_bytes() == full and not journal_path(out).exists()
+
+    journal_path(out).write_text(json.dumps({"run": hashlib.sha256(b"other").hexdigest()}) + "\n")
+    with pytest.raises(InputError, match="other cards or options"):
+        explain_files([src], out, client, ExplainOptions(), resume=True)
+    assert out.read_bytes() == full  # refused before writing anything
 
 
 @pytest.mark.slow
