@@ -93,3 +93,15 @@ def test_an_annotation_must_cite_examples_the_card_holds(tmp_path):
         (2, "annotations[0].provenance.examples[1]", "cites quantile_examples[0], the card has 0"),
         (3, "annotations[0].provenance.examples[0]", "cites bin 'quantile_3', top_examples[0] is in bin None"),
     ]
+
+
+def test_a_recorded_failure_is_not_exported_as_a_neuronpedia_explanation():
+    from saekit.schemas.convert import to_neuronpedia
+
+    doc = _v11_card()
+    failed = copy.deepcopy(doc["annotations"][0])
+    del failed["description"]
+    failed["provenance"]["error"] = "http://127.0.0.1:9/v1/chat/completions: HTTP 400 (not retried)"
+    doc["annotations"].append(failed)
+    expls = to_neuronpedia(FeatureCard.model_validate(doc))["explanations"]
+    assert [e["description"] for e in expls] == ["the city Paris"]
