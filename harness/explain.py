@@ -219,6 +219,16 @@ def run_id(client: CachedClient, opts: ExplainOptions, cards: list[FeatureCard])
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def check_out(out: str | os.PathLike) -> Path:
+    """``out`` as a card file path, refused before any request if it cannot be one."""
+    if str(out) == "-":
+        raise InputError("needs a file: the summary goes to stdout", where="--out")
+    out = Path(out)
+    if out.is_dir():
+        raise InputError("is a folder; name the card file to write", where=str(out))
+    return out
+
+
 def journal_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.explain-journal.jsonl")
 
@@ -261,7 +271,7 @@ def explain_files(
     *, latents: str = "all", resume: bool = False,
 ) -> ExplainSummary:
     """Explain the chosen latents of the cards in ``inputs``; every card goes to ``out``."""
-    out = Path(out)
+    out = check_out(out)
     cards = read_cards(inputs)
     if not cards:
         raise InputError("no cards", where=", ".join(map(str, inputs)))

@@ -42,9 +42,8 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from saekit.harness.explain import choose, example_window, mark
+from saekit.harness.explain import check_out, choose, example_window, mark
 from saekit.harness.llm_client import CachedClient, Params
 from saekit.schemas import EndpointError, InputError
 from saekit.schemas.card import ActivationExample, Annotation, FeatureCard, ScoreRecord
@@ -265,7 +264,7 @@ def score_files(
     *, latents: str = "all",
 ) -> ScoreSummary:
     """Score the explanation of each chosen card, and a control; every card goes to ``out``."""
-    out = Path(out)
+    out = check_out(out)
     cards = read_cards(inputs)
     if not cards:
         raise InputError("no cards", where=", ".join(map(str, inputs)))

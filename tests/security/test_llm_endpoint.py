@@ -324,6 +324,13 @@ def test_cli_refuses_a_missing_key_variable_in_one_line(tmp_path):
                "http://127.0.0.1:9/v1", "--model", "m", "--api-key-env", "NO_SUCH_KEY_VAR", home=tmp_path / "home")
     assert "NO_SUCH_KEY_VAR" in r.one_line_error(2)
     assert not (tmp_path / "o.jsonl").exists()
+    with fault_server({}) as srv:  # an --out that cannot be written is refused before any request
+        for out, words in ((tmp_path, "is a folder"), ("-", "needs a file")):
+            for cmd in ("explain", "score"):
+                r = saekit("cards", cmd, str(cards), "--out", str(out), "--endpoint", srv.url, "--model", "m",
+                           home=tmp_path / "home")
+                assert words in r.one_line_error(2)
+        assert srv.total == 0
 
 
 def _explained_card(i: int, explanation: str) -> dict:
