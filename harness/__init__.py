@@ -7,6 +7,8 @@
     gate         a GatePolicy applied to a BenchmarkRecord
     check        the whole check: metrics + cards + record + gate, logged on the registry
     train        a small TopK SAE on real SmolLM2 activations (demo and tests)
+    llm_client   one chat interface: OpenAI-compatible endpoints, the local model, a request cache
+    explain      explanations of latents from their cards' activating examples (cards explain)
 
 Heavy imports (torch, transformers) happen inside these modules, never here.
 """

@@ -35,6 +35,7 @@ from saekit.schemas import (
     NotFoundError,
     SAERef,
 )
+from saekit.schemas.card import citation_errors
 from saekit.schemas.card_files import read_documents
 from saekit.schemas.console import Progress
 from saekit.schemas.version import __version__
@@ -662,6 +663,7 @@ def verify_cards(
             r.problems.append(f"index: {c.index} >= d_sae {d_sae}")
         if sha and c.sae.sha256 and c.sae.sha256 != sha:
             r.problems.append(f"sae.sha256: card is for {c.sae.sha256[:12]}, checked against {sha[:12]}")
+        r.problems += [f"{path}: {msg}" for path, msg in citation_errors(c)]  # what an annotation says it showed
     valid = [c for c in cards if c.index < d_sae]
 
     # stats and downstream effects: one pass per token set the cards name

@@ -12,7 +12,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, StringConstraints, WithJsonSchema
 from pydantic_core import PydanticCustomError, core_schema
 
-from saekit.schemas.common import SCHEMA_VERSION, Strict
+from saekit.schemas.common import Strict
+
+# 1.1 adds Annotation.provenance and Annotation.score_records (issue 21); a 1.0 card is a
+# valid 1.1 card, so readers take both and new cards are written as 1.1.
+CARD_SCHEMA_VERSION = "1.1"
 
 # --- field types that pydantic and JSON Schema validators read the same way ------------
 #
@@ -105,6 +109,58 @@ class CarriedFrom(Strict):
     similarity: float = Field(ge=-1.0, le=1.0)
 
 
+class SamplingParams(Strict):
+    """How the model was asked to sample; temperature 0 and a fixed seed make a run repeatable."""
+
+    temperature: float = Field(ge=0.0)
+    seed: Int | None = None
+    max_tokens: PosInt | None = None
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+
+
+class ExampleRef(Strict):
+    """One example of this card that a prompt showed, by its list and place in it."""
+
+    where: Literal["top_examples", "quantile_examples"]
+    index: NonNegInt = Field(description="Position in that list.")
+    bin: str | None = Field(None, description="The example's sampling bin, e.g. 'top' or 'quantile_3'.")
+
+
+class AnnotationProvenance(Strict):
+    """What wrote an auto annotation, enough to send the same request again (card schema 1.1)."""
+
+    model: str = Field(min_length=1, description="Model id, as the endpoint or loader names it.")
+    weights_sha256: Hex64 | None = Field(None, description="sha256 of the weights file, when the model ran locally.")
+    endpoint_kind: Literal["local", "openai-compatible"]
+    server_version: str | None = Field(None, description="Server name/version, if the server said.")
+    prompt_template: str = Field(min_length=1, description="Name of the prompt template.")
+    prompt_sha256: Hex64 = Field(description="sha256 of the prompt template text.")
+    sampling: SamplingParams
+    examples: list[ExampleRef] = Field(default_factory=list, description="The examples the prompt showed.")
+    tokens_in: NonNegInt | None = None
+    tokens_out: NonNegInt | None = None
+    error: str | None = Field(None, description="Why there is no explanation: the request failed or did not parse.")
+
+
+class ScoreRecord(Strict):
+    """One score of an explanation, with what it must be read against (card schema 1.1).
+
+    ``value`` is null when nothing could be scored; failed requests count in ``n_failed``,
+    never as wrong answers.
+    """
+
+    scorer: str = Field(min_length=1, description="e.g. 'detection', 'fuzzing', 'saebench_autointerp'.")
+    metric: str = Field(min_length=1, description="e.g. 'balanced_accuracy', 'auc'.")
+    value: float | None = Field(None, description="Null (or absent) when nothing could be scored.")
+    chance: float | None = Field(None, description="What guessing scores on this metric and split.")
+    n_pos: NonNegInt
+    n_neg: NonNegInt
+    n_failed: NonNegInt = 0
+    control: bool = Field(False, description="Scored with another latent's explanation (the baseline).")
+    scorer_model: str | None = None
+    prompt_sha256: Hex64 | None = None
+
+
 class Annotation(Strict):
     """A human or automatic interpretation of the latent."""
 
@@ -117,6 +173,8 @@ class Annotation(Strict):
     scores: dict[str, float] = Field(default_factory=dict, description="e.g. detection, fuzzing.")
     created_at: Timestamp | None = None
     carried_from: CarriedFrom | None = None
+    provenance: AnnotationProvenance | None = Field(None, description="How an auto annotation was made (1.1).")
+    score_records: list[ScoreRecord] = Field(default_factory=list, description="Scores with their controls (1.1).")
 
 
 class Histogram(Strict):
@@ -214,7 +272,7 @@ class CardProvenance(Strict):
 class FeatureCard(Strict):
     """Documentation of one latent: annotations, stats, examples, logit effects, evals."""
 
-    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1"] = CARD_SCHEMA_VERSION
     sae: SAERef
     index: NonNegInt = Field(description="Latent index in the SAE.")
     annotations: list[Annotation] = Field(default_factory=list)
@@ -250,6 +308,7 @@ def consistency_errors(card: FeatureCard) -> list[tuple[str, str]]:
         _histogram_errors("stats.histogram", card.stats.histogram, errors)
     if card.logit_effects is not None and card.logit_effects.histogram is not None:
         _histogram_errors("logit_effects.histogram", card.logit_effects.histogram, errors)
+    errors += citation_errors(card)
     for i, ex in enumerate(card.top_examples):
         n = len(ex.tokens)
         if len(ex.values) != n:
@@ -259,6 +318,29 @@ def consistency_errors(card: FeatureCard) -> list[tuple[str, str]]:
         if ex.max_position is not None and ex.max_position >= n:
             errors.append((f"top_examples[{i}].max_position", f"{ex.max_position} outside {n} tokens"))
     return errors
+
+
+def citation_errors(card: FeatureCard) -> list[tuple[str, str]]:
+    """Examples an annotation's provenance cites that the card does not hold (list, index, bin)."""
+    errors: list[tuple[str, str]] = []
+    for i, ann in enumerate(card.annotations):
+        if ann.provenance is not None and ann.provenance.examples:
+            check_citations(i, [(r.where, r.index, r.bin) for r in ann.provenance.examples],
+                            {"top_examples": [e.bin for e in card.top_examples],
+                             "quantile_examples": [e.bin for e in card.quantile_examples]}, errors)
+    return errors
+
+
+def check_citations(i: int, refs: list[tuple[str, int, str | None]], bins: dict[str, list[str | None]],
+                    errors: list[tuple[str, str]]) -> None:
+    """Annotation ``i`` cites ``refs``; ``bins``: the bin of each example the card holds, per list."""
+    for j, (where, index, bin_) in enumerate(refs):
+        path = f"annotations[{i}].provenance.examples[{j}]"
+        have = bins[where]
+        if index >= len(have):
+            errors.append((path, f"cites {where}[{index}], the card has {len(have)}"))
+        elif bin_ is not None and have[index] != bin_:
+            errors.append((path, f"cites bin {bin_!r}, {where}[{index}] is in bin {have[index]!r}"))
 
 
 def _histogram_errors(path: str, h: Histogram, errors: list[tuple[str, str]]) -> None:

@@ -45,8 +45,10 @@ def quiet(settings: Settings | None = None) -> bool:
 class Progress:
     """A one-line progress counter on stderr: ``activations 12/40 (3.1 s)``."""
 
-    def __init__(self, desc: str, total: int | None = None, *, settings: Settings | None = None):
-        self.desc, self.total, self.n = printable(desc), total, 0
+    def __init__(self, desc: str, total: int | None = None, *, unit: str | None = None,
+                 settings: Settings | None = None):
+        """``unit``: also show the rate, ``3.2 latents/s``."""
+        self.desc, self.total, self.n, self.unit = printable(desc), total, 0, unit
         self.t0 = time.perf_counter()
         self._last = 0.0
         self.enabled = not quiet(settings)
@@ -57,7 +59,8 @@ class Progress:
         if self.enabled and (now - self._last > 0.5 or (self.total and self.n >= self.total)):
             self._last = now
             of = f"/{self.total}" if self.total else ""
-            sys.stderr.write(f"\r{self.desc} {self.n}{of} ({now - self.t0:.1f} s)")
+            rate = f", {self.n / (now - self.t0):.2f} {self.unit}/s" if self.unit and now > self.t0 else ""
+            sys.stderr.write(f"\r{self.desc} {self.n}{of} ({now - self.t0:.1f} s{rate})")
             sys.stderr.flush()
 
     def close(self) -> None:

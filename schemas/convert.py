@@ -294,6 +294,8 @@ def to_neuronpedia(card: FeatureCard, *, model_id: str | None = None, layer: str
     expl_extra = keep.get("explanations") or []
     expls = []
     for i, ann in enumerate(card.annotations):
+        if ann.description is None and ann.label is None and ann.provenance is not None and ann.provenance.error:
+            continue  # a recorded failure (cards explain) is no explanation
         rest = dict(expl_extra[i]) if i < len(expl_extra) else {}
         keys = rest.pop("_keys", None)
         e: dict[str, Any] = {"description": ann.description if ann.description is not None else (ann.label or "")}

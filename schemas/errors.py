@@ -92,6 +92,12 @@ class PublishError(SaekitError, RuntimeError):
     """Publishing to the Hub failed or was refused: ``repo org/x changed since the parent commit``."""
 
 
+class EndpointError(SaekitError, RuntimeError):
+    """A language-model endpoint failed or gave an unusable answer:
+    ``http://127.0.0.1:8000/v1/chat/completions: HTTP 400 (not retried)``. ``cards explain``
+    records it on the latent's annotation rather than stopping the run."""
+
+
 def first_problem(err: Exception) -> str:
     """``field.path: message`` of a pydantic ValidationError's first problem (the message alone
     at the root), or the first line of any other error: the one-line form of a bad input."""

@@ -10,7 +10,6 @@ from pydantic import BaseModel
 from saekit.schemas import safeio
 from saekit.schemas.benchmark import BenchmarkRecord
 from saekit.schemas.card import FeatureCard
-from saekit.schemas.common import SCHEMA_VERSION
 from saekit.schemas.config import SAEConfig
 from saekit.schemas.matching import LatentMatch
 from saekit.schemas.release import ReleaseManifest
@@ -31,8 +30,10 @@ MODELS: dict[str, type[BaseModel]] = {
 
 def json_schema(stem: str) -> dict:
     """The JSON Schema of one model, with ``$schema`` and a versioned ``$id``."""
-    schema = MODELS[stem].model_json_schema(mode="validation")
-    return {"$schema": DIALECT, "$id": f"{ID_BASE}/{SCHEMA_VERSION}/{stem}.json", **schema}
+    model = MODELS[stem]
+    version = model.model_fields["schema_version"].default  # each document type versions on its own
+    schema = model.model_json_schema(mode="validation")
+    return {"$schema": DIALECT, "$id": f"{ID_BASE}/{version}/{stem}.json", **schema}
 
 
 def render(stem: str) -> str:

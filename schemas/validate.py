@@ -35,7 +35,7 @@ from typing import Iterable, Iterator
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import SchemaValidator, core_schema
 
-from saekit.schemas.card import ActivationExample, FeatureCard, consistency_errors
+from saekit.schemas.card import ActivationExample, FeatureCard, check_citations, consistency_errors
 from saekit.schemas.card_files import (
     GZIP_MAGIC,
     expand,
@@ -205,6 +205,12 @@ def fast_consistency_errors(d: dict) -> list[tuple[str, str]]:
         _fast_histogram("stats.histogram", stats[0]["histogram"][0], errors)
     if logits is not None and logits[0]["histogram"] is not None:
         _fast_histogram("logit_effects.histogram", logits[0]["histogram"][0], errors)
+    for i, (ann, _, _) in enumerate(d["annotations"]):
+        prov = ann["provenance"]
+        if prov is not None and prov[0]["examples"]:
+            refs = [(r["where"], r["index"], r["bin"]) for r, _, _ in prov[0]["examples"]]
+            check_citations(i, refs, {"top_examples": [e["bin"] for e, _, _ in d["top_examples"]],
+                                       "quantile_examples": [e["bin"] for e, _, _ in d["quantile_examples"]]}, errors)
     for i, (ex, _, _) in enumerate(d["top_examples"]):
         n = ex["tokens"]
         if ex["values"] != n:

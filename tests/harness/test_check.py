@@ -179,6 +179,9 @@ def test_cards_verify_names_the_field_of_every_tamper(checked, real_sae_dir, tmp
     t("logit_effects.positive[0].value", lambda c: c["logit_effects"]["positive"][0].update(
         value=c["logit_effects"]["positive"][0]["value"] * 3))
     t("downstream[0].value (attribution)", lambda c: c["downstream"][0].update(value=c["downstream"][0]["value"] * 3 + 0.01))
+    t("annotations[0].provenance.examples[0]", lambda c: c["annotations"].insert(0, {"description": "d", "provenance": {
+        "model": "m", "endpoint_kind": "local", "prompt_template": "t", "prompt_sha256": "0" * 64,
+        "sampling": {"temperature": 0.0}, "examples": [{"where": "top_examples", "index": 99}]}}))
     q = cards[with_q]["quantile_examples"][0]
     q["values"][q["max_position"]] *= 2
     tamper[with_q] = "quantile_examples[0].values"

@@ -58,6 +58,40 @@ def obj(required: dict, optional: dict) -> st.SearchStrategy[dict]:
 
 sae_ref = obj({"name": name}, {"version": opt_text, "sha256": st.none() | hex64, "d_sae": st.none() | st.integers(1, 10**6)})
 histogram = obj({"bin_edges": st.lists(finite, min_size=2, max_size=4), "counts": st.lists(finite, min_size=1, max_size=3)}, {})
+# card schema 1.1
+annotation_provenance = obj(
+    {
+        "model": name,
+        "endpoint_kind": st.sampled_from(["local", "openai-compatible"]),
+        "prompt_template": name,
+        "prompt_sha256": hex64,
+        "sampling": obj(
+            {"temperature": st.floats(0.0, 2.0) | st.just(0)},
+            {"seed": st.none() | anyint, "max_tokens": st.none() | st.integers(1, 512), "top_p": st.none() | st.floats(0.01, 1.0)},
+        ),
+    },
+    {
+        "weights_sha256": st.none() | hex64,
+        "server_version": opt_text,
+        "examples": st.lists(
+            obj({"where": st.sampled_from(["top_examples", "quantile_examples"]), "index": nonneg}, {"bin": opt_text}),
+            max_size=2,
+        ),
+        "tokens_in": st.none() | nonneg,
+        "tokens_out": st.none() | nonneg,
+        "error": opt_text,
+    },
+)
+score_record = obj(
+    {"scorer": name, "metric": name, "value": st.none() | unit, "n_pos": nonneg, "n_neg": nonneg},
+    {
+        "chance": st.none() | unit,
+        "n_failed": nonneg,
+        "control": st.booleans(),
+        "scorer_model": opt_text,
+        "prompt_sha256": st.none() | hex64,
+    },
+)
 annotation = obj(
     {},
     {
@@ -70,6 +104,8 @@ annotation = obj(
         "scores": st.dictionaries(text, finite, max_size=2),
         "created_at": st.none() | timestamp,
         "carried_from": st.none() | obj({"sae": sae_ref, "index": nonneg, "similarity": signed_unit}, {}),
+        "provenance": st.none() | annotation_provenance,
+        "score_records": st.lists(score_record, max_size=2),
     },
 )
 stats = obj(
@@ -96,7 +132,7 @@ logit = obj({"token": text, "value": finite}, {"token_id": st.none() | nonneg})
 card_doc = obj(
     {"sae": sae_ref, "index": nonneg},
     {
-        "schema_version": st.just("1.0"),
+        "schema_version": st.sampled_from(["1.0", "1.1"]),
         "annotations": st.lists(annotation, max_size=2),
         "stats": st.none() | stats,
         "top_examples": st.lists(example, max_size=2),
