@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from saekit.harness.model import lm_info, load_lm
-from saekit.registry.backend import mask
+from saekit.schemas.masking import mask
 from saekit.schemas import EndpointError, InputError
 from saekit.schemas.safeio import load_json, write_bytes
 
