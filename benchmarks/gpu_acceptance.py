@@ -9,7 +9,7 @@ benchmarks/results/gpu_<device>_<date>.json (``--out`` to choose):
   tests        pytest -m gpu tests/kernels: the compiled kernels against the torch reference,
                every eval output, TopK/ReLU/JumpReLU, fp32 and bf16, random and adversarial
                inputs (ties, NaN, outliers), bitwise determinism at 4096 -> 131072
-  bench        benchmarks/kernels.py's bench_shape at (d_in, d_sae, k) = (576, 4608, 32),
+  bench        benchmarks/kernel_speed.py's bench_shape at (d_in, d_sae, k) = (576, 4608, 32),
                (2304, 16384, 64), (4096, 131072, 64), (4096, 131072, 192), each at 256, 4096
                and 16384 tokens, bf16: saekit's encode / enc+dec / eval beside the torch
                reference, SAELens, sparsify and a cuBLAS GEMM of the encoder's size, with peak
@@ -144,11 +144,11 @@ def device_slug(name: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def load_kernel_bench():
-    """benchmarks/kernels.py as a module (benchmarks/ is not a package), loaded once.
+    """benchmarks/kernel_speed.py as a module (benchmarks/ is not a package), loaded once.
 
     Its SAE maker is memoised for the last shape: a 4096 x 131072 SAE takes seconds of CPU
     random numbers, and the three token counts of a shape (and the determinism stage) share it."""
-    spec = importlib.util.spec_from_file_location("saekit_bench_kernels", ROOT / "benchmarks" / "kernels.py")
+    spec = importlib.util.spec_from_file_location("saekit_bench_kernels", ROOT / "benchmarks" / "kernel_speed.py")
     mod = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(mod)

@@ -319,7 +319,9 @@ def _hub_errors(where: str):
         except RevisionNotFoundError:
             raise NotFoundError("no revision by that name in the repo", where=where) from None
         except EntryNotFoundError as err:
-            if isinstance(err, LocalEntryNotFoundError):  # not in the cache and the Hub unreachable
+            if isinstance(err, LocalEntryNotFoundError):  # not in the cache, and the Hub did not serve it
+                if _answered_not_found(err):  # the Hub was reached and said 404: not a network failure
+                    raise NotFoundError("the Hub has no such repo, revision or file (404)", where=where) from None
                 raise HubSourceError(unreachable_message(err), where=where) from None
             raise NotFoundError("no such file at this revision", where=where) from None
         except HfHubHTTPError as err:
@@ -330,6 +332,17 @@ def _hub_errors(where: str):
             raise
 
     return ctx()
+
+
+def _answered_not_found(err: BaseException) -> bool:
+    """Whether huggingface_hub's "not in the cache" error hides a 404 from the Hub itself (it
+    falls back to the cache on any HTTP error, a missing repo included)."""
+    cause: BaseException | None = err.__cause__ or err.__context__
+    while cause is not None:
+        if getattr(getattr(cause, "response", None), "status_code", None) == 404:
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _units(files: list[str]) -> list[Unit]:

@@ -112,7 +112,7 @@ def kernels(name: str, d: dict) -> str:
     e = d["env"]
     machine = f"{e['device_name']}, torch {e['torch']}, triton {e.get('triton')}, Python {e['python']}"
     out = f"## Kernels ({e['device']})\n\n"
-    out += _where(name, "python3 benchmarks/kernels.py", machine, e["date"], "not recorded")
+    out += _where(name, "python3 benchmarks/kernel_speed.py", machine, e["date"], "not recorded")
     if d.get("cpu_note"):
         out += f"Note: {d['cpu_note']}\n"
     out += (

@@ -124,7 +124,7 @@ def test_check_fetches_pins_and_keeps_the_model_commit(tmp_path, hub):
     log_measure("check, model fetched from the loopback Hub", r)
     rec = json.loads((tmp_path / "c1" / "eval.json").read_text())
     assert rec["model"] == {"id": MODEL_REPO, "revision": pinned, "weights_sha256": weights,
-                            "hook_name": "blocks.1.ln2.hook_normalized"}
+                            "hook_name": "blocks.1.ln2.hook_normalized", "weights": "pythia-70m-deduped, float32"}
     assert rec["check_config"]["model_id"] == f"{MODEL_REPO}@{pinned}"
     mse = rec["eval_result_metrics"]["reconstruction_quality"]
 

@@ -1,8 +1,8 @@
 """Kernel benchmark: saekit's fused path beside the torch reference, sparsify, SAELens and a
 plain GEMM of the encoder's size (the roofline), in one process.
 
-    python3 benchmarks/kernels.py                 # GPU when there is one, else CPU (reduced)
-    python3 benchmarks/kernels.py --device cpu --out benchmarks/results/kernels_cpu.json
+    python3 benchmarks/kernel_speed.py                 # GPU when there is one, else CPU (reduced)
+    python3 benchmarks/kernel_speed.py --device cpu --out benchmarks/results/kernels_cpu.json
 
 Per shape (tokens n, d_in, d_sae, k), each method is timed in interleaved rounds (one run of
 every method per round; medians reported), then run once more after a peak-memory reset.
