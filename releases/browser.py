@@ -4,11 +4,15 @@ No network, no server, no fetch: it opens from the file (``file://``) and from t
 Built for every latent of wide SAEs (tens of thousands): the page carries
 
 - an index (``<script id="saekit-data">``): one compact row per latent (label, density, max,
-  mean, downstream effect, the tokens it fires on as ids into one shared vocabulary), parsed
+  mean, downstream effect, the tokens it fires on as ids into one shared vocabulary, the
+  explanation's score and, when a label names it otherwise, its explanation), parsed
   at load, so the list paints at once and search/sort run over every latent in memory;
 - detail blocks (``<script class="saekit-detail">``), one per shard of ``SHARD`` latents:
-  top and quantile examples, histogram, logit effects, downstream effects, parsed only when
-  a card of that shard opens.
+  top and quantile examples, histogram, logit effects, downstream effects, the explanation
+  and its scores against their controls, parsed only when a card of that shard opens.
+
+Labels, explanations and scores are read as saekit.releases.annotations reads them (an
+explained latent is listed by its explanation).
 
 State lives in the URL hash (``index.html#q=code&sort=max&latent=SAE_ID:17``), so a link
 opens a given view (and the headless-Chromium tests drive it that way).
@@ -21,6 +25,8 @@ import json
 from collections.abc import Iterable
 from importlib import resources
 from typing import Any
+
+from saekit.releases import annotations
 
 MAX_EXAMPLES = 5
 MAX_QUANTILE = 4
@@ -88,18 +94,21 @@ def _effect(card: dict[str, Any]) -> tuple[float | None, str | None]:
 
 def latent_row(card: dict[str, Any], vocab: _Vocab) -> list[Any]:
     """The index row of one FeatureCard: [index, label, density, max, mean, effect,
-    effect method, fires-on token ids]."""
-    ann = (card.get("annotations") or [{}])[0] if card.get("annotations") else {}
+    effect method, fires-on token ids, score, explanation when the label is not it]."""
     stats = card.get("stats") or {}
     effect, method = _effect(card)
-    return [int(card["index"]), ann.get("label"), _round(stats.get("density")), _round(stats.get("max")),
+    name = annotations.label(card)
+    ann = annotations.explanation(card)
+    text = ann["description"] if ann and ann["description"] != name else None
+    return [int(card["index"]), name, _round(stats.get("density")), _round(stats.get("max")),
             _round(stats.get("mean")), effect, method,
-            [vocab(t) for t in firing_tokens((card.get("top_examples") or []) + (card.get("quantile_examples") or []))]]
+            [vocab(t) for t in firing_tokens((card.get("top_examples") or []) + (card.get("quantile_examples") or []))],
+            _round(annotations.headline_score(card)), text]
 
 
 def latent_detail(card: dict[str, Any], vocab: _Vocab) -> dict[str, Any]:
     """What a latent's card shows beyond its index row."""
-    ann = (card.get("annotations") or [{}])[0] if card.get("annotations") else {}
+    ann = annotations.explanation(card) or {}
     logits = card.get("logit_effects") or {}
     hist = (card.get("stats") or {}).get("histogram")
     exs = [("top", e) for e in (card.get("top_examples") or [])[:MAX_EXAMPLES]]
@@ -110,6 +119,12 @@ def latent_detail(card: dict[str, Any], vocab: _Vocab) -> dict[str, Any]:
         out["ex"].append([b, [vocab(t) for t in toks], [_round(v, 3) for v in vals], at])
     if ann.get("description"):
         out["d"] = ann["description"]
+        if ann.get("explainer_model"):
+            out["dm"] = ann["explainer_model"]
+    sc = annotations.scores(card)
+    if sc:  # [scorer, metric, value, control value, chance, n_pos, n_neg, n_failed]
+        out["sc"] = [[s["scorer"], s["metric"], _round(s["value"]), _round(s["control"]), s["chance"], s["n_pos"],
+                      s["n_neg"], s["n_failed"]] for s in sc]
     if hist:
         out["h"] = [[_round(x) for x in hist.get("bin_edges") or []], list(hist.get("counts") or [])]
     out["pos"] = [[vocab(e["token"]), _round(e["value"], 3)] for e in (logits.get("positive") or [])[:MAX_LOGITS]]
@@ -139,7 +154,8 @@ def render(title: str, saes: Iterable[tuple[str, int | None, Iterable[dict[str, 
             shards[-1][f"{sae_id}:{int(c['index'])}"] = latent_detail(c, vocab)
         index.append({"sae_id": sae_id, "d_sae": d_sae, "latents": rows})
     data = {"title": title, "saes": index, "vocab": vocab.strings,
-            "columns": ["index", "label", "density", "max", "mean", "effect", "effect_method", "fires_on"],
+            "columns": ["index", "label", "density", "max", "mean", "effect", "effect_method", "fires_on", "score",
+                        "explanation"],
             # latent n (counting through the SAEs in order) has its details in block n // shard
             "shard": SHARD}
     blocks = "\n".join(f'<script class="saekit-detail" data-shard="{i}" type="application/json">{_blob(s)}</script>'

@@ -32,6 +32,7 @@ from saekit.registry import tags as T
 from saekit.registry.artifact import sha256_file
 from saekit.releases.manifest import load_manifest
 from saekit.releases.ecosystem import write_saelens_registry
+from saekit.releases import annotations
 from saekit.releases.modelcard import SAEEntry, metrics_of
 from saekit.schemas import (
     ArtifactFormatError,
@@ -126,7 +127,8 @@ def build(
     """
     manifest = load_manifest(manifest_path)
     return build_from_manifest(manifest, out_dir, run_checks=run_checks, force=force,
-                               cards_per_shard=cards_per_shard, where=str(manifest_path))
+                               cards_per_shard=cards_per_shard, where=str(manifest_path),
+                               base_dir=Path(manifest_path).parent)
 
 
 def check_out(out_dir: str | os.PathLike, *, force: bool) -> Path:
@@ -191,16 +193,19 @@ def build_from_manifest(
     force: bool = False,
     cards_per_shard: int = CARDS_PER_SHARD,
     where: str = "manifest",
+    base_dir: Path | None = None,
 ) -> Path:
     """:func:`build` for a manifest already in memory (validated by ReleaseManifest: sae_ids
-    unique, not nested, not a bundle file's name)."""
+    unique, not nested, not a bundle file's name). ``base_dir``: where the manifest's relative
+    ``cards`` paths start (default: the current folder)."""
     from saekit.registry import store
 
     out = check_out(out_dir, force=force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        entries, cards_by_id, records = _write_saes(manifest, tmp, store, run_checks, cards_per_shard, where)
+        entries, cards_by_id, records = _write_saes(manifest, tmp, store, run_checks, cards_per_shard, where,
+                                                 base_dir or Path("."))
         plots = _write_plots(tmp, entries, cards_by_id)
         _write_browser(tmp, manifest, entries, cards_by_id)
         from saekit.releases.modelcard import render
@@ -218,7 +223,7 @@ def build_from_manifest(
     return out
 
 
-def _write_saes(manifest, tmp: Path, store, run_checks: bool, cards_per_shard: int, where: str):
+def _write_saes(manifest, tmp: Path, store, run_checks: bool, cards_per_shard: int, where: str, base_dir: Path):
     entries: list[SAEEntry] = []
     cards_by_id: dict[str, list[dict[str, Any]]] = {}
     records: dict[str, Any] = {}
@@ -242,17 +247,32 @@ def _write_saes(manifest, tmp: Path, store, run_checks: bool, cards_per_shard: i
         cfg = json.loads((dest / "cfg.json").read_text())
         cards: list[dict[str, Any]] = []
         files: list[str] = []
-        if "feature_cards.jsonl" in checks:
-            src_cards = checks["feature_cards.jsonl"]
+        src_cards = checks.get("feature_cards.jsonl")
+        if rs.cards is not None:
+            src_cards = base_dir / rs.cards
+            _check_cards_of(src_cards, info.sha256)
+        if src_cards is not None:
             safeio.regular_file(src_cards.parent, src_cards.name)
             cards = card_files.read_rows(src_cards)  # dicts, for the plots and the browser
             written = card_files.write_card_shards(src_cards, dest, per_shard=cards_per_shard, max_bytes=SHARD_BYTES)
             files = [f"{rs.sae_id}/{name}" for name in written]
         cards_by_id[rs.sae_id] = cards
+        explained, failed = annotations.explained_counts(cards)
         entries.append(SAEEntry(rs.sae_id, rs.ref, info.name, int(info.version), info.sha256, cfg, record,
-                                "pass", len(cards), files))
+                                "pass", len(cards), files, explained, failed, annotations.score_means(cards)))
         say(f"release: {rs.sae_id} <- {pinned} sha256 {info.sha256[:12]} ({len(cards)} cards)")
     return entries, cards_by_id, records
+
+
+def _check_cards_of(path: Path, sha256: str) -> None:
+    """Cards a manifest names (``cards:``) are valid cards of the SAE being released (its sha256):
+    annotated cards of another SAE, or of another version, are refused before anything is written."""
+    if path.suffix != ".jsonl":
+        raise InputError("cards: must name a .jsonl file (what cards explain and cards score write)", where=str(path))
+    for card in card_files.read_cards(path):
+        if card.sae.sha256 != sha256:
+            raise IntegrityError(f"latent {card.index}'s card is for SAE sha256 {(card.sae.sha256 or 'none')[:12]}, "
+                                 f"not the released {sha256[:12]}", where=str(path))
 
 
 def latent_densities(entry: SAEEntry, folder: Path, cards: list[dict]) -> tuple[list[float], int | None]:

@@ -39,6 +39,11 @@ class SAEEntry:
     gate: str
     n_cards: int = 0
     card_files: list[str] = field(default_factory=list)
+    # the cards' explanations and scores (saekit.releases.annotations): latents explained,
+    # latents whose explanation failed, and score_means' rows
+    explained: int = 0
+    explain_failed: int = 0
+    score_means: list[dict[str, Any]] = field(default_factory=list)
 
 
 def metrics_of(record: BenchmarkRecord | None) -> dict[str, float]:
@@ -99,6 +104,33 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _explanations(saes: list[SAEEntry]) -> list[str]:
+    """The explanations section: latents explained, and each scorer's mean against its control
+    (the same scorer given another latent's explanation): an explanation is worth what it beats
+    the control by."""
+    shown = [s for s in saes if s.explained or s.explain_failed]
+    if not shown:
+        return []
+    lines = ["## Explanations", ""]
+    for s in shown:
+        lines.append(f"- `{s.sae_id}`: {s.explained} of {s.n_cards} latents explained"
+                     + (f", {s.explain_failed} failed" if s.explain_failed else "") + ".")
+    lines.append("")
+    rows = [(s.sae_id, m) for s in shown for m in s.score_means]
+    if rows:
+        def num(v: float | None) -> str:
+            return "-" if v is None else f"{v:.3f}"
+
+        lines += ["Scores of the explanations (delphi's detection and fuzzing: balanced accuracy, chance 0.5), each "
+                  "beside its control, the same scorer given another latent's explanation:", "",
+                  "| sae_id | scorer | metric | mean | mean control | chance | latents scored | latents failed |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| `{sid}` | {m['scorer']} | {m['metric']} | {num(m['mean'])} | {num(m['mean_control'])} | "
+                  f"{num(m['chance'])} | {m['n_scored']} | {m['n_failed']} |" for sid, m in rows]
+        lines.append("")
+    return lines
+
+
 def render(manifest: ReleaseManifest, saes: list[SAEEntry], *, plots: list[tuple[str, str]]) -> str:
     """README.md text; deterministic for the same inputs."""
     import yaml
@@ -148,6 +180,7 @@ def render(manifest: ReleaseManifest, saes: list[SAEEntry], *, plots: list[tuple
     lines.append("")
     if manifest.gate.rules:
         lines += ["Release gate: " + ", ".join(f"`{r}`" for r in manifest.gate.rules) + ".", ""]
+    lines += _explanations(saes)
     if plots:
         lines += ["## Plots", ""]
         for title, path in plots:

@@ -308,6 +308,8 @@ def to_neuronpedia(card: FeatureCard, *, model_id: str | None = None, layer: str
                 e[k] = ann.scores[k]
         if ann.created_at is not None:
             e["createdAt"] = ann.created_at
+        if ann.score_records:
+            e["scores"] = neuronpedia_scores(ann)
         e.update(rest)
         expls.append(_ordered(e, keys))
     out["explanations"] = expls
@@ -315,6 +317,25 @@ def to_neuronpedia(card: FeatureCard, *, model_id: str | None = None, layer: str
     out.update(keep.get("raw") or {})
     out.update(keep.get("feature") or {})
     return _ordered(out, keep.get("keys"))
+
+
+def neuronpedia_scores(ann: Annotation) -> list[dict]:
+    """An annotation's scores as Neuronpedia's ``ExplanationScore`` rows (hijohnnylin/neuronpedia,
+    apps/webapp/prisma/schema.prisma: value, explanationScoreTypeName, explanationScoreModelName,
+    jsonDetails, a string). A score with no value (nothing could be scored) has no row: ``value``
+    is required there. The control value, chance and counts go in jsonDetails."""
+    controls = {(r.scorer, r.metric, r.scorer_model): r.value for r in ann.score_records if r.control}
+    rows = []
+    for r in ann.score_records:
+        if r.control or r.value is None:
+            continue
+        details = {"metric": r.metric, "control_value": controls.get((r.scorer, r.metric, r.scorer_model)),
+                   "chance": r.chance, "n_pos": r.n_pos, "n_neg": r.n_neg, "n_failed": r.n_failed,
+                   "prompt_sha256": r.prompt_sha256}
+        rows.append({"value": r.value, "explanationScoreTypeName": f"saekit_{r.scorer}_{r.metric}",
+                     "explanationScoreModelName": r.scorer_model or "",
+                     "jsonDetails": json.dumps(details, sort_keys=True)})
+    return rows
 
 
 def _ordered(doc: dict, keys: list[str] | None) -> dict:

@@ -96,6 +96,11 @@ class ReleaseSAE(Strict):
         description="Neuronpedia id (MODEL/SOURCE, e.g. 'gemma-2-2b/12-gemmascope-res-16k') when the SAE is on "
                     "Neuronpedia; carried into the release's SAELens registry entry.",
     )
+    cards: str | None = Field(
+        None, min_length=1,
+        description="A .jsonl of feature cards to release instead of the check's, e.g. the output of `saekit cards "
+                    "explain` or `cards score` (relative to the manifest); every card must be for this SAE (sae.sha256).",
+    )
 
 
 class ReleaseManifest(Strict):

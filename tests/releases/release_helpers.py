@@ -82,6 +82,35 @@ def make_cards(name: str, version: int, sha: str, d_sae: int, *, rich: bool = Fa
     return cards
 
 
+def _record(scorer: str, value: float | None, control: bool) -> dict:
+    return {"scorer": scorer, "metric": "balanced_accuracy", "value": value, "chance": 0.5, "n_pos": 5, "n_neg": 5,
+            "n_failed": 0 if value is not None else 10, "control": control, "scorer_model": "local-smol"}
+
+
+def explain_cards(cards: list[dict]) -> list[dict]:
+    """``cards`` as `cards explain` and `cards score` leave them (schema 1.1, hand-made answers):
+    latents 0-3 explained "explanation of latent I" and scored by detection (0.6 + I/10,
+    control 0.5) and fuzzing (0.7, control 0.4; no value for latent 3: all its windows
+    failed); latent 5's request failed. Latent 7 keeps its human label."""
+    prov = {"model": "local-smol", "endpoint_kind": "local", "prompt_template": "saekit-explain-v1",
+            "prompt_sha256": "0" * 64, "sampling": {"temperature": 0.0, "seed": 0, "max_tokens": 32}}
+    out = []
+    for c in cards:
+        c = {**c, "schema_version": "1.1", "annotations": list(c.get("annotations") or [])}
+        i = c["index"]
+        if i < 4:
+            c["annotations"].append({
+                "description": f"explanation of latent {i}", "source": "auto", "explainer_model": "local-smol",
+                "type_name": "saekit-explain-v1", "provenance": prov,
+                "score_records": [_record("detection", 0.6 + i / 10, False), _record("detection", 0.5, True),
+                                  _record("fuzzing", None if i == 3 else 0.7, False), _record("fuzzing", 0.4, True)]})
+        elif i == 5:
+            c["annotations"].append({"source": "auto", "explainer_model": "local-smol", "type_name": "saekit-explain-v1",
+                                     "provenance": {**prov, "error": "HTTP 500 after 5 tries"}})
+        out.append(c)
+    return out
+
+
 def register_checked(name: str, seed: int, tmp: Path, *, gate: str = "pass", alias: str = "production", ev: float = 0.9,
                      rich: bool = False):
     """Register a hand-made SAE and log a hand-made check on it; returns its VersionInfo.
