@@ -51,8 +51,11 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage
 
 def wide_cards(n: int) -> list[dict]:
     """``n`` cards shaped like a check's: 5 top and 4 quantile examples, histogram, logits,
-    attribution on every card and exact ablation on a few. Latent 16000 has the label "wide
-    sixteen thousand"; latent i fires hardest on the token `` tok{i}``."""
+    attribution on every card and exact ablation on a few, and an explanation scored by
+    detection and fuzzing with their controls (what `cards explain` and `cards score` write).
+    Latent 16000 has the label "wide sixteen thousand"; latent i fires hardest on the token
+    `` tok{i}``, is explained "wide explanation {i}" (latent 9000: "ocelots in animal lists")
+    and scores (i % 997) / 1000 on both scorers (highest: latent 996)."""
     words = [" alpha", " beta", " gamma", " delta", " def", " class", " return", " import", ",", "."]
     cards = []
     for i in range(n):
@@ -67,8 +70,14 @@ def wide_cards(n: int) -> list[dict]:
         if i % 1000 == 0:
             down.append({"task": "t", "metric": "delta_ce_loss_per_firing_token", "value": (i % 13) / 900,
                          "method": "exact-ablation", "n_tokens": 5})
+        value = (i % 997) / 1000
+        explained = {"description": "ocelots in animal lists" if i == 9000 else f"wide explanation {i}",
+                     "explainer_model": "local-smol",
+                     "score_records": [{"scorer": s, "metric": "balanced_accuracy", "value": value, "chance": 0.5,
+                                        "n_pos": 5, "n_neg": 5, "control": c, "scorer_model": "local-smol"}
+                                       for s in ("detection", "fuzzing") for c in (False, True)]}
         cards.append({
-            "index": i, "annotations": [{"label": "wide sixteen thousand"}] if i == 16000 else [],
+            "index": i, "annotations": ([{"label": "wide sixteen thousand"}] if i == 16000 else []) + [explained],
             "stats": {"density": (i % 101) / 1000, "max": 1 + (i % 97) / 10, "mean": 0.5,
                       "histogram": {"bin_edges": [0.1 * k for k in range(1, 18)], "counts": [float(k % 5) for k in range(16)]}},
             "top_examples": ex[:5], "quantile_examples": ex[5:],
@@ -247,7 +256,7 @@ SEARCH = """(async (query) => {
     keys: [...document.querySelectorAll("#results li.latent")].map((li) => li.dataset.key),
     count_text: document.getElementById("count").textContent,
     title: (document.getElementById("card-title") || {}).textContent || null,
-    sections: ["examples", "quantile-examples", "hist", "downstream"].filter((id) => card.querySelector("#" + id)),
+    sections: ["explanation", "scores", "examples", "quantile-examples", "hist", "downstream"].filter((id) => card.querySelector("#" + id)),
     card_text: card.textContent,
   };
 })(%s)"""

@@ -106,10 +106,24 @@ def test_browser_lists_and_searches_16384_latents_quickly(tmp_path: Path):
         s = browser.eval(bench.SEARCH % json.dumps("sixteen thousand"))
         assert s["keys"] == ["wide:16000"], s["keys"]
         assert s["title"] == "wide #16000 \u2014 wide sixteen thousand"
-        assert s["sections"] == ["examples", "quantile-examples", "hist", "downstream"]
+        assert s["sections"] == ["explanation", "scores", "examples", "quantile-examples", "hist", "downstream"]
         assert "exact-ablation" in s["card_text"] and "attribution" in s["card_text"] and " tok16000" in s["card_text"]
+        assert "wide explanation 16000" in s["card_text"]  # labelled, so the explanation is shown beside the label
         s = browser.eval(bench.SEARCH % json.dumps("tok12345"))
-        assert s["keys"] == ["wide:12345"] and s["title"] == "wide #12345"
+        assert s["keys"] == ["wide:12345"] and s["title"] == "wide #12345 \u2014 wide explanation 12345"
+        # search by explanation text, over every latent
+        s = browser.eval(bench.SEARCH % json.dumps("ocelots"))
+        assert s["keys"] == ["wide:9000"] and s["title"] == "wide #9000 \u2014 ocelots in animal lists", s
+        print(f"search by explanation: painted {s['search_painted_ms']:.0f} ms")
+        assert s["search_painted_ms"] < 2000, s["search_painted_ms"]
+
+        # opened sorted by explanation score: the highest first (0.996: latents 996, 1993, ...), as fast
+        browser.open("about:blank")
+        browser.open(page.as_uri() + "#sort=score&dir=desc")
+        t = browser.eval(bench.PAINT_TIMINGS)
+        assert t["keys"][:3] == ["wide:996", "wide:1993", "wide:2990"], t["keys"][:3]
+        print(f"sorted by score: list painted {t['list_painted_ms']:.0f} ms from navigation start")
+        assert t["list_painted_ms"] is not None and t["list_painted_ms"] < 2000, t
         print(f"search typed after load: results in the DOM {s['search_ms']:.0f} ms, painted {s['search_painted_ms']:.0f} ms")
         assert s["search_painted_ms"] < 2000, s["search_painted_ms"]
 
