@@ -1,12 +1,15 @@
 """The main job: the whole saekit story on embedded defaults, end to end.
 
     train (cached) -> register -> check (metrics, cards, record, gate) -> production alias
-    -> release bundle -> publish to a loopback Hub (in-process) -> load back by hf:// name
+    -> explain and score a few latents with the local model -> release bundle (its cards carry
+    those explanations and scores) -> publish to a loopback Hub (in-process) -> load back by
+    hf:// name
 
 Every step is idempotent, so a second run reuses what the first made: the trained SAE and
 converted LM come from the cache folder (SAEKIT_CACHE_DIR), registering identical content returns the
 existing version, a version with a recorded check is not checked again, the bundle
-rebuilds byte-identical, and re-publishing it changes nothing on the Hub.
+rebuilds byte-identical (the local model's answers come from the request cache), and
+re-publishing it changes nothing on the Hub.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ CHECK_OPTIONS: dict[str, dict[str, Any]] = {
     "demo": {},
     "test": {"downstream": False, "cards_latents": 16},
 }
+
+
+# Latents the demo explains and scores with the local model (SmolLM2-135M-Instruct, in
+# process): a few, so the demo shows explanations in its browser and model card at a cost of
+# a minute or so on 2 CPU cores (`saekit cards explain` does every latent).
+EXPLAIN_LATENTS = {"demo": 8, "test": 2}
 
 
 def _progress(msg: str) -> None:
@@ -122,7 +131,13 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
     summary["sae"]["aliases"] = sorted(set(store.resolve(pinned).aliases) | {"production"})
     step("alias", t)
 
-    # 5. release bundle
+    # 5. explain and score a few latents (answers cached: a rerun asks the model nothing)
+    t = time.perf_counter()
+    summary["annotate"] = _annotate(store.check_files(name, info.version)["feature_cards.jsonl"], work / "cards",
+                                    EXPLAIN_LATENTS[size])
+    step("annotate", t)
+
+    # 6. release bundle
     t = time.perf_counter()
     from saekit.registry.artifact import read_cfg
     from saekit.releases.bundle import build, verify
@@ -137,7 +152,7 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
         "license": "apache-2.0",
         "base_model": {"id": cfg.model_name or "HuggingFaceTB/SmolLM2-135M-Instruct",
                        **({"revision": cfg.model_revision} if cfg.model_revision else {})},
-        "saes": [{"ref": f"{name}@production", "sae_id": sae_id}],
+        "saes": [{"ref": f"{name}@production", "sae_id": sae_id, "cards": "cards/scored.jsonl"}],
         "gate": {"rules": DEMO_RULES[size]},
         "hub_repo": repo,
         "description": "A TopK sparse autoencoder on the layer-6 residual stream of SmolLM2-135M-Instruct, "
@@ -153,7 +168,7 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
                           "browser": str(bundle / "browser" / "index.html")}
     step("build", t)
 
-    # 6. publish to a loopback Hub (in-process) and 7. load back by name
+    # 7. publish to a loopback Hub (in-process) and 8. load back by name
     from saekit.releases.publish import publish
 
     t = time.perf_counter()
@@ -199,6 +214,37 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
     return summary
 
 
+def _annotate(cards: Path, out: Path, n: int) -> dict[str, Any]:
+    """Explain the ``n`` lowest-index latents that have examples, then score them (delphi's
+    detection and fuzzing, each with a control); all the cards go to ``out/scored.jsonl``.
+    Few examples are shown to the explainer, so some are left to score with; short windows,
+    short answers and one prompt per scorer and latent keep it to 5 requests a latent (on 2
+    busy CPU cores a request of the local model takes seconds, most of it reading the prompt)."""
+    from saekit.harness.explain import ExplainOptions, explain_files
+    from saekit.harness.llm_client import CachedClient, LocalChatClient, Params, RequestCache
+    from saekit.harness.score import ScoreOptions, score_files
+    from saekit.schemas.card_files import read_cards
+
+    chosen = sorted(c.index for c in read_cards(cards) if c.top_examples)[:n]
+    if not chosen:
+        return {"latents": 0}
+    latents = ",".join(map(str, chosen)) + ","
+    _progress(f"explaining and scoring latents {latents.rstrip(',')} with the local model")
+    client = CachedClient(LocalChatClient(), RequestCache(current().cache("llm-requests")))
+    ex = explain_files([cards], out / "explained.jsonl", client,
+                       ExplainOptions(n_top=3, n_quantile=2, max_example_tokens=24, params=Params(max_tokens=16),
+                                      concurrency=1),
+                       latents=latents)
+    sc = score_files([out / "explained.jsonl"], out / "scored.jsonl", client,
+                     ScoreOptions(n_pos=3, n_neg=3, per_prompt=6, max_example_tokens=24, concurrency=1,
+                                  scorers=("detection", "fuzzing"), params=Params(max_tokens=24, logprobs=True)),
+                     latents=latents)
+    return {"latents": len(chosen), "explained": ex.explained, "failed": ex.failed, "scored": sc.scored,
+            "means": sc.means, "control_means": sc.control_means, "requests_sent": client.sent,
+            "requests_cached": client.cached, "tokens_in": client.tokens_in, "tokens_out": client.tokens_out,
+            "cards": str(out / "scored.jsonl")}
+
+
 def _load_back(ref: str, pinned: str) -> dict[str, Any]:
     """Load the published SAE by hf:// name and compare it with the registry's copy."""
     import torch
@@ -232,6 +278,14 @@ def summary_table(s: dict[str, Any]) -> list[str]:
         c = s["check"]
         shown = ", ".join(f"{k} {v:.4g}" for k, v in list(c["metrics"].items())[:5])
         rows.append(("check", f"gate {c['gate']}" + ("" if c["ran"] else " (recorded)"), shown or "-"))
+    if s.get("annotate", {}).get("latents"):
+        a = s["annotate"]
+        det = a["means"].get("detection balanced_accuracy")
+        ctl = a["control_means"].get("detection balanced_accuracy")
+        rows.append(("annotate", f"{a['explained']} of {a['latents']} latents explained, {a['scored']} scored",
+                     "detection " + ("-" if det is None else f"{det:.2f}") + " vs control "
+                     + ("-" if ctl is None else f"{ctl:.2f}") + f"; {a['requests_sent']} requests, "
+                     f"{a['requests_cached']} cached"))
     if "release" in s:
         r = s["release"]
         rows.append(("build", f"bundle {r['tag']} ({r['files']} files)", r["bundle"]))

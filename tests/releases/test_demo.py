@@ -28,6 +28,19 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, real_sae_dir: Path):
     assert a["load"]["ref"] == f"hf://saekit-demo/smollm2-135m-res-l6-test@v0.1.0/{a['release']['sae_id']}"
     bundle = Path(a["release"]["bundle"])
     assert (bundle / "browser" / "index.html").is_file() and (bundle / "SHA256SUMS").is_file()
+    # A few latents explained and scored with the local model; the release carries them.
+    ann = a["annotate"]
+    print(f"demo annotate step: {a['timings_s']['annotate']} s, {ann['requests_sent']} requests sent, "
+          f"{ann['requests_cached']} cached; means {ann['means']}, controls {ann['control_means']}")
+    assert ann["latents"] == 2 and ann["explained"] + ann["failed"] == 2 and ann["explained"] >= 1
+    from saekit.releases.bundle import release_cards
+
+    explained = [c for _, _, cards in release_cards(bundle) for c in cards
+                 if any(x.description and x.provenance for x in c.annotations)]
+    assert len(explained) == ann["explained"]
+    assert "## Explanations" in (bundle / "README.md").read_text()
+    page = (bundle / "browser" / "index.html").read_text()
+    assert explained[0].annotations[-1].description in page
     before = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
 
     # Second run: everything is reused; the rebuilt bundle is byte-identical, publishing is a no-op.
@@ -35,6 +48,7 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, real_sae_dir: Path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "(unchanged)" in second.stdout and "identical to the registry copy" in second.stdout
     assert "demo ok" in second.stdout
+    assert ", 0 requests, " in second.stdout  # the local model's answers came from the request cache
     after = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
     assert after == before
 
