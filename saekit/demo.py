@@ -216,10 +216,10 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
 
 def _annotate(cards: Path, out: Path, n: int) -> dict[str, Any]:
     """Explain the ``n`` lowest-index latents that have examples, then score them (delphi's
-    detection and fuzzing, each with a control); all the cards go to ``out/scored.jsonl``.
-    Few examples are shown to the explainer, so some are left to score with; short windows,
-    short answers and one prompt per scorer and latent keep it to 5 requests a latent (on 2
-    busy CPU cores a request of the local model takes seconds, most of it reading the prompt)."""
+    detection, with its control); all the cards go to ``out/scored.jsonl``. Few examples are
+    shown to the explainer, so some are left to score with; short windows, short answers, one
+    scorer and one prompt per latent keep it to 3 requests a latent (on 2 busy CPU cores a
+    request of the local model takes seconds to tens of seconds). `cards score` runs them all."""
     from saekit.harness.explain import ExplainOptions, explain_files
     from saekit.harness.llm_client import CachedClient, LocalChatClient, Params, RequestCache
     from saekit.harness.score import ScoreOptions, score_files
@@ -237,7 +237,7 @@ def _annotate(cards: Path, out: Path, n: int) -> dict[str, Any]:
                        latents=latents)
     sc = score_files([out / "explained.jsonl"], out / "scored.jsonl", client,
                      ScoreOptions(n_pos=3, n_neg=3, per_prompt=6, max_example_tokens=24, concurrency=1,
-                                  scorers=("detection", "fuzzing"), params=Params(max_tokens=24, logprobs=True)),
+                                  scorers=("detection",), params=Params(max_tokens=24, logprobs=True)),
                      latents=latents)
     return {"latents": len(chosen), "explained": ex.explained, "failed": ex.failed, "scored": sc.scored,
             "means": sc.means, "control_means": sc.control_means, "requests_sent": client.sent,
