@@ -269,6 +269,7 @@ def _check_cards_of(path: Path, sha256: str) -> None:
     annotated cards of another SAE, or of another version, are refused before anything is written."""
     if path.suffix != ".jsonl":
         raise InputError("cards: must name a .jsonl file (what cards explain and cards score write)", where=str(path))
+    safeio.regular_file(path.parent, path.name)  # no link, no device: before reading it
     for card in card_files.read_cards(path):
         if card.sae.sha256 != sha256:
             raise IntegrityError(f"latent {card.index}'s card is for SAE sha256 {(card.sae.sha256 or 'none')[:12]}, "

@@ -40,7 +40,7 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, real_sae_dir: Path):
     assert len(explained) == ann["explained"]
     assert "## Explanations" in (bundle / "README.md").read_text()
     page = (bundle / "browser" / "index.html").read_text()
-    assert explained[0].annotations[-1].description in page
+    assert json.dumps(explained[0].annotations[-1].description, ensure_ascii=False)[1:-1] in page  # inlined JSON
     before = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
 
     # Second run: everything is reused; the rebuilt bundle is byte-identical, publishing is a no-op.
@@ -48,7 +48,7 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, real_sae_dir: Path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "(unchanged)" in second.stdout and "identical to the registry copy" in second.stdout
     assert "demo ok" in second.stdout
-    assert ", 0 requests, " in second.stdout  # the local model's answers came from the request cache
+    assert "; 0 requests, " in second.stdout  # the local model's answers came from the request cache
     after = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
     assert after == before
 
