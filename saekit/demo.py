@@ -220,9 +220,6 @@ def _annotate(cards: Path, out: Path, n: int) -> dict[str, Any]:
     shown to the explainer, so some are left to score with; short windows, short answers, one
     scorer and one prompt per latent keep it to 3 requests a latent (on 2 busy CPU cores a
     request of the local model takes seconds to tens of seconds). `cards score` runs them all."""
-    from saekit.harness.explain import ExplainOptions, explain_files
-    from saekit.harness.llm_client import CachedClient, LocalChatClient, Params, RequestCache
-    from saekit.harness.score import ScoreOptions, score_files
     from saekit.schemas.card_files import read_cards
 
     chosen = sorted(c.index for c in read_cards(cards) if c.top_examples)[:n]
@@ -230,6 +227,23 @@ def _annotate(cards: Path, out: Path, n: int) -> dict[str, Any]:
         return {"latents": 0}
     latents = ",".join(map(str, chosen)) + ","
     _progress(f"explaining and scoring latents {latents.rstrip(',')} with the local model")
+    import torch
+
+    # One thread while the local model answers: on this 2-core machine, shared, a request took
+    # 33 s with torch's 2 threads and 7 s with 1 (298 tokens in, 16 out, load average 8).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _explain_and_score(cards, out, chosen, latents)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _explain_and_score(cards: Path, out: Path, chosen: list[int], latents: str) -> dict[str, Any]:
+    from saekit.harness.explain import ExplainOptions, explain_files
+    from saekit.harness.llm_client import CachedClient, LocalChatClient, Params, RequestCache
+    from saekit.harness.score import ScoreOptions, score_files
+
     client = CachedClient(LocalChatClient(), RequestCache(current().cache("llm-requests")))
     ex = explain_files([cards], out / "explained.jsonl", client,
                        ExplainOptions(n_top=3, n_quantile=2, max_example_tokens=24, params=Params(max_tokens=16),
