@@ -121,8 +121,8 @@ def _explanations(saes: list[SAEEntry]) -> list[str]:
         def num(v: float | None) -> str:
             return "-" if v is None else f"{v:.3f}"
 
-        lines += ["Scores of the explanations (delphi's detection and fuzzing: balanced accuracy, chance 0.5), each "
-                  "beside its control, the same scorer given another latent's explanation:", "",
+        lines += ["Scores of the explanations, each beside its control (the same scorer given another latent's "
+                  "explanation); a latent failed when none of its windows got an answer that parsed:", "",
                   "| sae_id | scorer | metric | mean | mean control | chance | latents scored | latents failed |",
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| `{sid}` | {m['scorer']} | {m['metric']} | {num(m['mean'])} | {num(m['mean_control'])} | "
