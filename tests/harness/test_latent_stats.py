@@ -165,3 +165,28 @@ def test_cards_from_captured_windows_equal_cards_from_rerun_windows(real_sae_dir
     rerun, without = cards()
     assert captured and not rerun
     assert with_capture == without
+
+
+def test_negative_windows_are_zero_throughout_and_merge_exactly():
+    """The candidate windows are a seeded draw; a latent's negatives are exactly the candidates
+    where brute force finds it zero on every token, whatever the batches and ranks."""
+    ctx, n_rows, d_sae, k = 5, 12, 12, 3
+    dense, values, indices = _codes(n_rows, ctx, d_sae, k, seed=2)
+
+    def stream(order, rows_per_batch=2):
+        st = LatentStats.empty(d_sae, k=3, samples=4, negatives=8, n_rows=n_rows)
+        for r0 in order:
+            sl = slice(r0 * ctx, (r0 + rows_per_batch) * ctx)
+            st.update(values[sl], indices[sl], row0=r0, ctx=ctx)
+        return st
+
+    one = stream(range(0, n_rows, 2))
+    merged = stream([8, 0, 4]).merge(stream([10, 2, 6]))
+    assert one.neg_rows.numel() == 8 and torch.equal(merged.neg_fire, one.neg_fire)
+    fires = dense.view(n_rows, ctx, d_sae).amax(1) > 0  # [rows, latents]
+    for L in range(d_sae):
+        want = {r for r in one.neg_rows.tolist() if not fires[r, L]}
+        got = one.negatives(L, 8)
+        assert set(got) == want and len(got) == len(want) and merged.negatives(L, 8) == got
+        assert one.negatives(L, 2) == got[:2]
+    assert LatentStats.empty(d_sae).negatives(0, 5) == []
