@@ -132,8 +132,9 @@ def test_cards_are_valid_and_complete(checked):
         for ex in c.quantile_examples:
             assert ex.bin.startswith("quantile_") and 0 < ex.max_value <= c.stats.max
             assert ex.token_ids not in [t.token_ids for t in c.top_examples]
-        # non-activating windows for scoring explanations: 20 by default, the latent zero throughout
-        assert len(c.quantile_examples) + len(c.top_examples) > 9 and 1 <= len(c.negative_examples) <= 20
+        # enough held-out examples for scoring; non-activating windows: at most 20 by default (these 10
+        # most active latents fire in most of the 16 windows; test_latent_stats checks them re-run)
+        assert len(c.quantile_examples) + len(c.top_examples) > 9 and len(c.negative_examples) <= 20
         for ex in c.negative_examples:
             assert ex.bin == "negative" and ex.max_value == 0 and set(ex.values) == {0.0}
             assert len(ex.tokens) == len(ex.token_ids) == len(ex.values) == 32
