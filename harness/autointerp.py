@@ -9,8 +9,9 @@ What SAEBench 0.6.0 defines (sae_bench/evals/autointerp/main.py, ``AutoInterp`` 
   the windows where the latent fires, at evenly spaced quantiles: the card's stand-in for
   SAEBench's activation-weighted sample); when no top example is held out (the check keeps 5
   and the explainer shows 10), all 4 come from the quantile examples, the strongest 2 in the
-  top slots; with too few quantile examples, the next top examples fill the IW slots. The random sequences are the card's ``negative_examples``: windows of the same
-  token set where the latent is zero throughout. SAEBench draws its random sequences
+  top slots; with too few quantile examples, the next top examples fill the IW slots. The
+  random sequences are the card's ``negative_examples``: windows of the same token set
+  where the latent is zero throughout. SAEBench draws its random sequences
   uniformly and labels them inactive without looking (``create_examples(rand_toks)`` gives
   them zero activations), so a random sequence on which the latent does fire counts as a
   negative there; saekit's negatives are measured zero, so the labels are true.
@@ -126,8 +127,9 @@ def score_latent(explanation: str, held_top: list[ActivationExample], held_quant
                  index: int, control: bool, scorer_model: str) -> tuple[ScoreRecord, dict[str, Any]]:
     """One latent's record and its SAEBench result entry (``run_single_feature``'s dict; None
     when nothing was scored). ``generate(messages, max_tokens)`` returns the answer text or
-    raises EndpointError. Without an activating or a negative sequence there is nothing to
-    score (value null, nothing failed), as SAEBench skips a latent without its examples."""
+    raises EndpointError. Without the card's negatives (its random sequences) or without an
+    active and an inactive sequence there is nothing to score (value null, nothing failed),
+    as SAEBench skips a latent without its examples."""
     rng = random.Random(seed * 1_000_003 + index)  # the same sequences, order and prompt on every run
     seqs = select(held_top, held_quantile, negatives, rng)
     top = latent_max if latent_max else max((max(v) for _, v in seqs), default=0.0)
@@ -135,7 +137,7 @@ def score_latent(explanation: str, held_top: list[ActivationExample], held_quant
     n_pos = sum(labels)
     common = dict(scorer=SCORER, metric=METRIC, control=control, scorer_model=scorer_model,
                   prompt_sha256=PROMPT_SHA256, chance=(len(labels) - n_pos) / len(labels) if labels else None)
-    if not n_pos or n_pos == len(labels):
+    if not negatives or not n_pos or n_pos == len(labels):
         return ScoreRecord(value=None, n_pos=n_pos, n_neg=len(labels) - n_pos, **common), None
     try:
         predictions = parse_predictions(generate(messages(explanation, [to_str(t) for t, _ in seqs], rng),
