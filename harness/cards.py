@@ -372,16 +372,17 @@ def _example(tokens: TokenSet, tok_str: Any, r: int, values: list[float], *, rig
     )
 
 
-def _negative(tokens: TokenSet, tok_str: Any, r: int, latent: int, n_tokens: int, row_ids: Any) -> Any:
+def _negative(tokens: TokenSet, row_strs: Any, r: int, latent: int, n_tokens: int, row_ids: Any) -> Any:
     """``n_tokens`` of window ``r``, where ``latent`` is zero throughout, at an offset drawn
-    from (window, latent), with its zero values (bin 'negative')."""
+    from (window, latent), with its zero values (bin 'negative'). ``row_strs(r)``: the
+    window's token texts (latents share the few candidate windows, so they are made once)."""
     ctx = tokens.context_size
     n = min(n_tokens, ctx)
     start = (r * 7919 + latent * 104729) % (ctx - n + 1)
     ids = row_ids(r)[start : start + n]
     pos = tokens.positions[r] + start if tokens.positions else None
     return ActivationExample(
-        tokens=[tok_str(i) for i in ids], values=[0.0] * len(ids), token_ids=ids, max_value=0.0,
+        tokens=row_strs(r)[start : start + n], values=[0.0] * len(ids), token_ids=ids, max_value=0.0,
         source=ExampleSource(dataset=tokens.source, document=tokens.documents[r] if tokens.documents else None,
                              position=pos),
         bin="negative",
@@ -491,6 +492,7 @@ def build_cards(
     tok_str = _decoder(tokenizer, shown)
 
     row_ids = lru_cache(maxsize=None)(lambda r: tokens.tokens[r].tolist())  # a window's ids, listed once
+    row_strs = lru_cache(maxsize=None)(lambda r: [tok_str(i) for i in row_ids(r)])
     attr, attr_n = stats.attribution().tolist(), stats.attr_count.tolist()
     mean, mx, fire = stats.mean().tolist(), stats.act_max.tolist(), stats.fire_count.tolist()
     cards: list[FeatureCard] = []
@@ -531,7 +533,7 @@ def build_cards(
                     sae=sae_ref, index=L, stats=st,
                     top_examples=[x for x in exs if x.bin == "top"],
                     quantile_examples=[x for x in exs if x.bin != "top"],
-                    negative_examples=[_negative(tokens, tok_str, r, L, negative_tokens, row_ids) for r in negs[L]],
+                    negative_examples=[_negative(tokens, row_strs, r, L, negative_tokens, row_ids) for r in negs[L]],
                     logit_effects=LogitEffects(
                         positive=[LogitEffect(token=tok_str(t), token_id=t, value=v) for v, t in zip(tv[j], ti[j])],
                         negative=[LogitEffect(token=tok_str(t), token_id=t, value=-v) for v, t in zip(bv[j], bi[j])],
