@@ -411,11 +411,11 @@ def _run(
     cards_path = None
     n_cards = 0
     agree: dict[str, float] = {}
+    n_quant, n_neg = (QUANTILE_EXAMPLES if cards_cfg.n_quantile_examples is None else cards_cfg.n_quantile_examples,
+                      NEGATIVE_EXAMPLES if cards_cfg.n_negative_examples is None else cards_cfg.n_negative_examples)
     if cards_cfg.enabled:
         t = time.perf_counter()
         special = torch.tensor(special_token_ids(tok), dtype=torch.long)
-        n_quant, n_neg = (QUANTILE_EXAMPLES if cards_cfg.n_quantile_examples is None else cards_cfg.n_quantile_examples,
-                          NEGATIVE_EXAMPLES if cards_cfg.n_negative_examples is None else cards_cfg.n_negative_examples)
         stats = stream_latents(sae_dev, model, tokens, hook_name=hook, batch_size=batch_size, special=special,
                                batches=mine, grad=downstream, k=cards_cfg.n_examples,
                                negatives=n_neg)
@@ -450,7 +450,7 @@ def _run(
         "torch_threads": torch_threads(),
         "world_size": world,
         "cards": cards_cfg.model_copy(update={
-            "n_cards": n_cards,
+            "n_cards": n_cards, "n_quantile_examples": n_quant, "n_negative_examples": n_neg,
             "downstream_method": DownstreamMethod(all="attribution" if downstream else None),
         }),
     })

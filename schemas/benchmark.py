@@ -94,8 +94,8 @@ class CardsConfig(Strict):
         16, description="Exact ablation for the N most active latents, or 'all'."
     )
     n_examples: int = Field(5, ge=1, description="Top activating examples per card.")
-    # null: the current defaults (saekit.harness.cards.QUANTILE_EXAMPLES, NEGATIVE_EXAMPLES), so
-    # records written before these fields read and write back unchanged
+    # null: the defaults (saekit.harness.cards.QUANTILE_EXAMPLES, NEGATIVE_EXAMPLES), resolved in
+    # the record; records written before these fields read and write back unchanged
     n_quantile_examples: int | None = Field(
         None, ge=0, description="Examples at quantiles of the activations per card (null: 15)."
     )
