@@ -67,7 +67,12 @@ AGREEMENT_DEFINITIONS = {
     "attribution_vs_ablation_n_latents": MetricDefinition(
         definition="number of latents ablated exactly", direction="none", source="saekit.harness.cards.agreement"),
 }
-QUANTILE_EXAMPLES = 4
+QUANTILE_EXAMPLES = 15
+# With 5 top examples: 20 activating examples per card, enough for an explainer to see 10
+# and a scorer to hold out the rest (issue 21); and this many windows where the latent is zero
+NEGATIVE_EXAMPLES = 20
+NEGATIVE_CANDIDATES = 4  # candidate windows tracked in the pass per non-activating window wanted
+NEGATIVE_TOKENS = 32  # tokens of each non-activating window (SAEBench's are 2 x buffer + 1 = 21)
 SAMPLES = 32  # windows sampled per latent (bottom-k sketch) for the quantile examples
 # the pass captures the kept windows' values while they take at most this much memory
 # (d_sae x (k + SAMPLES) x context float32: 87 MB for the demo SAE); beyond it card assembly
@@ -154,7 +159,7 @@ def spliced_loss(
 def stream_latents(
     sae: Any, model: Any, tokens: TokenSet, *, hook_name: str, batch_size: int, special: Any,
     batches: Iterable[int] | None = None, grad: bool = True, k: int = 5, samples: int = SAMPLES,
-    desc: str = "feature stats", windows: bool = True,
+    desc: str = "feature stats", windows: bool = True, negatives: int = NEGATIVE_EXAMPLES,
 ) -> Any:
     """LatentStats of every latent over the token set's windows (``batches``: the batch
     indices this rank runs; all by default), reduced across torch.distributed ranks. With
@@ -162,7 +167,8 @@ def stream_latents(
     ``windows`` the per-token values of every kept example window (and each top window's
     loss and attribution) are captured as the window enters its latent's top or sample
     set, so build_cards and exact_ablations run no second pass over them (while that takes
-    at most CAPTURE_BYTES)."""
+    at most CAPTURE_BYTES). ``negatives``: non-activating windows wanted per latent
+    (NEGATIVE_CANDIDATES times as many candidate windows are tracked; see LatentStats)."""
     import torch
 
     from saekit.harness.activations import run_to_hook
@@ -172,7 +178,8 @@ def stream_latents(
     n_rows = tokens.tokens.shape[0]
     todo = list(range(-(-n_rows // batch_size))) if batches is None else list(batches)
     capture = windows and sae.cfg.d_sae * (k + samples) * ctx * 4 <= CAPTURE_BYTES
-    stats = LatentStats.empty(sae.cfg.d_sae, k=k, samples=samples, ctx=ctx if capture else None)
+    stats = LatentStats.empty(sae.cfg.d_sae, k=k, samples=samples, ctx=ctx if capture else None,
+                              negatives=negatives * NEGATIVE_CANDIDATES, n_rows=n_rows)
     dev = sae.W_dec.device
     with Progress(desc, total=len(todo)) as bar:
         for b in todo:
@@ -365,6 +372,23 @@ def _example(tokens: TokenSet, tok_str: Any, r: int, values: list[float], *, rig
     )
 
 
+def _negative(tokens: TokenSet, row_strs: Any, r: int, latent: int, n_tokens: int, row_ids: Any) -> Any:
+    """``n_tokens`` of window ``r``, where ``latent`` is zero throughout, at an offset drawn
+    from (window, latent), with its zero values (bin 'negative'). ``row_strs(r)``: the
+    window's token texts (latents share the few candidate windows, so they are made once)."""
+    ctx = tokens.context_size
+    n = min(n_tokens, ctx)
+    start = (r * 7919 + latent * 104729) % (ctx - n + 1)
+    ids = row_ids(r)[start : start + n]
+    pos = tokens.positions[r] + start if tokens.positions else None
+    return ActivationExample(
+        tokens=row_strs(r)[start : start + n], values=[0.0] * len(ids), token_ids=ids, max_value=0.0,
+        source=ExampleSource(dataset=tokens.source, document=tokens.documents[r] if tokens.documents else None,
+                             position=pos),
+        bin="negative",
+    )
+
+
 def build_cards(
     sae: Any,
     model: Any,
@@ -380,6 +404,8 @@ def build_cards(
     attribution: bool = True,
     n_examples: int = 5,
     n_quantile_examples: int = QUANTILE_EXAMPLES,
+    n_negative_examples: int = NEGATIVE_EXAMPLES,
+    negative_tokens: int = NEGATIVE_TOKENS,
     right_context: int = 8,
     n_logits: int = 10,
     n_bins: int = 16,
@@ -459,12 +485,14 @@ def build_cards(
         bi += bot.indices.tolist()
     del W_U
     # the text of every token the cards show, decoded at once
-    rows = sorted({r for L in mine for r, _, _ in picks[L]})
+    negs = {L: stats.negatives(L, n_negative_examples) for L in mine}
+    rows = sorted({r for L in mine for r, _, _ in picks[L]} | {r for L in mine for r in negs[L]})
     shown = {t for ids in ti + bi for t in ids}
     shown.update(torch.unique(tokens.tokens[rows]).tolist() if rows else [])
     tok_str = _decoder(tokenizer, shown)
 
     row_ids = lru_cache(maxsize=None)(lambda r: tokens.tokens[r].tolist())  # a window's ids, listed once
+    row_strs = lru_cache(maxsize=None)(lambda r: [tok_str(i) for i in row_ids(r)])
     attr, attr_n = stats.attribution().tolist(), stats.attr_count.tolist()
     mean, mx, fire = stats.mean().tolist(), stats.act_max.tolist(), stats.fire_count.tolist()
     cards: list[FeatureCard] = []
@@ -505,6 +533,7 @@ def build_cards(
                     sae=sae_ref, index=L, stats=st,
                     top_examples=[x for x in exs if x.bin == "top"],
                     quantile_examples=[x for x in exs if x.bin != "top"],
+                    negative_examples=[_negative(tokens, row_strs, r, L, negative_tokens, row_ids) for r in negs[L]],
                     logit_effects=LogitEffects(
                         positive=[LogitEffect(token=tok_str(t), token_id=t, value=v) for v, t in zip(tv[j], ti[j])],
                         negative=[LogitEffect(token=tok_str(t), token_id=t, value=-v) for v, t in zip(bv[j], bi[j])],

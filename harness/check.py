@@ -206,6 +206,8 @@ def check(
     cards_latents: int | str = DEFAULT_CARDS,
     downstream_latents: int | str = DEFAULT_DOWNSTREAM,
     n_examples: int = DEFAULT_EXAMPLES,
+    n_quantile_examples: int | None = None,
+    n_negative_examples: int | None = None,
     annotations: Path | None = None,
     from_record: Path | None = None,
     activations: Path | None = None,
@@ -238,7 +240,8 @@ def check(
     _n_latents(cards_latents, "cards_latents")
     _n_latents(downstream_latents, "downstream_latents")
     cards_cfg = _validated(CardsConfig, enabled=cards, latents=cards_latents, downstream_latents=downstream_latents,
-                           n_examples=n_examples)
+                           n_examples=n_examples, n_quantile_examples=n_quantile_examples,
+                           n_negative_examples=n_negative_examples)
     expect_sha = None
     if from_record is not None:
         old = read_record(from_record)
@@ -306,6 +309,8 @@ def _run(
 
     from saekit.harness import gate as gate_mod
     from saekit.harness.cards import (
+        NEGATIVE_EXAMPLES,
+        QUANTILE_EXAMPLES,
         build_cards,
         merge_annotations,
         read_annotations,
@@ -406,11 +411,14 @@ def _run(
     cards_path = None
     n_cards = 0
     agree: dict[str, float] = {}
+    n_quant, n_neg = (QUANTILE_EXAMPLES if cards_cfg.n_quantile_examples is None else cards_cfg.n_quantile_examples,
+                      NEGATIVE_EXAMPLES if cards_cfg.n_negative_examples is None else cards_cfg.n_negative_examples)
     if cards_cfg.enabled:
         t = time.perf_counter()
         special = torch.tensor(special_token_ids(tok), dtype=torch.long)
         stats = stream_latents(sae_dev, model, tokens, hook_name=hook, batch_size=batch_size, special=special,
-                               batches=mine, grad=downstream, k=cards_cfg.n_examples)
+                               batches=mine, grad=downstream, k=cards_cfg.n_examples,
+                               negatives=n_neg)
         phases["cards_pass"] = time.perf_counter() - t
         t = time.perf_counter()
         latents = select_latents(stats.fire_count, _n_latents(cards_cfg.latents))
@@ -420,7 +428,8 @@ def _run(
         card_list, agree = build_cards(  # every rank builds and serializes its share
             sae_dev, model, tok, stats, tokens, sae_ref=sae_ref, hook_name=hook, latents=latents,
             batch_size=batch_size, downstream_latents=down, attribution=downstream,
-            n_examples=cards_cfg.n_examples, distributed=True,
+            n_examples=cards_cfg.n_examples, n_quantile_examples=n_quant, n_negative_examples=n_neg,
+            distributed=True,
         )
         if notes is not None:
             card_list, _ = merge_annotations(card_list, notes)
@@ -441,7 +450,7 @@ def _run(
         "torch_threads": torch_threads(),
         "world_size": world,
         "cards": cards_cfg.model_copy(update={
-            "n_cards": n_cards,
+            "n_cards": n_cards, "n_quantile_examples": n_quant, "n_negative_examples": n_neg,
             "downstream_method": DownstreamMethod(all="attribution" if downstream else None),
         }),
     })

@@ -16,7 +16,12 @@ What a FeatureCard states about every latent comes from ``LatentStats``:
   each kept top and sampled window, and for each top window the window's summed loss and
   the latent's attribution in it, captured when the window enters the set: the cards'
   examples and the base of exact ablation need no second model pass. Memory is
-  d_sae x (k + samples) x ctx values, whatever the token count.
+  d_sae x (k + samples) x ctx values, whatever the token count;
+- optionally (``LatentStats.empty(..., negatives=M, n_rows=...)``), for M candidate windows
+  fixed before the pass (a seeded random draw from the whole token set, as SAEBench draws
+  its random scoring sequences), which latents fire anywhere in each: a latent's
+  non-activating windows are the candidates where it is zero throughout. M x d_sae bits,
+  and per batch one row lookup, so it costs next to nothing.
 
 Every reduction is exact (integer sums, maxima, total orders), so one process and N ranks
 of ``torchrun`` produce the same bytes.
@@ -84,14 +89,24 @@ class LatentStats:
     smp_seq: torch.Tensor | None = None  # [d_sae, S, ctx] float32 same for each sampled window
     top_loss: torch.Tensor | None = None  # [d_sae, K] float64 summed loss of the top window (nan: none)
     top_attr: torch.Tensor | None = None  # [d_sae, K] float64 the latent's attribution in the top window
+    # candidate non-activating windows (None unless ``empty(..., negatives=...)``)
+    neg_rows: torch.Tensor | None = None  # [M] int64 candidate windows, ascending, the same on every rank
+    neg_fire: torch.Tensor | None = None  # [M, d_sae] uint8: 1 where the latent fires in the candidate
 
     @classmethod
-    def empty(cls, d_sae: int, *, k: int = 5, samples: int = 32, ctx: int | None = None) -> LatentStats:
-        """Empty state; with ``ctx`` the kept windows' per-token values are captured too."""
+    def empty(cls, d_sae: int, *, k: int = 5, samples: int = 32, ctx: int | None = None,
+              negatives: int = 0, n_rows: int = 0, seed: int = 0) -> LatentStats:
+        """Empty state; with ``ctx`` the kept windows' per-token values are captured too; with
+        ``negatives`` (and the token set's ``n_rows``) that many candidate non-activating windows
+        are drawn (seeded) and tracked."""
         z = lambda *s, dt=torch.int64: torch.zeros(*s, dtype=dt)  # noqa: E731
         seqs = {}
+        if negatives and n_rows:
+            g = torch.Generator().manual_seed(seed)
+            rows = torch.randperm(n_rows, generator=g)[: min(negatives, n_rows)].sort().values
+            seqs = dict(neg_rows=rows, neg_fire=z(rows.numel(), d_sae, dt=torch.uint8))
         if ctx:
-            seqs = dict(top_seq=z(d_sae, k, ctx, dt=torch.float32), smp_seq=z(d_sae, samples, ctx, dt=torch.float32),
+            seqs |= dict(top_seq=z(d_sae, k, ctx, dt=torch.float32), smp_seq=z(d_sae, samples, ctx, dt=torch.float32),
                         top_loss=torch.full((d_sae, k), float("nan"), dtype=torch.float64),
                         top_attr=z(d_sae, k, dt=torch.float64))
         return cls(
@@ -149,6 +164,11 @@ class LatentStats:
         local_row = tok // ctx
         rowmax = torch.zeros(n_rows * d).scatter_reduce_(0, local_row * d + lat, val, "amax").view(n_rows, d)
         cand_val = rowmax.T.contiguous()  # [d, rows]
+        if self.neg_rows is not None:  # the candidate windows of this batch: which latents fire there
+            hit = torch.isin(rows_of, self.neg_rows).nonzero().squeeze(1)
+            if hit.numel():
+                slots = torch.searchsorted(self.neg_rows, rows_of[hit])
+                self.neg_fire[slots] |= (rowmax[hit] > 0).to(torch.uint8)
         # a window where the latent does not fire is an empty candidate: it never displaces
         # anything, so the sets (and captured windows) of latents absent from the batch stay put
         cand_row = torch.where(cand_val > 0, rows_of.view(1, -1).expand(d, n_rows), 2**62)
@@ -237,6 +257,8 @@ class LatentStats:
             n_tok=self.n_tok + other.n_tok,
             top_seq=pick("top_seq", t_src), smp_seq=pick("smp_seq", s_src),
             top_loss=pick("top_loss", t_src), top_attr=pick("top_attr", t_src),
+            neg_rows=self.neg_rows,
+            neg_fire=None if self.neg_fire is None or other.neg_fire is None else self.neg_fire | other.neg_fire,
         )
 
     def all_reduce(self) -> LatentStats:
@@ -304,6 +326,17 @@ class LatentStats:
         s_vals = self.smp_seq[latent, s_slots].tolist() if s_slots else []
         ti, si = iter(t_vals), iter(s_vals)
         return [next(ti) if j >= 0 else next(si) for j in t_slots]
+
+    def negatives(self, latent: int, n: int) -> list[int]:
+        """Up to ``n`` candidate windows where ``latent`` is zero on every counted token, in an
+        order of their own per latent (``sample_priority``), so latents do not all share the
+        same few windows; [] without candidates."""
+        if self.neg_rows is None or n <= 0:
+            return []
+        free = self.neg_rows[self.neg_fire[:, latent] == 0]
+        pri = sample_priority(free, torch.full_like(free, latent))
+        order = torch.sort(pri, stable=True).indices[:n]
+        return free[order].tolist()
 
     def histogram(self, latent: int, n_bins: int = 16) -> tuple[list[float], list[float]] | None:
         """(bin_edges, counts): the latent's occupied grid range, in at most ``n_bins`` groups

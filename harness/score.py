@@ -25,10 +25,14 @@ negative window got an answer. Each latent is also scored with another latent's 
 (delphi's random-explanation baseline; here the next explained latent by index), recorded
 with ``control: true``: a real explanation should beat it.
 
-Non-activating windows: until ``saekit check`` keeps windows where each latent is zero, they
-come from the card itself: the part of a held-out example before the latent first fires,
-where its activation was measured at zero on every token (at least ``min_negative_tokens``
-long). These are hard negatives (same document, just before the feature).
+Non-activating windows: the card's ``negative_examples``, windows of the same token set where
+``saekit check`` measured the latent zero on every token (delphi's "not activating" examples,
+delphi/latents/samplers.py; SAEBench's random sequences). A card without them (made before
+card schema 1.1, or imported) has no negatives: its value is None.
+
+The third scorer is SAEBench's autointerp protocol (saekit.harness.autointerp), run on the
+same held-out examples and negatives; ``score_files`` writes its SAEBench record beside the
+output cards (``<name>_autointerp_eval_results.json``).
 """
 
 from __future__ import annotations
@@ -43,12 +47,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
+from saekit.harness import autointerp
 from saekit.harness.explain import check_out, choose, example_window, mark
 from saekit.harness.llm_client import CachedClient, Params
 from saekit.schemas import EndpointError, InputError
 from saekit.schemas.card import ActivationExample, Annotation, FeatureCard, ScoreRecord
 from saekit.schemas.card_files import read_cards, write_cards
 from saekit.schemas.console import Progress
+from saekit.schemas.safeio import write_bytes
 
 METRIC = "balanced_accuracy"
 CHANCE = 0.5
@@ -66,7 +72,7 @@ _SYSTEMS = {
         "e.g. [1, 0, 0]."
     ),
 }
-SCORERS = tuple(_SYSTEMS)
+SCORERS = (*_SYSTEMS, autointerp.SCORER)
 PROMPT_SHA256 = {name: hashlib.sha256(f"{system}\n---\n{_USER}".encode()).hexdigest() for name, system in _SYSTEMS.items()}
 
 
@@ -77,7 +83,6 @@ class ScoreOptions:
     n_pos: int = 10
     n_neg: int = 10
     per_prompt: int = 5
-    min_negative_tokens: int = 8
     max_example_tokens: int = 64
     seed: int = 0
     params: Params = field(default_factory=lambda: Params(max_tokens=32, logprobs=True))
@@ -97,6 +102,7 @@ class ScoreSummary:
     means: dict[str, float | None] = field(default_factory=dict)
     control_means: dict[str, float | None] = field(default_factory=dict)
     n_failed: int = 0
+    saebench_record: str | None = None
     requests_sent: int = 0
     requests_cached: int = 0
     tokens_in: int = 0
@@ -186,23 +192,20 @@ def _explanation(card: FeatureCard) -> Annotation | None:
 Window = tuple[list[str], list[float]]
 
 
-def windows(card: FeatureCard, ann: Annotation, opts: ScoreOptions) -> tuple[list[Window], list[list[str]]]:
-    """(activating windows the explainer did not see, with their values; windows where the latent is zero)."""
+def held_out(card: FeatureCard, ann: Annotation) -> dict[str, list[ActivationExample]]:
+    """The activating top and quantile examples the explainer did not see (``provenance.examples``)."""
     shown = {(r.where, r.index) for r in (ann.provenance.examples if ann.provenance else [])}
-    held: list[ActivationExample] = []
-    for where in ("top_examples", "quantile_examples"):
-        for i, ex in enumerate(getattr(card, where)):
-            if (where, i) not in shown and ex.values and max(ex.values) > 0:
-                held.append(ex)
-    pos = [example_window(ex, opts.max_example_tokens) for ex in held[: opts.n_pos]]
-    neg = []
-    for ex in held:
-        first = next(i for i, v in enumerate(ex.values) if v > 0)
-        if first >= opts.min_negative_tokens:
-            neg.append(ex.tokens[max(0, first - opts.max_example_tokens):first])
-        if len(neg) == opts.n_neg:
-            break
-    return pos, neg
+    return {where: [ex for i, ex in enumerate(getattr(card, where))
+                    if (where, i) not in shown and ex.values and max(ex.values) > 0]
+            for where in ("top_examples", "quantile_examples")}
+
+
+def windows(card: FeatureCard, ann: Annotation, opts: ScoreOptions) -> tuple[list[Window], list[list[str]]]:
+    """(activating windows the explainer did not see, with their values; the card's windows where the latent is zero)."""
+    held = held_out(card, ann)
+    pos = [example_window(ex, opts.max_example_tokens) for ex in (held["top_examples"] + held["quantile_examples"])]
+    neg = [ex.tokens[: opts.max_example_tokens] for ex in card.negative_examples]
+    return pos[: opts.n_pos], neg[: opts.n_neg]
 
 
 def samples(scorer: str, pos: list[Window], neg: list[list[str]], rng: random.Random) -> list[tuple[int, str]]:
@@ -275,14 +278,34 @@ def score_files(
     controls = {id(c): _explanation(explained[(n + 1) % len(explained)]).description
                 for n, c in enumerate(explained) if len(explained) > 1}
 
+    saebench: dict[int, dict] = {}  # latent -> its SAEBench result
+    saebench_failed: list[int] = []  # latents whose SAEBench answer failed or did not parse
+
+    def ask(messages: list[dict[str, str]], max_tokens: int) -> str:
+        params = Params(temperature=opts.params.temperature, seed=opts.params.seed, max_tokens=max_tokens)
+        return client.generate(messages, params).text
+
     def one(card: FeatureCard) -> list[ScoreRecord]:
         ann = _explanation(card)
         ctrl = controls.get(id(card))
         out = []
         for scorer in opts.scorers:
-            out += classify(scorer, card, ann.description, ann, client, opts, control=False)
-            if ctrl is not None:
-                out += classify(scorer, card, ctrl, ann, client, opts, control=True)
+            for text, control in ((ann.description, False), (ctrl, True)):
+                if text is None:
+                    continue
+                if scorer != autointerp.SCORER:
+                    out += classify(scorer, card, text, ann, client, opts, control=control)
+                    continue
+                held = held_out(card, ann)
+                rec, entry = autointerp.score_latent(
+                    text, held["top_examples"], held["quantile_examples"], card.negative_examples,
+                    card.stats.max if card.stats else None, ask, seed=opts.seed, index=card.index,
+                    control=control, scorer_model=client.model)
+                out.append(rec)
+                if not control and entry is not None:
+                    saebench[card.index] = entry
+                elif not control and rec.n_failed:
+                    saebench_failed.append(card.index)
         return out
 
     unknown = set(opts.scorers) - set(SCORERS)
@@ -308,6 +331,16 @@ def score_files(
         return card.model_copy(update={"annotations": anns, "schema_version": "1.1"})
 
     write_cards([scored(c) for c in cards], out)
+    if autointerp.SCORER in opts.scorers and explained:
+        first = explained[0]
+        prov = first.provenance
+        rec = autointerp.record(
+            saebench, saebench_failed,
+            sae_name=first.sae.name, model_name=prov.model if prov else None, dataset=prov.dataset if prov else None,
+            total_tokens=first.stats.n_tokens if first.stats else None, seed=opts.seed, scorer_model=client.model)
+        path = out.parent / f"{out.name.split('.')[0]}_autointerp_eval_results.json"
+        write_bytes(path, json.dumps(rec, indent=2).encode())
+        summary.saebench_record = str(path)
     every = [r for recs in records.values() for r in recs]
     for name in dict.fromkeys(f"{r.scorer} {r.metric}" for r in every):
         for control, means in ((False, summary.means), (True, summary.control_means)):
@@ -315,7 +348,7 @@ def score_files(
                       and r.value is not None]
             means[name] = sum(values) / len(values) if values else None
     summary.scored = sum(1 for recs in records.values() if any(not r.control and r.value is not None for r in recs))
-    summary.n_failed = sum(r.n_failed for r in every if r.metric == METRIC)
+    summary.n_failed = sum(r.n_failed for r in every if r.metric in (METRIC, autointerp.METRIC))
     summary.requests_sent, summary.requests_cached = client.sent, client.cached
     summary.tokens_in, summary.tokens_out = client.tokens_in, client.tokens_out
     return summary

@@ -94,6 +94,15 @@ class CardsConfig(Strict):
         16, description="Exact ablation for the N most active latents, or 'all'."
     )
     n_examples: int = Field(5, ge=1, description="Top activating examples per card.")
+    # null: the defaults (saekit.harness.cards.QUANTILE_EXAMPLES, NEGATIVE_EXAMPLES), resolved in
+    # the record; records written before these fields read and write back unchanged
+    n_quantile_examples: int | None = Field(
+        None, ge=0, description="Examples at quantiles of the activations per card (null: 15)."
+    )
+    n_negative_examples: int | None = Field(
+        None, ge=0, description="Windows where the latent is zero throughout, per card, for scoring explanations "
+        "(null: 20)."
+    )
     n_cards: int | None = Field(None, ge=0, description="Resolved: the cards written.")
     downstream_method: DownstreamMethod | None = Field(None, description="Resolved from downstream.")
 

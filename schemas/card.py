@@ -15,7 +15,8 @@ from pydantic_core import PydanticCustomError, core_schema
 from saekit.schemas.common import Strict
 
 # 1.1 adds Annotation.provenance and Annotation.score_records (issue 21); a 1.0 card is a
-# valid 1.1 card, so readers take both and new cards are written as 1.1.
+# valid 1.1 card, so readers take both and new cards are written as 1.1. FeatureCard's
+# negative_examples (non-activating windows) came in 1.1 too, optional like the rest.
 CARD_SCHEMA_VERSION = "1.1"
 
 # --- field types that pydantic and JSON Schema validators read the same way ------------
@@ -282,6 +283,11 @@ class FeatureCard(Strict):
         default_factory=list,
         description="Examples at quantiles of the latent's activations (bin 'quantile_50': the median), "
         "as Neuronpedia and SAEDashboard show beside the top examples.",
+    )
+    negative_examples: list[ActivationExample] = Field(
+        default_factory=list,
+        description="Windows of the same token set where the latent is zero on every token (bin 'negative'), "
+        "for scoring explanations against (1.1): SAEBench's random sequences, delphi's non-activating examples.",
     )
     logit_effects: LogitEffects | None = None
     downstream: list[DownstreamEval] = Field(default_factory=list)

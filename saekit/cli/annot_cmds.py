@@ -99,7 +99,7 @@ def score(
     concurrency: int = CONCURRENCY,
     timeout: float = TIMEOUT,
     scorers: Optional[List[str]] = typer.Option(
-        None, "--scorer", help="detection or fuzzing (repeat for both; default both)."
+        None, "--scorer", help="detection, fuzzing or saebench_autointerp (repeat for several; default all three)."
     ),
     logprobs: bool = typer.Option(
         True, "--logprobs/--no-logprobs", help="Ask for token log-probabilities (for AUC); off for servers that refuse them."
@@ -107,8 +107,9 @@ def score(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Score each chosen latent's explanation with delphi's detection and fuzzing (balanced
-    accuracy, chance 0.5; AUC too where the model gives log-probabilities), and with another
-    latent's explanation as the control.
+    accuracy, chance 0.5; AUC too where the model gives log-probabilities) and SAEBench's
+    autointerp protocol (accuracy over 14 sequences; its SAEBench record is written beside
+    OUT), and with another latent's explanation as the control.
 
     Windows: activating examples the explainer did not see, and windows where the latent is
     zero. A failed request or an unparseable answer counts in n_failed, never as a wrong
@@ -126,10 +127,10 @@ def score(
 
     text = (
         f"scored {s.scored} of {s.latents} latents ({s.no_explanation} without an explanation) in {s.seconds:.1f} s\n"
-        + "".join(f"{name}: mean {fmt(s.means[name])}, control {fmt(s.control_means[name])}, chance 0.500\n"
-                  for name in s.means)
+        + "".join(f"{name}: mean {fmt(s.means[name])}, control {fmt(s.control_means[name])}"
+                  + (", chance 0.500\n" if name.startswith(("detection", "fuzzing")) else "\n") for name in s.means)
         + f"{s.n_failed} windows failed\n"
         + f"requests sent {s.requests_sent}, cached {s.requests_cached}; tokens in {s.tokens_in}, out {s.tokens_out}\n"
-        f"wrote {s.out}"
+        f"wrote {s.out}" + (f"\nwrote {s.saebench_record}" if s.saebench_record else "")
     )
     emit({**s.to_dict(), "http_requests": http()}, json_out, text)

@@ -34,6 +34,11 @@ def check_cmd(
     downstream_latents: str = typer.Option(
         "16", "--downstream-latents",
         help="Exact ablation for the N most active latents, or 'all' (every card carries the attribution estimate)."),
+    quantile_examples: Optional[int] = typer.Option(
+        None, "--quantile-examples", min=0, help="Examples at activation quantiles per card (default 15)."),
+    negative_examples: Optional[int] = typer.Option(
+        None, "--negative-examples", min=0,
+        help="Windows where the latent is zero throughout, per card, for scoring explanations (default 20)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads (default: CPUs this process may use, shared among torchrun ranks)."),
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="Merge labels: JSONL {index,label,description}, cards or Neuronpedia."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log metrics, files and gate tags on the registry version."),
@@ -48,7 +53,8 @@ def check_cmd(
     res = check(
         ref, policy=policy, n_tokens=tokens, device=device, seed=seed, out_dir=out, cards=cards, log=log,
         context_size=context, batch_size=batch_size, corpus=corpus, cards_latents=cards_latents,
-        downstream_latents=downstream_latents, annotations=annotations, from_record=from_record, activations=activations,
+        downstream_latents=downstream_latents, n_quantile_examples=quantile_examples,
+        n_negative_examples=negative_examples, annotations=annotations, from_record=from_record, activations=activations,
         loader=saekit.load,
         threads=threads, model_id=model, dtype=dtype,
     )

@@ -132,6 +132,12 @@ def test_cards_are_valid_and_complete(checked):
         for ex in c.quantile_examples:
             assert ex.bin.startswith("quantile_") and 0 < ex.max_value <= c.stats.max
             assert ex.token_ids not in [t.token_ids for t in c.top_examples]
+        # enough held-out examples for scoring; non-activating windows: at most 20 by default (these 10
+        # most active latents fire in most of the 16 windows; test_latent_stats checks them re-run)
+        assert len(c.quantile_examples) + len(c.top_examples) > 9 and len(c.negative_examples) <= 20
+        for ex in c.negative_examples:
+            assert ex.bin == "negative" and ex.max_value == 0 and set(ex.values) == {0.0}
+            assert len(ex.tokens) == len(ex.token_ids) == len(ex.values) == 32
 
 
 def test_annotations_merge_keeps_computed_fields(checked, tmp_path):
@@ -207,7 +213,8 @@ def test_cards_verify_names_the_field_of_every_tamper(checked, real_sae_dir, tmp
 def test_check_reproduces_exactly_from_its_record(checked, tmp_path, monkeypatch):
     monkeypatch.setenv("SAEKIT_HOME", str(checked.home))  # the record names a registry version
     out = tmp_path / "again"
-    res = cli("check", "--from-record", str(checked.record_path), "--no-cards", "--no-log", "--out", str(out), "--json")
+    res = cli("check", "--from-record", str(checked.record_path), "--no-cards", "--no-log", "--out", str(out), "--json",
+              "--quantile-examples", "2", "--negative-examples", "3")
     assert res.exit_code == 0, res.output
     again = BenchmarkRecord.model_validate_json((out / "eval.json").read_text())
     first = BenchmarkRecord.model_validate_json(checked.record_path.read_text())
@@ -220,6 +227,9 @@ def test_check_reproduces_exactly_from_its_record(checked, tmp_path, monkeypatch
     same = {"cards"}
     assert again.check_config.model_dump(exclude=same) == first.check_config.model_dump(exclude=same)
     assert not again.check_config.cards.enabled and again.check_config.cards.n_cards == 0
+    # the cards options given apply, recorded in the cards block (the first check's: the defaults, resolved)
+    assert (again.check_config.cards.n_quantile_examples, again.check_config.cards.n_negative_examples) == (2, 3)
+    assert (first.check_config.cards.n_quantile_examples, first.check_config.cards.n_negative_examples) == (15, 20)
 
 
 def test_stored_activation_shards_are_a_second_source(lm, real_sae_dir, tmp_path):

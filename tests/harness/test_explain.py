@@ -133,12 +133,13 @@ def test_local_model_scores_in_process_with_log_probabilities(tmp_path):
           "values": [0.0] * 8 + [3.0], "bin": "top"}
     prov = {"model": "m", "endpoint_kind": "local", "prompt_template": "t", "prompt_sha256": "0" * 64,
             "sampling": {"temperature": 0.0}, "examples": [{"where": "top_examples", "index": 0, "bin": "top"}]}
-    card = {"sae": {"name": "s"}, "index": 0, "top_examples": [ex] * 3,
+    neg = {"tokens": [" the", " cat", " sat", " on", " the", " mat"], "values": [0.0] * 6, "bin": "negative"}
+    card = {"sae": {"name": "s"}, "index": 0, "top_examples": [ex] * 3, "negative_examples": [neg] * 2,
             "annotations": [{"description": "numbers", "provenance": prov}]}
     src = tmp_path / "cards.jsonl"
     src.write_text(json.dumps(card) + "\n")
     client = CachedClient(LocalChatClient(), RequestCache(tmp_path / "requests"))
-    opts = ScoreOptions(scorers=("detection",), min_negative_tokens=8, params=Params(max_tokens=12, logprobs=True))
+    opts = ScoreOptions(scorers=("detection",), params=Params(max_tokens=12, logprobs=True))
     s = score_files([src], tmp_path / "scored.jsonl", client, opts)
     assert s.requests_sent == 1  # 2 held-out windows + 2 zero windows: one prompt; one latent: no control
     recs = read_cards(tmp_path / "scored.jsonl")[0].annotations[0].score_records

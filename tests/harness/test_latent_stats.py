@@ -165,3 +165,64 @@ def test_cards_from_captured_windows_equal_cards_from_rerun_windows(real_sae_dir
     rerun, without = cards()
     assert captured and not rerun
     assert with_capture == without
+
+
+def test_negative_windows_are_zero_throughout_and_merge_exactly():
+    """The candidate windows are a seeded draw; a latent's negatives are exactly the candidates
+    where brute force finds it zero on every token, whatever the batches and ranks."""
+    ctx, n_rows, d_sae, k = 5, 12, 12, 3
+    dense, values, indices = _codes(n_rows, ctx, d_sae, k, seed=2)
+
+    def stream(order, rows_per_batch=2):
+        st = LatentStats.empty(d_sae, k=3, samples=4, negatives=8, n_rows=n_rows)
+        for r0 in order:
+            sl = slice(r0 * ctx, (r0 + rows_per_batch) * ctx)
+            st.update(values[sl], indices[sl], row0=r0, ctx=ctx)
+        return st
+
+    one = stream(range(0, n_rows, 2))
+    merged = stream([8, 0, 4]).merge(stream([10, 2, 6]))
+    assert one.neg_rows.numel() == 8 and torch.equal(merged.neg_fire, one.neg_fire)
+    fires = dense.view(n_rows, ctx, d_sae).amax(1) > 0  # [rows, latents]
+    for L in range(d_sae):
+        want = {r for r in one.neg_rows.tolist() if not fires[r, L]}
+        got = one.negatives(L, 8)
+        assert set(got) == want and len(got) == len(want) and merged.negatives(L, 8) == got
+        assert one.negatives(L, 2) == got[:2]
+    assert LatentStats.empty(d_sae).negatives(0, 5) == []
+
+
+def test_cards_negative_windows_are_zero_throughout_on_a_rerun(real_sae_dir):
+    """The cards' non-activating windows, checked against the SAE re-run on the whole token set:
+    each is a slice of a window where the latent is zero on every counted token."""
+    from saekit.harness import cards as C
+    from saekit.harness.activations import run_to_hook
+    from saekit.harness.model import load_lm
+    from saekit.harness.text import special_token_ids, token_set
+    from saekit.registry.artifact import load_artifact
+    from saekit.schemas import SAERef
+
+    model, tok = load_lm()
+    sae = load_artifact(real_sae_dir)
+    ts = token_set(tok, n_tokens=16 * 32, context_size=32, seed=0)
+    special = torch.tensor(special_token_ids(tok))
+    hook = sae.cfg.hook_name
+    st = C.stream_latents(sae, model, ts, hook_name=hook, batch_size=4, special=special, k=3, grad=False,
+                          negatives=5)
+    alive = (st.fire_count > 0).nonzero().squeeze(1)
+    latents = sorted(alive[torch.argsort(st.fire_count[alive], stable=True)[:6]].tolist())  # rarest: windows without them
+    cards, _ = C.build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="t"), hook_name=hook, latents=latents,
+                             batch_size=4, attribution=False, n_examples=3, n_negative_examples=5, negative_tokens=12)
+    with torch.inference_mode():
+        code = sae.encode(run_to_hook(model, ts.tokens, hook))
+    dense = torch.zeros(ts.tokens.numel(), sae.cfg.d_sae).scatter_add_(1, code.indices.long(), code.values.float())
+    dense = dense.view(*ts.tokens.shape, -1) * ~torch.isin(ts.tokens, special)[..., None]
+    rows = ts.tokens.tolist()
+    for c in cards:
+        assert len(c.negative_examples) == 5
+        for ex in c.negative_examples:
+            assert ex.bin == "negative" and len(ex.token_ids) == len(ex.tokens) == len(ex.values) == 12
+            assert set(ex.values) == {0.0} and ex.max_value == 0.0
+            at = [r for r, ids in enumerate(rows) if any(ids[s:s + 12] == ex.token_ids for s in range(21))]
+            assert at and any(float(dense[r, :, c.index].max()) == 0.0 for r in at)
+        assert len({tuple(ex.token_ids) for ex in c.negative_examples}) == 5

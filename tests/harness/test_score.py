@@ -52,21 +52,23 @@ def test_parse_predictions(text, n, expected):
     assert parse_predictions(text, n) == expected
 
 
-def test_windows_hold_out_what_the_explainer_saw_and_negatives_are_measured_zero():
+def test_windows_hold_out_what_the_explainer_saw_and_negatives_are_the_cards_zero_windows():
     def ex(k: int) -> dict:
         return {"tokens": [f" t{k}"] * 9 + [" hit"], "values": [0.0] * 9 + [float(k + 1)]}
 
     card = FeatureCard.model_validate({
         "sae": {"name": "s"}, "index": 0, "top_examples": [ex(k) for k in range(4)],
         "quantile_examples": [{"tokens": [" a", " b"], "values": [1.0, 0.0]}],
+        "negative_examples": [{"tokens": [f" n{k}"] * 80, "values": [0.0] * 80, "bin": "negative"} for k in range(3)],
         "annotations": [{"description": "d", "provenance": {
             "model": "m", "endpoint_kind": "local", "prompt_template": "t", "prompt_sha256": "0" * 64,
             "sampling": {"temperature": 0.0}, "examples": [{"where": "top_examples", "index": 1}]}}],
     })
-    pos, neg = windows(card, card.annotations[0], ScoreOptions(min_negative_tokens=8))
+    pos, neg = windows(card, card.annotations[0], ScoreOptions(n_neg=2))
     assert [toks[0] for toks, _ in pos] == [" t0", " t2", " t3", " a"]  # top 1 was shown
-    assert neg == [[f" t{k}"] * 9 for k in (0, 2, 3)]  # the quantile example fires at once: no window
-    assert all(" hit" not in w for w in neg)
+    assert neg == [[" n0"] * 64, [" n1"] * 64]  # the card's zero windows, cut to max_example_tokens
+    # a card without them (older, or imported) has no negatives: no prefix of an example stands in
+    assert windows(card.model_copy(update={"negative_examples": []}), card.annotations[0], ScoreOptions())[1] == []
 
 
 def test_samples_detection_unmarked_fuzzing_marked_like_delphi():

@@ -105,3 +105,15 @@ def test_a_recorded_failure_is_not_exported_as_a_neuronpedia_explanation():
     doc["annotations"].append(failed)
     expls = to_neuronpedia(FeatureCard.model_validate(doc))["explanations"]
     assert [e["description"] for e in expls] == ["the city Paris"]
+
+
+def test_negative_examples_are_a_1_1_field_both_validators_take(tmp_path):
+    """The check's non-activating windows (card schema 1.1); cards without them stay valid."""
+    neg = {"tokens": [" a", " b"], "values": [0.0, 0.0], "token_ids": [5, 6], "bin": "negative"}
+    doc = {**_v11_card(), "negative_examples": [neg]}
+    schema = jsonschema.Draft202012Validator(load_committed("feature_card"))
+    assert list(schema.iter_errors(doc)) == []
+    assert FeatureCard.model_validate_json(json.dumps(doc)).negative_examples[0].token_ids == [5, 6]
+    assert validate_paths([write_jsonl(tmp_path / "c.jsonl", [doc, make_card(1)])]).ok
+    bad = {**doc, "negative_examples": [{**neg, "values": []}]}  # an example needs its values
+    assert list(schema.iter_errors(bad)) and not validate_paths([write_jsonl(tmp_path / "d.jsonl", [bad])]).ok

@@ -98,12 +98,27 @@ class _Handler(BaseHTTPRequestHandler):
         reply = {"choices": [choice], "usage": {"prompt_tokens": 50, "completion_tokens": 5}}
         self._send(200, json.dumps(reply).encode())
 
+    def _saebench(self, prompt: str) -> None:
+        """The same oracle in SAEBench's answer format: the numbers of the sequences holding the
+        LATn word, comma-separated, or "None"; 'garbage' gets an answer that does not parse."""
+        with self.server.lock:
+            self.server.seen[-2] = self.server.seen.get(-2, 0) + 1
+        explanation = re.search(r"this neuron fires on (.*)\.\n", prompt)[1]
+        word = re.search(r"LAT\d+", explanation)[0]
+        hits = [n for n, text in re.findall(r"^(\d+)\. (.*)$", prompt, re.M) if re.search(rf"{word}\b", text)]
+        content = "I am not sure." if "garbage" in explanation else (", ".join(hits) or "None")
+        reply = {"choices": [{"message": {"role": "assistant", "content": content}}],
+                 "usage": {"prompt_tokens": 50, "completion_tokens": 5}}
+        self._send(200, json.dumps(reply).encode())
+
     def do_POST(self) -> None:
         srv = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][-1]["content"]
         if "Excerpt 1:" in prompt:
             return self._score(prompt, bool(body.get("logprobs")))
+        if "Here are the examples:" in prompt:
+            return self._saebench(prompt)
         latent = int(re.search(r"LAT(\d+)", prompt)[1])
         with srv.lock:
             n = srv.seen.get(latent, 0)
@@ -334,15 +349,16 @@ def test_cli_refuses_a_missing_key_variable_in_one_line(tmp_path):
 
 
 def _explained_card(i: int, explanation: str) -> dict:
-    """Six examples; the first two were shown to the explainer, the other four are held out,
-    and their ten tokens before LATi (activation 0) are the non-activating windows."""
+    """Six examples; the first two were shown to the explainer, the other four are held out;
+    four windows where the latent is zero."""
     toks = [" x"] * 10 + [f" LAT{i}", " y"]
     ex = {"tokens": toks, "values": [0.0] * 10 + [4.0, 0.5], "max_position": 10, "bin": "top"}
     shown = [{"where": "top_examples", "index": k, "bin": "top"} for k in (0, 1)]
     prov = {"model": "m", "endpoint_kind": "openai-compatible", "prompt_template": "saekit-explain-v1",
             "prompt_sha256": "0" * 64, "sampling": {"temperature": 0.0, "seed": 0}, "examples": shown}
     return {"schema_version": "1.1", "sae": {"name": "toy", "d_sae": 64}, "index": i,
-            "annotations": [{"description": explanation, "provenance": prov}], "top_examples": [ex] * 6}
+            "annotations": [{"description": explanation, "provenance": prov}], "top_examples": [ex] * 6,
+            "negative_examples": [{"tokens": [" x"] * 10, "values": [0.0] * 10, "bin": "negative"}] * 4}
 
 
 def test_score_detection_against_the_control_with_failures_not_counted(tmp_path):
@@ -358,13 +374,16 @@ def test_score_detection_against_the_control_with_failures_not_counted(tmp_path)
         summary = json.loads(r.out)
         assert summary["scored"] == 3
         names = [f"{s} {m}" for s in ("detection", "fuzzing") for m in ("balanced_accuracy", "auc")]
-        assert summary["means"] == dict.fromkeys(names, 1.0)
-        assert summary["control_means"] == dict.fromkeys(names, 0.5)
+        sb = "saebench_autointerp accuracy"
+        assert summary["means"] == {**dict.fromkeys(names, 1.0), sb: 1.0}
+        # SAEBench's plain accuracy: the control answers "None", right on the 4 negatives of 8
+        assert summary["control_means"] == {**dict.fromkeys(names, 0.5), sb: 0.5}
         got = {}
         for line in out.read_text().splitlines():
             c = json.loads(line)
             for rec in c["annotations"][0]["score_records"]:
-                assert rec["chance"] == 0.5 and rec["scorer_model"] == "judge" and len(rec["prompt_sha256"]) == 64
+                assert rec["chance"] == 0.5 and rec["scorer_model"] == "judge"
+                assert len(rec["prompt_sha256"]) == 64
                 got[rec["scorer"], rec["metric"], c["index"], rec["control"]] = (
                     rec.get("value"), rec["n_pos"], rec["n_neg"], rec["n_failed"])
         ok, chance, failed = (1.0, 4, 4, 0), (0.5, 4, 4, 0), (None, 0, 0, 8)
@@ -379,7 +398,24 @@ def test_score_detection_against_the_control_with_failures_not_counted(tmp_path)
             assert {k[2:]: v for k, v in got.items() if k[:2] == (scorer, "auc")} == {
                 (0, False): ok, (0, True): chance, (1, False): ok, (1, True): chance, (2, False): ok, (3, True): chance,
             }
-        assert summary["n_failed"] == 32
+        # SAEBench's protocol: 2 held-out top examples as its top, the next 2 in its IW slots, 4 negatives
+        ok, chance, failed = (1.0, 4, 4, 0), (0.5, 4, 4, 0), (None, 0, 0, 8)
+        assert {k[2:]: v for k, v in got.items() if k[0] == "saebench_autointerp"} == {
+            (0, False): ok, (0, True): chance, (1, False): ok, (1, True): chance,
+            (2, False): ok, (2, True): failed, (3, False): failed, (3, True): chance,
+        }
+        assert summary["n_failed"] == 32 + 16
+        # its SAEBench record, beside the cards: the mean of the scored latents; latent 3 failed, not scored
+        from sae_bench.evals.autointerp.eval_output import AutoInterpEvalOutput
+
+        path = Path(summary["saebench_record"])
+        assert path == tmp_path / "scored_autointerp_eval_results.json"
+        record = AutoInterpEvalOutput(**json.loads(path.read_text()))
+        assert record.eval_type_id == "autointerp" and record.eval_config.override_latents == [0, 1, 2, 3]
+        assert record.eval_result_metrics.autointerp.autointerp_score == 1.0
+        assert record.eval_result_metrics.autointerp.autointerp_std_dev == 0.0
+        assert record.eval_result_unstructured["0"]["correct seqs"] and record.eval_result_unstructured["0"]["score"] == 1.0
+        assert record.eval_result_unstructured["saekit"]["failed_latents"] == [3] and "3" not in record.eval_result_unstructured
         assert saekit("cards", "validate", str(out), home=home).rc == 0
 
         first, before = out.read_bytes(), srv.total
