@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                         calib.append({"rule": c.tags[0].removeprefix("rule:"), "scorer": r.scorer, "metric": r.metric,
                                       "explanation": "shuffled" if r.control else "rule", "value": r.value,
                                       "n_pos": r.n_pos, "n_neg": r.n_neg, "n_failed": r.n_failed})
+        # what the scorer model answered (the cache keeps every answer): why windows failed
+        answers = sorted({json.loads(f.read_bytes())["text"][:100] for f in (tmp / "cache").rglob("*.json")}
+                         - set(explanations.values()))[:6]
         same = (tmp / "scored_first.jsonl").read_bytes() == (tmp / "scored_rerun.jsonl").read_bytes()
         t0 = time.perf_counter()
         constrained = constrained_auc(model, tok, read_cards([tmp / "rules_explained.jsonl"]), sopts)
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "explanations": {f"{i}": v for i, v in explanations.items()},
         "windows_failed": score_summary.n_failed,
+        "sample_answers": answers,
         "calibration": calib,
         "constrained_calibration": constrained,
         "constrained_s": constrained_s,
