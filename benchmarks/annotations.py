@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             e_in, e_out, e_sent = client.tokens_in, client.tokens_out, client.sent
             s = score_files([tmp / "rules_explained.jsonl"], tmp / f"scored_{run}.jsonl", client, sopts)
             t2 = time.perf_counter()
-            phases[run] = {"explain_s": round(t1 - t0, 1), "score_s": round(t2 - t1, 1), "requests_sent": client.sent,
+            phases[run] = {"explain_s": round(t1 - t0, 3), "score_s": round(t2 - t1, 3), "requests_sent": client.sent,
                            "requests_cached": client.cached, "explained": e.explained, "explain_failed": e.failed,
                            "explain_tokens_in": e_in, "explain_tokens_out": e_out, "explain_requests": e_sent,
                            "score_tokens_in": client.tokens_in - e_in, "score_tokens_out": client.tokens_out - e_out}
