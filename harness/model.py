@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from saekit.harness.hooks import hub_id, norm_gain
-from saekit.schemas import ArtifactFormatError, InputError, ModelInfo, NotFoundError
+from saekit.registry.hub_source import _hub_errors, bound_hub_requests
+from saekit.schemas import ArtifactFormatError, InputError, ModelInfo, NotFoundError, SaekitError
 from saekit.schemas.console import quiet, say
 from saekit.schemas.settings import cache_dir
 
@@ -147,8 +148,12 @@ def _hub_snapshot(repo: str, revision: str | None) -> Path:
         disable_progress_bars()
     where = f"{repo}@{revision or 'main'}"
     say(f"fetching the language model {where} (config, tokenizer, safetensors) ...")
+    bound_hub_requests()  # a silent Hub: one line after the settings' timeouts, not a hang
     try:
-        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES))
+        with _hub_errors(where):
+            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES))
+    except SaekitError:
+        raise
     except (OSError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise NotFoundError(f"cannot fetch the language model: {first}", where=where) from None
