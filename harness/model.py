@@ -141,7 +141,7 @@ def _hub_snapshot(repo: str, revision: str | None) -> Path:
     """The Hub cache's snapshot folder of ``repo`` at ``revision``, downloaded if missing;
     its name is the commit (huggingface_hub keeps snapshots under snapshots/<commit>)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import disable_progress_bars, validate_repo_id
 
     _quiet_transformers()
     if quiet():
@@ -150,6 +150,7 @@ def _hub_snapshot(repo: str, revision: str | None) -> Path:
     say(f"fetching the language model {where} (config, tokenizer, safetensors) ...")
     bound_hub_requests()  # a silent Hub: one line after the settings' timeouts, not a hang
     try:
+        validate_repo_id(repo)  # a malformed id is the user's input, not an answer of the Hub
         with _hub_errors(where):
             folder = Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES))
     except SaekitError:
