@@ -34,7 +34,7 @@ FAMILY_OF = [
 ]
 # saekit's family -> the tiny config of test_tl_hooks (the oracle-tested families)
 TINY = {"gpt2": "gpt2", "gpt_neox": "pythia", "llama": "llama", "mistral": "mistral", "qwen2": "qwen2",
-        "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3"}
+        "qwen3": "qwen3", "gemma": "gemma", "gemma2": "gemma2", "gemma3_text": "gemma3", "gemma3": "gemma3-multimodal"}
 _HOOK = re.compile(r"(?:.*/)?(blocks\.\d+\.(?:[a-z0-9]+\.)?hook_[a-z]+(?:_[a-z]+)*|hook_embed)")
 
 
@@ -101,12 +101,12 @@ def _model(family: str, n_layers: int):
     if family not in TINY:
         return SimpleNamespace(config=SimpleNamespace(model_type=family))
     config = _hf_config(TINY[family])
+    text = getattr(config, "text_config", config)
     for key in ("num_hidden_layers", "n_layer"):
-        if hasattr(config, key):
-            setattr(config, key, n_layers)
-    if getattr(config, "layer_types", None):
-        config.layer_types = (["sliding_attention"] * 5 + ["full_attention"]) * n_layers
-        config.layer_types = config.layer_types[:n_layers]
+        if hasattr(text, key):
+            setattr(text, key, n_layers)
+    if getattr(text, "layer_types", None):
+        text.layer_types = ((["sliding_attention"] * 5 + ["full_attention"]) * n_layers)[:n_layers]
     with torch.device("meta"):
         return tf.AutoModelForCausalLM.from_config(config)
 
