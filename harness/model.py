@@ -276,6 +276,7 @@ def unembedding(model: Any):
     per token and left out (logit effects are directions, compared within a latent)."""
     W_U = model.get_output_embeddings().weight.T
     base = getattr(model, "base_model", None)  # the backbone: model / transformer / gpt_neox
+    base = getattr(base, "language_model", base)  # Gemma 3 4b+: the text model beside the vision tower
     norm = next((getattr(base, n) for n in ("norm", "ln_f", "final_layer_norm") if hasattr(base, n)), None)
     gain = norm_gain(norm)[0] if norm is not None else None  # Gemma's RMSNorm: 1 + weight
     if gain is not None and gain.shape[0] == W_U.shape[0]:

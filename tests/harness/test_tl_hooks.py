@@ -224,7 +224,7 @@ def test_refused_hooks_name_the_reason(tmp_path: Path) -> None:
         saekit.activations(opt, "blocks.0.hook_resid_pre", tokens)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
+@pytest.mark.parametrize("family", ["gpt2", "gemma2", "gemma3-multimodal"])
 def test_unembedding_folds_the_final_norm_gain(family: str, tmp_path: Path) -> None:
     """W_U with the final norm's gain folded in, as TransformerLens' fold_ln gives it (Gemma's
     RMSNorm multiplies by 1 + weight; GPT-2's ln_f is a LayerNorm)."""
@@ -233,6 +233,8 @@ def test_unembedding_folds_the_final_norm_gain(family: str, tmp_path: Path) -> N
     from saekit.harness.model import unembedding
 
     hf, tl = tiny_pair(family, tmp_path)
-    final = hf.base_model.norm if family == "gemma2" else hf.base_model.ln_f
-    gain = (1 + final.weight) if family == "gemma2" else final.weight
+    if family == "gpt2":
+        gain = hf.base_model.ln_f.weight
+    else:
+        gain = 1 + getattr(hf.base_model, "language_model", hf.base_model).norm.weight
     torch.testing.assert_close(unembedding(hf), gain[:, None] * tl.W_U)
