@@ -38,7 +38,7 @@ TINY = {"gpt2": "gpt2", "gpt_neox": "pythia", "llama": "llama", "mistral": "mist
 _HOOK = re.compile(r"(?:.*/)?(blocks\.\d+\.(?:[a-z0-9]+\.)?hook_[a-z]+(?:_[a-z]+)*|hook_embed)")
 
 
-def catalogue_hook(release: str, entry: dict, repo: str, conversion: str | None) -> str | None:
+def catalogue_hook(entry: dict, repo: str, conversion: str | None) -> str | None:
     """The hook SAELens' loader gives this SAE, where the catalogue's names determine it."""
     sid, path = entry["id"], str(entry["path"])
     if conversion == "connor_rob_hook_z":  # ids blocks.N.hook_z; the cfg's act_name is blocks.N.attn.hook_z
@@ -63,7 +63,8 @@ def catalogue_hook(release: str, entry: dict, repo: str, conversion: str | None)
         return f"blocks.{n}.mlp.hook_in"
     if conversion == "llama_scope":  # Llama Scope's L{n}{R,A,M}: resid_post, attn_out, mlp_out
         site = re.match(r"l\d+(r|a|m)_", sid)
-        return f"blocks.{n}.hook_" + {"r": "resid_post", "a": "attn_out", "m": "mlp_out"}[site.group(1)] if site else None
+        kinds = {"r": "resid_post", "a": "attn_out", "m": "mlp_out"}
+        return f"blocks.{n}.hook_{kinds[site.group(1)]}" if site else None
     if conversion in ("llama_scope_r1_distill", "qwen_scope", "goodfire", "dictionary_learning_1", "deepseek_r1",
                       "temporal"):
         return f"blocks.{n}.hook_resid_post" if n is not None else None
@@ -76,9 +77,9 @@ def catalogue_pairs() -> tuple[dict[tuple[str, str], int], int]:
 
     pairs: dict[tuple[str, str], int] = collections.Counter()
     unknown = 0
-    for release, rel in saelens_catalogue().items():
+    for rel in saelens_catalogue().values():
         for entry in rel["saes"]:
-            hook = catalogue_hook(release, entry, rel["repo_id"], rel.get("conversion_func"))
+            hook = catalogue_hook(entry, rel["repo_id"], rel.get("conversion_func"))
             if hook is None:
                 unknown += 1
             else:
