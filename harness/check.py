@@ -323,7 +323,7 @@ def _run(
     from saekit.harness.metrics import evaluate
     from saekit.harness.model import DEFAULT_MODEL_ID, load_lm
     from saekit.harness.record import torch_threads
-    from saekit.harness.datasets import parse_dataset, sae_dataset, token_set
+    from saekit.harness.datasets import pinned_dataset, sae_dataset, token_set
 
     ref = config.sae_ref
     assert ref is not None
@@ -358,7 +358,7 @@ def _run(
     # read before any model work, so a bad file costs nothing and writes nothing
     notes = read_annotations(annotations) if annotations is not None and cards_cfg.enabled else None
     dataset = config.corpus or sae_dataset(sae.cfg) or DEFAULT_CORPUS
-    parse_dataset(dataset)  # a bad --dataset fails before the model loads
+    dataset = pinned_dataset(dataset)  # a bad, missing or unreachable dataset fails before the model loads
     downstream = config.downstream
     batch_size = config.batch_size
     assert batch_size is not None and config.n_tokens is not None and config.context_size is not None

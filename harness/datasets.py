@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from saekit.harness.text import DEFAULT_CORPUS, EVAL_EVERY, Split, TokenSet, token_set as corpus_token_set
-from saekit.registry.hub_source import _hub_errors, endpoint, quiet_progress
+from saekit.registry.hub_source import _hub_errors, endpoint, hub_api, quiet_progress
 from saekit.schemas import InputError, NotFoundError
 from saekit.schemas.settings import current
 
@@ -235,7 +235,7 @@ def _take(windows: Iterator[tuple[str, int, list[int]]], split: Split, n_rows: i
 
 def _hub_listing(spec: DatasetSpec) -> tuple[str, list[str]]:
     """``(commit, file paths)`` of a Hub dataset at its revision (offline: its cached snapshot)."""
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import snapshot_download
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
@@ -243,7 +243,7 @@ def _hub_listing(spec: DatasetSpec) -> tuple[str, list[str]]:
     rev = spec.revision or "main"
     with _hub_errors(where):
         try:
-            api = HfApi(endpoint=endpoint())
+            api = hub_api()  # bounded in time: the listing, and the downloads after it
             commit = api.dataset_info(spec.id, revision=rev).sha
             tree = api.list_repo_tree(spec.id, repo_type="dataset", revision=commit, recursive=True)
             return commit, [e.path for e in tree if isinstance(e, RepoFile)]
@@ -387,6 +387,17 @@ def token_set(
         dataset_split=dsplit,
         column=info.get("column"),
     )
+
+
+def pinned_dataset(dataset: str) -> str:
+    """``dataset`` with a Hub dataset's revision resolved to its commit (other datasets as
+    given): a check calls it before loading the model, so a missing or unreachable Hub
+    dataset fails in seconds, and the windows are read at that commit."""
+    spec = parse_dataset(dataset)
+    if spec.kind != "hub":
+        return dataset
+    commit, _ = _hub_listing(spec)
+    return spec.pinned(commit)
 
 
 def sae_dataset(cfg: Any) -> str | None:

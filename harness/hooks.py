@@ -25,7 +25,7 @@ Other names are module paths of the HF model (``model.layers.6``: its output).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from saekit.harness.model_aliases import ALIASES
@@ -66,6 +66,8 @@ LAYOUTS: dict[str, Layout] = {
     "gemma": _LLAMA,
     "gemma2": _GEMMA2,
     "gemma3_text": _GEMMA2,
+    # Gemma 3 4b/12b/27b: Gemma3ForConditionalGeneration, its text model under language_model
+    "gemma3": replace(_GEMMA2, layers="model.language_model.layers"),
 }
 
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from saekit.harness.hooks import hub_id, norm_gain
-from saekit.schemas import ArtifactFormatError, InputError, ModelInfo, NotFoundError
+from saekit.registry.hub_source import _hub_errors, bound_hub_requests
+from saekit.schemas import ArtifactFormatError, InputError, ModelInfo, NotFoundError, SaekitError
 from saekit.schemas.console import quiet, say
 from saekit.schemas.settings import cache_dir
 
@@ -140,15 +141,20 @@ def _hub_snapshot(repo: str, revision: str | None) -> Path:
     """The Hub cache's snapshot folder of ``repo`` at ``revision``, downloaded if missing;
     its name is the commit (huggingface_hub keeps snapshots under snapshots/<commit>)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import disable_progress_bars, validate_repo_id
 
     _quiet_transformers()
     if quiet():
         disable_progress_bars()
     where = f"{repo}@{revision or 'main'}"
     say(f"fetching the language model {where} (config, tokenizer, safetensors) ...")
+    bound_hub_requests()  # a silent Hub: one line after the settings' timeouts, not a hang
     try:
-        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES))
+        validate_repo_id(repo)  # a malformed id is the user's input, not an answer of the Hub
+        with _hub_errors(where):
+            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES))
+    except SaekitError:
+        raise
     except (OSError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise NotFoundError(f"cannot fetch the language model: {first}", where=where) from None
@@ -279,6 +285,7 @@ def unembedding(model: Any):
     per token and left out (logit effects are directions, compared within a latent)."""
     W_U = model.get_output_embeddings().weight.T
     base = getattr(model, "base_model", None)  # the backbone: model / transformer / gpt_neox
+    base = getattr(base, "language_model", base)  # Gemma 3 4b+: the text model beside the vision tower
     norm = next((getattr(base, n) for n in ("norm", "ln_f", "final_layer_norm") if hasattr(base, n)), None)
     gain = norm_gain(norm)[0] if norm is not None else None  # Gemma's RMSNorm: 1 + weight
     if gain is not None and gain.shape[0] == W_U.shape[0]:

@@ -155,8 +155,13 @@ def _client_factory() -> Any:
             except httpx2.TimeoutException as err:
                 raise HubTimeout(f"{err.__class__.__name__}: {err}", request=request) from err
 
+    # huggingface_hub's own request hook first: it refuses every request under HF_HUB_OFFLINE
+    # (OfflineModeIsEnabled, which callers fall back to the cache on) and tags downloads
+    # (huggingface_hub 2.4 utils/_http.py hf_request_event_hook, default_client_factory)
+    from huggingface_hub.utils._http import hf_request_event_hook
+
     return httpx2.Client(follow_redirects=True, transport=BoundedTransport(),
-                         event_hooks={"request": [_bound_request]})
+                         event_hooks={"request": [hf_request_event_hook, _bound_request]})
 
 
 def bound_hub_requests() -> None:

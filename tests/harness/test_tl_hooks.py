@@ -46,13 +46,17 @@ def _hf_config(family: str):
         return tf.Gemma3TextConfig(**SMALL, num_key_value_heads=2, head_dim=16, sliding_window=8,
                                    query_pre_attn_scalar=16,
                                    layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    if family == "gemma3-multimodal":  # gemma-3-4b/12b/27b: text and vision (the check feeds text only)
+        return tf.Gemma3Config(text_config=_hf_config("gemma3").to_dict(), mm_tokens_per_image=4,
+                               vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                  num_attention_heads=2, image_size=28, patch_size=14))
     raise AssertionError(family)
 
 
 CONVERT = {"gpt2": "convert_gpt2_weights", "pythia": "convert_neox_weights", "neox-sequential": "convert_neox_weights",
            "llama": "convert_llama_weights", "mistral": "convert_mistral_weights", "qwen2": "convert_qwen2_weights",
            "qwen3": "convert_qwen3_weights", "gemma": "convert_gemma_weights", "gemma2": "convert_gemma_weights",
-           "gemma3": "convert_gemma_weights"}
+           "gemma3": "convert_gemma_weights", "gemma3-multimodal": "convert_gemma_weights"}
 
 
 def _gemma2_tl_config(c) -> dict:
@@ -106,7 +110,10 @@ def tiny_pair(family: str, folder: Path):
         for p in hf.parameters():
             if p.dim() == 1:
                 p.add_(0.3 * torch.randn_like(p))
-    if family.startswith("gemma"):
+    if family == "gemma3-multimodal":  # TL's gemma-3-4b dict: the text model's, this architecture
+        cfg_dict = {**_gemma_tl_config(config.text_config, "gemma3"),
+                    "original_architecture": "Gemma3ForConditionalGeneration"}
+    elif family.startswith("gemma"):
         cfg_dict = _gemma_tl_config(config, family)
     else:
         path = folder / "tiny"  # no family word in the path: TL would take the name for the model
@@ -217,7 +224,7 @@ def test_refused_hooks_name_the_reason(tmp_path: Path) -> None:
         saekit.activations(opt, "blocks.0.hook_resid_pre", tokens)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "gemma2"])
+@pytest.mark.parametrize("family", ["gpt2", "gemma2", "gemma3-multimodal"])
 def test_unembedding_folds_the_final_norm_gain(family: str, tmp_path: Path) -> None:
     """W_U with the final norm's gain folded in, as TransformerLens' fold_ln gives it (Gemma's
     RMSNorm multiplies by 1 + weight; GPT-2's ln_f is a LayerNorm)."""
@@ -226,6 +233,8 @@ def test_unembedding_folds_the_final_norm_gain(family: str, tmp_path: Path) -> N
     from saekit.harness.model import unembedding
 
     hf, tl = tiny_pair(family, tmp_path)
-    final = hf.base_model.norm if family == "gemma2" else hf.base_model.ln_f
-    gain = (1 + final.weight) if family == "gemma2" else final.weight
+    if family == "gpt2":
+        gain = hf.base_model.ln_f.weight
+    else:
+        gain = 1 + getattr(hf.base_model, "language_model", hf.base_model).norm.weight
     torch.testing.assert_close(unembedding(hf), gain[:, None] * tl.W_U)
