@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from saekit.schemas.common import SCHEMA_VERSION, Strict
+from saekit.schemas.console import has_control
 
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gated"]
 DType = Literal["float32", "bfloat16", "float16", "float64"]
@@ -69,6 +70,16 @@ class SAEConfig(Strict):
         for cfg.json files of other libraries): true, 4.0 or "4" was silently made an int."""
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"must be an integer, not {value!r}")
+        return value
+
+    @field_validator("model_name", "model_revision", "hook_name")
+    @classmethod
+    def _one_printable_line(cls, value: str | None) -> str | None:
+        """These name things and become tags (saekit.model, saekit.hook) shown by ``show``
+        and carried to model cards; a newline or ESC in one could forge output lines, so it
+        is refused as the tag rule refuses it (registry.tags.check_text)."""
+        if value is not None and has_control(value):
+            raise ValueError(f"holds a control character (newline, tab, ESC, ...): {value!r}")
         return value
 
     @model_validator(mode="after")
