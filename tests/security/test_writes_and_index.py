@@ -195,3 +195,20 @@ def test_folder_outputs_never_replace_a_users_file(tmp_path, command):
     for _ in range(2):  # a new folder, then the same bytes again: no-op, not refused
         again = saekit(*args, str(fresh), home=home)
         assert again.rc == 0, again.err
+
+
+def test_demo_out_refuses_a_users_folder_before_training(tmp_path):
+    """``saekit demo --out DIR`` rewrites DIR/release.yaml and resets DIR/hub and DIR/hf-cache:
+    a folder holding anything else (or a file) is refused at once, untouched."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "release.yaml").write_text(TARGET_TEXT)
+    (mine / "notes.txt").write_text("keep\n")
+    r = saekit("demo", "--size", "test", "--out", str(mine), home=tmp_path / "home", timeout=60)
+    assert f"{mine}: holds files the demo did not write ('notes.txt')" in r.one_line_error(2)
+    log_measure("demo --out at a user's folder", r)
+    assert r.seconds < 30 and r.peak_mib < 400
+    assert (mine / "release.yaml").read_text() == TARGET_TEXT and sorted(p.name for p in mine.iterdir()) == [
+        "notes.txt", "release.yaml"]
+    r = saekit("demo", "--size", "test", "--out", str(mine / "notes.txt"), home=tmp_path / "home", timeout=60)
+    assert "notes.txt: exists and is not a folder" in r.one_line_error(2)
