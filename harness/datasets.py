@@ -174,6 +174,8 @@ def _parquet_rows(path: Path, where: str) -> Iterator[tuple[str, dict[str, Any]]
 def file_rows(path: Path, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(row id, row)`` of one data file: a .txt file is one row ``{'text': ...}``."""
     name = path.name.lower()
+    if not path.is_file():  # a FIFO or device named like a data file: its read would block forever
+        raise InputError("not a regular file", where=where)
     if name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
         yield from _jsonl_rows(path, where)
     elif name.endswith(".parquet"):

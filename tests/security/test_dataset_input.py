@@ -107,3 +107,19 @@ def test_dataset_commits_are_confined_and_apart_from_models(hub, tmp_path):
     assert _req(f"{hub.url}/org/ds/resolve/main/data/train.jsonl") == 404  # no model org/ds: kept apart
     assert _req(f"{hub.url}/api/models/org/ds") == 404
     assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["datasets", "objects"]
+
+
+# --- redteam: a FIFO named like a data file ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["rows.jsonl", "corpus.txt"])
+def test_a_fifo_dataset_does_not_hang(real_sae_dir, tmp_path, name):
+    """Before: ``check --dataset ./rows.jsonl`` on a FIFO blocked in its open forever (killed
+    at 90 s). Now: one line, exit 2, nothing written."""
+    import os
+
+    os.mkfifo(tmp_path / name)
+    r = _check(real_sae_dir, tmp_path, f"./{name}")
+    assert f"{name}: not a regular file" in r.one_line_error(2)
+    log_measure(f"check --dataset FIFO {name}", r)
+    assert r.seconds < 60
