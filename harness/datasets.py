@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from saekit.harness.text import DEFAULT_CORPUS, EVAL_EVERY, Split, TokenSet, token_set as corpus_token_set
+from saekit.harness.text import DEFAULT_CORPUS, EVAL_EVERY, Split, TokenSet, check_text_size, token_set as corpus_token_set
 from saekit.registry.hub_source import _hub_errors, endpoint, quiet_progress
 from saekit.schemas import InputError, NotFoundError
 from saekit.schemas.settings import current
@@ -181,6 +181,7 @@ def file_rows(path: Path, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
     elif name.endswith(".parquet"):
         yield from _parquet_rows(path, where)
     else:
+        check_text_size([path], where=where)
         yield where, {"text": path.read_text(encoding="utf-8", errors="replace")}
 
 
