@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from saekit.harness.text import DEFAULT_CORPUS, EVAL_EVERY, Split, TokenSet, token_set as corpus_token_set
+from saekit.harness.text import DEFAULT_CORPUS, EVAL_EVERY, Split, TokenSet, check_text_size, token_set as corpus_token_set
 from saekit.registry.hub_source import _hub_errors, endpoint, hub_api, quiet_progress
 from saekit.schemas import InputError, NotFoundError
 from saekit.schemas.settings import current
@@ -174,11 +174,14 @@ def _parquet_rows(path: Path, where: str) -> Iterator[tuple[str, dict[str, Any]]
 def file_rows(path: Path, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(row id, row)`` of one data file: a .txt file is one row ``{'text': ...}``."""
     name = path.name.lower()
+    if not path.is_file():  # a FIFO or device named like a data file: its read would block forever
+        raise InputError("not a regular file", where=where)
     if name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
         yield from _jsonl_rows(path, where)
     elif name.endswith(".parquet"):
         yield from _parquet_rows(path, where)
     else:
+        check_text_size([path], where=where)
         yield where, {"text": path.read_text(encoding="utf-8", errors="replace")}
 
 

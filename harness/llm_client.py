@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import http.client
+import io
 import json
 import random
 import socket
@@ -94,6 +96,72 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # the 3xx then surfaces as an HTTPError: not retried, recorded
 
 
+class _DeadlineReader(io.RawIOBase):
+    """Reads a socket with each receive's timeout cut to what is left of a deadline: a server
+    trickling header lines (each within the per-receive timeout) cannot hold a request open."""
+
+    def __init__(self, sock: Any, deadline: float):
+        self._sock, self._deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self._sock.settimeout(min(left, self._sock.gettimeout() or left))
+        return self._sock.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._sock.close()  # the reader owns the socket, as socket.makefile's does
+        super().close()
+
+
+class _DeadlineSocket:
+    """The connected socket, whose ``makefile`` (what http.client reads the answer from)
+    ends at the deadline: twice the timeout after the connection, headers included."""
+
+    def __init__(self, sock: Any, deadline: float):
+        self._sock, self._deadline = sock, deadline
+
+    _reading = False
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        self._reading = True
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+    def close(self) -> None:
+        if not self._reading:  # else the response still reads it (urllib closes this early)
+            self._sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _DeadlineHTTP(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock, time.monotonic() + 2 * (self.timeout or 60.0))
+
+
+class _DeadlineHTTPS(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock, time.monotonic() + 2 * (self.timeout or 60.0))
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: Any) -> Any:
+        return self.do_open(_DeadlineHTTP, req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: Any) -> Any:
+        return self.do_open(_DeadlineHTTPS, req, context=self._context)
+
+
 class _Retryable(Exception):
     """A failure worth another try; ``wait`` is what the server asked for (Retry-After)."""
 
@@ -141,7 +209,7 @@ class OpenAIChatClient:
     def __post_init__(self) -> None:
         self.url = chat_url(self.endpoint)
         self.tries = max(self.tries, MIN_TRIES)
-        self._opener = urllib.request.build_opener(_NoRedirect)
+        self._opener = urllib.request.build_opener(_NoRedirect, _DeadlineHTTPHandler, _DeadlineHTTPSHandler)
         self._lock = threading.Lock()
 
     def _clean(self, text: str) -> str:

@@ -132,9 +132,11 @@ def save_artifact(sae: SAE, folder: Path) -> str:
     weights = save(tensors)
     cfg_data = cfg_bytes(cfg)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    safeio.check_writable(folder / CFG, folder / WEIGHTS)  # a planted link is refused, not followed
+    files = {CFG: cfg_data, WEIGHTS: weights}
+    # a planted link is refused, not followed; a user's own cfg.json is never replaced
+    safeio.check_new_or_same({folder / name: sha256_bytes(data) for name, data in files.items()})
     if folder.exists() and any(folder.iterdir()):
-        for name, data in ((CFG, cfg_data), (WEIGHTS, weights)):
+        for name, data in files.items():
             safeio.write_bytes(folder / name, data)
     else:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))

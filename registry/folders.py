@@ -43,7 +43,8 @@ def pull(ref: str, dest: Path | str) -> tuple[str, list[str]]:
     dest = Path(dest)
     # the verified cache entry: regular files only
     names = [name for name in safeio.list_files(folder) if "/" not in name]
-    safeio.check_writable(*(dest / name for name in names))  # a link at dest is refused, never written through
+    # a link at dest is refused, never written through; a user's own file is never replaced
+    safeio.check_new_or_same({dest / name: safeio.sha256(folder, name) for name in names})
     for name in names:
         safeio.copy_file(folder, name, dest / name)
     return artifact.artifact_sha256(dest), names

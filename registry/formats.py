@@ -379,5 +379,5 @@ def export(sae: SAE, fmt: str, dest: Path) -> list[Path]:
         files = {"cfg.json": json.dumps(c.to_sparsify_dict()).encode(), "sae.safetensors": save(tensors)}
     else:
         raise InputError(f"unknown export format; expected one of {', '.join(EXPORT_FORMATS)}", where=repr(fmt))
-    safeio.check_writable(*(dest / name for name in files))
+    safeio.check_new_or_same({dest / name: art.sha256_bytes(data) for name, data in files.items()})
     return [safeio.write_bytes(dest / name, data) for name, data in files.items()]

@@ -65,6 +65,15 @@ def run_demo(
         return _run(size=size, tokens=tokens, out=out, dry_run=dry_run, settings=settings)
 
 
+# What the demo writes in its work folder (--out), and nothing else.
+DEMO_ENTRIES = ("release.yaml", "bundle", "hub", "hf-cache")
+
+
+def _demo_entry(name: str) -> bool:
+    """One of DEMO_ENTRIES, or a temporary of one left by a killed run (``.bundle.tmp-...``)."""
+    return name in DEMO_ENTRIES or any(name.startswith(f".{entry}.") for entry in DEMO_ENTRIES)
+
+
 def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, settings: Settings) -> dict[str, Any]:
 
     if size not in SIZES:
@@ -72,6 +81,14 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     work = Path(out).expanduser().resolve() if out else settings.home / "demo" / size
+    # The demo rewrites release.yaml and resets hub/ and hf-cache/ in its work folder: a
+    # user's folder holding anything else is refused now, before training, never overwritten.
+    if work.exists() and not work.is_dir():
+        raise InputError("exists and is not a folder", where=str(work))
+    others = sorted(p.name for p in work.iterdir() if not _demo_entry(p.name)) if work.is_dir() else []
+    if others:
+        raise InputError(f"holds files the demo did not write ({', '.join(map(repr, others[:3]))}); "
+                         "give a new or empty folder", where=str(work))
     work.mkdir(parents=True, exist_ok=True)
     name = "smollm2-135m-res-l6" if size == "demo" else "smollm2-135m-res-l6-test"
     summary: dict[str, Any] = {"ok": False, "size": size, "work_dir": str(work), "timings_s": timings}

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from saekit.schemas.common import SCHEMA_VERSION, Strict
+from saekit.schemas.console import has_control
 
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gated"]
 DType = Literal["float32", "bfloat16", "float16", "float64"]
@@ -62,13 +63,38 @@ class SAEConfig(Strict):
         default_factory=dict, description="Other SAELens metadata keys, kept for the round trip."
     )
 
-    @field_validator("d_in", "d_sae", "k", mode="before")
+    @field_validator("d_in", "d_sae", "k", "context_size", "hook_head_index", mode="before")
     @classmethod
     def _plain_int(cls, value: Any) -> Any:
         """Sizes are JSON integers even where a reader validates leniently (strict=False,
         for cfg.json files of other libraries): true, 4.0 or "4" was silently made an int."""
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"must be an integer, not {value!r}")
+        return value
+
+    @field_validator("apply_b_dec_to_input", "rescale_acts_by_decoder_norm", "prepend_bos", mode="before")
+    @classmethod
+    def _plain_bool(cls, value: Any) -> Any:
+        """Switches are JSON true/false, as sizes are integers: "yes", "no" or 0 was made a bool."""
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"must be true or false, not {value!r}")
+        return value
+
+    @field_validator("norm_scaling_factor", mode="before")
+    @classmethod
+    def _plain_number(cls, value: Any) -> Any:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"must be a number, not {value!r}")
+        return value
+
+    @field_validator("model_name", "model_revision", "hook_name")
+    @classmethod
+    def _one_printable_line(cls, value: str | None) -> str | None:
+        """These name things and become tags (saekit.model, saekit.hook) shown by ``show``
+        and carried to model cards; a newline or ESC in one could forge output lines, so it
+        is refused as the tag rule refuses it (registry.tags.check_text)."""
+        if value is not None and has_control(value):
+            raise ValueError(f"holds a control character (newline, tab, ESC, ...): {value!r}")
         return value
 
     @model_validator(mode="after")
@@ -82,6 +108,15 @@ class SAEConfig(Strict):
                 raise ValueError(f"k {self.k} > d_sae {self.d_sae}")
         elif self.k is not None:
             raise ValueError(f"k is only for {' and '.join(_TOPK)} SAEs, not {self.architecture} (remove k)")
+        return self
+
+    @model_validator(mode="after")
+    def _factor_only_when_scaled(self) -> SAEConfig:
+        """The factor means something only to expected_average_only_in (kernels.reference);
+        beside any other normalization it is refused, not kept unused."""
+        if self.norm_scaling_factor is not None and self.normalize_activations != "expected_average_only_in":
+            raise ValueError("norm_scaling_factor is only for normalize_activations 'expected_average_only_in', "
+                             f"not {self.normalize_activations!r} (remove it)")
         return self
 
     # --- SAELens v6 ---------------------------------------------------------------------

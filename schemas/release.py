@@ -128,7 +128,7 @@ class ReleaseManifest(Strict):
         case-folded, as a case-insensitive disk would."""
         folders: dict[str, str] = {}
         for sid in (s.sae_id for s in saes):
-            if sid.split("/")[0] in BUNDLE_ENTRIES:
+            if sid.split("/")[0].casefold() in {entry.casefold() for entry in BUNDLE_ENTRIES}:
                 raise ValueError(f"sae_id {sid!r} collides with a bundle file or folder")
             if sid.casefold() in folders:
                 raise ValueError(f"sae_id values must be unique ({folders[sid.casefold()]!r} and {sid!r})")

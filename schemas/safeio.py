@@ -40,7 +40,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, Mapping
 
 from saekit.schemas.errors import InputError, NotFoundError, SaekitError, UnsafePathError
 
@@ -321,6 +321,19 @@ def check_writable(*dests: str | os.PathLike) -> None:
                 break  # created by the write
             if not allowed(st.st_mode):
                 raise UnsafePathError(f"is {_kind(st.st_mode)}; {_WRITE_RULE}", where=str(path))
+
+
+def check_new_or_same(wanted: Mapping[str | os.PathLike, str]) -> None:
+    """Refuse to replace a file saekit may not have written. Commands that write fixed names
+    (cfg.json, ...) into a folder the user gave (export, pull) must not overwrite the user's
+    own file of that name: each destination is missing, or already holds exactly the bytes
+    (``wanted``: path -> sha256) about to be written. Runs :func:`check_writable` first."""
+    check_writable(*wanted)
+    for dest, digest in wanted.items():
+        dest = Path(dest)
+        if os.path.lexists(dest) and sha256(dest.parent, dest.name) != digest:
+            raise InputError("exists with other content; saekit replaces no file it did not write "
+                             "(remove it, or choose a new or empty folder)", where=str(dest))
 
 
 def write_bytes(dest: str | os.PathLike, data: bytes | Iterable[bytes]) -> Path:

@@ -107,3 +107,41 @@ def test_dataset_commits_are_confined_and_apart_from_models(hub, tmp_path):
     assert _req(f"{hub.url}/org/ds/resolve/main/data/train.jsonl") == 404  # no model org/ds: kept apart
     assert _req(f"{hub.url}/api/models/org/ds") == 404
     assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["datasets", "objects"]
+
+
+# --- redteam: a FIFO named like a data file ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["rows.jsonl", "corpus.txt"])
+def test_a_fifo_dataset_does_not_hang(real_sae_dir, tmp_path, name):
+    """Before: ``check --dataset ./rows.jsonl`` on a FIFO blocked in its open forever (killed
+    at 90 s). Now: one line, exit 2, nothing written."""
+    import os
+
+    os.mkfifo(tmp_path / name)
+    r = _check(real_sae_dir, tmp_path, f"./{name}")
+    assert f"{name}: not a regular file" in r.one_line_error(2)
+    log_measure(f"check --dataset FIFO {name}", r)
+    assert r.seconds < 60
+
+
+@pytest.mark.parametrize("layout", ["one-file", "folder"])
+def test_a_text_corpus_too_big_to_tokenize_whole_is_refused(real_sae_dir, tmp_path, layout):
+    """Before: a 200 MiB one-line .txt was read and tokenized whole: 22 GiB, killed by the
+    OOM killer after 216 s. Now: over MAX_TEXT_BYTES (4 MiB, one file or a folder's
+    together) is one line, exit 2, before it is read."""
+    from saekit.harness.text import MAX_TEXT_BYTES
+
+    data = tmp_path / "data"
+    data.mkdir()
+    if layout == "one-file":
+        (data / "big.txt").write_bytes(b"word " * (MAX_TEXT_BYTES // 5 + 1))
+        dataset = "./data/big.txt"
+    else:
+        for i in range(2):
+            (data / f"part{i}.txt").write_bytes(b"word " * (MAX_TEXT_BYTES // 10 + 1))
+        dataset = "./data"
+    r = _check(real_sae_dir, tmp_path, dataset)
+    assert f"bytes of text, over the {MAX_TEXT_BYTES >> 20} MiB read whole" in r.one_line_error(2)
+    log_measure(f"check --dataset {layout} .txt over the bound", r)
+    assert r.seconds < 60 and r.peak_mib < 1000

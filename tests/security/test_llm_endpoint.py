@@ -159,6 +159,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(data[i:i + 1])
                 self.wfile.flush()
                 time.sleep(0.1)
+        elif step == "headerdrip":  # header lines one byte at a time, never the end of them
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(400):
+                for c in b"X-Pad: y\r\n":
+                    self.wfile.write(bytes([c]))
+                    self.wfile.flush()
+                    time.sleep(0.05)
         elif step == "400":
             self._send(400, b'{"error": "bad request"}')
         elif step == "401echo":
@@ -331,6 +338,18 @@ def test_client_gives_up_after_its_tries_and_masks_the_key():
     assert OpenAIChatClient("http://x/v1", "m", tries=1).tries == 5  # never fewer than 5 tries
     with pytest.raises(InputError):
         OpenAIChatClient("file:///etc/passwd", "m")
+
+
+def test_a_server_dripping_its_header_lines_is_cut_at_the_deadline():
+    """Before (redteam): the whole-answer deadline began after the headers, so header lines
+    sent a byte at a time (each within the socket timeout) held `cards explain --timeout 2`
+    past 150 s (killed). Now each try ends about twice the timeout after it connected."""
+    with fault_server({0: ["headerdrip"]}) as srv:
+        client = OpenAIChatClient(srv.url, "m", timeout=0.5, tries=5, backoff_s=0.01)
+        t = time.monotonic()
+        with pytest.raises(EndpointError, match=r"no answer within 0.5 s \(gave up after 5 tries\)"):
+            client.generate([{"role": "user", "content": "LAT0"}], Params())
+        assert srv.seen[0] == 5 and time.monotonic() - t < 10
 
 
 def test_cli_refuses_a_missing_key_variable_in_one_line(tmp_path):

@@ -247,6 +247,39 @@ def test_config_fields_are_never_coerced(tmp_path, arch, field, value):
         read_cfg(tmp_path / "cfg.json")
 
 
+@pytest.mark.parametrize("field,value", [("apply_b_dec_to_input", "yes"), ("rescale_acts_by_decoder_norm", 1),
+                                         ("prepend_bos", "false"), ("context_size", "128"),
+                                         ("hook_head_index", 1.0)])
+def test_switches_and_other_fields_are_never_coerced_either(tmp_path, field, value):
+    """Before (redteam): apply_b_dec_to_input "yes" registered as true; the k rule covered
+    sizes only."""
+    from saekit.registry.artifact import read_cfg
+    from saekit.schemas import ArtifactFormatError
+
+    cfg = {"architecture": "topk", "d_in": 8, "d_sae": 32, "k": 4, "dtype": "float32",
+           "metadata": {"sae_lens_version": "6.0.0"}}
+    if field in ("prepend_bos", "context_size", "hook_head_index"):  # SAELens v6 keeps them in metadata
+        cfg["metadata"][field] = value
+    else:
+        cfg[field] = value
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactFormatError, match=f"cfg.json: {field}: .*must be"):
+        read_cfg(tmp_path / "cfg.json")
+
+
+def test_a_scaling_factor_without_its_normalization_never_registers(tmp_path):
+    """Before (redteam): norm_scaling_factor 3.0 beside normalize_activations 'none' registered
+    and was kept, unused. Now it is refused, as k is for a relu SAE."""
+    art = make_artifact(tmp_path / "art")
+    cfg = json.loads((art / "cfg.json").read_text())
+    (art / "cfg.json").write_text(json.dumps({**cfg, "norm_scaling_factor": 3.0}))
+    home = tmp_path / "home"
+    r = saekit("register", str(art), "--name", "nf", home=home)
+    assert "norm_scaling_factor is only for normalize_activations" in r.one_line_error(2)
+    assert r.peak_mib < RSS_BOUND_MIB and r.seconds < SECONDS_BOUND
+    assert "nf" not in saekit("ls", home=home).out
+
+
 def test_strided_but_honest_pt_tensors_still_import(tmp_path):
     """No false alarm: a transposed tensor and a slice of a larger storage are plain views."""
     import torch

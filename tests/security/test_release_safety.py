@@ -195,6 +195,20 @@ def test_sae_ids_may_not_nest_or_repeat(ids):
     assert len(parse_manifest(data).saes) == 3  # siblings with a common prefix are fine
 
 
+@pytest.mark.parametrize("sae_id", ["Browser/x", "readme.MD", "sha256sums", "Release.JSON"])
+def test_sae_ids_may_not_take_a_bundle_entry_in_another_case(sae_id):
+    """Before: the bundle-entry check was case-sensitive while nesting was case-folded, so
+    ``sha256sums`` or ``Browser/x`` was accepted: on a case-insensitive disk that folder is the
+    bundle's SHA256SUMS file or browser folder."""
+    from saekit.releases.manifest import parse_manifest
+    from saekit.schemas import InputError
+
+    data = {"release_id": "r", "version": "1.0.0", "license": "mit", "base_model": {"id": "m"}, "hub_repo": "o/r",
+            "saes": [{"ref": "good/1", "sae_id": sae_id}]}
+    with pytest.raises(InputError, match="collides with a bundle file or folder"):
+        parse_manifest(data, where="m.yaml")
+
+
 def test_build_refuses_nested_sae_ids(reg, tmp_path):
     good = reg["good"]
     m = write_manifest(tmp_path / "m.yaml", [(f"good/{good.version}", "a"), (f"good/{good.version}", "a/b")])

@@ -169,3 +169,34 @@ def test_progress_lines_are_escaped(capsys):
     err = capsys.readouterr().err
     assert "\x1b" not in err and "/tmp/a\\nok: bundle matches SHA256SUMS\\x1b[2J" in err
     assert "activations at h\\x1b[2J 1/1" in err
+
+
+# --- redteam: the same control characters through cfg.json and --hook, not --tag ---------------
+
+
+@pytest.mark.parametrize("field", ["hook_name", "model_name"])
+def test_cfg_names_with_control_characters_never_become_tags(tmp_path, field):
+    """Before: a cfg.json whose metadata.hook_name held ESC and a newline registered, and
+    its reserved tag saekit.hook carried them (the --tag rule was bypassed)."""
+    art = make_artifact(tmp_path / "art")
+    cfg = json.loads((art / "cfg.json").read_text())
+    cfg["metadata"][field] = "blocks.6" + CLEAR + FAKE
+    (art / "cfg.json").write_text(json.dumps(cfg))
+    home = tmp_path / "home"
+    r = saekit("register", str(art), "--name", "m", home=home)
+    line = r.one_line_error(2)
+    assert f"cfg.json: {field}: " in line and "control character" in line and "\\x1b" in line, line
+    _no_raw_controls(r)
+    assert saekit("ls", home=home).out.strip() == "(no versions)"
+
+
+def test_import_hook_option_with_a_newline_is_refused(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "params.npz", W_enc=np.ones((8, 32), np.float32), W_dec=np.ones((32, 8), np.float32),
+             b_enc=np.zeros(32, np.float32), b_dec=np.zeros(8, np.float32), threshold=np.ones(32, np.float32))
+    r = saekit("import", "gemmascope", str(tmp_path / "params.npz"), str(tmp_path / "out"), "--model", "m/x",
+               "--hook", "blocks.6" + FAKE, home=tmp_path / "home")
+    assert "hook_name: " in r.one_line_error(2) and "control character" in r.err
+    _no_raw_controls(r)
+    assert not (tmp_path / "out").exists()

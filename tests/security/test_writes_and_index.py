@@ -165,3 +165,50 @@ def test_register_errors_name_the_given_folder(tmp_path, broken):
     name = "cfg.json" if broken == "cfg" else "sae_weights.safetensors"
     assert line.startswith(f"error: my-sae/{name}: "), line
     assert "saekit-register" not in line
+
+
+# --- redteam: data loss through folder destinations other than release build --------------------
+
+
+@pytest.mark.parametrize("command", ["export-saelens", "export-sparsify", "pull", "import"])
+def test_folder_outputs_never_replace_a_users_file(tmp_path, command):
+    """Before: ``saekit export saelens REF DIR``, ``pull REF DIR`` and ``import FMT SRC DIR``
+    overwrote the user's own DIR/cfg.json (exit 0). Now: exit 2 naming that file, every
+    user file intact, nothing written; the same command again into its own output is a no-op."""
+    home = tmp_path / "home"
+    art = make_artifact(tmp_path / "art")
+    if command == "pull":
+        assert saekit("register", str(art), "--name", "m", home=home).rc == 0
+    args = {"export-saelens": ("export", "saelens", str(art)), "export-sparsify": ("export", "sparsify", str(art)),
+            "pull": ("pull", "m/1"), "import": ("import", "saelens", str(art))}[command]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "cfg.json").write_text(TARGET_TEXT)
+    (mine / "notes.txt").write_text("keep\n")
+    r = saekit(*args, str(mine), home=home)
+    line = r.one_line_error(2)
+    log_measure(f"{command} into a folder holding the user's cfg.json", r)
+    assert f"{mine / 'cfg.json'}: exists with other content" in line, line
+    assert (mine / "cfg.json").read_text() == TARGET_TEXT and (mine / "notes.txt").read_text() == "keep\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["cfg.json", "notes.txt"]
+    fresh = tmp_path / "fresh"
+    for _ in range(2):  # a new folder, then the same bytes again: no-op, not refused
+        again = saekit(*args, str(fresh), home=home)
+        assert again.rc == 0, again.err
+
+
+def test_demo_out_refuses_a_users_folder_before_training(tmp_path):
+    """``saekit demo --out DIR`` rewrites DIR/release.yaml and resets DIR/hub and DIR/hf-cache:
+    a folder holding anything else (or a file) is refused at once, untouched."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "release.yaml").write_text(TARGET_TEXT)
+    (mine / "notes.txt").write_text("keep\n")
+    r = saekit("demo", "--size", "test", "--out", str(mine), home=tmp_path / "home", timeout=60)
+    assert f"{mine}: holds files the demo did not write ('notes.txt')" in r.one_line_error(2)
+    log_measure("demo --out at a user's folder", r)
+    assert r.seconds < 30 and r.peak_mib < 400
+    assert (mine / "release.yaml").read_text() == TARGET_TEXT and sorted(p.name for p in mine.iterdir()) == [
+        "notes.txt", "release.yaml"]
+    r = saekit("demo", "--size", "test", "--out", str(mine / "notes.txt"), home=tmp_path / "home", timeout=60)
+    assert "notes.txt: exists and is not a folder" in r.one_line_error(2)
