@@ -53,22 +53,28 @@ def _windows(tokenizer: Any, size: int) -> list[list[str]]:
 
 
 def rule_cards(tokenizer: Any, rules: tuple[Rule, ...] = RULES, *, n_examples: int = 20, size: int = 64,
-               min_zero_prefix: int = 16, seed: int = 0, explained: bool = False) -> list[FeatureCard]:
+               n_negatives: int | None = None, min_zero_prefix: int = 16, seed: int = 0,
+               explained: bool = False) -> list[FeatureCard]:
     """One card per rule (index = its place in ``rules``): ``n_examples`` windows where it
     fires, chosen at random (``seed``) among those whose first ``min_zero_prefix`` tokens it
-    does not fire on (room for a negative window). ``explained``: the card also carries the
+    does not fire on (room for a negative window), and ``n_negatives`` (default ``n_examples``)
+    windows it never fires on, as a check's non-activating examples. ``explained``: the card also carries the
     rule's explanation as an annotation (source "human", type "rule")."""
     windows = _windows(tokenizer, size)
     cards = []
     for index, rule in enumerate(rules):
-        hits = []
+        hits, misses = [], []
         for toks in windows:
             values = [1.0 if rule.fires(t) else 0.0 for t in toks]
             if any(values) and not any(values[:min_zero_prefix]):
                 hits.append(ActivationExample(tokens=toks, values=values, max_value=1.0,
                                               max_position=values.index(1.0), bin="top"))
+            elif not any(values):  # a window the rule never fires on: a non-activating example
+                misses.append(ActivationExample(tokens=toks, values=values, max_value=0.0, bin="negative"))
         random.Random(seed * 7919 + index).shuffle(hits)
+        random.Random(seed * 7919 + index + 1).shuffle(misses)
         anns = [Annotation(source="human", type_name="rule", description=rule.explanation)] if explained else []
         cards.append(FeatureCard(schema_version="1.1", sae=SAERef(name=SAE_NAME, d_sae=len(rules)), index=index,
-                                 top_examples=hits[:n_examples], annotations=anns, tags=[f"rule:{rule.name}"]))
+                                 top_examples=hits[:n_examples], negative_examples=misses[:n_examples if n_negatives is None else n_negatives],
+                                 annotations=anns, tags=[f"rule:{rule.name}"]))
     return cards

@@ -86,8 +86,8 @@ def test_explain_and_score_through_transformers_serve_then_rerun_sends_nothing(s
 
     endpoint, model, log = server
     tok = AutoTokenizer.from_pretrained(model)
-    # 12 examples: the explainer is shown 10, so 2 held-out activating + 2 zero windows are scored
-    write_cards(rule_cards(tok, RULES[:2], n_examples=12), tmp_path / "cards.jsonl")
+    # 12 examples: the explainer is shown 10, so 2 held-out activating + 2 non-activating windows are scored
+    write_cards(rule_cards(tok, RULES[:2], n_examples=12, n_negatives=2), tmp_path / "cards.jsonl")
     remote = ["--endpoint", endpoint, "--model", model]
 
     def run() -> tuple[dict, dict, int]:
@@ -142,6 +142,8 @@ def test_rule_cards_fire_exactly_where_the_rule_says_on_real_corpus_windows():
         for ex in card.top_examples:
             assert ex.values == [1.0 if rule.fires(t) else 0.0 for t in ex.tokens]
             assert 16 <= ex.max_position == ex.values.index(1.0)  # room for a zero window before it
+        assert len(card.negative_examples) == 20
+        assert all(not any(rule.fires(t) for t in ex.tokens) and not any(ex.values) for ex in card.negative_examples)
     assert rule_cards(tok, n_examples=20) == cards  # the same windows on every run
     assert rule_cards(tok, n_examples=20, seed=1)[1].top_examples != cards[1].top_examples
     explained = rule_cards(tok, RULES[:1], explained=True)[0]
