@@ -3,10 +3,36 @@ model-conversion and demo-SAE caches (SAEKIT_CACHE_DIR) are shared so the suite 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
+
+
+def _import_triton_interpreted() -> None:
+    """Without CUDA the Triton kernels run in Triton's interpreter (tests/kernels). triton 3.9
+    reads TRITON_INTERPRET when a ``@triton.jit`` function is defined: saekit's kernels and
+    triton.language's own jit functions (tl.sort, tl.max, ...), defined when triton is first
+    imported. Peers import triton at collection (sae_bench -> sae_lens), so this, the first
+    conftest, imports both with the variable set, then restores the environment: the other
+    tests see the process as it was."""
+    import torch
+
+    if torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
+        return
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import saekit.kernels.triton_kernels  # noqa: F401  (imports triton, defines the kernels)
+    finally:
+        if saved is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+_import_triton_interpreted()
 
 
 @pytest.fixture(autouse=True)

@@ -1,32 +1,18 @@
 """Kernel tests: the Triton kernels against the torch reference.
 
-Without CUDA the kernels run in Triton's interpreter on CPU. triton 3.9 reads
-TRITON_INTERPRET when a ``@triton.jit`` function is defined, i.e. when
-saekit.kernels.triton_kernels is first imported, so this conftest imports that module with
-the variable set, then restores the environment (other folders' tests, e.g. ones that use
-sparsify's Triton kernels, see the process as it was). With CUDA the same tests run the
-compiled kernels on the GPU.
+Without CUDA the kernels run in Triton's interpreter on CPU: tests/conftest.py imports them
+interpreted before any test module can import triton (see there). With CUDA the same tests
+run the compiled kernels on the GPU.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
-if not CUDA and importlib.util.find_spec("triton") is not None:
-    _saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        import saekit.kernels.triton_kernels  # noqa: F401  (defines the kernels interpreted)
-    finally:
-        if _saved is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = _saved
 
 
 @pytest.fixture
