@@ -23,7 +23,7 @@ MODEL_REPO = "EleutherAI/pythia-70m-deduped"  # what SAELens' name pythia-70m-de
 
 
 def _sae_folder(folder: Path, *, model_name: str, hook_name: str, d_in: int, model_revision: str | None = None,
-                hook_head_index: int | None = None) -> Path:
+                hook_head_index: int | None = None, metadata: dict | None = None) -> Path:
     import torch
 
     from saekit.kernels import SAE
@@ -35,7 +35,7 @@ def _sae_folder(folder: Path, *, model_name: str, hook_name: str, d_in: int, mod
     W_dec /= W_dec.norm(dim=1, keepdim=True)
     tensors = {"W_enc": W_dec.T.contiguous(), "b_enc": torch.zeros(32), "W_dec": W_dec, "b_dec": torch.zeros(d_in)}
     cfg = SAEConfig(architecture="topk", d_in=d_in, d_sae=32, k=4, model_name=model_name, hook_name=hook_name,
-                    model_revision=model_revision, hook_head_index=hook_head_index)
+                    model_revision=model_revision, hook_head_index=hook_head_index, metadata=metadata or {})
     save_artifact(SAE(cfg, tensors), folder)
     return folder
 
@@ -155,3 +155,45 @@ def test_a_one_head_sae_is_refused_before_the_model_loads(tmp_path):
                HF_ENDPOINT="http://127.0.0.1:9")
     line = r.one_line_error(2)
     assert "reads head 2 of blocks.0.attn.hook_z (hook_head_index)" in line, line
+
+
+def test_check_reads_model_hook_and_dataset_named_the_saelens_way_and_pins_both(tmp_path, hub):
+    """An SAE whose cfg names its model by a SAELens alias, its hook the TransformerLens way and
+    its dataset by SAELens' dataset_path: the check downloads both from the Hub, pins both to
+    their commits and records both; after both repos move on, the re-check reads the same."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token="hf_test")
+    api.create_repo(MODEL_REPO)
+    api.upload_folder(folder_path=str(_tiny_pythia(tmp_path / "m1", seed=1)), repo_id=MODEL_REPO)
+    model_commit = api.model_info(MODEL_REPO).sha
+    rows = tmp_path / "ds"
+    rows.mkdir()
+    text = [f"The quick brown fox {i} jumps over the lazy dog. def f(x): return x + {i}" * 3 for i in range(200)]
+    pq.write_table(pa.table({"text": text}), rows / "train.parquet")
+    api.create_repo("org/tiny-text", repo_type="dataset")
+    api.upload_folder(folder_path=str(rows), repo_id="org/tiny-text", repo_type="dataset")
+    data_commit = api.dataset_info("org/tiny-text").sha
+    sae = _sae_folder(tmp_path / "sae", model_name="pythia-70m-deduped", hook_name="blocks.1.hook_resid_pre",
+                      d_in=32, metadata={"dataset_path": "org/tiny-text"})
+
+    _check(tmp_path, hub, str(sae), "--out", str(tmp_path / "c1"))
+    rec = json.loads((tmp_path / "c1" / "eval.json").read_text())
+    assert (rec["model"]["id"], rec["model"]["revision"]) == (MODEL_REPO, model_commit)
+    assert rec["model"]["hook_name"] == "blocks.1.hook_resid_pre"
+    assert (rec["data"]["dataset_id"], rec["data"]["revision"], rec["data"]["column"]) == (
+        "org/tiny-text", data_commit, "text")
+
+    # both repos move on
+    api.upload_folder(folder_path=str(_tiny_pythia(tmp_path / "m2", seed=2)), repo_id=MODEL_REPO)
+    pq.write_table(pa.table({"text": ["Other words entirely, nothing like before."] * 200}), rows / "train.parquet")
+    api.upload_folder(folder_path=str(rows), repo_id="org/tiny-text", repo_type="dataset")
+    assert api.dataset_info("org/tiny-text").sha != data_commit
+
+    _check(tmp_path, hub, "--from-record", str(tmp_path / "c1" / "eval.json"), "--out", str(tmp_path / "c2"))
+    again = json.loads((tmp_path / "c2" / "eval.json").read_text())
+    assert again["model"] == rec["model"] and again["data"]["revision"] == data_commit
+    assert again["data"]["fingerprint"] == rec["data"]["fingerprint"]
+    assert again["eval_result_metrics"] == rec["eval_result_metrics"]
