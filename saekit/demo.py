@@ -66,7 +66,7 @@ def run_demo(
 
 
 # What the demo writes in its work folder (--out), and nothing else.
-DEMO_ENTRIES = ("release.yaml", "bundle", "hub", "hf-cache")
+DEMO_ENTRIES = ("release.yaml", "bundle", "hub", "hf-cache", "cards")  # every name the demo writes in its folder
 
 
 def _demo_entry(name: str) -> bool:
