@@ -266,16 +266,23 @@ def _with(card: FeatureCard, ann: Annotation) -> FeatureCard:
     return card.model_copy(update={"annotations": [*kept, ann], "schema_version": "1.1"})
 
 
+def read_chosen(inputs: list[str | os.PathLike], out: str | os.PathLike,
+                latents: str) -> tuple[Path, list[FeatureCard], list[FeatureCard]]:
+    """(the checked output path, every card of ``inputs``, the ``latents`` chosen among them):
+    what explain and score both start from; no cards at all is an input error."""
+    out = check_out(out)
+    cards = read_cards(inputs)
+    if not cards:
+        raise InputError("no cards", where=", ".join(map(str, inputs)))
+    return out, cards, choose(cards, latents)
+
+
 def explain_files(
     inputs: list[str | os.PathLike], out: str | os.PathLike, client: CachedClient, opts: ExplainOptions,
     *, latents: str = "all", resume: bool = False,
 ) -> ExplainSummary:
     """Explain the chosen latents of the cards in ``inputs``; every card goes to ``out``."""
-    out = check_out(out)
-    cards = read_cards(inputs)
-    if not cards:
-        raise InputError("no cards", where=", ".join(map(str, inputs)))
-    chosen = choose(cards, latents)
+    out, cards, chosen = read_chosen(inputs, out, latents)
     rid = run_id(client, opts, chosen)
     jpath = journal_path(out)
     done = _read_journal(jpath, rid) if resume else {}

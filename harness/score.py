@@ -48,11 +48,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from saekit.harness import autointerp
-from saekit.harness.explain import check_out, choose, example_window, mark
+from saekit.harness.explain import example_window, mark, read_chosen
 from saekit.harness.llm_client import CachedClient, Params
 from saekit.schemas import EndpointError, InputError
 from saekit.schemas.card import ActivationExample, Annotation, FeatureCard, ScoreRecord
-from saekit.schemas.card_files import read_cards, write_cards
+from saekit.schemas.card_files import write_cards
 from saekit.schemas.console import Progress
 from saekit.schemas.safeio import write_bytes
 
@@ -267,11 +267,7 @@ def score_files(
     *, latents: str = "all",
 ) -> ScoreSummary:
     """Score the explanation of each chosen card, and a control; every card goes to ``out``."""
-    out = check_out(out)
-    cards = read_cards(inputs)
-    if not cards:
-        raise InputError("no cards", where=", ".join(map(str, inputs)))
-    chosen = choose(cards, latents)
+    out, cards, chosen = read_chosen(inputs, out, latents)
     explained = [c for c in chosen if _explanation(c) is not None]
     summary = ScoreSummary(out=str(out), latents=len(chosen), no_explanation=len(chosen) - len(explained))
     # delphi's random-explanation baseline, made deterministic: the next explained latent's
