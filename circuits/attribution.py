@@ -229,7 +229,13 @@ def _linear_graph(rm: ReplacementModel, trace: Trace, batch_size: int):
     def hook(name: str, layer: int, t: torch.Tensor) -> None:
         (writes if name == "mlp_out" else reads).append(t)
 
-    rm.run(trace, embeds, _linear_mlp(rm, trace, sources=True), hook=hook)
+    base = _linear_mlp(rm, trace, sources=True)
+
+    def mlp(i: int, x: torch.Tensor) -> torch.Tensor:
+        out = base(i, x).expand_as(x)  # without a skip term a constant: made a node so its gradient exists
+        return out if out.requires_grad else out + torch.zeros((), requires_grad=True)
+
+    rm.run(trace, embeds, mlp, hook=hook)
     return reads, writes, embeds
 
 

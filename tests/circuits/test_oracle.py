@@ -1,0 +1,87 @@
+"""(a) Oracle: saekit's attribution graph of a small random Llama with skip transcoders equals
+circuit-tracer 0.5.0's (run in its own venv, scripts/peer_venv.sh) within 1e-4: the same
+active features, the same adjacency (features, errors, tokens, logits), the same logits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from saekit.circuits.attribution import attribute
+from saekit.circuits.replacement import ReplacementModel
+
+sys.path.insert(0, str(Path(__file__).parent))
+from circuit_helpers import tiny_llama, tiny_transcoders  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ct_python() -> str:
+    """circuit-tracer's venv (created on first use by scripts/peer_venv.sh; offline from the
+    package index)."""
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "peer_venv.sh"), "circuit-tracer"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return str(ROOT / out.stdout.strip().splitlines()[-1])
+
+
+def _write_case(folder: Path, model, tset, tokens: list[int], logit_tokens: list[int], batch_size: int) -> None:
+    c = model.config
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({
+        "n_layers": c.num_hidden_layers, "d_model": c.hidden_size, "n_heads": c.num_attention_heads,
+        "n_kv": c.num_key_value_heads, "d_head": c.hidden_size // c.num_attention_heads,
+        "d_mlp": c.intermediate_size, "vocab": c.vocab_size, "eps": c.rms_norm_eps,
+        "rope_theta": c.rope_parameters["rope_theta"], "tokens": tokens, "logit_tokens": logit_tokens,
+        "batch_size": batch_size,
+    }))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    for layer in tset.layers:
+        tc = tset[layer]
+        t = {"W_enc": tc.W_enc.T, "W_dec": tc.W_dec, "b_enc": tc.b_enc, "b_dec": tc.b_dec}
+        if tc.W_skip is not None:
+            t["W_skip"] = tc.W_skip
+        if "threshold" in tc.tensors:
+            t["activation_function.threshold"] = tc.tensors["threshold"]
+        save_file({k: v.float().contiguous() for k, v in t.items()}, folder / f"layer_{layer}.safetensors")
+
+
+@pytest.mark.parametrize("arch,n_tokens,batch_size", [("skip_transcoder", 7, 5), ("jumprelu_transcoder", 5, 64)])
+def test_adjacency_equals_circuit_tracer(ct_python: str, tmp_path: Path, arch: str, n_tokens: int,
+                                         batch_size: int) -> None:
+    model = tiny_llama(n_layers=3, d_model=16, n_heads=4, n_kv=2, d_mlp=32, vocab=24, seed=3)
+    tset = tiny_transcoders(model, arch=arch, d_sae=40, seed=4)
+    tokens = [0] + list(range(3, 3 + n_tokens - 1))  # token 0 plays BOS (a special id for circuit-tracer)
+    rm = ReplacementModel(model, tset)
+    trace = rm.trace(torch.tensor(tokens))
+    logit_tokens = torch.topk(trace.logits[-1], 4).indices.tolist()
+    # a partial last batch (n_targets % batch_size != 0) and one batch for everything
+    graph = attribute(rm, torch.tensor(tokens), logit_tokens=torch.tensor(logit_tokens), batch_size=batch_size)
+
+    _write_case(tmp_path, model, tset, tokens, logit_tokens, batch_size)
+    run = subprocess.run([ct_python, str(Path(__file__).parent / "ct_oracle.py"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ct = load_file(tmp_path / "ct_graph.safetensors")
+
+    torch.testing.assert_close(trace.logits, ct["logits"], atol=1e-4, rtol=0)
+    assert graph.n_features > 10
+    assert torch.equal(graph.features, ct["active_features"].long())
+    torch.testing.assert_close(graph.activations, ct["activation_values"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(graph.logit_probs, ct["logit_probabilities"], atol=1e-6, rtol=0)
+    assert graph.adjacency.shape == ct["adjacency"].shape
+    # every block of the adjacency has edges that are not all zero, and all agree
+    a, b = graph.adjacency, ct["adjacency"]
+    for rows, cols in ((slice(0, graph.n_features), slice(0, graph.n_features)),
+                       (slice(graph.logit_start, None), slice(graph.error_start, graph.token_start)),
+                       (slice(graph.logit_start, None), slice(graph.token_start, graph.logit_start))):
+        assert b[rows, cols].abs().max() > 1e-2
+    scale = b.abs().max().clamp_min(1.0)
+    assert (a - b).abs().max() / scale < 1e-4, f"max |diff| {(a - b).abs().max():.3g} (max |edge| {scale:.3g})"
