@@ -7,7 +7,8 @@ DIR holds what the test wrote: ``config.json`` (the model's shapes, the prompt's
 the logit token ids), ``model.safetensors`` (Hugging Face Llama tensor names) and
 ``layer_{i}.safetensors`` (circuit-tracer's transcoder format: W_enc [d_sae, d_model], W_dec,
 b_enc, b_dec, W_skip, activation_function.threshold). Writes ``ct_graph.safetensors``
-(adjacency, active_features, activation_values, logit_probabilities, logits) into DIR.
+(adjacency, active_features, activation_values, logit_probabilities, logits,
+prune_graph's masks and cumulative scores, compute_graph_scores) into DIR.
 Data pass as safetensors and JSON only, never pickle.
 """
 
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from transformer_lens import HookedTransformerConfig
 
 from circuit_tracer.attribution.attribute import attribute
+from circuit_tracer.graph import compute_graph_scores, prune_graph
 from circuit_tracer.replacement_model.replacement_model_transformerlens import TransformerLensReplacementModel
 from circuit_tracer.transcoder.single_layer_transcoder import TranscoderSet, load_relu_transcoder
 
@@ -91,7 +93,13 @@ def main(folder: Path) -> None:
         logits = model(tokens[None])[0]
     graph = attribute(tokens, model, attribution_targets=torch.tensor(c["logit_tokens"]),
                       batch_size=c["batch_size"])
+    pruned = prune_graph(graph, node_threshold=c["node_threshold"], edge_threshold=c["edge_threshold"])
+    replacement, completeness = compute_graph_scores(graph)
     save_file({
+        "node_mask": pruned.node_mask.contiguous(),
+        "edge_mask": pruned.edge_mask.contiguous(),
+        "cumulative_scores": pruned.cumulative_scores.contiguous(),
+        "scores": torch.tensor([replacement, completeness]),
         "adjacency": graph.adjacency_matrix.contiguous(),
         "active_features": graph.active_features.contiguous(),
         "activation_values": graph.activation_values.contiguous(),

@@ -1,6 +1,7 @@
 """(a) Oracle: saekit's attribution graph of a small random Llama with skip transcoders equals
 circuit-tracer 0.5.0's (run in its own venv, scripts/peer_venv.sh) within 1e-4: the same
-active features, the same adjacency (features, errors, tokens, logits), the same logits."""
+active features, the same adjacency (features, errors, tokens, logits), the same logits, the
+same pruned nodes and edges, the same replacement and completeness scores."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saekit.circuits.attribution import attribute
+from saekit.circuits.pruning import prune, scores
 from saekit.circuits.replacement import ReplacementModel
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -40,7 +42,7 @@ def _write_case(folder: Path, model, tset, tokens: list[int], logit_tokens: list
         "n_kv": c.num_key_value_heads, "d_head": c.hidden_size // c.num_attention_heads,
         "d_mlp": c.intermediate_size, "vocab": c.vocab_size, "eps": c.rms_norm_eps,
         "rope_theta": c.rope_parameters["rope_theta"], "tokens": tokens, "logit_tokens": logit_tokens,
-        "batch_size": batch_size,
+        "batch_size": batch_size, "node_threshold": 0.8, "edge_threshold": 0.98,
     }))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
     for layer in tset.layers:
@@ -85,3 +87,11 @@ def test_adjacency_equals_circuit_tracer(ct_python: str, tmp_path: Path, arch: s
         assert b[rows, cols].abs().max() > 1e-2
     scale = b.abs().max().clamp_min(1.0)
     assert (a - b).abs().max() / scale < 1e-4, f"max |diff| {(a - b).abs().max():.3g} (max |edge| {scale:.3g})"
+
+    # pruning and scores on the same graph (graph.py prune_graph, compute_graph_scores)
+    kept = prune(graph, 0.8, 0.98)
+    assert torch.equal(kept.node_mask, ct["node_mask"])
+    assert torch.equal(kept.edge_mask, ct["edge_mask"])
+    assert 0 < int(kept.node_mask[: graph.n_features].sum()) < graph.n_features
+    torch.testing.assert_close(kept.cumulative, ct["cumulative_scores"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(scores(graph)), ct["scores"], atol=1e-5, rtol=0)
