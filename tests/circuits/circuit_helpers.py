@@ -46,3 +46,16 @@ def tiny_transcoders(model, *, arch: str = "skip_transcoder", d_sae: int = 48, k
                         model_name="tiny-llama", hook_name=f"model.layers.{layer}.mlp")
         out[layer] = Transcoder(cfg, t)
     return TranscoderSet(out)
+
+
+def tiny_tokenizer(vocab: int = 24):
+    """A word-level tokenizer over ``<s>`` (id 0, BOS) and the words ``w1`` .. ``w{vocab-1}``."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<s>": 0, **{f"w{i}": i for i in range(1, vocab)}}
+    tok = Tokenizer(WordLevel(words, unk_token="<s>"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>")

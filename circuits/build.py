@@ -1,0 +1,127 @@
+"""One attribution graph, end to end: tokenize, trace, attribute, prune, score, write."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saekit.circuits import files, page
+from saekit.circuits.attribution import DEFAULT_BATCH_SIZE, DEFAULT_LOGIT_PROB, DEFAULT_MAX_LOGITS, Graph, attribute
+from saekit.circuits.pruning import Pruned, prune, scores
+from saekit.circuits.replacement import ReplacementModel
+from saekit.kernels.transcoder import TranscoderSet
+from saekit.schemas import InputError
+
+MAX_PROMPT_TOKENS = 256
+
+
+@dataclass
+class GraphResult:
+    graph: Graph
+    pruned: Pruned
+    replacement_score: float
+    completeness_score: float
+    prompt_tokens: list[str]
+    neuronpedia: dict[str, Any]
+    meta: dict[str, Any]
+    folder: Path | None
+
+
+def tokenize(tokenizer, prompt: str) -> torch.Tensor:
+    """Token ids of ``prompt`` with a special token in front unless it starts with one: position
+    0 is left out of the graph (circuit-tracer ``replacement_model/common.py`` ensure_tokenized:
+    BOS, else PAD, else EOS, else any special token)."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    special = list(getattr(tokenizer, "all_special_ids", []) or [])
+    if not ids or ids[0] not in special:
+        cands = [tokenizer.bos_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, *special]
+        first = next((c for c in cands if c is not None), None)
+        if first is None:
+            raise InputError("the tokenizer has no special token to put before the prompt", where="tokenizer")
+        ids = [first, *ids]
+    if len(ids) > MAX_PROMPT_TOKENS:
+        raise InputError(f"the prompt has {len(ids)} tokens; graphs take at most {MAX_PROMPT_TOKENS}", where="prompt")
+    return torch.tensor(ids)
+
+
+def build_graph(
+    prompt: str,
+    transcoders: TranscoderSet,
+    model,
+    tokenizer,
+    *,
+    out: str | Path | None = None,
+    max_n_logits: int = DEFAULT_MAX_LOGITS,
+    desired_logit_prob: float = DEFAULT_LOGIT_PROB,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    cards: dict[tuple[int, int], dict[str, Any]] | None = None,
+    card_url: str | None = None,
+    scan: str | None = None,
+    transcoders_ref: str | None = None,
+    model_info: dict[str, Any] | None = None,
+) -> GraphResult:
+    """The attribution graph of ``prompt`` on ``model`` with ``transcoders``, pruned and scored;
+    written to ``out`` when given (see saekit.circuits.files)."""
+    if not prompt:
+        raise InputError("the prompt is empty", where="prompt")
+    for name, v in (("max_n_logits", max_n_logits), ("batch_size", batch_size)):
+        if v < 1:
+            raise InputError(f"{name} must be >= 1, got {v}", where=name)
+    for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if not 0.0 <= v <= 1.0:
+            raise InputError(f"{name} must be between 0 and 1, got {v}", where=name)
+    t0 = time.perf_counter()
+    rm = ReplacementModel(model, transcoders)
+    tokens = tokenize(tokenizer, prompt)
+    trace = rm.trace(tokens)
+    t1 = time.perf_counter()
+    graph = attribute(rm, tokens, max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob,
+                      batch_size=batch_size, trace=trace)
+    t2 = time.perf_counter()
+    pruned = prune(graph, node_threshold, edge_threshold)
+    replacement, completeness = scores(graph)
+    t3 = time.perf_counter()
+
+    prompt_tokens = [tokenizer.decode([t]) for t in tokens.tolist()]
+    logit_strings = [tokenizer.decode([t]) for t in graph.logit_tokens.tolist()]
+    settings = {"max_n_logits": max_n_logits, "desired_logit_prob": desired_logit_prob, "batch_size": batch_size,
+                "node_threshold": node_threshold, "edge_threshold": edge_threshold}
+    scan = scan or transcoders.model_name or model.config.name_or_path or "model"
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "graph"
+    np_graph = files.neuronpedia_graph(
+        graph, pruned, prompt=prompt, prompt_tokens=prompt_tokens, logit_strings=logit_strings, slug=slug,
+        scan=scan, cards=cards, card_url=card_url, settings=settings,
+        info={"description": f"replacement score {replacement:.3f}, completeness score {completeness:.3f}",
+              **({"source_urls": [transcoders_ref]} if transcoders_ref else {})},
+    )
+    kept = pruned.node_mask
+    meta = {
+        "prompt": prompt, "prompt_tokens": prompt_tokens, "token_ids": tokens.tolist(),
+        "model": model_info or {"id": scan}, "transcoders": {"ref": transcoders_ref, "layers": transcoders.layers,
+                                                              "model_name": transcoders.model_name,
+                                                              "model_revision": transcoders.model_revision},
+        "settings": settings,
+        "scores": {"replacement": replacement, "completeness": completeness},
+        "logits": [{"token": s, "token_id": int(i), "prob": float(p)}
+                   for s, i, p in zip(logit_strings, graph.logit_tokens.tolist(), graph.logit_probs.tolist())],
+        "counts": {"features": graph.n_features, "nodes": int(graph.adjacency.shape[0]),
+                   "kept_features": int(kept[: graph.n_features].sum()), "kept_nodes": int(kept.sum()),
+                   "kept_edges": int(pruned.edge_mask.sum())},
+        "timings_s": {"trace": t1 - t0, "attribution": t2 - t1, "pruning_and_scores": t3 - t2},
+    }
+    folder = None
+    if out is not None:
+        summary = {"model": scan, "transcoders": transcoders_ref or "(in memory)",
+                   "replacement score": f"{replacement:.3f}", "completeness score": f"{completeness:.3f}",
+                   "features (active / kept)": f"{graph.n_features} / {meta['counts']['kept_features']}",
+                   "top logit": f"{logit_strings[0]!r} p={float(graph.logit_probs[0]):.3f}"}
+        html = page.render(np_graph, title=f"Attribution graph: {prompt}", summary=summary)
+        folder = files.write(out, graph, pruned, np_graph, meta, html)
+    return GraphResult(graph, pruned, replacement, completeness, prompt_tokens, np_graph, meta, folder)
