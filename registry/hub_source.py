@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from saekit.registry import artifact as art
 from saekit.registry import formats
+from saekit.registry import transcoder_set as tset
 from saekit.registry import tags as T
 from saekit.registry.refs import Ref, hf_uri, parse_ref
 from saekit.schemas import (
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
     from saekit.kernels import SAE
     from saekit.registry.store import VersionInfo
 
-LAYOUTS = ("saelens", "sparsify", "gemmascope", "openai")
+LAYOUTS = ("saelens", "sparsify", "gemmascope", "openai", "circuit-tracer")
 SOURCE = T.SOURCE
 SOURCE_TAGS = (T.SOURCE, T.SOURCE_REPO, T.SOURCE_COMMIT, T.SOURCE_PATH, T.SOURCE_LAYOUT, T.SOURCE_FILES,
                T.SOURCE_SAELENS)
@@ -75,14 +76,17 @@ _GLOB = re.compile(r"[*?\[]")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 # SAELens catalogue entries whose files are a layout read here: its own folders (no
 # conversion) and Gemma Scope's params.npz ("gemma_2", sae_lens/loading/pretrained_sae_loaders.py).
-_CONVERSIONS_READ = (None, "gemma_2")
+_CONVERSIONS_READ = (None, "gemma_2", "gemma_2_transcoder", "mwhanna_transcoder")
+# SAELens releases of per-layer transcoders stored as a circuit-tracer set (config.yaml +
+# layer_{i}.safetensors at the repo root): saekit registers the whole set, ``saelens:RELEASE/*``.
+_SET_CONVERSIONS = ("mwhanna_transcoder",)
 # SAELens v6 cfg.json keys outside ``metadata`` (sae_lens/saes/sae.py SAEConfig fields).
 _V6_TOP_LEVEL = ("architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
                  "reshape_activations", "k", "rescale_acts_by_decoder_norm")
 _OPENAI_SUFFIXES = (".pt", ".pth", ".bin")
 # Gemma Scope folder names (google/gemma-scope-*): layer_N/width_W/average_l0_L.
 _GEMMASCOPE_DIR = re.compile(r"(?:^|/)layer_(?P<layer>\d+)/width_(?P<width>\d+)(?P<unit>[km]?)/average_l0_(?P<l0>\d+)$")
-_GEMMASCOPE_REPO = re.compile(r"gemma-scope-(?P<size>2b|9b|27b)-(?P<kind>pt|it)-(?P<site>res|mlp|att)")
+_GEMMASCOPE_REPO = re.compile(r"gemma-scope-(?P<size>2b|9b|27b)-(?P<kind>pt|it)-(?P<site>res|mlp|att|transcoders)")
 
 
 class HubSourceError(SaekitError, OSError):
@@ -286,6 +290,12 @@ def lookup_saelens(release: str, sae_id: str, *, catalogue: str | os.PathLike | 
     entry = data.get(release)
     if not isinstance(entry, dict) or "repo_id" not in entry:
         raise NotFoundError(f"no release {release!r} in SAELens' pretrained_saes.yaml", where=where)
+    if entry.get("conversion_func") in _SET_CONVERSIONS:
+        if sae_id != "*":
+            raise InputError(f"release {release!r} is a transcoder set (config.yaml + layer files); register it "
+                             f"whole: saelens:{release}/*", where=where)
+        return {"release": release, "sae_id": sae_id, "repo_id": entry["repo_id"], "model": entry.get("model"),
+                "path": "", "conversion_func": entry["conversion_func"], "config_overrides": {}}
     for sae in entry.get("saes") or []:
         if isinstance(sae, dict) and str(sae.get("id")) == sae_id:
             out = {"release": release, "sae_id": sae_id, "repo_id": entry["repo_id"], "model": entry.get("model"),
@@ -359,7 +369,11 @@ def _units(files: list[str]) -> list[Unit]:
     for d in folders:
         pre = "" if d == "." else d + "/"
         path = "" if d == "." else d
-        if f"{pre}cfg.json" in present and f"{pre}{art.WEIGHTS}" in present:
+        layer_files = sorted(f for f in files if f.startswith(pre) and "/" not in f[len(pre):]
+                             and re.fullmatch(r"layer_\d+\.safetensors", f[len(pre):]))
+        if f"{pre}config.yaml" in present and layer_files:  # a circuit-tracer transcoder set: one unit
+            out.append(Unit("circuit-tracer", path, (f"{pre}config.yaml", *layer_files)))
+        elif f"{pre}cfg.json" in present and f"{pre}{art.WEIGHTS}" in present:
             files_ = [f"{pre}cfg.json", f"{pre}{art.WEIGHTS}"]
             if f"{pre}sparsity.safetensors" in present:
                 files_.append(f"{pre}sparsity.safetensors")
@@ -380,7 +394,10 @@ def _units(files: list[str]) -> list[Unit]:
 
 
 def is_glob(text: str) -> bool:
-    """Whether a source reference's path is a glob (names any number of SAEs)."""
+    """Whether a source reference's path is a glob (names any number of SAEs).
+    ``saelens:RELEASE/*`` names one transcoder set (the whole release), not a glob."""
+    if text.startswith("saelens:") and text.endswith("/*"):
+        return False
     return bool(_GLOB.search(text.split("@", 1)[-1] if text.startswith("hf://") else text))
 
 
@@ -551,7 +568,11 @@ def _gemmascope_context(res: Resolved, unit: Unit) -> tuple[dict[str, Any], dict
         # (sae_lens/loading/pretrained_sae_loaders.py, get_gemma_2_config_from_hf): the MLP output
         # after Gemma 2's post-feedforward norm, hook_z for attention (saekit.harness.hooks)
         ctx["hook_name"] = {"res": f"blocks.{layer}.hook_resid_post", "mlp": f"blocks.{layer}.hook_mlp_out",
-                            "att": f"blocks.{layer}.attn.hook_z"}.get(r["site"])
+                            "att": f"blocks.{layer}.attn.hook_z",
+                            # transcoders: sae-lens' get_gemma_2_transcoder_config_from_hf
+                            "transcoders": f"blocks.{layer}.ln2.hook_normalized"}.get(r["site"])
+        if r["site"] == "transcoders":
+            ctx["hook_name_out"] = f"blocks.{layer}.hook_mlp_out"
     return ctx, {T.SOURCE_AVERAGE_L0: m["l0"], T.SOURCE_WIDTH: str(width), T.SOURCE_LAYER: str(layer)}
 
 
@@ -623,10 +644,16 @@ def convert(res: Resolved, unit: Unit, staging: Path, *, model_name: str | None 
         elif unit.layout == "gemmascope":
             ctx, extra = _gemmascope_context(res, unit)
             width = ctx.pop("width", None)
+            transcoder = "hook_name_out" in ctx or (res.saelens or {}).get("conversion_func") == "gemma_2_transcoder"
             sae = formats.read_gemmascope(local, model_name=model_name or ctx.get("model_name"),
-                                          hook_name=hook_name or ctx.get("hook_name"), model_revision=model_revision)
+                                          hook_name=hook_name or ctx.get("hook_name"), model_revision=model_revision,
+                                          **({"transcoder": True, "hook_name_out": ctx.get("hook_name_out")}
+                                             if transcoder else {}))
             if width is not None and sae.cfg.d_sae != width:
                 raise ArtifactFormatError(f"folder says width {width}, params.npz has d_sae {sae.cfg.d_sae}", where=where)
+        elif unit.layout == "circuit-tracer":
+            sae = formats.read_checkpoint("circuit-tracer", local, model_name=model_name,
+                                          model_revision=model_revision)
         else:
             path = local
             if path.suffix == ".safetensors":
@@ -642,9 +669,17 @@ def convert(res: Resolved, unit: Unit, staging: Path, *, model_name: str | None 
             err.where = hf_uri(res.repo, res.commit, rel, res.repo_type)
             err.args = (f"{err.where}: {err.message}",)
         raise
-    prov = sae.cfg.provenance.model_copy(update={"source": where})
-    sae.cfg = sae.cfg.model_copy(update={"provenance": prov})
+    _record_source(sae, where)
     return sae, hashes, extra
+
+
+def _record_source(obj: Any, where: str) -> None:
+    """The pinned source URI in the config's provenance (each layer's, for a set)."""
+    from saekit.kernels.transcoder import TranscoderSet
+
+    for sae in ([obj[i] for i in obj.layers] if isinstance(obj, TranscoderSet) else [obj]):
+        prov = sae.cfg.provenance.model_copy(update={"source": where})
+        sae.cfg = sae.cfg.model_copy(update={"provenance": prov})
 
 
 def source_tags(res: Resolved, unit: Unit, hashes: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
@@ -682,8 +717,15 @@ def load(text: str | Ref, *, catalogue: str | os.PathLike | None = None, **conte
         sae, _, _ = convert(res, res.units[0], Path(tmp), **context)
     from saekit.schemas import SAERef
 
-    sae.ref = SAERef(name=res.units[0].path or res.repo, version=res.commit, d_sae=sae.cfg.d_sae)
+    d_sae = sae[sae.layers[0]].cfg.d_sae if _is_set(sae) else sae.cfg.d_sae
+    sae.ref = SAERef(name=res.units[0].path or res.repo, version=res.commit, d_sae=d_sae)
     return sae
+
+
+def _is_set(obj: Any) -> bool:
+    from saekit.kernels.transcoder import TranscoderSet
+
+    return isinstance(obj, TranscoderSet)
 
 
 def import_to(text: str, dest: Path, *, catalogue: str | os.PathLike | None = None,
@@ -698,7 +740,7 @@ def import_to(text: str, dest: Path, *, catalogue: str | os.PathLike | None = No
             staging = Path(tmp) / str(i)
             sae, hashes, _ = convert(res, unit, staging, **context)
             target = Path(dest) / unit.path if glob else Path(dest)
-            sha = art.save_artifact(sae, target)
+            sha = tset.save_set(sae, target) if _is_set(sae) else art.save_artifact(sae, target)
             out.append({"source": res.uri(unit), "dest": str(target), "sha256": sha, "layout": unit.layout})
             bar.update(1)
     return out
