@@ -41,10 +41,10 @@ def pull(ref: str, dest: Path | str) -> tuple[str, list[str]]:
     returns the copy's sha256 and the names of the files copied."""
     folder = store.fetch(ref)
     dest = Path(dest)
-    # the verified cache entry: regular files only
-    names = [name for name in safeio.list_files(folder) if "/" not in name]
+    # the verified cache entry: regular files only (a transcoder set's in its layer folders)
+    names = [name for name in safeio.list_files(folder) if "/" not in name or store.tset.is_set(folder)]
     # a link at dest is refused, never written through; a user's own file is never replaced
     safeio.check_new_or_same({dest / name: safeio.sha256(folder, name) for name in names})
     for name in names:
         safeio.copy_file(folder, name, dest / name)
-    return artifact.artifact_sha256(dest), names
+    return store.artifact_sha256(dest), names
