@@ -193,10 +193,11 @@ class SetCheckResult:
     def layer_metrics(self, layer: int) -> dict[str, float]:
         return {k: v for cat in self.layers[layer].eval_result_metrics.values() for k, v in cat.items()}
 
+    logged: bool = False
     ok = True  # no gate for sets yet
 
     def summary(self) -> dict[str, Any]:
-        return {"ok": True, "set": self.record.sae.model_dump(exclude_none=True), "metrics": self.metrics,
+        return {"ok": True, "logged": self.logged, "set": self.record.sae.model_dump(exclude_none=True), "metrics": self.metrics,
                 "layers": {str(i): self.layer_metrics(i) for i in self.layers}, "record": str(self.out / "eval.json"),
                 "cards": {str(i): str(p) for i, p in self.cards.items()}}
 
@@ -210,6 +211,8 @@ class SetCheckResult:
         ms = self.metrics
         lines.append(f"  {'set':<6}" + "".join(f"{ms.get(m, float('nan')):>15.5g}" for m in HEADLINE))
         lines.append(f"records: {self.out}/eval.json, {self.out}/layer_*/eval.json")
+        if self.logged:
+            lines.append(f"logged on {ref.name}/{ref.version}")
         return lines
 
 
@@ -437,3 +440,47 @@ def _record(sae_ref: SAERef, metrics: dict[str, float], details: list[dict[str, 
         timings=Timings(total_s=time.perf_counter() - t_start,
                         tokens_per_s=data.n_tokens / eval_s if eval_s else None, phases=dict(phases)),
     )
+
+
+DEFAULT_SET_TOKENS = 2048  # the set check runs 2 * layers + 2 passes per batch
+_SET_OPTIONS = ("n_tokens", "seed", "out_dir", "cards", "context_size", "batch_size", "corpus", "split", "model_id",
+                "threads", "n_examples", "n_quantile_examples", "n_negative_examples")
+
+
+def check_ref(ref: Any, load: Callable[[Any], Any], sae_check: Callable[..., Any], **kwargs: Any) -> Any:
+    """``saekit check REF``: REF is loaded once; a transcoder set goes to ``check_set`` (and is
+    logged on its registry version with ``log``), anything else to ``sae_check`` (the SAE
+    check, saekit.harness.check.check) with the loaded object. Options the set check does
+    not have (a gate policy, annotations, another device or dtype, a hook) are refused for a
+    set with one line."""
+    from saekit.kernels.transcoder import TranscoderSet
+
+    n_tokens = kwargs.pop("n_tokens", None)
+    if ref is None or kwargs.get("from_record") is not None or kwargs.get("activations") is not None:
+        return sae_check(ref, loader=load, **kwargs, **({"n_tokens": n_tokens} if n_tokens else {}))
+    obj = load(ref)
+    if not isinstance(obj, TranscoderSet):
+        first = [obj]
+        return sae_check(ref, loader=lambda r: first.pop() if first else load(r), **kwargs,
+                         **({"n_tokens": n_tokens} if n_tokens else {}))
+    refused = {"policy": None, "annotations": None, "device": "cpu", "dtype": None, "hook_name": None,
+               "downstream_latents": "16", "cards_latents": "all", "downstream": True}
+    for key, default in refused.items():
+        if key in kwargs and kwargs[key] is not None and str(kwargs[key]) != str(default):
+            raise InputError(f"{key.replace('_', '-')} is not supported for a transcoder set check", where=str(ref))
+    log = kwargs.get("log", True)
+    opts = {k: v for k, v in kwargs.items() if k in _SET_OPTIONS and v is not None}
+    res = check_set(obj, ref=str(ref), n_tokens=n_tokens or DEFAULT_SET_TOKENS, **opts)
+    sref = obj.ref
+    if log and sref is not None and sref.version is not None:
+        from saekit.registry import store
+        from saekit.registry import tags as T
+
+        metrics = {k: v for k, v in res.metrics.items() if _finite(v)}
+        tags = {T.EVAL_ID: res.record.eval_id}
+        tags.update({T.metric(k): f"{metrics[k]:.6g}" for k in HEADLINE if k in metrics})
+        say(f"logging the check on {sref.name}/{sref.version}")
+        store.log_check(sref.name, int(sref.version), metrics=metrics, files=[res.out / "eval.json"], tags=tags,
+                        data=res.record.data)
+        res.logged = True
+    return res

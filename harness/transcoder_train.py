@@ -80,6 +80,11 @@ def _blocks(model: Any) -> Any:
     return module(model, LAYOUTS[model.config.model_type].layers)
 
 
+def n_blocks(model: Any) -> int:
+    """Number of transformer blocks of ``model``."""
+    return len(_blocks(model))
+
+
 class _Stop(Exception):
     pass
 
@@ -122,38 +127,47 @@ def stream_mlp_io(model: Any, tokens: Any, layers: list[int], *, batch_size: int
         raise InputError(f"layer {todo[-1] if todo[-1] >= len(blocks) else todo[0]} is out of range: the model has "
                          f"{len(blocks)} blocks", where="layers")
     keep = torch.ones_like(tokens, dtype=torch.bool) if keep is None else keep
-    with torch.inference_mode():
-        resid, calls = [], []
+    # no_grad is entered per step, never held across a yield: the caller trains with autograd
+    resid, calls = [], []
+    with torch.no_grad():
         for i in range(0, tokens.shape[0], batch_size):
             h, args, kwargs = _block_call(model, tokens[i : i + batch_size])
             resid.append(h)
             calls.append((args, kwargs))
-        with Progress("transcoder activations, layer by layer", total=todo[-1] + 1) as bar:
-            for layer in range(todo[-1] + 1):
-                mlp = model.get_submodule(mlp_module(model, layer))
-                io: dict[str, Any] = {}
+    with Progress("transcoder activations, layer by layer", total=todo[-1] + 1) as bar:
+        for layer in range(todo[-1] + 1):
+            with torch.no_grad():
+                xy = _run_block(model, blocks[layer], layer, resid, calls, keep, batch_size, layer in todo)
+            bar.update()
+            if xy is not None:
+                yield (layer, *xy)
 
-                def grab(_m: Any, args: tuple, out: Any, io: dict = io) -> None:
-                    io["x"], io["y"] = args[0], out
 
-                handle = mlp.register_forward_hook(grab) if layer in todo else None
-                xs, ys = [], []
-                try:
-                    for b, (h, (args, kwargs)) in enumerate(zip(resid, calls)):
-                        out = blocks[layer](h, *args, **kwargs)
-                        resid[b] = out[0] if isinstance(out, tuple) else out
-                        if handle is not None:
-                            m = keep[b * batch_size : b * batch_size + h.shape[0]]
-                            xs.append(io["x"][m].float())
-                            ys.append(io["y"][m].float())
-                finally:
-                    if handle is not None:
-                        handle.remove()
-                bar.update()
-                if handle is not None:
-                    x, y = torch.cat(xs), torch.cat(ys)
-                    del xs, ys
-                    yield layer, x, y
+def _run_block(model: Any, block: Any, layer: int, resid: list, calls: list, keep: Any, batch_size: int,
+               capture: bool) -> tuple[Any, Any] | None:
+    """Run ``block`` on every batch's residual (replaced in ``resid`` by the block's output);
+    with ``capture`` the MLP's input and output at the kept positions, float32 [n, d]."""
+    import torch
+
+    io: dict[str, Any] = {}
+
+    def grab(_m: Any, args: tuple, out: Any) -> None:
+        io["x"], io["y"] = args[0], out
+
+    handle = model.get_submodule(mlp_module(model, layer)).register_forward_hook(grab) if capture else None
+    xs, ys = [], []
+    try:
+        for b, (h, (args, kwargs)) in enumerate(zip(resid, calls)):
+            out = block(h, *args, **kwargs)
+            resid[b] = out[0] if isinstance(out, tuple) else out
+            if handle is not None:
+                m = keep[b * batch_size : b * batch_size + h.shape[0]]
+                xs.append(io["x"][m].float())
+                ys.append(io["y"][m].float())
+    finally:
+        if handle is not None:
+            handle.remove()
+    return (torch.cat(xs), torch.cat(ys)) if capture else None
 
 
 def fit_transcoder(x: Any, y: Any, *, width: int, k: int, steps: int, batch_size: int, lr: float,
@@ -249,3 +263,73 @@ def train_layers(cfg: TCTrainConfig, *, model_id: str | None = None) -> Iterator
 def cache_key(cfg: TCTrainConfig, weights_sha256: str | None) -> str:
     blob = json.dumps({"cfg": asdict(cfg), "model": weights_sha256, "v": TC_TRAIN_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainedSet:
+    """A trained transcoder set: its canonical folder (cached), and, when trained in this
+    call, each layer's fit (empty when read from the cache)."""
+
+    folder: Path
+    fits: list[LayerFit]
+    seconds: float  # this call: training (and activations) or reading the cache
+    cached: bool
+    version: Any = None  # registry VersionInfo when registered
+
+
+def ensure_transcoder_set(cfg: TCTrainConfig, *, model_id: str | None = None) -> TrainedSet:
+    """The canonical set folder of TopK transcoders trained with ``cfg`` on SmolLM2-135M,
+    trained once per (cfg, model weights) and reused from SAEKIT_CACHE_DIR/transcoders/, as
+    the demo SAE is (saekit.harness.train.ensure_demo_sae)."""
+    from saekit.harness.model import DEFAULT_MODEL_ID, lm_info
+    from saekit.harness.text import corpus_label
+    from saekit.kernels.transcoder import Transcoder, TranscoderSet
+    from saekit.registry.transcoder_set import save_set
+    from saekit.schemas import Provenance, SAEConfig
+    from saekit.schemas.settings import cache_dir
+    from saekit.schemas.version import __version__
+
+    if model_id not in (None, DEFAULT_MODEL_ID):
+        raise InputError("transcoder training runs on SmolLM2-135M-Instruct (the default model) only", where="model")
+    if cfg.k > cfg.width:
+        raise InputError(f"k {cfg.k} > width {cfg.width}", where="k")
+    info = lm_info()
+    t0 = time.perf_counter()
+    which = "all" if cfg.layers is None else "L" + "-".join(map(str, cfg.layers))
+    folder = cache_dir("transcoders") / f"smollm2-tc-{which}-w{cfg.width}-k{cfg.k}-{cache_key(cfg, info.weights_sha256)}"
+    if (folder / "set.json").is_file():
+        return TrainedSet(folder, [], time.perf_counter() - t0, cached=True)
+    say(f"training TopK transcoders (576 -> {cfg.width} -> 576, k {cfg.k}) on {which} layers once; cached in {folder}")
+    fits = []
+    layers = {}
+    for fit in train_layers(cfg):
+        sae_cfg = SAEConfig(
+            architecture="topk_transcoder", d_in=fit.tensors["W_enc"].shape[0], d_sae=cfg.width,
+            d_out=fit.tensors["W_dec"].shape[1], k=cfg.k, dtype="float32", model_name=DEFAULT_MODEL_ID,
+            model_revision=info.revision, hook_name=f"model.layers.{fit.layer}.mlp", context_size=cfg.context_size,
+            prepend_bos=True,
+            provenance=Provenance(
+                library="saekit", library_version=__version__, dataset=corpus_label(cfg.corpus) + " (train split)",
+                tokens=cfg.steps * cfg.batch_size, seed=cfg.seed,
+                source=f"saekit.harness.transcoder_train width={cfg.width} k={cfg.k} steps={cfg.steps} "
+                       f"lr={cfg.lr} batch={cfg.batch_size} train_fvu={fit.train_fvu:.4f}"),
+        )
+        layers[fit.layer] = Transcoder(sae_cfg, fit.tensors)
+        fits.append(fit)
+    save_set(TranscoderSet(layers, model_name=DEFAULT_MODEL_ID, model_revision=info.revision), folder)
+    return TrainedSet(folder, fits, time.perf_counter() - t0, cached=False)
+
+
+def train_transcoders(name: str | None, cfg: TCTrainConfig, *, alias: str | None = None) -> TrainedSet:
+    """``saekit train transcoders``: the cached (or newly trained) set, registered as one
+    version of ``name`` when given (identical content returns the existing version)."""
+    from saekit.registry.refs import check_name
+    from saekit.registry.store import register
+
+    if name is not None:
+        check_name(name)  # a bad name fails before any training
+    trained = ensure_transcoder_set(cfg)
+    if name is not None:
+        trained.version = register(name, trained.folder, alias=alias,
+                                   description=f"TopK transcoders for SmolLM2-135M-Instruct, width {cfg.width}, k {cfg.k}")
+    return trained
