@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from saekit.registry import artifact as art
 from saekit.registry import formats
+from saekit.registry import transcoder_set as tset
 from saekit.registry import tags as T
 from saekit.registry.refs import Ref, hf_uri, parse_ref
 from saekit.schemas import (
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
     from saekit.kernels import SAE
     from saekit.registry.store import VersionInfo
 
-LAYOUTS = ("saelens", "sparsify", "gemmascope", "openai")
+LAYOUTS = ("saelens", "sparsify", "gemmascope", "openai", "circuit-tracer")
 SOURCE = T.SOURCE
 SOURCE_TAGS = (T.SOURCE, T.SOURCE_REPO, T.SOURCE_COMMIT, T.SOURCE_PATH, T.SOURCE_LAYOUT, T.SOURCE_FILES,
                T.SOURCE_SAELENS)
@@ -359,7 +360,11 @@ def _units(files: list[str]) -> list[Unit]:
     for d in folders:
         pre = "" if d == "." else d + "/"
         path = "" if d == "." else d
-        if f"{pre}cfg.json" in present and f"{pre}{art.WEIGHTS}" in present:
+        layer_files = sorted(f for f in files if f.startswith(pre) and "/" not in f[len(pre):]
+                             and re.fullmatch(r"layer_\d+\.safetensors", f[len(pre):]))
+        if f"{pre}config.yaml" in present and layer_files:  # a circuit-tracer transcoder set: one unit
+            out.append(Unit("circuit-tracer", path, (f"{pre}config.yaml", *layer_files)))
+        elif f"{pre}cfg.json" in present and f"{pre}{art.WEIGHTS}" in present:
             files_ = [f"{pre}cfg.json", f"{pre}{art.WEIGHTS}"]
             if f"{pre}sparsity.safetensors" in present:
                 files_.append(f"{pre}sparsity.safetensors")
@@ -627,6 +632,9 @@ def convert(res: Resolved, unit: Unit, staging: Path, *, model_name: str | None 
                                           hook_name=hook_name or ctx.get("hook_name"), model_revision=model_revision)
             if width is not None and sae.cfg.d_sae != width:
                 raise ArtifactFormatError(f"folder says width {width}, params.npz has d_sae {sae.cfg.d_sae}", where=where)
+        elif unit.layout == "circuit-tracer":
+            sae = formats.read_checkpoint("circuit-tracer", local, model_name=model_name,
+                                          model_revision=model_revision)
         else:
             path = local
             if path.suffix == ".safetensors":
@@ -642,9 +650,17 @@ def convert(res: Resolved, unit: Unit, staging: Path, *, model_name: str | None 
             err.where = hf_uri(res.repo, res.commit, rel, res.repo_type)
             err.args = (f"{err.where}: {err.message}",)
         raise
-    prov = sae.cfg.provenance.model_copy(update={"source": where})
-    sae.cfg = sae.cfg.model_copy(update={"provenance": prov})
+    _record_source(sae, where)
     return sae, hashes, extra
+
+
+def _record_source(obj: Any, where: str) -> None:
+    """The pinned source URI in the config's provenance (each layer's, for a set)."""
+    from saekit.kernels.transcoder import TranscoderSet
+
+    for sae in ([obj[i] for i in obj.layers] if isinstance(obj, TranscoderSet) else [obj]):
+        prov = sae.cfg.provenance.model_copy(update={"source": where})
+        sae.cfg = sae.cfg.model_copy(update={"provenance": prov})
 
 
 def source_tags(res: Resolved, unit: Unit, hashes: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
@@ -682,8 +698,15 @@ def load(text: str | Ref, *, catalogue: str | os.PathLike | None = None, **conte
         sae, _, _ = convert(res, res.units[0], Path(tmp), **context)
     from saekit.schemas import SAERef
 
-    sae.ref = SAERef(name=res.units[0].path or res.repo, version=res.commit, d_sae=sae.cfg.d_sae)
+    d_sae = sae[sae.layers[0]].cfg.d_sae if _is_set(sae) else sae.cfg.d_sae
+    sae.ref = SAERef(name=res.units[0].path or res.repo, version=res.commit, d_sae=d_sae)
     return sae
+
+
+def _is_set(obj: Any) -> bool:
+    from saekit.kernels.transcoder import TranscoderSet
+
+    return isinstance(obj, TranscoderSet)
 
 
 def import_to(text: str, dest: Path, *, catalogue: str | os.PathLike | None = None,
@@ -698,7 +721,7 @@ def import_to(text: str, dest: Path, *, catalogue: str | os.PathLike | None = No
             staging = Path(tmp) / str(i)
             sae, hashes, _ = convert(res, unit, staging, **context)
             target = Path(dest) / unit.path if glob else Path(dest)
-            sha = art.save_artifact(sae, target)
+            sha = tset.save_set(sae, target) if _is_set(sae) else art.save_artifact(sae, target)
             out.append({"source": res.uri(unit), "dest": str(target), "sha256": sha, "layout": unit.layout})
             bar.update(1)
     return out

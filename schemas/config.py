@@ -230,9 +230,13 @@ class SAEConfig(Strict):
     # --- sparsify -----------------------------------------------------------------------
 
     def to_sparsify_dict(self) -> dict[str, Any]:
-        """cfg.json as sparsify's ``SparseCoder.save_to_disk`` writes it (TopK only)."""
-        if self.architecture != "topk":
-            raise ValueError(f"sparsify holds TopK SAEs only, not {self.architecture}")
+        """cfg.json as sparsify's ``SparseCoder.save_to_disk`` writes it (TopK SAEs, and TopK
+        transcoders with ``transcode`` and ``skip_connection``, d_out = d_in)."""
+        transcode = self.architecture in ("topk_transcoder", "topk_skip_transcoder")
+        if self.architecture != "topk" and not transcode:
+            raise ValueError(f"sparsify holds TopK SAEs and transcoders only, not {self.architecture}")
+        if transcode and self.d_out != self.d_in:
+            raise ValueError(f"sparsify transcoders predict d_in wide outputs (d_in {self.d_in}, d_out {self.d_out})")
         return {
             "activation": "topk",
             "expansion_factor": max(1, self.d_sae // self.d_in),
@@ -240,8 +244,8 @@ class SAEConfig(Strict):
             "num_latents": self.d_sae,
             "k": self.k,
             "multi_topk": False,
-            "skip_connection": False,
-            "transcode": False,
+            "skip_connection": self.architecture == "topk_skip_transcoder",
+            "transcode": transcode,
             "d_in": self.d_in,
         }
 
@@ -249,19 +253,26 @@ class SAEConfig(Strict):
     def from_sparsify_dict(cls, d: dict[str, Any], **context: Any) -> SAEConfig:
         """Reads sparsify's cfg.json; ``context`` adds what it lacks (model_name, hook_name).
 
-        sparsify encodes ``x - b_dec`` (apply_b_dec_to_input) and has no normalization.
+        sparsify encodes ``x - b_dec`` (apply_b_dec_to_input) and has no normalization; with
+        ``transcode`` it does not subtract b_dec (sparse_coder.py SparseCoder.encode) and its
+        output is d_in wide; ``skip_connection`` adds x @ W_skip.T (SparseCoder.forward).
         """
-        if d.get("activation", "topk") != "topk" or d.get("skip_connection") or d.get("transcode"):
-            raise ValueError("only plain sparsify TopK SAEs (no skip connection, no transcoder)")
+        if d.get("activation", "topk") != "topk":
+            raise ValueError(f"activation {d.get('activation')!r} is not supported (topk only)")
+        transcode = bool(d.get("transcode"))
+        if d.get("skip_connection") and not transcode:
+            raise ValueError("a skip connection on an SAE (not a transcoder) is not supported")
         d_in = d["d_in"]
         num_latents = d.get("num_latents") or d_in * d["expansion_factor"]
+        arch = ("topk_skip_transcoder" if d.get("skip_connection") else "topk_transcoder") if transcode else "topk"
         return cls.model_validate(
             {
-                "architecture": "topk",
+                "architecture": arch,
                 "d_in": d_in,
                 "d_sae": num_latents,
                 "k": d["k"],
-                "apply_b_dec_to_input": True,
+                "apply_b_dec_to_input": not transcode,
+                **({"d_out": d_in} if transcode else {}),
                 **context,
             },
             strict=False,
