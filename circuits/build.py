@@ -105,6 +105,7 @@ def build_graph(
     meta = {
         "prompt": prompt, "prompt_tokens": prompt_tokens, "token_ids": tokens.tolist(),
         "model": model_info or {"id": scan}, "transcoders": {"ref": transcoders_ref, "layers": transcoders.layers,
+                                                              "sha256": transcoders.ref.sha256 if transcoders.ref else None,
                                                               "model_name": transcoders.model_name,
                                                               "model_revision": transcoders.model_revision},
         "settings": settings,
@@ -125,3 +126,55 @@ def build_graph(
         html = page.render(np_graph, title=f"Attribution graph: {prompt}", summary=summary)
         folder = files.write(out, graph, pruned, np_graph, meta, html)
     return GraphResult(graph, pruned, replacement, completeness, prompt_tokens, np_graph, meta, folder)
+
+
+def read_layer_cards(folder: str | Path, layers: list[int]) -> dict[tuple[int, int], dict[str, Any]]:
+    """Feature cards of a set by (layer, index), from ``FOLDER/layer_{i}/feature_cards.jsonl``
+    (what ``saekit check`` of a set writes, and a set folder that holds cards)."""
+    from saekit.schemas.card_files import read_cards
+
+    out: dict[tuple[int, int], dict[str, Any]] = {}
+    for layer in layers:
+        path = Path(folder) / f"layer_{layer}" / "feature_cards.jsonl"
+        if path.is_file():
+            for card in read_cards(path):
+                out[(layer, card.index)] = card.model_dump(mode="json", exclude_none=True)
+    return out
+
+
+def graph(
+    prompt: str,
+    transcoders: Any,
+    *,
+    model: str | None = None,
+    cards: str | Path | None = None,
+    **kwargs: Any,
+) -> GraphResult:
+    """``saekit graph``: load the set (a reference or a TranscoderSet) and its model (the set's
+    model unless ``model`` names one: an id, ``ID@REV`` or a folder, see
+    saekit.harness.model.load_lm), read cards from ``cards`` (or the set's own folder), build
+    the graph."""
+    from saekit.harness.model import DEFAULT_MODEL_ID, load_lm
+    from saekit.registry.store import load_ref
+
+    ref = None
+    if not isinstance(transcoders, TranscoderSet):
+        ref = str(transcoders)
+        loaded = load_ref(ref)
+        if not isinstance(loaded, TranscoderSet):
+            raise InputError("is an SAE, not a transcoder set (attribution graphs need one transcoder per MLP)",
+                             where=ref)
+        transcoders = loaded
+        if cards is None and Path(ref).is_dir():
+            cards = ref
+    if ref is None and transcoders.ref is not None:
+        ref = f"{transcoders.ref.name}/{transcoders.ref.version}" if transcoders.ref.version else transcoders.ref.name
+    model_id = model or transcoders.model_name
+    lm, tok = load_lm(None if model_id in (None, DEFAULT_MODEL_ID) else model_id)
+    info = getattr(lm, "saekit_info", None)
+    model_info = ({"id": info.id, "revision": info.revision, "weights_sha256": info.weights_sha256}
+                  if info is not None else {"id": model_id})
+    card_map = read_layer_cards(cards, transcoders.layers) if cards is not None else {}
+    kwargs.setdefault("transcoders_ref", ref)
+    return build_graph(prompt, transcoders, lm, tok, cards=card_map, model_info=model_info,
+                       scan=kwargs.pop("scan", None) or model_info["id"], **kwargs)

@@ -114,4 +114,13 @@ def verify_cards(cards: Any, sae: Any, **kwargs: Any) -> VerifyReport:
     return verify_file(cards, sae, **kwargs)
 
 
-__all__ = ["load", "register", "check", "activations", "read_cards", "write_cards", "verify_cards", "__version__"]
+def graph(prompt: str, transcoders: Any, **kwargs: Any):
+    """Attribution graph of ``prompt`` over a transcoder set (a reference or a TranscoderSet) on
+    its model: direct effects between features, errors, tokens and the top logits, pruned and
+    scored; written to ``out=FOLDER`` when given (see saekit.circuits.build.graph)."""
+    from saekit.circuits.build import graph as _graph
+
+    return _graph(prompt, transcoders, **kwargs)
+
+
+__all__ = ["load", "graph", "register", "check", "activations", "read_cards", "write_cards", "verify_cards", "__version__"]

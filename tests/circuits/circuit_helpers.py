@@ -27,7 +27,7 @@ def tiny_llama(*, n_layers: int = 2, d_model: int = 16, n_heads: int = 4, n_kv: 
 
 
 def tiny_transcoders(model, *, arch: str = "skip_transcoder", d_sae: int = 48, k: int = 4, seed: int = 1,
-                     scale: float = 1.0) -> TranscoderSet:
+                     scale: float = 1.0, model_name: str = "tiny-llama") -> TranscoderSet:
     g = torch.Generator().manual_seed(seed)
     d = model.config.hidden_size
     out = {}
@@ -43,7 +43,7 @@ def tiny_transcoders(model, *, arch: str = "skip_transcoder", d_sae: int = 48, k
         if "skip" in arch:
             t["W_skip"] = (torch.rand(d, d, generator=g) * 2 - 1) * scale
         cfg = SAEConfig(architecture=arch, d_in=d, d_sae=d_sae, d_out=d, k=k if "topk" in arch else None,
-                        model_name="tiny-llama", hook_name=f"model.layers.{layer}.mlp")
+                        model_name=model_name, hook_name=f"model.layers.{layer}.mlp")
         out[layer] = Transcoder(cfg, t)
     return TranscoderSet(out)
 
