@@ -110,11 +110,16 @@ def attribute(
     """The dense attribution graph of ``tokens`` [n_pos] (every active feature a node)."""
     trace = trace if trace is not None else rm.trace(tokens)
     n_layers, n_pos = rm.n_layers, trace.n_pos
-    tcs = [rm.transcoders[i] for i in range(n_layers)]
+    tcs = rm.tc
 
-    stacked = torch.stack(trace.acts)  # [L, n_pos, d_sae]
-    features = torch.nonzero(stacked)  # lexicographic (layer, pos, feature), as a coalesced sparse tensor
-    activations = stacked[features[:, 0], features[:, 1], features[:, 2]]
+    # active features in lexicographic (layer, pos, feature) order, as circuit-tracer's coalesced sparse tensor
+    found = []
+    for layer, acts in enumerate(trace.acts):
+        nz = torch.nonzero(acts)
+        found.append(torch.cat([torch.full((len(nz), 1), layer), nz], 1))
+    features = torch.cat(found)
+    activations = torch.stack([trace.acts[l][p, f] for l, p, f in features.tolist()]) if len(features) \
+        else torch.zeros(0)
     n_feat = features.shape[0]
 
     last_logits = trace.logits[-1]
@@ -191,18 +196,17 @@ def _linear_mlp(rm: ReplacementModel, trace: Trace, *, sources: bool):
     from saekit.circuits.replacement import ZERO_POSITIONS
 
     consts = []
-    for i in range(rm.n_layers):
-        tc = rm.transcoders[i]
-        full = trace.mlp_out[i] - tc.skip(trace.mlp_in[i])
+    for i, tc in enumerate(rm.tc):
+        full = trace.mlp_out[i] - (tc.skip(trace.mlp_in[i]) if tc is not None else 0)
         if sources:
             consts.append(full)
         else:
-            c = tc.b_dec.float().expand_as(full).clone()
+            c = tc.b_dec.float().expand_as(full).clone() if tc is not None else torch.zeros_like(full)
             c[:ZERO_POSITIONS] = full[:ZERO_POSITIONS]
             consts.append(c)
 
     def mlp(i: int, x: torch.Tensor) -> torch.Tensor:
-        return rm.transcoders[i].skip(x) + consts[i]
+        return (rm.tc[i].skip(x) if rm.tc[i] is not None else 0) + consts[i]
 
     return mlp
 

@@ -3,7 +3,8 @@
 At the prompt, the real forward pass fixes, for every layer, the attention patterns and the
 RMSNorm denominators; each MLP becomes its transcoder plus an error term (the real MLP output
 minus the transcoder's prediction) held constant, so the replacement's outputs at the prompt
-equal the real model's. With the patterns, denominators, transcoder activations and errors held
+equal the real model's. A layer the set does not cover keeps its real MLP output, all of it an
+error node. With the patterns, denominators, transcoder activations and errors held
 fixed, the map from what each node writes (token embeddings, decoded features, errors) to what
 each node reads (feature pre-activations, logits) is linear: the direct effects of the
 attribution graph are its partial derivatives (circuit-tracer 0.5.0,
@@ -58,7 +59,8 @@ class Trace:
     mlp_out: list[torch.Tensor]
     """Per layer [n_pos, d_model]: the real MLP's output."""
     acts: list[torch.Tensor]
-    """Per layer [n_pos, d_sae]: transcoder activations (positions < ZERO_POSITIONS zeroed)."""
+    """Per layer [n_pos, d_sae]: transcoder activations (positions < ZERO_POSITIONS zeroed;
+    [n_pos, 0] for a layer without a transcoder)."""
     errors: list[torch.Tensor]
     """Per layer [n_pos, d_model]: real MLP output - transcoder output (zero before ZERO_POSITIONS)."""
     logits: torch.Tensor
@@ -80,10 +82,10 @@ class ReplacementModel:
         self.model = model
         self.layers = list(model.model.layers)
         n = len(self.layers)
-        if list(transcoders.layers) != list(range(n)):
+        if not set(transcoders.layers) <= set(range(n)):
             raise InputError(f"the transcoder set covers layers {transcoders.layers}, the model has 0..{n - 1}",
                              where="transcoders")
-        for i in range(n):
+        for i in transcoders.layers:
             tc = transcoders[i]
             want = f"model.layers.{i}.mlp"
             if (tc.hook_in, tc.hook_out) != (want, want) or tc.d_in != cfg.hidden_size or tc.d_out != cfg.hidden_size:
@@ -91,6 +93,8 @@ class ReplacementModel:
                                  f"({tc.d_in} -> {tc.d_out}); the graph needs {want} ({cfg.hidden_size} wide)",
                                  where="transcoders")
         self.transcoders = transcoders.to(dtype=torch.float32)
+        self.tc = [self.transcoders[i] if i in self.transcoders else None for i in range(n)]
+        """Each layer's transcoder; None: the layer's MLP output is all error (held constant)."""
         self.n_layers = n
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
@@ -150,10 +154,14 @@ class ReplacementModel:
             mlp_in = x * s2 * block.post_attention_layernorm.weight.float()
             mlp_out = _run_mlp(block.mlp, mlp_in)
             x = x + mlp_out
-            tc = self.transcoders[i]
-            acts = tc.encode_dense(mlp_in[0])
-            acts[:ZERO_POSITIONS] = 0
-            err = mlp_out[0] - tc.forward(mlp_in[0])
+            tc = self.tc[i]
+            if tc is None:
+                acts = mlp_in.new_zeros(n_pos, 0)
+                err = mlp_out[0].clone()
+            else:
+                acts = tc.encode_dense(mlp_in[0])
+                acts[:ZERO_POSITIONS] = 0
+                err = mlp_out[0] - tc.forward(mlp_in[0])
             err[:ZERO_POSITIONS] = 0
             t.attn_scale.append(s1[0])
             t.patterns.append(pattern[0])
@@ -220,7 +228,9 @@ class ReplacementModel:
             edits.setdefault(layer, []).append((pos, feat, value))
 
         def mlp(i: int, x: torch.Tensor) -> torch.Tensor:
-            tc = self.transcoders[i]
+            tc = self.tc[i]
+            if tc is None:  # no transcoder: the MLP output is held
+                return trace.mlp_out[i][None]
             xin = x[0]
             if propagate:
                 acts = tc.encode_dense(xin)

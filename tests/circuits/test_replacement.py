@@ -13,22 +13,33 @@ import torch
 
 from saekit.circuits.attribution import attribute
 from saekit.circuits.replacement import ReplacementModel
+from saekit.kernels.transcoder import TranscoderSet
 from saekit.schemas import InputError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from circuit_helpers import tiny_llama, tiny_transcoders  # noqa: E402
 
-CASES = [  # arch, tokens, batch size, model options
+CASES = [  # arch, tokens, batch size, model options (layers: the set covers only these)
     ("skip_transcoder", [0, 5, 7, 3, 9, 2], 7, {}),
+    ("topk_transcoder", [0, 5, 7, 3, 9, 2, 11], 4, {"n_layers": 4, "layers": [1, 2]}),
     ("topk_skip_transcoder", [1, 2, 3, 4, 5, 6, 7, 8, 9], 16, {"n_kv": 4, "tie": True}),
     ("jumprelu_transcoder", [4, 4, 4], 1, {"n_layers": 3}),
 ]
 
 
+def _setup(arch, opts):
+    opts = dict(opts)
+    layers = opts.pop("layers", None)
+    model = tiny_llama(**opts)
+    tset = tiny_transcoders(model, arch=arch)
+    if layers is not None:
+        tset = TranscoderSet({i: tset[i] for i in layers})
+    return model, ReplacementModel(model, tset)
+
+
 @pytest.mark.parametrize("arch,tokens,batch,opts", CASES)
 def test_replacement_outputs_equal_the_real_model(arch, tokens, batch, opts) -> None:
-    model = tiny_llama(**opts)
-    rm = ReplacementModel(model, tiny_transcoders(model, arch=arch))
+    model, rm = _setup(arch, opts)
     trace = rm.trace(torch.tensor(tokens))
     real = model(torch.tensor([tokens])).logits[0]
     torch.testing.assert_close(trace.logits, real, atol=1e-4, rtol=0)
@@ -40,8 +51,7 @@ def test_replacement_outputs_equal_the_real_model(arch, tokens, batch, opts) -> 
 
 @pytest.mark.parametrize("arch,tokens,batch,opts", CASES)
 def test_completeness_and_direct_effects(arch, tokens, batch, opts) -> None:
-    model = tiny_llama(**opts)
-    rm = ReplacementModel(model, tiny_transcoders(model, arch=arch))
+    model, rm = _setup(arch, opts)
     trace = rm.trace(torch.tensor(tokens))
     graph = attribute(rm, torch.tensor(tokens), batch_size=batch, max_n_logits=3, desired_logit_prob=0.99)
     logits = torch.arange(graph.logit_start, graph.adjacency.shape[0])
@@ -57,6 +67,7 @@ def test_completeness_and_direct_effects(arch, tokens, batch, opts) -> None:
     torch.testing.assert_close(graph.adjacency[feats].sum(1) + graph.bias[feats], pre, atol=1e-4, rtol=1e-5)
     # direct effects: ablating feature j with every MLP output frozen moves logit t by -A[t, j]
     assert graph.n_features > 0
+    assert set(graph.features[:, 0].tolist()) == set(rm.transcoders.layers)
     for j in range(0, graph.n_features, max(1, graph.n_features // 12)):
         layer, pos, f = graph.features[j].tolist()
         out = rm.forward(trace, set_acts={(layer, pos, f): 0.0}, propagate=False)
