@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 import torch
 
 from saekit.circuits.replacement import ReplacementModel, Trace
+from saekit.schemas import InputError
 
 DEFAULT_MAX_LOGITS = 10
 DEFAULT_LOGIT_PROB = 0.95  # circuit-tracer attribute(desired_logit_prob=0.95)
 DEFAULT_BATCH_SIZE = 64
+MAX_ADJACENCY_BYTES = 4 << 30  # the dense float32 adjacency; pruning holds a few copies of it
 
 
 @dataclass
@@ -134,6 +136,10 @@ def attribute(
 
     n_err = n_layers * n_pos
     n_nodes = n_feat + n_err + n_pos + n_logits
+    if n_nodes * n_nodes * 4 > MAX_ADJACENCY_BYTES:
+        raise InputError(f"{n_feat} active features make a {n_nodes} x {n_nodes} adjacency "
+                         f"({n_nodes * n_nodes * 4 / 2**30:.1f} GiB, more than {MAX_ADJACENCY_BYTES / 2**30:.0f}); "
+                         "use a shorter prompt", where="prompt")
     token_start, logit_start = n_feat + n_err, n_feat + n_err + n_pos
 
     # Sources: decoder rows scaled by activations, grouped by layer; errors; embeddings.
