@@ -1,7 +1,8 @@
 """A static page that renders a pruned attribution graph offline: one self-contained HTML file
 (no network, no fetch) with the graph's Neuronpedia JSON inlined, drawn as SVG by a small
 script. Columns are prompt positions, rows layers (embeddings at the bottom, logits on top);
-edges are blue (positive) or red (negative), their width growing with |weight|. Clicking a node
+edges are blue (positive) or red (negative), their width growing with |weight| (the
+``MAX_DRAWN`` strongest are drawn; every edge is listed in the node panel). Clicking a node
 (or ``index.html#node=ID``) shows its label, activation, influence, card link and its
 strongest incoming and outgoing edges.
 """
@@ -26,10 +27,12 @@ _SCRIPT = r"""
 const G = JSON.parse(document.getElementById('graph-data').textContent);
 const M = G.metadata, byId = {};
 G.nodes.forEach(n => byId[n.node_id] = n);
+const label = n => n.clerp || (n.feature_type === 'cross layer transcoder' ? `L${n.layer} #${n.node_id.split('_')[1]}` : n.node_id);
 const nPos = M.prompt_tokens.length;
-const rowOf = n => n.layer === 'E' ? 0 : +n.layer + 1;
+// rows: embeddings 0, layer l at l + 1, logits (layer n_layers + 1) right above the last layer
+const rowOf = n => n.layer === 'E' ? 0 : n.feature_type === 'logit' ? +n.layer : +n.layer + 1;
 const maxRow = Math.max(...G.nodes.map(rowOf));
-const W = 90, H = 46, X0 = 60, Y0 = 30;
+const X0 = 60, Y0 = 20, W = Math.max(40, Math.min(110, 1100 / nPos)), H = Math.max(12, Math.min(46, 700 / (maxRow + 1)));
 const cells = {};
 G.nodes.forEach(n => { const k = rowOf(n) + ':' + n.ctx_idx; (cells[k] = cells[k] || []).push(n); });
 Object.values(cells).forEach(list => list.forEach((n, i) => {
@@ -39,11 +42,13 @@ Object.values(cells).forEach(list => list.forEach((n, i) => {
 const svgNS = 'http://www.w3.org/2000/svg';
 const svg = document.getElementById('graph');
 svg.setAttribute('width', X0 + nPos * W + 20); svg.setAttribute('height', Y0 + (maxRow + 1) * H + 30);
-const maxW = Math.max(1e-9, ...G.links.map(l => Math.abs(l.weight)));
+// draw the strongest edges only (all of them stay in the node panel)
+const drawn = G.links.slice().sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight)).slice(0, MAX_DRAWN);
+const maxW = Math.max(1e-9, ...drawn.map(l => Math.abs(l.weight)));
 const el = (tag, attrs, parent) => { const e = document.createElementNS(svgNS, tag);
   for (const k in attrs) e.setAttribute(k, attrs[k]); parent.appendChild(e); return e; };
 const edges = el('g', {id: 'edges'}, svg), nodesG = el('g', {id: 'nodes'}, svg);
-G.links.forEach(l => { const s = byId[l.source], t = byId[l.target]; if (!s || !t) return;
+drawn.forEach(l => { const s = byId[l.source], t = byId[l.target]; if (!s || !t) return;
   el('path', {class: 'edge', d: `M${s.x},${s.y} L${t.x},${t.y}`, stroke: l.weight > 0 ? '#2b6cb0' : '#c53030',
     'stroke-opacity': 0.15 + 0.6 * Math.abs(l.weight) / maxW, 'stroke-width': 0.3 + 3 * Math.abs(l.weight) / maxW,
     'data-source': l.source, 'data-target': l.target}, edges); });
@@ -54,14 +59,13 @@ G.nodes.forEach(n => { const k = kind(n);
     ? el('rect', {x: n.x - 5, y: n.y - 5, width: 10, height: 10}, nodesG)
     : el('circle', {cx: n.x, cy: n.y, r: 5}, nodesG);
   e.setAttribute('class', 'node ' + k); e.setAttribute('data-id', n.node_id);
-  el('title', {}, e).textContent = n.clerp || n.node_id;
+  el('title', {}, e).textContent = label(n);
   e.addEventListener('click', () => { location.hash = 'node=' + encodeURIComponent(n.node_id); }); });
 M.prompt_tokens.forEach((t, i) => { const tx = el('text', {x: X0 + i * W, y: Y0 + (maxRow + 1) * H, 'text-anchor': 'middle'}, svg);
   tx.textContent = JSON.stringify(t); });
 for (let r = 0; r <= maxRow; r++) { const tx = el('text', {x: 4, y: Y0 + (maxRow - r) * H + 3}, svg);
   tx.textContent = r === 0 ? 'emb' : r === maxRow ? 'logit' : 'L' + (r - 1); }
 const esc = s => String(s).replace(/[&<>"]/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'}[c]));
-const label = n => n.clerp || n.node_id;
 function edgeRows(list, key) {
   return list.sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight)).slice(0, 8).map(l =>
     `<tr><td>${esc(label(byId[l[key]] || {node_id: l[key]}))}</td><td>${l.weight.toFixed(3)}</td></tr>`).join('');
@@ -84,9 +88,13 @@ const feats = G.nodes.filter(n => kind(n) === 'feature').sort((a, b) => a.influe
 document.getElementById('top').innerHTML = feats.map(n =>
   `<li data-id="${esc(n.node_id)}">${esc(label(n))} <span class="meta">(L${esc(n.layer)}, pos ${n.ctx_idx})</span></li>`).join('');
 document.querySelectorAll('#top li').forEach(li => li.addEventListener('click', () => { location.hash = 'node=' + encodeURIComponent(li.dataset.id); }));
-document.getElementById('counts').textContent = `${G.nodes.length} nodes, ${G.links.length} edges`;
+document.getElementById('counts').textContent = `${G.nodes.length} nodes, ${G.links.length} edges`
+  + (drawn.length < G.links.length ? ` (the ${drawn.length} strongest drawn)` : '');
 window.addEventListener('hashchange', show); show();
 """
+
+
+MAX_DRAWN = 2000  # edges drawn; a pruned graph of a 16-token prompt keeps tens of thousands
 
 
 def render(np_graph: dict[str, Any], *, title: str, summary: dict[str, Any] | None = None) -> str:
@@ -102,6 +110,7 @@ def render(np_graph: dict[str, Any], *, title: str, summary: dict[str, Any] | No
         "<svg id='graph'></svg></div>"
         f"<div id='side'><table id='summary'>{rows}</table><div id='detail'></div>"
         "<h3>Top features (by influence)</h3><ol id='top'></ol></div>"
-        f"<script id='graph-data' type='application/json'>{data}</script><script>{_SCRIPT}</script>"
+        f"<script id='graph-data' type='application/json'>{data}</script>"
+        f"<script>const MAX_DRAWN = {MAX_DRAWN};{_SCRIPT}</script>"
         "</body></html>"
     )

@@ -83,3 +83,13 @@ def test_refuses_a_set_that_does_not_fit_the_model() -> None:
     wide = tiny_llama(d_model=24, n_layers=2)
     with pytest.raises(InputError, match="needs model.layers.0.mlp"):
         ReplacementModel(model, tiny_transcoders(wide))
+
+
+def test_an_adjacency_too_large_is_refused_with_one_line(monkeypatch) -> None:
+    from saekit.circuits import attribution
+
+    model = tiny_llama()
+    rm = ReplacementModel(model, tiny_transcoders(model))
+    monkeypatch.setattr(attribution, "MAX_ADJACENCY_BYTES", 1000)
+    with pytest.raises(InputError, match="active features make a .* adjacency .* use a shorter prompt"):
+        attribute(rm, torch.tensor([0, 1, 2, 3]))
