@@ -75,8 +75,10 @@ def top_features(graph: Graph, n: int) -> list[int]:
     return torch.argsort(inf, descending=True)[:n].tolist()
 
 
-def ablate_top(rm: ReplacementModel, trace: Trace, graph: Graph, n: int = 20, target: int = 0) -> AblationReport:
-    """Ablate each of the ``n`` most influential feature nodes, one at a time (see module doc)."""
+def ablate_top(rm: ReplacementModel, trace: Trace, graph: Graph, n: int = 20, target: int = 0,
+               by: str = "influence") -> AblationReport:
+    """Ablate each of the ``n`` top feature nodes, one at a time (see module doc): top by
+    ``influence`` on the logits, or by the size of their ``direct`` edge into the target logit."""
     tok = int(graph.logit_tokens[target])
     row = graph.logit_start + target
 
@@ -85,7 +87,12 @@ def ablate_top(rm: ReplacementModel, trace: Trace, graph: Graph, n: int = 20, ta
 
     base = demeaned(rm.forward(trace))
     paths = path_effects(graph, target)
-    idx = top_features(graph, n)
+    if by == "influence":
+        idx = top_features(graph, n)
+    elif by == "direct":
+        idx = torch.argsort(graph.adjacency[row, : graph.n_features].abs(), descending=True)[:n].tolist()
+    else:
+        raise ValueError(f"by must be 'influence' or 'direct', not {by!r}")
     nodes, direct, via, actual, frozen = [], [], [], [], []
     for j in idx:
         layer, pos, feat = graph.features[j].tolist()
