@@ -197,7 +197,7 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
     else:
         import shutil
 
-        from saekit.releases.loopback_hub import serve
+        from saekit.testing.loopback_hub import serve
         from saekit.releases.publish import TagConflictError
 
         server = serve(work / "hub")

@@ -69,7 +69,7 @@ def hub_cmd(
     port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (0: any free port)."),
 ) -> None:
     """Serve a loopback Hugging Face Hub (for tests and offline demos) until Ctrl-C."""
-    from saekit.releases.loopback_hub import main
+    from saekit.testing.loopback_hub import main
 
     main([str(root), str(port)])
 

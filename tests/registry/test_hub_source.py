@@ -37,7 +37,7 @@ def _randomize(module, seed):
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    from saekit.releases.loopback_hub import serve
+    from saekit.testing.loopback_hub import serve
 
     server = serve(tmp_path / "hub")
     monkeypatch.setenv("HF_ENDPOINT", server.url)
