@@ -33,7 +33,6 @@ def endpoint() -> str | None:
     return value.rstrip("/") if value else None
 
 
-
 def cache_dir() -> str | None:
     """HF_HUB_CACHE of the settings in use (huggingface_hub reads it once, at import)."""
     return current().hub_cache
@@ -196,14 +195,14 @@ def hub_errors(where: str, *, failure: type[SaekitError] = HubError, url: str | 
         if getattr(getattr(err, "response", None), "status_code", None) == 412:
             raise failure("the repo changed since the parent commit we compared against; run again",
                           where=where) from None
-        raise failure(f"Hub request failed ({first_line(err)})", where=where) from None
+        raise failure(f"Hub request failed ({_first_line(err)})", where=where) from None
     except Exception as err:  # noqa: BLE001 - a dead endpoint, a timeout, a reset connection
         if is_network_error(err) or isinstance(err, OSError):
             raise failure(unreachable_message(err, url), where=where) from None
         raise
 
 
-def first_line(err: BaseException) -> str:
+def _first_line(err: BaseException) -> str:
     """The first line of an error's text (at most 160 characters), secrets masked."""
     return mask((str(err).splitlines() or [err.__class__.__name__])[0][:160])
 
