@@ -81,7 +81,7 @@ _CONVERSIONS_READ = (None, "gemma_2", "gemma_2_transcoder", "mwhanna_transcoder"
 # layer_{i}.safetensors at the repo root): saekit registers the whole set, ``saelens:RELEASE/*``.
 _SET_CONVERSIONS = ("mwhanna_transcoder",)
 # SAELens v6 cfg.json keys outside ``metadata`` (sae_lens/saes/sae.py SAEConfig fields).
-_V6_TOP_LEVEL = ("architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
+_V6_TOP_LEVEL = ("architecture", "d_in", "d_sae", "d_out", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
                  "reshape_activations", "k", "rescale_acts_by_decoder_norm")
 _OPENAI_SUFFIXES = (".pt", ".pth", ".bin")
 # Gemma Scope folder names (google/gemma-scope-*): layer_N/width_W/average_l0_L.
@@ -776,6 +776,15 @@ def register(
     out: list[VersionInfo] = []
     with _progress(len(res.units), f"register {name}") as bar, \
             tempfile.TemporaryDirectory(prefix="saekit-hub-") as tmp:
+        first = None
+        if len(res.units) > 1:
+            first = convert(res, res.units[0], Path(tmp) / "0", **context)
+            if _is_transcoder(first[0]):  # a glob of per-layer transcoders is one set, one version
+                info = _register_set(res, name, first, Path(tmp), done, bar, tags, description, context)
+                if alias:
+                    store.set_alias(name, alias, info.version)
+                    info.aliases = sorted(set(info.aliases) | {alias})
+                return [info]
         for i, unit in enumerate(res.units):
             uri = res.uri(unit)
             if uri in done:  # registered from this very commit and path before: resume
@@ -790,7 +799,8 @@ def register(
                 out.append(info)
                 bar.update(1)
                 continue
-            sae, hashes, extra = convert(res, unit, Path(tmp) / str(i), **context)
+            sae, hashes, extra = first if (i == 0 and first is not None) else convert(
+                res, unit, Path(tmp) / str(i), **context)
             info = store.register(name, sae, tags=tags, description=description)
             provenance = source_tags(res, unit, hashes, extra)
             _set_source_tags(info, provenance)
@@ -802,6 +812,56 @@ def register(
         store.set_alias(name, alias, out[-1].version)
         out[-1].aliases = sorted(set(out[-1].aliases) | {alias})
     return out
+
+
+def _is_transcoder(obj: Any) -> bool:
+    from saekit.kernels.transcoder import Transcoder
+
+    return isinstance(obj, Transcoder)
+
+
+def _register_set(res: Resolved, name: str, first: tuple, tmp: Path, done: dict[str, VersionInfo], bar: Any,
+                  tags: dict[str, str] | None, description: str | None, context: dict[str, Any]) -> VersionInfo:
+    """Every unit of a glob, each a transcoder, as one set version: converted and written one
+    layer at a time (its layer from the unit's path, else its hook), then registered."""
+    from saekit.registry import store
+    from saekit.registry.transcoder_formats import layer_of
+
+    pattern = res.ref.sae_id or ""
+    uri = hf_uri(res.repo, res.commit, pattern, res.repo_type)
+    if uri in done:  # registered from this very commit and glob before
+        bar.update(len(res.units))
+        return done[uri]
+    hashes: dict[str, str] = {}
+
+    def layers() -> Iterator[tuple[int, Any]]:
+        for i, unit in enumerate(res.units):
+            tc, unit_hashes, _ = first if i == 0 else convert(res, unit, tmp / str(i), **context)
+            if not _is_transcoder(tc):
+                raise ArtifactFormatError(f"{unit.path} is a {tc.cfg.architecture} SAE; a glob of transcoders "
+                                          "registers one set and holds transcoders only", where=res.uri(unit))
+            layer = layer_of(unit.path)
+            layer = layer if layer is not None else layer_of(tc.hook_in or "")
+            if layer is None:
+                raise ArtifactFormatError("cannot tell which layer this transcoder is (name it layer_<i>)",
+                                          where=res.uri(unit))
+            hashes.update(unit_hashes)
+            yield layer, tc
+            shutil.rmtree(tmp / str(i), ignore_errors=True)
+            bar.update(1)
+
+    model = context.get("model_name")
+    tset.write_set(layers(), tmp / "set", model_name=model, model_revision=context.get("model_revision"))
+    info = store.register(name, tmp / "set", tags=tags, description=description)
+    layouts = sorted({u.layout for u in res.units})
+    provenance = {SOURCE: uri, T.SOURCE_REPO: res.repo if res.repo_type == "model" else f"{res.repo_type}s/{res.repo}",
+                  T.SOURCE_COMMIT: res.commit, T.SOURCE_PATH: pattern, T.SOURCE_LAYOUT: ",".join(layouts),
+                  T.SOURCE_FILES: json.dumps(hashes, sort_keys=True)}
+    if res.saelens:
+        provenance[T.SOURCE_SAELENS] = f"{res.saelens['release']}/{res.saelens['sae_id']}"
+    _set_source_tags(info, provenance)
+    info.tags.update(provenance)
+    return info
 
 
 def _set_source_tags(info: VersionInfo, tags: dict[str, str]) -> None:
