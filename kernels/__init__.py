@@ -31,11 +31,16 @@ if __name__ == "kernels":
 
 if TYPE_CHECKING:
     from saekit.kernels.sae import SAE, SparseCode
+    from saekit.kernels.transcoder import Transcoder, TranscoderSet
 
-__all__ = ["SAE", "SparseCode"]
+__all__ = ["SAE", "SparseCode", "Transcoder", "TranscoderSet"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("Transcoder", "TranscoderSet"):
+        from saekit.kernels import transcoder
+
+        return getattr(transcoder, name)
     if name in __all__:  # import cost: torch loads only when an SAE is built
         from saekit.kernels import sae
 

@@ -23,6 +23,13 @@ constant ``threshold``): their cfg.json says "jumprelu" and they load as such.
 saekit's own ``batchtopk`` architecture (not a sae-lens inference class) encodes a per-token
 top k, like ``topk``.
 
+Transcoders (sae-lens saes/transcoder.py; sparsify sparse_coder.py with transcode=True), for
+one token x [d_in] predicting y [d_out]:
+
+    sae_in = x.to(dtype)                      (no b_dec shift: b_dec is d_out wide)
+    pre = sae_in @ W_enc + b_enc; acts = relu(pre) | relu(pre) * (pre > threshold) | top k of relu(pre)
+    y_hat = acts @ W_dec + b_dec (+ x @ W_skip.T for the skip variants)
+
 Input normalisation (sae.py ``SAE._setup_activation_normalization``):
 
     none                    identity
@@ -47,12 +54,13 @@ from typing import Any
 
 from saekit.schemas import SAEConfig, UnsupportedSAEError
 
-# tensor name -> shape in terms of d_in / d_sae
+# tensor name -> shape in terms of d_in / d_sae / d_out (d_out = d_in for SAEs)
 SHAPES: dict[str, tuple[str, ...]] = {
     "W_enc": ("d_in", "d_sae"),
     "b_enc": ("d_sae",),
-    "W_dec": ("d_sae", "d_in"),
-    "b_dec": ("d_in",),
+    "W_dec": ("d_sae", "d_out"),
+    "b_dec": ("d_out",),
+    "W_skip": ("d_out", "d_in"),
     "threshold": ("d_sae",),
     "b_gate": ("d_sae",),
     "r_mag": ("d_sae",),
@@ -72,6 +80,23 @@ class Architecture:
     encoder_bias: str
     """The per-latent encoder bias SAEBench reports (core/main.py get_featurewise_weight_based_metrics)."""
     topk: bool = False
+    transcoder: bool = False
+    """Predicts a module's output (d_out wide) from its input; see kernels.transcoder."""
+    activation: str = ""
+    """Transcoders: relu, jumprelu or topk (relu, then the k largest; sparsify's fused_encoder)."""
+    skip: bool = False
+    """Transcoders: a linear skip term x @ W_skip.T is added to the output."""
+    b_dec_in: bool = True
+    """Whether b_dec may shift the input (cfg.apply_b_dec_to_input). False for transcoders:
+    sae-lens' Transcoder.process_sae_in and sparsify's encode (``if not self.cfg.transcode``)
+    never subtract it."""
+
+
+def _tc(name: str, saelens: str | None, activation: str, skip: bool) -> Architecture:
+    tensors = ("W_enc", "b_enc", "W_dec", "b_dec") + (("threshold",) if activation == "jumprelu" else ())
+    return Architecture(name, saelens, tensors + (("W_skip",) if skip else ()), "b_enc",
+                        topk=activation == "topk", transcoder=True, activation=activation, skip=skip,
+                        b_dec_in=False)
 
 
 _BASE = ("W_enc", "W_dec", "b_dec")
@@ -83,6 +108,14 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("batchtopk", None, _BASE + ("b_enc",), "b_enc", topk=True),
         Architecture("jumprelu", "jumprelu", _BASE + ("b_enc", "threshold"), "b_enc"),
         Architecture("gated", "gated", _BASE + ("b_gate", "r_mag", "b_mag"), "b_mag"),
+        # transcoders: sae-lens 6.54.12 saes/transcoder.py (its four classes), sparsify 1.3.3
+        # sparse_coder.py with transcode=True (TopK, with or without skip_connection)
+        _tc("transcoder", "transcoder", "relu", False),
+        _tc("skip_transcoder", "skip_transcoder", "relu", True),
+        _tc("jumprelu_transcoder", "jumprelu_transcoder", "jumprelu", False),
+        _tc("jumprelu_skip_transcoder", "jumprelu_skip_transcoder", "jumprelu", True),
+        _tc("topk_transcoder", None, "topk", False),
+        _tc("topk_skip_transcoder", None, "topk", True),
     )
 }
 # sae-lens cfg.json name -> saekit name
@@ -102,7 +135,7 @@ def architecture(cfg: SAEConfig) -> Architecture:
 
 def shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
     """Expected shape of every tensor name saekit knows, for this config."""
-    dims = {"d_in": cfg.d_in, "d_sae": cfg.d_sae}
+    dims = {"d_in": cfg.d_in, "d_sae": cfg.d_sae, "d_out": cfg.d_out or cfg.d_in}
     return {name: tuple(dims[d] for d in dim) for name, dim in SHAPES.items()}
 
 
@@ -156,6 +189,16 @@ def check_supported(cfg: SAEConfig, where: str) -> None:
     if cfg.architecture not in ARCHITECTURES:
         raise UnsupportedSAEError(f"architecture {cfg.architecture!r} is not supported", where=where)
     check_norm(cfg.normalize_activations, {"norm_scaling_factor": cfg.norm_scaling_factor}, where)
+    arch = ARCHITECTURES[cfg.architecture]
+    if arch.transcoder and cfg.normalize_activations != "none":
+        # sae-lens normalises a transcoder's input but never undoes it on the output
+        # (transcoder.py Transcoder.decode); no transcoder saekit imports is saved that way
+        raise UnsupportedSAEError(
+            f"normalize_activations {cfg.normalize_activations!r} on a transcoder is not supported (only 'none')",
+            where=where,
+        )
+    if cfg.apply_b_dec_to_input and not arch.b_dec_in:
+        raise UnsupportedSAEError(f"apply_b_dec_to_input on a {cfg.architecture} is not supported", where=where)
     if cfg.rescale_acts_by_decoder_norm and cfg.architecture != "topk":
         raise UnsupportedSAEError(
             f"rescale_acts_by_decoder_norm on a {cfg.architecture} SAE is not supported (topk only)", where=where

@@ -7,10 +7,16 @@ import torch
 
 from saekit.kernels import dispatch, reference
 from saekit.kernels.data import SAEData, SparseCode
+from saekit.schemas import InputError
 
 
 class SAE(SAEData):
     """An SAE's weights (SAELens names and shapes), config and identity, and its compute."""
+
+    def __init__(self, cfg, tensors, *, ref=None):
+        if cfg.is_transcoder:
+            raise InputError(f"{cfg.architecture} is a transcoder (use saekit.kernels.transcoder.Transcoder)", where="cfg")
+        super().__init__(cfg, tensors, ref=ref)
 
     def encode(self, x: torch.Tensor, *, max_k: int | None = None) -> SparseCode:
         """Sparse code of x [..., d_in] flattened to [n, d_in]. ``max_k`` bounds the code of

@@ -70,9 +70,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+SET_FILE = "set.json"  # a transcoder set's manifest (saekit.registry.transcoder_set)
+
+
+def identity_names(file_hashes: dict[str, str]) -> list[str]:
+    """The files an artifact's identity covers: cfg.json and weights; for a transcoder set,
+    set.json and every layer's cfg.json and weights (sorted paths)."""
+    if SET_FILE not in file_hashes:
+        return list(IDENTITY_FILES)
+    return sorted(n for n in file_hashes if n == SET_FILE or n.rsplit("/", 1)[-1] in IDENTITY_FILES)
+
+
 def combine(file_hashes: dict[str, str]) -> str:
-    """Artifact identity from the per-file sha256 of its identity files."""
-    listing = "".join(f"{file_hashes[name]}  {name}\n" for name in IDENTITY_FILES)
+    """Artifact identity from the per-file sha256 of its identity files (a SHA256SUMS listing)."""
+    listing = "".join(f"{file_hashes[name]}  {name}\n" for name in identity_names(file_hashes))
     return sha256_bytes(listing.encode())
 
 
@@ -387,10 +398,11 @@ def validate_artifact(folder: Path) -> tuple[SAEConfig, dict[str, str]]:
 
 def load_artifact(folder: Path, *, expected_sha256: str | None = None) -> SAE:
     """Read and validate a canonical artifact folder; with ``expected_sha256``, verify it.
+    A transcoder's artifact gives a ``Transcoder`` (saekit.kernels.transcoder).
 
     Each file is read once: the same bytes are hashed and parsed.
     """
-    from saekit.kernels import SAE
+    from saekit.kernels import SAE, Transcoder
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -410,4 +422,4 @@ def load_artifact(folder: Path, *, expected_sha256: str | None = None) -> SAE:
         check_tensors(tensors, cfg, where=str(folder / WEIGHTS))
     # else: verified content is what registration validated (names, shapes, finiteness);
     # SAE() below still checks names and shapes.
-    return SAE(cfg, tensors)
+    return (Transcoder if cfg.is_transcoder else SAE)(cfg, tensors)

@@ -145,8 +145,10 @@ def add(local: Path, sha256: str, files: dict[str, str], *, where: str, settings
     art.verify_files(local, files, where=f"{where} in the registry store")
     if art.combine(files) != sha256:
         raise IntegrityError("recorded file hashes do not add up to the version's sha256", where=where)
-    for stray in set(p.name for p in local.iterdir()) - set(files):
-        (local / stray).unlink()
+    keep = {name.split("/", 1)[0] for name in files}  # a set's files sit in layer folders
+    for stray in set(p.name for p in local.iterdir()) - keep:
+        path_ = local / stray
+        shutil.rmtree(path_) if path_.is_dir() and not path_.is_symlink() else path_.unlink()
     target = path(sha256, settings)
     if verified(sha256, files, settings) is None:  # a valid entry stays (readers may be using it)
         try:

@@ -35,13 +35,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from saekit.registry import artifact as art
+from saekit.registry import transcoder_formats as tf
+from saekit.registry import transcoder_set as tset
 from saekit.schemas import ArtifactFormatError, InputError, NotFoundError, SaekitError, SAEConfig, safeio
 
 if TYPE_CHECKING:
     from saekit.kernels import SAE
+    from saekit.kernels.transcoder import TranscoderSet
 
-IMPORT_FORMATS = ("saekit", "saelens", "sparsify", "gemmascope", "openai")
-EXPORT_FORMATS = ("saelens", "sparsify")
+IMPORT_FORMATS = ("saekit", "saelens", "sparsify", "gemmascope", "gemmascope-transcoder", "openai", "circuit-tracer")
+EXPORT_FORMATS = ("saelens", "sparsify", "circuit-tracer")
 
 
 def _context(cfg: dict[str, Any], model_name, hook_name, model_revision) -> dict[str, Any]:
@@ -89,21 +92,24 @@ def _dtype_of(t: Any, name: str, where: str) -> str:
 
 
 def _make(cfg: SAEConfig, tensors: dict[str, Any], where: str, source: str) -> SAE:
-    from saekit.kernels import SAE
+    from saekit.kernels import SAE, Transcoder
 
     prov = cfg.provenance.model_copy(update={"source": source})
     cfg = cfg.model_copy(update={"provenance": prov})
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     art.check_tensors(tensors, cfg, where=where)
-    return SAE(cfg, tensors)
+    return (Transcoder if cfg.is_transcoder else SAE)(cfg, tensors)
 
 
 # --- readers ---------------------------------------------------------------------------
 
 
 def read_saelens(src: Path, **context: Any) -> SAE:
-    """A folder written by SAELens' ``SAE.save_model``."""
+    """A folder written by SAELens' ``SAE.save_model``; a folder of such folders (one
+    transcoder per layer) is a transcoder set."""
     src = Path(src)
+    if src.is_dir() and not safeio.exists(src, art.CFG):
+        return tf.read_layer_folders(src, read_saelens, "saelens", **context)
     cfg = art.read_cfg(src / art.CFG)
     update = {k: v for k, v in context.items() if v is not None and getattr(cfg, k) is None}
     cfg = cfg.model_copy(update=update)
@@ -112,20 +118,25 @@ def read_saelens(src: Path, **context: Any) -> SAE:
 
 
 def read_sparsify(src: Path, **context: Any) -> SAE:
-    """A folder written by sparsify's ``SparseCoder.save_to_disk``."""
+    """A folder written by sparsify's ``SparseCoder.save_to_disk`` (an SAE, or a TopK
+    transcoder with ``transcode``); a folder of hookpoint folders (``SparseCoder.load_many``)
+    is a transcoder set."""
     from pydantic import ValidationError
 
     src = Path(src)
+    if src.is_dir() and not safeio.exists(src, "cfg.json"):
+        return tf.read_layer_folders(src, read_sparsify, "sparsify", **context)
     raw = _read_json(src / "cfg.json")
     if "d_in" not in raw:
         raise ArtifactFormatError("missing key 'd_in' (written by SparseCoder.save_to_disk)",
                                   where=str(src / "cfg.json"))
     path = src / "sae.safetensors"
     st = art.read_safetensors(path)
-    missing = [k for k in ("encoder.weight", "encoder.bias", "W_dec", "b_dec") if k not in st]
+    names = ("encoder.weight", "encoder.bias", "W_dec", "b_dec") + (("W_skip",) if raw.get("skip_connection") else ())
+    missing = [k for k in names if k not in st]
     if missing:
         raise ArtifactFormatError(f"missing tensor {missing[0]!r}", where=str(path))
-    extra = sorted(set(st) - {"encoder.weight", "encoder.bias", "W_dec", "b_dec"})
+    extra = sorted(set(st) - set(names))
     if extra:
         raise ArtifactFormatError(f"tensor {extra[0]!r} is not a tensor of a sparsify SAE", where=str(path))
     context = {**{k: v for k, v in context.items() if v is not None},
@@ -143,13 +154,22 @@ def read_sparsify(src: Path, **context: Any) -> SAE:
             where=str(path),
         )
     tensors = {"W_enc": st["encoder.weight"].T, "b_enc": st["encoder.bias"], "W_dec": st["W_dec"], "b_dec": st["b_dec"]}
+    if "W_skip" in st:
+        tensors["W_skip"] = st["W_skip"]
     return _make(cfg, tensors, str(path), f"sparsify:{src.name}")
 
 
 GEMMASCOPE_ARRAYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
 
-def read_gemmascope(src: Path, **context: Any) -> SAE:
+def read_gemmascope_transcoder(src: Path, **context: Any) -> SAE:
+    """A Gemma Scope transcoder ``params.npz`` (google/gemma-scope-2b-pt-transcoders: the
+    same arrays as its SAEs, W_dec [d_sae, d_out]); sae-lens reads it as a
+    jumprelu_transcoder (pretrained_sae_loaders.py gemma_2_transcoder_huggingface_loader)."""
+    return read_gemmascope(src, transcoder=True, **context)
+
+
+def read_gemmascope(src: Path, *, transcoder: bool = False, **context: Any) -> SAE:
     """A Gemma Scope ``params.npz`` (or the folder holding it)."""
     import numpy as np
     import torch
@@ -164,7 +184,14 @@ def read_gemmascope(src: Path, **context: Any) -> SAE:
                                   where=where)
     d_in, d_sae = arrays["W_enc"].shape
     tensors = {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in arrays.items()}
-    fields = _context({"architecture": "jumprelu", "d_in": int(d_in), "d_sae": int(d_sae),
+    shape = {"architecture": "jumprelu"}
+    if transcoder:
+        if arrays["W_dec"].ndim != 2:
+            raise ArtifactFormatError(f"array 'W_dec' has shape {arrays['W_dec'].shape}, expected [d_sae, d_out]",
+                                      where=where)
+        shape = {"architecture": "jumprelu_transcoder", "d_out": int(arrays["W_dec"].shape[1]),
+                 "hook_name_out": context.get("hook_name_out")}
+    fields = _context({**shape, "d_in": int(d_in), "d_sae": int(d_sae),
                        "dtype": _dtype_of(tensors["W_enc"], "W_enc", where),
                        "apply_b_dec_to_input": False, "provenance": {"library": "gemma_scope"}}, **_ctx(context))
     cfg = _config(fields, where)
@@ -315,23 +342,53 @@ def _ctx(context: dict[str, Any]) -> dict[str, Any]:
     return {k: context.get(k) for k in ("model_name", "hook_name", "model_revision")}
 
 
+def _read_saekit(src: Path, **_: Any) -> SAE | TranscoderSet:
+    src = Path(src)
+    return tset.load_set(src) if tset.is_set(src) else art.load_artifact(src)
+
+
 _READERS = {
-    "saekit": lambda src, **ctx: art.load_artifact(Path(src)),
+    "saekit": _read_saekit,
     "saelens": read_saelens,
     "sparsify": read_sparsify,
     "gemmascope": read_gemmascope,
+    "gemmascope-transcoder": read_gemmascope_transcoder,
     "openai": read_openai,
+    "circuit-tracer": tf.read_circuit_tracer,
 }
 
 
-def read_checkpoint(fmt: str, src: Path, **context: Any) -> SAE:
-    """An in-memory SAE from a checkpoint of format ``fmt`` (see IMPORT_FORMATS)."""
+def _with_hook_out(obj: Any, hook_name_out: str | None) -> Any:
+    """Set the output hook of transcoders that lack one (``--hook-out``)."""
+    from saekit.kernels import Transcoder
+    from saekit.kernels.transcoder import TranscoderSet
+
+    if hook_name_out is None:
+        return obj
+    if isinstance(obj, TranscoderSet):
+        raise InputError("--hook-out names one transcoder's output; a set's hooks come from its files",
+                         where="hook_name_out")
+    if not isinstance(obj, Transcoder):
+        raise InputError(f"--hook-out is for transcoders, not a {obj.cfg.architecture} SAE", where="hook_name_out")
+    if obj.cfg.hook_name_out is None:
+        obj = Transcoder(obj.cfg.model_copy(update={"hook_name_out": hook_name_out}), obj.tensors, ref=obj.ref)
+    return obj
+
+
+def read_checkpoint(fmt: str, src: Path, **context: Any) -> SAE | TranscoderSet:
+    """An in-memory SAE, Transcoder or TranscoderSet from a checkpoint of format ``fmt``
+    (see IMPORT_FORMATS); ``hook_name_out`` sets a transcoder's output hook where the
+    checkpoint has none."""
     reader = _READERS.get(fmt)
     if reader is None:
         raise InputError(f"unknown format; expected one of {', '.join(IMPORT_FORMATS)}", where=repr(fmt))
     src = safeio.named_path(src)  # a link the user named is followed here, once
     safeio.check_tree(src)  # regular files only, no links anywhere inside (one rule, schemas.safeio)
-    return reader(src, **context)
+    hook_out = context.pop("hook_name_out", None)
+    if fmt == "gemmascope-transcoder":
+        context["hook_name_out"] = hook_out
+        return reader(src, **context)
+    return _with_hook_out(reader(src, **context), hook_out)
 
 
 def import_checkpoint(
@@ -342,9 +399,16 @@ def import_checkpoint(
     model_name: str | None = None,
     hook_name: str | None = None,
     model_revision: str | None = None,
+    hook_name_out: str | None = None,
 ) -> str:
-    """Convert a checkpoint into a canonical artifact folder at ``dest``; returns its sha256."""
-    sae = read_checkpoint(fmt, src, model_name=model_name, hook_name=hook_name, model_revision=model_revision)
+    """Convert a checkpoint into a canonical artifact folder at ``dest`` (a transcoder set
+    folder for a set); returns its sha256."""
+    from saekit.kernels.transcoder import TranscoderSet
+
+    sae = read_checkpoint(fmt, src, model_name=model_name, hook_name=hook_name, model_revision=model_revision,
+                          hook_name_out=hook_name_out)
+    if isinstance(sae, TranscoderSet):
+        return tset.save_set(sae, Path(dest))
     sha = art.save_artifact(sae, Path(dest))
     if fmt == "saelens" and safeio.exists(src, "sparsity.safetensors"):
         data = safeio.read_bytes(src, "sparsity.safetensors")
@@ -356,26 +420,51 @@ def import_checkpoint(
 # --- exporters -------------------------------------------------------------------------
 
 
-def export(sae: SAE, fmt: str, dest: Path) -> list[Path]:
-    """Write ``sae`` in another library's layout; returns the files written (each with
-    safeio.write_bytes: a link at ``dest`` or at a file in it is refused before any is written)."""
+def export(sae: SAE | TranscoderSet, fmt: str, dest: Path) -> list[Path]:
+    """Write ``sae`` (an SAE, Transcoder or TranscoderSet) in another library's layout;
+    returns the files written (each with safeio.write_bytes: a link at ``dest`` or at a file
+    in it is refused before any is written)."""
     from safetensors.torch import save
 
+    from saekit.kernels.transcoder import TranscoderSet
+
     dest = Path(dest)
+    if isinstance(sae, TranscoderSet):
+        if fmt == "saelens":
+            files = tf.saelens_set_files(sae)
+        elif fmt == "circuit-tracer":
+            files = tf.circuit_tracer_files(sae)
+        else:
+            raise InputError(f"a transcoder set exports to saelens or circuit-tracer, not {fmt!r}", where=repr(sae))
+        safeio.check_new_or_same({dest / name: art.sha256_bytes(data) for name, data in files.items()})
+        for name in files:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        return [safeio.write_bytes(dest / name, data) for name, data in files.items()]
     t = {k: v.detach().cpu().contiguous() for k, v in sae.tensors.items()}
+    if fmt == "circuit-tracer":
+        raise InputError("circuit-tracer reads whole transcoder sets (export the set)", where=repr(fmt))
     if fmt == "saelens":
+        from saekit.kernels import architectures as archs
+
+        if archs.architecture(sae.cfg).saelens_name is None:
+            raise InputError(f"sae-lens has no {sae.cfg.architecture} class", where=f"{sae.cfg.architecture}")
         cfg = sae.cfg.to_saelens_dict()
         cfg.pop("saekit", None)
         files = {art.CFG: json.dumps(cfg, indent=2).encode(), art.WEIGHTS: save(t)}
     elif fmt == "sparsify":
         c = sae.cfg
-        if c.architecture != "topk" or not c.apply_b_dec_to_input or c.normalize_activations != "none":
+        transcoder = c.architecture in ("topk_transcoder", "topk_skip_transcoder") and c.d_out == c.d_in
+        if not transcoder and (c.architecture != "topk" or not c.apply_b_dec_to_input
+                               or c.normalize_activations != "none"):
             raise InputError(
-                "sparsify holds plain TopK SAEs that subtract b_dec and do not normalise inputs",
+                "sparsify holds plain TopK SAEs that subtract b_dec and do not normalise inputs, and TopK "
+                "transcoders with d_out = d_in",
                 where=f"{c.architecture} SAE",
             )
         tensors = {"encoder.weight": t["W_enc"].T.contiguous(), "encoder.bias": t["b_enc"],
                    "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
+        if "W_skip" in t:
+            tensors["W_skip"] = t["W_skip"]
         files = {"cfg.json": json.dumps(c.to_sparsify_dict()).encode(), "sae.safetensors": save(tensors)}
     else:
         raise InputError(f"unknown export format; expected one of {', '.join(EXPORT_FORMATS)}", where=repr(fmt))

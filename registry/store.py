@@ -40,10 +40,11 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Iterator
 
 from saekit.registry import artifact as art
+from saekit.registry import transcoder_set as tset
 from saekit.registry import backend, cache
 from saekit.registry import tags as T
 from saekit.registry.refs import Ref, check_name, parse_ref
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from saekit.kernels import SAE
+    from saekit.kernels.transcoder import TranscoderSet
 
 EXPERIMENT = backend.EXPERIMENT
 ARTIFACT_PATH = "sae"
@@ -350,8 +352,10 @@ def _download(info: VersionInfo) -> Path:
             local = staging / ARTIFACT_PATH
             local.mkdir()
             if info.source:
-                for fname in expected:  # one file each, by name
-                    b.download_file(f"{info.source.rstrip('/')}/{fname}", local)
+                for fname in expected:  # one file each, by name (a set's in their layer folders)
+                    into = local / Path(fname).parent
+                    into.mkdir(parents=True, exist_ok=True)
+                    b.download_file(f"{info.source.rstrip('/')}/{fname}", into)
             else:
                 local = b.download_run_folder(info.run_id, ARTIFACT_PATH, staging)
         return cache.add(local, info.sha256, expected, where=where)
@@ -370,24 +374,52 @@ def fetch(ref: str | Ref) -> Path:
     return folder
 
 
+def load_folder(folder: Path, *, expected_sha256: str | None = None) -> SAE | TranscoderSet:
+    """An artifact folder in memory: a TranscoderSet for a set (set.json), else the SAE
+    (or Transcoder) of a canonical artifact."""
+    if tset.is_set(folder):
+        return tset.load_set(folder, expected_sha256=expected_sha256)
+    return art.load_artifact(folder, expected_sha256=expected_sha256)
+
+
+def _set_ref(obj: Any, ref: SAERef) -> None:
+    """``obj.ref`` = ref; a set's layers get ``NAME/layer_i`` refs with their own sha256."""
+    obj.ref = ref
+    if _is_set(obj):
+        for layer in obj.layers:
+            tc = obj[layer]
+            tc.ref = tc.ref.model_copy(update={"name": f"{ref.name}/layer_{layer}", "version": ref.version})
+
+
+def _is_set(obj: Any) -> bool:
+    from saekit.kernels.transcoder import TranscoderSet  # torch only once a set is in memory
+
+    return isinstance(obj, TranscoderSet)
+
+
 def _load_cached(info: VersionInfo) -> SAE | None:
     """The cached artifact of ``info``, verified against its sha256; None (and evicted) if
     missing or corrupt."""
     if not cache_path(info.sha256).is_dir():
         return None
     try:
-        return art.load_artifact(cache_path(info.sha256), expected_sha256=info.sha256)
+        return load_folder(cache_path(info.sha256), expected_sha256=info.sha256)
     except (IntegrityError, NotFoundError):
         cache.evict(info.sha256)  # corrupt cache entry: fetched again
         return None
 
 
-def load_ref(ref: Ref | str) -> SAE:
-    """Fetch (cache first) and load an SAE, verified against its sha256; sets ``sae.ref``."""
+def _d_sae(obj: Any) -> int:
+    return obj[obj.layers[0]].cfg.d_sae if _is_set(obj) else obj.cfg.d_sae
+
+
+def load_ref(ref: Ref | str) -> SAE | TranscoderSet:
+    """Fetch (cache first) and load an SAE (a TranscoderSet for a set), verified against its
+    sha256; sets ``.ref``."""
     ref = ref if isinstance(ref, Ref) else parse_ref(ref)
     if ref.kind == "path":
-        sae = art.load_artifact(ref.path)
-        sae.ref = SAERef(name=ref.path.resolve().name, sha256=art.artifact_sha256(ref.path), d_sae=sae.cfg.d_sae)
+        sae = load_folder(ref.path)
+        _set_ref(sae, SAERef(name=ref.path.resolve().name, sha256=artifact_sha256(ref.path), d_sae=_d_sae(sae)))
         return sae
     if ref.kind == "hf":
         raise ReferenceSyntaxError("hf:// references load through saekit.load", where=repr(ref.text))
@@ -395,16 +427,29 @@ def load_ref(ref: Ref | str) -> SAE:
     sae = _load_cached(info) if info is not None else None
     if sae is None:
         info = _confirmed(ref)
-        sae = _load_cached(info) or art.load_artifact(_download(info), expected_sha256=info.sha256)
-    sae.ref = SAERef(name=info.name, version=str(info.version), sha256=info.sha256, d_sae=sae.cfg.d_sae)
+        sae = _load_cached(info) or load_folder(_download(info), expected_sha256=info.sha256)
+    _set_ref(sae, SAERef(name=info.name, version=str(info.version), sha256=info.sha256, d_sae=_d_sae(sae)))
     return sae
+
+
+def artifact_sha256(folder: Path) -> str:
+    """sha256 of an artifact folder: one SAE or transcoder, or a transcoder set."""
+    if tset.is_set(folder):
+        return art.combine(tset.validate_set(folder)[2])
+    return art.artifact_sha256(folder)
 
 
 # --- writing -----------------------------------------------------------------------------
 
 
-def _meta_tags(cfg: Any, sha: str, hashes: dict[str, str]) -> dict[str, str]:
+def _meta_tags(cfg: Any, sha: str, hashes: dict[str, str], info: Any = None) -> dict[str, str]:
+    """Identity and shape tags; for a set (``info``: its TranscoderSetInfo) the first layer's
+    shape, the layers and the kind."""
     tags = {
+        T.KIND: "transcoder_set" if info is not None else "",
+        T.LAYERS: ",".join(str(e.layer) for e in info.layers) if info is not None else "",
+        T.D_OUT: "" if cfg.d_out is None else str(cfg.d_out),
+        T.HOOK_OUT: cfg.hook_name_out or "",
         SHA: sha,
         FILES: json.dumps(hashes, sort_keys=True),
         T.ARCHITECTURE: cfg.architecture,
@@ -450,13 +495,14 @@ def _check_tags(tags: dict[str, str] | None, *, allow_reserved: bool = False) ->
 
 def register(
     name: str,
-    artifact: Path | str | SAE,
+    artifact: Path | str | SAE | TranscoderSet,
     *,
     tags: dict[str, str] | None = None,
     description: str | None = None,
     alias: str | None = None,
 ) -> VersionInfo:
-    """Register a canonical artifact folder (or an in-memory SAE) as a new version of ``name``.
+    """Register a canonical artifact folder (or an in-memory SAE, Transcoder or TranscoderSet)
+    as a new version of ``name``; a transcoder set (folder with set.json) is one version.
 
     Identical content already registered under ``name`` returns that version (its alias,
     if given, is moved onto it, and ``tags`` are set on it). The new version is visible only once its files are
@@ -471,10 +517,16 @@ def register(
         given = Path(artifact).expanduser() if isinstance(artifact, (str, os.PathLike)) else None
         if given is not None:
             _stage(given, folder)
+        elif _is_set(artifact):
+            tset.save_set(artifact, folder)
         else:
             art.save_artifact(artifact, folder)
+        set_info = None
         with _shown_as(folder, given):
-            cfg, hashes = art.validate_artifact(folder)  # header, cfg, shapes, NaN; no torch needed
+            if tset.is_set(folder):
+                set_info, cfg, hashes = tset.validate_set(folder)
+            else:
+                cfg, hashes = art.validate_artifact(folder)  # header, cfg, shapes, NaN; no torch needed
         sha = art.combine(hashes)
         client = _client()
         with _errors(repr(name)):
@@ -485,7 +537,7 @@ def register(
                     _retry(client.set_model_version_tag, name, str(info.version), key, value)
                 info.tags.update(user_tags)
             else:
-                info = _register_new(client, name, folder, hashes, sha, cfg, user_tags, description)
+                info = _register_new(client, name, folder, hashes, sha, cfg, user_tags, description, set_info)
             if alias:
                 _retry(client.set_registered_model_alias, name, alias, str(info.version))
             if alias or existing:
@@ -514,13 +566,16 @@ def _stage(src: Path, dest: Path) -> Path:
     if not src.is_dir():
         raise NotFoundError("no such artifact folder", where=str(src))
     dest.mkdir()
+    if tset.is_set(src):
+        tset.stage_set(src, dest)
+        return dest
     for name in art.IDENTITY_FILES + art.OPTIONAL_FILES:
         if name in art.IDENTITY_FILES or safeio.exists(src, name):
             safeio.copy_file(src, name, dest / name)
     return dest
 
 
-def _register_new(client, name, folder, hashes, sha, cfg, user_tags, description) -> VersionInfo:
+def _register_new(client, name, folder, hashes, sha, cfg, user_tags, description, set_info=None) -> VersionInfo:
     from mlflow.entities import RunStatus
 
     b = _backend()
@@ -530,11 +585,11 @@ def _register_new(client, name, folder, hashes, sha, cfg, user_tags, description
     source = f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT_PATH}"
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
-        for fname in sorted(hashes):
-            _upload_file(run_id, folder / fname, ARTIFACT_PATH)
+        for fname in sorted(hashes):  # a set's layer files under sae/layer_i
+            _upload_file(run_id, folder / fname, str(PurePosixPath(ARTIFACT_PATH, fname).parent))
         # Verify the upload by reading it back; the verified copy becomes the cache entry.
         _download(VersionInfo(name, 0, sha, tags={FILES: json.dumps(hashes)}, run_id=run_id, source=source))
-        tags = {**user_tags, **_meta_tags(cfg, sha, hashes)}
+        tags = {**user_tags, **_meta_tags(cfg, sha, hashes, set_info)}
         mv = _create_version(client, name, source, run_id=run_id, tags=tags, description=description)
         _retry(client.set_model_version_tag, name, mv.version, READY, "true")
         status = RunStatus.to_string(RunStatus.FINISHED)

@@ -30,10 +30,15 @@ MODEL = "saekit.model"
 MODEL_REVISION = "saekit.model_revision"
 HOOK = "saekit.hook"
 SCHEMA_VERSION = "saekit.schema_version"
+KIND = "saekit.kind"  # "transcoder_set" for a set; absent for one SAE or transcoder
+LAYERS = "saekit.layers"  # a set's layers, comma-separated
+D_OUT = "saekit.d_out"  # transcoders
+HOOK_OUT = "saekit.hook_out"  # transcoders: the module whose output they predict
 
 # Tags registration writes; users cannot override them with --tag.
 RESERVED_TAGS = frozenset(
-    {READY, SHA, FILES, ARCHITECTURE, D_IN, D_SAE, K, MODEL, MODEL_REVISION, HOOK, SCHEMA_VERSION, DTYPE}
+    {READY, SHA, FILES, ARCHITECTURE, D_IN, D_SAE, K, MODEL, MODEL_REVISION, HOOK, SCHEMA_VERSION, DTYPE,
+     KIND, LAYERS, D_OUT, HOOK_OUT}
 )
 
 # --- registration from a source (registry.hub_source, through registry.store.record_tags): provenance

@@ -52,6 +52,7 @@ from saekit.schemas.errors import (
     UnsafePathError,
     UnsupportedSAEError,
 )
+from saekit.schemas.transcoder_set import TranscoderLayer, TranscoderSetInfo
 from saekit.schemas.release import (
     BaseModelRef,
     GatePolicy,

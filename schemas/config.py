@@ -14,16 +14,26 @@ from pydantic import Field, field_validator, model_validator
 from saekit.schemas.common import SCHEMA_VERSION, Strict
 from saekit.schemas.console import has_control
 
-Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gated"]
+Architecture = Literal[
+    "relu", "topk", "batchtopk", "jumprelu", "gated",
+    # transcoders (kernels.architectures: Architecture.transcoder): predict a module's output
+    "transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder",
+    "topk_transcoder", "topk_skip_transcoder",
+]
 DType = Literal["float32", "bfloat16", "float16", "float64"]
 
 # Architectures that keep k latents per token (kernels.architectures: Architecture.topk).
-_TOPK = ("topk", "batchtopk")
+_TOPK = ("topk", "batchtopk", "topk_transcoder", "topk_skip_transcoder")
+# Architectures with a separate output space (kernels.architectures: Architecture.transcoder).
+TRANSCODERS = (
+    "transcoder", "skip_transcoder", "jumprelu_transcoder", "jumprelu_skip_transcoder",
+    "topk_transcoder", "topk_skip_transcoder",
+)
 # SAELens names relu SAEs "standard".
 _FROM_SAELENS_ARCH = {"standard": "relu"}
 _TO_SAELENS_ARCH = {"relu": "standard"}
 # metadata keys SAELens defines that map onto SAEConfig fields
-_META_FIELDS = ("model_name", "hook_name", "hook_head_index", "context_size", "prepend_bos")
+_META_FIELDS = ("model_name", "hook_name", "hook_name_out", "hook_head_index", "context_size", "prepend_bos")
 
 
 class Provenance(Strict):
@@ -44,6 +54,7 @@ class SAEConfig(Strict):
     architecture: Architecture
     d_in: int = Field(gt=0)
     d_sae: int = Field(gt=0)
+    d_out: int | None = Field(None, gt=0, description="Transcoders: width of the output they predict.")
     k: int | None = Field(None, gt=0, description="Active latents per token (topk, batchtopk).")
     dtype: DType = "float32"
     apply_b_dec_to_input: bool = Field(True, description="Subtract b_dec from x before encoding.")
@@ -55,6 +66,9 @@ class SAEConfig(Strict):
     model_name: str | None = Field(None, description="Hub id of the language model.")
     model_revision: str | None = Field(None, description="Commit or tag of the model weights.")
     hook_name: str | None = Field(None, description="Module whose output the SAE reads.")
+    hook_name_out: str | None = Field(
+        None, description="Transcoders: module whose output they predict (hook_name: whose input they read)."
+    )
     hook_head_index: int | None = None
     context_size: int | None = Field(None, gt=0)
     prepend_bos: bool | None = None
@@ -63,7 +77,7 @@ class SAEConfig(Strict):
         default_factory=dict, description="Other SAELens metadata keys, kept for the round trip."
     )
 
-    @field_validator("d_in", "d_sae", "k", "context_size", "hook_head_index", mode="before")
+    @field_validator("d_in", "d_sae", "d_out", "k", "context_size", "hook_head_index", mode="before")
     @classmethod
     def _plain_int(cls, value: Any) -> Any:
         """Sizes are JSON integers even where a reader validates leniently (strict=False,
@@ -87,7 +101,7 @@ class SAEConfig(Strict):
             raise ValueError(f"must be a number, not {value!r}")
         return value
 
-    @field_validator("model_name", "model_revision", "hook_name")
+    @field_validator("model_name", "model_revision", "hook_name", "hook_name_out")
     @classmethod
     def _one_printable_line(cls, value: str | None) -> str | None:
         """These name things and become tags (saekit.model, saekit.hook) shown by ``show``
@@ -96,6 +110,32 @@ class SAEConfig(Strict):
         if value is not None and has_control(value):
             raise ValueError(f"holds a control character (newline, tab, ESC, ...): {value!r}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _transcoder_defaults(cls, data: Any) -> Any:
+        """A transcoder's b_dec lives in the output space, so it never shifts the input
+        (sae-lens transcoder.py TranscoderConfig.__post_init__ refuses it; sparsify's encode
+        skips it when ``transcode``): apply_b_dec_to_input defaults to false for them."""
+        if isinstance(data, dict) and data.get("architecture") in TRANSCODERS:
+            data = {"apply_b_dec_to_input": False, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _transcoder_fields(self) -> SAEConfig:
+        """d_out and hook_name_out mean something only to transcoders, which need d_out."""
+        if self.architecture in TRANSCODERS:
+            if self.d_out is None:
+                raise ValueError(f"{self.architecture} needs d_out")
+            if self.apply_b_dec_to_input:
+                raise ValueError(f"apply_b_dec_to_input is not supported for {self.architecture} (b_dec is d_out wide)")
+        elif self.d_out is not None or self.hook_name_out is not None:
+            raise ValueError(f"d_out and hook_name_out are only for transcoders, not {self.architecture} (remove them)")
+        return self
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.architecture in TRANSCODERS
 
     @model_validator(mode="after")
     def _k_fits(self) -> SAEConfig:
@@ -139,6 +179,7 @@ class SAEConfig(Strict):
             "architecture": _TO_SAELENS_ARCH.get(self.architecture, self.architecture),
             "d_in": self.d_in,
             "d_sae": self.d_sae,
+            **({"d_out": self.d_out} if self.d_out is not None else {}),
             "dtype": self.dtype,
             "device": "cpu",
             "apply_b_dec_to_input": self.apply_b_dec_to_input,
@@ -168,9 +209,10 @@ class SAEConfig(Strict):
             "architecture": _FROM_SAELENS_ARCH.get(arch, arch),
             "d_in": d["d_in"],
             "d_sae": d["d_sae"],
+            "d_out": d.get("d_out"),
             "k": d.get("k"),
             "dtype": d.get("dtype", "float32"),
-            "apply_b_dec_to_input": d.get("apply_b_dec_to_input", True),
+            "apply_b_dec_to_input": d.get("apply_b_dec_to_input", _FROM_SAELENS_ARCH.get(arch, arch) not in TRANSCODERS),
             "normalize_activations": d.get("normalize_activations", "none"),
             "norm_scaling_factor": d.get("norm_scaling_factor", meta.pop("norm_scaling_factor", None)),
             "rescale_acts_by_decoder_norm": d.get("rescale_acts_by_decoder_norm", False),
@@ -188,9 +230,13 @@ class SAEConfig(Strict):
     # --- sparsify -----------------------------------------------------------------------
 
     def to_sparsify_dict(self) -> dict[str, Any]:
-        """cfg.json as sparsify's ``SparseCoder.save_to_disk`` writes it (TopK only)."""
-        if self.architecture != "topk":
-            raise ValueError(f"sparsify holds TopK SAEs only, not {self.architecture}")
+        """cfg.json as sparsify's ``SparseCoder.save_to_disk`` writes it (TopK SAEs, and TopK
+        transcoders with ``transcode`` and ``skip_connection``, d_out = d_in)."""
+        transcode = self.architecture in ("topk_transcoder", "topk_skip_transcoder")
+        if self.architecture != "topk" and not transcode:
+            raise ValueError(f"sparsify holds TopK SAEs and transcoders only, not {self.architecture}")
+        if transcode and self.d_out != self.d_in:
+            raise ValueError(f"sparsify transcoders predict d_in wide outputs (d_in {self.d_in}, d_out {self.d_out})")
         return {
             "activation": "topk",
             "expansion_factor": max(1, self.d_sae // self.d_in),
@@ -198,8 +244,8 @@ class SAEConfig(Strict):
             "num_latents": self.d_sae,
             "k": self.k,
             "multi_topk": False,
-            "skip_connection": False,
-            "transcode": False,
+            "skip_connection": self.architecture == "topk_skip_transcoder",
+            "transcode": transcode,
             "d_in": self.d_in,
         }
 
@@ -207,19 +253,26 @@ class SAEConfig(Strict):
     def from_sparsify_dict(cls, d: dict[str, Any], **context: Any) -> SAEConfig:
         """Reads sparsify's cfg.json; ``context`` adds what it lacks (model_name, hook_name).
 
-        sparsify encodes ``x - b_dec`` (apply_b_dec_to_input) and has no normalization.
+        sparsify encodes ``x - b_dec`` (apply_b_dec_to_input) and has no normalization; with
+        ``transcode`` it does not subtract b_dec (sparse_coder.py SparseCoder.encode) and its
+        output is d_in wide; ``skip_connection`` adds x @ W_skip.T (SparseCoder.forward).
         """
-        if d.get("activation", "topk") != "topk" or d.get("skip_connection") or d.get("transcode"):
-            raise ValueError("only plain sparsify TopK SAEs (no skip connection, no transcoder)")
+        if d.get("activation", "topk") != "topk":
+            raise ValueError(f"activation {d.get('activation')!r} is not supported (topk only)")
+        transcode = bool(d.get("transcode"))
+        if d.get("skip_connection") and not transcode:
+            raise ValueError("a skip connection on an SAE (not a transcoder) is not supported")
         d_in = d["d_in"]
         num_latents = d.get("num_latents") or d_in * d["expansion_factor"]
+        arch = ("topk_skip_transcoder" if d.get("skip_connection") else "topk_transcoder") if transcode else "topk"
         return cls.model_validate(
             {
-                "architecture": "topk",
+                "architecture": arch,
                 "d_in": d_in,
                 "d_sae": num_latents,
                 "k": d["k"],
-                "apply_b_dec_to_input": True,
+                "apply_b_dec_to_input": not transcode,
+                **({"d_out": d_in} if transcode else {}),
                 **context,
             },
             strict=False,

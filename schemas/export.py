@@ -13,6 +13,7 @@ from saekit.schemas.card import FeatureCard
 from saekit.schemas.config import SAEConfig
 from saekit.schemas.matching import LatentMatch
 from saekit.schemas.release import ReleaseManifest
+from saekit.schemas.transcoder_set import TranscoderSetInfo
 
 JSON_DIR = Path(__file__).parent / "json"
 ID_BASE = "https://saekit.dev/schemas"
@@ -25,6 +26,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "release_manifest": ReleaseManifest,
     "benchmark_record": BenchmarkRecord,
     "latent_match": LatentMatch,
+    "transcoder_set": TranscoderSetInfo,
 }
 
 

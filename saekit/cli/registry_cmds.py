@@ -15,7 +15,7 @@ from saekit.registry import tags as T
 from saekit.schemas import InputError
 from saekit.schemas.masking import mask
 
-FORMAT_HELP = "saekit | saelens | sparsify | gemmascope | openai"
+FORMAT_HELP = "saekit | saelens | sparsify | gemmascope | gemmascope-transcoder | openai | circuit-tracer"
 
 
 def _parse_tags(pairs: List[str]) -> dict[str, str]:
@@ -56,17 +56,29 @@ def register_cmd(
     from_format: Optional[str] = typer.Option(None, "--from", help=f"Import first from: {FORMAT_HELP}."),
     model: Optional[str] = typer.Option(None, "--model", help="Language model id (importers that lack it)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Language model revision."),
-    hook: Optional[str] = typer.Option(None, "--hook", help="Hook name (importers that lack it)."),
+    hook: Optional[str] = typer.Option(None, "--hook", help="Hook name (importers that lack it); for a transcoder, "
+                                       "the module whose input it reads and whose output it predicts "
+                                       "(e.g. model.layers.4.mlp)."),
+    hook_in: Optional[str] = typer.Option(None, "--hook-in", help="Transcoders: the module whose input they read, "
+                                          "where it differs from --hook-out."),
+    hook_out: Optional[str] = typer.Option(None, "--hook-out", help="Transcoders: the module whose output they predict."),
     catalogue: Optional[Path] = typer.Option(None, "--saelens-catalogue", help=CATALOGUE_HELP),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Register an artifact as a new version of NAME (identical content returns the existing one).
+    A transcoder set (a folder with set.json, a circuit-tracer set, a folder of per-layer
+    transcoder folders) is one version.
 
     From the Hub (hf://, saelens:) the layout is detected, the revision pinned to its
     commit, and the source recorded on the version; a glob registers each match.
     """
     tags = _parse_tags(tag)
+    if hook is not None and hook_in is not None:
+        raise InputError("give --hook (one module, in and out) or --hook-in/--hook-out, not both", where="--hook-in")
+    hook = hook if hook is not None else hook_in
     if _is_remote(source):
+        if hook_out is not None:
+            raise InputError("--hook-out is for local checkpoints (a Hub source names its hooks)", where=source)
         if from_format:
             raise InputError("--from is for local checkpoints; the Hub layout is detected", where=source)
         from saekit.registry import hub_source
@@ -82,7 +94,7 @@ def register_cmd(
 
     info = register_checkpoint(
         name, source, from_format=from_format, tags=tags, description=description, alias=alias,
-        model_name=model, hook_name=hook, model_revision=revision,
+        model_name=model, hook_name=hook, model_revision=revision, hook_name_out=hook_out,
     )
     emit(info.to_dict(), json_out, f"registered {info.ref} sha256:{info.sha256}" + (
         f" @{','.join(info.aliases)}" if info.aliases else ""))
@@ -121,12 +133,12 @@ def import_cmd(
 
 @app.command("export")
 def export_cmd(
-    fmt: str = typer.Argument(..., metavar="FORMAT", help="saelens | sparsify"),
+    fmt: str = typer.Argument(..., metavar="FORMAT", help="saelens | sparsify | circuit-tracer (transcoder sets)"),
     ref: str = typer.Argument(..., help="Reference (NAME, NAME@ALIAS, NAME/VERSION, ..., or a folder)."),
     dest: Path = typer.Argument(..., help="Folder to write."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Write an SAE in another library's layout (SAELens, sparsify)."""
+    """Write an SAE, transcoder or transcoder set in another library's layout (SAELens, sparsify, circuit-tracer)."""
     import saekit
     from saekit.registry.formats import export
 

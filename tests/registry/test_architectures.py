@@ -197,7 +197,8 @@ def test_k_belongs_to_the_tables_topk_architectures():
     from saekit.schemas import SAEConfig, config
 
     assert set(config._TOPK) == {a.name for a in architectures.ARCHITECTURES.values() if a.topk}
+    assert set(config.TRANSCODERS) == {a.name for a in architectures.ARCHITECTURES.values() if a.transcoder}
     for a in architectures.ARCHITECTURES.values():
         if not a.topk:
             with pytest.raises(ValueError, match="k is only for"):
-                SAEConfig(architecture=a.name, d_in=4, d_sae=8, k=2)
+                SAEConfig(architecture=a.name, d_in=4, d_sae=8, k=2, d_out=6 if a.transcoder else None)
