@@ -93,3 +93,27 @@ def test_gemmascope_transcoder_from_the_hub(tmp_path, hub):
     want = (pre * (pre > p["threshold"])) @ p["W_dec"] + p["b_dec"]
     np.testing.assert_allclose(tc(torch.from_numpy(x)).numpy(), want, rtol=1e-4, atol=1e-4)
     assert store.resolve("gs-tc/1").tags["saekit.source.layout"] == "gemmascope"
+
+
+def test_a_glob_of_per_layer_transcoders_is_one_set(tmp_path, hub):
+    """SAELens-layout transcoder folders, one per layer (odd layers, different widths), named by
+    a glob: one set version, its layers from the folder names; re-running returns it."""
+    from sae_lens import SAE as LensSAE
+
+    made = {}
+    for layer, arch, d_sae in ((1, "skip_transcoder", 24), (4, "jumprelu_transcoder", 40), (11, "transcoder", 33)):
+        tc = make_transcoder(arch, d_in=7, d_sae=d_sae, d_out=9, seed=layer, hook=f"blocks.{layer}.ln2.hook_normalized",
+                             hook_out=f"blocks.{layer}.hook_mlp_out", model="org/tiny-lm")
+        formats.export(tc, "saelens", tmp_path / "tcs" / f"layer_{layer}")
+        made[layer] = LensSAE.load_from_disk(str(tmp_path / "tcs" / f"layer_{layer}"))
+    commit = _push(hub, "org/lens-transcoders", tmp_path / "tcs")
+    [info] = saekit.register("lens-tc", "hf://org/lens-transcoders/layer_*", alias="candidate")  # a glob: a list
+    assert info.tags["saekit.layers"] == "1,4,11" and info.tags["saekit.source"] == f"hf://org/lens-transcoders@{commit}/layer_*"
+    got = saekit.load("lens-tc@candidate")
+    x = torch.randn(6, 7)
+    with torch.no_grad():
+        for layer, lens in made.items():
+            torch.testing.assert_close(got[layer](x), lens(x), rtol=1e-5, atol=1e-5)
+    assert got.model_name == "org/tiny-lm" and got[4].hook_out == "blocks.4.hook_mlp_out"
+    [again] = saekit.register("lens-tc", "hf://org/lens-transcoders/layer_*")
+    assert again.version == info.version and "candidate" in info.aliases
