@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     trace = rm.trace(tokens)
     graph = attribute(rm, tokens, trace=trace)
     target = tok.decode([int(graph.logit_tokens[0])])
-    machine = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "platform": platform.platform(), "python": platform.python_version(), "device": "cpu"}
     date = dt.datetime.now(dt.timezone.utc)
     result = {

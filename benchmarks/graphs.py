@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "graphs", "title": "Attribution graphs (`saekit graph`) on SmolLM2-135M-Instruct",
         "command": "python3 benchmarks/graphs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "platform": platform.platform(), "python": platform.python_version(), "device": "cpu"},
         "date": date.isoformat(timespec="seconds"), "loadavg_1m": load_start[0],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],

@@ -140,7 +140,7 @@ def attribute(
         raise InputError(f"{n_feat} active features make a {n_nodes} x {n_nodes} adjacency "
                          f"({n_nodes * n_nodes * 4 / 2**30:.1f} GiB, more than {MAX_ADJACENCY_BYTES / 2**30:.0f}); "
                          "use a shorter prompt", where="prompt")
-    token_start, logit_start = n_feat + n_err, n_feat + n_err + n_pos
+    logit_start = n_feat + n_err + n_pos
 
     # Sources: decoder rows scaled by activations, grouped by layer; errors; embeddings.
     dec_vecs = torch.zeros(n_feat, rm.d_model)

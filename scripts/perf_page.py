@@ -318,8 +318,25 @@ def annotations(name: str, d: dict) -> str:
     return out
 
 
+def graphs(name: str, d: dict) -> str:
+    m = d["machine"]
+    machine = f"{m['cpu']}, {m['cores']} CPUs, {m['platform']}, Python {m['python']}"
+    load = f"{_load(d['loadavg_1m'])} at start, {_load(d['load_average_at_end'])} at end"
+    out = f"## {d['title']}\n\n" + _where(name, d["command"], machine, d["date"], load)
+    out += (f"\nTranscoders: {d['transcoders']}; backward batch {d['batch_size']}. One fresh process per row; "
+            "`graph MiB` is how much the graph raised the process's peak resident memory above the model and set "
+            "loaded. Ratios against the 16-token graph over every layer.\n\n")
+    head = ["tokens", "layers covered", "active features", "nodes", "s (trace / edges / pruning)", "peak MiB",
+            "graph MiB", "files MiB", "time ratio", "memory ratio"]
+    rows = [[r["tokens"], r["layers_covered"], r["active_features"], r["nodes"],
+             f"{_num(r['seconds'])} ({_num(r['trace_s'])} / {_num(r['attribution_s'])} / {_num(r['pruning_and_scores_s'])})",
+             r["peak_rss_mib"], r["graph_rss_mib"], r["files_mib"], r["time_ratio"], r["graph_memory_ratio"]]
+            for r in d["runs"]]
+    return out + _table(head, rows)
+
+
 RENDERERS: dict[str, Callable[[str, dict], str]] = {"matching": matching, "load": load, "registry_load": registry_load,
-                                                    "browser": browser, "annotations": annotations}
+                                                    "browser": browser, "annotations": annotations, "graphs": graphs}
 
 
 # --- the headline table ------------------------------------------------------------------
@@ -372,12 +389,23 @@ def _load_speed(d: dict) -> tuple[str, str, str, str]:
             f"SAELens `load_from_disk` {_num(theirs)}", _speedup(theirs, ours))
 
 
+def _graph_row(d: dict) -> tuple[str, str, str, str]:
+    runs = [r for r in d["runs"] if r["layers_covered"] == max(x["layers_covered"] for x in d["runs"])]
+    big = max(runs, key=lambda r: r["tokens"])
+    small = min(runs, key=lambda r: r["tokens"])
+    return (f"Attribution graph on SmolLM2-135M, {big['tokens']}-token prompt ({big['active_features']:,} active "
+            f"features), s / peak MiB", f"{_num(big['seconds'])} / {big['peak_rss_mib']:,}",
+            f"{small['tokens']}-token prompt {_num(small['seconds'])} / {small['peak_rss_mib']:,}",
+            f"{big['seconds'] / small['seconds']:.2f}x the time")
+
+
 # (which result files hold the measure, how to read it: measure, saekit, compared with, ratio)
 HEADLINES: list[tuple[Callable[[dict], bool], Callable[[dict], tuple[str, str, str, str]]]] = [
     (lambda d: "cards_cost" in d and "median_ratio_after" in d["cards_cost"], _check_cost),
     (lambda d: d.get("benchmark") == "load", _load_speed),
     (lambda d: "jsonschema" in d and d["card"]["token_ids"], _cards_validate),
     (lambda d: "saedashboard" in d.get("runs", {}), _dashboard),
+    (lambda d: d.get("benchmark") == "graphs", _graph_row),
     (lambda d: "shapes" in d and "env" in d, lambda d: _kernel_rows(d, "saelens", "SAELens")),
     (lambda d: "shapes" in d and "env" in d, lambda d: _kernel_rows(d, "sparsify", "sparsify")),
 ]
