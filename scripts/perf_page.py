@@ -396,7 +396,7 @@ def _graph_row(d: dict) -> tuple[str, str, str, str]:
     return (f"Attribution graph on SmolLM2-135M, {big['tokens']}-token prompt ({big['active_features']:,} active "
             f"features), s / peak MiB", f"{_num(big['seconds'])} / {big['peak_rss_mib']:,}",
             f"{small['tokens']}-token prompt {_num(small['seconds'])} / {small['peak_rss_mib']:,}",
-            f"{big['seconds'] / small['seconds']:.2f}x the time")
+            f"{big['seconds'] / small['seconds']:.2f}x its time")
 
 
 # (which result files hold the measure, how to read it: measure, saekit, compared with, ratio)
