@@ -146,7 +146,7 @@ def main() -> None:
 
     from saekit.harness.record import _cpu_name
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)  # the plain pass's; the checks get --threads
     tmp = Path(tempfile.mkdtemp(prefix="check_cost_"))
     sae_dir = args.sae or reference_sae(tmp / "sae")
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", args.before], check=True, capture_output=True,
