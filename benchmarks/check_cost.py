@@ -76,7 +76,6 @@ def before_python(commit: str, where: Path) -> str:
 
 def plain_fwd_bwd(args) -> float:
     """Seconds of one forward+backward of the LM over the check's windows (weights frozen)."""
-    import torch
     import torch.nn.functional as F
 
     from saekit.harness.datasets import token_set

@@ -87,7 +87,8 @@ def cards_cost(args) -> dict:
     import torch.nn.functional as F
 
     from saekit.harness.activations import spliced
-    from saekit.harness.cards import NEGATIVE_EXAMPLES, build_cards, select_latents
+    from saekit.harness.cards import build_cards, select_latents
+    from saekit.schemas.benchmark import DEFAULT_NEGATIVE_EXAMPLES
     from saekit.harness.downstream import exact_ablations
     from saekit.harness.sweep import sweep
     from saekit.harness.dist import configure_threads
@@ -120,7 +121,7 @@ def cards_cost(args) -> dict:
     def cards(windows: bool) -> dict:
         t = time.perf_counter()
         st = sweep(sae, model, ts, hook_name=hook, batch_size=bs, special=special, metrics=False, windows=windows,
-                   negatives=NEGATIVE_EXAMPLES).stats
+                   negatives=DEFAULT_NEGATIVE_EXAMPLES).stats
         t_pass = time.perf_counter() - t
         t = time.perf_counter()
         build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="bench"), hook_name=hook,

@@ -50,7 +50,8 @@ def saekit_child(tokens_path: str, out: str, threads: int) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from saekit.harness.cards import NEGATIVE_EXAMPLES, build_cards
+    from saekit.harness.cards import build_cards
+    from saekit.schemas.benchmark import DEFAULT_NEGATIVE_EXAMPLES
     from saekit.harness.sweep import sweep
     from saekit.harness.model import load_lm
     from saekit.harness.text import special_token_ids, token_set
@@ -68,7 +69,7 @@ def saekit_child(tokens_path: str, out: str, threads: int) -> None:
     t_load = time.perf_counter() - t0
     t = time.perf_counter()
     st = sweep(sae, model, ts, hook_name=f"model.layers.{LAYER}", batch_size=4, special=special, metrics=False,
-               negatives=NEGATIVE_EXAMPLES).stats
+               negatives=DEFAULT_NEGATIVE_EXAMPLES).stats
     cards = build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="bench"), hook_name=f"model.layers.{LAYER}",
                         latents=list(range(sae.cfg.d_sae)), batch_size=4)
     t_run = time.perf_counter() - t

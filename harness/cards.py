@@ -34,13 +34,10 @@ from saekit.schemas import (
     LogitEffects,
     SAERef,
 )
+from saekit.schemas.benchmark import DEFAULT_NEGATIVE_EXAMPLES, DEFAULT_QUANTILE_EXAMPLES
 from saekit.schemas.console import Progress
 from saekit.schemas.version import __version__
 
-QUANTILE_EXAMPLES = 15
-# With 5 top examples: 20 activating examples per card, enough for an explainer to see 10
-# and a scorer to hold out the rest (issue 21); and this many windows where the latent is zero
-NEGATIVE_EXAMPLES = 20
 NEGATIVE_TOKENS = 32  # tokens of each non-activating window (SAEBench's are 2 x buffer + 1 = 21)
 CARD_BLOCK = 64  # latents per logit-effect product; ranks take whole blocks
 
@@ -234,8 +231,8 @@ def build_cards(
     exact: dict[int, dict[str, Any]] | None = None,
     attribution: bool = True,
     n_examples: int = 5,
-    n_quantile_examples: int = QUANTILE_EXAMPLES,
-    n_negative_examples: int = NEGATIVE_EXAMPLES,
+    n_quantile_examples: int = DEFAULT_QUANTILE_EXAMPLES,
+    n_negative_examples: int = DEFAULT_NEGATIVE_EXAMPLES,
     negative_tokens: int = NEGATIVE_TOKENS,
     right_context: int = 8,
     n_logits: int = 10,

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from saekit.harness import gate as gate_mod
 from saekit.harness.activations import ShardActivationSource
 from saekit.harness.annotations import merge_annotations, read_annotations
-from saekit.harness.cards import NEGATIVE_EXAMPLES, QUANTILE_EXAMPLES, build_cards, select_latents
+from saekit.harness.cards import build_cards, select_latents
 from saekit.harness.datasets import pinned_dataset, sae_dataset, token_set
 from saekit.harness.dist import (
     broadcast_object,
@@ -68,20 +68,22 @@ from saekit.schemas import (
     Timings,
     safeio,
 )
-from saekit.schemas.benchmark import read_records
+from saekit.schemas.benchmark import (
+    DEFAULT_BATCH,
+    DEFAULT_CARDS,
+    DEFAULT_CONTEXT,
+    DEFAULT_DOWNSTREAM,
+    DEFAULT_EXAMPLES,
+    DEFAULT_NEGATIVE_EXAMPLES,
+    DEFAULT_QUANTILE_EXAMPLES,
+    DEFAULT_TOKENS,
+    read_records,
+)
 from saekit.schemas.card_files import card_line, write_lines
 from saekit.schemas.console import say
 from saekit.schemas.errors import first_problem
 from saekit.schemas.settings import current
 from saekit.schemas.version import __version__
-
-DEFAULT_TOKENS = 8192
-DEFAULT_CONTEXT = 128
-DEFAULT_BATCH = 4
-DEFAULT_CARDS = "all"  # a card for every latent (or a number: the N most active)
-DEFAULT_DOWNSTREAM = 16  # exact ablation for the N most active latents ('all' on request);
-# every latent's card carries the attribution estimate of the same effect
-DEFAULT_EXAMPLES = 5
 
 # what a check on the language model uses where its config leaves a field unset
 # (the dataset: the SAE's dataset_path, else DEFAULT_CORPUS)
@@ -399,8 +401,8 @@ def _run(
     phases["tokenize"] = time.perf_counter() - t
 
     say(f"evaluating on {tokens.n_tokens} tokens ({tokens.source}, {tokens.split} split) at {hook}")
-    n_quant, n_neg = (QUANTILE_EXAMPLES if cards_cfg.n_quantile_examples is None else cards_cfg.n_quantile_examples,
-                      NEGATIVE_EXAMPLES if cards_cfg.n_negative_examples is None else cards_cfg.n_negative_examples)
+    n_quant, n_neg = (DEFAULT_QUANTILE_EXAMPLES if cards_cfg.n_quantile_examples is None else cards_cfg.n_quantile_examples,
+                      DEFAULT_NEGATIVE_EXAMPLES if cards_cfg.n_negative_examples is None else cards_cfg.n_negative_examples)
     t = time.perf_counter()
     special = torch.tensor(special_token_ids(tok), dtype=torch.long)
     swept = sweep(sae_dev, model, tokens, hook_name=hook, batch_size=batch_size, special=special,

@@ -142,6 +142,7 @@ def test_cards_from_captured_windows_equal_cards_from_rerun_windows(real_sae_dir
     partial last one."""
     from saekit.harness import cards as C
     from saekit.harness import sweep as S
+    from saekit.schemas.benchmark import DEFAULT_NEGATIVE_EXAMPLES
     from saekit.harness.downstream import exact_ablations
     from saekit.harness.model import load_lm
     from saekit.harness.text import special_token_ids, token_set
@@ -157,7 +158,7 @@ def test_cards_from_captured_windows_equal_cards_from_rerun_windows(real_sae_dir
 
     def cards() -> tuple[bool, list[str]]:
         st = S.sweep(sae, model, ts, hook_name=hook, batch_size=3, special=special, metrics=False, k=3,
-                     negatives=C.NEGATIVE_EXAMPLES).stats
+                     negatives=DEFAULT_NEGATIVE_EXAMPLES).stats
         latents = C.select_latents(st.fire_count, 12)
         exact = exact_ablations(sae, model, ts, st, latents[:2], hook_name=hook, batch_size=3, special=special)
         out = C.build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="t"), hook_name=hook, latents=latents,
