@@ -330,20 +330,9 @@ def run_check(
             torch.set_num_threads(threads_before)
 
 
-def _run(
-    config: CheckConfig, policy: GatePolicy | Path | str | None, out_dir: Path | None, log: bool,
-    annotations: Path | None, loader: Callable[[str], Any] | None, expect_sha: str | None,
-) -> CheckResult:
-    import torch
-
-    ref = config.sae_ref
-    assert ref is not None
-    t_start = time.perf_counter()
-    phases: dict[str, float] = {}
-    pol = gate_mod.load_policy(policy)
-    torch.manual_seed(config.seed)
-
-    t = time.perf_counter()
+def _load_sae(ref: str, config: CheckConfig, loader: Callable[[str], Any] | None,
+              expect_sha: str | None) -> tuple[Any, str]:
+    """The SAE and the hook it is checked at; refused in one line when it cannot be."""
     say(f"check {ref}: loading the SAE")
     sae = (loader or _load)(ref)
     if expect_sha and sae.ref and sae.ref.sha256 and sae.ref.sha256 != expect_sha:
@@ -356,23 +345,12 @@ def _run(
     if sae.cfg.hook_head_index is not None:  # one head's slice of the hook: never read the whole hook instead
         raise InputError(f"the SAE reads head {sae.cfg.hook_head_index} of {hook} (hook_head_index), which the "
                          "check does not support", where=ref)
-    phases["load_sae"] = time.perf_counter() - t
+    return sae, hook
 
-    if config.activations is not None:
-        return _run_shards(sae, config, pol, out_dir, log, phases, t_start)
 
-    config = config.model_copy(update={k: v for k, v in _LM_DEFAULTS.items() if getattr(config, k) is None})
-    if not config.exclude_special_tokens:
-        raise InputError("the check always leaves special tokens out of its metrics (SAELens' evals)",
-                         where="exclude_special_tokens")
-    cards_cfg = config.cards or CardsConfig()
-    # read before any model work, so a bad file costs nothing and writes nothing
-    notes = read_annotations(annotations) if annotations is not None and cards_cfg.enabled else None
-    dataset = config.corpus or sae_dataset(sae.cfg) or DEFAULT_CORPUS
-    dataset = pinned_dataset(dataset)  # a bad, missing or unreachable dataset fails before the model loads
-    downstream = config.downstream
-    batch_size = config.batch_size
-    assert batch_size is not None and config.n_tokens is not None and config.context_size is not None
+def _load_lm_and_tokens(sae: Any, config: CheckConfig, dataset: str, phases: dict[str, float]) -> tuple:
+    """(model, tokenizer, the SAE on the model's device and dtype, the token set)."""
+    import torch
 
     t = time.perf_counter()
     mid = config.model_id
@@ -400,6 +378,44 @@ def _run(
     )
     phases["tokenize"] = time.perf_counter() - t
 
+    return model, tok, sae_dev, tokens
+
+
+def _run(
+    config: CheckConfig, policy: GatePolicy | Path | str | None, out_dir: Path | None, log: bool,
+    annotations: Path | None, loader: Callable[[str], Any] | None, expect_sha: str | None,
+) -> CheckResult:
+    import torch
+
+    ref = config.sae_ref
+    assert ref is not None
+    t_start = time.perf_counter()
+    phases: dict[str, float] = {}
+    pol = gate_mod.load_policy(policy)
+    torch.manual_seed(config.seed)
+
+    t = time.perf_counter()
+    sae, hook = _load_sae(ref, config, loader, expect_sha)
+    phases["load_sae"] = time.perf_counter() - t
+
+    if config.activations is not None:
+        return _run_shards(sae, config, pol, out_dir, log, phases, t_start)
+
+    config = config.model_copy(update={k: v for k, v in _LM_DEFAULTS.items() if getattr(config, k) is None})
+    if not config.exclude_special_tokens:
+        raise InputError("the check always leaves special tokens out of its metrics (SAELens' evals)",
+                         where="exclude_special_tokens")
+    cards_cfg = config.cards or CardsConfig()
+    # read before any model work, so a bad file costs nothing and writes nothing
+    notes = read_annotations(annotations) if annotations is not None and cards_cfg.enabled else None
+    dataset = config.corpus or sae_dataset(sae.cfg) or DEFAULT_CORPUS
+    dataset = pinned_dataset(dataset)  # a bad, missing or unreachable dataset fails before the model loads
+    downstream = config.downstream
+    batch_size = config.batch_size
+    assert batch_size is not None and config.n_tokens is not None and config.context_size is not None
+
+    model, tok, sae_dev, tokens = _load_lm_and_tokens(sae, config, dataset, phases)
+    info = model.saekit_info
     say(f"evaluating on {tokens.n_tokens} tokens ({tokens.source}, {tokens.split} split) at {hook}")
     n_quant, n_neg = (DEFAULT_QUANTILE_EXAMPLES if cards_cfg.n_quantile_examples is None else cards_cfg.n_quantile_examples,
                       DEFAULT_NEGATIVE_EXAMPLES if cards_cfg.n_negative_examples is None else cards_cfg.n_negative_examples)
@@ -426,34 +442,12 @@ def _run(
     if sae_ref is None:
         sae_ref = SAERef(name=Path(ref).name or "sae", d_sae=sae.cfg.d_sae)
 
-    cards_path = None
-    n_cards = 0
-    agree: dict[str, float] = {}
+    cards_path, n_cards, agree = None, 0, {}
     if cards_cfg.enabled:
-        stats = swept.stats
-        t = time.perf_counter()
-        down = select_latents(stats.fire_count, _n_latents(cards_cfg.downstream_latents)) if downstream else []
-        down = [L for L in down if int(stats.fire_count[L]) > 0]
-        exact = exact_ablations(sae_dev, model, tokens, stats, down, hook_name=hook, batch_size=batch_size,
-                                special=special, distributed=True) if down else {}
-        agree = agreement([exact[L]["delta"] / max(exact[L]["n"], 1) for L in down],
-                          [exact[L]["attr"] / max(exact[L]["n"], 1) for L in down]) if down else {}
-        phases["ablation"] = time.perf_counter() - t
-        t = time.perf_counter()
-        card_list = build_cards(  # every rank builds and serializes its share
-            sae_dev, model, tok, stats, tokens, sae_ref=sae_ref, hook_name=hook,
-            latents=select_latents(stats.fire_count, _n_latents(cards_cfg.latents)), batch_size=batch_size,
-            exact=exact, attribution=downstream, n_examples=cards_cfg.n_examples, n_quantile_examples=n_quant,
-            n_negative_examples=n_neg, distributed=True,
-        )
-        if notes is not None:
-            card_list, _ = merge_annotations(card_list, notes)
-        parts = gather_to_root([(c.index, card_line(c)) for c in card_list])
-        if parts is not None:  # rank 0 writes them in index order
-            rows = sorted(row for part in parts for row in part)
-            cards_path = write_lines(out / "feature_cards.jsonl", (line for _, line in rows))
-            n_cards = len(rows)
-        phases["cards"] = time.perf_counter() - t
+        cards_path, n_cards, agree = _cards(
+            sae_dev, model, tok, swept.stats, tokens, cards_cfg, sae_ref=sae_ref, hook=hook, batch_size=batch_size,
+            downstream=downstream, special=special, n_quant=n_quant, n_neg=n_neg, notes=notes, out=out,
+            phases=phases)
 
     # what the check resolved, recorded in its config
     config = config.model_copy(update={
@@ -486,6 +480,41 @@ def _run(
     if rank != 0:  # rank 0 writes and logs
         return CheckResult(record=record, verdict=None, record_path=out / "eval.json", cards_path=None, rank=rank)
     return _finish(record, pol, out, cards_path, log, sae, record_metrics(record), eval_id)
+
+
+def _cards(
+    sae: Any, model: Any, tok: Any, stats: Any, tokens: Any, cards_cfg: CardsConfig, *, sae_ref: Any, hook: str,
+    batch_size: int, downstream: bool, special: Any, n_quant: int, n_neg: int, notes: dict | None, out: Path,
+    phases: dict[str, float],
+) -> tuple[Path | None, int, dict[str, float]]:
+    """The stages after the sweep: downstream effects (exact ablation of the chosen latents and
+    its agreement with attribution), card assembly, annotations; rank 0 writes the cards.
+    Returns (cards file or None on other ranks, cards written, agreement)."""
+    t = time.perf_counter()
+    down = select_latents(stats.fire_count, _n_latents(cards_cfg.downstream_latents)) if downstream else []
+    down = [L for L in down if int(stats.fire_count[L]) > 0]
+    exact = exact_ablations(sae, model, tokens, stats, down, hook_name=hook, batch_size=batch_size,
+                            special=special, distributed=True) if down else {}
+    agree = agreement([exact[L]["delta"] / max(exact[L]["n"], 1) for L in down],
+                      [exact[L]["attr"] / max(exact[L]["n"], 1) for L in down]) if down else {}
+    phases["ablation"] = time.perf_counter() - t
+    t = time.perf_counter()
+    card_list = build_cards(  # every rank builds and serializes its share
+        sae, model, tok, stats, tokens, sae_ref=sae_ref, hook_name=hook,
+        latents=select_latents(stats.fire_count, _n_latents(cards_cfg.latents)), batch_size=batch_size,
+        exact=exact, attribution=downstream, n_examples=cards_cfg.n_examples, n_quantile_examples=n_quant,
+        n_negative_examples=n_neg, distributed=True,
+    )
+    if notes is not None:
+        card_list, _ = merge_annotations(card_list, notes)
+    parts = gather_to_root([(c.index, card_line(c)) for c in card_list])
+    cards_path, n_cards = None, 0
+    if parts is not None:  # rank 0 writes them in index order
+        rows = sorted(row for part in parts for row in part)
+        cards_path = write_lines(out / "feature_cards.jsonl", (line for _, line in rows))
+        n_cards = len(rows)
+    phases["cards"] = time.perf_counter() - t
+    return cards_path, n_cards, agree
 
 
 def _run_shards(
