@@ -11,8 +11,9 @@ a card for every latent, the check's default 16 exact ablations.
 In one process, each repeat alternating: the plain forward+backward of the LM over the
 check's own windows (weights frozen, the embedding output the leaf, so the backward runs
 through every layer), then ``saekit check`` with the code of ``--before`` (a commit, checked
-out into a temporary git worktree with its own editable install), then with this
-checkout's. A check's cost is the sum of its record's phases over the tokens (the pass(es),
+out into a temporary git worktree with its own editable install); then the plain pass again
+and the check with this checkout's code. Each check's ratio is to the plain pass just before
+it (the machine may be shared: the load average is recorded beside each). A check's cost is the sum of its record's phases over the tokens (the pass(es),
 weight metrics, exact ablations, cards): model loading and tokenizing are left out, as the
 plain pass has them outside its timing too. Every run uses the same torch thread count.
 
@@ -159,11 +160,12 @@ def main() -> None:
     runs = []
     try:
         for rep in range(args.repeats):
-            row = {"load_before": load(), "plain_fwd_bwd_s": round(plain_fwd_bwd(args), 2)}
-            for name, py, cwd in (("before", py_before, "/"), ("after", sys.executable, "/")):
-                row[f"load_before_{name}"] = load()
-                row[name] = run_check(py, sae_dir, tmp / f"{name}{rep}", args, cwd)
-                row[name]["ratio"] = round(row[name]["cost_s"] / row["plain_fwd_bwd_s"], 3)
+            row = {}
+            for name, py in (("before", py_before), ("after", sys.executable)):
+                # the plain pass right before each check, so the two see the same load
+                row[name] = {"load_before": load(), "plain_fwd_bwd_s": round(plain_fwd_bwd(args), 2)}
+                row[name].update(run_check(py, sae_dir, tmp / f"{name}{rep}", args, "/"))
+                row[name]["ratio"] = round(row[name]["cost_s"] / row[name]["plain_fwd_bwd_s"], 3)
             row["load_after"] = load()
             row["outputs"] = compare(tmp / f"before{rep}", tmp / f"after{rep}")
             runs.append(row)
