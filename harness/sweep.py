@@ -21,7 +21,7 @@ a hook elsewhere (the embedding, the final norm) runs the full forward for each 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from saekit.harness.activations import _Stop, captured, spliced
@@ -121,7 +121,6 @@ class Sweep:
     """Every latent's statistics, reduced over the ranks (None without ``cards``)."""
     batches: int = 0
     """Batches in the token set (all ranks)."""
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 def sweep(
@@ -207,6 +206,4 @@ def sweep(
             bar.update()
     if sums is not None:
         sums.all_reduce(n_batches, len(SUMS) + 2 * d_in)
-    counts = {"batches": n_batches, "rows": n_rows}
-    return Sweep(sums=sums, stats=stats.all_reduce() if stats is not None else None, batches=n_batches,
-                 counts=counts)
+    return Sweep(sums=sums, stats=stats.all_reduce() if stats is not None else None, batches=n_batches)
