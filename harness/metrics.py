@@ -157,9 +157,10 @@ def per_token_ce(logits: Any, tokens: Any, *, logp: Any = None) -> Any:
     return -logp[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
 
 
-def per_token_kl(lp_clean: Any, lp_new: Any) -> Any:
-    """KL(p_clean || p_new) per position [b, ctx] from log-probs (sae_lens evals._kl)."""
-    return (lp_clean.exp() * (lp_clean - lp_new)).sum(-1)
+def per_token_kl(lp_clean: Any, lp_new: Any, *, p_clean: Any = None) -> Any:
+    """KL(p_clean || p_new) per position [b, ctx] from log-probs (sae_lens evals._kl);
+    ``p_clean``: lp_clean.exp() when already computed."""
+    return ((lp_clean.exp() if p_clean is None else p_clean) * (lp_clean - lp_new)).sum(-1)
 
 
 # --- per-batch sums ----------------------------------------------------------------------
@@ -225,13 +226,14 @@ def downstream_sums(row: Any, toks: Any, mask: Any, lp_clean: Any, lp_sae: Any, 
     ce_clean = per_token_ce(None, toks, logp=lp_clean)
     ce_sae = per_token_ce(None, toks, logp=lp_sae)
     ce_abl = per_token_ce(None, toks, logp=lp_abl)
+    p_clean = lp_clean.exp()
     # per-token values in float32 (as sae-lens), sums over tokens in float64
     got = {
         "ce_without": float(ce_clean[m_ce].double().sum()),
         "ce_with": float(ce_sae[m_ce].double().sum()),
         "ce_abl": float(ce_abl[m_ce].double().sum()),
-        "kl_with": float(per_token_kl(lp_clean, lp_sae)[mask].double().sum()),
-        "kl_abl": float(per_token_kl(lp_clean, lp_abl)[mask].double().sum()),
+        "kl_with": float(per_token_kl(lp_clean, lp_sae, p_clean=p_clean)[mask].double().sum()),
+        "kl_abl": float(per_token_kl(lp_clean, lp_abl, p_clean=p_clean)[mask].double().sum()),
         "n_ce": int(m_ce.sum()),
         "n_kl": int(mask.sum()),
     }

@@ -233,3 +233,19 @@ def test_cards_negative_windows_are_zero_throughout_on_a_rerun(real_sae_dir):
             at = [r for r, ids in enumerate(rows) if any(ids[s:s + 12] == ex.token_ids for s in range(21))]
             assert at and any(float(dense[r, :, c.index].max()) == 0.0 for r in at)
         assert len({tuple(ex.token_ids) for ex in c.negative_examples}) == 5
+
+
+def test_attribution_of_wide_codes_equals_the_per_entry_dot_products():
+    """Wide codes (JumpReLU, ReLU) take one product with every decoder row, narrow ones (TopK)
+    gather their k rows: both give -a * (W_dec[i] . g) per code entry."""
+    from saekit.harness.latent_stats import attribution
+
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(64, 24, generator=g)
+    grad = torch.randn(10, 24, generator=g)
+    for k in (2, 8):  # 64 > 16 * 2: gathered rows; 64 <= 16 * 8: one product
+        idx = torch.randint(0, 64, (10, k), generator=g)
+        vals = torch.rand(10, k, generator=g)
+        want = torch.stack([torch.stack([-vals[n, j] * (W[idx[n, j]].double() @ grad[n].double()).float()
+                                         for j in range(k)]) for n in range(10)])
+        torch.testing.assert_close(attribution(vals, idx, W, grad), want, rtol=1e-5, atol=1e-6)
