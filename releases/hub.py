@@ -119,7 +119,7 @@ def download_sae(ref: Ref) -> tuple[Path, dict, str]:
         raise IntegrityError(f"{SUMS} missing: not a saekit release", where=where)
     sums = parse_sums(_cached_blob(root, SUMS, where), where=where)
     wanted = [RELEASE_JSON] + sorted(p for p in sums if p.startswith(f"{sae_id}/"))
-    if f"{sae_id}/cfg.json" not in sums:
+    if f"{sae_id}/cfg.json" not in sums and f"{sae_id}/set.json" not in sums:  # an SAE, or a transcoder set
         raise NotFoundError(f"no SAE folder {sae_id!r} in {repo}@{rev}", where=where)
     stage = Path(tempfile.mkdtemp(prefix="saekit-hf-"))
     try:
@@ -175,11 +175,17 @@ def load_hf(ref: Ref) -> SAE:
 
     folder, release, commit = download_sae(ref)
     try:
-        saes = release.get("saes")
+        saes = release.get("saes") or release.get("sets")  # sets: saekit.releases.transcoder_release
         entry = next((s for s in saes if isinstance(s, dict) and s.get("sae_id") == ref.sae_id), None) \
             if isinstance(saes, list) else None
         if entry is None or not isinstance(entry.get("sha256"), str):
             raise NotFoundError(f"release.json lists no SAE {ref.sae_id!r}", where=ref.text)
+        if (folder / "set.json").is_file():
+            from saekit.registry.transcoder_set import load_set
+
+            sae = load_set(folder, expected_sha256=entry["sha256"])
+            sae.ref = SAERef(name=ref.sae_id, version=commit, sha256=entry["sha256"])
+            return sae
         sae = load_artifact(folder, expected_sha256=entry["sha256"])
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)
