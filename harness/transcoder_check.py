@@ -249,6 +249,8 @@ def check_set(
     from saekit.schemas.card_files import write_cards
     from saekit.schemas.settings import current
 
+    if out_dir is not None:  # a link planted in --out fails now, not after the passes
+        safeio.check_writable(Path(out_dir) / "eval.json")
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
     torch.manual_seed(seed)
