@@ -16,8 +16,8 @@ saekit, circuit-tracer and SAELens read.
     <set_id>/eval.json               the set's check record
     <set_id>/circuit-tracer/config.yaml, layer_{i}.safetensors
                                      circuit-tracer's layout (saekit.registry.transcoder_formats
-                                     .circuit_tracer_files), when the set has layers 0..n-1 with
-                                     one pair of hooks; config.yaml lists no paths, so
+                                     .circuit_tracer_files), when the set has layers 0..n-1 of one
+                                     width with one pair of hooks; config.yaml lists no paths, so
                                      circuit-tracer's ``load_transcoder_from_hub(
                                      "ORG/REPO/<set_id>/circuit-tracer@<tag>")`` finds the layer
                                      files beside it (circuit_tracer/utils/hf_utils.py
@@ -110,7 +110,11 @@ def build_set_release(
             if safeio.exists(check_dir, f"layer_{i}/feature_cards.jsonl"):
                 safeio.copy_file(check_dir, f"layer_{i}/feature_cards.jsonl", root / f"layer_{i}" / "feature_cards.jsonl")
         ct_note = None
+        widths = sorted({tset[i].d_sae for i in tset.layers})
         try:
+            if len(widths) > 1:  # circuit_tracer/transcoder/single_layer_transcoder.py TranscoderSet.__init__
+                raise InputError(f"circuit-tracer needs one width for every layer (this set has {widths})",
+                                 where=repr(tset))
             files = circuit_tracer_files(tset, scan=f"{hub_repo}/{set_id}/{CT_FOLDER}")
         except InputError as err:
             ct_note = f"no circuit-tracer layout: {err.message}"

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 REPO = "saekit-test/smollm2-tc"
 
 
-def _set(archs=("skip_transcoder", "transcoder")) -> TranscoderSet:
-    return TranscoderSet({i: make_transcoder(a, d_in=576, d_sae=24 + 5 * i, d_out=576, k=3, seed=10 + i,
+def _set(archs=("skip_transcoder", "transcoder"), widths=(29, 29)) -> TranscoderSet:
+    return TranscoderSet({i: make_transcoder(a, d_in=576, d_sae=widths[i], d_out=576, k=3, seed=10 + i,
                                               hook=f"model.layers.{i}.mlp", model=DEFAULT_MODEL_ID)
                           for i, a in enumerate(archs)})
 
@@ -84,7 +84,7 @@ def test_build_publish_and_load_back(hub, tmp_path):
     xs = tmp_path / "x.safetensors"
     from safetensors.torch import load_file, save_file
 
-    save_file({f"x_{i}": x for i in (0, 1)}, xs)
+    save_file({f"x_{i}": x.clone() for i in (0, 1)}, xs)
     script = (
         "import sys, torch\nfrom safetensors.torch import load_file, save_file\n"
         "from circuit_tracer.utils.hf_utils import load_transcoder_from_hub\n"
@@ -109,16 +109,17 @@ def _peer_python() -> str:
 
 def test_topk_set_and_refusals(tmp_path):
     """A TopK set (what saekit trains) has no SAELens class: the release says so and writes
-    no pretrained_saes.yaml; a record of another set, or a non-empty --out, is refused."""
+    no pretrained_saes.yaml; layers of two widths get no circuit-tracer layout (circuit-tracer
+    refuses them); a record of another set, or a non-empty --out, is refused."""
     from saekit.releases.transcoder_release import build_set_release
     from saekit.schemas import GateFailedError, InputError
 
-    ref, chk = _checked("tc-topk", _set(("topk_transcoder", "topk_transcoder")), tmp_path)
+    ref, chk = _checked("tc-topk", _set(("topk_transcoder", "topk_transcoder"), widths=(24, 31)), tmp_path)
     out = build_set_release(ref, tmp_path / "rel", check_dir=chk, hub_repo=REPO)
     s = json.loads((out / "release.json").read_text())["sets"][0]
     assert not s["saelens"] and not (out / "pretrained_saes.yaml").exists()
-    assert "topk_transcoder" in s["notes"][0]
-    assert s["circuit_tracer"]  # written, k stored as activation_function.k
+    assert s["circuit_tracer"] is None and not (out / "tc-topk" / "circuit-tracer").exists()
+    assert "one width for every layer" in s["notes"][0] and "topk_transcoder" in s["notes"][1]
     with pytest.raises(InputError, match="not an empty folder"):
         build_set_release(ref, out, check_dir=chk, hub_repo=REPO)
     other = saekit.register("tc-other", _set(("transcoder", "transcoder")))
