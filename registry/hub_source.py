@@ -76,14 +76,17 @@ _GLOB = re.compile(r"[*?\[]")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 # SAELens catalogue entries whose files are a layout read here: its own folders (no
 # conversion) and Gemma Scope's params.npz ("gemma_2", sae_lens/loading/pretrained_sae_loaders.py).
-_CONVERSIONS_READ = (None, "gemma_2")
+_CONVERSIONS_READ = (None, "gemma_2", "gemma_2_transcoder", "mwhanna_transcoder")
+# SAELens releases of per-layer transcoders stored as a circuit-tracer set (config.yaml +
+# layer_{i}.safetensors at the repo root): saekit registers the whole set, ``saelens:RELEASE/*``.
+_SET_CONVERSIONS = ("mwhanna_transcoder",)
 # SAELens v6 cfg.json keys outside ``metadata`` (sae_lens/saes/sae.py SAEConfig fields).
-_V6_TOP_LEVEL = ("architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
+_V6_TOP_LEVEL = ("architecture", "d_in", "d_sae", "d_out", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
                  "reshape_activations", "k", "rescale_acts_by_decoder_norm")
 _OPENAI_SUFFIXES = (".pt", ".pth", ".bin")
 # Gemma Scope folder names (google/gemma-scope-*): layer_N/width_W/average_l0_L.
 _GEMMASCOPE_DIR = re.compile(r"(?:^|/)layer_(?P<layer>\d+)/width_(?P<width>\d+)(?P<unit>[km]?)/average_l0_(?P<l0>\d+)$")
-_GEMMASCOPE_REPO = re.compile(r"gemma-scope-(?P<size>2b|9b|27b)-(?P<kind>pt|it)-(?P<site>res|mlp|att)")
+_GEMMASCOPE_REPO = re.compile(r"gemma-scope-(?P<size>2b|9b|27b)-(?P<kind>pt|it)-(?P<site>res|mlp|att|transcoders)")
 
 
 class HubSourceError(SaekitError, OSError):
@@ -287,6 +290,12 @@ def lookup_saelens(release: str, sae_id: str, *, catalogue: str | os.PathLike | 
     entry = data.get(release)
     if not isinstance(entry, dict) or "repo_id" not in entry:
         raise NotFoundError(f"no release {release!r} in SAELens' pretrained_saes.yaml", where=where)
+    if entry.get("conversion_func") in _SET_CONVERSIONS:
+        if sae_id != "*":
+            raise InputError(f"release {release!r} is a transcoder set (config.yaml + layer files); register it "
+                             f"whole: saelens:{release}/*", where=where)
+        return {"release": release, "sae_id": sae_id, "repo_id": entry["repo_id"], "model": entry.get("model"),
+                "path": "", "conversion_func": entry["conversion_func"], "config_overrides": {}}
     for sae in entry.get("saes") or []:
         if isinstance(sae, dict) and str(sae.get("id")) == sae_id:
             out = {"release": release, "sae_id": sae_id, "repo_id": entry["repo_id"], "model": entry.get("model"),
@@ -385,7 +394,10 @@ def _units(files: list[str]) -> list[Unit]:
 
 
 def is_glob(text: str) -> bool:
-    """Whether a source reference's path is a glob (names any number of SAEs)."""
+    """Whether a source reference's path is a glob (names any number of SAEs).
+    ``saelens:RELEASE/*`` names one transcoder set (the whole release), not a glob."""
+    if text.startswith("saelens:") and text.endswith("/*"):
+        return False
     return bool(_GLOB.search(text.split("@", 1)[-1] if text.startswith("hf://") else text))
 
 
@@ -556,7 +568,11 @@ def _gemmascope_context(res: Resolved, unit: Unit) -> tuple[dict[str, Any], dict
         # (sae_lens/loading/pretrained_sae_loaders.py, get_gemma_2_config_from_hf): the MLP output
         # after Gemma 2's post-feedforward norm, hook_z for attention (saekit.harness.hooks)
         ctx["hook_name"] = {"res": f"blocks.{layer}.hook_resid_post", "mlp": f"blocks.{layer}.hook_mlp_out",
-                            "att": f"blocks.{layer}.attn.hook_z"}.get(r["site"])
+                            "att": f"blocks.{layer}.attn.hook_z",
+                            # transcoders: sae-lens' get_gemma_2_transcoder_config_from_hf
+                            "transcoders": f"blocks.{layer}.ln2.hook_normalized"}.get(r["site"])
+        if r["site"] == "transcoders":
+            ctx["hook_name_out"] = f"blocks.{layer}.hook_mlp_out"
     return ctx, {T.SOURCE_AVERAGE_L0: m["l0"], T.SOURCE_WIDTH: str(width), T.SOURCE_LAYER: str(layer)}
 
 
@@ -628,8 +644,11 @@ def convert(res: Resolved, unit: Unit, staging: Path, *, model_name: str | None 
         elif unit.layout == "gemmascope":
             ctx, extra = _gemmascope_context(res, unit)
             width = ctx.pop("width", None)
+            transcoder = "hook_name_out" in ctx or (res.saelens or {}).get("conversion_func") == "gemma_2_transcoder"
             sae = formats.read_gemmascope(local, model_name=model_name or ctx.get("model_name"),
-                                          hook_name=hook_name or ctx.get("hook_name"), model_revision=model_revision)
+                                          hook_name=hook_name or ctx.get("hook_name"), model_revision=model_revision,
+                                          **({"transcoder": True, "hook_name_out": ctx.get("hook_name_out")}
+                                             if transcoder else {}))
             if width is not None and sae.cfg.d_sae != width:
                 raise ArtifactFormatError(f"folder says width {width}, params.npz has d_sae {sae.cfg.d_sae}", where=where)
         elif unit.layout == "circuit-tracer":
@@ -757,6 +776,15 @@ def register(
     out: list[VersionInfo] = []
     with _progress(len(res.units), f"register {name}") as bar, \
             tempfile.TemporaryDirectory(prefix="saekit-hub-") as tmp:
+        first = None
+        if len(res.units) > 1:
+            first = convert(res, res.units[0], Path(tmp) / "0", **context)
+            if _is_transcoder(first[0]):  # a glob of per-layer transcoders is one set, one version
+                info = _register_set(res, name, first, Path(tmp), done, bar, tags, description, context)
+                if alias:
+                    store.set_alias(name, alias, info.version)
+                    info.aliases = sorted(set(info.aliases) | {alias})
+                return [info]
         for i, unit in enumerate(res.units):
             uri = res.uri(unit)
             if uri in done:  # registered from this very commit and path before: resume
@@ -771,7 +799,8 @@ def register(
                 out.append(info)
                 bar.update(1)
                 continue
-            sae, hashes, extra = convert(res, unit, Path(tmp) / str(i), **context)
+            sae, hashes, extra = first if (i == 0 and first is not None) else convert(
+                res, unit, Path(tmp) / str(i), **context)
             info = store.register(name, sae, tags=tags, description=description)
             provenance = source_tags(res, unit, hashes, extra)
             _set_source_tags(info, provenance)
@@ -783,6 +812,56 @@ def register(
         store.set_alias(name, alias, out[-1].version)
         out[-1].aliases = sorted(set(out[-1].aliases) | {alias})
     return out
+
+
+def _is_transcoder(obj: Any) -> bool:
+    from saekit.kernels.transcoder import Transcoder
+
+    return isinstance(obj, Transcoder)
+
+
+def _register_set(res: Resolved, name: str, first: tuple, tmp: Path, done: dict[str, VersionInfo], bar: Any,
+                  tags: dict[str, str] | None, description: str | None, context: dict[str, Any]) -> VersionInfo:
+    """Every unit of a glob, each a transcoder, as one set version: converted and written one
+    layer at a time (its layer from the unit's path, else its hook), then registered."""
+    from saekit.registry import store
+    from saekit.registry.transcoder_formats import layer_of
+
+    pattern = res.ref.sae_id or ""
+    uri = hf_uri(res.repo, res.commit, pattern, res.repo_type)
+    if uri in done:  # registered from this very commit and glob before
+        bar.update(len(res.units))
+        return done[uri]
+    hashes: dict[str, str] = {}
+
+    def layers() -> Iterator[tuple[int, Any]]:
+        for i, unit in enumerate(res.units):
+            tc, unit_hashes, _ = first if i == 0 else convert(res, unit, tmp / str(i), **context)
+            if not _is_transcoder(tc):
+                raise ArtifactFormatError(f"{unit.path} is a {tc.cfg.architecture} SAE; a glob of transcoders "
+                                          "registers one set and holds transcoders only", where=res.uri(unit))
+            layer = layer_of(unit.path)
+            layer = layer if layer is not None else layer_of(tc.hook_in or "")
+            if layer is None:
+                raise ArtifactFormatError("cannot tell which layer this transcoder is (name it layer_<i>)",
+                                          where=res.uri(unit))
+            hashes.update(unit_hashes)
+            yield layer, tc
+            shutil.rmtree(tmp / str(i), ignore_errors=True)
+            bar.update(1)
+
+    model = context.get("model_name")
+    tset.write_set(layers(), tmp / "set", model_name=model, model_revision=context.get("model_revision"))
+    info = store.register(name, tmp / "set", tags=tags, description=description)
+    layouts = sorted({u.layout for u in res.units})
+    provenance = {SOURCE: uri, T.SOURCE_REPO: res.repo if res.repo_type == "model" else f"{res.repo_type}s/{res.repo}",
+                  T.SOURCE_COMMIT: res.commit, T.SOURCE_PATH: pattern, T.SOURCE_LAYOUT: ",".join(layouts),
+                  T.SOURCE_FILES: json.dumps(hashes, sort_keys=True)}
+    if res.saelens:
+        provenance[T.SOURCE_SAELENS] = f"{res.saelens['release']}/{res.saelens['sae_id']}"
+    _set_source_tags(info, provenance)
+    info.tags.update(provenance)
+    return info
 
 
 def _set_source_tags(info: VersionInfo, tags: dict[str, str]) -> None:

@@ -200,6 +200,10 @@ def circuit_tracer_files(tset: TranscoderSet, *, scan: str | None = None) -> dic
         raise InputError(f"circuit-tracer takes one pair of hooks for the whole set, these layers use {sorted(suffixes)}",
                          where=where)
     hook_in, hook_out = suffixes.pop()
+    widths = {tset[i].d_sae for i in tset.layers}
+    if len(widths) != 1:  # single_layer_transcoder.py TranscoderSet.__init__ asserts one d_transcoder
+        raise InputError(f"circuit-tracer needs one width for every layer (this set has d_sae {sorted(widths)})",
+                         where=where)
     files: dict[str, bytes] = {}
     for i in tset.layers:
         tc = tset[i]
@@ -225,7 +229,7 @@ def circuit_tracer_files(tset: TranscoderSet, *, scan: str | None = None) -> dic
 
 # --- folders of per-layer transcoders (SAELens, sparsify) --------------------------------
 
-_LAYER_IN_NAME = re.compile(r"(?:^|[._])(?:layer_|layers\.|blocks\.|h\.)(\d+)(?:$|[._])")
+_LAYER_IN_NAME = re.compile(r"(?:^|[._/])(?:layer_|layers\.|blocks\.|h\.)(\d+)(?:$|[._/])")
 
 
 def layer_of(name: str) -> int | None:
@@ -247,8 +251,9 @@ def read_layer_folders(src: Path, read_one: Callable[..., Any], fmt: str, **cont
     layers: dict[int, Transcoder] = {}
     for sub in subs:
         ctx = dict(context)
-        if fmt == "sparsify" and ctx.get("hook_name") is None:  # the folder is the hookpoint
-            ctx["hook_name"] = sub if sub.startswith("model.") else f"model.{sub}"
+        if fmt == "sparsify" and ctx.get("hook_name") is None:  # the folder is the hookpoint, a module of
+            # the base model (layers.N.mlp) or of the causal LM saekit hooks (model.layers.N.mlp)
+            ctx["hook_name"] = f"model.{sub}" if sub.startswith("layers.") else sub
         one = read_one(src / sub, **ctx)
         if not isinstance(one, Transcoder):
             raise UnsupportedSAEError(f"{sub} is a {one.cfg.architecture} SAE; a set holds transcoders only",

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from saekit.registry import artifact as art
 from saekit.schemas import (
@@ -113,29 +113,43 @@ def validate_set(folder: Path) -> tuple[TranscoderSetInfo, SAEConfig, dict[str, 
 
 
 def save_set(tset: TranscoderSet, folder: Path) -> str:
-    """Write ``tset`` as a canonical set folder; returns its sha256. Written beside its final
-    place and renamed in, so a reader never sees half a set; an existing non-empty folder is
-    refused (nothing of a user's is replaced)."""
+    """Write ``tset`` as a canonical set folder; returns its sha256 (see ``write_set``)."""
+    return write_set(((layer, tset[layer]) for layer in tset.layers), folder,
+                     model_name=tset.model_name, model_revision=tset.model_revision)
+
+
+def write_set(layers: Iterable[tuple[int, Transcoder]], folder: Path, *, model_name: str | None = None,
+              model_revision: str | None = None) -> str:
+    """Write transcoders, one layer at a time (only one needs to be in memory), as a canonical
+    set folder; returns its sha256. Written beside its final place and renamed in, so a reader
+    never sees half a set; an existing non-empty folder is refused (nothing is replaced)."""
     folder = Path(folder)
     if folder.is_symlink() or (folder.exists() and (not folder.is_dir() or any(folder.iterdir()))):
         raise InputError("exists and is not an empty folder; a set is written to a new folder", where=str(folder))
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        entries = []
-        for layer in tset.layers:
-            tc = tset[layer]
+        entries: dict[int, dict[str, Any]] = {}
+        for layer, tc in layers:
+            if layer in entries:
+                raise InputError(f"two transcoders for layer {layer}", where=str(folder))
+            if not entries:  # the set's model is the layers' unless given
+                model_name = model_name if model_name is not None else tc.cfg.model_name
+                model_revision = model_revision if model_revision is not None else tc.cfg.model_revision
             cfg = tc.cfg
-            if tset.model_name is not None and cfg.model_name is None:
-                cfg = cfg.model_copy(update={"model_name": tset.model_name})
-            if tset.model_revision is not None and cfg.model_revision is None:
-                cfg = cfg.model_copy(update={"model_revision": tset.model_revision})
+            if model_name is not None and cfg.model_name is None:
+                cfg = cfg.model_copy(update={"model_name": model_name})
+            if model_revision is not None and cfg.model_revision is None:
+                cfg = cfg.model_copy(update={"model_revision": model_revision})
             if cfg is not tc.cfg:
                 tc = type(tc)(cfg, tc.tensors, ref=tc.ref)
             sha = art.save_artifact(tc, tmp / f"layer_{layer}")
-            entries.append({"layer": layer, "path": f"layer_{layer}", "hook_in": tc.hook_in,
-                            "hook_out": tc.hook_out, "sha256": sha})
-        info = TranscoderSetInfo(model_name=tset.model_name, model_revision=tset.model_revision, layers=entries)
+            entries[layer] = {"layer": layer, "path": f"layer_{layer}", "hook_in": tc.hook_in,
+                              "hook_out": tc.hook_out, "sha256": sha}
+        if not entries:
+            raise InputError("a transcoder set needs at least one layer", where=str(folder))
+        info = TranscoderSetInfo(model_name=model_name, model_revision=model_revision,
+                                 layers=[entries[i] for i in sorted(entries)])
         (tmp / SET_FILE).write_bytes(set_json_bytes(info))
         _, _, hashes = validate_set(tmp)
         if folder.exists():

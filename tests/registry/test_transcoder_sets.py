@@ -58,6 +58,12 @@ def test_set_is_one_version_loaded_by_alias(tmp_path):
     meta = tset.read_info(folder)
     assert [e.sha256 for e in meta.layers] == [got[i].ref.sha256 for i in got.layers]
     assert isinstance(saekit.load(folder / "layer_5"), Transcoder)
+    # saekit pull copies the whole set, which loads as the same set
+    from saekit.registry.folders import pull
+
+    sha, names = pull("smollm2-tc@production", tmp_path / "pulled")
+    assert sha == info.sha256 and "layer_29/cfg.json" in names
+    assert_same(s, saekit.load(tmp_path / "pulled"), torch.randn(2, 11))
     # from a cold cache the files come from the registry store, each verified
     store.cache.evict(info.sha256)
     assert_same(s, saekit.load("smollm2-tc/1"), torch.randn(3, 11))
@@ -189,6 +195,10 @@ def test_circuit_tracer_layout_roundtrip_and_refusals(tmp_path):
     assert_same(s, back, torch.randn(5, 11))
     with pytest.raises(InputError, match="every layer from 0"):
         formats.export(make_set(("transcoder",), layers=[1]), "circuit-tracer", tmp_path / "no")
+    with pytest.raises(InputError, match="one width"):
+        formats.export(TranscoderSet({i: make_transcoder("transcoder", d_in=11, d_out=11, d_sae=8 + i,
+                                                         hook=f"model.layers.{i}.mlp") for i in (0, 1)}),
+                       "circuit-tracer", tmp_path / "no")
     with pytest.raises(InputError, match="one pair of hooks"):
         mixed = make_set(("transcoder", "transcoder"), hook=lambda i: "model.layers.0.mlp" if i == 0 else "blocks.1.hook_mlp_out")
         formats.export(mixed, "circuit-tracer", tmp_path / "no")
@@ -237,3 +247,22 @@ def test_circuit_tracer_reads_the_export(archs, tmp_path):
         torch.testing.assert_close(ys[f"y_{i}"], s[i](x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ys[f"acts_{i}"], s[i].encode_dense(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(s[i](x).double(), by_hand(s[i], x), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_set_and_bad_set_json(tmp_path):
+    s = make_set(("jumprelu_skip_transcoder", "topk_transcoder"), layers=[3, 8], dtype=torch.bfloat16)
+    info = saekit.register("bf", s)
+    got = saekit.load(f"bf@sha256:{info.sha256[:16]}")
+    assert got[8].dtype == torch.bfloat16 and got[8].cfg.dtype == "bfloat16"
+    x = torch.randn(4, 11)
+    torch.testing.assert_close(got[3](x), s[3](x))
+    torch.testing.assert_close(got[3](x).double(), by_hand(got[3], x.bfloat16()), rtol=3e-2, atol=3e-2)
+    folder = tmp_path / "set"
+    tset.save_set(s, folder)
+    meta = json.loads((folder / "set.json").read_text())
+    meta["saekit"]["layers"][0]["path"] = "../layer_3"
+    (folder / "set.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactFormatError, match="path"):
+        saekit.load(folder)
+    with pytest.raises(InputError, match="not an empty folder"):
+        tset.save_set(s, folder)
