@@ -9,14 +9,12 @@ keywords; real pydoc token windows). Phases, each with a fresh request cache:
   record's value is the rule's score and its control the next rule's explanation (a
   shuffled explanation): the calibration table;
 - ``rerun``: both phases again on the same cache: requests sent must be 0;
-- ``constrained``: the same detection windows, one per prompt, read as P("1") / (P("1") +
-  P("0")) of the next token after the chat template's assistant turn (one forward pass, no
-  generation; delphi's classifier reads these two probabilities the same way,
-  EleutherAI/delphi delphi/scorers/classifier/classifier.py ``_parse_logprobs``): AUC of the
-  rule and of the shuffled explanation. It answers whether the model's failure is the answer
-  format or the judgement.
+With ``--per-prompt 1`` (the default here, and the demo's) each window is its own prompt and
+the answer a forced choice of "1" or "0" read from the first answer token's probabilities
+(harness.score.forced_choice): SmolLM2-135M cannot write delphi's list answer (with
+``--per-prompt 5`` every window failed: results/annotations_20261206T1232.json).
 
-    python3 benchmarks/annotations.py [--scorers detection] [--n 5] [--out PATH]
+    python3 benchmarks/annotations.py [--scorers detection] [--n 5] [--per-prompt 1] [--out PATH]
 
 Results go to ``benchmarks/results/annotations_<date>.json`` (then ``python3 scripts/perf_page.py``).
 """
@@ -28,7 +26,6 @@ import datetime as dt
 import json
 import os
 import platform
-import random
 import resource
 import tempfile
 import time
@@ -37,38 +34,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def constrained_auc(model, tok, cards, opts) -> list[dict]:
-    """Per rule: AUC of P("1") over its detection windows with the rule and with the next rule's explanation."""
-    import torch
-
-    from saekit.harness.score import CHANCE, auc, samples, windows
-
-    one, zero = (tok.encode(d, add_special_tokens=False)[0] for d in ("1", "0"))
-    rows = []
-    for n, card in enumerate(cards):
-        ann = card.annotations[0]
-        pos, neg = windows(card, ann, opts)
-        batch = samples("detection", pos, neg, random.Random(0))
-        row = {"rule": card.tags[0].removeprefix("rule:"), "n_pos": len(pos), "n_neg": len(neg), "chance": CHANCE}
-        for key, text in (("rule_auc", ann.description), ("shuffled_auc", cards[(n + 1) % len(cards)].annotations[0].description)):
-            probs = []
-            for _, excerpt in batch:
-                msgs = [{"role": "user", "content": f"Explanation of a text feature: {text}\n\nExcerpt: {excerpt}\n\n"
-                         "Does the feature, as explained, fire on some token of the excerpt? Answer 1 for yes or 0 for no."}]
-                ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-                with torch.no_grad():
-                    logits = model(**ids).logits[0, -1]
-                p = torch.softmax(logits[[one, zero]].float(), -1)
-                probs.append(float(p[0]))
-            row[key] = auc([y for y, _ in batch], probs)
-        rows.append(row)
-    return rows
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=5, help="held-out activating and zero windows per latent (each)")
     ap.add_argument("--scorers", nargs="+", default=["detection"])
+    ap.add_argument("--per-prompt", type=int, default=1, help="windows per detection/fuzzing prompt (1: forced choice)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -80,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     from saekit.schemas.card_files import read_cards, write_cards
 
     load_start = list(os.getloadavg())
-    model, tok = load_lm()
+    _, tok = load_lm()
     local = LocalChatClient()
     eopts = ExplainOptions(n_top=5, n_quantile=0, params=Params(max_tokens=24), concurrency=1)
-    sopts = ScoreOptions(n_pos=args.n, n_neg=args.n, per_prompt=5, scorers=tuple(args.scorers),
-                         params=Params(max_tokens=24, logprobs=True), concurrency=1)
+    sopts = ScoreOptions(n_pos=args.n, n_neg=args.n, per_prompt=args.per_prompt, scorers=tuple(args.scorers),
+                         params=Params(max_tokens=1 if args.per_prompt == 1 else 24, logprobs=True), concurrency=1)
     phases: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -116,9 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         answers = sorted({json.loads(f.read_bytes())["text"][:100] for f in (tmp / "cache").rglob("*.json")}
                          - set(explanations.values()))[:6]
         same = (tmp / "scored_first.jsonl").read_bytes() == (tmp / "scored_rerun.jsonl").read_bytes()
-        t0 = time.perf_counter()
-        constrained = constrained_auc(model, tok, read_cards([tmp / "rules_explained.jsonl"]), sopts)
-        constrained_s = round(time.perf_counter() - t0, 1)
     n = len(explanations)
     first = phases["first"]
     date = dt.datetime.now(dt.timezone.utc)
@@ -144,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         "windows_failed": score_summary.n_failed,
         "sample_answers": answers,
         "calibration": calib,
-        "constrained_calibration": constrained,
-        "constrained_s": constrained_s,
     }
     out = args.out or ROOT / "benchmarks" / "results" / f"annotations_{date:%Y%m%dT%H%M}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")

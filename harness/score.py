@@ -19,6 +19,14 @@ tokens marked (activation > 0), a non-activating window has marks at the places 
 activating window has them, and the scorer says for each whether the marks fit the
 explanation. Scored the same way (balanced accuracy, chance 0.5).
 
+With one excerpt per prompt (``per_prompt=1``) the answer is a forced choice between "1" and
+"0", read from the probabilities of the first answer token when the model returns them (in
+process always; from endpoints that return log-probabilities): the prediction is the likelier
+digit and P("1") / (P("0") + P("1")) enters the AUC. That is how OpenAI's simulator and
+delphi's log-probability mode read a scorer (they take probabilities, not text), and it lets a
+model that cannot write the list (SmolLM2-135M rarely can) still answer; without
+log-probabilities the text's first digit is the answer.
+
 A window whose request failed or whose answer did not parse counts in ``n_failed``; it is
 never a wrong answer and never enters the score. ``value`` is None when no positive or no
 negative window got an answer. Each latent is also scored with another latent's explanation
@@ -59,21 +67,30 @@ from saekit.schemas.safeio import write_bytes
 METRIC = "balanced_accuracy"
 CHANCE = 0.5
 _USER = "Explanation: {explanation}\n\n{examples}\n\nAnswer with a list of {n} numbers."
+_USER_ONE = "Explanation: {explanation}\n\nExcerpt: {examples}\n\nAnswer 1 or 0."
+_LIST = "Answer with a list only, one number per excerpt, e.g. [1, 0, 0]."
+_ONE = "Answer with one digit only."
 _SYSTEMS = {
     "detection": (
         "You check an explanation of a language-model feature. You get the explanation and numbered text "
         "excerpts. For each excerpt, answer 1 if the feature, as explained, fires on some token of it, else 0. "
-        "Answer with a list only, one number per excerpt, e.g. [1, 0, 0]."
     ),
     "fuzzing": (
         "You check an explanation of a language-model feature. You get the explanation and numbered text "
         "excerpts in which some tokens are marked <<like this>>. For each excerpt, answer 1 if the marked tokens "
-        "are where the feature, as explained, fires, else 0. Answer with a list only, one number per excerpt, "
-        "e.g. [1, 0, 0]."
+        "are where the feature, as explained, fires, else 0. "
     ),
 }
 SCORERS = (*_SYSTEMS, autointerp.SCORER)
-PROMPT_SHA256 = {name: hashlib.sha256(f"{system}\n---\n{_USER}".encode()).hexdigest() for name, system in _SYSTEMS.items()}
+
+
+def _template(scorer: str, one: bool) -> tuple[str, str]:
+    """(system, user) templates: a list answer for several excerpts, one digit for one."""
+    return (_SYSTEMS[scorer] + (_ONE if one else _LIST), _USER_ONE if one else _USER)
+
+
+PROMPT_SHA256 = {(name, one): hashlib.sha256("\n---\n".join(_template(name, one)).encode()).hexdigest()
+                 for name in _SYSTEMS for one in (False, True)}
 
 
 @dataclass(frozen=True)
@@ -167,6 +184,22 @@ def answer_probabilities(logprobs: list[dict] | None, n: int) -> list[float] | N
     return out if len(out) == n else None
 
 
+def forced_choice(text: str, logprobs: list[dict] | None) -> tuple[int | None, float | None]:
+    """(prediction, P("1") / (P("0") + P("1"))) of a one-excerpt answer: from the first answer
+    token's alternatives when they hold a digit, else (prediction from the text's first digit, None)."""
+    if logprobs:
+        p = {"0": 0.0, "1": 0.0}
+        for token, lp in logprobs[0].get("top") or [[logprobs[0]["token"], logprobs[0]["logprob"]]]:
+            m = _DIGIT.fullmatch(token)
+            if m:
+                p[m[1]] += math.exp(lp)
+        if p["0"] + p["1"] > 0:
+            q = p["1"] / (p["0"] + p["1"])
+            return int(q > 0.5), q
+    m = re.match(r"\W*\[?\s*([01])(?!\d)", text)
+    return (int(m[1]) if m else None), None
+
+
 def parse_predictions(text: str, n: int) -> list[int] | None:
     """The first ``[...]`` list of the answer, if it holds exactly ``n`` zeros and ones."""
     match = re.search(r"\[[^\[\]]*\]", text)
@@ -222,10 +255,11 @@ def samples(scorer: str, pos: list[Window], neg: list[list[str]], rng: random.Ra
     return out
 
 
-def _messages(scorer: str, explanation: str, batch: list[str]) -> list[dict[str, str]]:
-    examples = "\n".join(f"Excerpt {n}: {text}" for n, text in enumerate(batch, 1))
-    user = _USER.format(explanation=explanation, examples=examples, n=len(batch))
-    return [{"role": "system", "content": _SYSTEMS[scorer]}, {"role": "user", "content": user}]
+def _messages(scorer: str, explanation: str, batch: list[str], one: bool) -> list[dict[str, str]]:
+    system, user = _template(scorer, one)
+    examples = batch[0] if one else "\n".join(f"Excerpt {n}: {text}" for n, text in enumerate(batch, 1))
+    user = user.format(explanation=explanation, examples=examples, n=len(batch))
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def classify(scorer: str, card: FeatureCard, explanation: str, ann: Annotation, client: CachedClient,
@@ -237,13 +271,18 @@ def classify(scorer: str, card: FeatureCard, explanation: str, ann: Annotation, 
     batch_all = samples(scorer, pos, neg, rng) if pos else []
     rng.shuffle(batch_all)
     labels, predictions, probabilities = [], [], []
+    one = opts.per_prompt == 1  # a forced choice read from the first answer token (module doc)
     for start in range(0, len(batch_all), opts.per_prompt):
         batch = batch_all[start:start + opts.per_prompt]
         got = probs = None
         try:
-            reply = client.generate(_messages(scorer, explanation, [t for _, t in batch]), opts.params)
-            got = parse_predictions(reply.text, len(batch))
-            probs = answer_probabilities(reply.logprobs, len(batch)) if got is not None else None
+            reply = client.generate(_messages(scorer, explanation, [t for _, t in batch], one), opts.params)
+            if one:
+                pred, q = forced_choice(reply.text, reply.logprobs)
+                got, probs = ([pred] if pred is not None else None), ([q] if q is not None else None)
+            else:
+                got = parse_predictions(reply.text, len(batch))
+                probs = answer_probabilities(reply.logprobs, len(batch)) if got is not None else None
         except EndpointError:
             pass
         labels += [y for y, _ in batch]
@@ -253,7 +292,7 @@ def classify(scorer: str, card: FeatureCard, explanation: str, ann: Annotation, 
     common = dict(
         scorer=scorer, chance=CHANCE, n_pos=sum(y for y, _ in answered), n_neg=sum(1 - y for y, _ in answered),
         n_failed=len(predictions) - len(answered), control=control, scorer_model=client.model,
-        prompt_sha256=PROMPT_SHA256[scorer],
+        prompt_sha256=PROMPT_SHA256[scorer, one],
     )
     records = [ScoreRecord(metric=METRIC, value=balanced_accuracy(labels, predictions), **common)]
     scored = [(y, q) for y, p, q in zip(labels, predictions, probabilities) if p is not None]

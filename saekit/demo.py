@@ -232,14 +232,17 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
 
 
 def _annotate(cards: Path, out: Path, n: int) -> dict[str, Any]:
-    """Explain the ``n`` lowest-index latents that have examples, then score them (delphi's
+    """Explain the ``n`` lowest-index latents that have examples and zero windows, then score them (delphi's
     detection, with its control); all the cards go to ``out/scored.jsonl``. Few examples are
-    shown to the explainer, so some are left to score with; short windows, short answers, one
-    scorer and one prompt per latent keep it to 3 requests a latent (on 2 busy CPU cores a
-    request of the local model takes seconds to tens of seconds). `cards score` runs them all."""
+    shown to the explainer, so some are left to score with. SmolLM2-135M cannot write delphi's
+    list answer, so each window is its own one-token forced choice, read from the answer
+    token's probabilities (``per_prompt=1``, harness.score): short windows, one scorer and
+    one-token answers keep it to about a second a request on 2 CPU cores (1 explanation and
+    12 scoring requests a latent, its control included). `cards score` runs them all."""
     from saekit.schemas.card_files import read_cards
 
-    chosen = sorted(c.index for c in read_cards(cards) if c.top_examples)[:n]
+    # detection needs both kinds of window: activating examples and the card's zero windows
+    chosen = sorted(c.index for c in read_cards(cards) if c.top_examples and c.negative_examples)[:n]
     if not chosen:
         return {"latents": 0}
     latents = ",".join(map(str, chosen)) + ","
@@ -267,8 +270,8 @@ def _explain_and_score(cards: Path, out: Path, chosen: list[int], latents: str) 
                                       concurrency=1),
                        latents=latents)
     sc = score_files([out / "explained.jsonl"], out / "scored.jsonl", client,
-                     ScoreOptions(n_pos=3, n_neg=3, per_prompt=6, max_example_tokens=24, concurrency=1,
-                                  scorers=("detection",), params=Params(max_tokens=24, logprobs=True)),
+                     ScoreOptions(n_pos=3, n_neg=3, per_prompt=1, max_example_tokens=24, concurrency=1,
+                                  scorers=("detection",), params=Params(max_tokens=1, logprobs=True)),
                      latents=latents)
     return {"latents": len(chosen), "explained": ex.explained, "failed": ex.failed, "scored": sc.scored,
             "means": sc.means, "control_means": sc.control_means, "requests_sent": client.sent,

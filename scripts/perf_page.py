@@ -297,13 +297,14 @@ def annotations(name: str, d: dict) -> str:
         ["windows failed (no parseable answer)", d["windows_failed"]],
     ])
     out += "\nCalibration (chance 0.5; value `-`: every window failed):\n\n"
-    constrained = {r["rule"]: r for r in d["constrained_calibration"]}
+    # older files measured the forced choice by hand beside the list answers ("constrained")
+    constrained = {r["rule"]: r for r in d.get("constrained_calibration") or []}
     rows = []
     for r in d["calibration"]:
-        c = constrained.get(r["rule"], {})
-        rows.append([r["rule"], r["explanation"], f"{r['scorer']} {r['metric']}", r["value"], r["n_failed"],
-                     c.get(f"{r['explanation']}_auc")])
-    out += _table(["rule", "explanation", "score", "value", "windows failed", "constrained P(1) AUC"], rows)
+        row = [r["rule"], r["explanation"], f"{r['scorer']} {r['metric']}", r["value"], r["n_failed"]]
+        rows.append(row + [constrained.get(r["rule"], {}).get(f"{r['explanation']}_auc")] if constrained else row)
+    out += _table(["rule", "explanation", "score", "value", "windows failed"]
+                  + (["constrained P(1) AUC"] if constrained else []), rows)
     out += "\nExplanations written: " + "; ".join(f"{i}: {_text(v or '-')}" for i, v in d["explanations"].items())
     out += ".\nScorer answers (first 100 characters): " + "; ".join(f"`{_text(a)}`" for a in d["sample_answers"]) + ".\n"
     return out

@@ -104,6 +104,11 @@ def score(
     logprobs: bool = typer.Option(
         True, "--logprobs/--no-logprobs", help="Ask for token log-probabilities (for AUC); off for servers that refuse them."
     ),
+    per_prompt: int = typer.Option(
+        5, "--per-prompt", min=1, max=20,
+        help="Excerpts per detection/fuzzing prompt (delphi: 5). 1: a forced choice of 1 or 0 read from the "
+             "first answer token's probabilities, for models that cannot write the list answer.",
+    ),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Score each chosen latent's explanation with delphi's detection and fuzzing (balanced
@@ -120,7 +125,7 @@ def score(
 
     cached, http = _client(ctx, endpoint, model, api_key_env, timeout)
     opts = ScoreOptions(concurrency=1 if endpoint is None else concurrency, scorers=tuple(scorers or SCORERS),
-                        params=Params(max_tokens=32, logprobs=logprobs))
+                        per_prompt=per_prompt, params=Params(max_tokens=1 if per_prompt == 1 else 32, logprobs=logprobs))
     s = score_files(cards, out, cached, opts, latents=latents)
     def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"

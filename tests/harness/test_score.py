@@ -13,6 +13,8 @@ from saekit.harness.score import (
     answer_probabilities,
     auc,
     balanced_accuracy,
+    classify,
+    forced_choice,
     parse_predictions,
     samples,
     windows,
@@ -98,3 +100,61 @@ def test_answer_probabilities_read_the_digits_alternatives():
     assert answer_probabilities(lps, 3) is None  # not one per window
     assert answer_probabilities(None, 2) is None
     assert answer_probabilities([tok("1", None), tok("0", 0.5)], 2) is None  # a digit without alternatives
+
+
+def test_forced_choice_reads_the_first_answer_token():
+    def first(token, alternatives):
+        return [{"token": token, "logprob": -1.0, "top": [[t, math.log(p)] for t, p in alternatives]}]
+
+    # the model starts "The ..." but puts 0.1 on "1" and 0.3 on " 0": a "0", P(1) = 0.25
+    pred, q = forced_choice("The feature", first("The", [("The", 0.5), ("1", 0.1), (" 0", 0.3)]))
+    assert (pred, q) == (0, pytest.approx(0.25))
+    pred, q = forced_choice("1", first("1", [("1", 0.6), ("0", 0.2)]))
+    assert (pred, q) == (1, pytest.approx(0.75))
+    # no digit among the alternatives: the text's first digit, no probability; none: failed
+    assert forced_choice("[1]", first("[", [("[", 0.9)])) == (1, None)
+    assert forced_choice("0.", None) == (0, None)
+    assert forced_choice("The feature fires", None) == (None, None)
+    assert forced_choice("10 of them", None) == (None, None)  # "10" is not an answer
+
+
+class _Prob:
+    """A ChatClient answering every one-excerpt prompt with P("1") = 0.9 when the excerpt holds
+    " hit", 0.2 otherwise, as the first token's alternatives (its text never a digit)."""
+
+    model, weights_sha256, endpoint_kind = "prob", None, "openai-compatible"
+
+    def __init__(self):
+        self.prompts = []
+
+    def generate(self, messages, params):
+        from saekit.harness.llm_client import Response
+
+        self.prompts.append(messages)
+        p1 = 0.9 if " hit" in messages[-1]["content"].split("Excerpt: ")[-1] else 0.2
+        return Response("The", 5, 1, [{"token": "The", "logprob": -0.1,
+                                        "top": [["The", -0.1], ["1", math.log(p1 / 2)], ["0", math.log((1 - p1) / 2)]]}])
+
+
+def test_one_excerpt_per_prompt_scores_a_model_that_never_writes_a_digit(tmp_path):
+    from saekit.harness.llm_client import CachedClient, Params, RequestCache
+
+    card = FeatureCard.model_validate({
+        "sae": {"name": "s"}, "index": 0,
+        "top_examples": [{"tokens": [f" t{k}", " hit"], "values": [0.0, 1.0 + k]} for k in range(4)],
+        "negative_examples": [{"tokens": [f" n{k}", " x"], "values": [0.0, 0.0], "bin": "negative"} for k in range(3)],
+        "annotations": [{"description": "fires on hit"}],
+    })
+    model = _Prob()
+    client = CachedClient(model, RequestCache(tmp_path / "cache"))
+    opts = ScoreOptions(per_prompt=1, params=Params(max_tokens=1, logprobs=True))
+    records = classify("detection", card, "fires on hit", card.annotations[0], client, opts, control=False)
+    assert len(model.prompts) == 7 and all("Answer 1 or 0." in m[-1]["content"] for m in model.prompts)
+    by = {r.metric: r for r in records}
+    assert by["balanced_accuracy"].value == 1.0 and by["auc"].value == 1.0
+    assert (by["auc"].n_pos, by["auc"].n_neg, by["auc"].n_failed) == (4, 3, 0)
+    # the same model asked for a list of 5 never answers one: every window failed, no score
+    lists = classify("detection", card, "fires on hit", card.annotations[0], client,
+                     ScoreOptions(per_prompt=5), control=False)
+    assert [(r.metric, r.value, r.n_failed) for r in lists] == [("balanced_accuracy", None, 7)]
+    assert by["balanced_accuracy"].prompt_sha256 != lists[0].prompt_sha256

@@ -33,6 +33,8 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, real_sae_dir: Path):
     print(f"demo annotate step: {a['timings_s']['annotate']} s, {ann['requests_sent']} requests sent, "
           f"{ann['requests_cached']} cached; means {ann['means']}, controls {ann['control_means']}")
     assert ann["latents"] == 2 and ann["explained"] + ann["failed"] == 2 and ann["explained"] >= 1
+    # each window a forced choice read from the answer token's probabilities: scores, not failures
+    assert ann["scored"] >= 1 and ann["means"]["detection auc"] is not None
     from saekit.releases.bundle import release_cards
 
     explained = [c for _, _, cards in release_cards(bundle) for c in cards
@@ -41,6 +43,8 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, real_sae_dir: Path):
     assert "## Explanations" in (bundle / "README.md").read_text()
     page = (bundle / "browser" / "index.html").read_text()
     assert json.dumps(explained[0].annotations[-1].description, ensure_ascii=False)[1:-1] in page  # inlined JSON
+    scored = [r for c in explained for r in c.annotations[-1].score_records if r.value is not None and not r.control]
+    assert scored and '"sc":[["detection",' in page  # the latent's detail in the browser lists its scores
     before = {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
 
     # Second run: everything is reused; the rebuilt bundle is byte-identical, publishing is a no-op.
