@@ -87,32 +87,47 @@ HEADLINE = ["fvu", "l0", "dead_fraction", "ce_loss_score", "kl_div_score"]
 Replace = Callable[[int, Any, Any], Any]  # (layer, module input x, module output y) -> new y or None
 
 
+def sites(model: Any, tc: Any, where: str) -> tuple[Any, Any]:
+    """(where the transcoder reads, where it writes) on the HF ``model``: hook_in a module path
+    (its *input*) or a TransformerLens name (e.g. ``blocks.8.ln2.hook_normalized``), hook_out a
+    module path (its output) or a TL name (``blocks.8.hook_mlp_out``), as saekit.harness.hooks
+    maps them."""
+    from saekit.harness.hooks import TL_HOOK, Site, module, site
+
+    if not tc.hook_in or not tc.hook_out:
+        raise InputError("the transcoder names no hook (hook_name)", where=where)
+    if TL_HOOK.fullmatch(tc.hook_in):
+        read = site(model, tc.hook_in)
+    else:
+        module(model, tc.hook_in)
+        read = Site(tc.hook_in, "input")
+    write = site(model, tc.hook_out)
+    if write.carry is not None or write.read != "output":
+        raise InputError(f"hook_out {tc.hook_out!r}: a transcoder's prediction replaces a module's output "
+                         "(e.g. model.layers.N.mlp, blocks.N.hook_mlp_out)", where=where)
+    return read, write
+
+
 @contextmanager
 def replaced(model: Any, tset: Any, layers: list[int], fn: Replace) -> Iterator[None]:
-    """Within the block, for each layer: the transcoder's hook_in module's input x is kept,
-    and the hook_out module's output y becomes ``fn(layer, x, y)`` (None: left as it is)."""
-    from saekit.harness.hooks import module
+    """Within the block, for each layer: the activation the transcoder reads (x) is kept, and
+    the output it predicts (y) becomes ``fn(layer, x, y)`` (None: left as it is)."""
+    from saekit.harness.activations import _on_site
 
     with ExitStack() as stack:
         for layer in layers:
-            tc = tset[layer]
+            read, write = sites(model, tset[layer], f"layer {layer}")
             box: dict[str, Any] = {}
 
-            def keep(_m: Any, args: tuple, kwargs: dict, box: dict = box) -> None:
-                box["x"] = args[0] if args else kwargs["hidden_states"]
+            def keep(x: Any, box: dict = box) -> None:
+                box["x"] = x
 
-            def swap(_m: Any, _a: tuple, out: Any, box: dict = box, layer: int = layer) -> Any:
-                y = out[0] if isinstance(out, tuple) else out
+            def swap(y: Any, box: dict = box, layer: int = layer) -> Any:
                 new = fn(layer, box.pop("x"), y)
-                if new is None:
-                    return None
-                new = new.to(y.dtype)
-                return (new, *out[1:]) if isinstance(out, tuple) else new
+                return None if new is None else new.to(y.dtype)
 
-            if not tc.hook_in or not tc.hook_out:
-                raise InputError(f"layer {layer}: the transcoder names no hook (hook_name)", where="transcoder set")
-            stack.callback(module(model, tc.hook_in).register_forward_pre_hook(keep, with_kwargs=True).remove)
-            stack.callback(module(model, tc.hook_out).register_forward_hook(swap).remove)
+            stack.callback(_on_site(model, read, keep).remove)
+            stack.callback(_on_site(model, write, swap).remove)
         yield
 
 
