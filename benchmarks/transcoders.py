@@ -95,9 +95,49 @@ def child_check(a: argparse.Namespace) -> dict:
     res = check_set(tset, n_tokens=a.check_tokens, context_size=a.context, batch_size=4,
                     out_dir=Path(a.folder).parent / "check")
     total = time.perf_counter() - t0
-    return {"total_s": total, "phases": res.record.timings.phases, "n_tokens": res.record.data.n_tokens,
+    return {"total_s": total, "loadavg_end": __import__("os").getloadavg(),
+            "phases": res.record.timings.phases, "n_tokens": res.record.data.n_tokens,
             "metrics": res.metrics, "per_layer_fvu": {str(i): res.layer_metrics(i)["fvu"] for i in res.layers},
             "peak_rss_mb": _rss_mb()}
+
+
+def random_check(a: argparse.Namespace) -> None:
+    """``--random-check``: the check phase alone, on a random TopK set of the same shapes (its
+    cost does not depend on the weights), written as transcoders_check_<date>.json."""
+    import torch
+
+    from saekit.harness.model import DEFAULT_MODEL_ID
+    from saekit.kernels.transcoder import Transcoder, TranscoderSet
+    from saekit.registry.transcoder_set import save_set
+    from saekit.schemas import SAEConfig
+
+    g = torch.Generator().manual_seed(0)
+    layers = range(30) if a.layers == "all" else [int(t) for t in a.layers.split(",")]
+    tcs = {i: Transcoder(SAEConfig(architecture="topk_transcoder", d_in=576, d_sae=a.width, d_out=576, k=a.k,
+                                   model_name=DEFAULT_MODEL_ID, hook_name=f"model.layers.{i}.mlp"),
+                         {"W_enc": torch.randn(576, a.width, generator=g) / 24, "b_enc": torch.zeros(a.width),
+                          "W_dec": torch.randn(a.width, 576, generator=g) / a.width**0.5 * 0.1,
+                          "b_dec": torch.zeros(576)}) for i in layers}
+    tmp = Path(tempfile.mkdtemp(prefix="saekit-tc-check-"))
+    save_set(TranscoderSet(tcs), tmp / "set")
+    a.folder = str(tmp / "set")
+    load0 = __import__("os").getloadavg()
+    res = child_check(a)
+    res.pop("metrics")
+    res.pop("per_layer_fvu")
+    result = {"benchmark": "transcoders_check", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "device": "cpu", "torch_threads": torch.get_num_threads(), "loadavg_start": load0,
+              "loadavg_end": __import__("os").getloadavg(),
+              "config": {"layers": len(tcs), "width": a.width, "k": a.k, "check_tokens": a.check_tokens,
+                         "context": a.context, "weights": "random"}, "check": res,
+              "ratios": {"check_s_per_layer": res["total_s"] / len(tcs)}}
+    from saekit.harness.record import _cpu_name
+
+    result["cpu"] = _cpu_name()
+    print(json.dumps(result, indent=2))
+    path = RESULTS / f"transcoders_check_{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M')}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results: {path}")
 
 
 def main() -> None:
@@ -113,7 +153,11 @@ def main() -> None:
     p.add_argument("--check-tokens", type=int, default=1024)
     p.add_argument("--child", choices=["forward", "train", "check"])
     p.add_argument("--folder")
+    p.add_argument("--random-check", action="store_true", help="Only the check, on a random set of these shapes.")
     a = p.parse_args()
+    if a.random_check:
+        random_check(a)
+        return
     if a.child:
         import os
 
@@ -149,6 +193,7 @@ def main() -> None:
     }
     result = {
         "benchmark": "transcoders",
+        "loadavg_end": __import__("os").getloadavg(),  # 2 cores shared with other work: times scale with it
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": "cpu",
         "cpu": platform.processor() or platform.machine(),
