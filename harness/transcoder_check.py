@@ -474,7 +474,14 @@ def check_ref(ref: Any, load: Callable[[Any], Any], sae_check: Callable[..., Any
 
     n_tokens = kwargs.pop("n_tokens", None)
     if ref is None or kwargs.get("from_record") is not None or kwargs.get("activations") is not None:
-        return sae_check(ref, loader=load, **kwargs, **({"n_tokens": n_tokens} if n_tokens else {}))
+        def sae_only(r: Any) -> Any:
+            obj = load(r)
+            if isinstance(obj, TranscoderSet):
+                raise InputError("--from-record and --activations check SAEs; check a transcoder set with "
+                                 "saekit check REF", where=str(r))
+            return obj
+
+        return sae_check(ref, loader=sae_only, **kwargs, **({"n_tokens": n_tokens} if n_tokens else {}))
     obj = load(ref)
     if not isinstance(obj, TranscoderSet):
         first = [obj]
