@@ -19,6 +19,12 @@ from saekit.kernels.transcoder import TranscoderSet
 from tests.transcoder_helpers import make_transcoder
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str):
+    from tests.harness.conftest import cli
+
+    return cli(*args)
 REPO = "saekit-test/smollm2-tc"
 
 
@@ -70,8 +76,10 @@ def test_build_publish_and_load_back(hub, tmp_path):
     res = publish_set_release(out)
     assert res.changed and res.commit
     assert saekit.load(ref).ref and f"{ref}" in res.registry_updated
-    again = publish_set_release(out)
-    assert not again.changed and again.commit == res.commit  # idempotent
+    again = _cli("release", "publish", str(out), "--json")  # the CLI dispatches a set release
+    assert again.exit_code == 0, again.output
+    again = json.loads(again.stdout)
+    assert not again["changed"] and again["commit"] == res.commit  # idempotent
 
     back = saekit.load(f"hf://{REPO}@v1.0.0/smollm2-tc")
     assert isinstance(back, TranscoderSet) and back.layers == [0, 1] and back.ref.sha256 == s["sha256"]
@@ -120,6 +128,10 @@ def test_topk_set_and_refusals(tmp_path):
     assert not s["saelens"] and not (out / "pretrained_saes.yaml").exists()
     assert s["circuit_tracer"] is None and not (out / "tc-topk" / "circuit-tracer").exists()
     assert "one width for every layer" in s["notes"][0] and "topk_transcoder" in s["notes"][1]
+    r = _cli("release", "transcoders", ref, "--check", str(chk), "--out", str(tmp_path / "rel3"), "--repo", REPO,
+             "--version", "2.0.0", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["tag"] == "v2.0.0" and (tmp_path / "rel3" / "tc-topk" / "set.json").is_file()
     with pytest.raises(InputError, match="not an empty folder"):
         build_set_release(ref, out, check_dir=chk, hub_repo=REPO)
     other = saekit.register("tc-other", _set(("transcoder", "transcoder")))
