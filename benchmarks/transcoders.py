@@ -172,7 +172,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="saekit-tc-bench-"))
     folder = tmp / "set"
     base = [sys.executable, __file__] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
-                                         if k not in ("child", "folder")] + [f"--folder={folder}"]
+                                         if k not in ("child", "folder", "random_check")] + [f"--folder={folder}"]
     env = {**__import__("os").environ, "SAEKIT_QUIET": "1", "SAEKIT_HOME": str(tmp / "home")}
     out = {}
     for phase in ("forward", "train", "check"):
@@ -198,7 +198,7 @@ def main() -> None:
         "device": "cpu",
         "cpu": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
-        "config": {k: v for k, v in vars(a).items() if k not in ("child", "folder")},
+        "config": {k: v for k, v in vars(a).items() if k not in ("child", "folder", "random_check")},
         "forward": fw, "train": tr, "check": ck, "ratios": ratios,
     }
     from saekit.harness.record import _cpu_name
