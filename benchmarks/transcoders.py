@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -95,7 +96,7 @@ def child_check(a: argparse.Namespace) -> dict:
     res = check_set(tset, n_tokens=a.check_tokens, context_size=a.context, batch_size=4,
                     out_dir=Path(a.folder).parent / "check")
     total = time.perf_counter() - t0
-    return {"total_s": total, "loadavg_end": __import__("os").getloadavg(),
+    return {"total_s": total, "loadavg_end": os.getloadavg(),
             "phases": res.record.timings.phases, "n_tokens": res.record.data.n_tokens,
             "metrics": res.metrics, "per_layer_fvu": {str(i): res.layer_metrics(i)["fvu"] for i in res.layers},
             "peak_rss_mb": _rss_mb()}
@@ -121,13 +122,13 @@ def random_check(a: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="saekit-tc-check-"))
     save_set(TranscoderSet(tcs), tmp / "set")
     a.folder = str(tmp / "set")
-    load0 = __import__("os").getloadavg()
+    load0 = os.getloadavg()
     res = child_check(a)
     res.pop("metrics")
     res.pop("per_layer_fvu")
     result = {"benchmark": "transcoders_check", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "device": "cpu", "torch_threads": torch.get_num_threads(), "loadavg_start": load0,
-              "loadavg_end": __import__("os").getloadavg(),
+              "loadavg_end": os.getloadavg(),
               "config": {"layers": len(tcs), "width": a.width, "k": a.k, "check_tokens": a.check_tokens,
                          "context": a.context, "weights": "random"}, "check": res,
               "ratios": {"check_s_per_layer": res["total_s"] / len(tcs)}}
@@ -159,8 +160,6 @@ def main() -> None:
         random_check(a)
         return
     if a.child:
-        import os
-
         import torch
 
         torch.manual_seed(0)
@@ -173,7 +172,7 @@ def main() -> None:
     folder = tmp / "set"
     base = [sys.executable, __file__] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
                                          if k not in ("child", "folder", "random_check")] + [f"--folder={folder}"]
-    env = {**__import__("os").environ, "SAEKIT_QUIET": "1", "SAEKIT_HOME": str(tmp / "home")}
+    env = {**os.environ, "SAEKIT_QUIET": "1", "SAEKIT_HOME": str(tmp / "home")}
     out = {}
     for phase in ("forward", "train", "check"):
         print(f"{phase} ...", flush=True)
@@ -193,7 +192,7 @@ def main() -> None:
     }
     result = {
         "benchmark": "transcoders",
-        "loadavg_end": __import__("os").getloadavg(),  # 2 cores shared with other work: times scale with it
+        "loadavg_end": os.getloadavg(),  # 2 cores shared with other work: times scale with it
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": "cpu",
         "cpu": platform.processor() or platform.machine(),
