@@ -37,7 +37,7 @@ def main() -> None:
         from huggingface_hub import HfApi
 
         import saekit
-        from saekit.releases.loopback_hub import serve
+        from saekit.testing.loopback_hub import serve
 
         server = serve(tmp / "hub")
         os.environ["HF_ENDPOINT"] = server.url

@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from saekit.harness.text import DEFAULT_CORPUS, EVAL_EVERY, Split, TokenSet, check_text_size, token_set as corpus_token_set
-from saekit.registry.hub_source import _hub_errors, endpoint, hub_api, quiet_progress
+from saekit.registry.hub import endpoint, hub_api, hub_errors, quiet_progress
 from saekit.schemas import InputError, NotFoundError
 from saekit.schemas.settings import current
 
@@ -244,7 +244,7 @@ def _hub_listing(spec: DatasetSpec) -> tuple[str, list[str]]:
 
     where = f"{HUB_PREFIX}{spec.id}"
     rev = spec.revision or "main"
-    with _hub_errors(where):
+    with hub_errors(where):
         try:
             api = hub_api()  # bounded in time: the listing, and the downloads after it
             commit = api.dataset_info(spec.id, revision=rev).sha
@@ -263,7 +263,7 @@ def _hub_listing(spec: DatasetSpec) -> tuple[str, list[str]]:
 def _hub_file(spec: DatasetSpec, commit: str, name: str) -> Path:
     from huggingface_hub import hf_hub_download
 
-    with _hub_errors(f"{spec.pinned(commit)}/{name}"), quiet_progress():
+    with hub_errors(f"{spec.pinned(commit)}/{name}"), quiet_progress():
         return Path(hf_hub_download(spec.id, name, repo_type="dataset", revision=commit, endpoint=endpoint(),
                                     cache_dir=current().hub_cache))
 
@@ -273,7 +273,7 @@ def _named_tokenizer_vocab(name: str, where: str) -> dict[str, int]:
     from huggingface_hub import snapshot_download
     from transformers import AutoTokenizer
 
-    with _hub_errors(f"{where}: tokenizer {name}"), quiet_progress():
+    with hub_errors(f"{where}: tokenizer {name}"), quiet_progress():
         folder = snapshot_download(name, endpoint=endpoint(), cache_dir=current().hub_cache, allow_patterns=[
             "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "*.model"])
     try:

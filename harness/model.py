@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.harness.hooks import hub_id, norm_gain
-from saekit.registry.hub_source import _hub_errors, bound_hub_requests
+from saekit.registry.hub import bound_hub_requests, hub_errors
 from saekit.schemas import ArtifactFormatError, InputError, ModelInfo, NotFoundError, SaekitError
 from saekit.schemas.console import quiet, say
 from saekit.schemas.settings import cache_dir
@@ -151,7 +151,7 @@ def _hub_snapshot(repo: str, revision: str | None) -> Path:
     bound_hub_requests()  # a silent Hub: one line after the settings' timeouts, not a hang
     try:
         validate_repo_id(repo)  # a malformed id is the user's input, not an answer of the Hub
-        with _hub_errors(where):
+        with hub_errors(where):
             folder = Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES))
     except SaekitError:
         raise

@@ -66,13 +66,16 @@ def _interpreting() -> bool:
 @triton.jit(noinline=True)
 def _compact(buf_ptr, cnt_ptr, thr_ptr, row0, n, pid_s,
              SPLITS: tl.constexpr, K: tl.constexpr, CAP: tl.constexpr,
-             BLOCK_M: tl.constexpr, ROWS: tl.constexpr, SORT: tl.constexpr):
+             BLOCK_M: tl.constexpr, ROWS: tl.constexpr, SORT: tl.constexpr, RANK_J: tl.constexpr):
     """Cut each row's candidate buffer to its K largest keys (first K slots, descending) and
     store the K-th key as the row's new threshold (0 while fewer than K).
 
     SORT: a bitonic tl.sort (GPU). Otherwise each key's rank (how many keys beat it) is
     counted and the key is stored at that slot: same result, and fast in the interpreter,
-    where tl.sort is very slow. Counts were stored to cnt_ptr by the caller (then a barrier)."""
+    where tl.sort is very slow. The count compares [ROWS, CAP] keys with RANK_J of the
+    row's slots at a time, so its [ROWS, CAP, RANK_J] block stays within Triton's element
+    limit (_encode_tiles picks RANK_J). Counts were stored to cnt_ptr by the caller (then a
+    barrier)."""
     slots = tl.arange(0, CAP)
     for r0 in range(0, BLOCK_M, ROWS):  # a runtime loop: one copy of the sort in the code
         rr = row0 + r0 + tl.arange(0, ROWS)
@@ -90,7 +93,12 @@ def _compact(buf_ptr, cnt_ptr, thr_ptr, row0, n, pid_s,
         else:
             # keys are unique, so ranks of live keys are distinct; dead slots hold 0, which
             # beats no live key
-            rank = tl.sum((keys[:, None, :] > keys[:, :, None]).to(tl.int32), axis=2)
+            rank = tl.zeros([ROWS, CAP], dtype=tl.int32)
+            for j0 in range(0, CAP, RANK_J):
+                js = j0 + tl.arange(0, RANK_J)
+                other = tl.load(buf_ptr + slot_row[:, None] * CAP + js[None, :],
+                                mask=ok[:, None] & (js[None, :] < cnt[:, None]), other=0)
+                rank += tl.sum((other[:, None, :] > keys[:, :, None]).to(tl.int32), axis=2)
             keep = live & (rank < K)
             kth = tl.sum(tl.where(keep & (rank == K - 1), keys, 0), axis=1)
             tl.debug_barrier()
@@ -106,7 +114,7 @@ def _encode_kernel(
     stride_xm, stride_wk,
     K: tl.constexpr, CAP: tl.constexpr, SPLITS: tl.constexpr, JUMP: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ROWS: tl.constexpr, SORT: tl.constexpr, UPCAST: tl.constexpr = False,
+    ROWS: tl.constexpr, SORT: tl.constexpr, RANK_J: tl.constexpr, UPCAST: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -127,7 +135,7 @@ def _encode_kernel(
         if tl.max(count, axis=0) > CAP - BLOCK_N:  # the next tile could overflow: compact
             tl.store(cnt_ptr + slot_row, count, mask=row_ok)
             tl.debug_barrier()
-            _compact(buf_ptr, cnt_ptr, thr_ptr, row0, n, pid_s, SPLITS, K, CAP, BLOCK_M, ROWS, SORT)
+            _compact(buf_ptr, cnt_ptr, thr_ptr, row0, n, pid_s, SPLITS, K, CAP, BLOCK_M, ROWS, SORT, RANK_J)
             tl.debug_barrier()
             thr = tl.load(thr_ptr + slot_row, mask=row_ok, other=0)
             count = tl.minimum(count, K)
@@ -170,7 +178,7 @@ def _encode_kernel(
     # keep each split's top K for the final merge
     tl.store(cnt_ptr + slot_row, count, mask=row_ok)
     tl.debug_barrier()
-    _compact(buf_ptr, cnt_ptr, thr_ptr, row0, n, pid_s, SPLITS, K, CAP, BLOCK_M, ROWS, SORT)
+    _compact(buf_ptr, cnt_ptr, thr_ptr, row0, n, pid_s, SPLITS, K, CAP, BLOCK_M, ROWS, SORT, RANK_J)
     tl.store(cnt_ptr + slot_row, tl.minimum(count, K), mask=row_ok)
     tl.store(nnz_ptr + slot_row * 2, nnz, mask=row_ok)
     tl.store(nnz_ptr + slot_row * 2 + 1, emitted, mask=row_ok)
@@ -194,30 +202,59 @@ def _gpu_tiles() -> tuple[int, ...]:
 
 
 def _encode_config(n: int, d_sae: int, k: int, device: torch.device) -> dict:
-    """Tile sizes and split count. GPU values are a first guess, not yet tuned on hardware."""
-    if _interpreting() or device.type != "cuda":
-        bm, bn, bk, rows, warps, stages, programs = 16, 32, 16, 8, 4, 1, 4
-    else:
-        bm, bn, bk, rows, warps, stages = _gpu_tiles()
-        programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    """Tile sizes and split count for this device. GPU values are a first guess, not yet
+    tuned on hardware."""
+    gpu = device.type == "cuda" and not _interpreting()
+    programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count if gpu else 4
+    return _encode_tiles(n, d_sae, k, gpu=gpu, programs=programs)
+
+
+def _encode_tiles(n: int, d_sae: int, k: int, *, gpu: bool, programs: int) -> dict:
+    """The encode launch for n rows, d_sae latents, top k, given about how many programs fill
+    the device. Every block the kernel creates fits Triton's element limit (_fits)."""
+    bm, bn, bk, rows, warps, stages = _gpu_tiles() if gpu else (16, 32, 16, 8, 4, 1)
     o = CONFIG_OVERRIDE
     bm, bn, bk, rows = o.get("BLOCK_M", bm), o.get("BLOCK_N", bn), o.get("BLOCK_K", bk), o.get("ROWS", rows)
     programs = o.get("programs", programs)
+    sort = o.get("SORT", gpu)
     cap = triton.next_power_of_2(k + bn)
     row_blocks = triton.cdiv(n, bm)
     tiles = triton.cdiv(d_sae, bn)
     splits = max(1, min(tiles, triton.cdiv(programs, row_blocks)))
-    if device.type == "cuda" and "programs" not in o:
+    if gpu and "programs" not in o:
         # the candidate buffer (n * splits * CAP int64) stays within the dense fp32 latents'
         # n * d_sae * 4 bytes: without this, small batches of wide-k SAEs (256 tokens, k 1024)
         # would hold twice what the fused encode exists to avoid
         splits = min(splits, max(1, d_sae // (2 * cap)))
     chunk = triton.cdiv(tiles, splits) * bn
     splits = triton.cdiv(d_sae, chunk)
-    cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ROWS=min(rows, bm), CAP=cap,
-               SORT=o.get("SORT", not _interpreting()),
+    # compaction: [ROWS, CAP] keys; the rank count compares them with RANK_J slots at a time
+    rows = min(rows, bm, _prev_power_of_2(MAX_BLOCK // cap))
+    rank_j = min(cap, _prev_power_of_2(MAX_BLOCK // (rows * cap)))
+    cfg = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ROWS=rows, CAP=cap, SORT=sort, RANK_J=rank_j,
                splits=splits, chunk=chunk, num_warps=warps, num_stages=stages)
+    _fits("encode", (bm, bn), (bm, bk), (bk, bn), (rows, cap), (rows, cap, rank_j))
     return cfg
+
+
+# Triton's largest block, in elements (triton.language.TRITON_MAX_TENSOR_NUMEL, 2**20): a larger
+# one fails to compile, and raises InterpreterError under TRITON_INTERPRET.
+MAX_BLOCK = tl.TRITON_MAX_TENSOR_NUMEL
+
+
+def _prev_power_of_2(v: int) -> int:
+    return 1 << (max(1, v).bit_length() - 1)
+
+
+def _fits(kernel: str, *blocks: tuple[int, ...]) -> None:
+    """Every block shape a launch creates: powers of two within MAX_BLOCK elements (an
+    internal check: the config functions choose them so)."""
+    for shape in blocks:
+        numel = 1
+        for d in shape:
+            assert d >= 1 and d & (d - 1) == 0, f"{kernel}: block {shape} is not powers of two"
+            numel *= d
+        assert numel <= MAX_BLOCK, f"{kernel}: block {shape} has {numel} > {MAX_BLOCK} elements"
 
 
 def candidate_buffer_bytes(n: int, d_sae: int, k: int, device: torch.device) -> int:
@@ -319,6 +356,7 @@ def decode(values: torch.Tensor, indices: torch.Tensor, w_dec: torch.Tensor, b_d
     out = _empty(n, d_in, dtype=torch.float32, device=values.device)
     br, bd = (4, 32) if _interpreting() else (4, min(512, triton.next_power_of_2(d_in)))
     br, bd = CONFIG_OVERRIDE.get("dec_r", br), CONFIG_OVERRIDE.get("dec_d", bd)
+    _fits("decode", (br, bd))
     grid = (triton.cdiv(n, br), triton.cdiv(d_in, bd))
     _decode_kernel[grid](values, indices, w_dec, b_dec, out, n, d_in, k, BLOCK_R=br, BLOCK_D=bd)
     return out
@@ -431,14 +469,15 @@ def _latent_sum_kernel(val_ptr, idx_ptr, scale_ptr, act_q_ptr, total, BLOCK: tl.
     tl.atomic_add(act_q_ptr + i, q, mask=fired)
 
 
-def _eval_config(n: int, d_in: int, device: torch.device) -> dict:
+def _eval_config(d_in: int, *, gpu: bool) -> dict:
     """Block sizes of the eval kernels (interpreter: small, so tiny tests cross every boundary)."""
-    if _interpreting() or device.type != "cuda":
+    if not gpu:
         cfg = dict(rows_r=4, rows_d=32, col_r=4, col_d=16, rows_per=8, lat_block=64)
     else:
         cfg = dict(rows_r=8, rows_d=min(256, triton.next_power_of_2(d_in)), col_r=32, col_d=128,
                    rows_per=256, lat_block=1024)
     cfg.update({k: v for k, v in CONFIG_OVERRIDE.items() if k in cfg})
+    _fits("eval", (cfg["rows_r"], cfg["rows_d"]), (cfg["col_r"], cfg["col_d"]), (cfg["lat_block"],))
     return cfg
 
 
@@ -468,7 +507,7 @@ def eval_sums(x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
     d_sae = w_dec.shape[0]
     dev = x.device
     x, values, indices, w_dec = x.contiguous(), values.contiguous(), indices.contiguous(), w_dec.contiguous()
-    cfg = _eval_config(n, d_in, dev)
+    cfg = _eval_config(d_in, gpu=dev.type == "cuda" and not _interpreting())
     rows = _empty(n, 4, dtype=torch.float32, device=dev)
     _eval_rows_kernel[(triton.cdiv(n, cfg["rows_r"]),)](
         x, values, indices, w_dec, b_dec, rows, n, d_in, k, x.stride(0),
@@ -545,7 +584,7 @@ def aot_compile(arch: int = 90, dtype: str = "bf16", k: int = 64, *, jump: bool 
     return {
         "encode": build(_encode_kernel, enc, dict(
             K=k, CAP=triton.next_power_of_2(k + bn), SPLITS=4, JUMP=jump, IEEE=dtype == "fp32",
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ROWS=rows, SORT=True), warps, stages),
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, ROWS=rows, SORT=True, RANK_J=1), warps, stages),
         "decode": build(_decode_kernel, dec, dict(BLOCK_R=4, BLOCK_D=512), 4, 3),
         "eval": build(_eval_rows_kernel, ev, dict(BLOCK_R=8, BLOCK_D=256), 4, 3),
         "eval_colsum": build(_colsum_partial_kernel, col, dict(BLOCK_R=32, BLOCK_D=128), 4, 3),

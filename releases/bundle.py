@@ -27,9 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from saekit.harness.gate import apply as apply_gate, failing_text
-from saekit.registry import tags as T
 from saekit.registry.artifact import sha256_file
+from saekit.releases.gate import checked_record
 from saekit.releases.manifest import load_manifest
 from saekit.releases.ecosystem import write_saelens_registry
 from saekit.releases import annotations
@@ -37,7 +36,6 @@ from saekit.releases.modelcard import SAEEntry, metrics_of
 from saekit.schemas import (
     ArtifactFormatError,
     FeatureCard,
-    GateFailedError,
     InputError,
     IntegrityError,
     NotFoundError,
@@ -46,9 +44,8 @@ from saekit.schemas import (
     card_files,
     safeio,
 )
-from saekit.schemas.benchmark import BenchmarkRecord, read_records
 from saekit.schemas.errors import first_problem
-from saekit.schemas.release import BUNDLE_FORMAT, GatePolicy, ReleaseBundle
+from saekit.schemas.release import BUNDLE_FORMAT, BundlePin, BundleSAE, ReleaseBundle
 from saekit.schemas.console import say
 from saekit.schemas.version import __version__
 
@@ -65,48 +62,6 @@ ARTIFACT_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors")
 
 def _dumps(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
-
-# --- gate ------------------------------------------------------------------------------
-
-
-def checked_record(gate: GatePolicy, label: str, info: Any, *, run_checks: bool,
-                   where: str) -> tuple[Any, BenchmarkRecord, dict[str, Path]]:
-    """(version info, check record, the check's files) of a registry version a release may carry:
-    its gate tag says pass (checked now when none is recorded and ``run_checks``), and the
-    check's record is there, is for this version's sha256 and passes the release's gate.
-    Tags alone can be written by anyone with write access to the MLflow server; the record is
-    what the gate is judged on. Build and publish both go through here. ``gate``: the
-    release's policy; ``label`` names the SAE in the one-line GateFailedError."""
-    from saekit.registry import store
-
-    pinned = f"{info.name}/{info.version}"
-    tag = info.tags.get(T.GATE)
-    if tag is None and run_checks:
-        from saekit.harness.check import check
-
-        say(f"release: no check recorded for {pinned}; running saekit check")
-        check(pinned, policy=gate)
-        info = store.resolve(pinned)
-        tag = info.tags.get(T.GATE)
-    if tag != "pass":
-        why = info.tags.get(T.GATE_FAILED) or ("no check recorded" if tag is None else tag)
-        raise GateFailedError(f"gate failed for {label} ({pinned}): {why}", where=where)
-    checks = store.check_files(info.name, info.version)
-    if "eval.json" not in checks:
-        raise GateFailedError(f"gate failed for {label} ({pinned}): no check record (eval.json); "
-                              f"run `saekit check {pinned}`", where=where)
-    record = read_records(checks["eval.json"])[-1]
-    if record.sae.sha256 != info.sha256:
-        raise GateFailedError(f"gate failed for {label} ({pinned}): the check record is for sha256 "
-                              f"{(record.sae.sha256 or 'none')[:12]}, not this version's {info.sha256[:12]}",
-                              where=where)
-    verdict = apply_gate(gate, record) if gate.rules else record.gate
-    if verdict is None:
-        raise GateFailedError(f"gate failed for {label} ({pinned}): the check record has no gate verdict", where=where)
-    if not verdict.passed:
-        raise GateFailedError(f"gate failed for {label} ({pinned}): {failing_text(verdict)}", where=where)
-    return info, record, checks
 
 
 # --- build -----------------------------------------------------------------------------
@@ -345,40 +300,38 @@ def _write_browser(tmp: Path, manifest: ReleaseManifest, entries: list[SAEEntry]
 
 
 def _write_release_json(tmp: Path, manifest: ReleaseManifest, entries: list[SAEEntry], records: dict[str, Any]) -> None:
-    files = {p: sha256_file(tmp / p) for p in _listing(tmp)}
     stamps = [r.datetime_epoch_millis for r in (e.record for e in entries) if r is not None]
-    data = {
-        "format": BUNDLE_FORMAT,
-        "release_id": manifest.release_id,
-        "version": manifest.version,
-        "tag": f"v{manifest.version}",
-        "hub_repo": manifest.hub_repo,
+    release = ReleaseBundle(
+        format=BUNDLE_FORMAT,
+        release_id=manifest.release_id,
+        version=manifest.version,
+        tag=f"v{manifest.version}",
+        hub_repo=manifest.hub_repo,
         # From the records, never the clock: rebuilding gives the same bytes.
-        "built_from_epoch_millis": max(stamps) if stamps else None,
-        "saekit_version": __version__,
-        "manifest": manifest.model_dump(mode="json"),
-        "saes": [
-            {
-                "sae_id": e.sae_id,
-                "ref": e.ref,
-                "registry": {"name": e.name, "version": e.version},
-                "sha256": e.sha256,
-                "gate": e.gate,
-                "eval_id": e.record.eval_id if e.record is not None else None,
-                "metrics": metrics_of(e.record),
-                "d_in": e.cfg.get("d_in"),
-                "d_sae": e.cfg.get("d_sae"),
-                "architecture": e.cfg.get("architecture"),
-                "n_cards": e.n_cards,
-                "card_files": e.card_files,
-            }
+        built_from_epoch_millis=max(stamps) if stamps else None,
+        saekit_version=__version__,
+        manifest=manifest,
+        saes=[
+            BundleSAE(
+                sae_id=e.sae_id,
+                ref=e.ref,
+                registry=BundlePin(name=e.name, version=e.version),
+                sha256=e.sha256,
+                gate="pass",  # checked_record let it in
+                eval_id=e.record.eval_id if e.record is not None else None,
+                metrics=metrics_of(e.record),
+                d_in=e.cfg.get("d_in"),
+                d_sae=e.cfg.get("d_sae"),
+                architecture=e.cfg.get("architecture"),
+                n_cards=e.n_cards,
+                card_files=e.card_files,
+            )
             for e in entries
         ],
-        "records": records,
-        "files": files,
-    }
-    ReleaseBundle.model_validate(data)  # what verify and publish will read back
-    (tmp / RELEASE_JSON).write_bytes(_dumps(data))
+        records=records,
+        files={p: sha256_file(tmp / p) for p in _listing(tmp)},
+    )
+    (tmp / RELEASE_JSON).write_bytes(_dumps(release.model_dump(mode="json")))
 
 
 # --- hashes ----------------------------------------------------------------------------
@@ -443,24 +396,24 @@ def check_listing(present: set[str], sums: dict[str, str], *, where: str) -> Non
         raise IntegrityError(f"{RELEASE_JSON} missing", where=where)
 
 
-def parse_release(data: bytes, sums: dict[str, str], *, where: str) -> dict[str, Any]:
+def parse_release(data: bytes, sums: dict[str, str], *, where: str) -> ReleaseBundle:
     """release.json's bytes, parsed as saekit's ReleaseBundle and listing every file of
     SHA256SUMS; IntegrityError (one line) otherwise."""
     from pydantic import ValidationError
 
     try:
-        release = safeio.load_json(data, where=where)
-        ReleaseBundle.model_validate_json(data)
+        safeio.load_json(data, where=where)  # bounded in size and nesting before pydantic reads it
+        release = ReleaseBundle.model_validate_json(data)
     except InputError as err:
         raise IntegrityError(err.message, where=err.where) from None
     except ValidationError as err:
         raise IntegrityError(f"not a saekit release.json ({first_problem(err)})", where=where) from None
-    if set(release["files"]) | {RELEASE_JSON} != set(sums):
+    if set(release.files) | {RELEASE_JSON} != set(sums):
         raise IntegrityError(f"its files are not those {SUMS} lists", where=where)
     return release
 
 
-def verify(bundle_dir: str | os.PathLike) -> dict[str, Any]:
+def verify(bundle_dir: str | os.PathLike) -> ReleaseBundle:
     """Check a bundle against its SHA256SUMS (every file listed, every hash matching, no
     extra files) and its release.json against saekit's ReleaseBundle; returns release.json."""
     root = Path(bundle_dir)
@@ -476,12 +429,12 @@ def verify(bundle_dir: str | os.PathLike) -> dict[str, Any]:
     return parse_release(data, sums, where=str(root / RELEASE_JSON))
 
 
-def release_cards(bundle: Path) -> list[tuple[dict[str, Any], dict[str, Any], list[FeatureCard]]]:
+def release_cards(bundle: Path) -> list[tuple[ReleaseBundle, BundleSAE, list[FeatureCard]]]:
     """(release.json, its SAE entry, cards) for every SAE of a built bundle, verified first."""
     release = verify(bundle)
     out = []
-    for entry in release["saes"]:
-        files = [safeio.regular_file(bundle, f) for f in entry.get("card_files") or []]
+    for entry in release.saes:
+        files = [safeio.regular_file(bundle, f) for f in entry.card_files]
         cards = card_files.read_cards(files) if files else []
         out.append((release, entry, cards))
     return out
@@ -502,17 +455,17 @@ def export_neuronpedia_release(
     for release, entry, cards in release_cards(root):
         if not cards:
             continue
-        rel = f"{entry['sae_id']}/cfg.json"
+        rel = f"{entry.sae_id}/cfg.json"
         cfg = safeio.load_json(safeio.read_bytes(root, rel, max_bytes=safeio.JSON_LIMITS.max_file_bytes),
                                where=str(root / rel))
         model, source = eco.neuronpedia_ids(release, entry, cfg)
         folder = eco.export_neuronpedia(
             cards, Path(out), model_id=model_id or model,
-            source_id=source if len(release["saes"]) > 1 or not source_id else source_id, creator=creator,
-            release={"name": release["release_id"], "description": release["manifest"].get("description"),
-                     "url": f"https://huggingface.co/{release['hub_repo']}"},
-            hf_repo=release["hub_repo"], hf_folder=entry["sae_id"], saelens_release=release["release_id"])
-        written.append({"sae_id": entry["sae_id"], "folder": str(folder), "cards": len(cards)})
+            source_id=source if len(release.saes) > 1 or not source_id else source_id, creator=creator,
+            release={"name": release.release_id, "description": release.manifest.description,
+                     "url": f"https://huggingface.co/{release.hub_repo}"},
+            hf_repo=release.hub_repo, hf_folder=entry.sae_id, saelens_release=release.release_id)
+        written.append({"sae_id": entry.sae_id, "folder": str(folder), "cards": len(cards)})
     if not written:
         raise InputError("the release carries no feature cards", where=str(root))
     return written

@@ -40,6 +40,7 @@ from typing import Any
 from saekit.releases.modelcard import metrics_of
 from saekit.schemas import FeatureCard, InputError, NotFoundError, ReleaseManifest
 from saekit.schemas.card_files import read_cards, read_rows, write_rows
+from saekit.schemas.release import BundleSAE, ReleaseBundle
 from saekit.schemas.safeio import DEFAULT_LIMITS, Limits
 
 SAELENS_REGISTRY = "pretrained_saes.yaml"
@@ -369,19 +370,18 @@ def annotate_from_neuronpedia(
     return sorted(by_index.values(), key=lambda c: c.index), added
 
 
-def neuronpedia_ids(release: dict[str, Any], entry: dict[str, Any], cfg: dict[str, Any]) -> tuple[str, str]:
+def neuronpedia_ids(release: ReleaseBundle, entry: BundleSAE, cfg: dict[str, Any]) -> tuple[str, str]:
     """(model id, source id) for a release's SAE: the manifest's neuronpedia id, else
     ``<model name, lowercased>`` and ``<layer>-<release id>`` (Neuronpedia's own naming)."""
-    sae_cfgs = {s["sae_id"]: s for s in release["manifest"]["saes"]}
-    given = sae_cfgs.get(entry["sae_id"], {}).get("neuronpedia")
+    given = next((s.neuronpedia for s in release.manifest.saes if s.sae_id == entry.sae_id), None)
     if given:
         model, _, source = given.partition("/")
         return model, source
-    model = release["manifest"]["base_model"]["id"].split("/")[-1].lower()
+    model = release.manifest.base_model.id.split("/")[-1].lower()
     hook = (cfg.get("metadata") or {}).get("hook_name") or ""
     m = re.search(r"(?:layers|blocks|h)\.(\d+)", hook)
-    set_name = re.sub(r"[^\w.-]+", "-", release["release_id"]).strip("-")
-    suffix = re.sub(r"[^\w.-]+", "-", entry["sae_id"]).strip("-")
+    set_name = re.sub(r"[^\w.-]+", "-", release.release_id).strip("-")
+    suffix = re.sub(r"[^\w.-]+", "-", entry.sae_id).strip("-")
     layer = m.group(1) if m else "0"
-    source = f"{layer}-{set_name}" + (f"__{suffix}" if len(release["saes"]) > 1 else "")
+    source = f"{layer}-{set_name}" + (f"__{suffix}" if len(release.saes) > 1 else "")
     return model, source

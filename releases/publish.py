@@ -4,7 +4,7 @@ the registry versions. Idempotent: the same bundle published again changes nothi
 Only a bundle saekit built from checked SAEs goes up: every file is read once, from one open
 descriptor, into a private unnamed temporary copy while it is hashed; the hashes must match
 SHA256SUMS, release.json must parse as saekit's ReleaseBundle, and every SAE must be, in the
-registry now, the version whose check record passed (releases.bundle.checked_record). The
+registry now, the version whose check record passed (releases.gate.checked_record). The
 copies are what is uploaded: the bytes hashed are the bytes sent, whatever happens to the
 folder meanwhile.
 
@@ -29,19 +29,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from saekit.registry import tags as T
-from saekit.releases.bundle import (
-    MAX_SUMS_BYTES,
-    RELEASE_JSON,
-    SUMS,
-    check_listing,
-    checked_record,
-    parse_release,
-    parse_sums,
-)
+from saekit.registry.hub import cache_dir, check_listing as check_hub_listing, hub_api, hub_errors, quiet_progress
+from saekit.releases.bundle import MAX_SUMS_BYTES, RELEASE_JSON, SUMS, check_listing, parse_release, parse_sums
+from saekit.releases.gate import checked_record
 from saekit.schemas import GateFailedError, InputError, IntegrityError, NotFoundError, PublishError, safeio
 from saekit.schemas.console import say
 from saekit.schemas.masking import mask
-from saekit.schemas.release import GatePolicy, ReleaseManifest
+from saekit.schemas.release import GatePolicy, ReleaseBundle, ReleaseManifest
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 # The Hub takes no file over 50 GB (https://huggingface.co/docs/hub/en/repositories-recommendations);
@@ -74,17 +68,10 @@ class PublishResult:
         return asdict(self)
 
 
-def _clean(err: Exception) -> str:
-    """One line of an HTTP error, with secrets masked."""
-    return mask((str(err).splitlines() or [err.__class__.__name__])[0])
-
-
 def _remote_sums(api, repo_id: str, revision: str) -> dict[str, str] | None:
     """SHA256SUMS at a revision of the repo, or None when it has none."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
-
-    from saekit.releases.hub import cache_dir
 
     try:
         path = hf_hub_download(repo_id, SUMS, revision=revision, endpoint=api.endpoint, cache_dir=cache_dir())
@@ -212,29 +199,19 @@ def publish(
         snap = _snapshot(root, stack)
         _check_registry(snap, str(root))
         release = parse_release(snap.release_bytes, snap.sums, where=str(root / RELEASE_JSON))
-        repo_id = repo_id or release.get("hub_repo")
-        if not isinstance(repo_id, str) or not _REPO_RE.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
+        repo_id = repo_id or release.hub_repo
+        if not _REPO_RE.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
             raise InputError("expected ORG/NAME", where=repo_id)
-        tag = release["tag"]
+        tag = release.tag
         if not re.fullmatch(r"v[0-9A-Za-z.+-]{1,100}", tag):
             raise InputError(f"release.json tag {tag!r} is not v<version>", where=str(root))
         files = sorted(snap.sums) + [SUMS]
         if dry_run:
             return PublishResult(repo_id, tag, None, True, True, files,
                                  message=f"dry run: would commit {len(files)} files to {repo_id} and tag {tag}")
-
-        from saekit.registry.hub_source import hub_api, quiet_progress
-
         api = hub_api(endpoint)
-        with quiet_progress():
-            try:
-                result = _publish(api, root, snap, release, repo_id, tag, private)
-            except Exception as err:  # noqa: BLE001 - a dead endpoint, a timeout: one line naming it
-                from saekit.releases.hub import is_network_error, unreachable
-
-                if is_network_error(err):
-                    raise unreachable(err, repo_id, api.endpoint) from None
-                raise
+        with quiet_progress(), hub_errors(repo_id, failure=PublishError, url=api.endpoint):
+            result = _publish(api, root, snap, release, repo_id, tag, private)
     result.url = mask(f"{api.endpoint}/{repo_id}/tree/{tag}")
     if record:
         result.registry_updated = _record(release, repo_id, tag, result.commit)
@@ -242,90 +219,81 @@ def publish(
     return result
 
 
-def _publish(api, root: Path, snap: _Snapshot, release: dict[str, Any], repo_id: str, tag: str,
+def _publish(api, root: Path, snap: _Snapshot, release: ReleaseBundle, repo_id: str, tag: str,
              private: bool) -> PublishResult:
+    """The Hub side of publish; huggingface_hub's failures are translated by the caller (hub_errors)."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-    from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.hf_api import RepoFile
     from huggingface_hub.utils import logging as hf_logging
 
-    from saekit.registry.hub_source import check_listing as check_hub_listing
-
     sums = snap.sums
     files = sorted(sums) + [SUMS]
-    try:
-        api.create_repo(repo_id, exist_ok=True, private=private)
-        refs = api.list_repo_refs(repo_id)
-        tags = {t.name: t.target_commit for t in refs.tags}
-        branches = {b.name: b.target_commit for b in refs.branches}
-        if tag in tags:
-            remote = _remote_sums(api, repo_id, tags[tag])
-            if remote != sums:
-                raise TagConflictError(
-                    f"tag {tag} already exists on {repo_id} with different content; bump the release version",
-                    where=str(root),
-                )
-            result = PublishResult(repo_id, tag, tags[tag], False, False, files,
-                                   message=f"{repo_id}@{tag} already holds this bundle (commit {tags[tag][:12]}); nothing changed")
+    api.create_repo(repo_id, exist_ok=True, private=private)
+    refs = api.list_repo_refs(repo_id)
+    tags = {t.name: t.target_commit for t in refs.tags}
+    branches = {b.name: b.target_commit for b in refs.branches}
+    if tag in tags:
+        remote = _remote_sums(api, repo_id, tags[tag])
+        if remote != sums:
+            raise TagConflictError(
+                f"tag {tag} already exists on {repo_id} with different content; bump the release version",
+                where=str(root),
+            )
+        result = PublishResult(repo_id, tag, tags[tag], False, False, files,
+                               message=f"{repo_id}@{tag} already holds this bundle (commit {tags[tag][:12]}); nothing changed")
+    else:
+        head = branches.get("main")
+        if head is not None and _remote_sums(api, repo_id, head) == sums:
+            commit, changed = head, False  # committed before, the tag was not made
         else:
-            head = branches.get("main")
-            if head is not None and _remote_sums(api, repo_id, head) == sums:
-                commit, changed = head, False  # committed before, the tag was not made
-            else:
-                remote_files = set()
-                if head is not None:
-                    remote_files = set(check_hub_listing([f.path for f in api.list_repo_tree(
-                        repo_id, recursive=True, revision=head) if isinstance(f, RepoFile)], where=repo_id))
-                # The private copies (open binary files: huggingface_hub uploads these with the
-                # LFS protocol) and SHA256SUMS' bytes, exactly what was hashed.
-                ops: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=snap.copies[p]) for p in sorted(sums)]
-                ops.append(CommitOperationAdd(path_in_repo=SUMS, path_or_fileobj=snap.sums_bytes))
-                ops += [CommitOperationDelete(path_in_repo=p) for p in sorted(remote_files - set(files))
-                        if p != ".gitattributes"]
-                verbosity = hf_logging.get_verbosity()
-                hf_logging.set_verbosity_error()  # the "falling back to HTTP upload" notice
-                try:
-                    say(f"publish: committing {len(files)} files to {repo_id}")
-                    info = api.create_commit(
-                        repo_id,
-                        ops,
-                        commit_message=f"Release {release.get('release_id', '')} {tag}",
-                        commit_description=f"saekit release bundle, {len(files)} files; see release.json and SHA256SUMS.",
-                        parent_commit=head,
-                    )
-                finally:
-                    hf_logging.set_verbosity(verbosity)
-                commit, changed = info.oid, True
-            api.create_tag(repo_id, tag=tag, revision=commit, tag_message=f"saekit release {release.get('release_id', '')} {tag}")
-            result = PublishResult(repo_id, tag, commit, True, False, files,
-                                   message=f"published {repo_id}@{tag} (commit {commit[:12]})"
-                                   + ("" if changed else "; files were already on main, tagged only"))
-    except HfHubHTTPError as err:
-        status = getattr(getattr(err, "response", None), "status_code", None)
-        if status == 412:
-            raise PublishError(f"{repo_id} changed since the parent commit we compared against; publish again",
-                               where=repo_id) from None
-        raise PublishError(f"Hub refused: {_clean(err)}", where=repo_id) from None
+            remote_files = set()
+            if head is not None:
+                remote_files = set(check_hub_listing([f.path for f in api.list_repo_tree(
+                    repo_id, recursive=True, revision=head) if isinstance(f, RepoFile)], where=repo_id))
+            # The private copies (open binary files: huggingface_hub uploads these with the
+            # LFS protocol) and SHA256SUMS' bytes, exactly what was hashed.
+            ops: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=snap.copies[p]) for p in sorted(sums)]
+            ops.append(CommitOperationAdd(path_in_repo=SUMS, path_or_fileobj=snap.sums_bytes))
+            ops += [CommitOperationDelete(path_in_repo=p) for p in sorted(remote_files - set(files))
+                    if p != ".gitattributes"]
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # the "falling back to HTTP upload" notice
+            try:
+                say(f"publish: committing {len(files)} files to {repo_id}")
+                info = api.create_commit(
+                    repo_id,
+                    ops,
+                    commit_message=f"Release {release.release_id} {tag}",
+                    commit_description=f"saekit release bundle, {len(files)} files; see release.json and SHA256SUMS.",
+                    parent_commit=head,
+                )
+            finally:
+                hf_logging.set_verbosity(verbosity)
+            commit, changed = info.oid, True
+        api.create_tag(repo_id, tag=tag, revision=commit, tag_message=f"saekit release {release.release_id} {tag}")
+        result = PublishResult(repo_id, tag, commit, True, False, files,
+                               message=f"published {repo_id}@{tag} (commit {commit[:12]})"
+                               + ("" if changed else "; files were already on main, tagged only"))
     return result
 
 
-def _record(release: dict[str, Any], repo_id: str, tag: str, commit: str | None) -> list[str]:
+def _record(release: ReleaseBundle, repo_id: str, tag: str, commit: str | None) -> list[str]:
     """Tag each registry version of the release with where it was published."""
     from saekit.registry import store
     from saekit.schemas import SaekitError
 
     done = []
-    for s in release["saes"]:
-        reg = s.get("registry") or {}
+    for s in release.saes:
+        pinned = f"{s.registry.name}/{s.registry.version}"
         try:
-            info = store.resolve(f"{reg['name']}/{reg['version']}")
-            if info.sha256 != s["sha256"]:
+            info = store.resolve(pinned)
+            if info.sha256 != s.sha256:
                 continue
             want = {T.HUB_COMMIT: commit or "", T.HUB_REPO: repo_id, T.HUB_TAG: tag}
             if any(info.tags.get(k) != v for k, v in want.items()):
-                store.record_tags(reg["name"], int(reg["version"]), want)
-            done.append(f"{reg['name']}/{reg['version']}")
-        except (SaekitError, KeyError):
+                store.record_tags(s.registry.name, s.registry.version, want)
+            done.append(pinned)
+        except SaekitError:
             # Published from a machine whose registry does not hold the version: nothing to record.
             continue
     return done

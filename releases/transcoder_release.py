@@ -27,7 +27,7 @@ circuit-tracer 0.5.0's stock loader reads ReLU and JumpReLU layers; a TopK layer
 with its k (``activation_function.k``), which that loader refuses rather than run as ReLU.
 
 ``saekit.load("hf://ORG/REPO@<tag>/<set_id>")`` loads the set back, verified against
-SHA256SUMS and the set's sha256 (saekit.releases.hub). A set publishes only as a registry
+SHA256SUMS and the set's sha256 (saekit.releases.download). A set publishes only as a registry
 version whose check record (``saekit check``) is the bundle's, and whose sha256 is the
 bundle's files'.
 """
@@ -42,7 +42,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from saekit.schemas import GateFailedError, InputError, IntegrityError, NotFoundError, safeio
+from saekit.schemas import GateFailedError, InputError, IntegrityError, NotFoundError, PublishError, safeio
 from saekit.schemas.console import say
 
 KIND = "transcoder_set"
@@ -221,6 +221,39 @@ def _model_card(release: dict[str, Any], tset: Any, set_metrics: dict[str, float
     return "\n".join(lines) + "\n"
 
 
+# --- reading a release back ----------------------------------------------------------------
+
+
+def parse_set_release(data: bytes, *, where: str) -> dict[str, Any]:
+    """release.json of a set release: bounded JSON, kind transcoder_set, each set with its
+    sae_id and sha256; IntegrityError (one line) otherwise."""
+    try:
+        release = safeio.load_json(data, where=where)
+    except InputError as err:
+        raise IntegrityError(err.message, where=err.where) from None
+    if not isinstance(release, dict) or release.get("kind") != KIND:
+        raise IntegrityError("not a saekit transcoder set release.json", where=where)
+    sets = release.get("sets")
+    if not isinstance(sets, list) or not all(isinstance(s, dict) and isinstance(s.get("sae_id"), str)
+                                             and isinstance(s.get("sha256"), str) for s in sets):
+        raise IntegrityError("release.json's sets need sae_id and sha256", where=where)
+    return release
+
+
+def load_released_set(folder: Path, release: dict[str, Any], sae_id: str, commit: str, *, where: str) -> Any:
+    """The set ``sae_id`` of a downloaded release (``folder``: its verified files), checked
+    against the sha256 release.json gives it."""
+    from saekit.registry.transcoder_set import load_set
+    from saekit.schemas import SAERef
+
+    entry = next((s for s in release["sets"] if s["sae_id"] == sae_id), None)
+    if entry is None:
+        raise NotFoundError(f"release.json lists no transcoder set {sae_id!r}", where=where)
+    tset = load_set(folder, expected_sha256=entry["sha256"])
+    tset.ref = SAERef(name=sae_id, version=commit, sha256=entry["sha256"])
+    return tset
+
+
 # --- publish -----------------------------------------------------------------------------
 
 
@@ -277,11 +310,14 @@ def publish_set_release(bundle_dir: str | os.PathLike, repo_id: str | None = Non
         repo_id = repo_id or release.get("hub_repo")
         if not isinstance(repo_id, str) or not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", repo_id):
             raise InputError("expected ORG/NAME", where=str(repo_id))
-        from saekit.registry.hub_source import hub_api, quiet_progress
+        from types import SimpleNamespace
+
+        from saekit.registry.hub import hub_api, hub_errors, quiet_progress
 
         api = hub_api(endpoint)
-        with quiet_progress():
-            result = pub._publish(api, root, snap, release, repo_id, release["tag"], private)
+        with hub_errors(repo_id, failure=PublishError), quiet_progress():  # _publish reads release.release_id only
+            result = pub._publish(api, root, snap, SimpleNamespace(release_id=release["release_id"]), repo_id,
+                                  release["tag"], private)
     result.url = mask(f"{api.endpoint}/{repo_id}/tree/{release['tag']}")
     if record:
         for s in release["sets"]:

@@ -26,7 +26,7 @@ def load(ref: str | os.PathLike, *, device: str | None = None) -> SAE:
 
     parsed = parse_ref(ref)  # a Path is a local folder; a string names one only as ./x or /abs
     if parsed.kind == "hf":
-        from saekit.releases.hub import load_hf
+        from saekit.releases.download import load_hf
 
         sae = load_hf(parsed)
     elif parsed.kind == "saelens":

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.registry import tags as T
-from saekit.schemas import GatePolicy, InputError, safeio
+from saekit.schemas import GateFailedError, GatePolicy, InputError, safeio
 from saekit.schemas.console import say
 from saekit.schemas.masking import mask
 from saekit.schemas.settings import Settings, current, use_settings
@@ -137,8 +137,13 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
                         "eval_id": info.tags.get(T.EVAL_ID), "metrics": metrics, "ran": checked_now,
                         "policy": [str(r) for r in policy.rules]}
     step("check", t)
-    if info.tags.get(T.GATE) != "pass":
-        _progress(f"gate failed for {pinned}: {info.tags.get(T.GATE_FAILED)}; not releasing")
+    from saekit.releases.gate import checked_record
+
+    try:  # the release's own gate decision, which a reused check's tag does not replace
+        checked_record(policy, pinned, info, run_checks=False, where="demo")
+    except GateFailedError as err:
+        summary["check"].update(gate="fail", failed=err.message)
+        _progress(f"{err.message}; not releasing")
         summary["total_s"] = round(time.perf_counter() - t0, 2)
         return summary
 
@@ -180,8 +185,8 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
     safeio.write_bytes(manifest_path, dump_manifest(manifest).encode())
     bundle = build(manifest_path, work / "bundle", force=True)  # the demo's own work folder
     release = verify(bundle)
-    summary["release"] = {"manifest": str(manifest_path), "bundle": str(bundle), "tag": release["tag"],
-                          "sae_id": sae_id, "files": len(release["files"]) + 2,
+    summary["release"] = {"manifest": str(manifest_path), "bundle": str(bundle), "tag": release.tag,
+                          "sae_id": sae_id, "files": len(release.files) + 2,
                           "browser": str(bundle / "browser" / "index.html")}
     step("build", t)
 
@@ -189,7 +194,7 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
     from saekit.releases.publish import publish
 
     t = time.perf_counter()
-    ref = f"hf://{repo}@{release['tag']}/{sae_id}"
+    ref = f"hf://{repo}@{release.tag}/{sae_id}"
     if dry_run:
         result = publish(bundle, repo, dry_run=True)
         summary["publish"] = result.to_dict() | {"endpoint": None}
@@ -197,7 +202,7 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
     else:
         import shutil
 
-        from saekit.releases.loopback_hub import serve
+        from saekit.testing.loopback_hub import serve
         from saekit.releases.publish import TagConflictError
 
         server = serve(work / "hub")
@@ -210,7 +215,7 @@ def _run(*, size: str, tokens: int | None, out: Path | None, dry_run: bool, sett
             except TagConflictError:
                 # The demo's own loopback Hub holds this tag from a different saekit
                 # (the bundle layout changed): it is scratch space, so start it afresh.
-                _progress(f"the loopback Hub holds an older {release['tag']} with other content; resetting it")
+                _progress(f"the loopback Hub holds an older {release.tag} with other content; resetting it")
                 server.stop()
                 shutil.rmtree(work / "hub")
                 shutil.rmtree(work / "hf-cache", ignore_errors=True)

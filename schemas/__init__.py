@@ -40,6 +40,7 @@ from saekit.schemas.errors import (
     ArtifactFormatError,
     CardValidationError,
     EndpointError,
+    HubError,
     GateFailedError,
     InputError,
     IntegrityError,

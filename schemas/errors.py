@@ -88,6 +88,11 @@ class RegistryError(SaekitError, RuntimeError):
     """The registry (MLflow) refused or could not be reached: ``registry at http://...: ...``."""
 
 
+class HubError(SaekitError, OSError):
+    """The Hub could not be reached or refused a request:
+    ``hf://org/repo: cannot reach the Hub at http://...: ConnectError (...)``."""
+
+
 class PublishError(SaekitError, RuntimeError):
     """Publishing to the Hub failed or was refused: ``repo org/x changed since the parent commit``."""
 

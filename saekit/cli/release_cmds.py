@@ -29,10 +29,10 @@ def build_cmd(
 
     path = build(manifest, out, run_checks=not no_check, force=force)
     release = verify(path)
-    data = {"bundle": str(path), "release_id": release["release_id"], "tag": release["tag"],
-            "saes": [{k: s[k] for k in ("sae_id", "registry", "sha256", "gate")} for s in release["saes"]],
-            "files": len(release["files"]) + 2}
-    emit(data, json_out, f"built {release['release_id']} {release['tag']}: {data['files']} files in {path}")
+    data = {"bundle": str(path), "release_id": release.release_id, "tag": release.tag,
+            "saes": [s.model_dump(mode="json", include={"sae_id", "registry", "sha256", "gate"}) for s in release.saes],
+            "files": len(release.files) + 2}
+    emit(data, json_out, f"built {release.release_id} {release.tag}: {data['files']} files in {path}")
 
 
 @release_app.command("verify")
@@ -44,7 +44,7 @@ def verify_cmd(
     from saekit.releases.bundle import verify
 
     release = verify(bundle)
-    emit({"bundle": str(bundle), "ok": True, "tag": release["tag"]}, json_out, f"ok: {bundle} matches SHA256SUMS")
+    emit({"bundle": str(bundle), "ok": True, "tag": release.tag}, json_out, f"ok: {bundle} matches SHA256SUMS")
 
 
 @release_app.command("publish")
@@ -75,7 +75,7 @@ def hub_cmd(
     port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (0: any free port)."),
 ) -> None:
     """Serve a loopback Hugging Face Hub (for tests and offline demos) until Ctrl-C."""
-    from saekit.releases.loopback_hub import main
+    from saekit.testing.loopback_hub import main
 
     main([str(root), str(port)])
 

@@ -42,7 +42,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A loopback Hub with the dataset org/ds (tag v1); HF_ENDPOINT and the HF cache point at tmp_path."""
     from huggingface_hub import HfApi
 
-    from saekit.releases.loopback_hub import serve
+    from saekit.testing.loopback_hub import serve
 
     server = serve(tmp_path / "hub")
     monkeypatch.setenv("HF_ENDPOINT", server.url)

@@ -160,3 +160,45 @@ def test_normalised_and_low_precision_saes_follow_the_reference(arch, norm, fact
     assert_close(hat, want, rtol=rtol, what=f"decode {arch} {norm} {dtype}", scale=float(want.abs().max()))
     a, b = dispatch.eval_batch(x, sae), reference.eval_batch(x, sae)
     assert_close(a.sse, b.sse, rtol=10 * rtol, what=f"sse {arch} {norm} {dtype}")
+
+
+# Odd shapes whose candidate buffer (CAP = next_pow2(k + 32) in the interpreter) makes the
+# compaction's blocks large: the first is issue 22's JumpReLU shape (its rank count made a
+# 2,097,152-element block, above Triton's 1,048,576, before the kernels chose blocks by it).
+ODD_SHAPES = [
+    pytest.param("jumprelu", 23, 36, 517, None, None, id="jumprelu-23x36x517"),
+    pytest.param("jumprelu", 23, 36, 517, None, 517, id="jumprelu-max_k-eq-dsae"),
+    pytest.param("topk", 23, 36, 517, 517, None, id="topk-k-eq-dsae"),
+    pytest.param("topk", 7, 9, 1030, 1024, None, id="topk-k-max-fused"),
+    pytest.param("topk", 1, 3, 1, 1, None, id="topk-1x3x1"),
+]
+
+
+@pytest.mark.parametrize("arch,n,d_in,d_sae,k,max_k", ODD_SHAPES)
+def test_odd_shapes_with_wide_codes(arch, n, d_in, d_sae, k, max_k, triton_path, device, seed):
+    sae = make_sae(arch, d_in, d_sae, k, seed=seed, device=device)
+    x = make_x(n, d_in, seed=seed, device=device)
+    dense = reference.encode_dense(x, sae) if arch != "topk" else torch.relu(reference.pre_activations(x, sae))
+    what = f"{arch} {n}x{d_in}x{d_sae} k{k} max_k{max_k} (seed {seed})"
+    assert_codes_match(dispatch.encode(x, sae, max_k=max_k), reference.encode(x, sae, max_k=max_k), dense, what=what)
+    got, want = dispatch.eval_batch(x, sae), reference.eval_batch(x, sae)
+    assert torch.equal(got.fire_count.cpu(), want.fire_count.cpu()), what
+    assert_close(got.sse, want.sse, rtol=1e-5, what=f"{what} sse")
+
+
+def test_every_launch_fits_triton_block_limit():
+    """Every block each kernel would create, for GPU and interpreter tiles, over shapes from a
+    single token to 1M-wide SAEs and k up to the fused maximum, is within Triton's limit
+    (the config functions assert it per launch)."""
+    tk = pytest.importorskip("saekit.kernels.triton_kernels")
+    for gpu, programs in [(False, 4), (True, 264)]:
+        for n in (1, 23, 4096, 65536):
+            for d_sae in (1, 45, 517, 1030, 16384, 2**20):
+                for k in sorted({1, 7, 64, 256, min(d_sae, tk.MAX_FUSED_K)}):
+                    if k > d_sae:
+                        continue
+                    cfg = tk._encode_tiles(n, d_sae, k, gpu=gpu, programs=programs)
+                    assert cfg["ROWS"] * cfg["CAP"] * cfg["RANK_J"] <= tk.MAX_BLOCK, (gpu, n, d_sae, k, cfg)
+                    assert cfg["splits"] * cfg["chunk"] >= d_sae and cfg["CAP"] >= k + cfg["BLOCK_N"]
+        for d_in in (1, 36, 4096, 2**16):
+            tk._eval_config(d_in, gpu=gpu)

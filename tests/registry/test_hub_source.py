@@ -19,6 +19,7 @@ import torch
 import saekit
 from saekit.registry import hub_source, store
 from saekit.registry.artifact import sha256_file
+from saekit.schemas import HubError
 
 D_IN, D_SAE, K = 8, 32, 4
 GS_WIDTH = 1024  # Gemma Scope folder "width_1k"
@@ -37,7 +38,7 @@ def _randomize(module, seed):
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    from saekit.releases.loopback_hub import serve
+    from saekit.testing.loopback_hub import serve
 
     server = serve(tmp_path / "hub")
     monkeypatch.setenv("HF_ENDPOINT", server.url)
@@ -205,11 +206,11 @@ def test_gemmascope_glob_one_bar_resumable(tmp_path, hub, monkeypatch):
     def flaky(res, unit, *a, **kw):
         calls["n"] += 1
         if calls["n"] == 2:
-            raise hub_source.HubSourceError("connection reset", where=unit.path)
+            raise HubError("connection reset", where=unit.path)
         return real(res, unit, *a, **kw)
 
     monkeypatch.setattr(hub_source, "convert", flaky)
-    with pytest.raises(hub_source.HubSourceError):
+    with pytest.raises(HubError):
         saekit.register("gs", ref)
     assert len(store.list_versions("gs")) == 1
     monkeypatch.setattr(hub_source, "convert", real)

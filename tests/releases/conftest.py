@@ -36,7 +36,7 @@ def two_sae_manifest(_shared_registry: tuple[Path, Path], monkeypatch: pytest.Mo
 @pytest.fixture
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A loopback Hub; HF_ENDPOINT points at it and the HF cache lives in tmp_path."""
-    from saekit.releases.loopback_hub import serve
+    from saekit.testing.loopback_hub import serve
 
     server = serve(tmp_path / "hub")
     monkeypatch.setenv("HF_ENDPOINT", server.url)

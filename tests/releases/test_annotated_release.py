@@ -42,7 +42,7 @@ def annotated_bundle(two_sae_manifest: Path, tmp_path: Path) -> Path:
 def test_release_carries_explanations_scores_and_their_means(annotated_bundle: Path, tmp_path: Path):
     from saekit.releases.bundle import export_neuronpedia_release, release_cards
 
-    released = {entry["sae_id"]: cards for _, entry, cards in release_cards(annotated_bundle)}
+    released = {entry.sae_id: cards for _, entry, cards in release_cards(annotated_bundle)}
     by_index = {c.index: c for c in released["layer6/a"]}
     ann = by_index[2].annotations[-1]
     assert by_index[2].schema_version == "1.1" and ann.description == "explanation of latent 2"

@@ -38,13 +38,15 @@ def test_bundle_layout_card_and_byte_identical_rebuild(two_sae_manifest: Path, t
               "plots/feature_density.png", "plots/l0_vs_explained_variance.png"):
         assert f in ta
 
-    release = verify(a)
-    assert [(s["sae_id"], s["registry"], s["gate"]) for s in release["saes"]] == [
+    release = verify(a)  # the typed release.json (ReleaseBundle)
+    assert [(s.sae_id, s.registry.model_dump(), s.gate) for s in release.saes] == [
         ("layer6/a", {"name": "res-l6-a", "version": 1}, "pass"),
         ("layer6-b", {"name": "res-l6-b", "version": 1}, "pass"),
     ]
-    assert release["records"]["layer6/a"]["eval_id"].startswith("core-")
-    assert release["built_from_epoch_millis"] == 1_763_000_000_000
+    assert release.records["layer6/a"]["eval_id"].startswith("core-")
+    assert release.built_from_epoch_millis == 1_763_000_000_000
+    assert (a / "release.json").read_text() == json.dumps(release.model_dump(mode="json"), indent=2,
+                                                          sort_keys=True, ensure_ascii=False) + "\n"
     sums = (a / "SHA256SUMS").read_text().splitlines()
     assert len(sums) == len(ta) - 1 and all(len(line.split("  ")[0]) == 64 for line in sums)
 
@@ -75,7 +77,7 @@ def test_large_card_sets_are_sharded(two_sae_manifest: Path, tmp_path: Path):
     assert [c["index"] for c in lines] == list(range(64))
     assert not (out / "layer6/a/feature_cards.jsonl").exists()
     release = verify(out)
-    assert release["saes"][0]["card_files"] == [f"layer6/a/feature_cards/{p.name}" for p in shards]
+    assert release.saes[0].card_files == [f"layer6/a/feature_cards/{p.name}" for p in shards]
 
 
 def test_gate_is_required(tmp_path: Path):

@@ -38,7 +38,7 @@ def _req(url: str, method: str = "GET", body: bytes | None = None, headers: dict
 
 @pytest.fixture
 def hub(tmp_path):
-    from saekit.releases.loopback_hub import serve
+    from saekit.testing.loopback_hub import serve
 
     server = serve(tmp_path / "hubroot")
     yield server

@@ -55,7 +55,7 @@ def test_check_of_a_hub_dataset_on_a_silent_hub_times_out(tmp_path, silent_port)
 
 def test_a_missing_hub_dataset_fails_before_the_model_loads(tmp_path):
     from saekit.harness.model import DEFAULT_MODEL_ID
-    from saekit.releases.loopback_hub import serve
+    from saekit.testing.loopback_hub import serve
 
     server = serve(tmp_path / "hubroot")
     try:
@@ -75,7 +75,7 @@ def test_a_missing_hub_dataset_fails_before_the_model_loads(tmp_path):
 def test_check_in_partial_batches_and_bf16_on_a_hub_model(tmp_path: Path) -> None:
     from huggingface_hub import HfApi
 
-    from saekit.releases.loopback_hub import serve
+    from saekit.testing.loopback_hub import serve
 
     hub = serve(tmp_path / "hubroot")
     try:

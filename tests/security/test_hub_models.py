@@ -64,7 +64,7 @@ def _tiny_pythia(folder: Path, seed: int) -> Path:
 
 @pytest.fixture
 def hub(tmp_path):
-    from saekit.releases.loopback_hub import serve
+    from saekit.testing.loopback_hub import serve
 
     server = serve(tmp_path / "hubroot")
     yield server

@@ -48,7 +48,7 @@ def reg(_registry: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 @pytest.fixture
 def hub(tmp_path: Path):
-    from saekit.releases.loopback_hub import serve
+    from saekit.testing.loopback_hub import serve
 
     server = serve(tmp_path / "hub")
     yield server

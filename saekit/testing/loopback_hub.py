@@ -629,7 +629,7 @@ def serve(root: Path, port: int = 0) -> LoopbackHubServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m saekit.releases.loopback_hub ROOT [PORT]``: serve in the foreground."""
+    """``python -m saekit.testing.loopback_hub ROOT [PORT]``: serve in the foreground."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
