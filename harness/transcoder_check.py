@@ -363,10 +363,10 @@ def check_set(
             for i in layers:
                 tc = tset[i]
                 lref = tc.ref or SAERef(name=f"{set_ref.name}/layer_{i}", d_sae=tc.d_sae)
-                card_list, _ = build_cards(
+                card_list = build_cards(
                     tc, model, tok, stats[i], tokens, sae_ref=lref, hook_name=f"{tc.hook_in} (input)",
                     latents=select_latents(stats[i].fire_count, "all"), batch_size=batch_size,
-                    downstream_latents=[], attribution=False, n_examples=n_examples,
+                    attribution=False, n_examples=n_examples,
                     n_quantile_examples=n_quantile_examples, n_negative_examples=n_negative_examples)
                 card_paths[i] = write_cards(card_list, _fresh(out / f"layer_{i}" / "feature_cards.jsonl"))
             phases["cards"] = time.perf_counter() - t
