@@ -15,6 +15,7 @@ from saekit.schemas.version import __version__
 if TYPE_CHECKING:
     from saekit.harness.verify import VerifyReport
     from saekit.harness.check import CheckResult
+    from saekit.harness.transcoder_check import SetCheckResult
     from saekit.kernels import SAE
     from saekit.schemas import FeatureCard
 
@@ -56,12 +57,14 @@ def register(name: str, artifact: Any, **kwargs: Any):
     return _register(name, artifact, **kwargs)
 
 
-def check(ref: str | os.PathLike, **kwargs: Any) -> CheckResult:
+def check(ref: str | os.PathLike, **kwargs: Any) -> CheckResult | SetCheckResult:
     """Check an SAE against a real model: metrics, cards, benchmark record and gate verdict
-    (see saekit.harness.check.check for the options)."""
+    (see saekit.harness.check.check for the options). A transcoder set is checked by
+    saekit.harness.transcoder_check.check_set (per layer and whole set)."""
     from saekit.harness.check import check as _check
+    from saekit.harness.transcoder_check import check_ref
 
-    return _check(ref, loader=load, **kwargs)
+    return check_ref(ref, load, _check, **kwargs)
 
 
 def activations(model: Any, hook_name: str, tokens: Any) -> Any:

@@ -26,7 +26,7 @@ from saekit.schemas.benchmark import (
 def check_cmd(
     ref: Optional[str] = typer.Argument(None, help="SAE: registry reference, hf://..., or artifact folder."),
     policy: Optional[Path] = typer.Option(None, "--policy", help="Gate policy (YAML/JSON): rules like 'explained_variance >= 0.7'."),
-    tokens: int = typer.Option(DEFAULT_TOKENS, "--tokens", min=1, help="Tokens to evaluate on (held-out split)."),
+    tokens: Optional[int] = typer.Option(None, "--tokens", min=1, help=f"Tokens to evaluate on (held-out split; default {DEFAULT_TOKENS}, 2048 for a transcoder set)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     model: Optional[str] = typer.Option(None, "--model", help="Language model ID[@REV] (Hub id, TransformerLens alias such as gpt2-small, or a folder); default the SAE's."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or float64 (default: the SAE's dtype)."),
@@ -58,16 +58,16 @@ def check_cmd(
     """Check an SAE against a real language model: metrics, cards, record, gate (exit 1 if it fails)."""
     import saekit
     from saekit.harness.check import check
+    from saekit.harness.transcoder_check import check_ref
 
-    res = check(
-        ref, policy=policy, n_tokens=tokens, device=device, seed=seed, out_dir=out, cards=cards, log=log,
+    res = check_ref(  # a transcoder set goes to the set check (saekit.harness.transcoder_check)
+        ref, saekit.load, check, policy=policy, n_tokens=tokens, device=device, seed=seed, out_dir=out, cards=cards, log=log,
         context_size=context, batch_size=batch_size, corpus=corpus, cards_latents=cards_latents,
         downstream_latents=downstream_latents, n_quantile_examples=quantile_examples,
         n_negative_examples=negative_examples, annotations=annotations, from_record=from_record, activations=activations,
-        loader=saekit.load,
         threads=threads, model_id=model, dtype=dtype,
     )
-    if res.rank != 0:  # torchrun: rank 0 reports
+    if getattr(res, "rank", 0) != 0:  # torchrun: rank 0 reports
         return
     emit(res.summary(), json_out, res.describe())
     if not res.ok:
