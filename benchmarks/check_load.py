@@ -87,7 +87,10 @@ def cards_cost(args) -> dict:
     import torch.nn.functional as F
 
     from saekit.harness.activations import spliced
-    from saekit.harness.cards import build_cards, exact_ablations, stream_latents
+    from saekit.harness.cards import build_cards, select_latents
+    from saekit.schemas.benchmark import DEFAULT_NEGATIVE_EXAMPLES
+    from saekit.harness.downstream import exact_ablations
+    from saekit.harness.sweep import sweep
     from saekit.harness.dist import configure_threads
     from saekit.harness.model import load_lm
     from saekit.harness.text import special_token_ids, token_set
@@ -115,11 +118,10 @@ def cards_cost(args) -> dict:
             F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), toks[:, 1:].reshape(-1)).backward()
         return time.perf_counter() - t
 
-    from saekit.harness.cards import select_latents
-
     def cards(windows: bool) -> dict:
         t = time.perf_counter()
-        st = stream_latents(sae, model, ts, hook_name=hook, batch_size=bs, special=special, grad=True, windows=windows)
+        st = sweep(sae, model, ts, hook_name=hook, batch_size=bs, special=special, metrics=False, windows=windows,
+                   negatives=DEFAULT_NEGATIVE_EXAMPLES).stats
         t_pass = time.perf_counter() - t
         t = time.perf_counter()
         build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="bench"), hook_name=hook,

@@ -50,7 +50,9 @@ def saekit_child(tokens_path: str, out: str, threads: int) -> None:
     import torch
     from safetensors.torch import load_file
 
-    from saekit.harness.cards import build_cards, stream_latents
+    from saekit.harness.cards import build_cards
+    from saekit.schemas.benchmark import DEFAULT_NEGATIVE_EXAMPLES
+    from saekit.harness.sweep import sweep
     from saekit.harness.model import load_lm
     from saekit.harness.text import special_token_ids, token_set
     from saekit.schemas import SAERef
@@ -66,9 +68,10 @@ def saekit_child(tokens_path: str, out: str, threads: int) -> None:
     special = torch.tensor(special_token_ids(tok))
     t_load = time.perf_counter() - t0
     t = time.perf_counter()
-    st = stream_latents(sae, model, ts, hook_name=f"model.layers.{LAYER}", batch_size=4, special=special, grad=True)
-    cards, _ = build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="bench"), hook_name=f"model.layers.{LAYER}",
-                           latents=list(range(sae.cfg.d_sae)), batch_size=4)
+    st = sweep(sae, model, ts, hook_name=f"model.layers.{LAYER}", batch_size=4, special=special, metrics=False,
+               negatives=DEFAULT_NEGATIVE_EXAMPLES).stats
+    cards = build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="bench"), hook_name=f"model.layers.{LAYER}",
+                        latents=list(range(sae.cfg.d_sae)), batch_size=4)
     t_run = time.perf_counter() - t
     Path(out).write_text(json.dumps({
         "load_s": round(t_load, 2), "run_s": round(t_run, 2), "features": len(cards), "tokens": int(ids.numel()),

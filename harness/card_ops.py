@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from saekit.harness.cards import VerifyReport, merge_annotations, read_annotations, verify_cards
+from saekit.harness.annotations import merge_annotations, read_annotations
+from saekit.harness.verify import VerifyReport, verify_cards
 from saekit.schemas import FeatureCard
 from saekit.schemas.card_files import read_cards, write_cards
 

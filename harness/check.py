@@ -22,9 +22,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from saekit.harness import gate as gate_mod
+from saekit.harness.activations import ShardActivationSource
+from saekit.harness.annotations import merge_annotations, read_annotations
+from saekit.harness.cards import build_cards, select_latents
+from saekit.harness.datasets import pinned_dataset, sae_dataset, token_set
+from saekit.harness.dist import (
+    broadcast_object,
+    configure_threads,
+    gather_to_root,
+    init,
+    my_batches,
+    rank_device,
+    rank_world,
+)
+from saekit.harness.downstream import AGREEMENT_DEFINITIONS, agreement, exact_ablations
+from saekit.harness.metrics import (
+    CATEGORIES,
+    DEFINITIONS,
+    HEADLINE,
+    SAEBENCH_METRICS,
+    SAEBENCH_VERSION,
+    SAELENS_VERSION,
+    evaluate_activations,
+    latent_details,
+    token_counts,
+)
+from saekit.harness.model import DEFAULT_MODEL_ID, check_device, check_dtype, load_lm
+from saekit.harness.record import hardware, package_versions, torch_threads
+from saekit.harness.sweep import sweep
+from saekit.harness.text import DEFAULT_CORPUS, special_token_ids
 from saekit.registry import tags as T
 from saekit.schemas import (
     BenchmarkRecord,
+    ModelInfo,
+    SAERef,
     CardsConfig,
     CheckConfig,
     DataInfo,
@@ -36,20 +68,22 @@ from saekit.schemas import (
     Timings,
     safeio,
 )
-from saekit.schemas.benchmark import read_records
+from saekit.schemas.benchmark import (
+    DEFAULT_BATCH,
+    DEFAULT_CARDS,
+    DEFAULT_CONTEXT,
+    DEFAULT_DOWNSTREAM,
+    DEFAULT_EXAMPLES,
+    DEFAULT_NEGATIVE_EXAMPLES,
+    DEFAULT_QUANTILE_EXAMPLES,
+    DEFAULT_TOKENS,
+    read_records,
+)
+from saekit.schemas.card_files import card_line, write_lines
 from saekit.schemas.console import say
 from saekit.schemas.errors import first_problem
 from saekit.schemas.settings import current
 from saekit.schemas.version import __version__
-
-DEFAULT_TOKENS = 8192
-DEFAULT_CONTEXT = 128
-DEFAULT_BATCH = 4
-DEFAULT_CORPUS = "pydoc"
-DEFAULT_CARDS = "all"  # a card for every latent (or a number: the N most active)
-DEFAULT_DOWNSTREAM = 16  # exact ablation for the N most active latents ('all' on request);
-# every latent's card carries the attribution estimate of the same effect
-DEFAULT_EXAMPLES = 5
 
 # what a check on the language model uses where its config leaves a field unset
 # (the dataset: the SAE's dataset_path, else DEFAULT_CORPUS)
@@ -110,8 +144,6 @@ class CheckResult:
 
     def describe(self) -> list[str]:
         """The result for people: SAE, metrics by category, gate, where the files went."""
-        from saekit.harness.gate import describe
-
         rec = self.record
         lines = [f"{rec.sae.name}" + (f"/{rec.sae.version}" if rec.sae.version else "")
                  + f"  sha256 {(rec.sae.sha256 or '?')[:12]}"]
@@ -120,7 +152,7 @@ class CheckResult:
             lines += [f"    {k:<24} {v:.6g}" for k, v in ms.items()]
         if self.verdict is not None:
             lines.append(f"gate: {'PASS' if self.verdict.passed else 'FAIL'}")
-            lines += ["  " + s for s in describe(self.verdict)]
+            lines += ["  " + s for s in gate_mod.describe(self.verdict)]
         lines.append(f"record: {self.record_path}")
         if self.cards_path:
             lines.append(f"cards:  {self.cards_path}")
@@ -282,9 +314,6 @@ def run_check(
     duration."""
     import torch
 
-    from saekit.harness.dist import configure_threads, init
-    from saekit.harness.model import check_device, check_dtype
-
     if config.sae_ref is None:
         raise InputError("no SAE reference given", where="check")
     if out_dir is not None:  # a link planted in --out fails now, not after the pass
@@ -301,38 +330,9 @@ def run_check(
             torch.set_num_threads(threads_before)
 
 
-def _run(
-    config: CheckConfig, policy: GatePolicy | Path | str | None, out_dir: Path | None, log: bool,
-    annotations: Path | None, loader: Callable[[str], Any] | None, expect_sha: str | None,
-) -> CheckResult:
-    import torch
-
-    from saekit.harness import gate as gate_mod
-    from saekit.harness.cards import (
-        NEGATIVE_EXAMPLES,
-        QUANTILE_EXAMPLES,
-        build_cards,
-        merge_annotations,
-        read_annotations,
-        select_latents,
-        stream_latents,
-    )
-    from saekit.schemas.card_files import card_line, write_lines
-    from saekit.harness.dist import broadcast_object, gather_to_root, my_batches, rank_device, rank_world
-    from saekit.harness.text import special_token_ids
-    from saekit.harness.metrics import evaluate
-    from saekit.harness.model import DEFAULT_MODEL_ID, load_lm
-    from saekit.harness.record import torch_threads
-    from saekit.harness.datasets import pinned_dataset, sae_dataset, token_set
-
-    ref = config.sae_ref
-    assert ref is not None
-    t_start = time.perf_counter()
-    phases: dict[str, float] = {}
-    pol = gate_mod.load_policy(policy)
-    torch.manual_seed(config.seed)
-
-    t = time.perf_counter()
+def _load_sae(ref: str, config: CheckConfig, loader: Callable[[str], Any] | None,
+              expect_sha: str | None) -> tuple[Any, str]:
+    """The SAE and the hook it is checked at; refused in one line when it cannot be."""
     say(f"check {ref}: loading the SAE")
     sae = (loader or _load)(ref)
     if expect_sha and sae.ref and sae.ref.sha256 and sae.ref.sha256 != expect_sha:
@@ -345,23 +345,12 @@ def _run(
     if sae.cfg.hook_head_index is not None:  # one head's slice of the hook: never read the whole hook instead
         raise InputError(f"the SAE reads head {sae.cfg.hook_head_index} of {hook} (hook_head_index), which the "
                          "check does not support", where=ref)
-    phases["load_sae"] = time.perf_counter() - t
+    return sae, hook
 
-    if config.activations is not None:
-        return _run_shards(sae, config, pol, out_dir, log, phases, t_start)
 
-    config = config.model_copy(update={k: v for k, v in _LM_DEFAULTS.items() if getattr(config, k) is None})
-    if not config.exclude_special_tokens:
-        raise InputError("the check always leaves special tokens out of its metrics (SAELens' evals)",
-                         where="exclude_special_tokens")
-    cards_cfg = config.cards or CardsConfig()
-    # read before any model work, so a bad file costs nothing and writes nothing
-    notes = read_annotations(annotations) if annotations is not None and cards_cfg.enabled else None
-    dataset = config.corpus or sae_dataset(sae.cfg) or DEFAULT_CORPUS
-    dataset = pinned_dataset(dataset)  # a bad, missing or unreachable dataset fails before the model loads
-    downstream = config.downstream
-    batch_size = config.batch_size
-    assert batch_size is not None and config.n_tokens is not None and config.context_size is not None
+def _load_lm_and_tokens(sae: Any, config: CheckConfig, dataset: str, phases: dict[str, float]) -> tuple:
+    """(model, tokenizer, the SAE on the model's device and dtype, the token set)."""
+    import torch
 
     t = time.perf_counter()
     mid = config.model_id
@@ -389,56 +378,76 @@ def _run(
     )
     phases["tokenize"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    say(f"evaluating on {tokens.n_tokens} tokens ({tokens.source}, {tokens.split} split) at {hook}")
-    rank, world = rank_world()
-    mine = my_batches(-(-tokens.tokens.shape[0] // batch_size))
-    run = evaluate(sae_dev, model, tok, tokens, hook_name=hook, batch_size=batch_size, downstream=downstream,
-                   batches=mine, keep_codes=False)
-    phases["eval"] = time.perf_counter() - t - run.weights_s  # the pass over the tokens
-    phases["weight_metrics"] = run.weights_s
+    return model, tok, sae_dev, tokens
 
+
+def _run(
+    config: CheckConfig, policy: GatePolicy | Path | str | None, out_dir: Path | None, log: bool,
+    annotations: Path | None, loader: Callable[[str], Any] | None, expect_sha: str | None,
+) -> CheckResult:
+    import torch
+
+    ref = config.sae_ref
+    assert ref is not None
+    t_start = time.perf_counter()
+    phases: dict[str, float] = {}
+    pol = gate_mod.load_policy(policy)
+    torch.manual_seed(config.seed)
+
+    t = time.perf_counter()
+    sae, hook = _load_sae(ref, config, loader, expect_sha)
+    phases["load_sae"] = time.perf_counter() - t
+
+    if config.activations is not None:
+        return _run_shards(sae, config, pol, out_dir, log, phases, t_start)
+
+    config = config.model_copy(update={k: v for k, v in _LM_DEFAULTS.items() if getattr(config, k) is None})
+    if not config.exclude_special_tokens:
+        raise InputError("the check always leaves special tokens out of its metrics (SAELens' evals)",
+                         where="exclude_special_tokens")
+    cards_cfg = config.cards or CardsConfig()
+    # read before any model work, so a bad file costs nothing and writes nothing
+    notes = read_annotations(annotations) if annotations is not None and cards_cfg.enabled else None
+    dataset = config.corpus or sae_dataset(sae.cfg) or DEFAULT_CORPUS
+    dataset = pinned_dataset(dataset)  # a bad, missing or unreachable dataset fails before the model loads
+    downstream = config.downstream
+    batch_size = config.batch_size
+    assert batch_size is not None and config.n_tokens is not None and config.context_size is not None
+
+    model, tok, sae_dev, tokens = _load_lm_and_tokens(sae, config, dataset, phases)
+    info = model.saekit_info
+    say(f"evaluating on {tokens.n_tokens} tokens ({tokens.source}, {tokens.split} split) at {hook}")
+    n_quant, n_neg = (DEFAULT_QUANTILE_EXAMPLES if cards_cfg.n_quantile_examples is None else cards_cfg.n_quantile_examples,
+                      DEFAULT_NEGATIVE_EXAMPLES if cards_cfg.n_negative_examples is None else cards_cfg.n_negative_examples)
+    t = time.perf_counter()
+    special = torch.tensor(special_token_ids(tok), dtype=torch.long)
+    swept = sweep(sae_dev, model, tokens, hook_name=hook, batch_size=batch_size, special=special,
+                  batches=my_batches(-(-tokens.tokens.shape[0] // batch_size)), downstream=downstream,
+                  cards=cards_cfg.enabled, k=cards_cfg.n_examples, negatives=n_neg)
+    phases["sweep"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sums = swept.sums
+    metrics = sums.metrics(downstream=downstream)
+    metrics.update(token_counts(sums.n_tokens, tokens.context_size, swept.batches, batch_size, downstream))
+    latent_lists, averages = latent_details(sae_dev, sums.fire_count, sums.n_tokens, sums.prompts)
+    metrics.update(averages)
+    phases["weight_metrics"] = time.perf_counter() - t
+
+    rank, world = rank_world()
     eval_id = broadcast_object(uuid.uuid4().hex)
     out = Path(out_dir) if out_dir is not None else _home() / "checks" / eval_id
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     sae_ref = sae.ref
     if sae_ref is None:
-        from saekit.schemas import SAERef
-
         sae_ref = SAERef(name=Path(ref).name or "sae", d_sae=sae.cfg.d_sae)
 
-    cards_path = None
-    n_cards = 0
-    agree: dict[str, float] = {}
-    n_quant, n_neg = (QUANTILE_EXAMPLES if cards_cfg.n_quantile_examples is None else cards_cfg.n_quantile_examples,
-                      NEGATIVE_EXAMPLES if cards_cfg.n_negative_examples is None else cards_cfg.n_negative_examples)
+    cards_path, n_cards, agree = None, 0, {}
     if cards_cfg.enabled:
-        t = time.perf_counter()
-        special = torch.tensor(special_token_ids(tok), dtype=torch.long)
-        stats = stream_latents(sae_dev, model, tokens, hook_name=hook, batch_size=batch_size, special=special,
-                               batches=mine, grad=downstream, k=cards_cfg.n_examples,
-                               negatives=n_neg)
-        phases["cards_pass"] = time.perf_counter() - t
-        t = time.perf_counter()
-        latents = select_latents(stats.fire_count, _n_latents(cards_cfg.latents))
-        n_down = _n_latents(cards_cfg.downstream_latents)
-        ranked = select_latents(stats.fire_count, n_down)
-        down = ranked if downstream else []
-        card_list, agree = build_cards(  # every rank builds and serializes its share
-            sae_dev, model, tok, stats, tokens, sae_ref=sae_ref, hook_name=hook, latents=latents,
-            batch_size=batch_size, downstream_latents=down, attribution=downstream,
-            n_examples=cards_cfg.n_examples, n_quantile_examples=n_quant, n_negative_examples=n_neg,
-            distributed=True,
-        )
-        if notes is not None:
-            card_list, _ = merge_annotations(card_list, notes)
-        parts = gather_to_root([(c.index, card_line(c)) for c in card_list])
-        if parts is not None:  # rank 0 writes them in index order
-            rows = sorted(row for part in parts for row in part)
-            cards_path = write_lines(out / "feature_cards.jsonl", (line for _, line in rows))
-            n_cards = len(rows)
-        phases["cards"] = time.perf_counter() - t
+        cards_path, n_cards, agree = _cards(
+            sae_dev, model, tok, swept.stats, tokens, cards_cfg, sae_ref=sae_ref, hook=hook, batch_size=batch_size,
+            downstream=downstream, special=special, n_quant=n_quant, n_neg=n_neg, notes=notes, out=out,
+            phases=phases)
 
     # what the check resolved, recorded in its config
     config = config.model_copy(update={
@@ -457,11 +466,11 @@ def _run(
     llm_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     bench_cfg = saebench_config(
         model_name=info.id, llm_dtype=llm_dtype,
-        batch_size=batch_size, n_batches=run.counts["batches"], dataset=tokens.source,
+        batch_size=batch_size, n_batches=swept.batches, dataset=tokens.source,
         context_size=config.context_size, downstream=downstream,
     )
     record = build_record(
-        sae, sae_ref, config, metrics=run.metrics, latents=run.latents, bench_cfg=bench_cfg, eval_id=eval_id,
+        sae, sae_ref, config, metrics=metrics, latents=latent_lists, bench_cfg=bench_cfg, eval_id=eval_id,
         model=info.model_info(hook).model_copy(update={"weights": weights_description(info, llm_dtype)}),
         data=DataInfo(source=tokens.source, fingerprint=tokens.fingerprint, n_tokens=tokens.n_tokens,
                       context_size=tokens.context_size, dataset_id=tokens.dataset_id or tokens.corpus,
@@ -473,22 +482,53 @@ def _run(
     return _finish(record, pol, out, cards_path, log, sae, record_metrics(record), eval_id)
 
 
+def _cards(
+    sae: Any, model: Any, tok: Any, stats: Any, tokens: Any, cards_cfg: CardsConfig, *, sae_ref: Any, hook: str,
+    batch_size: int, downstream: bool, special: Any, n_quant: int, n_neg: int, notes: dict | None, out: Path,
+    phases: dict[str, float],
+) -> tuple[Path | None, int, dict[str, float]]:
+    """The stages after the sweep: downstream effects (exact ablation of the chosen latents and
+    its agreement with attribution), card assembly, annotations; rank 0 writes the cards.
+    Returns (cards file or None on other ranks, cards written, agreement)."""
+    t = time.perf_counter()
+    down = select_latents(stats.fire_count, _n_latents(cards_cfg.downstream_latents)) if downstream else []
+    down = [L for L in down if int(stats.fire_count[L]) > 0]
+    exact = exact_ablations(sae, model, tokens, stats, down, hook_name=hook, batch_size=batch_size,
+                            special=special, distributed=True) if down else {}
+    agree = agreement([exact[L]["delta"] / max(exact[L]["n"], 1) for L in down],
+                      [exact[L]["attr"] / max(exact[L]["n"], 1) for L in down]) if down else {}
+    phases["ablation"] = time.perf_counter() - t
+    t = time.perf_counter()
+    card_list = build_cards(  # every rank builds and serializes its share
+        sae, model, tok, stats, tokens, sae_ref=sae_ref, hook_name=hook,
+        latents=select_latents(stats.fire_count, _n_latents(cards_cfg.latents)), batch_size=batch_size,
+        exact=exact, attribution=downstream, n_examples=cards_cfg.n_examples, n_quantile_examples=n_quant,
+        n_negative_examples=n_neg, distributed=True,
+    )
+    if notes is not None:
+        card_list, _ = merge_annotations(card_list, notes)
+    parts = gather_to_root([(c.index, card_line(c)) for c in card_list])
+    cards_path, n_cards = None, 0
+    if parts is not None:  # rank 0 writes them in index order
+        rows = sorted(row for part in parts for row in part)
+        cards_path = write_lines(out / "feature_cards.jsonl", (line for _, line in rows))
+        n_cards = len(rows)
+    phases["cards"] = time.perf_counter() - t
+    return cards_path, n_cards, agree
+
+
 def _run_shards(
     sae: Any, config: CheckConfig, pol: GatePolicy | None, out_dir: Path | None, log: bool,
     phases: dict[str, float], t_start: float,
 ) -> CheckResult:
     """The check on stored activation shards: reconstruction and sparsity metrics only."""
-    from saekit.harness.activations import ShardActivationSource
-    from saekit.harness.metrics import evaluate_activations
-    from saekit.harness.record import torch_threads
-    from saekit.schemas import ModelInfo, SAERef
 
     assert config.activations is not None
     folder = Path(config.activations)
     t = time.perf_counter()
     source = ShardActivationSource(folder)
-    metrics, stats, latents = evaluate_activations(sae, source)
-    phases["eval"] = time.perf_counter() - t
+    metrics, n_tokens, latents = evaluate_activations(sae, source)
+    phases["sweep"] = time.perf_counter() - t
     eval_id = uuid.uuid4().hex
     out = Path(out_dir) if out_dir is not None else _home() / "checks" / eval_id
     out.mkdir(parents=True, exist_ok=True)
@@ -505,7 +545,7 @@ def _run_shards(
         sae, sae.ref or SAERef(name=folder.name, d_sae=sae.cfg.d_sae), config, metrics=metrics, latents=latents,
         bench_cfg={}, eval_id=eval_id,
         model=ModelInfo(id=sae.cfg.model_name or "unknown", revision=sae.cfg.model_revision, hook_name=source.hook_name),
-        data=DataInfo(source=source.describe(), fingerprint=source.fingerprint, n_tokens=stats.n_tokens),
+        data=DataInfo(source=source.describe(), fingerprint=source.fingerprint, n_tokens=n_tokens),
         phases=phases, t_start=t_start,
     )
     return _finish(record, pol, out, None, log, sae, record_metrics(record), eval_id)
@@ -515,9 +555,6 @@ def _finish(
     metrics: dict[str, float], eval_id: str,
 ) -> CheckResult:
     """Gate, eval.json, and the registry log."""
-    from saekit.harness import gate as gate_mod
-    from saekit.harness.metrics import HEADLINE
-
     verdict = None
     if pol is not None:
         verdict = gate_mod.apply(pol, record)
@@ -613,9 +650,6 @@ def build_record(
     and per-latent details, NaN written as -1 under SAEBench's names (core/main.py
     replace_nans_with_negative_one); ``bench_cfg`` SAEBench's eval_config (saebench_config);
     ``agreement``: how well the cards' attribution estimate matches exact ablation."""
-    from saekit.harness.cards import AGREEMENT_DEFINITIONS
-    from saekit.harness.metrics import CATEGORIES, DEFINITIONS, SAEBENCH_METRICS, SAELENS_VERSION, SAEBENCH_VERSION
-    from saekit.harness.record import hardware, package_versions
 
     by_cat: dict[str, dict[str, float]] = {}
     for cat, names in CATEGORIES.items():
@@ -650,7 +684,7 @@ def build_record(
     if agreement:  # saekit's, not SAEBench's: kept out of eval_result_metrics
         unstructured = {"feature_cards": {k: v for k, v in agreement.items() if v == v}}
         definitions.update({k: AGREEMENT_DEFINITIONS[k] for k in agreement if k in AGREEMENT_DEFINITIONS})
-    eval_s = phases.get("eval")
+    eval_s = phases.get("sweep")
     return BenchmarkRecord(
         eval_type_id=CORE if config.downstream else CORE_NO_DOWNSTREAM,
         eval_config=bench_cfg,

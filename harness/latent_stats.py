@@ -393,7 +393,9 @@ def attribution(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor
     """First-order change of the loss when each code entry is removed from the
     reconstruction: ``-a * (W_dec[i] . dL/dx_hat)`` per entry [n, k] (exact when the loss is
     linear in x_hat). One backward gives ``grad`` [n, d_in] for every latent at once."""
-    w = W_dec.float()[indices.long()]  # [n, k, d_in]
+    if W_dec.shape[0] <= 16 * indices.shape[1]:  # wide codes (JumpReLU, ReLU): one product for every latent
+        return -(values.float() * (grad.float() @ W_dec.float().T).gather(1, indices.long()))
+    w = W_dec.float()[indices.long()]  # [n, k, d_in]: k decoder rows per token, for narrow codes (TopK)
     return -(values.float() * torch.einsum("nkd,nd->nk", w, grad.float()))
 
 

@@ -18,14 +18,9 @@ number per batch. Encoding and per-latent statistics go through saekit.kernels.d
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
-from saekit.harness.activations import captured, spliced
-from saekit.harness.text import TokenSet, special_token_ids
 from saekit.schemas import MetricDefinition
-from saekit.schemas.console import Progress
 
 SAELENS_VERSION = "6.54.12"
 SAEBENCH_VERSION = "0.6.0"
@@ -149,31 +144,6 @@ SAEBENCH_METRICS: dict[str, list[str]] = {
 HEADLINE = ["explained_variance", "mse", "l0", "dead_fraction", "ce_loss_score", "kl_div_score"]
 
 
-@dataclass
-class EvalRun:
-    """Everything one pass over a token set produced (metrics and what the cards need)."""
-
-    metrics: dict[str, float]
-    stats: Any  # saekit.kernels.reference.EvalStats over non-special tokens
-    mask: Any  # [n_rows, ctx] bool, True where the token is not special
-    values: Any  # [n_rows * ctx, k] sparse code values (0 at special tokens)
-    indices: Any  # [n_rows * ctx, k] sparse code indices
-    ce_with_sae: Any | None = None  # [n_rows, ctx - 1] per-token loss with the SAE spliced in
-    counts: dict[str, int] = field(default_factory=dict)
-    latents: dict[str, list[float]] = field(default_factory=dict)
-    """Per-latent lists over every latent (SAEBench's CoreFeatureMetric fields but index)."""
-    weights_s: float = 0.0
-    """Seconds of the weight metrics (their max cosines grow with d_sae squared, not the tokens)."""
-
-    def by_category(self) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        for cat, names in CATEGORIES.items():
-            got = {n: self.metrics[n] for n in names if n in self.metrics}
-            if got:
-                out[cat] = got
-        return out
-
-
 def log_probs(logits: Any) -> Any:
     """float32 log-softmax over the vocabulary (as sae-lens computes it)."""
     import torch
@@ -187,83 +157,194 @@ def per_token_ce(logits: Any, tokens: Any, *, logp: Any = None) -> Any:
     return -logp[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
 
 
-def per_token_kl(lp_clean: Any, lp_new: Any) -> Any:
-    """KL(p_clean || p_new) per position [b, ctx] from log-probs (sae_lens evals._kl)."""
-    return (lp_clean.exp() * (lp_clean - lp_new)).sum(-1)
+def per_token_kl(lp_clean: Any, lp_new: Any, *, p_clean: Any = None) -> Any:
+    """KL(p_clean || p_new) per position [b, ctx] from log-probs (sae_lens evals._kl);
+    ``p_clean``: lp_clean.exp() when already computed."""
+    return ((lp_clean.exp() if p_clean is None else p_clean) * (lp_clean - lp_new)).sum(-1)
 
 
-def _to_cpu(stats: Any) -> Any:
-    from dataclasses import fields, replace
+# --- per-batch sums ----------------------------------------------------------------------
+# One row of float64 sums per batch (SUMS, then sum_x and sum_x2 per dimension), each
+# computed within its batch in an order that depends on neither the thread count nor the
+# other batches, then added over batches in batch order: one process and N ranks (each
+# owning whole batches) add the same numbers in the same order, so the record is the same.
+SUMS = ("n", "mse_bench", "ev_legacy", "l2_in", "l2_out", "l2_ratio", "R", "A", "M", "rrb", "sse", "cos", "l1",
+        "ce_without", "ce_with", "ce_abl", "kl_with", "kl_abl", "n_ce", "n_kl")
+_COL = {k: i for i, k in enumerate(SUMS)}
 
-    return replace(stats, **{f.name: getattr(stats, f.name).cpu() for f in fields(stats) if f.name != "n_tokens"})
+
+def _ordered_sum(v: Any) -> Any:
+    """float64 sum over dim 0 in index order (a cumulative sum runs sequentially, whatever
+    the thread count: a plain sum over many elements splits among threads)."""
+    v = v.double()
+    return v.cumsum(0)[-1] if v.shape[0] else v.sum(0)
 
 
-class BatchMetrics:
-    """The per-token and per-batch sums SAEBench's and SAELens' batch-weighted metrics need,
-    from each batch's non-special x, x_hat [n_b, d_in] and sparse code (see DEFINITIONS)."""
+def batch_sums(x: Any, x_hat: Any, values: Any) -> Any:
+    """The float64 row [len(SUMS) + 2 d_in] of one batch from its non-special x, x_hat
+    [n_b, d_in] and their sparse code values [n_b, k] (see DEFINITIONS); the per-token values
+    are float32, as both projects compute them."""
+    import torch
+
+    d_in = x.shape[1]
+    row = torch.zeros(len(SUMS) + 2 * d_in, dtype=torch.float64)
+    n_b = x.shape[0]
+    if n_b == 0:
+        return row
+    x, x_hat = x.float(), x_hat.float()
+    rss = (x - x_hat).pow(2).sum(-1)  # per token
+    var = (x - x.mean(0)).pow(2).sum(-1)
+    nin, nout = x.norm(dim=-1), x_hat.norm(dim=-1)
+    div = torch.where(nin.abs() < 0.0001, torch.ones_like(nin), nin)
+    vals = values.float()
+    got = {
+        "n": n_b,
+        "mse_bench": float((rss / n_b).double().sum()),  # core/main.py line 570
+        "ev_legacy": float((1 - rss / var).double().sum()),
+        "l2_in": float(nin.double().sum()),
+        "l2_out": float(nout.double().sum()),
+        "l2_ratio": float((nout / div).double().sum()),
+        "rrb": float((nout.pow(2).mean() / (x * x_hat).sum(-1).mean()).double()),
+        "R": float(rss.double().mean()),
+        "A": float(x.pow(2).sum(-1).double().mean()),
+        "M": float(x.pow(2).mean(0).double().mean()),
+        # SAELens' sums over tokens (evals.py), per token then in token order
+        "sse": float(_ordered_sum(rss)),
+        "cos": float(_ordered_sum(torch.nn.functional.cosine_similarity(x, x_hat, dim=1))),
+        "l1": float(_ordered_sum(torch.where(vals > 0, vals, 0.0).double().sum(1))),
+    }
+    for k, v in got.items():
+        row[_COL[k]] = v
+    row[len(SUMS) :] = torch.cat([_ordered_sum(x), _ordered_sum(x.double().pow(2))]).cpu()
+    return row
+
+
+def downstream_sums(row: Any, toks: Any, mask: Any, lp_clean: Any, lp_sae: Any, lp_abl: Any) -> Any:
+    """Add a batch's CE and KL sums (from the log-probs of its clean, spliced and
+    zero-ablated runs) to its row; returns the spliced run's per-token CE [b, ctx-1]."""
+    m_ce = mask[:, :-1]  # CE at t predicts token t+1; masked by the input token t
+    ce_clean = per_token_ce(None, toks, logp=lp_clean)
+    ce_sae = per_token_ce(None, toks, logp=lp_sae)
+    ce_abl = per_token_ce(None, toks, logp=lp_abl)
+    p_clean = lp_clean.exp()
+    # per-token values in float32 (as sae-lens), sums over tokens in float64
+    got = {
+        "ce_without": float(ce_clean[m_ce].double().sum()),
+        "ce_with": float(ce_sae[m_ce].double().sum()),
+        "ce_abl": float(ce_abl[m_ce].double().sum()),
+        "kl_with": float(per_token_kl(lp_clean, lp_sae, p_clean=p_clean)[mask].double().sum()),
+        "kl_abl": float(per_token_kl(lp_clean, lp_abl, p_clean=p_clean)[mask].double().sum()),
+        "n_ce": int(m_ce.sum()),
+        "n_kl": int(mask.sum()),
+    }
+    for k, v in got.items():
+        row[_COL[k]] = v
+    return ce_sae
+
+
+class MetricSums:
+    """The metrics' state over a sweep: a row of sums per batch (``batch_sums``), and per
+    latent the fire counts, maxima, prompts fired on (integers and maxima: exact in any
+    order)."""
 
     def __init__(self, d_sae: int):
-        self.d_sae = d_sae
-        self.n = 0
-        self.sums = {"mse_bench": 0.0, "ev_legacy": 0.0, "l2_in": 0.0, "l2_out": 0.0, "l2_ratio": 0.0}
-        self.per_batch: dict[str, list[float]] = {"R": [], "A": [], "M": [], "rrb": []}
-        self.prompts = None  # [d_sae] prompts (rows) on which each latent fired
-
-    def add(self, x: Any, x_hat: Any, *, row_codes: Any = None) -> None:
-        """x, x_hat [n_b, d_in] of one batch's non-special tokens; ``row_codes``: (values, indices)
-        [rows, m] of each prompt's sparse code (0-valued entries ignored), for the prompt counts."""
         import torch
 
-        if row_codes is not None:
-            vals, idx = row_codes
-            hit = torch.zeros(vals.shape[0], self.d_sae, dtype=torch.int32, device=vals.device)
-            hit.scatter_add_(1, idx, (vals > 0).to(torch.int32))
-            per = (hit > 0).sum(0).long().cpu()
-            self.prompts = per if self.prompts is None else self.prompts + per
-        n_b = x.shape[0]
-        if n_b == 0:
+        self.rows: dict[int, Any] = {}  # batch index -> its row (batch_sums)
+        self.fire_count = torch.zeros(d_sae, dtype=torch.int64)
+        self.act_max = torch.zeros(d_sae, dtype=torch.float32)
+        self.l0 = torch.zeros(1, dtype=torch.int64)
+        self.prompts = torch.zeros(d_sae, dtype=torch.int64)
+
+    def add(self, b: int, row: Any, stats: Any, code_rows: tuple[Any, Any]) -> None:
+        """Batch ``b``'s row, its EvalStats (per-latent counts and maxima of its non-special
+        tokens) and its code per prompt (values, indices) [rows, m] for the prompt counts."""
+        import torch
+
+        self.rows[b] = row
+        self.fire_count += stats.fire_count.cpu()
+        self.act_max = torch.maximum(self.act_max, stats.act_max.cpu().float())
+        self.l0 += int(stats.l0_sum)
+        vals, idx = code_rows
+        hit = torch.zeros(vals.shape[0], self.fire_count.shape[0], dtype=torch.int32, device=vals.device)
+        hit.scatter_add_(1, idx, (vals > 0).to(torch.int32))
+        self.prompts += (hit > 0).sum(0).long().cpu()
+
+    def all_reduce(self, n_batches: int, width: int) -> None:
+        """Every rank's batches: a table of ``n_batches`` rows of ``width``, each row with one
+        owner, so the sum with the other ranks' zeros is exact."""
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
-        x, x_hat = x.float(), x_hat.float()
-        self.n += n_b
-        rss = (x - x_hat).pow(2).sum(-1)  # per-token, fp32 as both projects
-        self.sums["mse_bench"] += float((rss / n_b).double().sum())  # core/main.py line 570
-        var = (x - x.mean(0)).pow(2).sum(-1)
-        self.sums["ev_legacy"] += float((1 - rss / var).double().sum())
-        nin, nout = x.norm(dim=-1), x_hat.norm(dim=-1)
-        self.sums["l2_in"] += float(nin.double().sum())
-        self.sums["l2_out"] += float(nout.double().sum())
-        div = torch.where(nin.abs() < 0.0001, torch.ones_like(nin), nin)
-        self.sums["l2_ratio"] += float((nout / div).double().sum())
-        self.per_batch["rrb"].append(float((nout.pow(2).mean() / (x * x_hat).sum(-1).mean()).double()))
-        self.per_batch["R"].append(float(rss.double().mean()))
-        self.per_batch["A"].append(float(x.pow(2).sum(-1).double().mean()))
-        self.per_batch["M"].append(float(x.pow(2).mean(0).double().mean()))
+        table = torch.zeros(n_batches, width, dtype=torch.float64)
+        owned = torch.zeros(n_batches, dtype=torch.int64)
+        for b, row in self.rows.items():
+            table[b], owned[b] = row, 1
+        for t in (table, owned, self.fire_count, self.l0, self.prompts):
+            dist.all_reduce(t)
+        dist.all_reduce(self.act_max, op=dist.ReduceOp.MAX)
+        self.rows = {b: table[b] for b in range(n_batches) if owned[b]}
 
-    def merge(self, other: BatchMetrics) -> None:
-        """Add a later batch's sums (in batch order, so 1 and N processes add alike)."""
-        self.n += other.n
-        for k, v in other.sums.items():
-            self.sums[k] += v
-        for k, v in other.per_batch.items():
-            self.per_batch[k].extend(v)
-        if other.prompts is not None:
-            self.prompts = other.prompts.clone() if self.prompts is None else self.prompts + other.prompts
+    @property
+    def n_tokens(self) -> int:
+        return sum(int(r[_COL["n"]]) for r in self.rows.values())
 
-    def metrics(self) -> dict[str, float]:
-        if not self.n:
+    def metrics(self, *, downstream: bool) -> dict[str, float]:
+        """SAEBench's and SAELens' metrics (DEFINITIONS) from the batches' sums, added in
+        batch order."""
+        import torch
+
+        if not self.rows:
             return {}
-        nan = float("nan")
-        mean = lambda v: sum(v) / len(v) if v else nan  # noqa: E731
-        total_var = mean(self.per_batch["A"]) - mean(self.per_batch["M"]) ** 2
-        return {
-            "mse": self.sums["mse_bench"] / self.n,
-            "explained_variance": 1 - mean(self.per_batch["R"]) / total_var if total_var else nan,
-            "explained_variance_legacy": self.sums["ev_legacy"] / self.n,
-            "l2_norm_in": self.sums["l2_in"] / self.n,
-            "l2_norm_out": self.sums["l2_out"] / self.n,
-            "l2_ratio": self.sums["l2_ratio"] / self.n,
-            "relative_reconstruction_bias": mean(self.per_batch["rrb"]),
-        }
+        rows = torch.stack([self.rows[b] for b in sorted(self.rows)])
+        d_in = (rows.shape[1] - len(SUMS)) // 2
+        total = [sum(col) for col in zip(*rows[:, : len(SUMS)].tolist())] or [0.0] * len(SUMS)
+        t = dict(zip(SUMS, total))
+        sum_x = _ordered_sum(rows[:, len(SUMS) : len(SUMS) + d_in])
+        sum_x2 = _ordered_sum(rows[:, len(SUMS) + d_in :])
+        n = int(t["n"])
+        out = saelens_metrics(n, t["sse"], sum_x, sum_x2, t["cos"], int(self.l0), t["l1"], self.fire_count)
+        if n:
+            nan = float("nan")
+            per = {k: [r[_COL[k]] for r in rows.tolist() if r[_COL["n"]] > 0] for k in ("R", "A", "M", "rrb")}
+            mean = lambda v: sum(v) / len(v) if v else nan  # noqa: E731
+            total_var = mean(per["A"]) - mean(per["M"]) ** 2
+            out.update({
+                "mse": t["mse_bench"] / n,
+                "explained_variance": 1 - mean(per["R"]) / total_var if total_var else nan,
+                "explained_variance_legacy": t["ev_legacy"] / n,
+                "l2_norm_in": t["l2_in"] / n,
+                "l2_norm_out": t["l2_out"] / n,
+                "l2_ratio": t["l2_ratio"] / n,
+                "relative_reconstruction_bias": mean(per["rrb"]),
+            })
+        if downstream:
+            n_ce, n_kl = max(int(t["n_ce"]), 1), max(int(t["n_kl"]), 1)
+            ce_without, ce_with, ce_abl = (t[k] / n_ce for k in ("ce_without", "ce_with", "ce_abl"))
+            kl_with, kl_abl = t["kl_with"] / n_kl, t["kl_abl"] / n_kl
+            out.update(
+                ce_loss_without_sae=ce_without,
+                ce_loss_with_sae=ce_with,
+                ce_loss_with_ablation=ce_abl,
+                ce_loss_score=(ce_abl - ce_with) / (ce_abl - ce_without) if ce_abl != ce_without else float("nan"),
+                kl_div_with_sae=kl_with,
+                kl_div_with_ablation=kl_abl,
+                kl_div_score=(kl_abl - kl_with) / kl_abl if kl_abl else float("nan"),
+            )
+        return out
+
+
+def token_counts(n_counted: int, context_size: int, n_batches: int, batch_size: int,
+                 downstream: bool) -> dict[str, float]:
+    """token_stats: the non-special tokens counted, and SAELens' / SAEBench's run_evals
+    count, context_size * n_batches * batch_size_prompts."""
+    full = float(context_size * n_batches * batch_size)
+    out = {"total_tokens_evaluated": float(n_counted), "total_tokens_eval_sparsity_variance": full}
+    if downstream:
+        out["total_tokens_eval_reconstruction"] = full
+    return out
 
 
 def density_metrics(density: Any) -> dict[str, float]:
@@ -281,23 +362,30 @@ def density_metrics(density: Any) -> dict[str, float]:
     }
 
 
-def metrics_from_stats(stats: Any) -> dict[str, float]:
-    """SAELens' reconstruction and sparsity metrics, and the density ones, from summed EvalStats."""
-    n = max(stats.n_tokens, 1)
-    mse = float(stats.sse) / n
-    total_var = float(stats.sum_x2.sum()) / n - float(((stats.sum_x / n) ** 2).sum())
-    density = stats.fire_count.double() / n
-    l1 = float(stats.l1_sum) / n
+def saelens_metrics(n_tokens: int, sse: float, sum_x: Any, sum_x2: Any, cos_sum: float, l0_sum: int,
+                    l1_sum: float, fire_count: Any) -> dict[str, float]:
+    """SAELens' reconstruction and sparsity metrics, and the density ones, from sums over tokens."""
+    n = max(n_tokens, 1)
+    mse = float(sse) / n
+    total_var = float(sum_x2.sum()) / n - float(((sum_x / n) ** 2).sum())
+    density = fire_count.double() / n
+    l1 = float(l1_sum) / n
     return {
         "explained_variance_saelens": (1.0 if mse < 1e-10 else 0.0) if total_var < 1e-10 else 1.0 - mse / total_var,
         "mse_saelens": mse,
-        "cossim": float(stats.cos_sum) / n,
-        "l0": float(stats.l0_sum) / n,
+        "cossim": float(cos_sum) / n,
+        "l0": float(l0_sum) / n,
         # codes of every supported architecture are >= 0, so SAEBench's sum and SAELens' sum of |.| agree
         "l1": l1,
         "l1_saelens": l1,
         **density_metrics(density),
     }
+
+
+def metrics_from_stats(stats: Any) -> dict[str, float]:
+    """``saelens_metrics`` of summed EvalStats."""
+    return saelens_metrics(stats.n_tokens, stats.sse, stats.sum_x, stats.sum_x2, stats.cos_sum, stats.l0_sum,
+                           stats.l1_sum, stats.fire_count)
 
 
 def _max_cosine(M: Any, chunk: int = 1024) -> Any:
@@ -360,230 +448,32 @@ def latent_details(sae: Any, fire_count: Any, n_tokens: int, prompts: Any | None
     return out, averages
 
 
-def _pad_cat(parts: list[Any], fill: int | float) -> Any:
-    """Concatenate [n_i, k_i] codes of varying width k_i (ReLU/JumpReLU/gated batches), padding
-    with ``fill`` on the right."""
-    import torch
-
-    width = max((p.shape[1] for p in parts), default=0)
-    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=fill) for p in parts])
-
-
-def evaluate(
-    sae: Any,
-    model: Any,
-    tokenizer: Any,
-    tokens: TokenSet,
-    *,
-    hook_name: str,
-    batch_size: int = 4,
-    downstream: bool = True,
-    batches: list[int] | None = None,
-    keep_codes: bool = True,
-) -> EvalRun:
-    """SAEBench's and SAELens' core metrics of ``sae`` at ``hook_name`` over ``tokens`` (see
-    DEFINITIONS), and per-latent details for every latent.
-
-    With ``downstream`` the model runs three times per batch (clean, reconstruction
-    spliced in, zero ablation) for the CE and KL metrics; without, it stops at the hook.
-    ``batches``: the batch indices to run (a torch.distributed rank's share, see
-    saekit.harness.dist); the sums of all ranks are then added in batch order, so N ranks
-    give the same metrics as one. ``keep_codes`` False keeps memory flat in the token count
-    (EvalRun.values/indices/ce_with_sae are then None).
-    """
-    import torch
-
-    from saekit.harness.activations import run_to_hook
-
-    special = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
-    toks_all = tokens.tokens
-    mask_all = ~torch.isin(toks_all, special)
-    stats = None
-    values, indices, ce_sae_rows = [], [], []
-    sums = {"ce_without": 0.0, "ce_with": 0.0, "ce_abl": 0.0, "kl_with": 0.0, "kl_abl": 0.0}
-    n_ce = n_kl = 0
-    d_in = sae.cfg.d_in
-    dev = next(model.parameters()).device
-    bm = BatchMetrics(sae.cfg.d_sae)
-
-    from saekit.harness.dist import rank_world
-
-    n_batches = -(-toks_all.shape[0] // batch_size)
-    todo = list(range(n_batches)) if batches is None else list(batches)
-    distributed = rank_world()[1] > 1
-    parts: list[tuple[int, Any, dict[str, float], int, int, BatchMetrics]] = []  # per batch, when distributed
-    with torch.inference_mode(), Progress("eval batches", total=len(todo)) as bar:
-        for b in todo:
-            i = b * batch_size
-            part: dict[str, float] = {}
-            before = (n_ce, n_kl)
-            toks = toks_all[i : i + batch_size].to(dev)
-            mask = mask_all[i : i + batch_size].to(dev)
-            if downstream:
-                with captured(model, hook_name) as box:
-                    clean_logits = model(toks).logits
-                acts = box["acts"]
-            else:
-                acts = run_to_hook(model, toks, hook_name)
-            flat = acts.reshape(-1, d_in)
-            fmask = mask.reshape(-1)
-            batch_stats = sae.eval_batch(flat[fmask])
-            stats = batch_stats if stats is None else stats + batch_stats
-            code = sae.encode(flat)
-            keep = fmask[:, None].to(code.values.dtype)
-            kept = code.values * keep
-            if keep_codes:
-                values.append(kept.cpu())
-                indices.append(code.indices.cpu())
-            x_hat = sae.decode(code)
-            rows = toks.shape[0]
-            bm_b = BatchMetrics(sae.cfg.d_sae)  # this batch's, merged in batch order (as ranks are)
-            bm_b.add(flat[fmask], x_hat[fmask], row_codes=(kept.reshape(rows, -1), code.indices.reshape(rows, -1)))
-            if not distributed:
-                bm.merge(bm_b)
-            if downstream:
-                x_hat = x_hat.reshape(acts.shape).to(acts.dtype)
-                recon = torch.where(mask[..., None], x_hat, acts)
-                with spliced(model, hook_name, lambda a, r=recon: r):
-                    sae_logits = model(toks).logits
-                with spliced(model, hook_name, torch.zeros_like):
-                    abl_logits = model(toks).logits
-                m_ce = mask[:, :-1]  # CE at t predicts token t+1; masked by the input token t
-                lp_clean, lp_sae, lp_abl = log_probs(clean_logits), log_probs(sae_logits), log_probs(abl_logits)
-                del clean_logits, sae_logits, abl_logits
-                ce_clean = per_token_ce(None, toks, logp=lp_clean)
-                ce_sae = per_token_ce(None, toks, logp=lp_sae)
-                ce_abl = per_token_ce(None, toks, logp=lp_abl)
-                # per-token values in float32 (as sae-lens), sums over tokens in float64
-                part = {
-                    "ce_without": float(ce_clean[m_ce].double().sum()),
-                    "ce_with": float(ce_sae[m_ce].double().sum()),
-                    "ce_abl": float(ce_abl[m_ce].double().sum()),
-                    "kl_with": float(per_token_kl(lp_clean, lp_sae)[mask].double().sum()),
-                    "kl_abl": float(per_token_kl(lp_clean, lp_abl)[mask].double().sum()),
-                }
-                for k, v in part.items():
-                    sums[k] += v
-                n_ce += int(m_ce.sum())
-                n_kl += int(mask.sum())
-                if keep_codes:
-                    ce_sae_rows.append(ce_sae.float().cpu())
-            if distributed:
-                parts.append((b, _light(_to_cpu(batch_stats)), part, n_ce - before[0], n_kl - before[1], bm_b))
-            bar.update()
-
-    if stats is None:  # a rank with no batches: zero sums of the right shapes
-        stats = sae.eval_batch(torch.zeros(0, d_in, device=dev))
-    stats = _to_cpu(stats)
-    if distributed:
-        stats, sums, n_ce, n_kl, bm = _reduce_in_batch_order(parts, stats, sums, sae.cfg.d_sae)
-    metrics = metrics_from_stats(stats)
-    metrics.update(bm.metrics())
-    ctx = toks_all.shape[1]
-    counts = {"tokens": int(mask_all.sum()), "ce_positions": n_ce, "kl_positions": n_kl,
-              "batches": n_batches, "rows": int(toks_all.shape[0])}
-    metrics["total_tokens_evaluated"] = float(counts["tokens"])
-    # SAELens / SAEBench run_evals: context_size * n_batches * batch_size_prompts
-    metrics["total_tokens_eval_sparsity_variance"] = float(ctx * n_batches * batch_size)
-    if downstream:
-        metrics["total_tokens_eval_reconstruction"] = float(ctx * n_batches * batch_size)
-        ce_without, ce_with, ce_abl = (sums[k] / max(n_ce, 1) for k in ("ce_without", "ce_with", "ce_abl"))
-        kl_with, kl_abl = sums["kl_with"] / max(n_kl, 1), sums["kl_abl"] / max(n_kl, 1)
-        metrics.update(
-            ce_loss_without_sae=ce_without,
-            ce_loss_with_sae=ce_with,
-            ce_loss_with_ablation=ce_abl,
-            ce_loss_score=(ce_abl - ce_with) / (ce_abl - ce_without) if ce_abl != ce_without else float("nan"),
-            kl_div_with_sae=kl_with,
-            kl_div_with_ablation=kl_abl,
-            kl_div_score=(kl_abl - kl_with) / kl_abl if kl_abl else float("nan"),
-        )
-    t = time.perf_counter()
-    latents, averages = latent_details(sae, stats.fire_count, stats.n_tokens, bm.prompts)
-    weights_s = time.perf_counter() - t
-    metrics.update(averages)
-    return EvalRun(
-        metrics=metrics,
-        stats=stats,
-        mask=mask_all,
-        values=_pad_cat(values, 0.0) if keep_codes else None,
-        indices=_pad_cat(indices, 0) if keep_codes else None,
-        ce_with_sae=torch.cat(ce_sae_rows) if downstream and keep_codes else None,
-        counts=counts,
-        latents=latents,
-        weights_s=weights_s,
-    )
-
-
-def _light(stats: Any) -> Any:
-    """A batch's EvalStats without the per-latent vectors (reduced separately, exactly)."""
-    from dataclasses import replace
-
-    import torch
-
-    return replace(stats, fire_count=torch.zeros(0, dtype=torch.int64), act_sum=torch.zeros(0, dtype=torch.float64),
-                   act_max=torch.zeros(0))
-
-
-def _reduce_in_batch_order(
-    parts: list, local: Any, local_sums: dict[str, float], d_sae: int
-) -> tuple[Any, dict[str, float], int, int, BatchMetrics]:
-    """Every rank's per-batch sums added in batch order, as one process adds them; the
-    per-latent counts and maxima all-reduce (exact in any order)."""
-    from dataclasses import replace
-
-    import torch.distributed as dist
-
-    from saekit.harness.dist import all_gather_objects
-
-    got = sorted((p for ps in all_gather_objects(parts) for p in ps), key=lambda p: p[0])
-    stats, n_ce, n_kl = None, 0, 0
-    bm = BatchMetrics(d_sae)
-    sums = dict.fromkeys(local_sums, 0.0)
-    for _, st, s, nc, nk, bm_b in got:
-        bm.merge(bm_b)
-        stats = st if stats is None else stats + st
-        for k, v in s.items():
-            sums[k] += v
-        n_ce, n_kl = n_ce + nc, n_kl + nk
-    fire, act_sum, act_max = local.fire_count.clone(), local.act_sum.clone(), local.act_max.clone()
-    dist.all_reduce(fire)
-    dist.all_reduce(act_sum)  # float: order-dependent in the last bits; no metric reads it
-    dist.all_reduce(act_max, op=dist.ReduceOp.MAX)
-    return replace(stats, fire_count=fire, act_sum=act_sum, act_max=act_max), sums, n_ce, n_kl, bm
-
-
 def evaluate_activations(
     sae: Any, source: Any, *, exclude_token_ids: list[int] | None = None
 ) -> tuple[dict[str, float], Any, dict[str, list[float]]]:
     """Reconstruction and sparsity metrics over stored activations (no model: no CE/KL).
 
     Tokens whose id is in ``exclude_token_ids`` (default: what the shards' metadata names)
-    are left out, as in ``evaluate``. Returns (metrics, summed EvalStats, per-latent lists).
+    are left out, as in the sweep. Returns (metrics, tokens counted, per-latent lists).
     """
     import torch
 
     exclude = exclude_token_ids if exclude_token_ids is not None else getattr(source, "exclude_token_ids", [])
     ex = torch.tensor(exclude, dtype=torch.long)
-    stats = None
-    bm = BatchMetrics(sae.cfg.d_sae)
-    n_batches = 0
-    for toks, acts in source:
+    sums = MetricSums(sae.cfg.d_sae)
+    for b, (toks, acts) in enumerate(source):
         flat = acts.reshape(-1, sae.cfg.d_in).float()
         keep = torch.ones(flat.shape[0], dtype=torch.bool)
         if toks is not None and len(exclude):
             keep = ~torch.isin(toks.reshape(-1), ex)
-        s = sae.eval_batch(flat[keep])
-        stats = s if stats is None else stats + s
         code = sae.encode(flat)
         kept = code.values * keep[:, None].to(code.values.device, code.values.dtype)
         rows = acts.shape[0] if acts.ndim == 3 else flat.shape[0]
-        bm.add(flat[keep], sae.decode(code)[keep], row_codes=(kept.reshape(rows, -1), code.indices.reshape(rows, -1)))
-        n_batches += 1
-    stats = _to_cpu(stats)
-    metrics = metrics_from_stats(stats)
-    metrics.update(bm.metrics())
-    metrics["total_tokens_evaluated"] = float(stats.n_tokens)
-    latents, averages = latent_details(sae, stats.fire_count, stats.n_tokens, bm.prompts)
+        sums.add(b, batch_sums(flat[keep], sae.decode(code)[keep], code.values[keep]), sae.eval_batch(flat[keep]),
+                 (kept.reshape(rows, -1), code.indices.reshape(rows, -1)))
+    metrics = sums.metrics(downstream=False)
+    n = sums.n_tokens
+    metrics["total_tokens_evaluated"] = float(n)
+    latents, averages = latent_details(sae, sums.fire_count, n, sums.prompts)
     metrics.update(averages)
-    return metrics, stats, latents
+    return metrics, n, latents

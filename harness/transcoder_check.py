@@ -87,32 +87,47 @@ HEADLINE = ["fvu", "l0", "dead_fraction", "ce_loss_score", "kl_div_score"]
 Replace = Callable[[int, Any, Any], Any]  # (layer, module input x, module output y) -> new y or None
 
 
+def sites(model: Any, tc: Any, where: str) -> tuple[Any, Any]:
+    """(where the transcoder reads, where it writes) on the HF ``model``: hook_in a module path
+    (its *input*) or a TransformerLens name (e.g. ``blocks.8.ln2.hook_normalized``), hook_out a
+    module path (its output) or a TL name (``blocks.8.hook_mlp_out``), as saekit.harness.hooks
+    maps them."""
+    from saekit.harness.hooks import TL_HOOK, Site, module, site
+
+    if not tc.hook_in or not tc.hook_out:
+        raise InputError("the transcoder names no hook (hook_name)", where=where)
+    if TL_HOOK.fullmatch(tc.hook_in):
+        read = site(model, tc.hook_in)
+    else:
+        module(model, tc.hook_in)
+        read = Site(tc.hook_in, "input")
+    write = site(model, tc.hook_out)
+    if write.carry is not None or write.read != "output":
+        raise InputError(f"hook_out {tc.hook_out!r}: a transcoder's prediction replaces a module's output "
+                         "(e.g. model.layers.N.mlp, blocks.N.hook_mlp_out)", where=where)
+    return read, write
+
+
 @contextmanager
 def replaced(model: Any, tset: Any, layers: list[int], fn: Replace) -> Iterator[None]:
-    """Within the block, for each layer: the transcoder's hook_in module's input x is kept,
-    and the hook_out module's output y becomes ``fn(layer, x, y)`` (None: left as it is)."""
-    from saekit.harness.hooks import module
+    """Within the block, for each layer: the activation the transcoder reads (x) is kept, and
+    the output it predicts (y) becomes ``fn(layer, x, y)`` (None: left as it is)."""
+    from saekit.harness.activations import _on_site
 
     with ExitStack() as stack:
         for layer in layers:
-            tc = tset[layer]
+            read, write = sites(model, tset[layer], f"layer {layer}")
             box: dict[str, Any] = {}
 
-            def keep(_m: Any, args: tuple, kwargs: dict, box: dict = box) -> None:
-                box["x"] = args[0] if args else kwargs["hidden_states"]
+            def keep(x: Any, box: dict = box) -> None:
+                box["x"] = x
 
-            def swap(_m: Any, _a: tuple, out: Any, box: dict = box, layer: int = layer) -> Any:
-                y = out[0] if isinstance(out, tuple) else out
+            def swap(y: Any, box: dict = box, layer: int = layer) -> Any:
                 new = fn(layer, box.pop("x"), y)
-                if new is None:
-                    return None
-                new = new.to(y.dtype)
-                return (new, *out[1:]) if isinstance(out, tuple) else new
+                return None if new is None else new.to(y.dtype)
 
-            if not tc.hook_in or not tc.hook_out:
-                raise InputError(f"layer {layer}: the transcoder names no hook (hook_name)", where="transcoder set")
-            stack.callback(module(model, tc.hook_in).register_forward_pre_hook(keep, with_kwargs=True).remove)
-            stack.callback(module(model, tc.hook_out).register_forward_hook(swap).remove)
+            stack.callback(_on_site(model, read, keep).remove)
+            stack.callback(_on_site(model, write, swap).remove)
         yield
 
 
@@ -249,6 +264,8 @@ def check_set(
     from saekit.schemas.card_files import write_cards
     from saekit.schemas.settings import current
 
+    if out_dir is not None:  # a link planted in --out fails now, not after the passes
+        safeio.check_writable(Path(out_dir) / "eval.json")
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
     torch.manual_seed(seed)
@@ -346,10 +363,10 @@ def check_set(
             for i in layers:
                 tc = tset[i]
                 lref = tc.ref or SAERef(name=f"{set_ref.name}/layer_{i}", d_sae=tc.d_sae)
-                card_list, _ = build_cards(
+                card_list = build_cards(
                     tc, model, tok, stats[i], tokens, sae_ref=lref, hook_name=f"{tc.hook_in} (input)",
                     latents=select_latents(stats[i].fire_count, "all"), batch_size=batch_size,
-                    downstream_latents=[], attribution=False, n_examples=n_examples,
+                    attribution=False, n_examples=n_examples,
                     n_quantile_examples=n_quantile_examples, n_negative_examples=n_negative_examples)
                 card_paths[i] = write_cards(card_list, _fresh(out / f"layer_{i}" / "feature_cards.jsonl"))
             phases["cards"] = time.perf_counter() - t
@@ -457,14 +474,23 @@ def check_ref(ref: Any, load: Callable[[Any], Any], sae_check: Callable[..., Any
 
     n_tokens = kwargs.pop("n_tokens", None)
     if ref is None or kwargs.get("from_record") is not None or kwargs.get("activations") is not None:
-        return sae_check(ref, loader=load, **kwargs, **({"n_tokens": n_tokens} if n_tokens else {}))
+        def sae_only(r: Any) -> Any:
+            obj = load(r)
+            if isinstance(obj, TranscoderSet):
+                raise InputError("--from-record and --activations check SAEs; check a transcoder set with "
+                                 "saekit check REF", where=str(r))
+            return obj
+
+        return sae_check(ref, loader=sae_only, **kwargs, **({"n_tokens": n_tokens} if n_tokens else {}))
     obj = load(ref)
     if not isinstance(obj, TranscoderSet):
         first = [obj]
         return sae_check(ref, loader=lambda r: first.pop() if first else load(r), **kwargs,
                          **({"n_tokens": n_tokens} if n_tokens else {}))
+    from saekit.schemas.benchmark import DEFAULT_CARDS, DEFAULT_DOWNSTREAM
+
     refused = {"policy": None, "annotations": None, "device": "cpu", "dtype": None, "hook_name": None,
-               "downstream_latents": "16", "cards_latents": "all", "downstream": True}
+               "downstream_latents": DEFAULT_DOWNSTREAM, "cards_latents": DEFAULT_CARDS, "downstream": True}
     for key, default in refused.items():
         if key in kwargs and kwargs[key] is not None and str(kwargs[key]) != str(default):
             raise InputError(f"{key.replace('_', '-')} is not supported for a transcoder set check", where=str(ref))

@@ -41,7 +41,7 @@ def _cached_blob(root: Path, rel: str, where: str) -> bytes:
     return safeio.read_bytes(root, rel)
 
 
-def download_sae(ref: Ref) -> tuple[Path, ReleaseBundle, str]:
+def download_sae(ref: Ref) -> tuple[Path, ReleaseBundle | dict, str]:
     """(local folder of the SAE, release.json, commit sha) for an hf:// reference, verified.
 
     The folder is a fresh staging copy (under a temporary folder the caller removes with
@@ -72,7 +72,7 @@ def download_sae(ref: Ref) -> tuple[Path, ReleaseBundle, str]:
         raise IntegrityError(f"{SUMS} missing: not a saekit release", where=where)
     sums = parse_sums(_cached_blob(root, SUMS, where), where=where)
     wanted = [RELEASE_JSON] + sorted(p for p in sums if p.startswith(f"{sae_id}/"))
-    if f"{sae_id}/cfg.json" not in sums:
+    if f"{sae_id}/cfg.json" not in sums and f"{sae_id}/set.json" not in sums:  # an SAE, or a transcoder set
         raise NotFoundError(f"no SAE folder {sae_id!r} in {repo}@{rev}", where=where)
     stage = Path(tempfile.mkdtemp(prefix="saekit-hf-"))
     try:
@@ -84,7 +84,13 @@ def download_sae(ref: Ref) -> tuple[Path, ReleaseBundle, str]:
             if sha256_bytes(data) != sums[path]:
                 raise IntegrityError(f"{path}: sha256 mismatch against {SUMS}", where=where)
             blobs[path] = data
-        release = parse_release(blobs.pop(RELEASE_JSON), sums, where=f"{where}: {RELEASE_JSON}")
+        data = blobs.pop(RELEASE_JSON)
+        if f"{sae_id}/set.json" in sums:  # a transcoder set: its own release.json (a dict, checked there)
+            from saekit.releases.transcoder_release import parse_set_release
+
+            release = parse_set_release(data, where=f"{where}: {RELEASE_JSON}")
+        else:
+            release = parse_release(data, sums, where=f"{where}: {RELEASE_JSON}")
         folder = stage / "sae"
         for path, data in blobs.items():
             dest = folder / path[len(sae_id) + 1:]
@@ -120,6 +126,10 @@ def load_hf(ref: Ref) -> SAE:
 
     folder, release, commit = download_sae(ref)
     try:
+        if isinstance(release, dict):  # a transcoder set release (saekit.releases.transcoder_release)
+            from saekit.releases.transcoder_release import load_released_set
+
+            return load_released_set(folder, release, ref.sae_id, commit, where=ref.text)
         entry = next((s for s in release.saes if s.sae_id == ref.sae_id), None)
         if entry is None:
             raise NotFoundError(f"release.json lists no SAE {ref.sae_id!r}", where=ref.text)

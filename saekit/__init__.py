@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from saekit.schemas.version import __version__
 
 if TYPE_CHECKING:
-    from saekit.harness.cards import VerifyReport
+    from saekit.harness.verify import VerifyReport
     from saekit.harness.check import CheckResult
     from saekit.harness.transcoder_check import SetCheckResult
     from saekit.kernels import SAE

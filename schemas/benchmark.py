@@ -76,6 +76,20 @@ class Timings(Strict):
 LatentCount = Annotated[int, Field(ge=0)] | Annotated[str, StringConstraints(pattern=r"^(all|[0-9]+)$")]
 
 
+# The check's defaults, in one place: the CLI's options, check()'s arguments, the harness and
+# the configuration's fields read them.
+DEFAULT_TOKENS = 8192
+DEFAULT_CONTEXT = 128
+DEFAULT_BATCH = 4
+DEFAULT_CARDS = "all"  # a card for every latent (or a number: the N most active)
+DEFAULT_DOWNSTREAM = 16  # exact ablation for the N most active latents ('all' on request)
+DEFAULT_EXAMPLES = 5
+# With 5 top examples: 20 activating examples per card, enough for an explainer to see 10
+# and a scorer to hold out the rest (issue 21); and this many windows where the latent is zero
+DEFAULT_QUANTILE_EXAMPLES = 15
+DEFAULT_NEGATIVE_EXAMPLES = 20
+
+
 class DownstreamMethod(Strict):
     """How the cards' downstream effects are measured."""
 
@@ -89,19 +103,19 @@ class CardsConfig(Strict):
     """The feature cards of a check."""
 
     enabled: bool = True
-    latents: LatentCount = Field("all", description="Cards for every latent ('all') or the N most active.")
+    latents: LatentCount = Field(DEFAULT_CARDS, description="Cards for every latent ('all') or the N most active.")
     downstream_latents: LatentCount = Field(
-        16, description="Exact ablation for the N most active latents, or 'all'."
+        DEFAULT_DOWNSTREAM, description="Exact ablation for the N most active latents, or 'all'."
     )
-    n_examples: int = Field(5, ge=1, description="Top activating examples per card.")
-    # null: the defaults (saekit.harness.cards.QUANTILE_EXAMPLES, NEGATIVE_EXAMPLES), resolved in
+    n_examples: int = Field(DEFAULT_EXAMPLES, ge=1, description="Top activating examples per card.")
+    # null: the defaults (DEFAULT_QUANTILE_EXAMPLES, DEFAULT_NEGATIVE_EXAMPLES), resolved in
     # the record; records written before these fields read and write back unchanged
     n_quantile_examples: int | None = Field(
-        None, ge=0, description="Examples at quantiles of the activations per card (null: 15)."
+        None, ge=0, description=f"Examples at quantiles of the activations per card (null: {DEFAULT_QUANTILE_EXAMPLES})."
     )
     n_negative_examples: int | None = Field(
         None, ge=0, description="Windows where the latent is zero throughout, per card, for scoring explanations "
-        "(null: 20)."
+        f"(null: {DEFAULT_NEGATIVE_EXAMPLES})."
     )
     n_cards: int | None = Field(None, ge=0, description="Resolved: the cards written.")
     downstream_method: DownstreamMethod | None = Field(None, description="Resolved from downstream.")

@@ -335,8 +335,55 @@ def graphs(name: str, d: dict) -> str:
     return out + _table(head, rows)
 
 
+def transcoders(name: str, d: dict) -> str:
+    """benchmarks/transcoders.py: a TopK transcoder set trained for every MLP, then checked."""
+    c, fw, tr, ck, r = d["config"], d["forward"], d["train"], d["check"], d["ratios"]
+    layers = tr["layers"]
+    fits = sorted(x["fit_s"] for x in layers)
+    fvus = sorted(x["train_fvu"] for x in layers)
+    load = d.get("loadavg_end", ck.get("loadavg_end"))
+    args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in c.items())
+    out = f"## Transcoder sets: training every MLP of SmolLM2-135M, and the set's check\n\n"
+    out += _where(name, f"python3 benchmarks/transcoders.py {args}", f"{d['cpu']}, torch {d['torch_threads']} threads",
+                  d["date"], (_load(load) + " at end") if load else "not recorded")
+    rows = [
+        ["layers; width, k", f"{len(layers)}; {c['width']}, {c['k']}"],
+        ["training tokens; steps x batch", f"{_num(c['tokens'])}; {c['steps']} x {c['batch_size']}"],
+        ["plain forward of the blocks over the training tokens (s)", fw["forward_s"]],
+        ["training, whole set (s)", tr["total_s"]],
+        ["  of which streaming activations (s)", sum(x["activations_s"] for x in layers)],
+        ["  of which fits (s)", sum(fits)],
+        ["fit per layer: min / median / max (s)", " / ".join(_num(v) for v in (fits[0], fits[len(fits) // 2], fits[-1]))],
+        ["train FVU per layer: min / median / max", " / ".join(_num(v) for v in (fvus[0], fvus[len(fvus) // 2], fvus[-1]))],
+        ["peak RSS: forward / training / check (MiB)",
+         " / ".join(_num(v) for v in (fw["peak_rss_mb"], tr["peak_rss_mb"], ck["peak_rss_mb"]))],
+        ["set on disk (MiB)", tr["set_bytes"] / 2**20],
+        ["check of the set: tokens; total (s)", f"{_num(ck['n_tokens'])}; {_num(ck['total_s'])}"],
+        ["check: set fvu / ce_loss_score / kl_div_score",
+         " / ".join(_num(ck["metrics"][k]) for k in ("fvu", "ce_loss_score", "kl_div_score"))],
+    ] + [[f"ratio: {k.replace('_', ' ')}", v] for k, v in r.items()]
+    return out + "\n" + _table(["result", "value"], rows)
+
+
+def transcoders_check(name: str, d: dict) -> str:
+    """benchmarks/transcoders.py --random-check: the set check alone, on random weights."""
+    c, ck = d["config"], d["check"]
+    out = "## Transcoder sets: the check alone (random weights of the trained set's shapes)\n\n"
+    out += _where(name, f"python3 benchmarks/transcoders.py --random-check --check-tokens {c['check_tokens']}",
+                  f"{d['cpu']}, torch {d['torch_threads']} threads", d["date"],
+                  f"{_load(d['loadavg_start'])} at start, {_load(d['loadavg_end'])} at end")
+    phases = ck.get("phases", {})
+    rows = [["layers; width, k", f"{c['layers']}; {c['width']}, {c['k']}"], ["tokens", ck["n_tokens"]],
+            ["total (s)", ck["total_s"]], ["per layer (s)", d["ratios"]["check_s_per_layer"]]]
+    rows += [[f"phase {k} (s)", v] for k, v in phases.items()]
+    rows.append(["peak RSS (MiB)", ck["peak_rss_mb"]])
+    return out + "\n" + _table(["result", "value"], rows)
+
+
 RENDERERS: dict[str, Callable[[str, dict], str]] = {"matching": matching, "load": load, "registry_load": registry_load,
-                                                    "browser": browser, "annotations": annotations, "graphs": graphs}
+                                                    "browser": browser, "annotations": annotations,
+                                                    "transcoders": transcoders, "transcoders_check": transcoders_check,
+                                                    "graphs": graphs}
 
 
 # --- the headline table ------------------------------------------------------------------

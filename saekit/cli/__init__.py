@@ -15,7 +15,7 @@ from saekit.schemas.console import printable
 
 # Command modules register themselves on the apps in saekit.cli.app.
 _MODULES = ("schema_cmds", "cards_cmds", "registry_cmds", "check_cmds", "release_cmds", "diff_cmds",
-            "ecosystem_cmds", "annot_cmds", "train_cmds", "graph_cmds")
+            "ecosystem_cmds", "annot_cmds", "transcoder_cmds", "graph_cmds")
 
 
 def main(argv: list[str] | None = None) -> None:

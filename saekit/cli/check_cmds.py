@@ -11,34 +11,43 @@ from typing import Optional
 import typer
 
 from saekit.cli.app import JSON_OPTION, app, cards_app, emit
+from saekit.schemas.benchmark import (
+    DEFAULT_BATCH,
+    DEFAULT_CARDS,
+    DEFAULT_CONTEXT,
+    DEFAULT_DOWNSTREAM,
+    DEFAULT_NEGATIVE_EXAMPLES,
+    DEFAULT_QUANTILE_EXAMPLES,
+    DEFAULT_TOKENS,
+)
 
 
 @app.command("check")
 def check_cmd(
     ref: Optional[str] = typer.Argument(None, help="SAE: registry reference, hf://..., or artifact folder."),
     policy: Optional[Path] = typer.Option(None, "--policy", help="Gate policy (YAML/JSON): rules like 'explained_variance >= 0.7'."),
-    tokens: Optional[int] = typer.Option(None, "--tokens", min=1, help="Tokens to evaluate on (held-out split; default 8192, 2048 for a transcoder set)."),
+    tokens: Optional[int] = typer.Option(None, "--tokens", min=1, help=f"Tokens to evaluate on (held-out split; default {DEFAULT_TOKENS}, 2048 for a transcoder set)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     model: Optional[str] = typer.Option(None, "--model", help="Language model ID[@REV] (Hub id, TransformerLens alias such as gpt2-small, or a folder); default the SAE's."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16, float16 or float64 (default: the SAE's dtype)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder for eval.json and feature_cards.jsonl."),
     seed: int = typer.Option(0, "--seed", help="Seed of the token-window sample."),
-    context: int = typer.Option(128, "--context", min=2, help="Context length (tokens per window, BOS included)."),
-    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Windows per forward pass."),
+    context: int = typer.Option(DEFAULT_CONTEXT, "--context", min=2, help="Context length (tokens per window, BOS included)."),
+    batch_size: int = typer.Option(DEFAULT_BATCH, "--batch-size", min=1, help="Windows per forward pass."),
     corpus: Optional[str] = typer.Option(
         None, "--dataset", "--corpus",
         help="hf://datasets/ORG/NAME[@REV], a .txt/.jsonl/.parquet file or folder, or 'pydoc' (CPython's docs); "
              "default the SAE's dataset_path, else pydoc."),
     cards: bool = typer.Option(True, "--cards/--no-cards", help="Build feature cards."),
-    cards_latents: str = typer.Option("all", "--cards-latents", help="Cards for every latent ('all'), or the N most active."),
+    cards_latents: str = typer.Option(DEFAULT_CARDS, "--cards-latents", help="Cards for every latent ('all'), or the N most active."),
     downstream_latents: str = typer.Option(
-        "16", "--downstream-latents",
+        str(DEFAULT_DOWNSTREAM), "--downstream-latents",
         help="Exact ablation for the N most active latents, or 'all' (every card carries the attribution estimate)."),
     quantile_examples: Optional[int] = typer.Option(
-        None, "--quantile-examples", min=0, help="Examples at activation quantiles per card (default 15)."),
+        None, "--quantile-examples", min=0, help=f"Examples at activation quantiles per card (default {DEFAULT_QUANTILE_EXAMPLES})."),
     negative_examples: Optional[int] = typer.Option(
         None, "--negative-examples", min=0,
-        help="Windows where the latent is zero throughout, per card, for scoring explanations (default 20)."),
+        help=f"Windows where the latent is zero throughout, per card, for scoring explanations (default {DEFAULT_NEGATIVE_EXAMPLES})."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads (default: CPUs this process may use, shared among torchrun ranks)."),
     annotations: Optional[Path] = typer.Option(None, "--annotations", help="Merge labels: JSONL {index,label,description}, cards or Neuronpedia."),
     log: bool = typer.Option(True, "--log/--no-log", help="Log metrics, files and gate tags on the registry version."),

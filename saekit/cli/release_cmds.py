@@ -49,7 +49,7 @@ def verify_cmd(
 
 @release_app.command("publish")
 def publish_cmd(
-    bundle: Path = typer.Argument(..., help="Bundle folder built by `saekit release build`."),
+    bundle: Path = typer.Argument(..., help="Bundle folder built by `saekit release build` or `saekit release transcoders`."),
     repo: Optional[str] = typer.Option(None, "--repo", help="ORG/NAME on the Hub (default: the manifest's hub_repo)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Verify and show what would be committed; no network."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub URL (default: HF_ENDPOINT or huggingface.co)."),
@@ -58,8 +58,14 @@ def publish_cmd(
 ) -> None:
     """Publish a bundle: create the repo, one commit, tag v<version>, record it on the registry."""
     from saekit.releases.publish import publish
+    from saekit.releases.transcoder_release import is_set_release, publish_set_release
 
-    result = publish(bundle, repo, dry_run=dry_run, endpoint=endpoint, private=private)
+    if is_set_release(bundle):  # built by `saekit release transcoders`
+        if dry_run:
+            raise typer.BadParameter("--dry-run is not supported for a transcoder set release")
+        result = publish_set_release(bundle, repo, endpoint=endpoint, private=private)
+    else:
+        result = publish(bundle, repo, dry_run=dry_run, endpoint=endpoint, private=private)
     emit(result.to_dict(), json_out, result.message)
 
 

@@ -141,6 +141,9 @@ def test_cards_from_captured_windows_equal_cards_from_rerun_windows(real_sae_dir
     give the same cards (examples, exact ablation, attribution), over several batches with a
     partial last one."""
     from saekit.harness import cards as C
+    from saekit.harness import sweep as S
+    from saekit.schemas.benchmark import DEFAULT_NEGATIVE_EXAMPLES
+    from saekit.harness.downstream import exact_ablations
     from saekit.harness.model import load_lm
     from saekit.harness.text import special_token_ids, token_set
     from saekit.registry.artifact import load_artifact
@@ -154,14 +157,17 @@ def test_cards_from_captured_windows_equal_cards_from_rerun_windows(real_sae_dir
     hook = sae.cfg.hook_name
 
     def cards() -> tuple[bool, list[str]]:
-        st = C.stream_latents(sae, model, ts, hook_name=hook, batch_size=3, special=special, k=3)
+        st = S.sweep(sae, model, ts, hook_name=hook, batch_size=3, special=special, metrics=False, k=3,
+                     negatives=DEFAULT_NEGATIVE_EXAMPLES).stats
         latents = C.select_latents(st.fire_count, 12)
-        out, _ = C.build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="t"), hook_name=hook, latents=latents,
-                               batch_size=3, downstream_latents=latents[:2], n_examples=3)
+        exact = exact_ablations(sae, model, ts, st, latents[:2], hook_name=hook, batch_size=3, special=special)
+        out = C.build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="t"), hook_name=hook, latents=latents,
+                            batch_size=3, exact=exact, n_examples=3)
+        assert sum(d.method == "exact-ablation" for c in out for d in c.downstream) == 2
         return st.captured, [c.model_dump_json() for c in out]
 
     captured, with_capture = cards()
-    monkeypatch.setattr(C, "CAPTURE_BYTES", 0)
+    monkeypatch.setattr(S, "CAPTURE_BYTES", 0)
     rerun, without = cards()
     assert captured and not rerun
     assert with_capture == without
@@ -197,6 +203,7 @@ def test_cards_negative_windows_are_zero_throughout_on_a_rerun(real_sae_dir):
     each is a slice of a window where the latent is zero on every counted token."""
     from saekit.harness import cards as C
     from saekit.harness.activations import run_to_hook
+    from saekit.harness.sweep import sweep
     from saekit.harness.model import load_lm
     from saekit.harness.text import special_token_ids, token_set
     from saekit.registry.artifact import load_artifact
@@ -207,12 +214,12 @@ def test_cards_negative_windows_are_zero_throughout_on_a_rerun(real_sae_dir):
     ts = token_set(tok, n_tokens=16 * 32, context_size=32, seed=0)
     special = torch.tensor(special_token_ids(tok))
     hook = sae.cfg.hook_name
-    st = C.stream_latents(sae, model, ts, hook_name=hook, batch_size=4, special=special, k=3, grad=False,
-                          negatives=5)
+    st = sweep(sae, model, ts, hook_name=hook, batch_size=4, special=special, metrics=False, k=3, grad=False,
+               negatives=5).stats
     alive = (st.fire_count > 0).nonzero().squeeze(1)
     latents = sorted(alive[torch.argsort(st.fire_count[alive], stable=True)[:6]].tolist())  # rarest: windows without them
-    cards, _ = C.build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="t"), hook_name=hook, latents=latents,
-                             batch_size=4, attribution=False, n_examples=3, n_negative_examples=5, negative_tokens=12)
+    cards = C.build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="t"), hook_name=hook, latents=latents,
+                          batch_size=4, attribution=False, n_examples=3, n_negative_examples=5, negative_tokens=12)
     with torch.inference_mode():
         code = sae.encode(run_to_hook(model, ts.tokens, hook))
     dense = torch.zeros(ts.tokens.numel(), sae.cfg.d_sae).scatter_add_(1, code.indices.long(), code.values.float())
@@ -226,3 +233,19 @@ def test_cards_negative_windows_are_zero_throughout_on_a_rerun(real_sae_dir):
             at = [r for r, ids in enumerate(rows) if any(ids[s:s + 12] == ex.token_ids for s in range(21))]
             assert at and any(float(dense[r, :, c.index].max()) == 0.0 for r in at)
         assert len({tuple(ex.token_ids) for ex in c.negative_examples}) == 5
+
+
+def test_attribution_of_wide_codes_equals_the_per_entry_dot_products():
+    """Wide codes (JumpReLU, ReLU) take one product with every decoder row, narrow ones (TopK)
+    gather their k rows: both give -a * (W_dec[i] . g) per code entry."""
+    from saekit.harness.latent_stats import attribution
+
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(64, 24, generator=g)
+    grad = torch.randn(10, 24, generator=g)
+    for k in (2, 8):  # 64 > 16 * 2: gathered rows; 64 <= 16 * 8: one product
+        idx = torch.randint(0, 64, (10, k), generator=g)
+        vals = torch.rand(10, k, generator=g)
+        want = torch.stack([torch.stack([-vals[n, j] * (W[idx[n, j]].double() @ grad[n].double()).float()
+                                         for j in range(k)]) for n in range(10)])
+        torch.testing.assert_close(attribution(vals, idx, W, grad), want, rtol=1e-5, atol=1e-6)

@@ -40,7 +40,8 @@ def checked(tiny_set, tmp_path_factory):
 def _by_hand(tc, x):
     """The transcoder written out from its tensors (not through saekit's class)."""
     t = {k: v.double() for k, v in tc.tensors.items()}
-    pre = (x.double() @ t["W_enc"] + t["b_enc"]).clamp_min(0)
+    pre = x.double() @ t["W_enc"] + t["b_enc"]
+    pre = pre.clamp_min(0) * (pre > t["threshold"]) if "threshold" in t else pre.clamp_min(0)
     if tc.cfg.k is not None:
         pre = pre * (pre >= pre.topk(tc.cfg.k, dim=-1).values[..., -1:])
     y = pre @ t["W_dec"] + t["b_dec"]
@@ -117,3 +118,34 @@ def test_records_and_cards_on_disk(checked):
         dens = {r["index"]: r["feature_density"] for r in lrec.eval_result_details}
         assert all(abs(c.stats.density - dens[c.index]) < 1e-9 for c in cards)
     assert json.loads((checked.out / "eval.json").read_text())["eval_result_unstructured"]["layers"] == list(LAYERS)
+
+
+def test_transformerlens_hooks_in_and_out(tmp_path):
+    """A transcoder reading TransformerLens' ``blocks.3.ln2.hook_normalized`` (the MLP norm's
+    input normalised, before its gain, as SAELens' GPT-2 transcoders do) and predicting
+    ``blocks.3.hook_mlp_out``: its FVU against one computed from plain hooks."""
+    from transformers import AutoModelForCausalLM
+
+    from saekit.harness.model import load_lm
+    from saekit.harness.transcoder_check import check_set
+
+    tc = make_transcoder("jumprelu_transcoder", d_in=576, d_sae=33, d_out=576, seed=4,
+                         hook="blocks.3.ln2.hook_normalized", hook_out="blocks.3.hook_mlp_out", model=DEFAULT_MODEL_ID)
+    res = check_set(TranscoderSet({3: tc}), n_tokens=40, context_size=20, batch_size=2, out_dir=tmp_path, cards=False)
+    model, tok = load_lm()
+    plain = AutoModelForCausalLM.from_pretrained(model.name_or_path, dtype=torch.float32).eval()
+    box = {}
+    norm = plain.model.layers[3].post_attention_layernorm
+    h1 = norm.register_forward_hook(lambda m, a, o: box.update(h=a[0]) and None)
+    h2 = plain.model.layers[3].mlp.register_forward_hook(lambda m, a, o: box.update(y=o) and None)
+    toks = res.tokens.tokens
+    with torch.no_grad():
+        plain(toks)
+    h1.remove()
+    h2.remove()
+    keep = toks != tok.bos_token_id
+    h = box["h"][keep].double()
+    x = h / (h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon).sqrt()
+    y = box["y"][keep].double()
+    want = float((y - _by_hand(tc, x.float())).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+    assert res.layer_metrics(3)["fvu"] == pytest.approx(want, rel=1e-4)

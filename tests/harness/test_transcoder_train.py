@@ -97,6 +97,10 @@ def test_train_register_load_and_check(tmp_path, capsys):
     from saekit.registry import store
 
     assert store.resolve("tiny-tc/1").tags["metric.fvu"] == f"{data['metrics']['fvu']:.6g}"
+    # what the set check does not have is refused with one line (exit 2), before any pass
+    for extra in (["--policy", str(tmp_path / "p.yaml")], ["--from-record", str(tmp_path / "chk" / "eval.json")]):
+        code, _, err = _main("check", "tiny-tc@candidate", *extra, capsys=capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
 
 
 def test_bad_input_is_one_line(capsys):

@@ -57,7 +57,7 @@ def test_progress_is_silenced_by_saekit_quiet(monkeypatch, capsys):
 
 
 def test_annotation_file_forms(tmp_path):
-    from saekit.harness.cards import read_annotations
+    from saekit.harness.annotations import read_annotations
 
     p = tmp_path / "a.jsonl"
     p.write_text('{"index": 3, "label": "commas", "description": "fires on commas"}\n\n{"index": 5, "label": "x"}\n')

@@ -19,7 +19,7 @@ from saekit.schemas import InputError
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    from saekit.releases.loopback_hub import serve
+    from saekit.testing.loopback_hub import serve
 
     server = serve(tmp_path / "hub")
     monkeypatch.setenv("HF_ENDPOINT", server.url)

@@ -1,15 +1,17 @@
-"""``saekit train transcoders``: TopK transcoders for SmolLM2-135M, registered as one set.
+"""``saekit train transcoders`` (TopK transcoders for SmolLM2-135M, registered as one set) and
+``saekit release transcoders`` (a checked set as a Hub release).
 
 Heavy imports (torch, transformers, mlflow) happen inside the command, never at module import.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
 
-from saekit.cli.app import JSON_OPTION, app, emit
+from saekit.cli.app import JSON_OPTION, app, emit, release_app
 
 train_app = typer.Typer(help="Train small SAEs and transcoders on SmolLM2-135M.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -49,3 +51,27 @@ def train_transcoders_cmd(
     lines += [f"  layer {f.layer:>2}: train FVU {f.train_fvu:.4f} ({f.seconds:.1f} s)" for f in res.fits]
     lines.append(f"registered {v.name}/{v.version}  sha256 {v.sha256[:12]}")
     emit(data, json_out, lines)
+
+
+@release_app.command("transcoders")
+def release_transcoders_cmd(
+    ref: str = typer.Argument(..., help="The registered transcoder set: NAME/VERSION or NAME@ALIAS."),
+    check: Path = typer.Option(..., "--check", help="Its check output folder (saekit check REF --out DIR)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Release folder to write (missing or empty)."),
+    repo: str = typer.Option(..., "--repo", help="ORG/NAME of the Hub repo the release is for."),
+    version: str = typer.Option("1.0.0", "--version", help="Release version (tag v<version>)."),
+    set_id: Optional[str] = typer.Option(None, "--set-id", help="Folder of the set in the repo (default: the registry name)."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Build a transcoder set release: the set (SAELens per-layer folders), circuit-tracer's config.yaml layout, records, cards, model card; publish it with `saekit release publish`."""
+    import json as _json
+
+    from saekit.releases.transcoder_release import build_set_release
+
+    path = build_set_release(ref, out, check_dir=check, hub_repo=repo, version=version, set_id=set_id)
+    release = _json.loads((path / "release.json").read_text())
+    s = release["sets"][0]
+    data = {"bundle": str(path), "release_id": release["release_id"], "tag": release["tag"], "set": s["sae_id"],
+            "sha256": s["sha256"], "circuit_tracer": s["circuit_tracer"], "saelens": s["saelens"], "notes": s["notes"]}
+    emit(data, json_out, [f"built {release['release_id']} {release['tag']} ({len(s['layers'])} layers) in {path}"]
+         + [f"  note: {n}" for n in s["notes"]])
