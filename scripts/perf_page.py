@@ -418,6 +418,17 @@ def _check_cost(d: dict) -> tuple[str, str, str, str]:
             f"{c['median_ratio_after']:.2f}x its time (median ratio)")
 
 
+def _whole_check_cost(d: dict) -> tuple[str, str, str, str]:
+    """benchmarks/check_cost.py: the whole check against one plain forward+backward (issue 22's goal: 2.5x)."""
+    runs = d["runs"]
+    ours = _median([r["after"]["cost_s"] for r in runs])
+    plain = _median([r["after"]["plain_fwd_bwd_s"] for r in runs])
+    return (f"The whole check ({d['sae']}, {d['tokens']:,} tokens, every card, default exact ablations), "
+            f"median s of {len(runs)} run(s)", _num(ours), f"plain LM forward+backward {_num(plain)}",
+            f"{d['median_ratio']['after']:.2f}x its time (code of {d['before_commit'][:7]}: "
+            f"{d['median_ratio']['before']:.2f}x)")
+
+
 def _cards_validate(d: dict) -> tuple[str, str, str, str]:
     s, j = d["saekit"], d["jsonschema"]
     return (f"Validate {d['cards']:,} feature cards, cards/s per process", f"{s['single_process_cards_per_s']:,}",
@@ -448,6 +459,7 @@ def _graph_row(d: dict) -> tuple[str, str, str, str]:
 
 # (which result files hold the measure, how to read it: measure, saekit, compared with, ratio)
 HEADLINES: list[tuple[Callable[[dict], bool], Callable[[dict], tuple[str, str, str, str]]]] = [
+    (lambda d: "before_commit" in d and "median_ratio" in d, _whole_check_cost),
     (lambda d: "cards_cost" in d and "median_ratio_after" in d["cards_cost"], _check_cost),
     (lambda d: d.get("benchmark") == "load", _load_speed),
     (lambda d: "jsonschema" in d and d["card"]["token_ids"], _cards_validate),
@@ -470,7 +482,7 @@ def _machine(d: dict) -> str:
         return m.split(",")[0] + (f", {m.split(',')[1].strip()}" if "," in m else "")
     if "device_name" in m:
         return m["device_name"]
-    cores = m.get("cpus_usable") or m.get("cores")
+    cores = m.get("cpus_usable") or m.get("cores") or m.get("cpu_count")
     return f"{m.get('cpu', '?')}, {cores} CPUs" + (f", {d['device']}" if d.get("device") not in (None, "cpu") else "")
 
 
