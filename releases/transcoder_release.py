@@ -14,6 +14,8 @@ saekit, circuit-tracer and SAELens read.
     <set_id>/layer_{i}/eval.json     the layer's check record
     <set_id>/layer_{i}/feature_cards.jsonl
     <set_id>/eval.json               the set's check record
+    graphs/<slug>/graph.json, graph.safetensors, graph-meta.json, index.html
+                                     attribution graphs of this set (``saekit graph``), with --graph
     <set_id>/circuit-tracer/config.yaml, layer_{i}.safetensors
                                      circuit-tracer's layout (saekit.registry.transcoder_formats
                                      .circuit_tracer_files), when the set has layers 0..n-1 of one
@@ -47,6 +49,7 @@ from saekit.schemas.console import say
 
 KIND = "transcoder_set"
 CT_FOLDER = "circuit-tracer"
+GRAPH_FILES = ("graph.json", "graph.safetensors", "graph-meta.json", "index.html")  # saekit.circuits.files
 
 
 def _out(out_dir: str | os.PathLike) -> Path:
@@ -68,6 +71,7 @@ def build_set_release(
     release_id: str | None = None,
     set_id: str | None = None,
     license: str = "apache-2.0",
+    graphs: list[str | os.PathLike] | tuple[str | os.PathLike, ...] = (),
 ) -> Path:
     """Build the release folder of the registered set ``ref`` (NAME/VERSION, NAME@ALIAS) from
     its check output ``check_dir`` (``saekit check REF --out DIR``: eval.json,
@@ -97,6 +101,7 @@ def build_set_release(
         if rec.sae.sha256 != tset[i].ref.sha256:
             raise GateFailedError(f"layer {i}'s record is of another transcoder", where=str(check_dir))
         layer_recs[i] = rec
+    graph_entries = _check_graphs(graphs, info.sha256, f"{info.name}/{info.version}")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -109,6 +114,9 @@ def build_set_release(
             safeio.copy_file(check_dir, f"layer_{i}/eval.json", root / f"layer_{i}" / "eval.json")
             if safeio.exists(check_dir, f"layer_{i}/feature_cards.jsonl"):
                 safeio.copy_file(check_dir, f"layer_{i}/feature_cards.jsonl", root / f"layer_{i}" / "feature_cards.jsonl")
+        for folder, g in graph_entries:  # checked above; copy_file re-checks each file is regular
+            for name in GRAPH_FILES:
+                safeio.copy_file(folder, name, tmp / g["path"] / name)
         ct_note = None
         widths = sorted({tset[i].d_sae for i in tset.layers})
         try:
@@ -153,6 +161,7 @@ def build_set_release(
                 "saelens": saelens_ok,
                 "notes": notes,
             }],
+            "graphs": [g for _, g in graph_entries],
         }
         (tmp / RELEASE_JSON).write_text(json.dumps(release, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_model_card(release, tset, set_metrics, layer_metrics), encoding="utf-8")
@@ -164,6 +173,43 @@ def build_set_release(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     say(f"release: built {out} ({len(tset)} layers)")
+    return out
+
+
+def _check_graphs(folders: Any, sha256: str, pin: str) -> list[tuple[Path, dict[str, Any]]]:
+    """Each graph folder: exactly the four files ``saekit graph`` writes, all regular (no link),
+    its graph-meta.json naming this set's sha256; its release.json entry (slug from the folder
+    name, made unique)."""
+    import re
+
+    from saekit.circuits import files as gf
+
+    out: list[tuple[Path, dict[str, Any]]] = []
+    for folder in folders:
+        folder = Path(folder)
+        where = str(folder)
+        if os.path.islink(folder):
+            raise InputError("is a symlink; give the real graph folder", where=where)
+        present = safeio.list_files(folder)  # refuses links and special files at any depth
+        missing, extra = sorted(set(GRAPH_FILES) - set(present)), sorted(set(present) - set(GRAPH_FILES))
+        if missing or extra:
+            raise InputError("not a graph folder of `saekit graph`: " + "; ".join(
+                x for x in (missing and f"missing {', '.join(missing)}", extra and f"unexpected {', '.join(extra)}")
+                if x), where=where)
+        meta = safeio.load_json(safeio.read_bytes(folder, gf.META, max_bytes=gf.MAX_META_BYTES),
+                                where=str(folder / gf.META))
+        tc = meta.get("transcoders") if isinstance(meta, dict) else None
+        got = tc.get("sha256") if isinstance(tc, dict) else None
+        if got != sha256:
+            raise InputError(f"is a graph of transcoder set sha256 {str(got or '?')[:12]}, not of {pin} "
+                             f"({sha256[:12]}); draw it with `saekit graph --transcoders {pin}`", where=where)
+        base = re.sub(r"[^a-z0-9]+", "-", folder.name.lower()).strip("-") or "graph"
+        slug, n = base, 2
+        while any(g["slug"] == slug for _, g in out):
+            slug, n = f"{base}-{n}", n + 1
+        out.append((folder, {"slug": slug, "path": f"graphs/{slug}", "prompt": meta.get("prompt"),
+                             "transcoders_sha256": got, "scores": meta.get("scores"),
+                             "files": [f"graphs/{slug}/{name}" for name in GRAPH_FILES]}))
     return out
 
 
@@ -218,6 +264,12 @@ def _model_card(release: dict[str, Any], tset: Any, set_metrics: dict[str, float
               "| layer | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     lines += [f"| {i} | {fmt(layer_metrics[i])} |" for i in tset.layers]
     lines += [f"| set | {fmt(set_metrics)} |", ""]
+    if release.get("graphs"):
+        lines += ["## Graphs", "", "Attribution graphs of this set (`saekit graph`): `graph.json` opens in "
+                  "Neuronpedia's graph viewer, `index.html` renders offline.", ""]
+        lines += [f"- [{json.dumps(g['prompt'], ensure_ascii=False)}]({g['path']}/index.html) "
+                  f"([graph.json]({g['path']}/graph.json))" for g in release["graphs"]]
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

@@ -61,6 +61,8 @@ def release_transcoders_cmd(
     repo: str = typer.Option(..., "--repo", help="ORG/NAME of the Hub repo the release is for."),
     version: str = typer.Option("1.0.0", "--version", help="Release version (tag v<version>)."),
     set_id: Optional[str] = typer.Option(None, "--set-id", help="Folder of the set in the repo (default: the registry name)."),
+    graph: list[Path] = typer.Option([], "--graph", help="A folder `saekit graph` wrote over this set; "
+                                      "released under graphs/<slug>/ (repeatable)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Build a transcoder set release: the set (SAELens per-layer folders), circuit-tracer's config.yaml layout, records, cards, model card; publish it with `saekit release publish`."""
@@ -68,10 +70,12 @@ def release_transcoders_cmd(
 
     from saekit.releases.transcoder_release import build_set_release
 
-    path = build_set_release(ref, out, check_dir=check, hub_repo=repo, version=version, set_id=set_id)
+    path = build_set_release(ref, out, check_dir=check, hub_repo=repo, version=version, set_id=set_id,
+                              graphs=graph)
     release = _json.loads((path / "release.json").read_text())
     s = release["sets"][0]
     data = {"bundle": str(path), "release_id": release["release_id"], "tag": release["tag"], "set": s["sae_id"],
-            "sha256": s["sha256"], "circuit_tracer": s["circuit_tracer"], "saelens": s["saelens"], "notes": s["notes"]}
+            "sha256": s["sha256"], "circuit_tracer": s["circuit_tracer"], "saelens": s["saelens"], "notes": s["notes"],
+            "graphs": [g["path"] for g in release.get("graphs", [])]}
     emit(data, json_out, [f"built {release['release_id']} {release['tag']} ({len(s['layers'])} layers) in {path}"]
-         + [f"  note: {n}" for n in s["notes"]])
+         + [f"  graph: {g}" for g in data["graphs"]] + [f"  note: {n}" for n in s["notes"]])

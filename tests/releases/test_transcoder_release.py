@@ -137,3 +137,67 @@ def test_topk_set_and_refusals(tmp_path):
     other = saekit.register("tc-other", _set(("transcoder", "transcoder")))
     with pytest.raises(GateFailedError, match="check it first"):
         build_set_release(f"{other.name}/{other.version}", tmp_path / "rel2", check_dir=chk, hub_repo=REPO)
+
+
+def test_graph_released_with_its_set(hub, tmp_path, capsys):
+    """`saekit release transcoders --graph DIR`: the graph of this very set goes under
+    graphs/<slug>/, in SHA256SUMS, release.json and the model card; publishing carries it and the
+    Hub serves the same bytes. A graph of another set, a missing, extra or linked file: exit 2."""
+    import shutil
+
+    from huggingface_hub import hf_hub_download
+
+    from saekit.releases.bundle import read_sums
+
+    ref, chk = _checked("tc-graph", _set(("transcoder", "transcoder")), tmp_path)
+    prompt = "The cat sat"
+    g = tmp_path / "Cat Graph"
+    saekit.graph(prompt, ref, out=g, max_n_logits=2, batch_size=64)
+    out = tmp_path / "rel"
+    r = _cli("release", "transcoders", ref, "--check", str(chk), "--out", str(out), "--repo", REPO, "--graph", str(g),
+             "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["graphs"] == ["graphs/cat-graph"]
+    release = json.loads((out / "release.json").read_text())
+    (entry,) = release["graphs"]
+    assert entry["prompt"] == prompt and entry["transcoders_sha256"] == release["sets"][0]["sha256"]
+    names = ("graph.json", "graph.safetensors", "graph-meta.json", "index.html")
+    sums = read_sums(out)
+    assert all(f"graphs/cat-graph/{n}" in sums for n in names)
+    card = (out / "README.md").read_text()
+    assert "## Graphs" in card and f"[\"{prompt}\"](graphs/cat-graph/index.html)" in card
+
+    res = _cli("release", "publish", str(out), "--json")
+    assert res.exit_code == 0, res.output
+    for n in names:
+        got = hf_hub_download(REPO, f"graphs/cat-graph/{n}", revision="v1.0.0")
+        assert Path(got).read_bytes() == (g / n).read_bytes()
+
+    def refused(folder: Path, match: str) -> None:  # the real entry point: its error line and exit code
+        from saekit.cli import main
+
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(["release", "transcoders", ref, "--check", str(chk), "--out", str(tmp_path / "bad"), "--repo", REPO,
+                  "--graph", str(folder)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad").exists()
+
+    def variant(name: str) -> Path:
+        shutil.copytree(g, tmp_path / name)
+        return tmp_path / name
+
+    other = variant("other")
+    meta = json.loads((other / "graph-meta.json").read_text())
+    meta["transcoders"]["sha256"] = "0" * 64
+    (other / "graph-meta.json").write_text(json.dumps(meta))
+    refused(other, "not of " + ref)
+    (variant("missing") / "index.html").unlink()
+    refused(tmp_path / "missing", "missing index.html")
+    (variant("extra") / "notes.txt").write_text("x")
+    refused(tmp_path / "extra", "unexpected notes.txt")
+    linked = variant("linked")
+    (linked / "graph.json").unlink()
+    (linked / "graph.json").symlink_to(g / "graph.json")
+    refused(linked, "graph.json")
