@@ -170,7 +170,8 @@ def test_graph_released_with_its_set(hub, tmp_path, capsys):
     res = _cli("release", "publish", str(out), "--json")
     assert res.exit_code == 0, res.output
     for n in names:
-        got = hf_hub_download(REPO, f"graphs/cat-graph/{n}", revision="v1.0.0")
+        got = hf_hub_download(REPO, f"graphs/cat-graph/{n}", revision="v1.0.0", endpoint=hub.url,
+                              local_dir=tmp_path / "download")  # endpoint: huggingface_hub reads HF_ENDPOINT at import
         assert Path(got).read_bytes() == (g / n).read_bytes()
 
     def refused(folder: Path, match: str) -> None:  # the real entry point: its error line and exit code
