@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import os
 import shutil
 import tempfile
@@ -59,6 +60,15 @@ def _out(out_dir: str | os.PathLike) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError("exists and is not an empty folder; a release is built into a new folder", where=str(out))
     return out
+
+
+# names a release's top level holds besides the set's folder
+_RESERVED = {"graphs", "readme.md", "release.json", "sha256sums", ".gitattributes"}
+
+
+def _link_text(prompt: str) -> str:
+    """A prompt as Markdown link text: JSON-quoted (newlines escaped), brackets escaped."""
+    return json.dumps(prompt, ensure_ascii=False).replace("[", "\\[").replace("]", "\\]")
 
 
 def build_set_release(
@@ -89,6 +99,9 @@ def build_set_release(
     if not hasattr(tset, "layers"):
         raise InputError("is an SAE, not a transcoder set (saekit release build takes SAEs)", where=ref)
     set_id = set_id or info.name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", set_id) or set_id.lower() in _RESERVED:
+        raise InputError(f"set id {set_id!r} must be one folder name (letters, digits, . _ -) and not one of "
+                         f"the release's own names ({', '.join(sorted(_RESERVED))})", where="--set-id")
     release_id = release_id or info.name
     check_dir = Path(check_dir)
     set_rec = read_records(check_dir / "eval.json")[0]
@@ -267,7 +280,7 @@ def _model_card(release: dict[str, Any], tset: Any, set_metrics: dict[str, float
     if release.get("graphs"):
         lines += ["## Graphs", "", "Attribution graphs of this set (`saekit graph`): `graph.json` opens in "
                   "Neuronpedia's graph viewer, `index.html` renders offline.", ""]
-        lines += [f"- [{json.dumps(g['prompt'], ensure_ascii=False)}]({g['path']}/index.html) "
+        lines += [f"- [{_link_text(g['prompt'])}]({g['path']}/index.html) "
                   f"([graph.json]({g['path']}/graph.json))" for g in release["graphs"]]
         lines.append("")
     return "\n".join(lines) + "\n"

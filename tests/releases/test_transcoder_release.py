@@ -134,6 +134,10 @@ def test_topk_set_and_refusals(tmp_path):
     assert json.loads(r.stdout)["tag"] == "v2.0.0" and (tmp_path / "rel3" / "tc-topk" / "set.json").is_file()
     with pytest.raises(InputError, match="not an empty folder"):
         build_set_release(ref, out, check_dir=chk, hub_repo=REPO)
+    for bad in ("../escape", "a/b", "graphs", "SHA256SUMS", "README.md"):  # a path or the release's own names
+        with pytest.raises(InputError, match="must be one folder name"):
+            build_set_release(ref, tmp_path / "rel4", check_dir=chk, hub_repo=REPO, set_id=bad)
+        assert not (tmp_path / "rel4").exists() and not (tmp_path / "escape").exists()
     other = saekit.register("tc-other", _set(("transcoder", "transcoder")))
     with pytest.raises(GateFailedError, match="check it first"):
         build_set_release(f"{other.name}/{other.version}", tmp_path / "rel2", check_dir=chk, hub_repo=REPO)
@@ -202,3 +206,10 @@ def test_graph_released_with_its_set(hub, tmp_path, capsys):
     (linked / "graph.json").unlink()
     (linked / "graph.json").symlink_to(g / "graph.json")
     refused(linked, "graph.json")
+
+
+def test_graph_prompt_cannot_break_the_model_cards_link():
+    from saekit.releases.transcoder_release import _link_text
+
+    text = _link_text("x](http://evil) [y\nz")
+    assert text == '"x\\](http://evil) \\[y\\nz"' and "\n" not in text
