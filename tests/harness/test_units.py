@@ -106,11 +106,14 @@ def test_threads_leave_out_cpus_other_processes_keep_busy():
             spin.wait()
         import threading
 
+        # its own busy threads are not counted as others': measured against what the other
+        # processes on this machine keep busy anyway (a shared CI machine is rarely idle)
+        others = busy_cpus(window=0.5)
         stop = threading.Event()
         own = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)])  # this process spins
         own.start()
         try:
-            assert busy_cpus() < 0.5  # its own busy threads are not counted as others'
+            assert busy_cpus(window=0.5) < others + 0.5
         finally:
             stop.set()
             own.join()
