@@ -4,11 +4,12 @@
     python ct_oracle.py DIR
 
 DIR holds what the test wrote: ``config.json`` (the model's shapes, the prompt's token ids,
-the logit token ids), ``model.safetensors`` (Hugging Face Llama tensor names) and
-``layer_{i}.safetensors`` (circuit-tracer's transcoder format: W_enc [d_sae, d_model], W_dec,
-b_enc, b_dec, W_skip, activation_function.threshold). Writes ``ct_graph.safetensors``
-(adjacency, active_features, activation_values, logit_probabilities, logits,
-prune_graph's masks and cumulative scores, compute_graph_scores) into DIR.
+the logit token ids, the batch size, max_feature_nodes, update_interval),
+``model.safetensors`` (Hugging Face Llama tensor names) and ``layer_{i}.safetensors``
+(circuit-tracer's transcoder format: W_enc [d_sae, d_model], W_dec, b_enc, b_dec, W_skip,
+activation_function.threshold). Writes ``ct_graph.safetensors`` (adjacency, active_features,
+selected_features, activation_values, logit_probabilities, logits, prune_graph's masks and
+cumulative scores, compute_graph_scores) into DIR.
 Data pass as safetensors and JSON only, never pickle.
 """
 
@@ -92,7 +93,8 @@ def main(folder: Path) -> None:
     with torch.no_grad():
         logits = model(tokens[None])[0]
     graph = attribute(tokens, model, attribution_targets=torch.tensor(c["logit_tokens"]),
-                      batch_size=c["batch_size"])
+                      batch_size=c["batch_size"], max_feature_nodes=c.get("max_feature_nodes"),
+                      update_interval=c.get("update_interval", 4))
     pruned = prune_graph(graph, node_threshold=c["node_threshold"], edge_threshold=c["edge_threshold"])
     replacement, completeness = compute_graph_scores(graph)
     save_file({
@@ -102,6 +104,7 @@ def main(folder: Path) -> None:
         "scores": torch.tensor([replacement, completeness]),
         "adjacency": graph.adjacency_matrix.contiguous(),
         "active_features": graph.active_features.contiguous(),
+        "selected_features": graph.selected_features.contiguous(),
         "activation_values": graph.activation_values.contiguous(),
         "logit_probabilities": graph.logit_probabilities.contiguous(),
         "logits": logits.contiguous(),

@@ -91,5 +91,32 @@ def test_an_adjacency_too_large_is_refused_with_one_line(monkeypatch) -> None:
     model = tiny_llama()
     rm = ReplacementModel(model, tiny_transcoders(model))
     monkeypatch.setattr(attribution, "MAX_ADJACENCY_BYTES", 1000)
-    with pytest.raises(InputError, match="active features make a .* adjacency .* use a shorter prompt"):
+    with pytest.raises(InputError, match="active features make a .* adjacency .* use a shorter prompt or bound "
+                                         "the feature nodes \\(--max-feature-nodes\\)"):
         attribute(rm, torch.tensor([0, 1, 2, 3]))
+
+
+def test_a_bound_on_feature_nodes_is_what_the_size_check_counts(monkeypatch) -> None:
+    """With max_feature_nodes the refusal counts (N + logits) x sources rows plus the packaged
+    graph, not the dense adjacency: a bound lets through what the dense graph cannot, and a
+    bound too high is refused with what to lower."""
+    from saekit.circuits import attribution
+
+    model = tiny_llama()
+    rm = ReplacementModel(model, tiny_transcoders(model))
+    tokens = torch.tensor([0, 1, 2, 3, 4, 5])
+    dense = attribute(rm, tokens, logit_tokens=torch.tensor([1, 2]))
+    n_other = dense.adjacency.shape[0] - dense.n_features  # errors, tokens, logits
+    n_src = dense.adjacency.shape[0] - 2
+    bounded_bytes = (4 + 2) * n_src * 4 + (4 + n_other) ** 2 * 4
+    assert bounded_bytes < dense.adjacency.numel() * 4
+    monkeypatch.setattr(attribution, "MAX_ADJACENCY_BYTES", bounded_bytes)
+    with pytest.raises(InputError, match="use a shorter prompt or bound"):
+        attribute(rm, tokens, logit_tokens=torch.tensor([1, 2]))
+    g = attribute(rm, tokens, logit_tokens=torch.tensor([1, 2]), max_feature_nodes=4)
+    assert g.n_features == 4 and g.adjacency.shape == (4 + n_other,) * 2
+    with pytest.raises(InputError, match=r"max_feature_nodes: 5 of \d+ active features need 7 x \d+ rows and a \d+ x \d+ graph "
+                                         r".*; lower --max-feature-nodes or use a shorter prompt"):
+        attribute(rm, tokens, logit_tokens=torch.tensor([1, 2]), max_feature_nodes=5)
+    with pytest.raises(InputError, match="max_feature_nodes must be >= 1"):
+        attribute(rm, tokens, max_feature_nodes=0)
