@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from saekit.circuits import files, page
-from saekit.circuits.attribution import DEFAULT_BATCH_SIZE, DEFAULT_LOGIT_PROB, DEFAULT_MAX_LOGITS, Graph, attribute
+from saekit.circuits.attribution import (DEFAULT_BATCH_SIZE, DEFAULT_LOGIT_PROB, DEFAULT_MAX_LOGITS,
+                                         DEFAULT_UPDATE_INTERVAL, Graph, attribute)
 from saekit.circuits.pruning import Pruned, prune, scores
 from saekit.circuits.replacement import ReplacementModel
 from saekit.kernels.transcoder import TranscoderSet
@@ -61,6 +62,8 @@ def build_graph(
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    max_feature_nodes: int | None = None,
+    update_interval: int = DEFAULT_UPDATE_INTERVAL,
     cards: dict[tuple[int, int], dict[str, Any]] | None = None,
     card_url: str | None = None,
     scan: str | None = None,
@@ -68,11 +71,13 @@ def build_graph(
     model_info: dict[str, Any] | None = None,
 ) -> GraphResult:
     """The attribution graph of ``prompt`` on ``model`` with ``transcoders``, pruned and scored;
-    written to ``out`` when given (see saekit.circuits.files)."""
+    written to ``out`` when given (see saekit.circuits.files). ``max_feature_nodes`` bounds the
+    feature nodes (circuit-tracer's option of that name, see saekit.circuits.attribution)."""
     if not prompt:
         raise InputError("the prompt is empty", where="prompt")
-    for name, v in (("max_n_logits", max_n_logits), ("batch_size", batch_size)):
-        if v < 1:
+    for name, v in (("max_n_logits", max_n_logits), ("batch_size", batch_size),
+                    ("max_feature_nodes", max_feature_nodes), ("update_interval", update_interval)):
+        if v is not None and v < 1:
             raise InputError(f"{name} must be >= 1, got {v}", where=name)
     for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= v <= 1.0:
@@ -83,7 +88,8 @@ def build_graph(
     trace = rm.trace(tokens)
     t1 = time.perf_counter()
     graph = attribute(rm, tokens, max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob,
-                      batch_size=batch_size, trace=trace)
+                      batch_size=batch_size, trace=trace, max_feature_nodes=max_feature_nodes,
+                      update_interval=update_interval)
     t2 = time.perf_counter()
     pruned = prune(graph, node_threshold, edge_threshold)
     replacement, completeness = scores(graph)
@@ -92,6 +98,7 @@ def build_graph(
     prompt_tokens = [tokenizer.decode([t]) for t in tokens.tolist()]
     logit_strings = [tokenizer.decode([t]) for t in graph.logit_tokens.tolist()]
     settings = {"max_n_logits": max_n_logits, "desired_logit_prob": desired_logit_prob, "batch_size": batch_size,
+                "max_feature_nodes": max_feature_nodes, "update_interval": update_interval,
                 "node_threshold": node_threshold, "edge_threshold": edge_threshold}
     scan = scan or transcoders.model_name or model.config.name_or_path or "model"
     slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "graph"
@@ -112,7 +119,8 @@ def build_graph(
         "scores": {"replacement": replacement, "completeness": completeness},
         "logits": [{"token": s, "token_id": int(i), "prob": float(p)}
                    for s, i, p in zip(logit_strings, graph.logit_tokens.tolist(), graph.logit_probs.tolist())],
-        "counts": {"features": graph.n_features, "nodes": int(graph.adjacency.shape[0]),
+        "counts": {"active_features": graph.info["active_features"], "features": graph.n_features,
+                   "nodes": int(graph.adjacency.shape[0]),
                    "kept_features": int(kept[: graph.n_features].sum()), "kept_nodes": int(kept.sum()),
                    "kept_edges": int(pruned.edge_mask.sum())},
         "timings_s": {"trace": t1 - t0, "attribution": t2 - t1, "pruning_and_scores": t3 - t2},
@@ -121,7 +129,8 @@ def build_graph(
     if out is not None:
         summary = {"model": scan, "transcoders": transcoders_ref or "(in memory)",
                    "replacement score": f"{replacement:.3f}", "completeness score": f"{completeness:.3f}",
-                   "features (active / kept)": f"{graph.n_features} / {meta['counts']['kept_features']}",
+                   "features (active / nodes / kept)":
+                       f"{graph.info['active_features']} / {graph.n_features} / {meta['counts']['kept_features']}",
                    "top logit": f"{logit_strings[0]!r} p={float(graph.logit_probs[0]):.3f}"}
         html = page.render(np_graph, title=f"Attribution graph: {prompt}", summary=summary)
         folder = files.write(out, graph, pruned, np_graph, meta, html)

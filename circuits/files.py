@@ -1,7 +1,8 @@
 """Graph files: a folder with
 
     graph.json              the pruned graph in Neuronpedia's graph schema (opens in their viewer)
-    graph.safetensors       the dense graph: adjacency, features, activations, logits, bias, masks
+    graph.safetensors       the full graph: adjacency, features, activations, logits, bias, masks;
+                            the header's metadata records active_features and max_feature_nodes
     graph-meta.json         saekit's record: prompt, model, transcoders, settings, scores, node ranges
     index.html              a static page rendering the pruned graph offline (saekit.circuits.page)
 
@@ -120,12 +121,37 @@ def neuronpedia_graph(
         "slug": slug, "scan": scan, "prompt_tokens": prompt_tokens, "prompt": prompt,
         "node_threshold": settings.get("node_threshold"), "schema_version": 1,
         "info": {"generator": {"name": "saekit", "version": __version__}, **(info or {})},
-        "generation_settings": {k: settings[k] for k in ("max_n_logits", "desired_logit_prob", "batch_size")
-                                if k in settings},
+        "generation_settings": _generation_settings(settings),
         "pruning_settings": {k: settings[k] for k in ("node_threshold", "edge_threshold") if k in settings},
     }
     q = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
     return {"metadata": metadata, "qParams": q, "nodes": kept, "links": links}
+
+
+def _generation_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """circuit-tracer's attribute() options (the schema's generation_settings); update_interval
+    only where max_feature_nodes makes it count."""
+    keys = ["max_n_logits", "desired_logit_prob", "batch_size"]
+    if settings.get("max_feature_nodes") is not None:
+        keys += ["max_feature_nodes", "update_interval"]
+    return {k: settings[k] for k in keys if k in settings}
+
+
+def bound_of(graph: Graph) -> dict[str, str]:
+    """The feature-node bound as graph.safetensors' header metadata (strings, as safetensors
+    keeps them): every active feature counted, and max_feature_nodes ('none' without one)."""
+    bound = graph.info.get("max_feature_nodes")
+    return {"active_features": str(graph.info.get("active_features", graph.n_features)),
+            "max_feature_nodes": "none" if bound is None else str(bound)}
+
+
+def _read_bound(data: bytes) -> dict[str, int | None]:
+    """graph.info back from graph.safetensors' header (what ``bound_of`` wrote; a file without
+    it is a dense graph)."""
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
+    bound = header.get("max_feature_nodes", "none")
+    return {"active_features": int(header["active_features"]) if "active_features" in header else None,
+            "max_feature_nodes": None if bound == "none" else int(bound)}
 
 
 def tensors(graph: Graph, pruned: Pruned) -> dict[str, torch.Tensor]:
@@ -149,8 +175,11 @@ def write(folder: str | Path, graph: Graph, pruned: Pruned, np_graph: dict[str, 
                               "tokens": [graph.token_start, graph.logit_start],
                               "logits": [graph.logit_start, graph.adjacency.shape[0]],
                               "n_layers": graph.n_layers, "n_pos": graph.n_pos,
+                              "active_features": int(bound_of(graph)["active_features"]),
+                              "max_feature_nodes": graph.info.get("max_feature_nodes"),
                               "order": "rows are targets, columns sources (circuit-tracer graph.py)"}}
-    write_bytes(folder / TENSORS, save({k: v.contiguous() for k, v in tensors(graph, pruned).items()}))
+    write_bytes(folder / TENSORS, save({k: v.contiguous() for k, v in tensors(graph, pruned).items()},
+                                       metadata=bound_of(graph)))
     write_bytes(folder / GRAPH_JSON, json.dumps(np_graph, allow_nan=False).encode())
     write_bytes(folder / META, json.dumps(meta, indent=2, allow_nan=False).encode())
     write_bytes(folder / PAGE, page.encode())
@@ -158,13 +187,15 @@ def write(folder: str | Path, graph: Graph, pruned: Pruned, np_graph: dict[str, 
 
 
 def read(folder: str | Path) -> tuple[Graph, Pruned, dict[str, Any]]:
-    """A graph folder back: the dense graph, its pruning and the metadata (sizes checked)."""
+    """A graph folder back: the graph, its pruning and the metadata (sizes checked)."""
     from safetensors.torch import load
 
     folder = Path(folder)
     meta = load_json(read_bytes(folder, META, max_bytes=MAX_META_BYTES), where=str(folder / META))
     try:
-        t = load(read_bytes(folder, TENSORS))
+        data = read_bytes(folder, TENSORS)
+        t = load(data)
+        bound = _read_bound(data)
     except Exception as err:  # safetensors' own errors (SafetensorError, ...) on a bad header
         raise ArtifactFormatError(f"not a safetensors file: {err}".splitlines()[0], where=str(folder / TENSORS)) from None
     want = {"adjacency", "bias", "target_values", "tokens", "features", "activations", "logit_tokens",
@@ -174,7 +205,8 @@ def read(folder: str | Path) -> tuple[Graph, Pruned, dict[str, Any]]:
     n_layers = int(meta["nodes"]["n_layers"])
     g = Graph(tokens=t["tokens"], features=t["features"], activations=t["activations"],
               logit_tokens=t["logit_tokens"], logit_probs=t["logit_probs"], adjacency=t["adjacency"],
-              bias=t["bias"], target_values=t["target_values"], n_layers=n_layers)
+              bias=t["bias"], target_values=t["target_values"], n_layers=n_layers, info=bound)
+    g.info["active_features"] = bound["active_features"] or g.n_features
     n = g.n_features + n_layers * g.n_pos + g.n_pos + g.n_logits
     if g.adjacency.shape != (n, n) or g.features.ndim != 2 or g.features.shape[1:] != (3,):
         raise ArtifactFormatError(f"adjacency {tuple(g.adjacency.shape)} does not fit {n} nodes",

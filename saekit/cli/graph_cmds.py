@@ -24,6 +24,10 @@ def graph_cmd(
     edge_threshold: float = typer.Option(0.98, "--edge-threshold", min=0.0, max=1.0,
                                          help="Keep the edges holding this share of the influence."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Targets per backward pass."),
+    max_feature_nodes: Optional[int] = typer.Option(
+        None, "--max-feature-nodes", min=1, help="At most N feature nodes: the features of most estimated influence "
+        "on the logits (circuit-tracer's max_feature_nodes); memory and time then grow with N, not with every "
+        "active feature (default: every active feature a node)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model (default: the set's, SmolLM2-135M-Instruct)."),
     cards: Optional[Path] = typer.Option(None, "--cards", help="Folder with layer_{i}/feature_cards.jsonl (as "
                                          "'saekit check' of the set writes); labels feature nodes."),
@@ -37,7 +41,7 @@ def graph_cmd(
 
     res = graph(prompt, transcoders, model=model, cards=cards, out=out, max_n_logits=max_logits,
                 node_threshold=node_threshold, edge_threshold=edge_threshold, batch_size=batch_size,
-                card_url=card_url)
+                max_feature_nodes=max_feature_nodes, card_url=card_url)
     m = res.meta
     top = sorted((n for n in res.neuronpedia["nodes"] if n["feature_type"] == "cross layer transcoder"),
                  key=lambda n: n["influence"])[:5]
@@ -47,7 +51,8 @@ def graph_cmd(
                  "feature": int(n["node_id"].split("_")[1]), "activation": n["activation"], "label": n["clerp"]}
                 for n in top]}
     c = m["counts"]
-    lines = [f"graph of {len(m['prompt_tokens'])} tokens: {c['features']} active features, "
+    bounded = f" ({c['features']} feature nodes, --max-feature-nodes)" if c["features"] < c["active_features"] else ""
+    lines = [f"graph of {len(m['prompt_tokens'])} tokens: {c['active_features']} active features{bounded}, "
              f"{c['kept_features']} kept ({c['kept_nodes']} nodes, {c['kept_edges']} edges)",
              f"replacement score {m['scores']['replacement']:.3f}, completeness score {m['scores']['completeness']:.3f}",
              "top logits: " + ", ".join(f"{x['token']!r} {x['prob']:.3f}" for x in m["logits"][:5])]

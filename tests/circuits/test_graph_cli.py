@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import saekit
 from saekit.circuits import files
@@ -77,6 +78,29 @@ def test_cli_writes_a_graph_with_labelled_features(on_disk: Path) -> None:
     assert (res.graph.adjacency - g.adjacency).abs().max() < 1e-5
 
 
+def test_cli_bounds_the_feature_nodes_and_the_files_record_it(on_disk: Path) -> None:
+    out = on_disk / "bounded"
+    r = _run("graph", "w3 w5 w7 w2", "--transcoders", str(on_disk / "set"), "--model", str(on_disk / "model"),
+             "--out", str(out), "--max-logits", "3", "--batch-size", "4", "--max-feature-nodes", "9")
+    assert r.returncode == 0, r.stderr
+    g, pruned, meta = files.read(out)
+    active = meta["counts"]["active_features"]
+    assert f"graph of 5 tokens: {active} active features (9 feature nodes, --max-feature-nodes)" in r.stdout
+    assert g.n_features == meta["counts"]["features"] == 9 < active
+    assert g.info == {"active_features": active, "max_feature_nodes": 9}
+    assert meta["settings"]["max_feature_nodes"] == 9 and meta["settings"]["update_interval"] == 4
+    assert meta["nodes"]["max_feature_nodes"] == 9 and meta["nodes"]["active_features"] == active
+    doc = json.loads((out / files.GRAPH_JSON).read_text())
+    assert doc["metadata"]["generation_settings"]["max_feature_nodes"] == 9
+    assert sum(n["feature_type"] == "cross layer transcoder" for n in doc["nodes"]) <= 9
+    assert pruned.node_mask.shape == (g.adjacency.shape[0],) and g.adjacency.shape[0] == 9 + 2 * 5 + 5 + g.n_logits
+    # the same graph from Python
+    res = saekit.graph("w3 w5 w7 w2", on_disk / "set", model=str(on_disk / "model"), max_n_logits=3,
+                       batch_size=4, max_feature_nodes=9)
+    assert torch.equal(res.graph.features, g.features)
+    assert (res.graph.adjacency - g.adjacency).abs().max() < 1e-5
+
+
 def test_cli_errors_are_one_line_with_exit_2(on_disk: Path, real_sae_dir: Path, capsys) -> None:
     base = ("--model", str(on_disk / "model"), "--out", str(on_disk / "bad"))
     code, err = _main(capsys, "graph", "w1 w2", "--transcoders", str(real_sae_dir), *base)
@@ -85,6 +109,9 @@ def test_cli_errors_are_one_line_with_exit_2(on_disk: Path, real_sae_dir: Path, 
     assert code == 2 and "node-threshold" in err, err
     code, err = _main(capsys, "graph", "", "--transcoders", str(on_disk / "set"), *base)
     assert code == 2 and "prompt is empty" in err, err
+    code, err = _main(capsys, "graph", "w1 w2", "--transcoders", str(on_disk / "set"), "--max-feature-nodes", "0",
+                      *base)
+    assert code == 2 and "max-feature-nodes" in err, err
     code, err = _main(capsys, "graph", "w1", "--transcoders", str(on_disk / "nope"), *base)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     # the model does not fit the set (other width): refused before anything is written

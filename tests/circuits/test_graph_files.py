@@ -49,6 +49,7 @@ def test_graph_json_validates_against_neuronpedias_schema(built) -> None:
     assert {"cross layer transcoder", "embedding", "logit"} <= kinds
     assert sum(n["feature_type"] == "embedding" for n in doc["nodes"]) == res.graph.n_pos
     assert doc["metadata"]["prompt_tokens"] == ["<s>", "w3", "w5", "w7", "w2", "w9"]
+    assert "max_feature_nodes" not in doc["metadata"]["generation_settings"]  # every active feature a node
     # a feature node: circuit-tracer's id and Cantor number, its card's explanation as clerp
     f = next(n for n in doc["nodes"] if n["feature_type"] == "cross layer transcoder" and n["layer"] == "1")
     layer, feat, pos = map(int, f["node_id"].split("_"))
@@ -70,6 +71,7 @@ def test_graph_files_round_trip_without_pickle(built) -> None:
     g, pruned, meta = files.read(out)
     assert torch.equal(g.adjacency, res.graph.adjacency) and torch.equal(g.features, res.graph.features)
     assert torch.equal(pruned.edge_mask, res.pruned.edge_mask)
+    assert g.info == {"active_features": g.n_features, "max_feature_nodes": None}
     assert meta["saekit"]["kind"] == "attribution_graph" and meta["transcoders"]["ref"] == "tiny-set@v1"
     assert meta["scores"]["replacement"] == pytest.approx(res.replacement_score)
     assert 0 < res.replacement_score < 1 and 0 < res.completeness_score < 1
@@ -81,6 +83,27 @@ def test_graph_files_round_trip_without_pickle(built) -> None:
     (out / "graph.safetensors").write_bytes(b"not safetensors at all")
     with pytest.raises(InputError, match="not a safetensors file"):
         files.read(out)
+
+
+def test_a_bounded_graph_validates_and_round_trips(tmp_path: Path) -> None:
+    """With max_feature_nodes the files hold the packaged graph (visited features only), valid
+    for Neuronpedia's schema, and record the bound and the active features."""
+    model = tiny_llama(n_layers=3)
+    tset = tiny_transcoders(model, arch="skip_transcoder")
+    res = build_graph("w3 w5 w7 w2 w9", tset, model, tiny_tokenizer(), out=tmp_path / "g", batch_size=9,
+                      max_feature_nodes=20, update_interval=2)
+    doc = json.loads((tmp_path / "g" / files.GRAPH_JSON).read_text())
+    jsonschema.Draft7Validator(SCHEMA).validate(doc)
+    assert doc["metadata"]["generation_settings"] == {"max_n_logits": 10, "desired_logit_prob": 0.95,
+                                                      "batch_size": 9, "max_feature_nodes": 20, "update_interval": 2}
+    ids = set(files.node_ids(res.graph))
+    assert all(n["node_id"] in ids for n in doc["nodes"])
+    g, pruned, meta = files.read(tmp_path / "g")
+    assert g.n_features == 20 < g.info["active_features"] == meta["counts"]["active_features"]
+    assert g.info["max_feature_nodes"] == meta["settings"]["max_feature_nodes"] == 20
+    assert torch.equal(g.adjacency, res.graph.adjacency) and torch.equal(pruned.node_mask, res.pruned.node_mask)
+    with pytest.raises(InputError, match="update_interval must be >= 1"):
+        build_graph("w1 w2", tset, model, tiny_tokenizer(), update_interval=0, out=tmp_path / "x")
 
 
 def test_bad_settings_are_refused_before_any_work(tmp_path: Path) -> None:
