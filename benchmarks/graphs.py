@@ -3,6 +3,7 @@ prompt's length and with the number of active features.
 
     python3 benchmarks/graphs.py                     # lengths 4 8 16 24 (all layers), layers 10 20 30 at 16 tokens
     python3 benchmarks/graphs.py --lengths 8 16 --layers 30
+    python3 benchmarks/graphs.py --bounded 64 128 --max-feature-nodes 512   # only these, with the bound
 
 The transcoder set is the docs example's (docs/graphs.md: ``saekit train transcoders --width 768
 --k 16 --tokens 4096 --steps 120 --batch-size 256``, cached under SAEKIT_CACHE_DIR, trained on
@@ -13,6 +14,11 @@ process: ``peak_rss_mib`` is its high-water resident memory, ``graph_rss_mib`` h
 graph (trace, backward passes, pruning, files) raised it above the model and set loaded.
 Side by side in one run; the ratios against the 16-token, all-layer graph are printed.
 Results go to benchmarks/results/graphs_<date>.json with the machine and the date.
+
+``--bounded`` measures prompts whose dense graph is refused (or huge) with ``max_feature_nodes``
+(circuit-tracer's bound: rows for the logits and the N features of most estimated influence
+only). Each row records the dense graph's size and whether attribute() refuses it, from the
+same check attribute() runs; results go to graphs_bounded_<date>.json.
 """
 
 from __future__ import annotations
@@ -31,7 +37,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_WORDS = ("The capital of France is Paris, and the capital of Germany is Berlin; the capital of Italy is Rome "
-                "and the capital of Spain is Madrid, while the capital of Japan is").split(" ")
+                "and the capital of Spain is Madrid, while the capital of Japan is Tokyo. Travellers who visit these "
+                "cities often start in the old town, walk along the river, and stop at a small cafe for coffee and "
+                "bread before the museums open. In the afternoon they take a train to the next country, where the "
+                "language, the money and the food change, but the long walks and the late dinners stay the same. "
+                "After two weeks on the road, most of them agree that the city they liked best was the one they "
+                "had planned to skip, and that the next trip should start there. When they come home, they tell "
+                "their friends that the best meal of the whole journey was in").split(" ")
 
 
 def train_config():
@@ -41,7 +53,8 @@ def train_config():
 
 
 def prompt_of(tok, n_tokens: int) -> str:
-    """The longest prefix of PROMPT_WORDS with at most n_tokens tokens (BOS included)."""
+    """The longest prefix of PROMPT_WORDS with at most n_tokens tokens (BOS included); the words
+    after the first sentence only serve the long prompts of --bounded."""
     best = PROMPT_WORDS[0]
     for i in range(1, len(PROMPT_WORDS) + 1):
         text = " ".join(PROMPT_WORDS[:i])
@@ -50,7 +63,23 @@ def prompt_of(tok, n_tokens: int) -> str:
     return best
 
 
-def one(n_tokens: int, n_layers: int, batch_size: int) -> dict:
+def dense_check(res) -> dict:
+    """What the dense graph of the same prompt would hold, and whether attribute() refuses it."""
+    from saekit.circuits.attribution import _check_size
+    from saekit.schemas import InputError
+
+    g = res.graph
+    n_active, n_other = g.info["active_features"], g.adjacency.shape[0] - g.n_features - g.n_logits
+    n = n_active + n_other + g.n_logits
+    try:
+        _check_size(n_active, n_active, n_other, g.n_logits)
+        refused = None
+    except InputError as err:
+        refused = str(err)
+    return {"dense_nodes": n, "dense_adjacency_gib": round(n * n * 4 / 2**30, 2), "dense_refused": refused}
+
+
+def one(n_tokens: int, n_layers: int, batch_size: int, max_feature_nodes: int | None = None) -> dict:
     """One graph in this process (the child)."""
     import torch
 
@@ -68,12 +97,16 @@ def one(n_tokens: int, n_layers: int, batch_size: int) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        res = build_graph(prompt, tset, model, tok, out=Path(out) / "g", batch_size=batch_size)
+        res = build_graph(prompt, tset, model, tok, out=Path(out) / "g", batch_size=batch_size,
+                          max_feature_nodes=max_feature_nodes)
         wall = time.perf_counter() - t0
         size = sum(p.stat().st_size for p in (Path(out) / "g").iterdir())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    bound = {"max_feature_nodes": max_feature_nodes, "feature_nodes": res.graph.n_features, **dense_check(res)} \
+        if max_feature_nodes else {}
     return {"tokens": len(res.prompt_tokens), "layers_covered": n_layers, "prompt": prompt,
-            "active_features": res.graph.n_features, "nodes": int(res.graph.adjacency.shape[0]),
+            "active_features": res.graph.info["active_features"], **bound,
+            "nodes": int(res.graph.adjacency.shape[0]),
             "kept_features": res.meta["counts"]["kept_features"], "seconds": round(wall, 2),
             **{f"{k}_s": round(v, 2) for k, v in res.meta["timings_s"].items()},
             "peak_rss_mib": round(peak), "graph_rss_mib": round(peak - before), "files_mib": round(size / 2**20, 1),
@@ -81,27 +114,40 @@ def one(n_tokens: int, n_layers: int, batch_size: int) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lengths", type=int, nargs="+", default=[4, 8, 16, 24])
-    ap.add_argument("--layers", type=int, nargs="+", default=[10, 20, 30])
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--one", type=int, nargs=2, help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.one:
-        print(json.dumps(one(args.one[0], args.one[1], args.batch_size)))
-        return 0
+def child(n_tokens: int, n_layers: int, batch_size: int, max_feature_nodes: int | None = None) -> dict:
+    """One configuration in a fresh process: its row."""
+    bound = ["--max-feature-nodes", str(max_feature_nodes)] if max_feature_nodes else []
+    r = subprocess.run([sys.executable, __file__, "--one", str(n_tokens), str(n_layers), "--batch-size",
+                        str(batch_size), *bound], capture_output=True, text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
-    from saekit.harness.transcoder_train import ensure_transcoder_set
 
-    ensure_transcoder_set(train_config())  # trained (once) before anything is timed
+def record(argv: list[str] | None, load_start: list[float], **fields) -> dict:
+    date = dt.datetime.now(dt.timezone.utc)
+    return {
+        **{k: fields.pop(k) for k in ("benchmark", "title")},
+        "command": "python3 benchmarks/graphs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "platform": platform.platform(), "python": platform.python_version(), "device": "cpu"},
+        "date": date.isoformat(timespec="seconds"), "loadavg_1m": load_start[0],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "transcoders": "TopK, width 768, k 16, every MLP (benchmarks/graphs.py train_config)", **fields,
+    }
+
+
+def save(result: dict, stem: str) -> None:
+    out = ROOT / "benchmarks" / "results" / f"{stem}_{dt.datetime.fromisoformat(result['date']):%Y%m%dT%H%M}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def sweep(args, argv: list[str] | None) -> None:
+    """Every active feature a node: prompt lengths over every layer, then covered layers."""
     configs = [(n, 30) for n in args.lengths] + [(16, layers) for layers in args.layers if layers != 30]
     load_start = [round(x, 2) for x in os.getloadavg()]
     rows = []
     for n, layers in configs:
-        r = subprocess.run([sys.executable, __file__, "--one", str(n), str(layers), "--batch-size",
-                            str(args.batch_size)], capture_output=True, text=True, check=True)
-        row = json.loads(r.stdout.strip().splitlines()[-1])
+        row = child(n, layers, args.batch_size)
         rows.append(row)
         print(f"{row['tokens']:>3} tokens, {layers:>2} layers: {row['active_features']:>6} features, "
               f"{row['seconds']:>7.1f} s, peak {row['peak_rss_mib']:>6} MiB (+{row['graph_rss_mib']} for the graph)")
@@ -113,20 +159,48 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"  {r['tokens']:>3} tokens, {r['layers_covered']:>2} layers ({r['active_features']} features): "
               f"time x{r['time_ratio']}, graph memory x{r['graph_memory_ratio']}")
-    date = dt.datetime.now(dt.timezone.utc)
-    result = {
-        "benchmark": "graphs", "title": "Attribution graphs (`saekit graph`) on SmolLM2-135M-Instruct",
-        "command": "python3 benchmarks/graphs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "platform": platform.platform(), "python": platform.python_version(), "device": "cpu"},
-        "date": date.isoformat(timespec="seconds"), "loadavg_1m": load_start[0],
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "transcoders": "TopK, width 768, k 16, every MLP (benchmarks/graphs.py train_config)",
-        "batch_size": args.batch_size, "runs": rows,
-    }
-    out = ROOT / "benchmarks" / "results" / f"graphs_{date:%Y%m%dT%H%M}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    save(record(argv, load_start, benchmark="graphs",
+                title="Attribution graphs (`saekit graph`) on SmolLM2-135M-Instruct",
+                batch_size=args.batch_size, runs=rows), "graphs")
+
+
+def bounded(args, argv: list[str] | None) -> None:
+    """Long prompts with max_feature_nodes: time, peak memory, and the dense graph's size."""
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    rows = []
+    for n in args.bounded:
+        row = child(n, 30, args.batch_size, args.max_feature_nodes)
+        rows.append(row)
+        print(f"{row['tokens']:>3} tokens: {row['feature_nodes']} of {row['active_features']} features, "
+              f"{row['seconds']:>7.1f} s, peak {row['peak_rss_mib']:>6} MiB (+{row['graph_rss_mib']} for the graph); "
+              f"dense {row['dense_nodes']}^2 = {row['dense_adjacency_gib']} GiB"
+              + (", refused" if row["dense_refused"] else ""))
+    save(record(argv, load_start, benchmark="graphs_bounded",
+                title="Attribution graphs of long prompts with `--max-feature-nodes` on SmolLM2-135M-Instruct",
+                batch_size=args.batch_size, max_feature_nodes=args.max_feature_nodes, runs=rows), "graphs_bounded")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[4, 8, 16, 24])
+    ap.add_argument("--layers", type=int, nargs="+", default=[10, 20, 30])
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--bounded", type=int, nargs="+", help="only these prompt lengths, with --max-feature-nodes")
+    ap.add_argument("--max-feature-nodes", type=int, default=512)
+    ap.add_argument("--one", type=int, nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        bound = args.max_feature_nodes if "--max-feature-nodes" in (argv or sys.argv) else None
+        print(json.dumps(one(args.one[0], args.one[1], args.batch_size, bound)))
+        return 0
+
+    from saekit.harness.transcoder_train import ensure_transcoder_set
+
+    ensure_transcoder_set(train_config())  # trained (once) before anything is timed
+    if args.bounded:
+        bounded(args, argv)
+    else:
+        sweep(args, argv)
     return 0
 
 

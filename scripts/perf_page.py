@@ -335,6 +335,24 @@ def graphs(name: str, d: dict) -> str:
     return out + _table(head, rows)
 
 
+def graphs_bounded(name: str, d: dict) -> str:
+    """benchmarks/graphs.py --bounded: long prompts with --max-feature-nodes."""
+    m = d["machine"]
+    machine = f"{m['cpu']}, {m['cores']} CPUs, {m['platform']}, Python {m['python']}"
+    load = f"{_load(d['loadavg_1m'])} at start, {_load(d['load_average_at_end'])} at end"
+    out = f"## {d['title']}\n\n" + _where(name, d["command"], machine, d["date"], load)
+    out += (f"\nTranscoders: {d['transcoders']}; backward batch {d['batch_size']}; `--max-feature-nodes "
+            f"{d['max_feature_nodes']}`. One fresh process per row. `dense` is the same prompt's graph with every "
+            "active feature a node: its adjacency, and whether `saekit graph` refuses it (over 4 GiB).\n\n")
+    head = ["tokens", "active features", "feature nodes", "nodes", "s (trace / edges / pruning)", "peak MiB",
+            "graph MiB", "files MiB", "torch threads", "dense adjacency GiB", "dense refused"]
+    rows = [[r["tokens"], r["active_features"], r["feature_nodes"], r["nodes"],
+             f"{_num(r['seconds'])} ({_num(r['trace_s'])} / {_num(r['attribution_s'])} / {_num(r['pruning_and_scores_s'])})",
+             r["peak_rss_mib"], r["graph_rss_mib"], r["files_mib"], r["torch_threads"], r["dense_adjacency_gib"],
+             "yes" if r["dense_refused"] else "no"] for r in d["runs"]]
+    return out + _table(head, rows)
+
+
 def transcoders(name: str, d: dict) -> str:
     """benchmarks/transcoders.py: a TopK transcoder set trained for every MLP, then checked."""
     c, fw, tr, ck, r = d["config"], d["forward"], d["train"], d["check"], d["ratios"]
@@ -383,7 +401,7 @@ def transcoders_check(name: str, d: dict) -> str:
 RENDERERS: dict[str, Callable[[str, dict], str]] = {"matching": matching, "load": load, "registry_load": registry_load,
                                                     "browser": browser, "annotations": annotations,
                                                     "transcoders": transcoders, "transcoders_check": transcoders_check,
-                                                    "graphs": graphs}
+                                                    "graphs": graphs, "graphs_bounded": graphs_bounded}
 
 
 # --- the headline table ------------------------------------------------------------------
@@ -457,6 +475,17 @@ def _graph_row(d: dict) -> tuple[str, str, str, str]:
             f"{big['seconds'] / small['seconds']:.2f}x its time")
 
 
+def _bounded_graph_row(d: dict) -> tuple[str, str, str, str]:
+    big = max(d["runs"], key=lambda r: r["tokens"])
+    small = min(d["runs"], key=lambda r: r["tokens"])
+    dense = f"dense adjacency {big['dense_adjacency_gib']} GiB" + (" (refused)" if big["dense_refused"] else "")
+    return (f"Attribution graph on SmolLM2-135M, {big['tokens']}-token prompt, `--max-feature-nodes "
+            f"{big['max_feature_nodes']}` ({big['active_features']:,} active features), s / peak MiB",
+            f"{_num(big['seconds'])} / {big['peak_rss_mib']:,}",
+            f"{small['tokens']}-token prompt {_num(small['seconds'])} / {small['peak_rss_mib']:,}; {dense}",
+            f"{big['seconds'] / small['seconds']:.2f}x its time")
+
+
 # (which result files hold the measure, how to read it: measure, saekit, compared with, ratio)
 HEADLINES: list[tuple[Callable[[dict], bool], Callable[[dict], tuple[str, str, str, str]]]] = [
     (lambda d: "before_commit" in d and "median_ratio" in d, _whole_check_cost),
@@ -465,6 +494,7 @@ HEADLINES: list[tuple[Callable[[dict], bool], Callable[[dict], tuple[str, str, s
     (lambda d: "jsonschema" in d and d["card"]["token_ids"], _cards_validate),
     (lambda d: "saedashboard" in d.get("runs", {}), _dashboard),
     (lambda d: d.get("benchmark") == "graphs", _graph_row),
+    (lambda d: d.get("benchmark") == "graphs_bounded", _bounded_graph_row),
     (lambda d: "shapes" in d and "env" in d, lambda d: _kernel_rows(d, "saelens", "SAELens")),
     (lambda d: "shapes" in d and "env" in d, lambda d: _kernel_rows(d, "sparsify", "sparsify")),
 ]
