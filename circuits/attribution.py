@@ -136,8 +136,8 @@ def attribute(
 ) -> Graph:
     """The attribution graph of ``tokens`` [n_pos]: every active feature a node, or with
     ``max_feature_nodes`` N below the number of active features only the N features visited
-    in order of their estimated influence on the logits (see ``_visit_by_influence``); the
-    other active features then reach targets through no node (their edges are left out)."""
+    in order of their estimated influence on the logits (see ``_visit_by_influence``); what
+    the other active features write then reaches each target as part of its bias."""
     for name, v in (("max_feature_nodes", max_feature_nodes), ("update_interval", update_interval)):
         if v is not None and v < 1:
             raise InputError(f"{name} must be >= 1, got {v}", where=name)

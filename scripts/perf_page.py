@@ -480,7 +480,8 @@ def _bounded_graph_row(d: dict) -> tuple[str, str, str, str]:
     small = min(d["runs"], key=lambda r: r["tokens"])
     dense = f"dense adjacency {big['dense_adjacency_gib']} GiB" + (" (refused)" if big["dense_refused"] else "")
     return (f"Attribution graph on SmolLM2-135M, {big['tokens']}-token prompt, `--max-feature-nodes "
-            f"{big['max_feature_nodes']}` ({big['active_features']:,} active features), s / peak MiB",
+            f"{big['max_feature_nodes']}` ({big['active_features']:,} active features, batch {d['batch_size']}), "
+            "s / peak MiB",
             f"{_num(big['seconds'])} / {big['peak_rss_mib']:,}",
             f"{small['tokens']}-token prompt {_num(small['seconds'])} / {small['peak_rss_mib']:,}; {dense}",
             f"{big['seconds'] / small['seconds']:.2f}x its time")
