@@ -65,14 +65,14 @@ def prompt_of(tok, n_tokens: int) -> str:
 
 def dense_check(res) -> dict:
     """What the dense graph of the same prompt would hold, and whether attribute() refuses it."""
-    from saekit.circuits.attribution import _check_size
+    from saekit.circuits.attribution import check_size
     from saekit.schemas import InputError
 
     g = res.graph
     n_active, n_other = g.info["active_features"], g.adjacency.shape[0] - g.n_features - g.n_logits
     n = n_active + n_other + g.n_logits
     try:
-        _check_size(n_active, n_active, n_other, g.n_logits)
+        check_size(n_active, n_active, n_other, g.n_logits)
         refused = None
     except InputError as err:
         refused = str(err)

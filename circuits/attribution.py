@@ -148,7 +148,7 @@ def attribute(
     logit_vecs = W_U[logit_tokens] - W_U.mean(0, keepdim=True)  # [n_logits, d]
     n_active, n_logits = len(features), len(logit_tokens)
     n_keep = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
-    _check_size(n_active, n_keep, rm.n_layers * trace.n_pos + trace.n_pos, n_logits)
+    check_size(n_active, n_keep, rm.n_layers * trace.n_pos + trace.n_pos, n_logits)
 
     with torch.enable_grad():
         solver = _RowSolver(rm, trace, features, activations, batch_size)
@@ -184,7 +184,7 @@ def _logit_targets(trace: Trace, logit_tokens, max_n_logits: int, desired_prob: 
     return logit_tokens, torch.softmax(last_logits, -1)[logit_tokens]
 
 
-def _check_size(n_active: int, n_keep: int, n_other: int, n_logits: int) -> None:
+def check_size(n_active: int, n_keep: int, n_other: int, n_logits: int) -> None:
     """Refuse a graph whose float32 tensors pass MAX_ADJACENCY_BYTES: the dense adjacency, or
     with a bound the rows computed ((N + logits) x every source) plus the packaged graph."""
     n_nodes = n_keep + n_other + n_logits
