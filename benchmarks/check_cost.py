@@ -18,7 +18,10 @@ weight metrics, exact ablations, cards): model loading and tokenizing are left o
 plain pass has them outside its timing too. Every run uses the same torch thread count.
 
 The two checks' outputs are compared too: the cards byte for byte, and every record metric
-(equal bits, or the relative difference).
+(equal bits, or the relative difference). Where this checkout's defaults differ from the
+before commit's (``--ablation-windows``: 1 since issue 22, 4 before), the first repeat also
+runs this checkout's check with ``--same-settings`` (the old defaults) and compares that one's
+outputs with before's: same settings, same outputs.
 Results: benchmarks/results/check_cost_<date>.json (device, date, load average).
 """
 
@@ -99,10 +102,10 @@ def plain_fwd_bwd(args) -> float:
     return time.perf_counter() - t
 
 
-def run_check(python: str, sae_dir: Path, out: Path, args, cwd: str) -> dict:
+def run_check(python: str, sae_dir: Path, out: Path, args, cwd: str, extra: tuple[str, ...] = ()) -> dict:
     cmd = [python, "-m", "saekit", "check", str(sae_dir), "--tokens", str(args.tokens), "--context",
            str(args.context), "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--out", str(out),
-           "--no-log", "--json"]
+           "--no-log", "--json", *extra]
     env = {**os.environ, "SAEKIT_QUIET": "1", "SOURCE_DATE_EPOCH": "0"}
     subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=cwd)
     phases = json.loads((out / "eval.json").read_text())["timings"]["phases"]
@@ -140,6 +143,9 @@ def main() -> None:
     ap.add_argument("--before-python", default=None, help="an interpreter importing the 'before' saekit instead")
     ap.add_argument("--sae", type=Path, default=None, help="SAE folder (default: the reference JumpReLU SAE)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--same-settings", default="--ablation-windows 4",
+                    help="options that give this checkout's check the 'before' commit's defaults: with them it runs "
+                         "once more (first repeat) and its outputs are compared with before's ('' to skip)")
     args = ap.parse_args()
 
     import torch
@@ -168,6 +174,15 @@ def main() -> None:
                 row[name]["ratio"] = round(row[name]["cost_s"] / row[name]["plain_fwd_bwd_s"], 3)
             row["load_after"] = load()
             row["outputs"] = compare(tmp / f"before{rep}", tmp / f"after{rep}")
+            if rep == 0 and args.same_settings.strip():
+                same = tmp / "after_same_settings"
+                row["after_same_settings"] = {"options": args.same_settings, "load_before": load(),
+                                              "plain_fwd_bwd_s": round(plain_fwd_bwd(args), 2)}
+                row["after_same_settings"].update(run_check(sys.executable, sae_dir, same, args, "/",
+                                                            tuple(args.same_settings.split())))
+                row["after_same_settings"]["ratio"] = round(
+                    row["after_same_settings"]["cost_s"] / row["after_same_settings"]["plain_fwd_bwd_s"], 3)
+                row["outputs_same_settings"] = compare(tmp / f"before{rep}", same)
             runs.append(row)
             print(json.dumps(row), flush=True)
     finally:

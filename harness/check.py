@@ -69,6 +69,7 @@ from saekit.schemas import (
     safeio,
 )
 from saekit.schemas.benchmark import (
+    DEFAULT_ABLATION_WINDOWS,
     DEFAULT_BATCH,
     DEFAULT_CARDS,
     DEFAULT_CONTEXT,
@@ -237,6 +238,7 @@ def check(
     downstream: bool = True,
     cards_latents: int | str = DEFAULT_CARDS,
     downstream_latents: int | str = DEFAULT_DOWNSTREAM,
+    ablation_windows: int = DEFAULT_ABLATION_WINDOWS,
     n_examples: int = DEFAULT_EXAMPLES,
     n_quantile_examples: int | None = None,
     n_negative_examples: int | None = None,
@@ -272,7 +274,7 @@ def check(
     _n_latents(cards_latents, "cards_latents")
     _n_latents(downstream_latents, "downstream_latents")
     cards_cfg = _validated(CardsConfig, enabled=cards, latents=cards_latents, downstream_latents=downstream_latents,
-                           n_examples=n_examples, n_quantile_examples=n_quantile_examples,
+                           ablation_windows=ablation_windows, n_examples=n_examples, n_quantile_examples=n_quantile_examples,
                            n_negative_examples=n_negative_examples)
     expect_sha = None
     if from_record is not None:
@@ -460,6 +462,7 @@ def _run(
         "world_size": world,
         "cards": cards_cfg.model_copy(update={
             "n_cards": n_cards, "n_quantile_examples": n_quant, "n_negative_examples": n_neg,
+            "ablation_windows": cards_cfg.ablation_windows or DEFAULT_ABLATION_WINDOWS,
             "downstream_method": DownstreamMethod(all="attribution" if downstream else None),
         }),
     })
@@ -493,8 +496,9 @@ def _cards(
     t = time.perf_counter()
     down = select_latents(stats.fire_count, _n_latents(cards_cfg.downstream_latents)) if downstream else []
     down = [L for L in down if int(stats.fire_count[L]) > 0]
+    windows = cards_cfg.ablation_windows or DEFAULT_ABLATION_WINDOWS
     exact = exact_ablations(sae, model, tokens, stats, down, hook_name=hook, batch_size=batch_size,
-                            special=special, distributed=True) if down else {}
+                            special=special, max_rows=windows, distributed=True) if down else {}
     agree = agreement([exact[L]["delta"] / max(exact[L]["n"], 1) for L in down],
                       [exact[L]["attr"] / max(exact[L]["n"], 1) for L in down]) if down else {}
     phases["ablation"] = time.perf_counter() - t

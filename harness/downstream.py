@@ -43,11 +43,10 @@ AGREEMENT_DEFINITIONS = {
 }
 
 def spliced_loss(
-    sae: Any, model: Any, toks: Any, mask: Any, hook_name: str, *, grad: bool, ablate: Any = None,
+    sae: Any, model: Any, toks: Any, mask: Any, hook_name: str, *, grad: bool,
 ) -> tuple[Any, Any, Any]:
-    """One forward with the SAE reconstruction spliced in at the non-special positions
-    (``ablate`` [b, ctx, d] subtracted from it), and with ``grad`` one backward of the summed
-    next-token loss. Returns (sparse code [b*ctx, k], summed loss per window [b] float64,
+    """One forward with the SAE reconstruction spliced in at the non-special positions, and
+    with ``grad`` one backward of the summed next-token loss. Returns (sparse code [b*ctx, k], summed loss per window [b] float64,
     dL/dx_hat [b*ctx, d] or None)."""
     import torch
     import torch.nn.functional as F
@@ -57,8 +56,6 @@ def spliced_loss(
     def fn(a: Any) -> Any:
         code = sae.encode(a.reshape(-1, a.shape[-1]))
         x_hat = sae.decode(code).reshape(a.shape).to(a.dtype)
-        if ablate is not None:
-            x_hat = x_hat - ablate.to(x_hat.dtype)
         r = torch.where(mask[..., None], x_hat, a).detach()
         if grad:
             r.requires_grad_(True)
@@ -86,87 +83,208 @@ def exact_ablations(
     the same windows (for the agreement the check records).
 
     The base (unablated loss, the latent's values and attribution in each window) comes from
-    the pass when it captured them (``stats.captured``), else from one forward+backward of
-    those windows; then one forward per (latent, window), ``batch_size`` at a time. With
-    ``distributed`` every rank calls this and the batches of ablated forwards are dealt out
-    among the ranks (each batch the same as one process runs, so the same numbers)."""
-    import torch
-
+    the sweep when it captured them (``stats.captured``), else from one forward+backward of
+    those windows. Then one run from the hook per (latent, window), ``batch_size`` at a time:
+    the layers below the hook and the SAE run once per window (``_AtHook``). With
+    ``distributed`` every rank calls this and the batches of ablated runs are dealt out among
+    the ranks (each batch the same as one process runs, so the same numbers)."""
     from saekit.harness.dist import all_gather_objects, rank_world
 
     rank, world = rank_world() if distributed else (0, 1)
-    ctx = tokens.context_size
     rows_of = {L: [r for r, _ in stats.top(L)[:max_rows]] for L in latents}
-    W = sae.W_dec
-    dev = W.device
-    from_pass = (stats.captured and max_rows <= stats.top_val.shape[1]
-                 and not any(bool(stats.top_loss[L, : len(rows_of[L])].isnan().any()) for L in latents))
     jobs = [(L, r) for L in latents for r in rows_of[L]]
     groups = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
-    # per job: (the latent's value per token [ctx], base loss, attribution in the window, firing tokens)
-    base: dict[tuple[int, int], tuple[Any, float, float, int]] = {}
-    n_base = 0
-    if from_pass:
-        for L in latents:
-            seqs = stats.top_seq[L, : len(rows_of[L])]
-            for j, r in enumerate(rows_of[L]):
-                a = seqs[j]
-                base[(L, r)] = (a, float(stats.top_loss[L, j]), float(stats.top_attr[L, j]), int((a > 0).sum()))
-    else:
-        rows = sorted({r for rs in rows_of.values() for r in rs})
-        n_base = -(-len(rows) // batch_size)
-    with Progress("exact ablations", total=n_base + len(groups[rank::world])) as bar:
-        if not from_pass:
-            from saekit.harness.latent_stats import attribution
-
-            want: dict[int, list[int]] = {}
-            for L, r in jobs:
-                want.setdefault(r, []).append(L)
-            for i in range(0, len(rows), batch_size):
-                group = rows[i : i + batch_size]
-                toks = tokens.tokens[group].to(dev)
-                mask = ~torch.isin(toks, special.to(dev))
-                code, loss, g = spliced_loss(sae, model, toks, mask, hook_name, grad=True)
-                kk = code.values.shape[1]
-                vals = (code.values.float() * mask.reshape(-1, 1)).view(len(group), ctx, kk)
-                idx = code.indices.view(len(group), ctx, kk)
-                gg = g.view(len(group), ctx, -1)
-                for j, r in enumerate(group):
-                    v, ix = vals[j].detach(), idx[j]
-                    contrib = attribution(v, ix, W, gg[j])
-                    for L in want[r]:
-                        sel = ix == L
-                        base[(L, r)] = ((v * sel).sum(1), float(loss[j]), float((contrib * sel).double().sum()),
-                                        int(((v > 0) & sel).sum()))
-                bar.update()
-        ablated: dict[int, list[float]] = {}
-        for gi in range(rank, len(groups), world):
-            group = groups[gi]
-            toks = tokens.tokens[[r for _, r in group]].to(dev)
-            mask = ~torch.isin(toks, special.to(dev))
-            abl = torch.zeros(len(group), ctx, W.shape[1], device=dev)
-            for j, (L, r) in enumerate(group):
-                a = base[(L, r)][0].to(dev)
-                abl[j] = a[:, None] * W[L].float()[None, :]
-            with torch.no_grad():
-                _, loss, _ = spliced_loss(sae, model, toks, mask, hook_name, grad=False, ablate=abl)
-            ablated[gi] = loss.tolist()
+    from_pass = (stats.captured and max_rows <= stats.top_val.shape[1]
+                 and not any(bool(stats.top_loss[L, : len(rows_of[L])].isnan().any()) for L in latents))
+    n_base = 0 if from_pass else -(-len({r for _, r in jobs}) // batch_size)
+    mine = list(range(rank, len(groups), world))
+    at_hook = _AtHook(sae, model, tokens, hook_name, batch_size, special, [groups[gi] for gi in mine])
+    with Progress("exact ablations", total=n_base + len(mine)) as bar:
+        base = _base_from_sweep(stats, rows_of) if from_pass else _base_by_forward(
+            sae, model, tokens, jobs, hook_name, batch_size, special, bar)
+        ablated: dict[tuple[int, int], float] = {}
+        for gi in mine:
+            ablated.update(zip(groups[gi], at_hook.ablated_losses(groups[gi], base)))
             bar.update()
     if world > 1:
         for part in all_gather_objects(ablated):
             ablated.update(part)
-    res: dict[int, dict[str, Any]] = {L: {"delta": 0.0, "attr": 0.0, "n": 0, "rows": len(rows_of[L]),
-                                          "base": 0.0, "ablated": 0.0} for L in latents}
-    for gi, group in enumerate(groups):
-        for (L, r), l1 in zip(group, ablated[gi]):
+    res: dict[int, dict[str, Any]] = {}
+    for L in latents:  # summed in the order of the latent's windows, whoever ran them
+        e = res[L] = {"delta": 0.0, "attr": 0.0, "n": 0, "rows": len(rows_of[L]), "base": 0.0, "ablated": 0.0}
+        for r in rows_of[L]:
             _, l0, attr, n = base[(L, r)]
-            e = res[L]
+            l1 = ablated[(L, r)]
             e["delta"] += l1 - l0
             e["attr"] += attr
             e["n"] += n
             e["base"] += l0
             e["ablated"] += l1
     return res
+
+
+# per (latent, window): the latent's value per token [ctx], the window's unablated loss, the
+# attribution estimate in the window, the firing tokens
+Base = dict[tuple[int, int], tuple[Any, float, float, int]]
+
+
+def _base_from_sweep(stats: Any, rows_of: dict[int, list[int]]) -> Base:
+    """The base of every job from the windows the sweep captured."""
+    base: Base = {}
+    for L, rows in rows_of.items():
+        seqs = stats.top_seq[L, : len(rows)]
+        for j, r in enumerate(rows):
+            a = seqs[j]
+            base[(L, r)] = (a, float(stats.top_loss[L, j]), float(stats.top_attr[L, j]), int((a > 0).sum()))
+    return base
+
+
+def _base_by_forward(sae: Any, model: Any, tokens: TokenSet, jobs: list[tuple[int, int]], hook_name: str,
+                     batch_size: int, special: Any, bar: Any) -> Base:
+    """The base of every job from one forward+backward of its windows (when the sweep did not
+    capture them)."""
+    import torch
+
+    from saekit.harness.latent_stats import attribution
+
+    ctx, W = tokens.context_size, sae.W_dec
+    dev = W.device
+    want: dict[int, list[int]] = {}
+    for L, r in jobs:
+        want.setdefault(r, []).append(L)
+    rows = sorted(want)
+    base: Base = {}
+    for i in range(0, len(rows), batch_size):
+        group = rows[i : i + batch_size]
+        toks = tokens.tokens[group].to(dev)
+        mask = ~torch.isin(toks, special.to(dev))
+        code, loss, g = spliced_loss(sae, model, toks, mask, hook_name, grad=True)
+        kk = code.values.shape[1]
+        vals = (code.values.float() * mask.reshape(-1, 1)).view(len(group), ctx, kk)
+        idx = code.indices.view(len(group), ctx, kk)
+        gg = g.view(len(group), ctx, -1)
+        for j, r in enumerate(group):
+            v, ix = vals[j].detach(), idx[j]
+            contrib = attribution(v, ix, W, gg[j])
+            for L in want[r]:
+                sel = ix == L
+                base[(L, r)] = ((v * sel).sum(1), float(loss[j]), float((contrib * sel).double().sum()),
+                                int(((v > 0) & sel).sum()))
+        bar.update()
+    return base
+
+
+class _AtHook:
+    """What the ablated runs start from, per window: the output of the layers below the hook
+    (saekit.harness.sweep.Prefix) and the spliced reconstruction at the hook, computed once
+    per window and kept until this rank's last batch that ablates in it (while they take at
+    most KEEP_BYTES; beyond, a window is computed again where needed). The runs from the hook
+    get the same inputs as full forwards would (the sweep's replay)."""
+
+    KEEP_BYTES = 1 << 30
+
+    def __init__(self, sae: Any, model: Any, tokens: TokenSet, hook_name: str, batch_size: int, special: Any,
+                 groups: list[list[tuple[int, int]]]):
+        from saekit.harness.sweep import Prefix
+
+        self.sae, self.model, self.tokens, self.hook_name = sae, model, tokens, hook_name
+        self.batch_size, self.special = batch_size, special
+        self.prefix = Prefix(model, hook_name)
+        self.dev = sae.W_dec.device
+        self.uses: dict[int, int] = {}  # window -> this rank's batches still to ablate in it
+        for g in groups:
+            for r in {r for _, r in g}:
+                self.uses[r] = self.uses.get(r, 0) + 1
+        self.kept: dict[int, tuple[Any, Any]] = {}  # window -> (prefix output or None, reconstruction)
+        self.kept_bytes = 0
+
+    def _compute(self, rows: list[int]) -> dict[int, tuple[Any, Any]]:
+        import torch
+
+        got = {}
+        for i in range(0, len(rows), self.batch_size):
+            group = rows[i : i + self.batch_size]
+            toks = self.tokens.tokens[group].to(self.dev)
+            mask = ~torch.isin(toks, self.special.to(self.dev))
+            with torch.no_grad():
+                acts = self.prefix.run_to_hook(toks, self.hook_name)
+                x_hat = self.sae.decode(self.sae.encode(acts.reshape(-1, acts.shape[-1])))
+                recon = torch.where(mask[..., None], x_hat.reshape(acts.shape).to(acts.dtype), acts)
+            out = self.prefix.out if self.prefix.layers else None
+            for j, r in enumerate(group):
+                got[r] = (_rows(out, j), recon[j : j + 1].clone())
+        return got
+
+    def _inputs(self, rows: list[int]) -> dict[int, tuple[Any, Any]]:
+        """The inputs of ``rows``' windows (kept or computed now); keeps those used again."""
+        new = self._compute(sorted(set(rows) - set(self.kept)))
+        have = {**self.kept, **new}
+        for r in set(rows):
+            self.uses[r] -= 1
+            if self.uses[r] == 0 and r in self.kept:
+                self.kept_bytes -= _nbytes(self.kept.pop(r))
+            elif self.uses[r] > 0 and r in new and self.kept_bytes + _nbytes(new[r]) <= self.KEEP_BYTES:
+                self.kept[r] = new[r]
+                self.kept_bytes += _nbytes(new[r])
+        return have
+
+    def ablated_losses(self, group: list[tuple[int, int]], base: Base) -> list[float]:
+        """Each job's summed next-token loss with its latent removed where it fires, one batched
+        run from the hook."""
+        import torch
+
+        rows = [r for _, r in group]
+        have = self._inputs(rows)
+        toks = self.tokens.tokens[rows].to(self.dev)
+        mask = ~torch.isin(toks, self.special.to(self.dev))
+        W = self.sae.W_dec
+        abl = torch.zeros(len(group), toks.shape[1], W.shape[1], device=self.dev)
+        for j, (L, r) in enumerate(group):
+            abl[j] = base[(L, r)][0].to(self.dev)[:, None] * W[L].float()[None, :]
+        recon = torch.cat([have[r][1] for r in rows])
+        new = torch.where(mask[..., None], recon - abl.to(recon.dtype), recon)
+        if self.prefix.layers:
+            self.prefix.out = _cat([have[r][0] for r in rows])
+        with torch.no_grad(), self.prefix.replay(), spliced(self.model, self.hook_name, lambda a: new):
+            logits = self.model(toks).logits
+        return _summed_loss(logits, toks, mask).tolist()
+
+
+def _rows(out: Any, j: int) -> Any:
+    """Row ``j`` of a layer's output (a tensor or a tuple of them), batch dimension kept."""
+    if out is None:
+        return None
+    if isinstance(out, tuple):
+        return tuple(_rows(o, j) for o in out)
+    return out[j : j + 1].clone() if hasattr(out, "shape") and out.dim() > 0 else out
+
+
+def _nbytes(kept: Any) -> int:
+    """Bytes of a window's kept tensors."""
+    if isinstance(kept, tuple):
+        return sum(_nbytes(k) for k in kept)
+    return kept.numel() * kept.element_size() if hasattr(kept, "numel") else 0
+
+
+def _cat(parts: list[Any]) -> Any:
+    """Rows (``_rows``) stacked back into one batch."""
+    import torch
+
+    first = parts[0]
+    if isinstance(first, tuple):
+        return tuple(_cat([p[i] for p in parts]) for i in range(len(first)))
+    return torch.cat(parts) if hasattr(first, "shape") and first.dim() > 0 else first
+
+
+def _summed_loss(logits: Any, toks: Any, mask: Any) -> Any:
+    """Each window's summed next-token loss (float64 [b]) at the positions whose input token
+    is not special."""
+    import torch.nn.functional as F
+
+    b, ctx = toks.shape
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), toks[:, 1:].reshape(-1),
+                         reduction="none").view(b, ctx - 1)
+    return (ce * mask[:, :-1]).double().sum(1)
 
 
 def agreement(exact: list[float], approx: list[float]) -> dict[str, float]:

@@ -160,7 +160,8 @@ def per_token_ce(logits: Any, tokens: Any, *, logp: Any = None) -> Any:
 def per_token_kl(lp_clean: Any, lp_new: Any, *, p_clean: Any = None) -> Any:
     """KL(p_clean || p_new) per position [b, ctx] from log-probs (sae_lens evals._kl);
     ``p_clean``: lp_clean.exp() when already computed."""
-    return ((lp_clean.exp() if p_clean is None else p_clean) * (lp_clean - lp_new)).sum(-1)
+    d = lp_clean - lp_new
+    return d.mul_(lp_clean.exp() if p_clean is None else p_clean).sum(-1)  # p * (lp_clean - lp_new), in place
 
 
 # --- per-batch sums ----------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 from saekit.harness.activations import _Stop, captured, spliced
 from saekit.harness.hooks import site
 from saekit.harness.latent_stats import LatentStats, attribution
-from saekit.harness.metrics import MetricSums, SUMS, batch_sums, downstream_sums, log_probs
+from saekit.harness.metrics import MetricSums, SUMS, batch_sums, downstream_sums, log_probs, per_token_ce
 from saekit.harness.text import TokenSet
 from saekit.schemas import InputError
 from saekit.schemas.console import Progress
@@ -138,7 +138,6 @@ def sweep(
     ``downstream``) the spliced run's backward gives every latent's attribution and each top
     window's loss. Sums are reduced over the torch.distributed ranks."""
     import torch
-    import torch.nn.functional as F
 
     ctx = tokens.context_size
     n_rows = tokens.tokens.shape[0]
@@ -183,18 +182,18 @@ def sweep(
                 if grad:
                     recon.requires_grad_(True)
                 with torch.set_grad_enabled(grad), prefix.replay(), spliced(model, hook_name, lambda a: recon):
-                    logits = model(toks).logits
+                    # one log-softmax serves the backward's loss and the metrics (cross_entropy
+                    # is this log-softmax and a pick per row: the same bits)
+                    lp_sae = log_probs(model(toks).logits)
                     if grad:
-                        ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                             toks[:, 1:].reshape(-1), reduction="none").view(rows, ctx - 1)
+                        ce = per_token_ce(None, toks, logp=lp_sae)
                         ce = ce * mask[:, :-1]  # CE at t predicts t+1; counted where the input token t is not special
                         ce.sum().backward()
                         loss = ce.detach().double().sum(1)
                         contrib = attribution(code.values, code.indices, sae.W_dec, recon.grad.reshape(rows * ctx, -1))
+                    lp_sae = lp_sae.detach()
                 if metrics:
                     with torch.no_grad():
-                        lp_sae = log_probs(logits.detach())
-                        del logits
                         with prefix.replay(), spliced(model, hook_name, torch.zeros_like):
                             lp_abl = log_probs(model(toks).logits)
                         downstream_sums(row, toks, mask, log_probs(clean), lp_sae, lp_abl)

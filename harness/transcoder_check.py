@@ -487,10 +487,11 @@ def check_ref(ref: Any, load: Callable[[Any], Any], sae_check: Callable[..., Any
         first = [obj]
         return sae_check(ref, loader=lambda r: first.pop() if first else load(r), **kwargs,
                          **({"n_tokens": n_tokens} if n_tokens else {}))
-    from saekit.schemas.benchmark import DEFAULT_CARDS, DEFAULT_DOWNSTREAM
+    from saekit.schemas.benchmark import DEFAULT_ABLATION_WINDOWS, DEFAULT_CARDS, DEFAULT_DOWNSTREAM
 
     refused = {"policy": None, "annotations": None, "device": "cpu", "dtype": None, "hook_name": None,
-               "downstream_latents": DEFAULT_DOWNSTREAM, "cards_latents": DEFAULT_CARDS, "downstream": True}
+               "downstream_latents": DEFAULT_DOWNSTREAM, "ablation_windows": DEFAULT_ABLATION_WINDOWS,
+               "cards_latents": DEFAULT_CARDS, "downstream": True}
     for key, default in refused.items():
         if key in kwargs and kwargs[key] is not None and str(kwargs[key]) != str(default):
             raise InputError(f"{key.replace('_', '-')} is not supported for a transcoder set check", where=str(ref))

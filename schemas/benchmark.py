@@ -83,6 +83,10 @@ DEFAULT_CONTEXT = 128
 DEFAULT_BATCH = 4
 DEFAULT_CARDS = "all"  # a card for every latent (or a number: the N most active)
 DEFAULT_DOWNSTREAM = 16  # exact ablation for the N most active latents ('all' on request)
+# each in its strongest window (issue 22: 16 latents x 4 windows were 64 window forwards, 2x a
+# plain pass over the default 2,048-token reference set; the agreement with attribution
+# compares the two on the same windows, so one window per latent keeps its 16 pairs)
+DEFAULT_ABLATION_WINDOWS = 1
 DEFAULT_EXAMPLES = 5
 # With 5 top examples: 20 activating examples per card, enough for an explainer to see 10
 # and a scorer to hold out the rest (issue 21); and this many windows where the latent is zero
@@ -106,6 +110,10 @@ class CardsConfig(Strict):
     latents: LatentCount = Field(DEFAULT_CARDS, description="Cards for every latent ('all') or the N most active.")
     downstream_latents: LatentCount = Field(
         DEFAULT_DOWNSTREAM, description="Exact ablation for the N most active latents, or 'all'."
+    )
+    ablation_windows: int | None = Field(
+        None, ge=1, description="Strongest windows each of those latents is ablated in (null: checks before this "
+        f"field, which ablated in 4; new records give the number, default {DEFAULT_ABLATION_WINDOWS})."
     )
     n_examples: int = Field(DEFAULT_EXAMPLES, ge=1, description="Top activating examples per card.")
     # null: the defaults (DEFAULT_QUANTILE_EXAMPLES, DEFAULT_NEGATIVE_EXAMPLES), resolved in

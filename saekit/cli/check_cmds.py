@@ -12,6 +12,7 @@ import typer
 
 from saekit.cli.app import JSON_OPTION, app, cards_app, emit
 from saekit.schemas.benchmark import (
+    DEFAULT_ABLATION_WINDOWS,
     DEFAULT_BATCH,
     DEFAULT_CARDS,
     DEFAULT_CONTEXT,
@@ -43,6 +44,9 @@ def check_cmd(
     downstream_latents: str = typer.Option(
         str(DEFAULT_DOWNSTREAM), "--downstream-latents",
         help="Exact ablation for the N most active latents, or 'all' (every card carries the attribution estimate)."),
+    ablation_windows: int = typer.Option(
+        DEFAULT_ABLATION_WINDOWS, "--ablation-windows", min=1,
+        help="Strongest windows each of those latents is ablated in (the agreement with attribution compares both there)."),
     quantile_examples: Optional[int] = typer.Option(
         None, "--quantile-examples", min=0, help=f"Examples at activation quantiles per card (default {DEFAULT_QUANTILE_EXAMPLES})."),
     negative_examples: Optional[int] = typer.Option(
@@ -63,7 +67,7 @@ def check_cmd(
     res = check_ref(  # a transcoder set goes to the set check (saekit.harness.transcoder_check)
         ref, saekit.load, check, policy=policy, n_tokens=tokens, device=device, seed=seed, out_dir=out, cards=cards, log=log,
         context_size=context, batch_size=batch_size, corpus=corpus, cards_latents=cards_latents,
-        downstream_latents=downstream_latents, n_quantile_examples=quantile_examples,
+        downstream_latents=downstream_latents, ablation_windows=ablation_windows, n_quantile_examples=quantile_examples,
         n_negative_examples=negative_examples, annotations=annotations, from_record=from_record, activations=activations,
         threads=threads, model_id=model, dtype=dtype,
     )

@@ -73,7 +73,7 @@ def checked(real_sae_dir: Path, lm, tmp_path_factory: pytest.TempPathFactory) ->
         out = root / "check"
         res = cli(
             "check", ref, "--policy", str(policy), "--tokens", str(N_TOKENS), "--context", str(CONTEXT),
-            "--cards-latents", "10", "--downstream-latents", "2", "--out", str(out), "--json",
+            "--cards-latents", "10", "--downstream-latents", "2", "--ablation-windows", "3", "--out", str(out), "--json",
         )
     if res.exception and not isinstance(res.exception, SystemExit):
         raise res.exception

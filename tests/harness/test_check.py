@@ -75,6 +75,7 @@ def test_check_writes_a_full_record_and_fails_the_gate(checked, real_sae_dir):
     assert cfg.n_tokens == N_TOKENS and cfg.context_size == CONTEXT and cfg.exclude_special_tokens
     assert cfg.torch_threads >= 1 and cfg.world_size == 1 and cfg.hook_name == "model.layers.6"
     assert (cfg.cards.latents, cfg.cards.downstream_latents, cfg.cards.n_cards) == ("10", "2", 10)
+    assert cfg.cards.ablation_windows == 3
     assert cfg.cards.downstream_method.all == "attribution" and rec.config() == cfg
     names = ["explained_variance", "mse", "cossim", "l0", "l1", "dead_fraction", "dense_fraction",
              "ce_loss_with_sae", "ce_loss_without_sae", "ce_loss_with_ablation", "ce_loss_score",
@@ -108,7 +109,10 @@ def test_cards_are_valid_and_complete(checked):
     cards = [FeatureCard.model_validate_json(line) for line in checked.cards_path.read_text().splitlines()]
     assert len(cards) == 10
     exact = [c for c in cards if any(d.method == "exact-ablation" for d in c.downstream)]
-    assert len(exact) == 2  # the 2 most active latents
+    assert len(exact) == 2  # the 2 most active latents, each in its 3 strongest windows
+    for c in exact:
+        d = next(d for d in c.downstream if d.method == "exact-ablation")
+        assert d.details["windows"] == 3 and d.n_tokens >= 3
     for c in cards:  # every card: the attribution estimate, its method named
         methods = [d.method for d in c.downstream]
         assert methods[0] == "attribution" and c.downstream[0].n_tokens == round(c.stats.density * c.stats.n_tokens)

@@ -122,3 +122,50 @@ def test_sweep_equals_full_forwards(real_sae_dir: Path, lm) -> None:
         assert sum(rows[:, col[mine]].tolist()) == ce[theirs], mine
     assert got.batches == 3 and got.sums.n_tokens == int(want.n_tok)
     assert torch.equal(got.sums.fire_count, want.fire_count)  # the metrics' counts: the same tokens
+
+
+@pytest.mark.parametrize("keep,at", [("kept", "block"), ("recomputed", "block"), ("kept", "embedding")])
+def test_exact_ablations_from_the_hook_equal_full_forwards(real_sae_dir: Path, lm, monkeypatch, keep: str,
+                                                          at: str) -> None:
+    """Each (latent, window) ablated from the hook, the layers below it and the SAE run once per
+    window (kept, or computed again for each batch when nothing may be kept), gives the loss of
+    an independent full forward with the latent's decoder term removed where it fires, bit for
+    bit; several latents share windows and batches of 3 end in a partial one. A hook outside
+    the blocks (the embedding: nothing to replay) runs full forwards."""
+    import torch.nn.functional as F
+
+    from saekit.harness import downstream as D
+    from saekit.harness.activations import spliced
+    from saekit.harness.sweep import sweep
+    from saekit.harness.text import special_token_ids, token_set
+    from saekit.registry.artifact import load_artifact
+
+    model, tok = lm
+    sae = load_artifact(real_sae_dir)
+    ts = token_set(tok, n_tokens=5 * 24, context_size=24, seed=3)
+    special = torch.tensor(special_token_ids(tok))
+    hook = sae.cfg.hook_name if at == "block" else "model.embed_tokens"
+    if keep == "recomputed":
+        monkeypatch.setattr(D._AtHook, "KEEP_BYTES", 0)
+    st = sweep(sae, model, ts, hook_name=hook, batch_size=3, special=special, metrics=False, k=3).stats
+    latents = [int(L) for L in torch.argsort(st.fire_count, descending=True, stable=True)[:4]]
+    got = D.exact_ablations(sae, model, ts, st, latents, hook_name=hook, batch_size=3, special=special, max_rows=2)
+    assert sum(got[L]["rows"] for L in latents) == 8  # 8 jobs over at most 5 windows: shared windows
+    for L in latents:
+        want = 0.0
+        for r, _ in st.top(L)[:2]:
+            toks = ts.tokens[r : r + 1]
+            mask = ~torch.isin(toks, special)
+
+            def ablated(a, L=L, mask=mask):
+                code = sae.encode(a.reshape(-1, a.shape[-1]))
+                x_hat = sae.decode(code).reshape(a.shape)
+                dense = torch.zeros(code.values.shape[0], sae.cfg.d_sae).scatter(1, code.indices, code.values.float())
+                own = (dense[:, L] * mask.reshape(-1)).reshape(1, -1, 1) * sae.W_dec[L].float()
+                return torch.where(mask[..., None], x_hat - own, a)
+
+            with torch.no_grad(), spliced(model, hook, ablated):
+                logits = model(toks).logits
+            ce = F.cross_entropy(logits[0, :-1].float(), toks[0, 1:], reduction="none") * mask[0, :-1]
+            want += float(ce.double().sum())
+        assert got[L]["ablated"] == want, (L, got[L]["ablated"] - want)
