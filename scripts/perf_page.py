@@ -361,7 +361,7 @@ def transcoders(name: str, d: dict) -> str:
     fvus = sorted(x["train_fvu"] for x in layers)
     load = d.get("loadavg_end", ck.get("loadavg_end"))
     args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in c.items())
-    out = f"## Transcoder sets: training every MLP of SmolLM2-135M, and the set's check\n\n"
+    out = "## Transcoder sets: training every MLP of SmolLM2-135M, and the set's check\n\n"
     out += _where(name, f"python3 benchmarks/transcoders.py {args}", f"{d['cpu']}, torch {d['torch_threads']} threads",
                   d["date"], (_load(load) + " at end") if load else "not recorded")
     rows = [
