@@ -220,27 +220,38 @@ def batch_sums(x: Any, x_hat: Any, values: Any) -> Any:
     return row
 
 
-def downstream_sums(row: Any, toks: Any, mask: Any, lp_clean: Any, lp_sae: Any, lp_abl: Any) -> Any:
-    """Add a batch's CE and KL sums (from the log-probs of its clean, spliced and
-    zero-ablated runs) to its row; returns the spliced run's per-token CE [b, ctx-1]."""
+def downstream_sums(row: Any, toks: Any, mask: Any, clean_logits: Any, lp_sae: Any, abl_logits: Any) -> None:
+    """Add a batch's CE and KL sums to its row, from the logits of its clean and zero-ablated
+    runs and the log-probs of its spliced run. One window at a time: its log-probs and KL
+    terms (25 MB for a 49,152-token vocabulary and 128 tokens) are reused memory where a whole
+    batch's are fresh pages each time; the per-token values are the same bits, summed in the
+    same order."""
+    import torch
+
+    ce = {"clean": [], "sae": [], "abl": []}
+    kl = {"sae": [], "abl": []}
+    for j in range(toks.shape[0]):
+        t = toks[j : j + 1]
+        lp_clean, lp_abl = log_probs(clean_logits[j : j + 1]), log_probs(abl_logits[j : j + 1])
+        for name, lp in (("clean", lp_clean), ("sae", lp_sae[j : j + 1]), ("abl", lp_abl)):
+            ce[name].append(per_token_ce(None, t, logp=lp))
+        p_clean = lp_clean.exp()
+        kl["sae"].append(per_token_kl(lp_clean, lp_sae[j : j + 1], p_clean=p_clean))
+        kl["abl"].append(per_token_kl(lp_clean, lp_abl, p_clean=p_clean))
+        del lp_clean, lp_abl, p_clean
     m_ce = mask[:, :-1]  # CE at t predicts token t+1; masked by the input token t
-    ce_clean = per_token_ce(None, toks, logp=lp_clean)
-    ce_sae = per_token_ce(None, toks, logp=lp_sae)
-    ce_abl = per_token_ce(None, toks, logp=lp_abl)
-    p_clean = lp_clean.exp()
     # per-token values in float32 (as sae-lens), sums over tokens in float64
     got = {
-        "ce_without": float(ce_clean[m_ce].double().sum()),
-        "ce_with": float(ce_sae[m_ce].double().sum()),
-        "ce_abl": float(ce_abl[m_ce].double().sum()),
-        "kl_with": float(per_token_kl(lp_clean, lp_sae, p_clean=p_clean)[mask].double().sum()),
-        "kl_abl": float(per_token_kl(lp_clean, lp_abl, p_clean=p_clean)[mask].double().sum()),
+        "ce_without": float(torch.cat(ce["clean"])[m_ce].double().sum()),
+        "ce_with": float(torch.cat(ce["sae"])[m_ce].double().sum()),
+        "ce_abl": float(torch.cat(ce["abl"])[m_ce].double().sum()),
+        "kl_with": float(torch.cat(kl["sae"])[mask].double().sum()),
+        "kl_abl": float(torch.cat(kl["abl"])[mask].double().sum()),
         "n_ce": int(m_ce.sum()),
         "n_kl": int(mask.sum()),
     }
     for k, v in got.items():
         row[_COL[k]] = v
-    return ce_sae
 
 
 class MetricSums:

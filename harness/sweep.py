@@ -195,9 +195,9 @@ def sweep(
                 if metrics:
                     with torch.no_grad():
                         with prefix.replay(), spliced(model, hook_name, torch.zeros_like):
-                            lp_abl = log_probs(model(toks).logits)
-                        downstream_sums(row, toks, mask, log_probs(clean), lp_sae, lp_abl)
-                        del clean, lp_sae, lp_abl
+                            abl = model(toks).logits
+                        downstream_sums(row, toks, mask, clean, lp_sae, abl)
+                        del clean, lp_sae, abl
             if metrics:
                 sums.add(b, row, batch_stats, (kept.reshape(rows, -1), code.indices.reshape(rows, -1)))
             if cards:
