@@ -8,7 +8,8 @@ The transcoder set is the docs example's (docs/graphs.md: ``saekit train transco
 --activation relu --l1 0.1 --corpus fortunes --tokens 32768 --steps 400 --batch-size 512``,
 cached under SAEKIT_CACHE_DIR, trained on first use). Active features grow with the prompt
 (every position after the first has the transcoders' L0 of them per layer) and with the
-layers the set covers (a set limited to the first L layers leaves the rest as error nodes), so the two sweeps separate the two. Each configuration runs in a fresh
+layers the set covers (a set limited to the first L layers leaves the rest as error nodes),
+so the two sweeps separate the two. Each configuration runs in a fresh
 process: ``peak_rss_mib`` is its high-water resident memory, ``graph_rss_mib`` how much the
 graph (trace, backward passes, pruning, files) raised it above the model and set loaded.
 Side by side in one run; the ratios against the 16-token, all-layer graph are printed.

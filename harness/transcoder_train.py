@@ -1,4 +1,4 @@
-"""TopK transcoders for every MLP of SmolLM2-135M, trained one layer at a time and
+"""TopK (or ReLU) transcoders for every MLP of SmolLM2-135M, trained one layer at a time and
 registered as one transcoder set (``saekit train transcoders``).
 
 Activations are streamed one layer at a time: the residual stream entering the current
@@ -14,7 +14,9 @@ Recipe, as sparsify trains TopK transcoders (sparsify 1.3.3 ``sparse_coder.py``
 b_dec; W_enc as nn.Linear initialises it, b_enc zero, W_dec zero (sparsify's transcoder
 initialisation) and not normalised; loss = FVU = sum||y - y_hat||^2 / sum||y - mean y||^2.
 Adam, a fixed number of steps on random minibatches. One departure, for a few hundred
-steps on a CPU: b_dec starts at the mean output (sparsify: zero). No AuxK loss. The codes
+steps on a CPU: b_dec starts at the mean output (sparsify: zero). The AuxK loss on dead
+latents is optional (``auxk_alpha``, ``auxk_loss``), and so is a ReLU variant with an L1
+penalty instead of TopK (``activation="relu"``, ``fit_relu_transcoder``). The codes
 are scattered into a dense [batch, d_sae] tensor: on CPU two dense products are faster
 than gathering k decoder rows per token (index_add over n*k rows was 15x slower).
 """
@@ -380,7 +382,8 @@ def ensure_transcoder_set(cfg: TCTrainConfig, *, model_id: str | None = None) ->
     t0 = time.perf_counter()
     which = "all" if cfg.layers is None else "L" + "-".join(map(str, cfg.layers))
     sparsity = f"relu-l1{cfg.l1_coeff:g}" if relu else f"k{cfg.k}"
-    folder = cache_dir("transcoders") / f"smollm2-tc-{which}-w{cfg.width}-{sparsity}-{cache_key(cfg, info.weights_sha256)}"
+    key = cache_key(cfg, info.weights_sha256)
+    folder = cache_dir("transcoders") / f"smollm2-tc-{which}-w{cfg.width}-{sparsity}-{key}"
     if (folder / "set.json").is_file():
         return TrainedSet(folder, [], time.perf_counter() - t0, cached=True)
     kind = f"ReLU transcoders (576 -> {cfg.width} -> 576, L1 {cfg.l1_coeff:g})" if relu else \
@@ -391,7 +394,8 @@ def ensure_transcoder_set(cfg: TCTrainConfig, *, model_id: str | None = None) ->
     for fit in train_layers(cfg):
         sae_cfg = SAEConfig(
             architecture="transcoder" if relu else "topk_transcoder", d_in=fit.tensors["W_enc"].shape[0],
-            d_sae=cfg.width, d_out=fit.tensors["W_dec"].shape[1], k=None if relu else cfg.k, dtype="float32", model_name=DEFAULT_MODEL_ID,
+            d_sae=cfg.width, d_out=fit.tensors["W_dec"].shape[1], k=None if relu else cfg.k, dtype="float32",
+            model_name=DEFAULT_MODEL_ID,
             model_revision=info.revision, hook_name=f"model.layers.{fit.layer}.mlp", context_size=cfg.context_size,
             prepend_bos=True,
             provenance=Provenance(

@@ -31,7 +31,7 @@ def train_transcoders_cmd(
     corpus: str = typer.Option("pydoc", "--corpus", help="Training text: pydoc, fortunes, or a .txt file / folder."),
     activation: str = typer.Option("topk", "--activation", help="topk, or relu (continuous; sparsity from --l1)."),
     l1: float = typer.Option(0.1, "--l1", min=0.0, help="relu: weight of the L1 penalty."),
-    auxk_alpha: float = typer.Option(0.0, "--auxk-alpha", min=0.0, help="topk: weight of the AuxK loss (1/32 in sparsify)."),
+    auxk_alpha: float = typer.Option(0.0, "--auxk-alpha", min=0.0, help="topk: AuxK loss weight (sparsify: 1/32)."),
     alias: Optional[str] = typer.Option(None, "--alias", help="Alias to move onto the version (e.g. candidate)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
