@@ -6,10 +6,11 @@ prompt's length and with the number of active features.
     python3 benchmarks/graphs.py --bounded 64 128 --max-feature-nodes 512   # only these, with the bound
 
 The transcoder set is the docs example's (docs/graphs.md: ``saekit train transcoders --width 768
---k 16 --tokens 4096 --steps 120 --batch-size 256``, cached under SAEKIT_CACHE_DIR, trained on
-first use). Active features grow with the prompt (every position after the first has k of them
-per layer) and with the layers the set covers (a set limited to the first L layers leaves the
-rest as error nodes), so the two sweeps separate the two. Each configuration runs in a fresh
+--activation relu --l1 0.1 --corpus fortunes --tokens 32768 --steps 400 --batch-size 512``,
+cached under SAEKIT_CACHE_DIR, trained on first use). Active features grow with the prompt
+(every position after the first has the transcoders' L0 of them per layer) and with the
+layers the set covers (a set limited to the first L layers leaves the rest as error nodes),
+so the two sweeps separate the two. Each configuration runs in a fresh
 process: ``peak_rss_mib`` is its high-water resident memory, ``graph_rss_mib`` how much the
 graph (trace, backward passes, pruning, files) raised it above the model and set loaded.
 Side by side in one run; the ratios against the 16-token, all-layer graph are printed.
@@ -49,7 +50,11 @@ PROMPT_WORDS = ("The capital of France is Paris, and the capital of Germany is B
 def train_config():
     from saekit.harness.transcoder_train import TCTrainConfig
 
-    return TCTrainConfig(width=768, k=16, n_tokens=4096, steps=120, batch_size=256)
+    # ReLU (continuous) transcoders on everyday English: ablating a feature then moves the
+    # downstream codes as the graph's linear paths predict (benchmarks/graph_ablations.py);
+    # the former TopK set (pydoc, 4,096 tokens, 120 steps) reached r = 0.2-0.6
+    return TCTrainConfig(width=768, n_tokens=32768, steps=400, batch_size=512, corpus="fortunes", activation="relu",
+                         l1_coeff=0.1)
 
 
 def prompt_of(tok, n_tokens: int) -> str:
@@ -131,7 +136,8 @@ def record(argv: list[str] | None, load_start: list[float], **fields) -> dict:
                     "platform": platform.platform(), "python": platform.python_version(), "device": "cpu"},
         "date": date.isoformat(timespec="seconds"), "loadavg_1m": load_start[0],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "transcoders": "TopK, width 768, k 16, every MLP (benchmarks/graphs.py train_config)", **fields,
+        "transcoders": "ReLU, width 768, L1 0.1, fortunes corpus, every MLP (benchmarks/graphs.py train_config)",
+        **fields,
     }
 
 

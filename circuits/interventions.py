@@ -8,6 +8,10 @@ logit, as the logit node reads it) is compared with the graph's predictions:
 - ``paths``: the sum over every path of the graph from the feature to the logit, each
   downstream feature moving by the change of its pre-activation (active features stay in their
   linear range; features that switch on or off are what the graph cannot see).
+
+``switched`` counts, per ablation, the features of other nodes that turned on or off in the
+re-encoding replacement model (the ablated feature itself not counted): a diagnostic of how far
+the actual run left the graph's linear regime, not part of "actual".
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class AblationReport:
     """Change of the target logit in the replacement model, transcoders re-encoding."""
     frozen: torch.Tensor
     """Change with every MLP output frozen (equals ``direct``)."""
+    switched: torch.Tensor
+    """Features (other than the ablated one) that turned on or off in the actual run."""
 
     @staticmethod
     def _r(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -48,9 +54,10 @@ class AblationReport:
         return {"n": len(self.nodes), "pearson_paths_vs_actual": self.r_paths,
                 "pearson_direct_vs_actual": self.r_direct,
                 "max_abs_frozen_minus_direct": float((self.frozen - self.direct).abs().max()) if self.nodes else 0.0,
+                "mean_switched": float(self.switched.float().mean()) if self.nodes else 0.0,
                 "nodes": [{"layer": l, "position": p, "feature": f, "direct": float(d), "paths": float(q),
-                           "actual": float(a)} for (l, p, f), d, q, a in
-                          zip(self.nodes, self.direct, self.paths, self.actual)]}
+                           "actual": float(a), "switched": int(s)} for (l, p, f), d, q, a, s in
+                          zip(self.nodes, self.direct, self.paths, self.actual, self.switched)]}
 
 
 def path_effects(graph: Graph, target: int) -> torch.Tensor:
@@ -93,13 +100,17 @@ def ablate_top(rm: ReplacementModel, trace: Trace, graph: Graph, n: int = 20, ta
         idx = torch.argsort(graph.adjacency[row, : graph.n_features].abs(), descending=True)[:n].tolist()
     else:
         raise ValueError(f"by must be 'influence' or 'direct', not {by!r}")
-    nodes, direct, via, actual, frozen = [], [], [], [], []
+    active = [a > 0 for a in trace.acts]
+    nodes, direct, via, actual, frozen, switched = [], [], [], [], [], []
     for j in idx:
         layer, pos, feat = graph.features[j].tolist()
         nodes.append((layer, pos, feat))
         direct.append(-float(graph.adjacency[row, j]))
         via.append(float(paths[j]))
-        actual.append(demeaned(rm.forward(trace, set_acts={(layer, pos, feat): 0.0})) - base)
+        acts: list[torch.Tensor] = []
+        actual.append(demeaned(rm.forward(trace, set_acts={(layer, pos, feat): 0.0}, acts_out=acts)) - base)
+        flips = sum(int(((a > 0) != was).sum()) for a, was in zip(acts, active))
+        switched.append(flips - 1)  # the ablated feature itself turned off
         frozen.append(demeaned(rm.forward(trace, set_acts={(layer, pos, feat): 0.0}, propagate=False)) - base)
     t = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
-    return AblationReport(nodes, t(direct), t(via), t(actual), t(frozen))
+    return AblationReport(nodes, t(direct), t(via), t(actual), t(frozen), torch.tensor(switched))

@@ -214,6 +214,7 @@ class ReplacementModel:
         *,
         set_acts: dict[tuple[int, int, int], float] | None = None,
         propagate: bool = True,
+        acts_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Logits [n_pos, vocab] of the replacement model, frozen attention and norms.
 
@@ -222,7 +223,9 @@ class ReplacementModel:
         otherwise every MLP output is held at its traced value except the overridden
         features' change and the skip connections (direct effects only: circuit-tracer's
         ``feature_intervention`` with ``constrained_layers`` covering every layer).
-        Without overrides the logits equal the real model's."""
+        Without overrides the logits equal the real model's. ``acts_out``, when given, receives
+        each layer's activations [n_pos, d_sae] after the overrides (empty for a layer
+        without a transcoder)."""
         edits: dict[int, list[tuple[int, int, float]]] = {}
         for (layer, pos, feat), value in (set_acts or {}).items():
             edits.setdefault(layer, []).append((pos, feat, value))
@@ -230,6 +233,8 @@ class ReplacementModel:
         def mlp(i: int, x: torch.Tensor) -> torch.Tensor:
             tc = self.tc[i]
             if tc is None:  # no transcoder: the MLP output is held
+                if acts_out is not None:
+                    acts_out.append(trace.acts[i])
                 return trace.mlp_out[i][None]
             xin = x[0]
             if propagate:
@@ -240,6 +245,8 @@ class ReplacementModel:
             base = acts.clone()
             for pos, feat, value in edits.get(i, ()):
                 acts[pos, feat] = value
+            if acts_out is not None:
+                acts_out.append(acts)
             if propagate:
                 out = tc.decode_dense(acts) + tc.skip(xin) + trace.errors[i]
                 out[:ZERO_POSITIONS] = trace.mlp_out[i][:ZERO_POSITIONS]

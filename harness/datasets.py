@@ -2,6 +2,7 @@
 datasets pinned to a commit.
 
     pydoc                              CPython's docs (saekit.harness.text)
+    fortunes                           Debian fortunes' English files (saekit.harness.text)
     PATH                               a .txt, .jsonl (.jsonl.gz, .jsonl.zst) or .parquet
                                        file, or a folder of them
     hf://datasets/ORG/NAME[@REV]       a Hub dataset; REV (branch, tag, commit) is resolved
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from saekit.harness.text import DEFAULT_CORPUS, EVAL_EVERY, Split, TokenSet, check_text_size, token_set as corpus_token_set
+from saekit.harness.text import DEFAULT_CORPUS, EVAL_EVERY, FORTUNES, Split, TokenSet, check_text_size, token_set as corpus_token_set
 from saekit.registry.hub import endpoint, hub_api, hub_errors, quiet_progress
 from saekit.schemas import InputError, NotFoundError
 from saekit.schemas.settings import current
@@ -73,8 +74,8 @@ def parse_dataset(text: str) -> DatasetSpec:
     """``--dataset`` (or an SAE's ``dataset_path``) as a DatasetSpec; InputError when it is none."""
     if not isinstance(text, str) or not text.strip():
         raise InputError("empty dataset", where="--dataset")
-    if text == DEFAULT_CORPUS:
-        return DatasetSpec("pydoc", "pydoc")
+    if text in (DEFAULT_CORPUS, FORTUNES):  # built-in text corpora (saekit.harness.text)
+        return DatasetSpec("pydoc", text)
     if text.startswith(HUB_PREFIX):
         repo, _, rev = text[len(HUB_PREFIX):].partition("@")
         if not _HUB_ID.fullmatch(repo) or ".." in repo or (rev == "" and "@" in text) or "/" in rev:

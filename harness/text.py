@@ -3,7 +3,10 @@
 The default corpus is CPython's own documentation: ``pydoc_data.topics`` (the language
 reference and library chapters ``help()`` shows; ~465k characters, ~113k SmolLM2 tokens),
 written by people and shipped with every Python install, so it exists on a fresh machine
-without any download. A text file (or a folder of ``*.txt``) works too.
+without any download. A text file (or a folder of ``*.txt``) works too, and so does
+``fortunes``: the English fortune-cookie files of Debian's ``fortunes`` package (quotations,
+jokes and short anecdotes about people; ~1.3 MB of everyday English, ~300k tokens), for
+models probed on plain English prompts (``apt-get install fortunes``).
 
 Documents are tokenized one by one and cut into windows of ``context_size`` tokens
 (``context_size - 1`` text tokens after BOS when ``prepend_bos``); a document's tail that
@@ -22,6 +25,13 @@ from typing import Any, Literal
 from saekit.schemas import InputError, NotFoundError
 
 DEFAULT_CORPUS = "pydoc"
+FORTUNES = "fortunes"
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+# Debian fortunes' English files about people and everyday life (no computing, art, or
+# untranslated files): one document per file, its quotes separated by blank lines
+FORTUNES_FILES = ("education", "food", "fortunes", "goedel", "humorists", "kids", "law", "literature", "love",
+                  "magic", "medicine", "men-women", "miscellaneous", "news", "people", "pets", "platitudes",
+                  "politics", "riddles", "songs-poems", "sports", "wisdom", "work")
 EVAL_EVERY = 8
 Split = Literal["train", "eval", "all"]
 
@@ -41,6 +51,12 @@ def corpus_documents(corpus: str = DEFAULT_CORPUS) -> list[tuple[str, str]]:
         import pydoc_data.topics as topics
 
         docs = [(key, topics.topics[key]) for key in sorted(topics.topics)]
+    elif corpus == FORTUNES:
+        files = [FORTUNES_DIR / name for name in FORTUNES_FILES if (FORTUNES_DIR / name).is_file()]
+        if not files:
+            raise NotFoundError("Debian's fortunes package is not installed (apt-get install fortunes)",
+                                where=str(FORTUNES_DIR))
+        docs = [(f.name, _unfortune(f.read_text(encoding="utf-8", errors="replace"))) for f in files]
     else:
         path = Path(corpus).expanduser()
         if path.is_dir():
@@ -55,6 +71,11 @@ def corpus_documents(corpus: str = DEFAULT_CORPUS) -> list[tuple[str, str]]:
         docs = [(f.name, f.read_text(encoding="utf-8", errors="replace")) for f in files]
     _DOCS_CACHE[corpus] = docs
     return docs
+
+
+def _unfortune(text: str) -> str:
+    """A fortune file's quotes, separated by blank lines instead of its '%' lines."""
+    return "\n".join("" if line == "%" else line for line in text.splitlines())
 
 
 def check_text_size(files: list[Path], *, where: str) -> None:
@@ -74,6 +95,8 @@ def corpus_label(corpus: str = DEFAULT_CORPUS) -> str:
     """A readable source name for records: the pydoc corpus depends on the Python version."""
     if corpus == "pydoc":
         return f"pydoc_data.topics (CPython {platform.python_version()} documentation)"
+    if corpus == FORTUNES:
+        return f"Debian fortunes ({FORTUNES_DIR}: {len(FORTUNES_FILES)} English files)"
     return str(Path(corpus).expanduser())
 
 

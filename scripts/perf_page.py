@@ -398,7 +398,17 @@ def transcoders_check(name: str, d: dict) -> str:
     return out + "\n" + _table(["result", "value"], rows)
 
 
-RENDERERS: dict[str, Callable[[str, dict], str]] = {"matching": matching, "load": load, "registry_load": registry_load,
+def graph_ablations(name: str, d: dict) -> str:
+    """The ablation check's summary: its per-node lists stay in the file."""
+    def strip(v: Any) -> Any:
+        return {k: x for k, x in v.items() if k not in ("nodes", "stats")} if isinstance(v, dict) else v
+
+    return generic(name, {k: [strip(r) for r in v] if k == "runs" else strip(v) for k, v in d.items()})
+
+
+RENDERERS: dict[str, Callable[[str, dict], str]] = {"graph_ablations": graph_ablations,
+                                                    "graph_ablations_variants": graph_ablations,
+                                                    "matching": matching, "load": load, "registry_load": registry_load,
                                                     "browser": browser, "annotations": annotations,
                                                     "transcoders": transcoders, "transcoders_check": transcoders_check,
                                                     "graphs": graphs, "graphs_bounded": graphs_bounded}

@@ -16,6 +16,10 @@ python3 -m pip install -q --no-deps sae-bench==0.6.0
 if ! command -v chromium >/dev/null 2>&1; then
   (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "setup: chromium not installed (browser test will fail)" >&2
 fi
+# Debian's fortunes: the English text the graphs example's transcoders train on (--corpus fortunes)
+if [ ! -f /usr/share/games/fortunes/people ]; then
+  (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq fortunes >/dev/null) || echo "setup: fortunes not installed (its corpus test skips)" >&2
+fi
 # circuit-tracer 0.5.0 (the transcoder tests' oracle; #24's graphs too) pins transformers<=4.57.3
 # and huggingface-hub<1.0: its own venv under .venvs/ (idempotent, quick once made)
 bash scripts/peer_venv.sh circuit-tracer >/dev/null

@@ -28,15 +28,20 @@ def train_transcoders_cmd(
     batch_size: int = typer.Option(512, "--batch-size", min=1, help="Tokens per step."),
     lr: float = typer.Option(2e-3, "--lr", min=0.0, help="Adam learning rate."),
     seed: int = typer.Option(0, "--seed", help="Seed of the token sample and the initialisation."),
+    corpus: str = typer.Option("pydoc", "--corpus", help="Training text: pydoc, fortunes, or a .txt file / folder."),
+    activation: str = typer.Option("topk", "--activation", help="topk, or relu (continuous; sparsity from --l1)."),
+    l1: float = typer.Option(0.1, "--l1", min=0.0, help="relu: weight of the L1 penalty."),
+    auxk_alpha: float = typer.Option(0.0, "--auxk-alpha", min=0.0, help="topk: AuxK loss weight (sparsify: 1/32)."),
     alias: Optional[str] = typer.Option(None, "--alias", help="Alias to move onto the version (e.g. candidate)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Train a TopK transcoder for each MLP (activations streamed one layer at a time), cache the set and register it as one version."""
+    """Train a TopK (or ReLU) transcoder for each MLP (activations streamed one layer at a time), cache the set and register it as one version."""
     from saekit.harness.model import load_lm
     from saekit.harness.transcoder_train import TCTrainConfig, n_blocks, parse_layers, train_transcoders
 
     chosen = parse_layers(layers, n_blocks(load_lm()[0]))  # a bad layer fails before anything trains
     cfg = TCTrainConfig(width=width, k=k, n_tokens=tokens, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                        corpus=corpus, activation=activation, l1_coeff=l1, auxk_alpha=auxk_alpha,
                         layers=None if layers.strip() == "all" else tuple(chosen))
     res = train_transcoders(name, cfg, alias=alias)
     v = res.version

@@ -250,3 +250,23 @@ def test_version_flag():
 
     res = cli("--version")
     assert res.exit_code == 0 and res.stdout.strip() == f"saekit {__version__}"
+
+
+@pytest.mark.skipif(not Path("/usr/share/games/fortunes/people").is_file(),
+                    reason="Debian's fortunes package is not installed (apt-get install fortunes)")
+def test_fortunes_corpus_is_english_quotes_without_separators():
+    """``fortunes`` (the graphs example's training text) reads Debian's English fortune files:
+    windows of plain text, the '%' separator lines blanked, through both token_set entry points."""
+    from saekit.harness.datasets import parse_dataset, token_set
+    from saekit.harness.model import load_lm
+    from saekit.harness.text import FORTUNES_FILES, corpus_documents
+
+    docs = corpus_documents("fortunes")
+    assert [name for name, _ in docs] == [f for f in FORTUNES_FILES if Path("/usr/share/games/fortunes", f).is_file()]
+    assert all("\n%\n" not in text for _, text in docs) and sum(len(t) for _, t in docs) > 1_000_000
+    assert parse_dataset("fortunes").id == "fortunes"
+    _, tok = load_lm()
+    ts = token_set(tok, n_tokens=N_TOKENS, context_size=CONTEXT, dataset="fortunes", split="train")
+    assert ts.tokens.shape == (N_TOKENS // CONTEXT, CONTEXT) and ts.source.startswith("Debian fortunes")
+    text = tok.decode(ts.tokens[:, 1:].reshape(-1))
+    assert " the " in text and "\n%\n" not in text
