@@ -23,6 +23,7 @@ import torch
 from saekit.circuits.attribution import Graph
 from saekit.circuits.pruning import influence, normalize
 from saekit.circuits.replacement import ReplacementModel, Trace
+from saekit.schemas import InputError
 
 
 @dataclass
@@ -86,6 +87,11 @@ def ablate_top(rm: ReplacementModel, trace: Trace, graph: Graph, n: int = 20, ta
                by: str = "influence") -> AblationReport:
     """Ablate each of the ``n`` top feature nodes, one at a time (see module doc): top by
     ``influence`` on the logits, or by the size of their ``direct`` edge into the target logit."""
+    active = graph.info.get("active_features", graph.n_features)
+    if graph.n_features < active:  # paths through the features left out are in no edge
+        raise InputError(f"the graph has {graph.n_features} of {active} active features as nodes "
+                         "(--max-feature-nodes): its paths cannot predict ablations; build it without the bound",
+                         where="graph")
     tok = int(graph.logit_tokens[target])
     row = graph.logit_start + target
 

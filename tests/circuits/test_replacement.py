@@ -120,3 +120,21 @@ def test_a_bound_on_feature_nodes_is_what_the_size_check_counts(monkeypatch) -> 
         attribute(rm, tokens, logit_tokens=torch.tensor([1, 2]), max_feature_nodes=5)
     with pytest.raises(InputError, match="max_feature_nodes must be >= 1"):
         attribute(rm, tokens, max_feature_nodes=0)
+
+
+def test_ablations_refuse_a_graph_with_features_left_out() -> None:
+    """Under --max-feature-nodes the features left out are in the bias, not in any path: the
+    ablation check refuses such a graph rather than predict without them; bounded at or above
+    the active features, it runs."""
+    from saekit.circuits.interventions import ablate_top
+
+    model, rm = _setup("skip_transcoder", {})
+    tokens = torch.tensor([0, 5, 7, 3, 9, 2])
+    trace = rm.trace(tokens)
+    full = attribute(rm, tokens, batch_size=7, max_n_logits=2, desired_logit_prob=0.99)
+    bounded = attribute(rm, tokens, batch_size=7, max_n_logits=2, desired_logit_prob=0.99,
+                        max_feature_nodes=full.n_features // 2)
+    with pytest.raises(InputError, match="max-feature-nodes"):
+        ablate_top(rm, trace, bounded, n=3)
+    report = ablate_top(rm, trace, full, n=3)
+    torch.testing.assert_close(report.frozen, report.direct, atol=1e-4, rtol=1e-3)
