@@ -318,18 +318,27 @@ def annotations(name: str, d: dict) -> str:
     return out
 
 
-def graphs(name: str, d: dict) -> str:
+def _graph_head(name: str, d: dict) -> str:
+    """Title and where-measured lines of a benchmarks/graphs.py result."""
     m = d["machine"]
     machine = f"{m['cpu']}, {m['cores']} CPUs, {m['platform']}, Python {m['python']}"
     load = f"{_load(d['loadavg_1m'])} at start, {_load(d['load_average_at_end'])} at end"
-    out = f"## {d['title']}\n\n" + _where(name, d["command"], machine, d["date"], load)
+    return f"## {d['title']}\n\n" + _where(name, d["command"], machine, d["date"], load)
+
+
+def _graph_seconds(r: dict) -> str:
+    return f"{_num(r['seconds'])} ({_num(r['trace_s'])} / {_num(r['attribution_s'])} / {_num(r['pruning_and_scores_s'])})"
+
+
+def graphs(name: str, d: dict) -> str:
+    out = _graph_head(name, d)
     out += (f"\nTranscoders: {d['transcoders']}; backward batch {d['batch_size']}. One fresh process per row; "
             "`graph MiB` is how much the graph raised the process's peak resident memory above the model and set "
             "loaded. Ratios against the 16-token graph over every layer.\n\n")
     head = ["tokens", "layers covered", "active features", "nodes", "s (trace / edges / pruning)", "peak MiB",
             "graph MiB", "files MiB", "time ratio", "memory ratio"]
     rows = [[r["tokens"], r["layers_covered"], r["active_features"], r["nodes"],
-             f"{_num(r['seconds'])} ({_num(r['trace_s'])} / {_num(r['attribution_s'])} / {_num(r['pruning_and_scores_s'])})",
+             _graph_seconds(r),
              r["peak_rss_mib"], r["graph_rss_mib"], r["files_mib"], r["time_ratio"], r["graph_memory_ratio"]]
             for r in d["runs"]]
     return out + _table(head, rows)
@@ -337,17 +346,14 @@ def graphs(name: str, d: dict) -> str:
 
 def graphs_bounded(name: str, d: dict) -> str:
     """benchmarks/graphs.py --bounded: long prompts with --max-feature-nodes."""
-    m = d["machine"]
-    machine = f"{m['cpu']}, {m['cores']} CPUs, {m['platform']}, Python {m['python']}"
-    load = f"{_load(d['loadavg_1m'])} at start, {_load(d['load_average_at_end'])} at end"
-    out = f"## {d['title']}\n\n" + _where(name, d["command"], machine, d["date"], load)
+    out = _graph_head(name, d)
     out += (f"\nTranscoders: {d['transcoders']}; backward batch {d['batch_size']}; `--max-feature-nodes "
             f"{d['max_feature_nodes']}`. One fresh process per row. `dense` is the same prompt's graph with every "
             "active feature a node: its adjacency, and whether `saekit graph` refuses it (over 4 GiB).\n\n")
     head = ["tokens", "active features", "feature nodes", "nodes", "s (trace / edges / pruning)", "peak MiB",
             "graph MiB", "files MiB", "torch threads", "dense adjacency GiB", "dense refused"]
     rows = [[r["tokens"], r["active_features"], r["feature_nodes"], r["nodes"],
-             f"{_num(r['seconds'])} ({_num(r['trace_s'])} / {_num(r['attribution_s'])} / {_num(r['pruning_and_scores_s'])})",
+             _graph_seconds(r),
              r["peak_rss_mib"], r["graph_rss_mib"], r["files_mib"], r["torch_threads"], r["dense_adjacency_gib"],
              "yes" if r["dense_refused"] else "no"] for r in d["runs"]]
     return out + _table(head, rows)
