@@ -421,6 +421,7 @@ def _run(
     say(f"evaluating on {tokens.n_tokens} tokens ({tokens.source}, {tokens.split} split) at {hook}")
     n_quant, n_neg = (DEFAULT_QUANTILE_EXAMPLES if cards_cfg.n_quantile_examples is None else cards_cfg.n_quantile_examples,
                       DEFAULT_NEGATIVE_EXAMPLES if cards_cfg.n_negative_examples is None else cards_cfg.n_negative_examples)
+    cards_cfg = cards_cfg.model_copy(update={"ablation_windows": cards_cfg.ablation_windows or DEFAULT_ABLATION_WINDOWS})
     t = time.perf_counter()
     special = torch.tensor(special_token_ids(tok), dtype=torch.long)
     swept = sweep(sae_dev, model, tokens, hook_name=hook, batch_size=batch_size, special=special,
@@ -462,7 +463,6 @@ def _run(
         "world_size": world,
         "cards": cards_cfg.model_copy(update={
             "n_cards": n_cards, "n_quantile_examples": n_quant, "n_negative_examples": n_neg,
-            "ablation_windows": cards_cfg.ablation_windows or DEFAULT_ABLATION_WINDOWS,
             "downstream_method": DownstreamMethod(all="attribution" if downstream else None),
         }),
     })
@@ -496,9 +496,8 @@ def _cards(
     t = time.perf_counter()
     down = select_latents(stats.fire_count, _n_latents(cards_cfg.downstream_latents)) if downstream else []
     down = [L for L in down if int(stats.fire_count[L]) > 0]
-    windows = cards_cfg.ablation_windows or DEFAULT_ABLATION_WINDOWS
     exact = exact_ablations(sae, model, tokens, stats, down, hook_name=hook, batch_size=batch_size,
-                            special=special, max_rows=windows, distributed=True) if down else {}
+                            special=special, max_rows=cards_cfg.ablation_windows, distributed=True) if down else {}
     agree = agreement([exact[L]["delta"] / max(exact[L]["n"], 1) for L in down],
                       [exact[L]["attr"] / max(exact[L]["n"], 1) for L in down]) if down else {}
     phases["ablation"] = time.perf_counter() - t

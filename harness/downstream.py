@@ -46,10 +46,9 @@ def spliced_loss(
     sae: Any, model: Any, toks: Any, mask: Any, hook_name: str, *, grad: bool,
 ) -> tuple[Any, Any, Any]:
     """One forward with the SAE reconstruction spliced in at the non-special positions, and
-    with ``grad`` one backward of the summed next-token loss. Returns (sparse code [b*ctx, k], summed loss per window [b] float64,
-    dL/dx_hat [b*ctx, d] or None)."""
+    with ``grad`` one backward of the summed next-token loss. Returns (sparse code [b*ctx, k],
+    summed loss per window [b] float64, dL/dx_hat [b*ctx, d] or None)."""
     import torch
-    import torch.nn.functional as F
 
     box: dict[str, Any] = {}
 
@@ -62,21 +61,17 @@ def spliced_loss(
         box["code"], box["recon"] = code, r
         return r
 
-    b, ctx = toks.shape
     with torch.set_grad_enabled(grad), spliced(model, hook_name, fn):
-        logits = model(toks).logits
-        ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), toks[:, 1:].reshape(-1),
-                             reduction="none").view(b, ctx - 1)
-        ce = ce * mask[:, :-1]  # CE at t predicts t+1; counted where the input token t is not special
+        loss = _summed_loss(model(toks).logits, toks, mask)
         if grad:
-            ce.sum().backward()
-    g = box["recon"].grad.reshape(b * ctx, -1) if grad else None
-    return box["code"], ce.detach().double().sum(1), g
+            loss.sum().backward()
+    g = box["recon"].grad.reshape(-1, box["recon"].shape[-1]) if grad else None
+    return box["code"], loss.detach(), g
 
 
 def exact_ablations(
     sae: Any, model: Any, tokens: TokenSet, stats: Any, latents: list[int], *, hook_name: str, batch_size: int,
-    special: Any, max_rows: int = 4, distributed: bool = False,
+    special: Any, max_rows: int, distributed: bool = False,
 ) -> dict[int, dict[str, Any]]:
     """Per latent: exact change of summed next-token loss when it is removed from the spliced
     reconstruction in its ``max_rows`` strongest windows, with the attribution estimate on

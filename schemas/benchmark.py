@@ -112,8 +112,8 @@ class CardsConfig(Strict):
         DEFAULT_DOWNSTREAM, description="Exact ablation for the N most active latents, or 'all'."
     )
     ablation_windows: int | None = Field(
-        None, ge=1, description="Strongest windows each of those latents is ablated in (null: checks before this "
-        f"field, which ablated in 4; new records give the number, default {DEFAULT_ABLATION_WINDOWS})."
+        None, ge=1, description=f"Strongest windows each of those latents is ablated in (null: not given, a check "
+        f"uses {DEFAULT_ABLATION_WINDOWS} and records it; in records before this field, 4)."
     )
     n_examples: int = Field(DEFAULT_EXAMPLES, ge=1, description="Top activating examples per card.")
     # null: the defaults (DEFAULT_QUANTILE_EXAMPLES, DEFAULT_NEGATIVE_EXAMPLES), resolved in

@@ -160,7 +160,8 @@ def test_cards_from_captured_windows_equal_cards_from_rerun_windows(real_sae_dir
         st = S.sweep(sae, model, ts, hook_name=hook, batch_size=3, special=special, metrics=False, k=3,
                      negatives=DEFAULT_NEGATIVE_EXAMPLES).stats
         latents = C.select_latents(st.fire_count, 12)
-        exact = exact_ablations(sae, model, ts, st, latents[:2], hook_name=hook, batch_size=3, special=special)
+        exact = exact_ablations(sae, model, ts, st, latents[:2], hook_name=hook, batch_size=3, special=special,
+                                max_rows=4)
         out = C.build_cards(sae, model, tok, st, ts, sae_ref=SAERef(name="t"), hook_name=hook, latents=latents,
                             batch_size=3, exact=exact, n_examples=3)
         assert sum(d.method == "exact-ablation" for c in out for d in c.downstream) == 2
