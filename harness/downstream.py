@@ -207,7 +207,7 @@ class _AtHook:
                 recon = torch.where(mask[..., None], x_hat.reshape(acts.shape).to(acts.dtype), acts)
             out = self.prefix.out if self.prefix.layers else None
             for j, r in enumerate(group):
-                got[r] = (_rows(out, j), recon[j : j + 1].clone())
+                got[r] = (None if out is None else out[j : j + 1].clone(), recon[j : j + 1].clone())
         return got
 
     def _inputs(self, rows: list[int]) -> dict[int, tuple[Any, Any]]:
@@ -239,36 +239,15 @@ class _AtHook:
         recon = torch.cat([have[r][1] for r in rows])
         new = torch.where(mask[..., None], recon - abl.to(recon.dtype), recon)
         if self.prefix.layers:
-            self.prefix.out = _cat([have[r][0] for r in rows])
+            self.prefix.out = torch.cat([have[r][0] for r in rows])
         with torch.no_grad(), self.prefix.replay(), spliced(self.model, self.hook_name, lambda a: new):
             logits = self.model(toks).logits
         return _summed_loss(logits, toks, mask).tolist()
 
 
-def _rows(out: Any, j: int) -> Any:
-    """Row ``j`` of a layer's output (a tensor or a tuple of them), batch dimension kept."""
-    if out is None:
-        return None
-    if isinstance(out, tuple):
-        return tuple(_rows(o, j) for o in out)
-    return out[j : j + 1].clone() if hasattr(out, "shape") and out.dim() > 0 else out
-
-
-def _nbytes(kept: Any) -> int:
-    """Bytes of a window's kept tensors."""
-    if isinstance(kept, tuple):
-        return sum(_nbytes(k) for k in kept)
-    return kept.numel() * kept.element_size() if hasattr(kept, "numel") else 0
-
-
-def _cat(parts: list[Any]) -> Any:
-    """Rows (``_rows``) stacked back into one batch."""
-    import torch
-
-    first = parts[0]
-    if isinstance(first, tuple):
-        return tuple(_cat([p[i] for p in parts]) for i in range(len(first)))
-    return torch.cat(parts) if hasattr(first, "shape") and first.dim() > 0 else first
+def _nbytes(kept: tuple[Any, Any]) -> int:
+    """Bytes of a window's kept tensors (the prefix output may be None)."""
+    return sum(t.numel() * t.element_size() for t in kept if t is not None)
 
 
 def _summed_loss(logits: Any, toks: Any, mask: Any) -> Any:
