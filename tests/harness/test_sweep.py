@@ -169,3 +169,51 @@ def test_exact_ablations_from_the_hook_equal_full_forwards(real_sae_dir: Path, l
             ce = F.cross_entropy(logits[0, :-1].float(), toks[0, 1:], reduction="none") * mask[0, :-1]
             want += float(ce.double().sum())
         assert got[L]["ablated"] == want, (L, got[L]["ablated"] - want)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma2", "pythia"])
+@pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"])
+def test_exact_ablations_from_the_hook_on_other_families(family: str, hook: str) -> None:
+    """Off SmolLM2: a random JumpReLU SAE on tiny GPT-2, Gemma 2 and Pythia (parallel
+    residual), at a block's output and at its MLP output (carried into the residual): the
+    runs from the hook give each (latent, window) the loss of a full forward, bit for bit,
+    over 5 windows in batches of 2 (a partial last one)."""
+    import torch.nn.functional as F
+    import transformers as tf
+
+    from saekit.harness import downstream as D
+    from saekit.harness.activations import spliced
+    from saekit.harness.sweep import sweep
+    from saekit.harness.text import TokenSet
+    from tests.kernels.kernel_helpers import make_sae
+
+    torch.manual_seed(0)
+    hf = tf.AutoModelForCausalLM.from_config(_hf_config(family), dtype=torch.float32).eval().requires_grad_(False)
+    d = hf.config.hidden_size if hasattr(hf.config, "hidden_size") else hf.config.n_embd
+    sae = make_sae("jumprelu", d, 48, None, seed=1)
+    toks = torch.randint(1, 97, (5, 12), generator=torch.Generator().manual_seed(2))
+    toks[:, 0] = 0  # a special token at each window's start: kept out of the splice
+    ts = TokenSet(tokens=toks, source="random", corpus="random", split="all", seed=0, prepend_bos=True)
+    special = torch.tensor([0])
+    st = sweep(sae, hf, ts, hook_name=hook, batch_size=2, special=special, metrics=False, k=3).stats
+    latents = [int(L) for L in torch.argsort(st.fire_count, descending=True, stable=True)[:3]]
+    got = D.exact_ablations(sae, hf, ts, st, latents, hook_name=hook, batch_size=2, special=special, max_rows=2)
+    for L in latents:
+        want = 0.0
+        for r, _ in st.top(L)[:2]:
+            t = toks[r : r + 1]
+            mask = ~torch.isin(t, special)
+
+            def ablated(a, L=L, mask=mask):
+                code = sae.encode(a.reshape(-1, a.shape[-1]))
+                x_hat = sae.decode(code).reshape(a.shape)
+                dense = torch.zeros(code.values.shape[0], sae.cfg.d_sae).scatter(1, code.indices, code.values.float())
+                own = (dense[:, L] * mask.reshape(-1)).reshape(1, -1, 1) * sae.W_dec[L].float()
+                return torch.where(mask[..., None], x_hat - own, a)
+
+            with torch.no_grad(), spliced(hf, hook, ablated):
+                logits = hf(t).logits
+            ce = F.cross_entropy(logits[0, :-1].float(), t[0, 1:], reduction="none") * mask[0, :-1]
+            want += float(ce.double().sum())
+        assert got[L]["ablated"] == want, (L, got[L]["ablated"] - want)
+        assert got[L]["rows"] == 2
