@@ -152,15 +152,21 @@ def log_probs(logits: Any) -> Any:
 
 
 def per_token_ce(logits: Any, tokens: Any, *, logp: Any = None) -> Any:
-    """-log p(token[t+1] | ..t) per position [b, ctx-1] (transformer_lens lm_cross_entropy_loss)."""
+    """-log p(token[t+1] | ..t) per position [b, ctx-1] (transformer_lens lm_cross_entropy_loss).
+    The pick runs on the whole ``logp`` (the last position picks a dummy that is dropped), so
+    a backward through it writes one vocabulary-sized gradient, not a second one for a slice."""
+    import torch
+
     logp = log_probs(logits) if logp is None else logp
-    return -logp[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
+    return -logp.gather(-1, torch.roll(tokens, -1, 1)[..., None])[:, :-1, 0]
 
 
-def per_token_kl(lp_clean: Any, lp_new: Any, *, p_clean: Any = None) -> Any:
+def per_token_kl(lp_clean: Any, lp_new: Any, *, p_clean: Any = None, out: Any = None) -> Any:
     """KL(p_clean || p_new) per position [b, ctx] from log-probs (sae_lens evals._kl);
-    ``p_clean``: lp_clean.exp() when already computed."""
-    d = lp_clean - lp_new
+    ``p_clean``: lp_clean.exp() when already computed; ``out``: a buffer for the terms."""
+    import torch
+
+    d = torch.sub(lp_clean, lp_new, out=out)
     return d.mul_(lp_clean.exp() if p_clean is None else p_clean).sum(-1)  # p * (lp_clean - lp_new), in place
 
 
@@ -220,25 +226,36 @@ def batch_sums(x: Any, x_hat: Any, values: Any) -> Any:
     return row
 
 
-def downstream_sums(row: Any, toks: Any, mask: Any, clean_logits: Any, lp_sae: Any, abl_logits: Any) -> None:
+def downstream_sums(row: Any, toks: Any, mask: Any, clean_logits: Any, lp_sae: Any, abl_logits: Any,
+                    work: dict | None = None) -> None:
     """Add a batch's CE and KL sums to its row, from the logits of its clean and zero-ablated
-    runs and the log-probs of its spliced run. One window at a time: its log-probs and KL
-    terms (25 MB for a 49,152-token vocabulary and 128 tokens) are reused memory where a whole
-    batch's are fresh pages each time; the per-token values are the same bits, summed in the
-    same order."""
+    runs and the log-probs of its spliced run. One window at a time, in buffers kept in
+    ``work`` (the caller's, across batches): a window's log-probs and KL terms are 25 MB
+    each for a 49,152-token vocabulary, and fresh pages for them cost more than the
+    arithmetic. The per-token values are the same bits, summed in the same order."""
     import torch
+
+    work = {} if work is None else work
+
+    def buf(name: str, like: Any) -> Any:
+        b = work.get(name)
+        if b is None or b.shape != like.shape or b.device != like.device:
+            b = work[name] = torch.empty(like.shape, dtype=torch.float32, device=like.device)
+        return b
 
     ce = {"clean": [], "sae": [], "abl": []}
     kl = {"sae": [], "abl": []}
     for j in range(toks.shape[0]):
         t = toks[j : j + 1]
-        lp_clean, lp_abl = log_probs(clean_logits[j : j + 1]), log_probs(abl_logits[j : j + 1])
+        c, a = clean_logits[j : j + 1], abl_logits[j : j + 1]
+        # log_probs into the buffers (the same float32 log-softmax)
+        lp_clean = torch.log_softmax(c.float(), dim=-1, out=buf("lp_clean", c))
+        lp_abl = torch.log_softmax(a.float(), dim=-1, out=buf("lp_abl", a))
         for name, lp in (("clean", lp_clean), ("sae", lp_sae[j : j + 1]), ("abl", lp_abl)):
             ce[name].append(per_token_ce(None, t, logp=lp))
-        p_clean = lp_clean.exp()
-        kl["sae"].append(per_token_kl(lp_clean, lp_sae[j : j + 1], p_clean=p_clean))
-        kl["abl"].append(per_token_kl(lp_clean, lp_abl, p_clean=p_clean))
-        del lp_clean, lp_abl, p_clean
+        p_clean = torch.exp(lp_clean, out=buf("p_clean", c))
+        kl["sae"].append(per_token_kl(lp_clean, lp_sae[j : j + 1], p_clean=p_clean, out=buf("terms", c)))
+        kl["abl"].append(per_token_kl(lp_clean, lp_abl, p_clean=p_clean, out=buf("terms", c)))
     m_ce = mask[:, :-1]  # CE at t predicts token t+1; masked by the input token t
     # per-token values in float32 (as sae-lens), sums over tokens in float64
     got = {

@@ -151,6 +151,7 @@ def sweep(
                               negatives=negatives * NEGATIVE_CANDIDATES, n_rows=n_rows) if cards else None
     sums = MetricSums(d_sae) if metrics else None
     prefix = Prefix(model, hook_name)
+    work: dict = {}  # downstream_sums' buffers, reused by every batch
     dev = next(model.parameters()).device
     special = special.to(dev)
     with Progress(desc, total=len(todo)) as bar:
@@ -196,7 +197,7 @@ def sweep(
                     with torch.no_grad():
                         with prefix.replay(), spliced(model, hook_name, torch.zeros_like):
                             abl = model(toks).logits
-                        downstream_sums(row, toks, mask, clean, lp_sae, abl)
+                        downstream_sums(row, toks, mask, clean, lp_sae, abl, work)
                         del clean, lp_sae, abl
             if metrics:
                 sums.add(b, row, batch_stats, (kept.reshape(rows, -1), code.indices.reshape(rows, -1)))
