@@ -192,6 +192,7 @@ class _AtHook:
                 self.uses[r] = self.uses.get(r, 0) + 1
         self.kept: dict[int, tuple[Any, Any]] = {}  # window -> (prefix output or None, reconstruction)
         self.kept_bytes = 0
+        self.work: dict = {}  # the loss's buffers, reused by every batch
 
     def _compute(self, rows: list[int]) -> dict[int, tuple[Any, Any]]:
         import torch
@@ -242,7 +243,7 @@ class _AtHook:
             self.prefix.out = torch.cat([have[r][0] for r in rows])
         with torch.no_grad(), self.prefix.replay(), spliced(self.model, self.hook_name, lambda a: new):
             logits = self.model(toks).logits
-        return _summed_loss(logits, toks, mask).tolist()
+        return _summed_loss(logits, toks, mask, self.work).tolist()
 
 
 def _nbytes(kept: tuple[Any, Any]) -> int:
@@ -250,14 +251,20 @@ def _nbytes(kept: tuple[Any, Any]) -> int:
     return sum(t.numel() * t.element_size() for t in kept if t is not None)
 
 
-def _summed_loss(logits: Any, toks: Any, mask: Any) -> Any:
+def _summed_loss(logits: Any, toks: Any, mask: Any, work: dict | None = None) -> Any:
     """Each window's summed next-token loss (float64 [b]) at the positions whose input token
-    is not special."""
-    import torch.nn.functional as F
+    is not special. ``work``: buffers kept by the caller (no autograd), so each window's
+    log-probs go into the same memory (saekit.harness.metrics.reused)."""
+    import torch
 
-    b, ctx = toks.shape
-    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), toks[:, 1:].reshape(-1),
-                         reduction="none").view(b, ctx - 1)
+    from saekit.harness.metrics import per_token_ce, reused
+
+    if work is None:
+        ce = per_token_ce(logits, toks)
+    else:
+        ce = torch.cat([per_token_ce(None, toks[j : j + 1], logp=torch.log_softmax(
+            logits[j : j + 1].float(), dim=-1, out=reused(work, "log_probs", logits[j : j + 1])))
+            for j in range(toks.shape[0])])
     return (ce * mask[:, :-1]).double().sum(1)
 
 

@@ -151,6 +151,17 @@ def log_probs(logits: Any) -> Any:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+def reused(work: dict, name: str, like: Any) -> Any:
+    """A float32 buffer shaped like ``like``, kept in ``work`` by the caller: a window's
+    vocabulary-sized arrays are written into the same memory each time, not fresh pages."""
+    import torch
+
+    b = work.get(name)
+    if b is None or b.shape != like.shape or b.device != like.device:
+        b = work[name] = torch.empty(like.shape, dtype=torch.float32, device=like.device)
+    return b
+
+
 def per_token_ce(logits: Any, tokens: Any, *, logp: Any = None) -> Any:
     """-log p(token[t+1] | ..t) per position [b, ctx-1] (transformer_lens lm_cross_entropy_loss).
     The pick runs on the whole ``logp`` (the last position picks a dummy that is dropped), so
@@ -236,13 +247,7 @@ def downstream_sums(row: Any, toks: Any, mask: Any, clean_logits: Any, lp_sae: A
     import torch
 
     work = {} if work is None else work
-
-    def buf(name: str, like: Any) -> Any:
-        b = work.get(name)
-        if b is None or b.shape != like.shape or b.device != like.device:
-            b = work[name] = torch.empty(like.shape, dtype=torch.float32, device=like.device)
-        return b
-
+    buf = lambda name, like: reused(work, name, like)  # noqa: E731
     ce = {"clean": [], "sae": [], "abl": []}
     kl = {"sae": [], "abl": []}
     for j in range(toks.shape[0]):
