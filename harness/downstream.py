@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from saekit.harness.activations import spliced
+from saekit.harness.metrics import logits_into
 from saekit.harness.text import TokenSet
 from saekit.schemas import MetricDefinition
 from saekit.schemas.console import Progress
@@ -241,7 +242,8 @@ class _AtHook:
         new = torch.where(mask[..., None], recon - abl.to(recon.dtype), recon)
         if self.prefix.layers:
             self.prefix.out = torch.cat([have[r][0] for r in rows])
-        with torch.no_grad(), self.prefix.replay(), spliced(self.model, self.hook_name, lambda a: new):
+        with (torch.no_grad(), self.prefix.replay(), spliced(self.model, self.hook_name, lambda a: new),
+              logits_into(self.model, self.work, "logits")):
             logits = self.model(toks).logits
         return _summed_loss(logits, toks, mask, self.work).tolist()
 
@@ -263,7 +265,7 @@ def _summed_loss(logits: Any, toks: Any, mask: Any, work: dict | None = None) ->
         ce = per_token_ce(logits, toks)
     else:
         ce = torch.cat([per_token_ce(None, toks[j : j + 1], logp=torch.log_softmax(
-            logits[j : j + 1].float(), dim=-1, out=reused(work, "log_probs", logits[j : j + 1])))
+            logits[j : j + 1].float(), dim=-1, out=reused(work, "log_probs", logits[j : j + 1].shape, logits.device)))
             for j in range(toks.shape[0])])
     return (ce * mask[:, :-1]).double().sum(1)
 

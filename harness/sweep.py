@@ -27,7 +27,8 @@ from typing import Any, Iterator
 from saekit.harness.activations import _Stop, captured, spliced
 from saekit.harness.hooks import site
 from saekit.harness.latent_stats import LatentStats, attribution
-from saekit.harness.metrics import MetricSums, SUMS, batch_sums, downstream_sums, log_probs, per_token_ce
+from saekit.harness.metrics import (MetricSums, SUMS, batch_sums, downstream_sums, log_probs, logits_into,
+                                    per_token_ce)
 from saekit.harness.text import TokenSet
 from saekit.schemas import InputError
 from saekit.schemas.console import Progress
@@ -162,7 +163,7 @@ def sweep(
             rows = toks.shape[0]
             with torch.no_grad():
                 if metrics and downstream:
-                    with prefix.recording(), captured(model, hook_name) as box:
+                    with prefix.recording(), captured(model, hook_name) as box, logits_into(model, work, "clean"):
                         clean = model(toks).logits
                     acts = box["acts"]
                 else:
@@ -195,7 +196,8 @@ def sweep(
                     lp_sae = lp_sae.detach()
                 if metrics:
                     with torch.no_grad():
-                        with prefix.replay(), spliced(model, hook_name, torch.zeros_like):
+                        with (prefix.replay(), spliced(model, hook_name, torch.zeros_like),
+                              logits_into(model, work, "abl")):
                             abl = model(toks).logits
                         downstream_sums(row, toks, mask, clean, lp_sae, abl, work)
                         del clean, lp_sae, abl
