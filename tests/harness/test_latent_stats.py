@@ -6,8 +6,11 @@ import torch
 
 from saekit.harness.latent_stats import (
     GRID,
+    N_GRID,
     LatentStats,
     attribution,
+    coarsen,
+    coarsen_rows,
     grid_bins,
     sample_priority,
 )
@@ -56,6 +59,29 @@ def test_streaming_stats_topk_and_samples_equal_brute_force():
         pri = sample_priority(torch.tensor(rows, dtype=torch.long), torch.full((len(rows),), L)).tolist()
         chosen = [r for _, r in sorted(zip(pri, rows))[:4]]
         assert sorted(st.sample(L)) == sorted((r, float(row_max[r])) for r in chosen)
+
+
+def test_coarsen_rows_equals_coarsen_per_row():
+    """The cards' vectorized histograms are the per-latent definition's, bit for bit: sparse,
+    dense, empty, one-bin and edge-bin rows, any number of bins."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        n = 40
+        keep = torch.rand(n, N_GRID, generator=g) < torch.rand(n, 1, generator=g) ** 3
+        hist = torch.randint(0, 2**40, (n, N_GRID), generator=g) * keep
+        hist[0] = 0
+        hist[1] = 0
+        hist[1, 7] = 3
+        hist[2, -1] = 1
+        hist[3, 0] = 2
+        hist[4] = 1
+        for n_bins in (1, 2, 3, 16, N_GRID, 500):
+            got = coarsen_rows(hist, n_bins)
+            want = [coarsen(row, n_bins) for row in hist.tolist()]
+            assert got == want
+            assert [None if x is None else (list(map(float.hex, x[0])), list(map(float.hex, x[1]))) for x in got] == \
+                [None if x is None else (list(map(float.hex, x[0])), list(map(float.hex, x[1]))) for x in want]
+    assert coarsen_rows(torch.zeros(0, N_GRID, dtype=torch.long), 16) == []
 
 
 def test_merge_is_exact_in_any_order_and_split():
