@@ -28,7 +28,9 @@ from saekit.schemas.console import Progress
 from saekit.schemas.version import __version__
 
 NEGATIVE_TOKENS = 32  # tokens of each non-activating window (SAEBench's are 2 x buffer + 1 = 21)
-CARD_BLOCK = 64  # latents per logit-effect product; ranks take whole blocks
+# latents per logit-effect product; ranks take whole blocks. 256 rows amortize the BLAS's
+# packing of W_U (~25% less time than 64 on one CPU thread; the same bits there at any rows)
+CARD_BLOCK = 256
 
 
 def now_iso() -> str:
@@ -136,11 +138,7 @@ def _example_values(sae: Any, model: Any, tokens: TokenSet, stats: Any, mine: li
         top = [(r, v, "top") for r, v in stats.top(L)[:n_examples]]
         picks[L] = top + quantile_picks(stats.sample(L), {r for r, _, _ in top}, n_quantile)
     if stats.captured and n_examples <= stats.top_val.shape[1]:
-        values = {}
-        for L in mine:
-            rows = [r for r, _, _ in picks[L]]
-            values.update(zip([(r, L) for r in rows], stats.window_values(L, rows)))
-        return picks, values
+        return picks, stats.windows_values({L: [r for r, _, _ in picks[L]] for L in mine})
     want: dict[int, set[int]] = {}
     for L in mine:
         for r, _, _ in picks[L]:
@@ -161,7 +159,8 @@ def _logit_effects(sae: Any, model: Any, blocks: list[list[int]], n_logits: int)
     for block in blocks:
         with torch.no_grad():
             effects = (sae.W_dec[block].float() @ W_U).cpu()  # [block, vocab]
-        top, bot = torch.topk(effects, n_logits, dim=1), torch.topk(-effects, n_logits, dim=1)
+        top = torch.topk(effects, n_logits, dim=1)
+        bot = torch.topk(effects.neg_(), n_logits, dim=1)  # -effects (exact) without a second block in memory
         out += zip(top.values.tolist(), top.indices.tolist(), bot.values.tolist(), bot.indices.tolist())
     return out
 
