@@ -254,7 +254,7 @@ def iter_cards(
                                     special=special)
     logits = _logit_effects(sae, model, blocks, n_logits)
     # the text of every token the cards show, decoded at once
-    negs = {L: stats.negatives(L, n_negative_examples) for L in mine}
+    negs = stats.negatives_of(mine, n_negative_examples)
     rows = sorted({r for L in mine for r, _, _ in picks[L]} | {r for L in mine for r in negs[L]})
     shown = {t for _, ti, _, bi in logits for t in ti + bi}
     shown.update(torch.unique(tokens.tokens[rows]).tolist() if rows else [])

@@ -356,6 +356,20 @@ class LatentStats:
         order = torch.sort(pri, stable=True).indices[:n]
         return free[order].tolist()
 
+    def negatives_of(self, latents: list[int], n: int) -> dict[int, list[int]]:
+        """``negatives`` of many latents at once: one stable sort of every candidate, a
+        firing one given priority _P (above any hash), so each latent's free windows come
+        first in their own order, as ``negatives`` sorts them."""
+        if self.neg_rows is None or n <= 0 or not latents:
+            return {L: [] for L in latents}
+        lat = torch.tensor(latents, dtype=torch.long)
+        fired = self.neg_fire[:, lat] != 0  # [M, latents]
+        rows = self.neg_rows[:, None].expand_as(fired)
+        pri = torch.where(fired, _P, sample_priority(rows, lat[None, :].expand_as(fired)))
+        order = torch.sort(pri, dim=0, stable=True).indices[:n]
+        picked, free = rows.gather(0, order).T.tolist(), (~fired.gather(0, order)).T.tolist()
+        return {L: [r for r, ok in zip(rs, oks) if ok] for L, rs, oks in zip(latents, picked, free)}
+
     def histogram(self, latent: int, n_bins: int = 16) -> tuple[list[float], list[float]] | None:
         """(bin_edges, counts): the latent's occupied grid range, in at most ``n_bins`` groups
         of whole grid bins (so the card's edges are grid edges)."""

@@ -144,8 +144,11 @@ def test_captured_windows_equal_brute_force_and_merge_exactly():
     assert st.captured
     masked = dense * mask[:, None]
     per_row = masked.view(n_rows, ctx, d_sae)
+    wanted = {L: [r for r, _ in st.top(L)] + [r for r, _ in st.sample(L)] for L in range(d_sae)}
+    many = st.windows_values(wanted)  # every latent's at once: the same lists
+    assert many == {(r, L): v for L, rows in wanted.items() for r, v in zip(rows, st.window_values(L, rows))}
     for L in range(d_sae):
-        rows = [r for r, _ in st.top(L)] + [r for r, _ in st.sample(L)]
+        rows = wanted[L]
         got = st.window_values(L, rows)
         for r, v in zip(rows, got):
             assert v == per_row[r, :, L].tolist(), (L, r)
@@ -222,7 +225,10 @@ def test_negative_windows_are_zero_throughout_and_merge_exactly():
         got = one.negatives(L, 8)
         assert set(got) == want and len(got) == len(want) and merged.negatives(L, 8) == got
         assert one.negatives(L, 2) == got[:2]
+    for n in (0, 1, 3, 8, 20):  # every latent at once: the same lists
+        assert one.negatives_of([5, 0, 11, 3], n) == {L: one.negatives(L, n) for L in [5, 0, 11, 3]}
     assert LatentStats.empty(d_sae).negatives(0, 5) == []
+    assert LatentStats.empty(d_sae).negatives_of([0, 1], 5) == {0: [], 1: []}
 
 
 def test_cards_negative_windows_are_zero_throughout_on_a_rerun(real_sae_dir):
