@@ -25,7 +25,7 @@ from typing import Any, Callable
 from saekit.harness import gate as gate_mod
 from saekit.harness.activations import ShardActivationSource
 from saekit.harness.annotations import merge_annotations, read_annotations
-from saekit.harness.cards import build_cards, select_latents
+from saekit.harness.cards import iter_cards, select_latents
 from saekit.harness.datasets import pinned_dataset, sae_dataset, token_set
 from saekit.harness.dist import (
     broadcast_object,
@@ -502,15 +502,15 @@ def _cards(
                       [exact[L]["attr"] / max(exact[L]["n"], 1) for L in down]) if down else {}
     phases["ablation"] = time.perf_counter() - t
     t = time.perf_counter()
-    card_list = build_cards(  # every rank builds and serializes its share
+    cards = iter_cards(  # every rank builds and serializes its share, a card at a time
         sae, model, tok, stats, tokens, sae_ref=sae_ref, hook_name=hook,
         latents=select_latents(stats.fire_count, _n_latents(cards_cfg.latents)), batch_size=batch_size,
         exact=exact, attribution=downstream, n_examples=cards_cfg.n_examples, n_quantile_examples=n_quant,
         n_negative_examples=n_neg, distributed=True,
     )
     if notes is not None:
-        card_list, _ = merge_annotations(card_list, notes)
-    parts = gather_to_root([(c.index, card_line(c)) for c in card_list])
+        cards = (merge_annotations([c], notes)[0][0] for c in cards)
+    parts = gather_to_root([(c.index, card_line(c)) for c in cards])
     cards_path, n_cards = None, 0
     if parts is not None:  # rank 0 writes them in index order
         rows = sorted(row for part in parts for row in part)

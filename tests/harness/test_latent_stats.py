@@ -6,8 +6,11 @@ import torch
 
 from saekit.harness.latent_stats import (
     GRID,
+    N_GRID,
     LatentStats,
     attribution,
+    coarsen,
+    coarsen_rows,
     grid_bins,
     sample_priority,
 )
@@ -56,6 +59,29 @@ def test_streaming_stats_topk_and_samples_equal_brute_force():
         pri = sample_priority(torch.tensor(rows, dtype=torch.long), torch.full((len(rows),), L)).tolist()
         chosen = [r for _, r in sorted(zip(pri, rows))[:4]]
         assert sorted(st.sample(L)) == sorted((r, float(row_max[r])) for r in chosen)
+
+
+def test_coarsen_rows_equals_coarsen_per_row():
+    """The cards' vectorized histograms are the per-latent definition's, bit for bit: sparse,
+    dense, empty, one-bin and edge-bin rows, any number of bins."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        n = 40
+        keep = torch.rand(n, N_GRID, generator=g) < torch.rand(n, 1, generator=g) ** 3
+        hist = torch.randint(0, 2**40, (n, N_GRID), generator=g) * keep
+        hist[0] = 0
+        hist[1] = 0
+        hist[1, 7] = 3
+        hist[2, -1] = 1
+        hist[3, 0] = 2
+        hist[4] = 1
+        for n_bins in (1, 2, 3, 16, N_GRID, 500):
+            got = coarsen_rows(hist, n_bins)
+            want = [coarsen(row, n_bins) for row in hist.tolist()]
+            assert got == want
+            assert [None if x is None else (list(map(float.hex, x[0])), list(map(float.hex, x[1]))) for x in got] == \
+                [None if x is None else (list(map(float.hex, x[0])), list(map(float.hex, x[1]))) for x in want]
+    assert coarsen_rows(torch.zeros(0, N_GRID, dtype=torch.long), 16) == []
 
 
 def test_merge_is_exact_in_any_order_and_split():
@@ -118,8 +144,11 @@ def test_captured_windows_equal_brute_force_and_merge_exactly():
     assert st.captured
     masked = dense * mask[:, None]
     per_row = masked.view(n_rows, ctx, d_sae)
+    wanted = {L: [r for r, _ in st.top(L)] + [r for r, _ in st.sample(L)] for L in range(d_sae)}
+    many = st.windows_values(wanted)  # every latent's at once: the same lists
+    assert many == {(r, L): v for L, rows in wanted.items() for r, v in zip(rows, st.window_values(L, rows))}
     for L in range(d_sae):
-        rows = [r for r, _ in st.top(L)] + [r for r, _ in st.sample(L)]
+        rows = wanted[L]
         got = st.window_values(L, rows)
         for r, v in zip(rows, got):
             assert v == per_row[r, :, L].tolist(), (L, r)
@@ -196,7 +225,10 @@ def test_negative_windows_are_zero_throughout_and_merge_exactly():
         got = one.negatives(L, 8)
         assert set(got) == want and len(got) == len(want) and merged.negatives(L, 8) == got
         assert one.negatives(L, 2) == got[:2]
+    for n in (0, 1, 3, 8, 20):  # every latent at once: the same lists
+        assert one.negatives_of([5, 0, 11, 3], n) == {L: one.negatives(L, n) for L in [5, 0, 11, 3]}
     assert LatentStats.empty(d_sae).negatives(0, 5) == []
+    assert LatentStats.empty(d_sae).negatives_of([0, 1], 5) == {0: [], 1: []}
 
 
 def test_cards_negative_windows_are_zero_throughout_on_a_rerun(real_sae_dir):
