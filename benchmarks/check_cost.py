@@ -6,20 +6,23 @@
 
 The reference case (issue 22): a JumpReLU SAE on SmolLM2-135M's layer 3 (576 -> 1,536,
 weights drawn by sae-lens' own class with a fixed seed), 2,048 tokens (16 windows of 128),
-a card for every latent, the check's default 16 exact ablations.
+a card for every latent, the check's default exact ablations (16 latents, at most half the
+windows: 8 here).
 
 In one process, each repeat alternating: the plain forward+backward of the LM over the
 check's own windows (weights frozen, the embedding output the leaf, so the backward runs
 through every layer), then ``saekit check`` with the code of ``--before`` (a commit, checked
 out into a temporary git worktree with its own editable install); then the plain pass again
-and the check with this checkout's code. Each check's ratio is to the plain pass just before
-it (the machine may be shared: the load average is recorded beside each). A check's cost is the sum of its record's phases over the tokens (the pass(es),
+and the check with this checkout's code. Each check's ratio is to the mean of the plain
+passes run right before and right after it (the machine may be shared and its speed drift:
+the load average is recorded beside each). A check's cost is the sum of its record's phases over the tokens (the pass(es),
 weight metrics, exact ablations, cards): model loading and tokenizing are left out, as the
 plain pass has them outside its timing too. Every run uses the same torch thread count.
 
 The two checks' outputs are compared too: the cards byte for byte, and every record metric
 (equal bits, or the relative difference). Where this checkout's defaults differ from the
-before commit's (``--ablation-windows``: 1 since issue 22, 4 before), the first repeat also
+before commit's (issue 22: ``--ablation-windows`` 1, 4 before; ``--downstream-latents`` at most half
+the windows, 16 before), the first repeat also
 runs this checkout's check with ``--same-settings`` (the old defaults) and compares that one's
 outputs with before's: same settings, same outputs.
 Results: benchmarks/results/check_cost_<date>.json (device, date, load average).
@@ -102,6 +105,17 @@ def plain_fwd_bwd(args) -> float:
     return time.perf_counter() - t
 
 
+def bracketed(args, check) -> dict:
+    """``check()``'s result with its ratio to the plain pass, which runs right before and
+    right after it: the ratio is to the mean of the two, so a machine whose speed drifts over
+    the minutes (a shared one) biases neither side."""
+    got = {"load_before": load(), "plain_fwd_bwd_s": [round(plain_fwd_bwd(args), 2)]}
+    got.update(check())
+    got["plain_fwd_bwd_s"].append(round(plain_fwd_bwd(args), 2))
+    got["ratio"] = round(got["cost_s"] / statistics.mean(got["plain_fwd_bwd_s"]), 3)
+    return got
+
+
 def run_check(python: str, sae_dir: Path, out: Path, args, cwd: str, extra: tuple[str, ...] = ()) -> dict:
     cmd = [python, "-m", "saekit", "check", str(sae_dir), "--tokens", str(args.tokens), "--context",
            str(args.context), "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--out", str(out),
@@ -143,7 +157,7 @@ def main() -> None:
     ap.add_argument("--before-python", default=None, help="an interpreter importing the 'before' saekit instead")
     ap.add_argument("--sae", type=Path, default=None, help="SAE folder (default: the reference JumpReLU SAE)")
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--same-settings", default="--ablation-windows 4",
+    ap.add_argument("--same-settings", default="--ablation-windows 4 --downstream-latents 16",
                     help="options that give this checkout's check the 'before' commit's defaults: with them it runs "
                          "once more (first repeat) and its outputs are compared with before's ('' to skip)")
     args = ap.parse_args()
@@ -168,20 +182,13 @@ def main() -> None:
         for rep in range(args.repeats):
             row = {}
             for name, py in (("before", py_before), ("after", sys.executable)):
-                # the plain pass right before each check, so the two see the same load
-                row[name] = {"load_before": load(), "plain_fwd_bwd_s": round(plain_fwd_bwd(args), 2)}
-                row[name].update(run_check(py, sae_dir, tmp / f"{name}{rep}", args, "/"))
-                row[name]["ratio"] = round(row[name]["cost_s"] / row[name]["plain_fwd_bwd_s"], 3)
+                row[name] = bracketed(args, lambda: run_check(py, sae_dir, tmp / f"{name}{rep}", args, "/"))
             row["load_after"] = load()
             row["outputs"] = compare(tmp / f"before{rep}", tmp / f"after{rep}")
             if rep == 0 and args.same_settings.strip():
                 same = tmp / "after_same_settings"
-                row["after_same_settings"] = {"options": args.same_settings, "load_before": load(),
-                                              "plain_fwd_bwd_s": round(plain_fwd_bwd(args), 2)}
-                row["after_same_settings"].update(run_check(sys.executable, sae_dir, same, args, "/",
-                                                            tuple(args.same_settings.split())))
-                row["after_same_settings"]["ratio"] = round(
-                    row["after_same_settings"]["cost_s"] / row["after_same_settings"]["plain_fwd_bwd_s"], 3)
+                row["after_same_settings"] = {"options": args.same_settings, **bracketed(
+                    args, lambda: run_check(sys.executable, sae_dir, same, args, "/", tuple(args.same_settings.split())))}
                 row["outputs_same_settings"] = compare(tmp / f"before{rep}", same)
             runs.append(row)
             print(json.dumps(row), flush=True)
@@ -196,8 +203,9 @@ def main() -> None:
                     "python": platform.python_version()},
         "command": "benchmarks/check_cost.py " + " ".join(sys.argv[1:]),
         "what": "the whole check (every phase over the tokens: passes, weight metrics, exact ablations, card "
-                "assembly) / one plain forward+backward of the LM over the same windows (weights frozen), same "
-                "threads, alternating in one run; before = the code of commit 'before_commit'",
+                "assembly) / one plain forward+backward of the LM over the same windows (weights frozen; the mean "
+                "of the passes right before and right after the check), same threads, alternating in one run; "
+                "before = the code of commit 'before_commit'",
         "sae": "JumpReLU 576 -> 1536 at model.layers.3 (sae-lens class, seed 7)" if args.sae is None else str(args.sae),
         "tokens": args.tokens, "context": args.context, "batch_size": args.batch_size, "torch_threads": args.threads,
         "before_commit": commit,

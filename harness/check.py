@@ -73,11 +73,11 @@ from saekit.schemas.benchmark import (
     DEFAULT_BATCH,
     DEFAULT_CARDS,
     DEFAULT_CONTEXT,
-    DEFAULT_DOWNSTREAM,
     DEFAULT_EXAMPLES,
     DEFAULT_NEGATIVE_EXAMPLES,
     DEFAULT_QUANTILE_EXAMPLES,
     DEFAULT_TOKENS,
+    default_downstream,
     read_records,
 )
 from saekit.schemas.card_files import card_line, write_lines
@@ -237,7 +237,7 @@ def check(
     dtype: str | None = None,
     downstream: bool = True,
     cards_latents: int | str = DEFAULT_CARDS,
-    downstream_latents: int | str = DEFAULT_DOWNSTREAM,
+    downstream_latents: int | str | None = None,
     ablation_windows: int = DEFAULT_ABLATION_WINDOWS,
     n_examples: int = DEFAULT_EXAMPLES,
     n_quantile_examples: int | None = None,
@@ -421,7 +421,10 @@ def _run(
     say(f"evaluating on {tokens.n_tokens} tokens ({tokens.source}, {tokens.split} split) at {hook}")
     n_quant, n_neg = (DEFAULT_QUANTILE_EXAMPLES if cards_cfg.n_quantile_examples is None else cards_cfg.n_quantile_examples,
                       DEFAULT_NEGATIVE_EXAMPLES if cards_cfg.n_negative_examples is None else cards_cfg.n_negative_examples)
-    cards_cfg = cards_cfg.model_copy(update={"ablation_windows": cards_cfg.ablation_windows or DEFAULT_ABLATION_WINDOWS})
+    cards_cfg = cards_cfg.model_copy(update={
+        "ablation_windows": cards_cfg.ablation_windows or DEFAULT_ABLATION_WINDOWS,
+        "downstream_latents": (default_downstream(tokens.tokens.shape[0]) if cards_cfg.downstream_latents is None
+                               else cards_cfg.downstream_latents)})
     t = time.perf_counter()
     special = torch.tensor(special_token_ids(tok), dtype=torch.long)
     swept = sweep(sae_dev, model, tokens, hook_name=hook, batch_size=batch_size, special=special,

@@ -181,6 +181,8 @@ def logits_into(model: Any, work: dict, name: str) -> Iterator[None]:
     W = head.weight
 
     def forward(h: Any) -> Any:
+        if torch.is_grad_enabled() and h.requires_grad:  # a product into a given tensor has no backward
+            return torch.nn.functional.linear(h, W)
         return torch.matmul(h, W.t(), out=reused(work, name, (*h.shape[:-1], W.shape[0]), h.device, h.dtype))
 
     head.forward = forward

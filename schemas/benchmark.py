@@ -82,11 +82,20 @@ DEFAULT_TOKENS = 8192
 DEFAULT_CONTEXT = 128
 DEFAULT_BATCH = 4
 DEFAULT_CARDS = "all"  # a card for every latent (or a number: the N most active)
-DEFAULT_DOWNSTREAM = 16  # exact ablation for the N most active latents ('all' on request)
+DEFAULT_DOWNSTREAM = 16  # exact ablation for (at most) the N most active latents ('all' on request)
 # each in its strongest window (issue 22: 16 latents x 4 windows were 64 window forwards, 2x a
 # plain pass over the default 2,048-token reference set; the agreement with attribution
 # compares the two on the same windows, so one window per latent keeps its 16 pairs)
 DEFAULT_ABLATION_WINDOWS = 1
+
+
+def default_downstream(n_windows: int) -> int:
+    """The latents a check ablates exactly when not told: DEFAULT_DOWNSTREAM, but at most half
+    the token set's windows (at least 2, for the agreement). Each is a window forward from
+    the hook: 16 on 2,048 tokens (16 windows) cost as much as a forward over every window,
+    which alone put the check past 2.5x a plain forward+backward (issue 22); bounded, exact
+    ablation stays a share of the check that does not grow as the token set shrinks."""
+    return min(DEFAULT_DOWNSTREAM, max(2, n_windows // 2))
 DEFAULT_EXAMPLES = 5
 # With 5 top examples: 20 activating examples per card, enough for an explainer to see 10
 # and a scorer to hold out the rest (issue 21); and this many windows where the latent is zero
@@ -108,8 +117,9 @@ class CardsConfig(Strict):
 
     enabled: bool = True
     latents: LatentCount = Field(DEFAULT_CARDS, description="Cards for every latent ('all') or the N most active.")
-    downstream_latents: LatentCount = Field(
-        DEFAULT_DOWNSTREAM, description="Exact ablation for the N most active latents, or 'all'."
+    downstream_latents: LatentCount | None = Field(
+        None, description=f"Exact ablation for the N most active latents, or 'all' (null: not given, a check uses "
+        f"{DEFAULT_DOWNSTREAM}, at most half its windows, and records it)."
     )
     ablation_windows: int | None = Field(
         None, ge=1, description=f"Strongest windows each of those latents is ablated in (null: not given, a check "

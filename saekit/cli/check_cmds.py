@@ -41,9 +41,10 @@ def check_cmd(
              "default the SAE's dataset_path, else pydoc."),
     cards: bool = typer.Option(True, "--cards/--no-cards", help="Build feature cards."),
     cards_latents: str = typer.Option(DEFAULT_CARDS, "--cards-latents", help="Cards for every latent ('all'), or the N most active."),
-    downstream_latents: str = typer.Option(
-        str(DEFAULT_DOWNSTREAM), "--downstream-latents",
-        help="Exact ablation for the N most active latents, or 'all' (every card carries the attribution estimate)."),
+    downstream_latents: Optional[str] = typer.Option(
+        None, "--downstream-latents",
+        help=f"Exact ablation for the N most active latents, or 'all' (default {DEFAULT_DOWNSTREAM}, at most half the "
+             "token set's windows; every card carries the attribution estimate)."),
     ablation_windows: int = typer.Option(
         DEFAULT_ABLATION_WINDOWS, "--ablation-windows", min=1,
         help="Strongest windows each of those latents is ablated in (the agreement with attribution compares both there)."),

@@ -234,6 +234,10 @@ def test_check_reproduces_exactly_from_its_record(checked, tmp_path, monkeypatch
     # the cards options given apply, recorded in the cards block (the first check's: the defaults, resolved)
     assert (again.check_config.cards.n_quantile_examples, again.check_config.cards.n_negative_examples) == (2, 3)
     assert (first.check_config.cards.n_quantile_examples, first.check_config.cards.n_negative_examples) == (15, 20)
+    # --downstream-latents not given: at most half the token set's windows (16 here), recorded
+    from saekit.schemas.benchmark import default_downstream
+
+    assert again.check_config.cards.downstream_latents == default_downstream(N_TOKENS // CONTEXT) == 8
 
 
 def test_stored_activation_shards_are_a_second_source(lm, real_sae_dir, tmp_path):

@@ -88,7 +88,7 @@ def test_check_config_round_trips_through_the_record(shards_check):
     assert rec.eval_type_id == "saekit_core_no_downstream" and rec.seeds == {"data": 3, "torch": 3}
     # the language-model check's config: typed, and written back exactly as it was read
     lm = CheckConfig.model_validate(LM_CONFIG)
-    assert lm.cards == CardsConfig(latents="10", n_cards=10, downstream_method=DownstreamMethod())
+    assert lm.cards == CardsConfig(latents="10", downstream_latents=16, n_cards=10, downstream_method=DownstreamMethod())
     again = BenchmarkRecord.model_validate({**raw, "check_config": LM_CONFIG})
     assert json.loads(again.to_json())["check_config"] == LM_CONFIG  # "all": null kept
     schema = export.load_committed("benchmark_record")
@@ -174,3 +174,12 @@ def test_the_cli_refuses_an_unreadable_config_in_one_line(shards_check, tmp_path
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert lines[0].startswith("error: ") and "check_config.n_tokens" in lines[0]
+
+
+def test_exact_ablations_not_given_are_bounded_by_the_token_set():
+    """16 latents, but at most half the windows (each is a window forward from the hook), and
+    at least 2 so the agreement with attribution has a rank correlation."""
+    from saekit.schemas.benchmark import DEFAULT_DOWNSTREAM, CardsConfig, default_downstream
+
+    assert [default_downstream(n) for n in (1, 4, 16, 31, 32, 64, 10_000)] == [2, 2, 8, 15, 16, 16, 16]
+    assert DEFAULT_DOWNSTREAM == 16 and CardsConfig().downstream_latents is None

@@ -217,3 +217,31 @@ def test_exact_ablations_from_the_hook_on_other_families(family: str, hook: str)
             want += float(ce.double().sum())
         assert got[L]["ablated"] == want, (L, got[L]["ablated"] - want)
         assert got[L]["rows"] == 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_into_a_kept_buffer_are_the_heads_bits(family: str) -> None:
+    """The no-grad runs' logits written into one reused buffer equal the model's own, bit for
+    bit, on every family (Gemma's soft-capping still applies after the head); a run with
+    autograd falls back to the head's own product, so its backward still works."""
+    import transformers as tf
+
+    from saekit.harness.metrics import logits_into
+
+    torch.manual_seed(0)
+    hf = tf.AutoModelForCausalLM.from_config(_hf_config(family), dtype=torch.float32).eval().requires_grad_(False)
+    work: dict = {}
+    for seed in (1, 2):  # a second batch writes into the first one's memory
+        tokens = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            want = hf(tokens).logits
+            with logits_into(hf, work, "logits"):
+                got = hf(tokens).logits
+        assert torch.equal(got, want), family
+        if seed == 1:
+            ptr = work["logits"].data_ptr()
+    assert work["logits"].data_ptr() == ptr
+    emb = hf.get_input_embeddings()(tokens).detach().requires_grad_(True)
+    with logits_into(hf, work, "logits"):
+        hf(inputs_embeds=emb).logits.sum().backward()
+    assert emb.grad is not None and emb.grad.abs().sum() > 0
