@@ -370,17 +370,13 @@ class LatentStats:
         picked, free = rows.gather(0, order).T.tolist(), (~fired.gather(0, order)).T.tolist()
         return {L: [r for r, ok in zip(rs, oks) if ok] for L, rs, oks in zip(latents, picked, free)}
 
-    def histogram(self, latent: int, n_bins: int = 16) -> tuple[list[float], list[float]] | None:
-        """(bin_edges, counts): the latent's occupied grid range, in at most ``n_bins`` groups
-        of whole grid bins (so the card's edges are grid edges)."""
-        return coarsen(self.hist[latent].tolist(), n_bins)
-
 
 _GRID_LIST = GRID.tolist()
 
 
 def coarsen(counts: list[int], n_bins: int) -> tuple[list[float], list[float]] | None:
-    """Grid-bin counts grouped into at most ``n_bins`` bins over their occupied range."""
+    """Grid-bin counts grouped into at most ``n_bins`` bins over their occupied range: the
+    definition, per latent (cards use ``coarsen_rows``, tested equal to it)."""
     nz = [i for i, c in enumerate(counts) if c]
     if not nz:
         return None

@@ -19,7 +19,6 @@ number per batch. Encoding and per-latent statistics go through saekit.kernels.d
 from __future__ import annotations
 
 from contextlib import contextmanager
-
 from typing import Any, Iterator
 
 from saekit.schemas import MetricDefinition

@@ -152,7 +152,7 @@ def sweep(
                               negatives=negatives * NEGATIVE_CANDIDATES, n_rows=n_rows) if cards else None
     sums = MetricSums(d_sae) if metrics else None
     prefix = Prefix(model, hook_name)
-    work: dict = {}  # downstream_sums' buffers, reused by every batch
+    work: dict = {}  # the no-grad runs' logits and downstream_sums' buffers, reused by every batch
     dev = next(model.parameters()).device
     special = special.to(dev)
     with Progress(desc, total=len(todo)) as bar:

@@ -124,6 +124,29 @@ def test_sweep_equals_full_forwards(real_sae_dir: Path, lm) -> None:
     assert torch.equal(got.sums.fire_count, want.fire_count)  # the metrics' counts: the same tokens
 
 
+def _full_forward_ablated_loss(sae, model, hook: str, toks, special, L: int) -> float:
+    """The reference for exact ablation: one window's summed next-token loss from a full
+    forward with the SAE spliced in and latent ``L``'s decoder term removed where it fires
+    (special tokens keep their activation and are not counted)."""
+    import torch.nn.functional as F
+
+    from saekit.harness.activations import spliced
+
+    mask = ~torch.isin(toks, special)
+
+    def ablated(a):
+        code = sae.encode(a.reshape(-1, a.shape[-1]))
+        x_hat = sae.decode(code).reshape(a.shape)
+        dense = torch.zeros(code.values.shape[0], sae.cfg.d_sae).scatter(1, code.indices, code.values.float())
+        own = (dense[:, L] * mask.reshape(-1)).reshape(1, -1, 1) * sae.W_dec[L].float()
+        return torch.where(mask[..., None], x_hat - own, a)
+
+    with torch.no_grad(), spliced(model, hook, ablated):
+        logits = model(toks).logits
+    ce = F.cross_entropy(logits[0, :-1].float(), toks[0, 1:], reduction="none") * mask[0, :-1]
+    return float(ce.double().sum())
+
+
 @pytest.mark.parametrize("keep,at", [("kept", "block"), ("recomputed", "block"), ("kept", "embedding")])
 def test_exact_ablations_from_the_hook_equal_full_forwards(real_sae_dir: Path, lm, monkeypatch, keep: str,
                                                           at: str) -> None:
@@ -132,10 +155,7 @@ def test_exact_ablations_from_the_hook_equal_full_forwards(real_sae_dir: Path, l
     an independent full forward with the latent's decoder term removed where it fires, bit for
     bit; several latents share windows and batches of 3 end in a partial one. A hook outside
     the blocks (the embedding: nothing to replay) runs full forwards."""
-    import torch.nn.functional as F
-
     from saekit.harness import downstream as D
-    from saekit.harness.activations import spliced
     from saekit.harness.sweep import sweep
     from saekit.harness.text import special_token_ids, token_set
     from saekit.registry.artifact import load_artifact
@@ -154,20 +174,7 @@ def test_exact_ablations_from_the_hook_equal_full_forwards(real_sae_dir: Path, l
     for L in latents:
         want = 0.0
         for r, _ in st.top(L)[:2]:
-            toks = ts.tokens[r : r + 1]
-            mask = ~torch.isin(toks, special)
-
-            def ablated(a, L=L, mask=mask):
-                code = sae.encode(a.reshape(-1, a.shape[-1]))
-                x_hat = sae.decode(code).reshape(a.shape)
-                dense = torch.zeros(code.values.shape[0], sae.cfg.d_sae).scatter(1, code.indices, code.values.float())
-                own = (dense[:, L] * mask.reshape(-1)).reshape(1, -1, 1) * sae.W_dec[L].float()
-                return torch.where(mask[..., None], x_hat - own, a)
-
-            with torch.no_grad(), spliced(model, hook, ablated):
-                logits = model(toks).logits
-            ce = F.cross_entropy(logits[0, :-1].float(), toks[0, 1:], reduction="none") * mask[0, :-1]
-            want += float(ce.double().sum())
+            want += _full_forward_ablated_loss(sae, model, hook, ts.tokens[r : r + 1], special, L)
         assert got[L]["ablated"] == want, (L, got[L]["ablated"] - want)
 
 
@@ -178,11 +185,9 @@ def test_exact_ablations_from_the_hook_on_other_families(family: str, hook: str)
     residual), at a block's output and at its MLP output (carried into the residual): the
     runs from the hook give each (latent, window) the loss of a full forward, bit for bit,
     over 5 windows in batches of 2 (a partial last one)."""
-    import torch.nn.functional as F
     import transformers as tf
 
     from saekit.harness import downstream as D
-    from saekit.harness.activations import spliced
     from saekit.harness.sweep import sweep
     from saekit.harness.text import TokenSet
     from tests.kernels.kernel_helpers import make_sae
@@ -201,20 +206,7 @@ def test_exact_ablations_from_the_hook_on_other_families(family: str, hook: str)
     for L in latents:
         want = 0.0
         for r, _ in st.top(L)[:2]:
-            t = toks[r : r + 1]
-            mask = ~torch.isin(t, special)
-
-            def ablated(a, L=L, mask=mask):
-                code = sae.encode(a.reshape(-1, a.shape[-1]))
-                x_hat = sae.decode(code).reshape(a.shape)
-                dense = torch.zeros(code.values.shape[0], sae.cfg.d_sae).scatter(1, code.indices, code.values.float())
-                own = (dense[:, L] * mask.reshape(-1)).reshape(1, -1, 1) * sae.W_dec[L].float()
-                return torch.where(mask[..., None], x_hat - own, a)
-
-            with torch.no_grad(), spliced(hf, hook, ablated):
-                logits = hf(t).logits
-            ce = F.cross_entropy(logits[0, :-1].float(), t[0, 1:], reduction="none") * mask[0, :-1]
-            want += float(ce.double().sum())
+            want += _full_forward_ablated_loss(sae, hf, hook, toks[r : r + 1], special, L)
         assert got[L]["ablated"] == want, (L, got[L]["ablated"] - want)
         assert got[L]["rows"] == 2
 
