@@ -211,17 +211,18 @@ def test_exact_ablations_from_the_hook_on_other_families(family: str, hook: str)
         assert got[L]["rows"] == 2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_logits_into_a_kept_buffer_are_the_heads_bits(family: str) -> None:
+def test_logits_into_a_kept_buffer_are_the_heads_bits(family: str, dtype) -> None:
     """The no-grad runs' logits written into one reused buffer equal the model's own, bit for
-    bit, on every family (Gemma's soft-capping still applies after the head); a run with
+    bit, on every family, in float32 and bf16 (Gemma's soft-capping still applies after the head); a run with
     autograd falls back to the head's own product, so its backward still works."""
     import transformers as tf
 
     from saekit.harness.metrics import logits_into
 
     torch.manual_seed(0)
-    hf = tf.AutoModelForCausalLM.from_config(_hf_config(family), dtype=torch.float32).eval().requires_grad_(False)
+    hf = tf.AutoModelForCausalLM.from_config(_hf_config(family), dtype=dtype).eval().requires_grad_(False)
     work: dict = {}
     for seed in (1, 2):  # a second batch writes into the first one's memory
         tokens = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(seed))
